@@ -1,0 +1,14 @@
+//! Wire types shared by both ends of a cs-actor round.
+//!
+//! Everything that crosses the network is defined here, so that validation
+//! happens once, at decode time: a [`RelPath`] that exists is already known
+//! to be relative, normalised and free of `..`, NUL and absolute parts.
+
+mod meta;
+mod relpath;
+
+pub use meta::{ClientId, ClientIdError, Cursor, EntryKind, HeldDigest, Timestamp};
+pub use relpath::{PathError, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
+
+/// Bumped on any incompatible change of the messages or tar conventions.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -6,8 +6,10 @@
 
 mod meta;
 mod relpath;
+mod round;
 
 pub use meta::{ClientId, ClientIdError, Cursor, EntryKind, HeldDigest, Timestamp};
+pub use round::{CommitRequest, DeleteReport, HeldDelta, Hello, HelloReply};
 pub use relpath::{PathError, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
 
 /// Bumped on any incompatible change of the messages or tar conventions.

@@ -35,7 +35,7 @@ impl Timestamp {
 ///
 /// `epoch` changes whenever P's journal is recreated, so that a cursor from
 /// a lost journal is recognised as unknown instead of silently misread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub struct Cursor {
     pub epoch: u64,
     pub seq: u64,

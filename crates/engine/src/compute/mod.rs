@@ -1,0 +1,432 @@
+//! The compute server's half of a round: it reads the upper layer, drives
+//! the steps, and writes P's changes into the upper layer.
+
+mod manifest;
+mod scan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use cs_protocol::{
+    ClientId, CommitRequest, Cursor, DeleteReport, EntryKind, HeldDelta, Hello, RelPath, PROTOCOL_VERSION,
+};
+use cs_safe_fs::SafeRoot;
+use cs_tarstream::{EntryHeader, Limits, PackStats, PackWriter};
+use cs_union::Whiteout;
+
+pub use manifest::{AppliedLog, Manifest, MANIFEST_VERSION};
+pub use scan::{scan_upper, UpperScan};
+
+use crate::sig::{held_digest, Sig};
+use crate::{state, temp_name, EngineError, PathFilter};
+
+/// Settings of one compute server's sync engine.
+#[derive(Debug, Clone)]
+pub struct ComputeConfig {
+    pub client: ClientId,
+    /// The union's upper layer (local, fast disk).
+    pub upper: PathBuf,
+    /// Where the manifest lives: local disk, outside the upper layer.
+    pub state_dir: PathBuf,
+    pub filter: PathFilter,
+    pub zstd_level: i32,
+    pub limits: Limits,
+}
+
+impl ComputeConfig {
+    pub fn new(client: ClientId, upper: PathBuf, state_dir: PathBuf) -> Self {
+        ComputeConfig {
+            client,
+            upper,
+            state_dir,
+            filter: PathFilter::default(),
+            zstd_level: crate::DEFAULT_ZSTD_LEVEL,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The compute side: committed state plus the means to run rounds.
+pub struct ComputeSide {
+    cfg: ComputeConfig,
+    upper: SafeRoot,
+    manifest: Manifest,
+    tmp_seq: u64,
+}
+
+/// The in-memory state of one round on C. Dropping it abandons the round:
+/// nothing of it is committed.
+pub struct ComputeRound {
+    scan: UpperScan,
+    /// The committed manifest, plus step-4 writes of an interrupted round
+    /// that are still in place (see [`AppliedLog`]).
+    base: BTreeMap<RelPath, Sig>,
+    /// Latest known signature of each upper entry: from the scan, updated
+    /// when an entry is packed (step 3) or written (step 4).
+    known: BTreeMap<RelPath, Sig>,
+    /// The manifest this round will commit.
+    next: BTreeMap<RelPath, Sig>,
+    whiteouts_sent: Vec<Whiteout>,
+    not_applied: BTreeSet<RelPath>,
+    applied_log: AppliedLog,
+    pub problems: Vec<String>,
+}
+
+/// What step 4 did on C.
+#[derive(Debug, Default, Clone)]
+pub struct ApplyReport {
+    pub applied: usize,
+    pub bytes: u64,
+    /// P's version was not written because the local entry changed since the
+    /// scan: the user's version stays and goes to P next round.
+    pub not_applied: Vec<RelPath>,
+}
+
+impl ComputeSide {
+    pub fn open(cfg: ComputeConfig) -> Result<Self, EngineError> {
+        state::ensure_dir(&cfg.state_dir)?;
+        let upper = SafeRoot::open(&cfg.upper)?;
+        let manifest = Manifest::load(&cfg.state_dir.join("manifest.msgpack"))?;
+        Ok(ComputeSide { cfg, upper, manifest, tmp_seq: 0 })
+    }
+
+    pub fn config(&self) -> &ComputeConfig {
+        &self.cfg
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.cfg.state_dir.join("manifest.msgpack")
+    }
+
+    fn applied_log_path(&self) -> PathBuf {
+        self.cfg.state_dir.join("applied.log")
+    }
+
+    /// Scans the upper layer and opens a round.
+    pub fn begin_round(&mut self) -> Result<(ComputeRound, Hello), EngineError> {
+        let scan = scan_upper(&self.cfg.upper, &self.cfg.filter)?;
+        let mut base = self.manifest.entries.clone();
+        // P's versions written by an interrupted round are synced copies, not
+        // local edits, as long as nobody touched them since.
+        for (path, sig) in AppliedLog::read(&self.applied_log_path())? {
+            if scan.entries.get(&path) == Some(&sig) {
+                base.insert(path, sig);
+            }
+        }
+        let known = scan.entries.clone();
+        let next = base.iter().filter(|(p, _)| known.contains_key(*p)).map(|(p, s)| (p.clone(), *s)).collect();
+        let hello = Hello {
+            client: self.cfg.client.clone(),
+            protocol: PROTOCOL_VERSION,
+            cursor: self.manifest.cursor,
+            held_digest: held_digest(self.manifest.entries.keys()),
+            held_count: self.manifest.entries.len() as u64,
+        };
+        let problems = scan.problems.clone();
+        let round = ComputeRound {
+            scan,
+            base,
+            known,
+            next,
+            whiteouts_sent: Vec::new(),
+            not_applied: BTreeSet::new(),
+            applied_log: AppliedLog::new(self.applied_log_path()),
+            problems,
+        };
+        Ok((round, hello))
+    }
+
+    /// The committed held set, for P when its index does not match.
+    pub fn held_list(&self) -> Vec<RelPath> {
+        self.manifest.entries.keys().cloned().collect()
+    }
+
+    /// Step 1: paths deleted through the merged view since the last round.
+    pub fn deletes_to_send(&self, r: &ComputeRound) -> Vec<RelPath> {
+        let mut out: Vec<RelPath> =
+            r.scan.whiteouts.iter().filter(|w| !r.known.contains_key(&w.path)).map(|w| w.path.clone()).collect();
+        out.dedup();
+        out
+    }
+
+    /// Step 1, after P answered: the processed whiteouts are removed, so
+    /// that what P kept (modified there) shows through again.
+    pub fn finish_deletes(&mut self, r: &mut ComputeRound, sent: &[RelPath]) -> Result<(), EngineError> {
+        let sent: BTreeSet<&RelPath> = sent.iter().collect();
+        for w in &r.scan.whiteouts {
+            if sent.contains(&w.path) {
+                cs_union::remove_whiteout(&self.cfg.upper, w)?;
+                r.whiteouts_sent.push(w.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 2: P no longer has these paths. Synced copies that did not change
+    /// here are deleted from the upper layer; local edits and new local files
+    /// stay (they go to P in step 3: modification wins).
+    pub fn apply_deletes(&mut self, r: &mut ComputeRound, paths: &[RelPath]) -> Result<DeleteReport, EngineError> {
+        let mut report = DeleteReport::default();
+        let mut paths: Vec<&RelPath> = paths.iter().collect();
+        paths.sort();
+        paths.dedup();
+        // Deepest first, so that a directory is emptied before it is removed.
+        for p in paths.into_iter().rev() {
+            if !self.cfg.filter.is_synced(p, false) {
+                report.refused.push((p.clone(), "not a synced path on this compute server".into()));
+                continue;
+            }
+            let current = match self.upper.lstat(p) {
+                Ok(st) => st.and_then(|st| Sig::of(&st)),
+                Err(e) => {
+                    report.refused.push((p.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            let Some(current) = current else {
+                r.known.remove(p);
+                r.next.remove(p);
+                report.deleted.push(p.clone());
+                continue;
+            };
+            if r.base.get(p) != Some(&current) {
+                report.kept.push(p.clone());
+                continue;
+            }
+            let removed = match current.kind {
+                EntryKind::Dir => match self.upper.remove_dir(p) {
+                    Ok(()) => true,
+                    Err(e) if e.io_kind() == Some(std::io::ErrorKind::DirectoryNotEmpty) => false,
+                    Err(e) => return Err(e.into()),
+                },
+                _ => {
+                    self.upper.remove_file(p)?;
+                    true
+                }
+            };
+            if removed {
+                r.known.remove(p);
+                r.next.remove(p);
+                report.deleted.push(p.clone());
+            } else {
+                // Still holds local files: it must exist on P again, so it
+                // is sent in step 3 as if new.
+                r.next.remove(p);
+                report.kept.push(p.clone());
+            }
+        }
+        Ok(report)
+    }
+
+    /// Step 3: every upper entry that is new or changed since the last
+    /// committed round, directories before their contents.
+    pub fn changes_to_send(&self, r: &ComputeRound) -> Vec<RelPath> {
+        r.known.iter().filter(|(p, s)| r.next.get(*p) != Some(*s)).map(|(p, _)| p.clone()).collect()
+    }
+
+    /// Step 3: packs `paths` into a compressed tar stream written to `w`.
+    pub fn pack_changes<W: Write>(
+        &mut self,
+        r: &mut ComputeRound,
+        paths: &[RelPath],
+        w: W,
+    ) -> Result<(W, PackStats), EngineError> {
+        let mut tar = PackWriter::new(w, self.cfg.zstd_level)?;
+        for p in paths {
+            let Some(st) = self.upper.lstat(p)? else {
+                // Gone since the scan: a whiteout or nothing, next round.
+                r.known.remove(p);
+                r.next.remove(p);
+                continue;
+            };
+            let Some(mut sig) = Sig::of(&st) else {
+                r.problems.push(format!("{p}: became a special file, not synced"));
+                continue;
+            };
+            let mut header =
+                EntryHeader { path: p.clone(), kind: sig.kind, mode: st.mode, mtime: st.mtime, size: 0, link_target: None };
+            match sig.kind {
+                EntryKind::Dir => tar.append_dir(&header)?,
+                EntryKind::Symlink => {
+                    header.link_target = Some(self.upper.read_link(p)?);
+                    tar.append_symlink(&header)?;
+                }
+                EntryKind::File => {
+                    let mut f = self.upper.open_file(p)?;
+                    let md = f.metadata().map_err(|e| EngineError::io("stat", self.cfg.upper.join(p.as_path()), e))?;
+                    let fst = cs_safe_fs::Stat::from_metadata(&md);
+                    sig = Sig::of(&fst).unwrap_or(sig);
+                    header.mode = fst.mode;
+                    header.mtime = fst.mtime;
+                    header.size = fst.size;
+                    tar.append_file(&header, &mut f)?;
+                }
+            }
+            r.known.insert(p.clone(), sig);
+            r.next.insert(p.clone(), sig);
+        }
+        Ok(tar.finish()?)
+    }
+
+    /// Step 4: applies P's tar stream to the upper layer, each entry
+    /// atomically, and only where the local entry is still what this round
+    /// last saw. `stop_after` aborts after that many entries (fault tests).
+    pub fn apply_writes<R: Read>(
+        &mut self,
+        r: &mut ComputeRound,
+        input: R,
+        stop_after: Option<usize>,
+    ) -> Result<ApplyReport, EngineError> {
+        let mut report = ApplyReport::default();
+        let limits = self.cfg.limits.clone();
+        let mut seen = 0usize;
+        let result = cs_tarstream::unpack(input, &limits, |h, data| {
+            if stop_after.is_some_and(|n| seen >= n) {
+                return Err(Box::new(Interrupted));
+            }
+            seen += 1;
+            self.apply_entry(r, h, data, &mut report).map_err(|e| Box::new(e) as cs_tarstream::VisitError)
+        });
+        result?;
+        r.not_applied.extend(report.not_applied.iter().cloned());
+        Ok(report)
+    }
+
+    fn apply_entry(
+        &mut self,
+        r: &mut ComputeRound,
+        h: &EntryHeader,
+        data: &mut dyn Read,
+        report: &mut ApplyReport,
+    ) -> Result<(), EngineError> {
+        let p = &h.path;
+        if !self.cfg.filter.is_synced(p, h.kind == EntryKind::Dir) {
+            r.problems.push(format!("{p}: P sent a path that is not synced here; ignored"));
+            return Ok(());
+        }
+        let expected = r.known.get(p).copied();
+        let current = match self.upper.lstat(p) {
+            Ok(st) => st.and_then(|s| Sig::of(&s)),
+            Err(_) => {
+                report.not_applied.push(p.clone());
+                return Ok(());
+            }
+        };
+        if current != expected {
+            report.not_applied.push(p.clone());
+            return Ok(());
+        }
+        match h.kind {
+            EntryKind::Dir => {
+                match current.map(|s| s.kind) {
+                    Some(EntryKind::Dir) => {}
+                    Some(_) => {
+                        self.upper.remove_file(p)?;
+                        self.upper.create_dir(p, h.mode)?;
+                    }
+                    None => {
+                        if let Err(e) = self.upper.create_dir(p, h.mode) {
+                            if e.is_not_found() {
+                                report.not_applied.push(p.clone());
+                                return Ok(());
+                            }
+                            return Err(e.into());
+                        }
+                    }
+                }
+                self.upper.set_mode(p, h.mode)?;
+                self.upper.set_mtime(p, h.mtime)?;
+            }
+            EntryKind::File | EntryKind::Symlink => {
+                self.tmp_seq += 1;
+                let tmp_name = temp_name(&self.cfg.client, self.tmp_seq);
+                let tmp = if h.kind == EntryKind::File {
+                    let (tmp, _, n) = self.upper.write_temp(p, &tmp_name, data, h.mode, h.mtime, false)?;
+                    report.bytes += n;
+                    tmp
+                } else {
+                    let target = h.link_target.as_deref().unwrap_or_default();
+                    self.upper.symlink_temp(p, &tmp_name, target, h.mtime)?
+                };
+                // Re-check just before the rename: the user may have written
+                // the file while we received P's version.
+                let now = self.upper.lstat(p)?.and_then(|s| Sig::of(&s));
+                let clear = now == expected && (now.map(|s| s.kind) != Some(EntryKind::Dir) || self.clear_dir(r, p)?);
+                if !clear {
+                    self.upper.remove_file(&tmp)?;
+                    report.not_applied.push(p.clone());
+                    return Ok(());
+                }
+                self.upper.rename(&tmp, p)?;
+            }
+        }
+        let Some(sig) = self.upper.lstat(p)?.and_then(|s| Sig::of(&s)) else {
+            return Ok(());
+        };
+        r.applied_log.append(p, sig)?;
+        r.known.insert(p.clone(), sig);
+        r.next.insert(p.clone(), sig);
+        report.applied += 1;
+        Ok(())
+    }
+
+    /// P replaced directory `p` by a file. The local directory may go only if
+    /// everything below it is safe on P: sent or received this round and not
+    /// touched since. Returns whether `p` is gone.
+    fn clear_dir(&mut self, r: &mut ComputeRound, p: &RelPath) -> Result<bool, EngineError> {
+        let below: Vec<RelPath> = r.known.range(p.clone()..).skip(1).take_while(|(q, _)| q.starts_with(p)).map(|(q, _)| q.clone()).collect();
+        for q in &below {
+            let now = self.upper.lstat(q)?.and_then(|s| Sig::of(&s));
+            if now.is_none() || now != r.next.get(q).copied() {
+                return Ok(false);
+            }
+        }
+        self.upper.remove_tree(p)?;
+        for q in below {
+            r.known.remove(&q);
+            r.next.remove(&q);
+        }
+        Ok(true)
+    }
+
+    /// Step 5, first half: what P must know to mirror this side's manifest.
+    pub fn commit_request(&self, r: &ComputeRound) -> CommitRequest {
+        let old = &self.manifest.entries;
+        let added = r.next.keys().filter(|p| !old.contains_key(*p)).cloned().collect();
+        let removed = old.keys().filter(|p| !r.next.contains_key(*p)).cloned().collect();
+        CommitRequest {
+            held: HeldDelta { added, removed, digest: held_digest(r.next.keys()) },
+            not_applied: r.not_applied.iter().cloned().collect(),
+        }
+    }
+
+    /// Step 5, second half (after P committed): persist the new manifest and
+    /// the cursor P issued. Only now does the round count.
+    pub fn commit(&mut self, r: ComputeRound, cursor: Cursor) -> Result<(), EngineError> {
+        let changed = self.manifest.entries != r.next || self.manifest.cursor != Some(cursor);
+        let mut m = Manifest {
+            version: MANIFEST_VERSION,
+            cursor: Some(cursor),
+            rounds: self.manifest.rounds + 1,
+            entries: r.next,
+        };
+        if changed || self.manifest.rounds == 0 {
+            state::save(&self.manifest_path(), &m)?;
+        } else {
+            m.rounds = self.manifest.rounds + 1;
+        }
+        AppliedLog::remove(&self.applied_log_path())?;
+        self.manifest = m;
+        Ok(())
+    }
+}
+
+/// The visitor's way of stopping a stream on purpose (fault injection).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted on purpose")]
+pub struct Interrupted;

@@ -1,0 +1,50 @@
+use std::path::PathBuf;
+
+use cs_protocol::{PathError, RelPath};
+
+/// Everything that can fail in a round, with the file or path it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid {set} pattern {pattern:?}: {reason}")]
+    Pattern { set: &'static str, pattern: String, reason: String },
+
+    #[error(transparent)]
+    Fs(#[from] cs_safe_fs::FsError),
+
+    #[error("tar stream: {0}")]
+    Tar(#[from] cs_tarstream::TarError),
+
+    #[error("union layer: {0}")]
+    Union(#[from] cs_union::UnionError),
+
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("state file {} is unreadable ({reason}); move it away to start that side's state afresh (a full re-check, nothing is lost)", path.display())]
+    CorruptState { path: PathBuf, reason: String },
+
+    #[error("name {name:?} under {}: {source}", dir.display())]
+    BadName {
+        dir: PathBuf,
+        name: String,
+        #[source]
+        source: PathError,
+    },
+
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+
+    #[error("entry {path}: {reason}")]
+    Entry { path: RelPath, reason: String },
+}
+
+impl EngineError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        EngineError::Io { op, path: path.into(), source }
+    }
+}

@@ -1,0 +1,114 @@
+//! Which paths a round touches: local-only paths (C keeps them, P never
+//! sees them) and excluded paths (never synced in either direction).
+
+use cs_protocol::RelPath;
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+use crate::EngineError;
+
+/// Local-only by default: caches and scratch space that belong on fast local disk.
+pub const DEFAULT_LOCAL_ONLY: &[&str] = &["/scratch/", "/.local/", "/.cache/"];
+/// Excluded by default: the union's meta directories, cs-actor's own state and
+/// staging area, and the temporary files an atomic apply leaves for an instant.
+pub const DEFAULT_EXCLUDED: &[&str] = &["/.unionfs-fuse/", "/.unionfs/", "/.cs-actor/", ".csa-tmp-*"];
+
+/// Gitignore-style pattern sets (a leading `/` anchors at the synced root, a
+/// trailing `/` matches directories only; a match covers everything below).
+#[derive(Clone)]
+pub struct PathFilter {
+    local_only: Gitignore,
+    excluded: Gitignore,
+    local_only_patterns: Vec<String>,
+    excluded_patterns: Vec<String>,
+}
+
+impl std::fmt::Debug for PathFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PathFilter")
+            .field("local_only", &self.local_only_patterns)
+            .field("excluded", &self.excluded_patterns)
+            .finish()
+    }
+}
+
+impl PathFilter {
+    pub fn new(local_only: &[&str], excluded: &[&str]) -> Result<Self, EngineError> {
+        Ok(PathFilter {
+            local_only: build("local-only", local_only)?,
+            excluded: build("excluded", excluded)?,
+            local_only_patterns: local_only.iter().map(|s| s.to_string()).collect(),
+            excluded_patterns: excluded.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    pub fn local_only_patterns(&self) -> &[String] {
+        &self.local_only_patterns
+    }
+
+    pub fn excluded_patterns(&self) -> &[String] {
+        &self.excluded_patterns
+    }
+
+    /// Lives only on the compute server.
+    pub fn is_local_only(&self, p: &RelPath, is_dir: bool) -> bool {
+        self.local_only.matched_path_or_any_parents(p.as_path(), is_dir).is_ignore()
+    }
+
+    /// Never synced in either direction.
+    pub fn is_excluded(&self, p: &RelPath, is_dir: bool) -> bool {
+        self.excluded.matched_path_or_any_parents(p.as_path(), is_dir).is_ignore()
+    }
+
+    /// Neither local-only nor excluded: the round carries it.
+    pub fn is_synced(&self, p: &RelPath, is_dir: bool) -> bool {
+        !self.is_excluded(p, is_dir) && !self.is_local_only(p, is_dir)
+    }
+}
+
+impl Default for PathFilter {
+    fn default() -> Self {
+        PathFilter::new(DEFAULT_LOCAL_ONLY, DEFAULT_EXCLUDED).expect("default patterns are valid")
+    }
+}
+
+fn build(set: &'static str, patterns: &[&str]) -> Result<Gitignore, EngineError> {
+    // The root is a placeholder: we only ever match relative paths.
+    let mut b = GitignoreBuilder::new("");
+    for pat in patterns {
+        b.add_line(None, pat).map_err(|e| EngineError::Pattern {
+            set,
+            pattern: pat.to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    b.build().map_err(|e| EngineError::Pattern { set, pattern: patterns.join(" "), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let f = PathFilter::default();
+        assert!(f.is_local_only(&p("scratch"), true));
+        assert!(f.is_local_only(&p("scratch/x/y"), false));
+        assert!(!f.is_local_only(&p("src/scratch/x"), false), "anchored at the root");
+        assert!(f.is_excluded(&p(".unionfs-fuse/a_HIDDEN~"), false));
+        assert!(f.is_excluded(&p("deep/dir/.csa-tmp-gpu1-3"), false));
+        assert!(f.is_synced(&p("src/main.rs"), false));
+        assert!(f.is_synced(&p(".localrc"), false));
+        assert!(!f.is_synced(&p(".cache/pip/x"), false));
+    }
+
+    #[test]
+    fn bad_pattern_is_named() {
+        let err = PathFilter::new(&["ok", "a{b,c"], &[]).unwrap_err().to_string();
+        assert!(err.contains("a{b,c"), "{err}");
+        assert!(err.contains("local-only"), "{err}");
+    }
+}

@@ -1,0 +1,600 @@
+//! The project's half of a round: it owns the home directory, the change
+//! journal and one index per client, and answers each step.
+
+mod journal;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use cs_protocol::{
+    ClientId, CommitRequest, Cursor, DeleteReport, EntryKind, Hello, HelloReply, RelPath, PROTOCOL_VERSION,
+};
+use cs_safe_fs::{FsError, SafeRoot};
+use cs_tarstream::{EntryHeader, Limits, PackStats, PackWriter};
+use serde::{Deserialize, Serialize};
+
+pub use journal::{Journal, JournalEntry, JOURNAL_VERSION};
+
+use crate::compute::Interrupted;
+use crate::sig::{held_digest, Sig};
+use crate::{state, temp_name, EngineError, PathFilter};
+
+/// Settings of the project side.
+#[derive(Debug, Clone)]
+pub struct ProjectConfig {
+    /// The home directory: the source of truth.
+    pub home: PathBuf,
+    /// Journal and per-client indexes. Keep it outside the home (or under
+    /// the excluded `.cs-actor/`).
+    pub state_dir: PathBuf,
+    /// P uses the same filter as its clients: what is local-only or
+    /// excluded there is never journalled, written or deleted here.
+    pub filter: PathFilter,
+    pub zstd_level: i32,
+    pub limits: Limits,
+}
+
+impl ProjectConfig {
+    pub fn new(home: PathBuf, state_dir: PathBuf) -> Self {
+        ProjectConfig {
+            home,
+            state_dir,
+            filter: PathFilter::default(),
+            zstd_level: crate::DEFAULT_ZSTD_LEVEL,
+            limits: Limits::default(),
+        }
+    }
+}
+
+const CLIENT_STATE_VERSION: u32 = 1;
+
+/// What P remembers of one client between rounds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientState {
+    pub version: u32,
+    /// Mirror of the client's manifest: the paths it holds in its upper layer.
+    pub held: BTreeSet<RelPath>,
+    /// Paths whose current P version the client has not applied (it had
+    /// changed them meanwhile): their incoming versions meet the conflict rule.
+    pub unseen: BTreeSet<RelPath>,
+    /// The mirror is known to be off: ask for the full list next round.
+    pub needs_full_list: bool,
+    pub last_cursor: Option<Cursor>,
+    pub rounds: u64,
+}
+
+pub struct ProjectSide {
+    cfg: ProjectConfig,
+    home: SafeRoot,
+    journal: Journal,
+    journal_saved_seq: Option<u64>,
+    clients: HashMap<ClientId, ClientState>,
+    tmp_seq: u64,
+}
+
+/// One client's round in flight on P. Dropping it abandons the round.
+pub struct ProjectRound {
+    client: ClientId,
+    /// The client's cursor, if it belongs to this journal. `None` means the
+    /// client's view of P is unknown: every P entry counts as changed.
+    base: Option<u64>,
+    /// What the client's committed manifest holds (P's index, or the list
+    /// the client sent when they differed).
+    index_base: BTreeSet<RelPath>,
+    /// What the client holds as the round progresses.
+    held: BTreeSet<RelPath>,
+    unseen: BTreeSet<RelPath>,
+    /// Paths sent in step 4.
+    sent: BTreeSet<RelPath>,
+    new_cursor: Option<Cursor>,
+}
+
+/// What step 3 did on P.
+#[derive(Debug, Default, Clone)]
+pub struct WriteReport {
+    pub applied: usize,
+    /// Already identical on P: nothing written (retries land here).
+    pub unchanged: usize,
+    pub bytes: u64,
+    /// Conflict copies created: P's version stayed, the incoming one is here.
+    pub conflicts: Vec<RelPath>,
+    pub refused: Vec<(RelPath, String)>,
+}
+
+impl ProjectSide {
+    pub fn open(cfg: ProjectConfig) -> Result<Self, EngineError> {
+        state::ensure_dir(&cfg.state_dir)?;
+        state::ensure_dir(&cfg.state_dir.join("clients"))?;
+        let home = SafeRoot::open(&cfg.home)?;
+        let path = cfg.state_dir.join("journal.msgpack");
+        let (journal, saved) = match state::load::<Journal>(&path)? {
+            Some(j) if j.version == JOURNAL_VERSION => {
+                let s = j.seq;
+                (j, Some(s))
+            }
+            Some(j) => {
+                return Err(EngineError::CorruptState {
+                    path,
+                    reason: format!("journal version {} is not {JOURNAL_VERSION}", j.version),
+                })
+            }
+            None => (Journal::new(), None),
+        };
+        Ok(ProjectSide { cfg, home, journal, journal_saved_seq: saved, clients: HashMap::new(), tmp_seq: 0 })
+    }
+
+    pub fn config(&self) -> &ProjectConfig {
+        &self.cfg
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    fn client_path(&self, c: &ClientId) -> PathBuf {
+        self.cfg.state_dir.join("clients").join(format!("{c}.msgpack"))
+    }
+
+    /// The client's committed state, loaded on first use.
+    pub fn client_state(&mut self, c: &ClientId) -> Result<&ClientState, EngineError> {
+        if !self.clients.contains_key(c) {
+            let st = state::load::<ClientState>(&self.client_path(c))?
+                .unwrap_or(ClientState { version: CLIENT_STATE_VERSION, ..Default::default() });
+            self.clients.insert(c.clone(), st);
+        }
+        Ok(&self.clients[c])
+    }
+
+    /// Opens a round: brings the journal up to date with the home and checks
+    /// the client's index against its digest.
+    pub fn begin_round(&mut self, hello: &Hello) -> Result<(ProjectRound, HelloReply), EngineError> {
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(EngineError::Protocol(format!(
+                "client {} speaks protocol {}, this broker {PROTOCOL_VERSION}",
+                hello.client, hello.protocol
+            )));
+        }
+        self.journal.refresh(&self.cfg.home, &self.cfg.filter)?;
+        let st = self.client_state(&hello.client)?.clone();
+        let base = self.journal.position(hello.cursor);
+        let need_held_list = st.needs_full_list || held_digest(st.held.iter()) != hello.held_digest;
+        let reply = HelloReply { need_held_list, cursor_unknown: hello.cursor.is_some() && base.is_none() };
+        let round = ProjectRound {
+            client: hello.client.clone(),
+            base,
+            index_base: st.held.clone(),
+            held: st.held,
+            unseen: st.unseen,
+            sent: BTreeSet::new(),
+            new_cursor: None,
+        };
+        Ok((round, reply))
+    }
+
+    /// The client's full held list, when [`HelloReply::need_held_list`].
+    pub fn set_held_list(&mut self, r: &mut ProjectRound, paths: Vec<RelPath>) {
+        r.index_base = paths.into_iter().collect();
+        r.held = r.index_base.clone();
+    }
+
+    /// Did P's copy of `p` change since the client's cursor, by anyone but
+    /// this client? `actual` is what is on disk now: a change the journal has
+    /// not recorded yet counts too.
+    fn changed_by_others(&self, r: &ProjectRound, p: &RelPath, actual: Option<Sig>) -> bool {
+        if r.unseen.contains(p) {
+            return true;
+        }
+        let Some(base) = r.base else { return actual.is_some() };
+        match self.journal.get(p) {
+            None => actual.is_some(),
+            Some(e) if e.sig != actual => true,
+            Some(e) => e.seq > base && e.author.as_ref() != Some(&r.client),
+        }
+    }
+
+    fn lstat_sig(&self, p: &RelPath) -> Result<Option<Sig>, FsError> {
+        Ok(self.home.lstat(p)?.and_then(|s| Sig::of(&s)))
+    }
+
+    fn record(&mut self, r: &ProjectRound, p: &RelPath) -> Result<(), EngineError> {
+        let sig = self.lstat_sig(p)?;
+        self.journal.record(p, sig, Some(&r.client));
+        Ok(())
+    }
+
+    /// Step 1: the client deleted these paths. Each is deleted unless P
+    /// changed it since the client's cursor (modification beats deletion).
+    pub fn apply_deletes(&mut self, r: &mut ProjectRound, paths: &[RelPath]) -> Result<DeleteReport, EngineError> {
+        let mut report = DeleteReport::default();
+        let mut paths: Vec<&RelPath> = paths.iter().collect();
+        paths.sort();
+        paths.dedup();
+        for p in paths {
+            if !self.cfg.filter.is_synced(p, false) {
+                report.refused.push((p.clone(), "excluded or local-only path".into()));
+                continue;
+            }
+            // Whatever happens on P, the client no longer holds it.
+            let below: Vec<RelPath> = r.held.range(p.clone()..).take_while(|q| q.starts_with(p)).cloned().collect();
+            for q in below {
+                r.held.remove(&q);
+            }
+            match self.home.lstat(p) {
+                Err(e) => report.refused.push((p.clone(), e.to_string())),
+                Ok(None) => report.deleted.push(p.clone()),
+                Ok(Some(_)) => {
+                    self.delete_tree(r, p, &mut report)?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Deletes `p` and what lies below it, keeping every entry changed by
+    /// others (and the directories that still contain something). Returns
+    /// whether `p` is gone.
+    fn delete_tree(&mut self, r: &ProjectRound, p: &RelPath, report: &mut DeleteReport) -> Result<bool, EngineError> {
+        let Some(actual) = self.lstat_sig(p)? else { return Ok(true) };
+        if actual.kind == EntryKind::Dir {
+            let mut all_gone = true;
+            for (name, _) in self.home.read_dir(Some(p))? {
+                let Some(name) = name.to_str() else {
+                    all_gone = false;
+                    continue;
+                };
+                let child = p.join(name).map_err(|e| EngineError::BadName {
+                    dir: self.cfg.home.join(p.as_path()),
+                    name: name.to_string(),
+                    source: e,
+                })?;
+                if !self.cfg.filter.is_synced(&child, false) {
+                    all_gone = false;
+                    continue;
+                }
+                all_gone &= self.delete_tree(r, &child, report)?;
+            }
+            if !all_gone {
+                return Ok(false);
+            }
+            if self.changed_by_others(r, p, Some(actual)) {
+                report.kept.push(p.clone());
+                return Ok(false);
+            }
+            match self.home.remove_dir(p) {
+                Ok(()) => {}
+                Err(e) if e.io_kind() == Some(std::io::ErrorKind::DirectoryNotEmpty) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            if self.changed_by_others(r, p, Some(actual)) {
+                report.kept.push(p.clone());
+                return Ok(false);
+            }
+            self.home.remove_file(p)?;
+        }
+        self.journal.record(p, None, Some(&r.client));
+        report.deleted.push(p.clone());
+        Ok(true)
+    }
+
+    /// Step 2: the paths the client holds that no longer exist on P.
+    pub fn deletes_for_client(&mut self, r: &mut ProjectRound) -> Vec<RelPath> {
+        let gone: Vec<RelPath> = r.held.iter().filter(|p| !self.journal.is_live(p)).cloned().collect();
+        for p in &gone {
+            r.held.remove(p);
+        }
+        gone
+    }
+
+    /// Step 3: applies the client's tar stream, each entry atomically, with
+    /// the conflict rule. `stop_after` aborts after that many entries.
+    pub fn apply_writes<R: Read>(
+        &mut self,
+        r: &mut ProjectRound,
+        input: R,
+        stop_after: Option<usize>,
+    ) -> Result<WriteReport, EngineError> {
+        let mut report = WriteReport::default();
+        let mut redirects: Vec<(RelPath, RelPath)> = Vec::new();
+        let limits = self.cfg.limits.clone();
+        let mut seen = 0usize;
+        cs_tarstream::unpack(input, &limits, |h, data| {
+            if stop_after.is_some_and(|n| seen >= n) {
+                return Err(Box::new(Interrupted));
+            }
+            seen += 1;
+            self.apply_entry(r, h, data, &mut redirects, &mut report).map_err(|e| Box::new(e) as cs_tarstream::VisitError)
+        })?;
+        Ok(report)
+    }
+
+    fn apply_entry(
+        &mut self,
+        r: &mut ProjectRound,
+        h: &EntryHeader,
+        data: &mut dyn Read,
+        redirects: &mut Vec<(RelPath, RelPath)>,
+        report: &mut WriteReport,
+    ) -> Result<(), EngineError> {
+        let is_dir = h.kind == EntryKind::Dir;
+        if !self.cfg.filter.is_synced(&h.path, is_dir) {
+            report.refused.push((h.path.clone(), "excluded or local-only path".into()));
+            return Ok(());
+        }
+        r.held.insert(h.path.clone());
+        let mut target = redirect(redirects, &h.path);
+        // An ancestor that is not a directory on P (a file or a symlink P put
+        // there after the client's cursor): the client's tree goes beside it.
+        let actual = match self.lstat_sig(&target) {
+            Ok(a) => a,
+            Err(FsError::SymlinkInPath { .. } | FsError::NotADirectory { .. }) => {
+                let Some(blocker) = self.first_non_dir_ancestor(&target)? else {
+                    report.refused.push((h.path.clone(), "path changed while being resolved".into()));
+                    return Ok(());
+                };
+                let conflict_dir = self.conflict_name(&blocker, &r.client)?;
+                self.home.create_dir(&conflict_dir, 0o755)?;
+                self.record(r, &conflict_dir)?;
+                report.conflicts.push(conflict_dir.clone());
+                let from = redirect(redirects, &blocker);
+                redirects.push((from, conflict_dir));
+                target = redirect(redirects, &h.path);
+                self.lstat_sig(&target)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(parent) = target.parent() {
+            if self.home.lstat(&parent)?.is_none() {
+                self.home.create_dir_all(&parent, 0o755)?;
+            }
+        }
+        if is_dir {
+            return self.apply_dir(r, h, target, actual, redirects, report);
+        }
+        self.tmp_seq += 1;
+        let tmp_name = temp_name(&r.client, self.tmp_seq);
+        let tmp = if h.kind == EntryKind::File {
+            let (tmp, _, n) = self.home.write_temp(&target, &tmp_name, data, h.mode, h.mtime, false)?;
+            report.bytes += n;
+            tmp
+        } else {
+            self.home.symlink_temp(&target, &tmp_name, h.link_target.as_deref().unwrap_or_default(), h.mtime)?
+        };
+        let replace = match actual.map(|a| a.kind) {
+            None => true,
+            Some(EntryKind::Dir) => {
+                !self.changed_by_others(r, &target, actual) && self.home.remove_dir(&target).is_ok()
+            }
+            Some(_) => !self.changed_by_others(r, &target, actual),
+        };
+        if replace {
+            self.home.rename(&tmp, &target)?;
+            self.record(r, &target)?;
+            report.applied += 1;
+            return Ok(());
+        }
+        if actual.map(|a| a.kind) != Some(EntryKind::Dir) && self.home.same_content(&tmp, &target)? {
+            self.home.remove_file(&tmp)?;
+            report.unchanged += 1;
+            return Ok(());
+        }
+        // Conflict: P's version stays; the incoming one is kept beside it,
+        // once (a retried round finds its earlier copy and adds none).
+        if let Some(existing) = self.find_conflict_copy(&target, &r.client, &tmp)? {
+            self.home.remove_file(&tmp)?;
+            tracing::debug!(path = %target, copy = %existing, "conflict copy already present");
+            return Ok(());
+        }
+        let copy = self.conflict_name(&target, &r.client)?;
+        self.home.rename_noreplace(&tmp, &copy)?;
+        self.record(r, &copy)?;
+        tracing::info!(path = %target, copy = %copy, client = %r.client, "conflict: project version kept");
+        report.conflicts.push(copy);
+        Ok(())
+    }
+
+    fn apply_dir(
+        &mut self,
+        r: &mut ProjectRound,
+        h: &EntryHeader,
+        target: RelPath,
+        actual: Option<Sig>,
+        redirects: &mut Vec<(RelPath, RelPath)>,
+        report: &mut WriteReport,
+    ) -> Result<(), EngineError> {
+        let changed = self.changed_by_others(r, &target, actual);
+        match actual.map(|a| a.kind) {
+            None => self.home.create_dir(&target, h.mode)?,
+            Some(EntryKind::Dir) if changed => {
+                // P's mode wins; step 4 brings it to the client.
+                report.unchanged += 1;
+                return Ok(());
+            }
+            Some(EntryKind::Dir) => {}
+            Some(_) if !changed => {
+                self.home.remove_file(&target)?;
+                self.home.create_dir(&target, h.mode)?;
+            }
+            Some(_) => {
+                // P put a file where the client has a directory: the client's
+                // tree goes to a conflict directory beside it.
+                let copy = self.conflict_name(&target, &r.client)?;
+                self.home.create_dir(&copy, h.mode)?;
+                self.home.set_mtime(&copy, h.mtime)?;
+                self.record(r, &copy)?;
+                report.conflicts.push(copy.clone());
+                redirects.push((target, copy));
+                return Ok(());
+            }
+        }
+        self.home.set_mode(&target, h.mode)?;
+        self.home.set_mtime(&target, h.mtime)?;
+        self.record(r, &target)?;
+        report.applied += 1;
+        Ok(())
+    }
+
+    fn first_non_dir_ancestor(&self, p: &RelPath) -> Result<Option<RelPath>, EngineError> {
+        let mut ancestors: Vec<RelPath> = p.ancestors().collect();
+        ancestors.reverse();
+        for a in ancestors {
+            match self.home.lstat(&a)? {
+                Some(st) if st.kind == cs_safe_fs::FileKind::Dir => continue,
+                Some(_) => return Ok(Some(a)),
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// `NAME.conflict-<client>-<UTC time>` beside `p`, not yet taken.
+    fn conflict_name(&self, p: &RelPath, client: &ClientId) -> Result<RelPath, EngineError> {
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!("[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"))
+            .unwrap_or_else(|_| "unknown-time".into());
+        for n in 0..1000u32 {
+            let suffix = if n == 0 { String::new() } else { format!("-{n}") };
+            let tail = format!("{}{stamp}{suffix}", crate::conflict_prefix("", client));
+            let name = fit_name(p.file_name(), &tail);
+            let candidate = p.with_file_name(&name).map_err(|e| EngineError::Entry { path: p.clone(), reason: e.to_string() })?;
+            if self.home.lstat(&candidate)?.is_none() {
+                return Ok(candidate);
+            }
+        }
+        Err(EngineError::Entry { path: p.clone(), reason: "no free conflict-copy name".into() })
+    }
+
+    /// An earlier conflict copy of `p` by this client with the same content as `tmp`.
+    fn find_conflict_copy(&self, p: &RelPath, client: &ClientId, tmp: &RelPath) -> Result<Option<RelPath>, EngineError> {
+        let prefix = fit_name(p.file_name(), &crate::conflict_prefix("", client));
+        let names = match self.home.read_dir(p.parent().as_ref()) {
+            Ok(n) => n,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        for (name, kind) in names {
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(&prefix) || kind == cs_safe_fs::FileKind::Dir {
+                continue;
+            }
+            let Ok(candidate) = p.with_file_name(name) else { continue };
+            if self.home.same_content(&candidate, tmp)? {
+                return Ok(Some(candidate));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Step 4: packs what changed on P since the client's cursor among the
+    /// paths the client holds (plus those it has not applied yet), never
+    /// echoing the client's own writes. Returns the cursor to commit.
+    pub fn pack_changes<W: Write>(&mut self, r: &mut ProjectRound, w: W) -> Result<(W, PackStats, Cursor), EngineError> {
+        let cursor = self.journal.cursor();
+        r.new_cursor = Some(cursor);
+        let mut tar = PackWriter::new(w, self.cfg.zstd_level)?;
+        let held: Vec<RelPath> = r.held.iter().cloned().collect();
+        for p in held {
+            let send = r.unseen.contains(&p)
+                || match (r.base, self.journal.get(&p)) {
+                    (_, None) => false,
+                    (_, Some(e)) if e.sig.is_none() => false,
+                    // Never echo the client's own write: it holds exactly
+                    // that, or has changed it and sends it in step 3.
+                    (_, Some(e)) if e.author.as_ref() == Some(&r.client) => false,
+                    (None, Some(_)) => true,
+                    (Some(b), Some(e)) => e.seq > b,
+                };
+            if !send || !self.cfg.filter.is_synced(&p, false) {
+                continue;
+            }
+            let st = match self.home.lstat(&p) {
+                Ok(Some(st)) => st,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(path = %p, error = %e, "not sent");
+                    continue;
+                }
+            };
+            let Some(kind) = crate::sig::entry_kind(st.kind) else { continue };
+            let mut header = EntryHeader { path: p.clone(), kind, mode: st.mode, mtime: st.mtime, size: 0, link_target: None };
+            match kind {
+                EntryKind::Dir => tar.append_dir(&header)?,
+                EntryKind::Symlink => {
+                    header.link_target = Some(self.home.read_link(&p)?);
+                    tar.append_symlink(&header)?;
+                }
+                EntryKind::File => {
+                    let mut f = self.home.open_file(&p)?;
+                    let md = f.metadata().map_err(|e| EngineError::io("stat", self.cfg.home.join(p.as_path()), e))?;
+                    let fst = cs_safe_fs::Stat::from_metadata(&md);
+                    header.mode = fst.mode;
+                    header.mtime = fst.mtime;
+                    header.size = fst.size;
+                    tar.append_file(&header, &mut f)?;
+                }
+            }
+            r.sent.insert(p);
+        }
+        let (w, stats) = tar.finish()?;
+        Ok((w, stats, cursor))
+    }
+
+    /// Step 5: makes the round count on P. The journal is persisted before
+    /// the cursor is handed out, so no sequence number is ever issued twice.
+    pub fn commit(&mut self, r: ProjectRound, req: &CommitRequest) -> Result<Cursor, EngineError> {
+        let cursor = r.new_cursor.ok_or_else(|| EngineError::Protocol("commit before step 4".into()))?;
+        let mut held = r.index_base;
+        for p in &req.held.removed {
+            held.remove(p);
+        }
+        held.extend(req.held.added.iter().cloned());
+        let needs_full_list = held_digest(held.iter()) != req.held.digest;
+        if needs_full_list {
+            tracing::warn!(client = %r.client, "held index does not match the client's digest; asking for the full list next round");
+        }
+        let mut unseen: BTreeSet<RelPath> = r.unseen.difference(&r.sent).cloned().collect();
+        unseen.extend(req.not_applied.iter().cloned());
+        let prev = self.client_state(&r.client)?.clone();
+        let st = ClientState {
+            version: CLIENT_STATE_VERSION,
+            held,
+            unseen,
+            needs_full_list,
+            last_cursor: Some(cursor),
+            rounds: prev.rounds + 1,
+        };
+        if self.journal_saved_seq != Some(self.journal.seq) {
+            state::save(&self.cfg.state_dir.join("journal.msgpack"), &self.journal)?;
+            self.journal_saved_seq = Some(self.journal.seq);
+        }
+        if prev.held != st.held || prev.unseen != st.unseen || prev.needs_full_list != st.needs_full_list || prev.last_cursor != st.last_cursor {
+            state::save(&self.client_path(&r.client), &st)?;
+        }
+        self.clients.insert(r.client, st);
+        Ok(cursor)
+    }
+}
+
+fn redirect(redirects: &[(RelPath, RelPath)], p: &RelPath) -> RelPath {
+    for (from, to) in redirects.iter().rev() {
+        if p.starts_with(from) {
+            let rest = &p.as_str()[from.as_str().len()..];
+            if let Ok(q) = RelPath::new(format!("{}{rest}", to.as_str())) {
+                return q;
+            }
+        }
+    }
+    p.clone()
+}
+
+/// `name` + `tail`, shortening `name` (on a char boundary) to stay within
+/// the 255-byte component limit.
+fn fit_name(name: &str, tail: &str) -> String {
+    let room = cs_protocol::MAX_COMPONENT_LEN.saturating_sub(tail.len());
+    let mut end = name.len().min(room);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{tail}", &name[..end])
+}

@@ -1,0 +1,58 @@
+//! The data a round exchanges between the compute server and the project,
+//! step by step (see docs/protocol.md). Tar streams travel separately.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ClientId, Cursor, HeldDigest, RelPath};
+
+/// Opens a round: who the client is, the cursor of its last committed round,
+/// and a digest of what it holds so P can check its per-client index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub client: ClientId,
+    pub protocol: u32,
+    pub cursor: Option<Cursor>,
+    pub held_digest: HeldDigest,
+    pub held_count: u64,
+}
+
+/// P's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// P's index of this client does not match the digest: send the full
+    /// held list before step 1.
+    pub need_held_list: bool,
+    /// The client's cursor is from another journal epoch (P lost or reset its
+    /// journal): this round treats every P file as changed, conservatively.
+    pub cursor_unknown: bool,
+}
+
+/// Outcome of a batch of deletes (step 1 on P, step 2 on C).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteReport {
+    pub deleted: Vec<RelPath>,
+    /// Not deleted because the other side modified them: modification wins.
+    pub kept: Vec<RelPath>,
+    /// Not deleted because the path may not be touched (excluded, local-only,
+    /// or reached through a symlink), with the reason.
+    pub refused: Vec<(RelPath, String)>,
+}
+
+/// Step 5: how the set of paths C holds in its upper layer changed in this
+/// round, so P's per-client index mirrors C's manifest without a full listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldDelta {
+    pub added: Vec<RelPath>,
+    pub removed: Vec<RelPath>,
+    /// Digest of the complete held set after the delta.
+    pub digest: HeldDigest,
+}
+
+/// Step 5, C to P: what C now holds, and which of P's step-4 entries it did
+/// not apply (the user changed the file meanwhile). P keeps treating those as
+/// unseen by this client, so that C's version meets the conflict rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRequest {
+    pub held: HeldDelta,
+    pub not_applied: Vec<RelPath>,
+}

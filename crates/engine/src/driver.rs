@@ -63,6 +63,10 @@ fn cut_here(cut: Option<Cut>, here: Cut) -> Result<(), DriverError> {
 /// applied on disk stays, nothing more is committed.
 pub fn run_round(c: &mut ComputeSide, p: &mut ProjectSide, cut: Option<Cut>) -> Result<RoundReport, DriverError> {
     let mut report = RoundReport::default();
+    if let Some(round_id) = c.pending_round() {
+        let committed = p.was_committed(&c.config().client, round_id)?;
+        c.resolve_pending(committed)?;
+    }
     let (mut cr, hello) = c.begin_round()?;
     let (mut pr, reply) = p.begin_round(&hello)?;
     if reply.need_held_list {
@@ -120,20 +124,20 @@ pub fn run_round(c: &mut ComputeSide, p: &mut ProjectSide, cut: Option<Cut>) -> 
     if stop4.is_some() {
         return Err(DriverError::Cut(cut.expect("set")));
     }
-    let (_, pack_stats, _) = packed?;
+    let (_, pack_stats, cursor) = packed?;
     let r4 = applied?;
     report.sent_to_compute = pack_stats.entries as usize;
     report.bytes_to_compute = pack_stats.compressed_bytes;
     report.skipped_on_compute = r4.not_applied;
     cut_here(cut, Cut::AfterStep4)?;
 
-    // Step 5: commit, P first (it keeps no state that an uncommitted C
-    // could contradict: C's next hello carries its own cursor and digest).
-    let req = c.commit_request(&cr);
+    // Step 5: C writes its new manifest as pending, P commits, C adopts the
+    // pending manifest. A C that dies in between asks P at its next round.
+    let req = c.prepare_commit(&cr, cursor)?;
     report.problems = std::mem::take(&mut cr.problems);
-    let cursor = p.commit(pr, &req)?;
+    p.commit(pr, &req)?;
     cut_here(cut, Cut::AfterProjectCommit)?;
-    c.commit(cr, cursor)?;
+    c.commit(cr)?;
     report.cursor = cursor;
     Ok(report)
 }

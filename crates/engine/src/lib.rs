@@ -37,3 +37,15 @@ pub(crate) fn temp_name(client: &ClientId, seq: u64) -> String {
 pub fn conflict_prefix(name: &str, client: &ClientId) -> String {
     format!("{name}.conflict-{client}-")
 }
+
+/// A random-enough 64-bit id (round ids, journal epochs): unique, not secret.
+pub(crate) fn random_u64() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let mut h = blake3::Hasher::new();
+    h.update(&t.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}

@@ -29,3 +29,12 @@ pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), EngineError> {
 pub fn ensure_dir(path: &Path) -> Result<(), EngineError> {
     std::fs::create_dir_all(path).map_err(|e| EngineError::io("create state directory", path, e))
 }
+
+/// Removes a state file; a missing one is fine.
+pub fn remove(path: &Path) -> Result<(), EngineError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(EngineError::io("remove state file", path, e)),
+    }
+}

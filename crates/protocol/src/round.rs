@@ -53,6 +53,9 @@ pub struct HeldDelta {
 /// unseen by this client, so that C's version meets the conflict rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitRequest {
+    /// Random per round: lets a client that crashed between P's commit and
+    /// its own ask P whether this round committed (see `ProjectSide::was_committed`).
+    pub round_id: u64,
     pub held: HeldDelta,
     pub not_applied: Vec<RelPath>,
 }

@@ -21,6 +21,7 @@ pub use scan::{scan_upper, UpperScan};
 use crate::sig::{held_digest, Sig};
 use crate::{state, temp_name, EngineError, PathFilter};
 
+
 /// Settings of one compute server's sync engine.
 #[derive(Debug, Clone)]
 pub struct ComputeConfig {
@@ -52,6 +53,9 @@ pub struct ComputeSide {
     cfg: ComputeConfig,
     upper: SafeRoot,
     manifest: Manifest,
+    /// Round id of a manifest written at step 5 whose commit on P is not
+    /// confirmed yet (the process died in between).
+    pending: Option<u64>,
     tmp_seq: u64,
 }
 
@@ -70,8 +74,27 @@ pub struct ComputeRound {
     whiteouts_sent: Vec<Whiteout>,
     not_applied: BTreeSet<RelPath>,
     applied_log: AppliedLog,
+    round_id: u64,
     pub problems: Vec<String>,
 }
+
+/// A file of P's written to its temporary name, waiting for the rest of the
+/// stream to prove it whole.
+struct Staged {
+    tmp: RelPath,
+    target: RelPath,
+    expected: Option<Sig>,
+}
+
+/// The manifest of a round whose step 5 is under way.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingCommit {
+    round_id: u64,
+    manifest: Manifest,
+}
+
+const MANIFEST_FILE: &str = "manifest.msgpack";
+const PENDING_FILE: &str = "manifest.pending.msgpack";
 
 /// What step 4 did on C.
 #[derive(Debug, Default, Clone)]
@@ -87,8 +110,9 @@ impl ComputeSide {
     pub fn open(cfg: ComputeConfig) -> Result<Self, EngineError> {
         state::ensure_dir(&cfg.state_dir)?;
         let upper = SafeRoot::open(&cfg.upper)?;
-        let manifest = Manifest::load(&cfg.state_dir.join("manifest.msgpack"))?;
-        Ok(ComputeSide { cfg, upper, manifest, tmp_seq: 0 })
+        let manifest = Manifest::load(&cfg.state_dir.join(MANIFEST_FILE))?;
+        let pending = state::load::<PendingCommit>(&cfg.state_dir.join(PENDING_FILE))?.map(|p| p.round_id);
+        Ok(ComputeSide { cfg, upper, manifest, pending, tmp_seq: 0 })
     }
 
     pub fn config(&self) -> &ComputeConfig {
@@ -100,7 +124,36 @@ impl ComputeSide {
     }
 
     fn manifest_path(&self) -> PathBuf {
-        self.cfg.state_dir.join("manifest.msgpack")
+        self.cfg.state_dir.join(MANIFEST_FILE)
+    }
+
+    fn pending_path(&self) -> PathBuf {
+        self.cfg.state_dir.join(PENDING_FILE)
+    }
+
+    /// A round whose step 5 was interrupted between P's commit and ours:
+    /// ask P ([`crate::ProjectSide::was_committed`]) and pass the answer to
+    /// [`Self::resolve_pending`] before the next round.
+    pub fn pending_round(&self) -> Option<u64> {
+        self.pending
+    }
+
+    /// Adopts the pending manifest if P committed that round, else drops it
+    /// (the round is redone from the last committed state).
+    pub fn resolve_pending(&mut self, committed_on_project: bool) -> Result<(), EngineError> {
+        if self.pending.is_none() {
+            return Ok(());
+        }
+        if committed_on_project {
+            if let Some(p) = state::load::<PendingCommit>(&self.pending_path())? {
+                state::save(&self.manifest_path(), &p.manifest)?;
+                self.manifest = p.manifest;
+                AppliedLog::remove(&self.applied_log_path())?;
+            }
+        }
+        state::remove(&self.pending_path())?;
+        self.pending = None;
+        Ok(())
     }
 
     fn applied_log_path(&self) -> PathBuf {
@@ -109,6 +162,11 @@ impl ComputeSide {
 
     /// Scans the upper layer and opens a round.
     pub fn begin_round(&mut self) -> Result<(ComputeRound, Hello), EngineError> {
+        if self.pending.is_some() {
+            return Err(EngineError::Protocol(
+                "a previous round's commit is unresolved: call resolve_pending first".into(),
+            ));
+        }
         let scan = scan_upper(&self.cfg.upper, &self.cfg.filter)?;
         let mut base = self.manifest.entries.clone();
         // P's versions written by an interrupted round are synced copies, not
@@ -136,6 +194,7 @@ impl ComputeSide {
             whiteouts_sent: Vec::new(),
             not_applied: BTreeSet::new(),
             applied_log: AppliedLog::new(self.applied_log_path()),
+            round_id: crate::random_u64(),
             problems,
         };
         Ok((round, hello))
@@ -147,9 +206,12 @@ impl ComputeSide {
     }
 
     /// Step 1: paths deleted through the merged view since the last round.
+    /// A whiteout on a path the upper layer holds again counts too: unionfs
+    /// keeps a directory's marker when the directory is re-created (the new
+    /// one is opaque), so P's old contents must go; C's new contents follow
+    /// in step 3.
     pub fn deletes_to_send(&self, r: &ComputeRound) -> Vec<RelPath> {
-        let mut out: Vec<RelPath> =
-            r.scan.whiteouts.iter().filter(|w| !r.known.contains_key(&w.path)).map(|w| w.path.clone()).collect();
+        let mut out: Vec<RelPath> = r.scan.whiteouts.iter().map(|w| w.path.clone()).collect();
         out.dedup();
         out
     }
@@ -285,16 +347,37 @@ impl ComputeSide {
         let mut report = ApplyReport::default();
         let limits = self.cfg.limits.clone();
         let mut seen = 0usize;
+        // As on P: a file is renamed into place only once the stream has
+        // gone on intact past it.
+        let mut staged: Option<Staged> = None;
         let result = cs_tarstream::unpack(input, &limits, |h, data| {
             if stop_after.is_some_and(|n| seen >= n) {
                 return Err(Box::new(Interrupted));
             }
             seen += 1;
-            self.apply_entry(r, h, data, &mut report).map_err(|e| Box::new(e) as cs_tarstream::VisitError)
+            let step = (|| {
+                if let Some(st) = staged.take() {
+                    self.finalize(r, st, &mut report)?;
+                }
+                staged = self.apply_entry(r, h, data, &mut report)?;
+                Ok::<(), EngineError>(())
+            })();
+            step.map_err(|e| Box::new(e) as cs_tarstream::VisitError)
         });
-        result?;
+        let outcome = match result {
+            Ok(_) => match staged.take() {
+                Some(st) => self.finalize(r, st, &mut report),
+                None => Ok(()),
+            },
+            Err(e) => {
+                if let Some(st) = staged.take() {
+                    let _ = self.upper.remove_file(&st.tmp);
+                }
+                Err(e.into())
+            }
+        };
         r.not_applied.extend(report.not_applied.iter().cloned());
-        Ok(report)
+        outcome.map(|()| report)
     }
 
     fn apply_entry(
@@ -303,68 +386,75 @@ impl ComputeSide {
         h: &EntryHeader,
         data: &mut dyn Read,
         report: &mut ApplyReport,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<Staged>, EngineError> {
         let p = &h.path;
         if !self.cfg.filter.is_synced(p, h.kind == EntryKind::Dir) {
             r.problems.push(format!("{p}: P sent a path that is not synced here; ignored"));
-            return Ok(());
+            return Ok(None);
         }
         let expected = r.known.get(p).copied();
         let current = match self.upper.lstat(p) {
             Ok(st) => st.and_then(|s| Sig::of(&s)),
             Err(_) => {
                 report.not_applied.push(p.clone());
-                return Ok(());
+                return Ok(None);
             }
         };
         if current != expected {
             report.not_applied.push(p.clone());
+            return Ok(None);
+        }
+        if h.kind == EntryKind::Dir {
+            match current.map(|s| s.kind) {
+                Some(EntryKind::Dir) => {}
+                Some(_) => {
+                    self.upper.remove_file(p)?;
+                    self.upper.create_dir(p, h.mode)?;
+                }
+                None => {
+                    if let Err(e) = self.upper.create_dir(p, h.mode) {
+                        if e.is_not_found() {
+                            report.not_applied.push(p.clone());
+                            return Ok(None);
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+            self.upper.set_mode(p, h.mode)?;
+            self.upper.set_mtime(p, h.mtime)?;
+            self.record_applied(r, p, report)?;
+            return Ok(None);
+        }
+        self.tmp_seq += 1;
+        let tmp_name = temp_name(&self.cfg.client, self.tmp_seq);
+        let tmp = if h.kind == EntryKind::File {
+            let (tmp, _, n) = self.upper.write_temp(p, &tmp_name, data, h.mode, h.mtime, false)?;
+            report.bytes += n;
+            tmp
+        } else {
+            let target = h.link_target.as_deref().unwrap_or_default();
+            self.upper.symlink_temp(p, &tmp_name, target, h.mtime)?
+        };
+        Ok(Some(Staged { tmp, target: p.clone(), expected }))
+    }
+
+    /// Renames a staged file into place if the local entry is still what
+    /// this round last saw; otherwise the user's version stays.
+    fn finalize(&mut self, r: &mut ComputeRound, st: Staged, report: &mut ApplyReport) -> Result<(), EngineError> {
+        let Staged { tmp, target, expected } = st;
+        let now = self.upper.lstat(&target)?.and_then(|s| Sig::of(&s));
+        let clear = now == expected && (now.map(|s| s.kind) != Some(EntryKind::Dir) || self.clear_dir(r, &target)?);
+        if !clear {
+            self.upper.remove_file(&tmp)?;
+            report.not_applied.push(target);
             return Ok(());
         }
-        match h.kind {
-            EntryKind::Dir => {
-                match current.map(|s| s.kind) {
-                    Some(EntryKind::Dir) => {}
-                    Some(_) => {
-                        self.upper.remove_file(p)?;
-                        self.upper.create_dir(p, h.mode)?;
-                    }
-                    None => {
-                        if let Err(e) = self.upper.create_dir(p, h.mode) {
-                            if e.is_not_found() {
-                                report.not_applied.push(p.clone());
-                                return Ok(());
-                            }
-                            return Err(e.into());
-                        }
-                    }
-                }
-                self.upper.set_mode(p, h.mode)?;
-                self.upper.set_mtime(p, h.mtime)?;
-            }
-            EntryKind::File | EntryKind::Symlink => {
-                self.tmp_seq += 1;
-                let tmp_name = temp_name(&self.cfg.client, self.tmp_seq);
-                let tmp = if h.kind == EntryKind::File {
-                    let (tmp, _, n) = self.upper.write_temp(p, &tmp_name, data, h.mode, h.mtime, false)?;
-                    report.bytes += n;
-                    tmp
-                } else {
-                    let target = h.link_target.as_deref().unwrap_or_default();
-                    self.upper.symlink_temp(p, &tmp_name, target, h.mtime)?
-                };
-                // Re-check just before the rename: the user may have written
-                // the file while we received P's version.
-                let now = self.upper.lstat(p)?.and_then(|s| Sig::of(&s));
-                let clear = now == expected && (now.map(|s| s.kind) != Some(EntryKind::Dir) || self.clear_dir(r, p)?);
-                if !clear {
-                    self.upper.remove_file(&tmp)?;
-                    report.not_applied.push(p.clone());
-                    return Ok(());
-                }
-                self.upper.rename(&tmp, p)?;
-            }
-        }
+        self.upper.rename(&tmp, &target)?;
+        self.record_applied(r, &target, report)
+    }
+
+    fn record_applied(&mut self, r: &mut ComputeRound, p: &RelPath, report: &mut ApplyReport) -> Result<(), EngineError> {
         let Some(sig) = self.upper.lstat(p)?.and_then(|s| Sig::of(&s)) else {
             return Ok(());
         };
@@ -394,35 +484,32 @@ impl ComputeSide {
         Ok(true)
     }
 
-    /// Step 5, first half: what P must know to mirror this side's manifest.
-    pub fn commit_request(&self, r: &ComputeRound) -> CommitRequest {
+    /// Step 5, first half: persists the manifest this round will commit as
+    /// *pending*, and returns what P must know to mirror it.
+    pub fn prepare_commit(&mut self, r: &ComputeRound, cursor: Cursor) -> Result<CommitRequest, EngineError> {
         let old = &self.manifest.entries;
         let added = r.next.keys().filter(|p| !old.contains_key(*p)).cloned().collect();
         let removed = old.keys().filter(|p| !r.next.contains_key(*p)).cloned().collect();
-        CommitRequest {
-            held: HeldDelta { added, removed, digest: held_digest(r.next.keys()) },
-            not_applied: r.not_applied.iter().cloned().collect(),
-        }
-    }
-
-    /// Step 5, second half (after P committed): persist the new manifest and
-    /// the cursor P issued. Only now does the round count.
-    pub fn commit(&mut self, r: ComputeRound, cursor: Cursor) -> Result<(), EngineError> {
-        let changed = self.manifest.entries != r.next || self.manifest.cursor != Some(cursor);
-        let mut m = Manifest {
+        let manifest = Manifest {
             version: MANIFEST_VERSION,
             cursor: Some(cursor),
             rounds: self.manifest.rounds + 1,
-            entries: r.next,
+            entries: r.next.clone(),
         };
-        if changed || self.manifest.rounds == 0 {
-            state::save(&self.manifest_path(), &m)?;
-        } else {
-            m.rounds = self.manifest.rounds + 1;
-        }
-        AppliedLog::remove(&self.applied_log_path())?;
-        self.manifest = m;
-        Ok(())
+        state::save(&self.pending_path(), &PendingCommit { round_id: r.round_id, manifest })?;
+        self.pending = Some(r.round_id);
+        Ok(CommitRequest {
+            round_id: r.round_id,
+            held: HeldDelta { added, removed, digest: held_digest(r.next.keys()) },
+            not_applied: r.not_applied.iter().cloned().collect(),
+        })
+    }
+
+    /// Step 5, second half (after P committed): the pending manifest becomes
+    /// the manifest. Only now does the round count.
+    pub fn commit(&mut self, r: ComputeRound) -> Result<(), EngineError> {
+        drop(r);
+        self.resolve_pending(true)
     }
 }
 

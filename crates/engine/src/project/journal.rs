@@ -37,7 +37,7 @@ pub struct Journal {
 
 impl Journal {
     pub fn new() -> Journal {
-        Journal { version: JOURNAL_VERSION, epoch: new_epoch(), seq: 0, entries: HashMap::new() }
+        Journal { version: JOURNAL_VERSION, epoch: crate::random_u64(), seq: 0, entries: HashMap::new() }
     }
 
     pub fn cursor(&self) -> Cursor {
@@ -90,16 +90,6 @@ impl Default for Journal {
     fn default() -> Self {
         Journal::new()
     }
-}
-
-fn new_epoch() -> u64 {
-    // Uniqueness, not secrecy: time and pid are enough to tell journals apart.
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let mut h = blake3::Hasher::new();
-    h.update(&t.to_le_bytes());
-    h.update(&std::process::id().to_le_bytes());
-    let b = h.finalize();
-    u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 fn walk(root: &Path, dir: Option<&RelPath>, filter: &PathFilter, seen: &mut HashMap<RelPath, Sig>) -> Result<(), EngineError> {

@@ -61,6 +61,8 @@ pub struct ClientState {
     /// The mirror is known to be off: ask for the full list next round.
     pub needs_full_list: bool,
     pub last_cursor: Option<Cursor>,
+    /// Id of the last round committed for this client.
+    pub last_round_id: Option<u64>,
     pub rounds: u64,
 }
 
@@ -144,6 +146,12 @@ impl ProjectSide {
             self.clients.insert(c.clone(), st);
         }
         Ok(&self.clients[c])
+    }
+
+    /// Did this client's round `round_id` commit here? Asked by a client
+    /// that died between P's commit and its own.
+    pub fn was_committed(&mut self, c: &ClientId, round_id: u64) -> Result<bool, EngineError> {
+        Ok(self.client_state(c)?.last_round_id == Some(round_id))
     }
 
     /// Opens a round: brings the journal up to date with the home and checks
@@ -299,14 +307,38 @@ impl ProjectSide {
         let mut redirects: Vec<(RelPath, RelPath)> = Vec::new();
         let limits = self.cfg.limits.clone();
         let mut seen = 0usize;
-        cs_tarstream::unpack(input, &limits, |h, data| {
+        // A file entry is renamed into place only once the next header (or
+        // the end of the stream) has been read intact: an entry the sender
+        // found torn is followed by a cut stream, and is then discarded.
+        let mut staged: Option<Staged> = None;
+        let result = cs_tarstream::unpack(input, &limits, |h, data| {
             if stop_after.is_some_and(|n| seen >= n) {
                 return Err(Box::new(Interrupted));
             }
             seen += 1;
-            self.apply_entry(r, h, data, &mut redirects, &mut report).map_err(|e| Box::new(e) as cs_tarstream::VisitError)
-        })?;
-        Ok(report)
+            let step = (|| {
+                if let Some(st) = staged.take() {
+                    self.finalize(r, st, &mut report)?;
+                }
+                staged = self.apply_entry(r, h, data, &mut redirects, &mut report)?;
+                Ok::<(), EngineError>(())
+            })();
+            step.map_err(|e| Box::new(e) as cs_tarstream::VisitError)
+        });
+        match result {
+            Ok(_) => {
+                if let Some(st) = staged.take() {
+                    self.finalize(r, st, &mut report)?;
+                }
+                Ok(report)
+            }
+            Err(e) => {
+                if let Some(st) = staged.take() {
+                    let _ = self.home.remove_file(&st.tmp);
+                }
+                Err(e.into())
+            }
+        }
     }
 
     fn apply_entry(
@@ -316,11 +348,11 @@ impl ProjectSide {
         data: &mut dyn Read,
         redirects: &mut Vec<(RelPath, RelPath)>,
         report: &mut WriteReport,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<Staged>, EngineError> {
         let is_dir = h.kind == EntryKind::Dir;
         if !self.cfg.filter.is_synced(&h.path, is_dir) {
             report.refused.push((h.path.clone(), "excluded or local-only path".into()));
-            return Ok(());
+            return Ok(None);
         }
         r.held.insert(h.path.clone());
         let mut target = redirect(redirects, &h.path);
@@ -331,14 +363,12 @@ impl ProjectSide {
             Err(FsError::SymlinkInPath { .. } | FsError::NotADirectory { .. }) => {
                 let Some(blocker) = self.first_non_dir_ancestor(&target)? else {
                     report.refused.push((h.path.clone(), "path changed while being resolved".into()));
-                    return Ok(());
+                    return Ok(None);
                 };
-                let conflict_dir = self.conflict_name(&blocker, &r.client)?;
-                self.home.create_dir(&conflict_dir, 0o755)?;
-                self.record(r, &conflict_dir)?;
-                report.conflicts.push(conflict_dir.clone());
-                let from = redirect(redirects, &blocker);
-                redirects.push((from, conflict_dir));
+                let conflict_dir = self.conflict_dir(r, &blocker, 0o755, report)?;
+                // P's entry wins: the client gets it in step 4.
+                r.unseen.insert(blocker.clone());
+                redirects.push((blocker, conflict_dir));
                 target = redirect(redirects, &h.path);
                 self.lstat_sig(&target)?
             }
@@ -350,7 +380,8 @@ impl ProjectSide {
             }
         }
         if is_dir {
-            return self.apply_dir(r, h, target, actual, redirects, report);
+            self.apply_dir(r, h, target, actual, redirects, report)?;
+            return Ok(None);
         }
         self.tmp_seq += 1;
         let tmp_name = temp_name(&r.client, self.tmp_seq);
@@ -361,6 +392,13 @@ impl ProjectSide {
         } else {
             self.home.symlink_temp(&target, &tmp_name, h.link_target.as_deref().unwrap_or_default(), h.mtime)?
         };
+        Ok(Some(Staged { tmp, target }))
+    }
+
+    /// Moves a staged file into place, or beside it as a conflict copy.
+    fn finalize(&mut self, r: &mut ProjectRound, st: Staged, report: &mut WriteReport) -> Result<(), EngineError> {
+        let Staged { tmp, target } = st;
+        let actual = self.lstat_sig(&target)?;
         let replace = match actual.map(|a| a.kind) {
             None => true,
             Some(EntryKind::Dir) => {
@@ -379,8 +417,10 @@ impl ProjectSide {
             report.unchanged += 1;
             return Ok(());
         }
-        // Conflict: P's version stays; the incoming one is kept beside it,
-        // once (a retried round finds its earlier copy and adds none).
+        // Conflict: P's version stays and goes to the client in step 4; the
+        // incoming one is kept beside it, once (a retried round finds its
+        // earlier copy and adds none).
+        r.unseen.insert(target.clone());
         if let Some(existing) = self.find_conflict_copy(&target, &r.client, &tmp)? {
             self.home.remove_file(&tmp)?;
             tracing::debug!(path = %target, copy = %existing, "conflict copy already present");
@@ -392,6 +432,36 @@ impl ProjectSide {
         tracing::info!(path = %target, copy = %copy, client = %r.client, "conflict: project version kept");
         report.conflicts.push(copy);
         Ok(())
+    }
+
+    /// The directory that receives a client's tree which P's file or
+    /// symlink at `p` displaced: this client's existing one for `p` if there
+    /// is one (a retried round adds no second copy), else a new one.
+    fn conflict_dir(
+        &mut self,
+        r: &ProjectRound,
+        p: &RelPath,
+        mode: u32,
+        report: &mut WriteReport,
+    ) -> Result<RelPath, EngineError> {
+        let prefix = fit_name(p.file_name(), &crate::conflict_prefix("", &r.client));
+        let existing = match self.home.read_dir(p.parent().as_ref()) {
+            Ok(names) => names
+                .into_iter()
+                .filter(|(n, k)| *k == cs_safe_fs::FileKind::Dir && n.to_str().is_some_and(|n| n.starts_with(&prefix)))
+                .filter_map(|(n, _)| n.to_str().and_then(|n| p.with_file_name(n).ok()))
+                .max(),
+            Err(_) => None,
+        };
+        if let Some(dir) = existing {
+            return Ok(dir);
+        }
+        let dir = self.conflict_name(p, &r.client)?;
+        self.home.create_dir(&dir, mode)?;
+        self.home.set_mode(&dir, mode)?;
+        self.record(r, &dir)?;
+        report.conflicts.push(dir.clone());
+        Ok(dir)
     }
 
     fn apply_dir(
@@ -418,12 +488,10 @@ impl ProjectSide {
             }
             Some(_) => {
                 // P put a file where the client has a directory: the client's
-                // tree goes to a conflict directory beside it.
-                let copy = self.conflict_name(&target, &r.client)?;
-                self.home.create_dir(&copy, h.mode)?;
-                self.home.set_mtime(&copy, h.mtime)?;
-                self.record(r, &copy)?;
-                report.conflicts.push(copy.clone());
+                // tree goes to a conflict directory beside it, P's file to
+                // the client in step 4.
+                let copy = self.conflict_dir(r, &target, h.mode, report)?;
+                r.unseen.insert(target.clone());
                 redirects.push((target, copy));
                 return Ok(());
             }
@@ -562,18 +630,25 @@ impl ProjectSide {
             unseen,
             needs_full_list,
             last_cursor: Some(cursor),
+            last_round_id: Some(req.round_id),
             rounds: prev.rounds + 1,
         };
         if self.journal_saved_seq != Some(self.journal.seq) {
             state::save(&self.cfg.state_dir.join("journal.msgpack"), &self.journal)?;
             self.journal_saved_seq = Some(self.journal.seq);
         }
-        if prev.held != st.held || prev.unseen != st.unseen || prev.needs_full_list != st.needs_full_list || prev.last_cursor != st.last_cursor {
-            state::save(&self.client_path(&r.client), &st)?;
-        }
+        // Always saved: the round id is what a crashed client asks about.
+        state::save(&self.client_path(&r.client), &st)?;
         self.clients.insert(r.client, st);
         Ok(cursor)
     }
+}
+
+/// A file written to its temporary name, waiting for the rest of the
+/// stream to prove it whole.
+struct Staged {
+    tmp: RelPath,
+    target: RelPath,
 }
 
 fn redirect(redirects: &[(RelPath, RelPath)], p: &RelPath) -> RelPath {

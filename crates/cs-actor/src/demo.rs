@@ -37,39 +37,39 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
 
     let id = ClientId::new("gpu-1")?;
     let mut c = ComputeSide::open(ComputeConfig::new(id, upper.clone(), root.join("compute-state")))?;
-    let mut p = ProjectSide::open(ProjectConfig::new(home.clone(), root.join("project-state")))?;
-    let mut round = |what: &str, c: &mut ComputeSide, p: &mut ProjectSide| -> Result<RoundReport> {
+    let p = ProjectSide::open(ProjectConfig::new(home.clone(), root.join("project-state")))?;
+    let round = |what: &str, c: &mut ComputeSide, p: &ProjectSide| -> Result<RoundReport> {
         let r = run_round(c, p, None).context("round failed")?;
         println!("{what}\n  {}", report_line(&r));
         Ok(r)
     };
 
-    round("round 1: nothing held yet, nothing to do", &mut c, &mut p)?;
+    round("round 1: nothing held yet, nothing to do", &mut c, &p)?;
 
     write(&upper, "build/main.o", "object code")?;
     write(&upper, "src/main.c", "int main(void) { return 42; }\n")?;
     cs_union::create_whiteout(&upper, cs_union::Layout::UnionfsFuse1, &RelPath::new("notes/old.txt")?)?;
-    round("round 2: compute server compiled, edited src/main.c, deleted notes/old.txt", &mut c, &mut p)?;
+    round("round 2: compute server compiled, edited src/main.c, deleted notes/old.txt", &mut c, &p)?;
     show(&home, "src/main.c")?;
     println!("  project has notes/old.txt: {}", home.join("notes/old.txt").exists());
 
     write(&home, "src/main.c", "int main(void) { return 7; } /* edited on the project */\n")?;
-    round("round 3: the project edited src/main.c, which the compute server holds", &mut c, &mut p)?;
+    round("round 3: the project edited src/main.c, which the compute server holds", &mut c, &p)?;
     show(&upper, "src/main.c")?;
 
     write(&home, "src/main.c", "/* project's edit */\n")?;
     write(&upper, "src/main.c", "/* compute server's edit */\n")?;
-    let r = round("round 4: both edited src/main.c: the project wins, nothing is lost", &mut c, &mut p)?;
+    let r = round("round 4: both edited src/main.c: the project wins, nothing is lost", &mut c, &p)?;
     show(&home, "src/main.c")?;
     for copy in &r.conflicts {
         show(&home, copy.as_str())?;
     }
 
     fs::remove_file(home.join("build/main.o"))?;
-    round("round 5: the project deleted build/main.o", &mut c, &mut p)?;
+    round("round 5: the project deleted build/main.o", &mut c, &p)?;
     println!("  compute server still has build/main.o: {}", upper.join("build/main.o").exists());
 
-    round("round 6: idle", &mut c, &mut p)?;
+    round("round 6: idle", &mut c, &p)?;
     println!("\ndone: both trees are left in {} for you to inspect", root.display());
     Ok(())
 }

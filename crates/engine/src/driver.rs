@@ -61,7 +61,7 @@ fn cut_here(cut: Option<Cut>, here: Cut) -> Result<(), DriverError> {
 
 /// Runs steps 1 to 5. With `Some(cut)` the round stops there: what was
 /// applied on disk stays, nothing more is committed.
-pub fn run_round(c: &mut ComputeSide, p: &mut ProjectSide, cut: Option<Cut>) -> Result<RoundReport, DriverError> {
+pub fn run_round(c: &mut ComputeSide, p: &ProjectSide, cut: Option<Cut>) -> Result<RoundReport, DriverError> {
     let mut report = RoundReport::default();
     if let Some(round_id) = c.pending_round() {
         let committed = p.was_committed(&c.config().client, round_id)?;

@@ -31,11 +31,11 @@ fn new_file_on_compute_reaches_project_and_is_not_echoed() {
     let mut s = setup();
     fs::create_dir(s.upper.join("d")).unwrap();
     fs::write(s.upper.join("d/f"), b"hello").unwrap();
-    let r = run_round(&mut s.c, &mut s.p, None).unwrap();
+    let r = run_round(&mut s.c, &s.p, None).unwrap();
     assert_eq!(r.sent_to_project, 2);
     assert_eq!(r.sent_to_compute, 0, "no echo");
     assert_eq!(fs::read(s.home.join("d/f")).unwrap(), b"hello");
-    let r = run_round(&mut s.c, &mut s.p, None).unwrap();
+    let r = run_round(&mut s.c, &s.p, None).unwrap();
     assert_eq!((r.sent_to_project, r.sent_to_compute), (0, 0), "idle round ships nothing");
 }
 
@@ -43,15 +43,15 @@ fn new_file_on_compute_reaches_project_and_is_not_echoed() {
 fn project_change_to_held_file_reaches_compute_and_conflict_keeps_both() {
     let mut s = setup();
     fs::write(s.upper.join("f"), b"one").unwrap();
-    run_round(&mut s.c, &mut s.p, None).unwrap();
+    run_round(&mut s.c, &s.p, None).unwrap();
     fs::write(s.home.join("f"), b"two-from-p").unwrap();
-    let r = run_round(&mut s.c, &mut s.p, None).unwrap();
+    let r = run_round(&mut s.c, &s.p, None).unwrap();
     assert_eq!(r.sent_to_compute, 1);
     assert_eq!(fs::read(s.upper.join("f")).unwrap(), b"two-from-p");
     // Both sides write: P wins, C's version is kept as a conflict copy.
     fs::write(s.home.join("f"), b"three-p").unwrap();
     fs::write(s.upper.join("f"), b"three-c").unwrap();
-    let r = run_round(&mut s.c, &mut s.p, None).unwrap();
+    let r = run_round(&mut s.c, &s.p, None).unwrap();
     assert_eq!(r.conflicts.len(), 1, "{r:?}");
     assert_eq!(fs::read(s.home.join("f")).unwrap(), b"three-p");
     assert_eq!(fs::read(s.home.join(r.conflicts[0].as_path())).unwrap(), b"three-c");
@@ -63,11 +63,11 @@ fn project_delete_removes_synced_copy_but_not_local_edit() {
     let mut s = setup();
     fs::write(s.upper.join("a"), b"a").unwrap();
     fs::write(s.upper.join("b"), b"b").unwrap();
-    run_round(&mut s.c, &mut s.p, None).unwrap();
+    run_round(&mut s.c, &s.p, None).unwrap();
     fs::remove_file(s.home.join("a")).unwrap();
     fs::remove_file(s.home.join("b")).unwrap();
     fs::write(s.upper.join("b"), b"b-edited").unwrap();
-    let r = run_round(&mut s.c, &mut s.p, None).unwrap();
+    let r = run_round(&mut s.c, &s.p, None).unwrap();
     assert_eq!(r.deletes_to_compute, 1, "{r:?}");
     assert!(!s.upper.join("a").exists());
     assert_eq!(fs::read(s.home.join("b")).unwrap(), b"b-edited", "modification beats deletion");

@@ -64,11 +64,17 @@ impl Journal {
         self.seq
     }
 
-    /// Compares the home against the journal and records every difference
-    /// as a change by no client. Returns how many changes were found.
-    pub fn refresh(&mut self, home: &Path, filter: &PathFilter) -> Result<usize, EngineError> {
-        let mut seen: HashMap<RelPath, Sig> = HashMap::with_capacity(self.entries.len());
+    /// Walks the home: every synced entry with its signature. Takes no
+    /// lock: the walk is the slow part.
+    pub fn scan(home: &Path, filter: &PathFilter) -> Result<HashMap<RelPath, Sig>, EngineError> {
+        let mut seen = HashMap::new();
         walk(home, None, filter, &mut seen)?;
+        Ok(seen)
+    }
+
+    /// Records every difference between a scan and the journal as a change
+    /// by no client. Returns how many changes were found.
+    pub fn merge(&mut self, seen: HashMap<RelPath, Sig>) -> usize {
         let mut changes = 0;
         let gone: Vec<RelPath> =
             self.entries.iter().filter(|(p, e)| e.sig.is_some() && !seen.contains_key(*p)).map(|(p, _)| p.clone()).collect();
@@ -82,7 +88,12 @@ impl Journal {
                 changes += 1;
             }
         }
-        Ok(changes)
+        changes
+    }
+
+    /// `scan` then `merge`.
+    pub fn refresh(&mut self, home: &Path, filter: &PathFilter) -> Result<usize, EngineError> {
+        Ok(self.merge(Self::scan(home, filter)?))
     }
 }
 

@@ -4,6 +4,8 @@
 mod journal;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -66,13 +68,30 @@ pub struct ClientState {
     pub rounds: u64,
 }
 
+/// The project side. Shared by every client's session (`&self` methods):
+/// each client's round state lives in its own [`ProjectRound`]; what is
+/// shared (the journal, the client table) is locked only for an instant, and
+/// `apply_lock` serialises single file operations (check, then rename or
+/// remove), so one client's slow stream never holds up another's round for
+/// longer than one file operation.
 pub struct ProjectSide {
     cfg: ProjectConfig,
     home: SafeRoot,
+    journal: Mutex<JournalState>,
+    clients: Mutex<HashMap<ClientId, ClientState>>,
+    apply_lock: Mutex<()>,
+    tmp_seq: AtomicU64,
+}
+
+struct JournalState {
     journal: Journal,
-    journal_saved_seq: Option<u64>,
-    clients: HashMap<ClientId, ClientState>,
-    tmp_seq: u64,
+    saved_seq: Option<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not wedge the broker: the data is still
+    // consistent (every critical section is a few field updates).
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One client's round in flight on P. Dropping it abandons the round.
@@ -123,15 +142,23 @@ impl ProjectSide {
             }
             None => (Journal::new(), None),
         };
-        Ok(ProjectSide { cfg, home, journal, journal_saved_seq: saved, clients: HashMap::new(), tmp_seq: 0 })
+        Ok(ProjectSide {
+            cfg,
+            home,
+            journal: Mutex::new(JournalState { journal, saved_seq: saved }),
+            clients: Mutex::new(HashMap::new()),
+            apply_lock: Mutex::new(()),
+            tmp_seq: AtomicU64::new(0),
+        })
     }
 
     pub fn config(&self) -> &ProjectConfig {
         &self.cfg
     }
 
-    pub fn journal(&self) -> &Journal {
-        &self.journal
+    /// P's current journal position (what a round starting now would see).
+    pub fn journal_cursor(&self) -> Cursor {
+        lock(&self.journal).journal.cursor()
     }
 
     fn client_path(&self, c: &ClientId) -> PathBuf {
@@ -139,33 +166,39 @@ impl ProjectSide {
     }
 
     /// The client's committed state, loaded on first use.
-    pub fn client_state(&mut self, c: &ClientId) -> Result<&ClientState, EngineError> {
-        if !self.clients.contains_key(c) {
-            let st = state::load::<ClientState>(&self.client_path(c))?
-                .unwrap_or(ClientState { version: CLIENT_STATE_VERSION, ..Default::default() });
-            self.clients.insert(c.clone(), st);
+    pub fn client_state(&self, c: &ClientId) -> Result<ClientState, EngineError> {
+        if let Some(st) = lock(&self.clients).get(c) {
+            return Ok(st.clone());
         }
-        Ok(&self.clients[c])
+        let st = state::load::<ClientState>(&self.client_path(c))?
+            .unwrap_or(ClientState { version: CLIENT_STATE_VERSION, ..Default::default() });
+        lock(&self.clients).insert(c.clone(), st.clone());
+        Ok(st)
     }
 
     /// Did this client's round `round_id` commit here? Asked by a client
     /// that died between P's commit and its own.
-    pub fn was_committed(&mut self, c: &ClientId, round_id: u64) -> Result<bool, EngineError> {
+    pub fn was_committed(&self, c: &ClientId, round_id: u64) -> Result<bool, EngineError> {
         Ok(self.client_state(c)?.last_round_id == Some(round_id))
     }
 
     /// Opens a round: brings the journal up to date with the home and checks
     /// the client's index against its digest.
-    pub fn begin_round(&mut self, hello: &Hello) -> Result<(ProjectRound, HelloReply), EngineError> {
+    pub fn begin_round(&self, hello: &Hello) -> Result<(ProjectRound, HelloReply), EngineError> {
         if hello.protocol != PROTOCOL_VERSION {
             return Err(EngineError::Protocol(format!(
                 "client {} speaks protocol {}, this broker {PROTOCOL_VERSION}",
                 hello.client, hello.protocol
             )));
         }
-        self.journal.refresh(&self.cfg.home, &self.cfg.filter)?;
-        let st = self.client_state(&hello.client)?.clone();
-        let base = self.journal.position(hello.cursor);
+        // The walk runs unlocked; only the merge holds the journal.
+        let seen = Journal::scan(&self.cfg.home, &self.cfg.filter)?;
+        let base = {
+            let mut j = lock(&self.journal);
+            j.journal.merge(seen);
+            j.journal.position(hello.cursor)
+        };
+        let st = self.client_state(&hello.client)?;
         let need_held_list = st.needs_full_list || held_digest(st.held.iter()) != hello.held_digest;
         let reply = HelloReply { need_held_list, cursor_unknown: hello.cursor.is_some() && base.is_none() };
         let round = ProjectRound {
@@ -181,7 +214,7 @@ impl ProjectSide {
     }
 
     /// The client's full held list, when [`HelloReply::need_held_list`].
-    pub fn set_held_list(&mut self, r: &mut ProjectRound, paths: Vec<RelPath>) {
+    pub fn set_held_list(&self, r: &mut ProjectRound, paths: Vec<RelPath>) {
         r.index_base = paths.into_iter().collect();
         r.held = r.index_base.clone();
     }
@@ -194,7 +227,8 @@ impl ProjectSide {
             return true;
         }
         let Some(base) = r.base else { return actual.is_some() };
-        match self.journal.get(p) {
+        let j = lock(&self.journal);
+        match j.journal.get(p) {
             None => actual.is_some(),
             Some(e) if e.sig != actual => true,
             Some(e) => e.seq > base && e.author.as_ref() != Some(&r.client),
@@ -205,15 +239,15 @@ impl ProjectSide {
         Ok(self.home.lstat(p)?.and_then(|s| Sig::of(&s)))
     }
 
-    fn record(&mut self, r: &ProjectRound, p: &RelPath) -> Result<(), EngineError> {
+    fn record(&self, r: &ProjectRound, p: &RelPath) -> Result<(), EngineError> {
         let sig = self.lstat_sig(p)?;
-        self.journal.record(p, sig, Some(&r.client));
+        lock(&self.journal).journal.record(p, sig, Some(&r.client));
         Ok(())
     }
 
     /// Step 1: the client deleted these paths. Each is deleted unless P
     /// changed it since the client's cursor (modification beats deletion).
-    pub fn apply_deletes(&mut self, r: &mut ProjectRound, paths: &[RelPath]) -> Result<DeleteReport, EngineError> {
+    pub fn apply_deletes(&self, r: &mut ProjectRound, paths: &[RelPath]) -> Result<DeleteReport, EngineError> {
         let mut report = DeleteReport::default();
         let mut paths: Vec<&RelPath> = paths.iter().collect();
         paths.sort();
@@ -242,7 +276,7 @@ impl ProjectSide {
     /// Deletes `p` and what lies below it, keeping every entry changed by
     /// others (and the directories that still contain something). Returns
     /// whether `p` is gone.
-    fn delete_tree(&mut self, r: &ProjectRound, p: &RelPath, report: &mut DeleteReport) -> Result<bool, EngineError> {
+    fn delete_tree(&self, r: &ProjectRound, p: &RelPath, report: &mut DeleteReport) -> Result<bool, EngineError> {
         let Some(actual) = self.lstat_sig(p)? else { return Ok(true) };
         if actual.kind == EntryKind::Dir {
             let mut all_gone = true;
@@ -265,7 +299,8 @@ impl ProjectSide {
             if !all_gone {
                 return Ok(false);
             }
-            if self.changed_by_others(r, p, Some(actual)) {
+            let _op = lock(&self.apply_lock);
+            if self.changed_by_others(r, p, self.lstat_sig(p)?) {
                 report.kept.push(p.clone());
                 return Ok(false);
             }
@@ -275,20 +310,23 @@ impl ProjectSide {
                 Err(e) => return Err(e.into()),
             }
         } else {
-            if self.changed_by_others(r, p, Some(actual)) {
+            let _op = lock(&self.apply_lock);
+            if self.changed_by_others(r, p, self.lstat_sig(p)?) {
                 report.kept.push(p.clone());
                 return Ok(false);
             }
             self.home.remove_file(p)?;
         }
-        self.journal.record(p, None, Some(&r.client));
+        lock(&self.journal).journal.record(p, None, Some(&r.client));
         report.deleted.push(p.clone());
         Ok(true)
     }
 
     /// Step 2: the paths the client holds that no longer exist on P.
-    pub fn deletes_for_client(&mut self, r: &mut ProjectRound) -> Vec<RelPath> {
-        let gone: Vec<RelPath> = r.held.iter().filter(|p| !self.journal.is_live(p)).cloned().collect();
+    pub fn deletes_for_client(&self, r: &mut ProjectRound) -> Vec<RelPath> {
+        let j = lock(&self.journal);
+        let gone: Vec<RelPath> = r.held.iter().filter(|p| !j.journal.is_live(p)).cloned().collect();
+        drop(j);
         for p in &gone {
             r.held.remove(p);
         }
@@ -298,7 +336,7 @@ impl ProjectSide {
     /// Step 3: applies the client's tar stream, each entry atomically, with
     /// the conflict rule. `stop_after` aborts after that many entries.
     pub fn apply_writes<R: Read>(
-        &mut self,
+        &self,
         r: &mut ProjectRound,
         input: R,
         stop_after: Option<usize>,
@@ -342,7 +380,7 @@ impl ProjectSide {
     }
 
     fn apply_entry(
-        &mut self,
+        &self,
         r: &mut ProjectRound,
         h: &EntryHeader,
         data: &mut dyn Read,
@@ -358,8 +396,8 @@ impl ProjectSide {
         let mut target = redirect(redirects, &h.path);
         // An ancestor that is not a directory on P (a file or a symlink P put
         // there after the client's cursor): the client's tree goes beside it.
-        let actual = match self.lstat_sig(&target) {
-            Ok(a) => a,
+        match self.lstat_sig(&target) {
+            Ok(_) => {}
             Err(FsError::SymlinkInPath { .. } | FsError::NotADirectory { .. }) => {
                 let Some(blocker) = self.first_non_dir_ancestor(&target)? else {
                     report.refused.push((h.path.clone(), "path changed while being resolved".into()));
@@ -370,21 +408,19 @@ impl ProjectSide {
                 r.unseen.insert(blocker.clone());
                 redirects.push((blocker, conflict_dir));
                 target = redirect(redirects, &h.path);
-                self.lstat_sig(&target)?
             }
             Err(e) => return Err(e.into()),
-        };
+        }
         if let Some(parent) = target.parent() {
             if self.home.lstat(&parent)?.is_none() {
                 self.home.create_dir_all(&parent, 0o755)?;
             }
         }
         if is_dir {
-            self.apply_dir(r, h, target, actual, redirects, report)?;
+            self.apply_dir(r, h, target, redirects, report)?;
             return Ok(None);
         }
-        self.tmp_seq += 1;
-        let tmp_name = temp_name(&r.client, self.tmp_seq);
+        let tmp_name = temp_name(&r.client, self.tmp_seq.fetch_add(1, Ordering::Relaxed));
         let tmp = if h.kind == EntryKind::File {
             let (tmp, _, n) = self.home.write_temp(&target, &tmp_name, data, h.mode, h.mtime, false)?;
             report.bytes += n;
@@ -396,8 +432,9 @@ impl ProjectSide {
     }
 
     /// Moves a staged file into place, or beside it as a conflict copy.
-    fn finalize(&mut self, r: &mut ProjectRound, st: Staged, report: &mut WriteReport) -> Result<(), EngineError> {
+    fn finalize(&self, r: &mut ProjectRound, st: Staged, report: &mut WriteReport) -> Result<(), EngineError> {
         let Staged { tmp, target } = st;
+        let _op = lock(&self.apply_lock);
         let actual = self.lstat_sig(&target)?;
         let replace = match actual.map(|a| a.kind) {
             None => true,
@@ -438,7 +475,7 @@ impl ProjectSide {
     /// symlink at `p` displaced: this client's existing one for `p` if there
     /// is one (a retried round adds no second copy), else a new one.
     fn conflict_dir(
-        &mut self,
+        &self,
         r: &ProjectRound,
         p: &RelPath,
         mode: u32,
@@ -465,14 +502,15 @@ impl ProjectSide {
     }
 
     fn apply_dir(
-        &mut self,
+        &self,
         r: &mut ProjectRound,
         h: &EntryHeader,
         target: RelPath,
-        actual: Option<Sig>,
         redirects: &mut Vec<(RelPath, RelPath)>,
         report: &mut WriteReport,
     ) -> Result<(), EngineError> {
+        let _op = lock(&self.apply_lock);
+        let actual = self.lstat_sig(&target)?;
         let changed = self.changed_by_others(r, &target, actual);
         match actual.map(|a| a.kind) {
             None => self.home.create_dir(&target, h.mode)?,
@@ -557,14 +595,14 @@ impl ProjectSide {
     /// Step 4: packs what changed on P since the client's cursor among the
     /// paths the client holds (plus those it has not applied yet), never
     /// echoing the client's own writes. Returns the cursor to commit.
-    pub fn pack_changes<W: Write>(&mut self, r: &mut ProjectRound, w: W) -> Result<(W, PackStats, Cursor), EngineError> {
-        let cursor = self.journal.cursor();
+    pub fn pack_changes<W: Write>(&self, r: &mut ProjectRound, w: W) -> Result<(W, PackStats, Cursor), EngineError> {
+        let cursor = lock(&self.journal).journal.cursor();
         r.new_cursor = Some(cursor);
         let mut tar = PackWriter::new(w, self.cfg.zstd_level)?;
         let held: Vec<RelPath> = r.held.iter().cloned().collect();
         for p in held {
             let send = r.unseen.contains(&p)
-                || match (r.base, self.journal.get(&p)) {
+                || match (r.base, lock(&self.journal).journal.get(&p).cloned()) {
                     (_, None) => false,
                     (_, Some(e)) if e.sig.is_none() => false,
                     // Never echo the client's own write: it holds exactly
@@ -610,7 +648,7 @@ impl ProjectSide {
 
     /// Step 5: makes the round count on P. The journal is persisted before
     /// the cursor is handed out, so no sequence number is ever issued twice.
-    pub fn commit(&mut self, r: ProjectRound, req: &CommitRequest) -> Result<Cursor, EngineError> {
+    pub fn commit(&self, r: ProjectRound, req: &CommitRequest) -> Result<Cursor, EngineError> {
         let cursor = r.new_cursor.ok_or_else(|| EngineError::Protocol("commit before step 4".into()))?;
         let mut held = r.index_base;
         for p in &req.held.removed {
@@ -623,7 +661,7 @@ impl ProjectSide {
         }
         let mut unseen: BTreeSet<RelPath> = r.unseen.difference(&r.sent).cloned().collect();
         unseen.extend(req.not_applied.iter().cloned());
-        let prev = self.client_state(&r.client)?.clone();
+        let prev = self.client_state(&r.client)?;
         let st = ClientState {
             version: CLIENT_STATE_VERSION,
             held,
@@ -633,13 +671,16 @@ impl ProjectSide {
             last_round_id: Some(req.round_id),
             rounds: prev.rounds + 1,
         };
-        if self.journal_saved_seq != Some(self.journal.seq) {
-            state::save(&self.cfg.state_dir.join("journal.msgpack"), &self.journal)?;
-            self.journal_saved_seq = Some(self.journal.seq);
+        {
+            let mut j = lock(&self.journal);
+            if j.saved_seq != Some(j.journal.seq) {
+                state::save(&self.cfg.state_dir.join("journal.msgpack"), &j.journal)?;
+                j.saved_seq = Some(j.journal.seq);
+            }
         }
         // Always saved: the round id is what a crashed client asks about.
         state::save(&self.client_path(&r.client), &st)?;
-        self.clients.insert(r.client, st);
+        lock(&self.clients).insert(r.client, st);
         Ok(cursor)
     }
 }

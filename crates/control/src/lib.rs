@@ -1,0 +1,163 @@
+//! The control socket: how `cs-actor status` and `cs-actor sync` talk to a
+//! running service on the same machine.
+//!
+//! One JSON object per line each way over a unix socket (mode 0600, so only
+//! the service's user can ask). A request is `{"cmd":"status"}` or
+//! `{"cmd":"sync","wait":true}`; the answer is `{"ok":true,"status":{…}}`,
+//! `{"ok":true,"round":N}` or `{"ok":false,"error":"…"}`. The status object
+//! is the service's observable state, documented in docs/operations.md.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// Run a round now; with `wait`, answer when it committed or failed.
+    Sync { wait: bool },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<serde_json::Value>,
+    /// The round that answered a `sync`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub round: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn status(v: serde_json::Value) -> Self {
+        Response { ok: true, status: Some(v), round: None, error: None }
+    }
+    pub fn round(n: u64) -> Self {
+        Response { ok: true, status: None, round: Some(n), error: None }
+    }
+    pub fn error(e: impl Into<String>) -> Self {
+        Response { ok: false, status: None, round: None, error: Some(e.into()) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}; is the service running, and is this its --control-socket?")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("control socket {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("control socket {path}: bad answer: {reason}")]
+    BadAnswer { path: PathBuf, reason: String },
+    #[error("control socket {path}: cannot listen: {source}")]
+    Listen { path: PathBuf, source: std::io::Error },
+}
+
+/// What the service does with a request.
+pub type Handler = Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+
+/// Serves the socket until the returned task is aborted. A stale socket file
+/// from a previous run is replaced.
+pub fn serve(path: &Path, handler: Handler) -> Result<tokio::task::JoinHandle<()>, ControlError> {
+    let err = |source| ControlError::Listen { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve_one(stream, handler).await {
+                    tracing::debug!(error = %e, "control connection ended");
+                }
+            });
+        }
+    }))
+}
+
+async fn serve_one(stream: UnixStream, handler: Handler) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => handler(req).await,
+            Err(e) => Response::error(format!("bad request {line:?}: {e}")),
+        };
+        let mut out = serde_json::to_vec(&resp).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+        out.push(b'\n');
+        w.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+/// Sends one request and reads the answer (client side, for the CLI).
+pub async fn ask(path: &Path, req: &Request) -> Result<Response, ControlError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ControlError::Connect { path: path.to_path_buf(), source })?;
+    let io = |source| ControlError::Io { path: path.to_path_buf(), source };
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(req).expect("requests serialise");
+    line.push(b'\n');
+    w.write_all(&line).await.map_err(io)?;
+    let mut lines = BufReader::new(r).lines();
+    let answer = lines
+        .next_line()
+        .await
+        .map_err(io)?
+        .ok_or_else(|| ControlError::BadAnswer { path: path.to_path_buf(), reason: "connection closed".into() })?;
+    serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trip_and_bad_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("ctl.sock");
+        let handler: Handler = Arc::new(|req| {
+            Box::pin(async move {
+                match req {
+                    Request::Status => Response::status(serde_json::json!({"phase": "idle"})),
+                    Request::Sync { wait } => if wait { Response::round(7) } else { Response::error("nope") },
+                }
+            })
+        });
+        let task = serve(&sock, handler).unwrap();
+        let mode = std::fs::metadata(&sock).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+        let r = ask(&sock, &Request::Status).await.unwrap();
+        assert_eq!(r.status.unwrap()["phase"], "idle");
+        assert_eq!(ask(&sock, &Request::Sync { wait: true }).await.unwrap().round, Some(7));
+        let r = ask(&sock, &Request::Sync { wait: false }).await.unwrap();
+        assert!(!r.ok && r.error.as_deref() == Some("nope"));
+        // A garbage line gets an error answer, not a dropped connection.
+        let mut s = UnixStream::connect(&sock).await.unwrap();
+        s.write_all(b"{not json\n").await.unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).await.unwrap();
+        assert!(line.contains("\"ok\":false") && line.contains("bad request"), "{line}");
+        task.abort();
+        let missing = ask(&dir.path().join("nope.sock"), &Request::Status).await.unwrap_err().to_string();
+        assert!(missing.contains("is the service running"), "{missing}");
+    }
+}

@@ -1,0 +1,394 @@
+//! The websocket to the broker: one connection per compute server, request
+//! and answer correlated by id, tar streams as chunk frames with bounded
+//! channels (flow control), pings for liveness and round-trip time, and
+//! reconnection with jittered exponential backoff.
+//!
+//! The actor owns the connection's lifecycle and its observable state; the
+//! [`LinkHandle`] it hands out is what a round uses to talk to the broker.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use async_trait::async_trait;
+use cs_actors::MAILBOX_CAPACITY;
+use cs_wire::{
+    stream_channel, ChunkReader, ChunkWriter, ClientMsg, Frame, ServerMsg, StreamEnd, StreamItem, WireLimits,
+    DEFAULT_STREAM_CHANNEL,
+};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::round::{Link, OutStream, RoundError};
+
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    pub url: String,
+    pub token: String,
+    pub extra_ca: Option<PathBuf>,
+    pub limits: WireLimits,
+    pub ping_interval: Duration,
+    /// No answer to a request (or a pong) for this long: the connection is dead.
+    pub request_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl ConnectionConfig {
+    pub fn new(url: String, token: String) -> Self {
+        ConnectionConfig {
+            url,
+            token,
+            extra_ca: None,
+            limits: WireLimits::default(),
+            ping_interval: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(120),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectionState {
+    pub url: String,
+    /// connecting, connected or backoff.
+    pub state: &'static str,
+    pub connected_for_ms: Option<u64>,
+    pub rtt_ms: Option<f64>,
+    pub reconnects: u64,
+    pub failed_attempts: u32,
+    pub next_attempt_in_ms: Option<u64>,
+    pub last_error: Option<String>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+enum WriterCmd {
+    Frame(Frame<ClientMsg>),
+    Stream(u32, mpsc::Receiver<StreamItem>),
+}
+
+type Answer = oneshot::Sender<Result<ServerMsg, String>>;
+
+/// What the round and the actor share: the writer, requests waiting for an
+/// answer, stream routes.
+#[derive(Default)]
+struct Shared {
+    writer: Mutex<Option<mpsc::Sender<WriterCmd>>>,
+    pending: Mutex<HashMap<u64, Answer>>,
+    inbound: Mutex<HashMap<u32, mpsc::Sender<StreamItem>>>,
+    outbound: Mutex<HashMap<u32, mpsc::Receiver<StreamItem>>>,
+    next_id: AtomicU64,
+    next_stream: AtomicU32,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    rtt_us: AtomicU64,
+}
+
+impl Shared {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection is gone: every waiter learns it now.
+    fn fail_all(&self, why: &str) {
+        *Self::lock(&self.writer) = None;
+        for (_, tx) in Self::lock(&self.pending).drain() {
+            let _ = tx.send(Err(why.to_string()));
+        }
+        for (_, tx) in Self::lock(&self.inbound).drain() {
+            let _ = tx.try_send(StreamItem::End(StreamEnd::Abort(why.to_string())));
+        }
+        Self::lock(&self.outbound).clear();
+    }
+}
+
+/// The round's handle on the connection.
+#[derive(Clone)]
+pub struct LinkHandle {
+    shared: Arc<Shared>,
+    limits: WireLimits,
+    timeout: Duration,
+}
+
+struct ChunkOut(ChunkWriter);
+
+impl Write for ChunkOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl OutStream for ChunkOut {
+    fn finish(self: Box<Self>) -> std::io::Result<()> {
+        self.0.finish()
+    }
+}
+
+#[async_trait]
+impl Link for LinkHandle {
+    async fn request(&self, msg: ClientMsg) -> Result<ServerMsg, RoundError> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let writer = Shared::lock(&self.shared.writer)
+            .clone()
+            .ok_or_else(|| RoundError::Link("not connected to the broker".into()))?;
+        let (tx, rx) = oneshot::channel();
+        Shared::lock(&self.shared.pending).insert(id, tx);
+        // An upload's chunks follow its request on the same ordered queue.
+        let upload = match &msg {
+            ClientMsg::SendWrites { stream } => Shared::lock(&self.shared.outbound).remove(stream).map(|rx| (*stream, rx)),
+            _ => None,
+        };
+        let send = async {
+            writer.send(WriterCmd::Frame(Frame::control(id, msg))).await.ok()?;
+            if let Some((stream, rx)) = upload {
+                writer.send(WriterCmd::Stream(stream, rx)).await.ok()?;
+            }
+            Some(())
+        };
+        if send.await.is_none() {
+            Shared::lock(&self.shared.pending).remove(&id);
+            return Err(RoundError::Link("connection to the broker lost".into()));
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(Ok(answer))) => Ok(answer),
+            Ok(Ok(Err(why))) => Err(RoundError::Link(why)),
+            Ok(Err(_)) => Err(RoundError::Link("connection to the broker lost".into())),
+            Err(_) => {
+                Shared::lock(&self.shared.pending).remove(&id);
+                Err(RoundError::Link(format!("no answer from the broker within {:?}", self.timeout)))
+            }
+        }
+    }
+
+    fn next_stream(&self) -> u32 {
+        self.shared.next_stream.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    async fn outbound(&self, id: u32) -> Result<Box<dyn OutStream>, RoundError> {
+        let (tx, rx) = stream_channel(DEFAULT_STREAM_CHANNEL);
+        Shared::lock(&self.shared.outbound).insert(id, rx);
+        Ok(Box::new(ChunkOut(ChunkWriter::new(tx, self.limits.max_chunk_bytes))))
+    }
+
+    async fn inbound(&self, id: u32) -> Result<Box<dyn Read + Send>, RoundError> {
+        let (tx, rx) = stream_channel(DEFAULT_STREAM_CHANNEL);
+        Shared::lock(&self.shared.inbound).insert(id, tx);
+        Ok(Box::new(ChunkReader::new(rx)))
+    }
+}
+
+pub struct Connection {
+    cfg: ConnectionConfig,
+    shared: Arc<Shared>,
+    state: ConnectionState,
+    connected_at: Option<Instant>,
+    next_attempt: Option<Instant>,
+    generation: u64,
+}
+
+impl Connection {
+    pub fn new(cfg: ConnectionConfig) -> Self {
+        let state = ConnectionState { url: cfg.url.clone(), state: "connecting", ..Default::default() };
+        Connection { cfg, shared: Arc::new(Shared::default()), state, connected_at: None, next_attempt: None, generation: 0 }
+    }
+
+    pub fn link(&self) -> LinkHandle {
+        LinkHandle { shared: self.shared.clone(), limits: self.cfg.limits, timeout: self.cfg.request_timeout }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.state.state = "connecting";
+        self.next_attempt = None;
+        let cfg = self.cfg.clone();
+        let fut = async move {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                cs_wire::connect(&cfg.url, &cfg.token, cfg.extra_ca.as_deref(), cfg.limits),
+            )
+            .await
+            .map_err(|_| "connecting timed out after 20 s".to_string())?
+            .map_err(|e| e.to_string())
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(conn) => act.connected(conn, ctx),
+            Err(e) => act.lost(e, ctx),
+        }));
+    }
+
+    fn connected(&mut self, conn: cs_wire::ClientConn, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let generation = self.generation;
+        if self.state.failed_attempts > 0 || self.connected_at.is_some() {
+            self.state.reconnects += 1;
+        }
+        tracing::info!(url = %self.cfg.url, "connected to the broker");
+        self.state.state = "connected";
+        self.state.failed_attempts = 0;
+        self.connected_at = Some(Instant::now());
+        let (mut sender, mut receiver) = conn.split();
+        let (wtx, mut wrx) = mpsc::channel::<WriterCmd>(64);
+        *Shared::lock(&self.shared.writer) = Some(wtx);
+        let shared = self.shared.clone();
+        // Writer: frames and streams, in order.
+        let writer = async move {
+            while let Some(cmd) = wrx.recv().await {
+                let r = match cmd {
+                    WriterCmd::Frame(f) => sender.send(&f).await.map(|_| ()),
+                    WriterCmd::Stream(id, mut rx) => sender.send_stream(id, &mut rx).await.map(|_| ()),
+                };
+                if let Err(e) = r {
+                    return format!("sending to the broker: {e}");
+                }
+            }
+            "closed".to_string()
+        };
+        // Reader: answers to their waiters, chunks to their streams.
+        let reader = async move {
+            loop {
+                let frame = match receiver.recv().await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return "the broker closed the connection".to_string(),
+                    Err(e) if !e.is_fatal() => {
+                        tracing::warn!(error = %e, "bad frame from the broker; ignored");
+                        continue;
+                    }
+                    Err(e) => return format!("receiving from the broker: {e}"),
+                };
+                match frame {
+                    Frame::Control(env) => {
+                        if let ServerMsg::Pong { sent_ms } = env.body {
+                            let now = now_us();
+                            shared.rtt_us.store(now.saturating_sub(sent_ms), Ordering::Relaxed);
+                        }
+                        if let Some(tx) = Shared::lock(&shared.pending).remove(&env.id) {
+                            let _ = tx.send(Ok(env.body));
+                        }
+                    }
+                    Frame::Chunk { stream, data } => {
+                        shared.bytes_received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        let tx = Shared::lock(&shared.inbound).get(&stream).cloned();
+                        if let Some(tx) = tx {
+                            // Awaiting here is the flow control.
+                            let _ = tx.send(StreamItem::Chunk(data)).await;
+                        }
+                    }
+                    Frame::End { stream, end } => {
+                        let tx = Shared::lock(&shared.inbound).remove(&stream);
+                        if let Some(tx) = tx {
+                            let _ = tx.send(StreamItem::End(end)).await;
+                        }
+                    }
+                }
+            }
+        };
+        let both = async move {
+            tokio::select! {
+                why = writer => why,
+                why = reader => why,
+            }
+        };
+        ctx.spawn(both.into_actor(self).map(move |why, act, ctx| {
+            if act.generation == generation {
+                act.lost(why, ctx);
+            }
+        }));
+    }
+
+    fn lost(&mut self, why: String, ctx: &mut Context<Self>) {
+        if self.connected_at.take().is_some() {
+            tracing::warn!(reason = %why, "connection to the broker lost");
+        }
+        self.shared.fail_all(&why);
+        self.generation += 1;
+        self.state.failed_attempts += 1;
+        self.state.last_error = Some(why);
+        let n = self.state.failed_attempts.min(16);
+        let base = self.cfg.backoff_min.saturating_mul(1 << (n - 1).min(10)).min(self.cfg.backoff_max);
+        let delay = base.mul_f64(rand::rng().random_range(0.5..1.0));
+        self.state.state = "backoff";
+        self.next_attempt = Some(Instant::now() + delay);
+        ctx.run_later(delay, |act, ctx| act.connect(ctx));
+    }
+
+    fn ping(&mut self, ctx: &mut Context<Self>) {
+        if self.connected_at.is_none() {
+            return;
+        }
+        let link = self.link();
+        let generation = self.generation;
+        let timeout = self.cfg.ping_interval * 3;
+        let fut = async move {
+            let ping = link.request(ClientMsg::Ping { sent_ms: now_us() });
+            match tokio::time::timeout(timeout, ping).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no pong within {timeout:?}")),
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |dead, act, ctx| {
+            if let Some(why) = dead {
+                if act.generation == generation && act.connected_at.is_some() {
+                    act.lost(why, ctx);
+                }
+            }
+        }));
+    }
+}
+
+/// Microseconds on this machine's monotonic-ish clock: only ever compared
+/// with itself (the pong echoes our own value back).
+fn now_us() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        self.connect(ctx);
+        ctx.run_interval(self.cfg.ping_interval, |act, ctx| act.ping(ctx));
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "ConnectionState")]
+pub struct Observe;
+
+impl Handler<Observe> for Connection {
+    type Result = MessageResult<Observe>;
+    fn handle(&mut self, _: Observe, _: &mut Self::Context) -> Self::Result {
+        let mut s = self.state.clone();
+        s.connected_for_ms = self.connected_at.map(|t| t.elapsed().as_millis() as u64);
+        let rtt = self.shared.rtt_us.load(Ordering::Relaxed);
+        s.rtt_ms = (rtt > 0).then(|| rtt as f64 / 1000.0);
+        s.next_attempt_in_ms = self.next_attempt.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64);
+        s.bytes_sent = self.shared.bytes_sent.load(Ordering::Relaxed);
+        s.bytes_received = self.shared.bytes_received.load(Ordering::Relaxed);
+        MessageResult(s)
+    }
+}
+
+/// Close the connection (shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect;
+
+impl Handler<Disconnect> for Connection {
+    type Result = ();
+    fn handle(&mut self, _: Disconnect, ctx: &mut Self::Context) {
+        self.generation += 1;
+        self.shared.fail_all("shutting down");
+        ctx.stop();
+    }
+}

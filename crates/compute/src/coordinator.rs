@@ -1,0 +1,273 @@
+//! The round coordinator: owns the state machine (see `machine`), turns its
+//! actions into work (start a round, arm a retry timer, answer waiters), and
+//! keeps the round statistics `cs-actor status` shows.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use cs_actors::{Heartbeat, MAILBOX_CAPACITY};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::machine::{transition, Action, Backoff, Event, Phase, Step, Trigger};
+use crate::packer::Packer;
+use crate::round::{self, Link, RoundSummary};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CoordinatorState {
+    /// idle, running, backoff or paused.
+    pub phase: &'static str,
+    /// The step of the round in flight.
+    pub step: Option<Step>,
+    pub step_number: Option<u8>,
+    /// The round in flight, or the last one started.
+    pub round: u64,
+    pub running_for_ms: Option<u64>,
+    pub rounds_committed: u64,
+    pub rounds_failed: u64,
+    /// Failed attempts of the current round so far.
+    pub retries: u32,
+    pub next_retry_in_ms: Option<u64>,
+    pub paused_reason: Option<String>,
+    pub last_error: Option<String>,
+    pub last_committed: Option<RoundSummary>,
+    pub conflicts_total: u64,
+    pub interval_ms: u64,
+    pub heartbeat_beats: u64,
+}
+
+pub struct Coordinator {
+    phase: Phase,
+    last_round: u64,
+    backoff: Backoff,
+    interval: Duration,
+    packer: Addr<Packer>,
+    link: Arc<dyn Link>,
+    waiters: Vec<(u64, oneshot::Sender<Result<u64, String>>)>,
+    round_started: Option<Instant>,
+    retry_at: Option<Instant>,
+    stats: Stats,
+    heartbeat: Heartbeat,
+}
+
+#[derive(Default)]
+struct Stats {
+    committed: u64,
+    failed: u64,
+    conflicts: u64,
+    last_error: Option<String>,
+    last_committed: Option<RoundSummary>,
+}
+
+impl Coordinator {
+    pub fn new(packer: Addr<Packer>, link: Arc<dyn Link>, interval: Duration, backoff: Backoff) -> Self {
+        Coordinator {
+            phase: Phase::Idle,
+            last_round: 0,
+            backoff,
+            interval,
+            packer,
+            link,
+            waiters: Vec::new(),
+            round_started: None,
+            retry_at: None,
+            stats: Stats::default(),
+            heartbeat: Heartbeat::new(),
+        }
+    }
+
+    fn apply(&mut self, event: Event, ctx: &mut Context<Self>) {
+        let (phase, actions) = transition(&self.phase, event, self.last_round, &self.backoff);
+        self.phase = phase;
+        for action in actions {
+            match action {
+                Action::StartRound { round } => self.start_round(round, ctx),
+                Action::ScheduleRetry(delay) => {
+                    // ±20% jitter, so that clients cut off together do not
+                    // come back together.
+                    let jitter = rand::rng().random_range(0.8..1.2);
+                    let delay = delay.mul_f64(jitter);
+                    self.retry_at = Some(Instant::now() + delay);
+                    ctx.run_later(delay, |act, ctx| act.apply(Event::BackoffElapsed, ctx));
+                }
+                Action::Finished { round, result } => {
+                    let waiters = std::mem::take(&mut self.waiters);
+                    for (min_round, tx) in waiters {
+                        if min_round <= round {
+                            let _ = tx.send(result.clone().map(|()| round));
+                        } else {
+                            self.waiters.push((min_round, tx));
+                        }
+                    }
+                }
+                Action::RefuseWaiters(reason) => {
+                    for (_, tx) in self.waiters.drain(..) {
+                        let _ = tx.send(Err(reason.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_round(&mut self, round: u64, ctx: &mut Context<Self>) {
+        self.last_round = round;
+        self.round_started = Some(Instant::now());
+        self.retry_at = None;
+        let packer = self.packer.clone();
+        let link = self.link.clone();
+        let me = ctx.address();
+        let hb = self.heartbeat.clone();
+        let fut = async move {
+            let progress = move |s: Step| {
+                hb.beat();
+                me.do_send(StepStarted(s));
+            };
+            round::run(round, &packer, link.as_ref(), &progress).await
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            act.round_started = None;
+            match result {
+                Ok(summary) => {
+                    act.stats.committed += 1;
+                    act.stats.conflicts += summary.conflicts.len() as u64;
+                    tracing::info!(
+                        round = summary.round,
+                        ms = summary.duration_ms,
+                        conflicts = summary.conflicts.len(),
+                        "round committed"
+                    );
+                    act.stats.last_committed = Some(summary);
+                    act.apply(Event::Committed, ctx);
+                }
+                Err(e) => {
+                    act.stats.failed += 1;
+                    let msg = e.to_string();
+                    tracing::warn!(error = %msg, "round failed; it will be retried");
+                    act.stats.last_error = Some(msg.clone());
+                    act.apply(Event::Failed(msg), ctx);
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for Coordinator {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        ctx.run_interval(self.interval, |act, ctx| act.apply(Event::Trigger(Trigger::Timer), ctx));
+        // A first round at start-up: catch up with what happened while down.
+        self.apply(Event::Trigger(Trigger::Timer), ctx);
+    }
+}
+
+/// Start a round (or mark one to follow the round in flight).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TriggerRound(pub Trigger);
+impl Handler<TriggerRound> for Coordinator {
+    type Result = ();
+    fn handle(&mut self, m: TriggerRound, ctx: &mut Self::Context) {
+        self.apply(Event::Trigger(m.0), ctx);
+    }
+}
+
+/// `cs-actor sync [--wait]`: a round that starts after this request; with
+/// `wait`, the answer comes when it committed (Ok(round)) or failed.
+#[derive(Message)]
+#[rtype(result = "Result<u64, String>")]
+pub struct SyncNow {
+    pub wait: bool,
+}
+impl Handler<SyncNow> for Coordinator {
+    type Result = ResponseFuture<Result<u64, String>>;
+    fn handle(&mut self, m: SyncNow, ctx: &mut Self::Context) -> Self::Result {
+        let want = self.last_round + 1;
+        let rx = if m.wait {
+            let (tx, rx) = oneshot::channel();
+            self.waiters.push((want, tx));
+            Some(rx)
+        } else {
+            None
+        };
+        self.apply(Event::Trigger(Trigger::OnDemand), ctx);
+        Box::pin(async move {
+            match rx {
+                None => Ok(want),
+                Some(rx) => rx.await.unwrap_or_else(|_| Err("the service is shutting down".into())),
+            }
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StepStarted(Step);
+impl Handler<StepStarted> for Coordinator {
+    type Result = ();
+    fn handle(&mut self, m: StepStarted, ctx: &mut Self::Context) {
+        self.apply(Event::StepStarted(m.0), ctx);
+    }
+}
+
+/// The safety rail: the mount supervisor says whether rounds may run.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetRail(pub Option<String>);
+impl Handler<SetRail> for Coordinator {
+    type Result = ();
+    fn handle(&mut self, m: SetRail, ctx: &mut Self::Context) {
+        let paused = matches!(self.phase, Phase::Paused { .. })
+            || matches!(self.phase, Phase::Running { pause_after: Some(_), .. });
+        match m.0 {
+            Some(reason) => {
+                if !paused {
+                    tracing::warn!(reason = %reason, "safety rail up: syncing paused");
+                }
+                self.apply(Event::Pause(reason), ctx)
+            }
+            None if paused => {
+                tracing::info!("safety rail down: syncing resumes");
+                self.apply(Event::Resume, ctx)
+            }
+            None => {}
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "CoordinatorState")]
+pub struct Observe;
+impl Handler<Observe> for Coordinator {
+    type Result = MessageResult<Observe>;
+    fn handle(&mut self, _: Observe, _: &mut Self::Context) -> Self::Result {
+        let (phase, step, retries, paused_reason) = match &self.phase {
+            Phase::Idle => ("idle", None, 0, None),
+            Phase::Running { step, attempt, .. } => ("running", Some(*step), *attempt, None),
+            Phase::Backoff { attempt, .. } => ("backoff", None, *attempt, None),
+            Phase::Paused { reason } => ("paused", None, 0, Some(reason.clone())),
+        };
+        MessageResult(CoordinatorState {
+            phase,
+            step,
+            step_number: step.map(Step::number),
+            round: self.last_round,
+            running_for_ms: self.round_started.map(|t| t.elapsed().as_millis() as u64),
+            rounds_committed: self.stats.committed,
+            rounds_failed: self.stats.failed,
+            retries,
+            next_retry_in_ms: self
+                .retry_at
+                .filter(|_| phase == "backoff")
+                .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+            paused_reason,
+            last_error: self.stats.last_error.clone(),
+            last_committed: self.stats.last_committed.clone(),
+            conflicts_total: self.stats.conflicts,
+            interval_ms: self.interval.as_millis() as u64,
+            heartbeat_beats: self.heartbeat.beats(),
+        })
+    }
+}

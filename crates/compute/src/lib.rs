@@ -1,0 +1,7 @@
+//! The compute-server service (see docs/architecture.md).
+pub mod machine;
+pub mod packer;
+pub mod round;
+pub mod coordinator;
+pub mod watcher;
+pub mod connection;

@@ -1,0 +1,296 @@
+//! The round coordinator's state machine: one enum of phases and one
+//! transition function, with no I/O, so every rule is unit-tested.
+//!
+//! ```text
+//!            Trigger                 StepStarted(s)
+//!   Idle ─────────────► Running{step} ─────────────► Running{s}
+//!    ▲  ▲                  │       │
+//!    │  │     Committed    │       │ Failed(e)
+//!    │  └──────────────────┘       ▼
+//!    │                          Backoff{attempt} ──BackoffElapsed──► Running
+//!    │ Resume                      │ (on-demand Trigger starts at once)
+//!   Paused ◄──── Pause(reason) ────┘ (from Idle or Backoff; a running
+//!                                     round finishes first)
+//! ```
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The steps of a round, in order (see docs/protocol.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Settle a commit interrupted by a crash (ask P about a pending round).
+    Resolve,
+    Hello,
+    DeletesToProject,
+    DeletesToCompute,
+    WritesToProject,
+    WritesToCompute,
+    Commit,
+}
+
+impl Step {
+    pub const ALL: [Step; 7] = [
+        Step::Resolve,
+        Step::Hello,
+        Step::DeletesToProject,
+        Step::DeletesToCompute,
+        Step::WritesToProject,
+        Step::WritesToCompute,
+        Step::Commit,
+    ];
+
+    /// The step's number in the contract (1 to 5; 0 for the preamble).
+    pub fn number(self) -> u8 {
+        match self {
+            Step::Resolve | Step::Hello => 0,
+            Step::DeletesToProject => 1,
+            Step::DeletesToCompute => 2,
+            Step::WritesToProject => 3,
+            Step::WritesToCompute => 4,
+            Step::Commit => 5,
+        }
+    }
+}
+
+/// Why a round starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Timer,
+    /// The upper layer changed (debounced filesystem events).
+    UpperChanged,
+    /// `cs-actor sync`.
+    OnDemand,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Idle,
+    Running {
+        round: u64,
+        step: Step,
+        /// Failed attempts before this one (0 for a fresh round).
+        attempt: u32,
+        /// A trigger arrived during the round: its changes may have been
+        /// scanned too late, so another round follows at once.
+        again: bool,
+        /// The safety rail went up during the round: pause after it.
+        pause_after: Option<String>,
+    },
+    Backoff { attempt: u32, last_error: String },
+    Paused { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Trigger(Trigger),
+    StepStarted(Step),
+    Committed,
+    Failed(String),
+    BackoffElapsed,
+    /// The mount supervisor's safety rail is up.
+    Pause(String),
+    Resume,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start round number `round` now.
+    StartRound { round: u64 },
+    /// Arm a timer that delivers `BackoffElapsed` after this long (before jitter).
+    ScheduleRetry(Duration),
+    /// Answer the `sync --wait` callers waiting for rounds up to `round`.
+    Finished { round: u64, result: Result<(), String> },
+    /// Answer every waiting `sync --wait` caller with an error now.
+    RefuseWaiters(String),
+}
+
+/// Retry delays: doubling from `min` up to `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { min: Duration::from_secs(1), max: Duration::from_secs(60) }
+    }
+}
+
+impl Backoff {
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
+        self.min.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// The coordinator's whole decision logic. `last_round` is the number of
+/// the last round started (the next one is `last_round + 1`).
+pub fn transition(phase: &Phase, event: Event, last_round: u64, backoff: &Backoff) -> (Phase, Vec<Action>) {
+    use Phase::*;
+    let start_attempt = |n: u64, attempt: u32| {
+        (
+            Running { round: n, step: Step::Resolve, attempt, again: false, pause_after: None },
+            vec![Action::StartRound { round: n }],
+        )
+    };
+    let start = |n: u64| start_attempt(n, 0);
+    match (phase.clone(), event) {
+        (Idle, Event::Trigger(_)) => start(last_round + 1),
+        (Running { round, step, attempt, pause_after, .. }, Event::Trigger(_)) => {
+            (Running { round, step, attempt, again: true, pause_after }, vec![])
+        }
+        (Running { round, attempt, again, pause_after, .. }, Event::StepStarted(step)) => {
+            (Running { round, step, attempt, again, pause_after }, vec![])
+        }
+        (Running { round, again, pause_after, .. }, Event::Committed) => {
+            let done = Action::Finished { round, result: Ok(()) };
+            match (pause_after, again) {
+                (Some(reason), _) => (Paused { reason: reason.clone() }, vec![done, Action::RefuseWaiters(paused(&reason))]),
+                (None, true) => {
+                    let (p, mut a) = start(last_round + 1);
+                    a.insert(0, done);
+                    (p, a)
+                }
+                (None, false) => (Idle, vec![done]),
+            }
+        }
+        (Running { round, attempt, pause_after, .. }, Event::Failed(e)) => {
+            let done = Action::Finished { round, result: Err(e.clone()) };
+            match pause_after {
+                Some(reason) => (Paused { reason: reason.clone() }, vec![done, Action::RefuseWaiters(paused(&reason))]),
+                None => {
+                    let attempt = attempt + 1;
+                    (Backoff { attempt, last_error: e }, vec![done, Action::ScheduleRetry(backoff.delay(attempt))])
+                }
+            }
+        }
+        (Running { round, step, attempt, again, .. }, Event::Pause(reason)) => {
+            (Running { round, step, attempt, again, pause_after: Some(reason) }, vec![])
+        }
+        (Running { round, step, attempt, again, .. }, Event::Resume) => {
+            (Running { round, step, attempt, again, pause_after: None }, vec![])
+        }
+        (Backoff { attempt, .. }, Event::BackoffElapsed) | (Backoff { attempt, .. }, Event::Trigger(Trigger::OnDemand)) => {
+            start_attempt(last_round + 1, attempt)
+        }
+        // A retry after a failure that fails again backs off longer.
+        (Backoff { .. }, Event::Trigger(_)) => (phase.clone(), vec![]),
+        (Idle | Backoff { .. }, Event::Pause(reason)) => {
+            (Paused { reason: reason.clone() }, vec![Action::RefuseWaiters(paused(&reason))])
+        }
+        (Paused { reason }, Event::Trigger(Trigger::OnDemand)) => (phase.clone(), vec![Action::RefuseWaiters(paused(&reason))]),
+        (Paused { .. }, Event::Resume) => start(last_round + 1),
+        (Paused { .. }, Event::Pause(reason)) => (Paused { reason }, vec![]),
+        // Anything else is stale (a timer after a state change): ignore it.
+        (p, _) => (p, vec![]),
+    }
+}
+
+fn paused(reason: &str) -> String {
+    format!("syncing is paused: {reason}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(phase: Phase, ev: Event) -> (Phase, Vec<Action>) {
+        transition(&phase, ev, 4, &Backoff::default())
+    }
+
+    fn running(round: u64, step: Step) -> Phase {
+        Phase::Running { round, step, attempt: 0, again: false, pause_after: None }
+    }
+
+    #[test]
+    fn a_trigger_starts_the_next_round() {
+        for t in [Trigger::Timer, Trigger::UpperChanged, Trigger::OnDemand] {
+            assert_eq!(run(Phase::Idle, Event::Trigger(t)), (running(5, Step::Resolve), vec![Action::StartRound { round: 5 }]));
+        }
+    }
+
+    #[test]
+    fn steps_advance_and_commit_returns_to_idle() {
+        let (p, a) = run(running(5, Step::Resolve), Event::StepStarted(Step::WritesToProject));
+        assert_eq!(p, running(5, Step::WritesToProject));
+        assert!(a.is_empty());
+        let (p, a) = run(p, Event::Committed);
+        assert_eq!(p, Phase::Idle);
+        assert_eq!(a, vec![Action::Finished { round: 5, result: Ok(()) }]);
+    }
+
+    #[test]
+    fn a_trigger_during_a_round_runs_another_right_after() {
+        let (p, _) = run(running(5, Step::Hello), Event::Trigger(Trigger::UpperChanged));
+        let (p, a) = transition(&p, Event::Committed, 5, &Backoff::default());
+        assert_eq!(p, running(6, Step::Resolve));
+        assert_eq!(a, vec![Action::Finished { round: 5, result: Ok(()) }, Action::StartRound { round: 6 }]);
+    }
+
+    #[test]
+    fn failure_backs_off_then_retries() {
+        let (p, a) = run(running(5, Step::WritesToCompute), Event::Failed("connection reset".into()));
+        assert_eq!(p, Phase::Backoff { attempt: 1, last_error: "connection reset".into() });
+        assert_eq!(
+            a,
+            vec![
+                Action::Finished { round: 5, result: Err("connection reset".into()) },
+                Action::ScheduleRetry(Duration::from_secs(1))
+            ]
+        );
+        // Timer and upper-layer triggers wait for the backoff; on demand does not.
+        assert_eq!(run(p.clone(), Event::Trigger(Trigger::Timer)).0, p);
+        let retry = Phase::Running { round: 5, step: Step::Resolve, attempt: 1, again: false, pause_after: None };
+        assert_eq!(run(p.clone(), Event::Trigger(Trigger::OnDemand)).0, retry);
+        assert_eq!(run(p, Event::BackoffElapsed), (retry, vec![Action::StartRound { round: 5 }]));
+    }
+
+    #[test]
+    fn repeated_failures_double_the_delay_up_to_the_cap() {
+        let b = Backoff { min: Duration::from_secs(1), max: Duration::from_secs(60) };
+        let delays: Vec<u64> = (1..=9).map(|n| b.delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        // The attempt count survives the retry, so a second failure waits longer.
+        let (p, _) = transition(&Phase::Backoff { attempt: 3, last_error: "x".into() }, Event::BackoffElapsed, 4, &b);
+        let (p, a) = transition(&p, Event::Failed("y".into()), 5, &b);
+        assert_eq!(p, Phase::Backoff { attempt: 4, last_error: "y".into() });
+        assert_eq!(a[1], Action::ScheduleRetry(Duration::from_secs(8)));
+        // A commit starts the count afresh.
+        let (p, _) = transition(&p, Event::BackoffElapsed, 5, &b);
+        let (p, _) = transition(&p, Event::Committed, 6, &b);
+        let (_, a) = transition(&transition(&p, Event::Trigger(Trigger::Timer), 6, &b).0, Event::Failed("z".into()), 7, &b);
+        assert_eq!(a[1], Action::ScheduleRetry(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn safety_rail_pauses_and_resume_restarts() {
+        let (p, a) = run(Phase::Idle, Event::Pause("lower mount missing".into()));
+        assert_eq!(p, Phase::Paused { reason: "lower mount missing".into() });
+        assert_eq!(a, vec![Action::RefuseWaiters("syncing is paused: lower mount missing".into())]);
+        // Triggers do nothing while paused; on-demand callers are told why.
+        assert_eq!(run(p.clone(), Event::Trigger(Trigger::Timer)), (p.clone(), vec![]));
+        assert_eq!(run(p.clone(), Event::Trigger(Trigger::OnDemand)).1, a);
+        assert_eq!(run(p, Event::Resume), (running(5, Step::Resolve), vec![Action::StartRound { round: 5 }]));
+    }
+
+    #[test]
+    fn a_running_round_finishes_before_pausing() {
+        let (p, a) = run(running(5, Step::WritesToProject), Event::Pause("lower empty".into()));
+        assert!(a.is_empty());
+        let (p, a) = run(p, Event::Committed);
+        assert_eq!(p, Phase::Paused { reason: "lower empty".into() });
+        assert_eq!(a[0], Action::Finished { round: 5, result: Ok(()) });
+    }
+
+    #[test]
+    fn stale_events_are_ignored() {
+        assert_eq!(run(Phase::Idle, Event::BackoffElapsed), (Phase::Idle, vec![]));
+        assert_eq!(run(Phase::Idle, Event::Committed), (Phase::Idle, vec![]));
+        assert_eq!(run(Phase::Idle, Event::StepStarted(Step::Hello)), (Phase::Idle, vec![]));
+    }
+}

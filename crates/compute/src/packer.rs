@@ -1,0 +1,295 @@
+//! The packer actor: owns the sync engine's compute side and runs every
+//! step of it (scan, pack, apply, commit) on a blocking thread, never on the
+//! async threads. One operation at a time; its observable state is readable
+//! while an operation runs.
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix::prelude::*;
+use cs_actors::{Heartbeat, MAILBOX_CAPACITY};
+use cs_engine::{ApplyReport, ComputeRound, ComputeSide, EngineError};
+use cs_protocol::{CommitRequest, Cursor, DeleteReport, Hello, RelPath};
+use cs_tarstream::PackStats;
+use serde::Serialize;
+
+/// The engine and the round in flight, behind one lock: operations are
+/// serialised by it.
+struct Engine {
+    side: ComputeSide,
+    round: Option<ComputeRound>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PackerState {
+    /// The operation running now, if any.
+    pub busy: Option<&'static str>,
+    pub busy_for_ms: u64,
+    /// Entries packed (step 3) and applied (step 4) since the service started.
+    pub entries_packed: u64,
+    pub entries_applied: u64,
+    pub bytes_packed: u64,
+    pub bytes_applied: u64,
+    /// Entries the scan could not sync (non-UTF-8 names, special files), from the last scan.
+    pub scan_problems: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackerError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("no round in progress (the packer was asked for a step out of order)")]
+    NoRound,
+    #[error("the packer's worker thread died: {0}")]
+    Worker(String),
+}
+
+pub struct Packer {
+    engine: Arc<tokio::sync::Mutex<Engine>>,
+    state: Arc<Mutex<(PackerState, Option<Instant>)>>,
+    heartbeat: Heartbeat,
+}
+
+impl Packer {
+    pub fn new(side: ComputeSide) -> Self {
+        Packer {
+            engine: Arc::new(tokio::sync::Mutex::new(Engine { side, round: None })),
+            state: Arc::new(Mutex::new((PackerState::default(), None))),
+            heartbeat: Heartbeat::new(),
+        }
+    }
+
+    /// Runs `f` on a blocking thread with the engine locked.
+    fn run<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut Engine) -> Result<R, PackerError> + Send + 'static,
+    ) -> ResponseFuture<Result<R, PackerError>> {
+        let engine = self.engine.clone();
+        let state = self.state.clone();
+        let hb = self.heartbeat.clone();
+        Box::pin(async move {
+            let result = tokio::task::spawn_blocking(move || {
+                let mut guard = engine.blocking_lock();
+                {
+                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.0.busy = Some(op);
+                    s.1 = Some(Instant::now());
+                }
+                hb.beat();
+                let r = f(&mut guard);
+                hb.beat();
+                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                s.0.busy = None;
+                s.1 = None;
+                if let Err(e) = &r {
+                    s.0.last_error = Some(format!("{op}: {e}"));
+                }
+                r
+            })
+            .await;
+            result.unwrap_or_else(|e| Err(PackerError::Worker(e.to_string())))
+        })
+    }
+
+    fn with_round<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut ComputeSide, &mut ComputeRound) -> Result<R, EngineError> + Send + 'static,
+    ) -> ResponseFuture<Result<R, PackerError>> {
+        self.run(op, move |e| {
+            let round = e.round.as_mut().ok_or(PackerError::NoRound)?;
+            Ok(f(&mut e.side, round)?)
+        })
+    }
+
+    fn counters(&self) -> Arc<Mutex<(PackerState, Option<Instant>)>> {
+        self.state.clone()
+    }
+}
+
+impl Actor for Packer {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+    }
+}
+
+/// Observable state.
+#[derive(Message)]
+#[rtype(result = "PackerState")]
+pub struct Observe;
+
+impl Handler<Observe> for Packer {
+    type Result = MessageResult<Observe>;
+    fn handle(&mut self, _: Observe, _: &mut Self::Context) -> Self::Result {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = s.0.clone();
+        out.busy_for_ms = s.1.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0);
+        MessageResult(out)
+    }
+}
+
+
+/// The round id of a commit interrupted by a crash, if any.
+#[derive(Message)]
+#[rtype(result = "Result<Option<u64>, PackerError>")]
+pub struct PendingRound;
+impl Handler<PendingRound> for Packer {
+    type Result = ResponseFuture<Result<Option<u64>, PackerError>>;
+    fn handle(&mut self, _: PendingRound, _: &mut Self::Context) -> Self::Result {
+        self.run("pending", |e| Ok(e.side.pending_round()))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), PackerError>")]
+pub struct ResolvePending {
+    pub committed_on_project: bool,
+}
+impl Handler<ResolvePending> for Packer {
+    type Result = ResponseFuture<Result<(), PackerError>>;
+    fn handle(&mut self, m: ResolvePending, _: &mut Self::Context) -> Self::Result {
+        self.run("resolve", move |e| Ok(e.side.resolve_pending(m.committed_on_project)?))
+    }
+}
+
+/// Scan the upper layer and open a round (any round in flight is dropped).
+#[derive(Message)]
+#[rtype(result = "Result<Hello, PackerError>")]
+pub struct Begin;
+impl Handler<Begin> for Packer {
+    type Result = ResponseFuture<Result<Hello, PackerError>>;
+    fn handle(&mut self, _: Begin, _: &mut Self::Context) -> Self::Result {
+        let state = self.counters();
+        self.run("scan", move |e| {
+            e.round = None;
+            let (round, hello) = e.side.begin_round()?;
+            state.lock().unwrap_or_else(|e| e.into_inner()).0.scan_problems = round.problems.clone();
+            e.round = Some(round);
+            Ok(hello)
+        })
+    }
+}
+
+/// Drop the round in flight: nothing of it is committed.
+#[derive(Message)]
+#[rtype(result = "Result<(), PackerError>")]
+pub struct Abort;
+impl Handler<Abort> for Packer {
+    type Result = ResponseFuture<Result<(), PackerError>>;
+    fn handle(&mut self, _: Abort, _: &mut Self::Context) -> Self::Result {
+        self.run("abort", |e| {
+            e.round = None;
+            Ok(())
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<RelPath>, PackerError>")]
+pub struct HeldList;
+impl Handler<HeldList> for Packer {
+    type Result = ResponseFuture<Result<Vec<RelPath>, PackerError>>;
+    fn handle(&mut self, _: HeldList, _: &mut Self::Context) -> Self::Result {
+        self.run("held list", |e| Ok(e.side.held_list()))
+    }
+}
+
+/// Step 1: the whiteouts to send.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<RelPath>, PackerError>")]
+pub struct DeletesToSend;
+impl Handler<DeletesToSend> for Packer {
+    type Result = ResponseFuture<Result<Vec<RelPath>, PackerError>>;
+    fn handle(&mut self, _: DeletesToSend, _: &mut Self::Context) -> Self::Result {
+        self.with_round("deletes to send", |side, r| Ok(side.deletes_to_send(r)))
+    }
+}
+
+/// Step 1, after P answered: remove the processed whiteouts.
+#[derive(Message)]
+#[rtype(result = "Result<(), PackerError>")]
+pub struct FinishDeletes(pub Vec<RelPath>);
+impl Handler<FinishDeletes> for Packer {
+    type Result = ResponseFuture<Result<(), PackerError>>;
+    fn handle(&mut self, m: FinishDeletes, _: &mut Self::Context) -> Self::Result {
+        self.with_round("remove whiteouts", move |side, r| side.finish_deletes(r, &m.0))
+    }
+}
+
+/// Step 2: delete what P no longer has.
+#[derive(Message)]
+#[rtype(result = "Result<DeleteReport, PackerError>")]
+pub struct ApplyDeletes(pub Vec<RelPath>);
+impl Handler<ApplyDeletes> for Packer {
+    type Result = ResponseFuture<Result<DeleteReport, PackerError>>;
+    fn handle(&mut self, m: ApplyDeletes, _: &mut Self::Context) -> Self::Result {
+        self.with_round("apply deletes", move |side, r| side.apply_deletes(r, &m.0))
+    }
+}
+
+/// Step 3: pack the changes into `writer` (a bridge to the websocket).
+#[derive(Message)]
+#[rtype(result = "Result<PackStats, PackerError>")]
+pub struct PackChanges(pub Box<dyn crate::round::OutStream>);
+impl Handler<PackChanges> for Packer {
+    type Result = ResponseFuture<Result<PackStats, PackerError>>;
+    fn handle(&mut self, m: PackChanges, _: &mut Self::Context) -> Self::Result {
+        let state = self.counters();
+        self.with_round("pack", move |side, r| {
+            let paths = side.changes_to_send(r);
+            let (w, stats) = side.pack_changes(r, &paths, m.0)?;
+            w.finish().map_err(|e| EngineError::Protocol(format!("stream to the project: {e}")))?;
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            s.0.entries_packed += stats.entries;
+            s.0.bytes_packed += stats.payload_bytes;
+            Ok(stats)
+        })
+    }
+}
+
+/// Step 4: apply P's stream read from `reader`.
+#[derive(Message)]
+#[rtype(result = "Result<ApplyReport, PackerError>")]
+pub struct ApplyWrites(pub Box<dyn Read + Send>);
+impl Handler<ApplyWrites> for Packer {
+    type Result = ResponseFuture<Result<ApplyReport, PackerError>>;
+    fn handle(&mut self, m: ApplyWrites, _: &mut Self::Context) -> Self::Result {
+        let state = self.counters();
+        self.with_round("apply", move |side, r| {
+            let report = side.apply_writes(r, m.0, None)?;
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            s.0.entries_applied += report.applied as u64;
+            s.0.bytes_applied += report.bytes;
+            Ok(report)
+        })
+    }
+}
+
+/// Step 5, first half: persist the pending manifest, get P's request.
+#[derive(Message)]
+#[rtype(result = "Result<CommitRequest, PackerError>")]
+pub struct PrepareCommit(pub Cursor);
+impl Handler<PrepareCommit> for Packer {
+    type Result = ResponseFuture<Result<CommitRequest, PackerError>>;
+    fn handle(&mut self, m: PrepareCommit, _: &mut Self::Context) -> Self::Result {
+        self.with_round("prepare commit", move |side, r| side.prepare_commit(r, m.0))
+    }
+}
+
+/// Step 5, second half: P committed; adopt the pending manifest.
+#[derive(Message)]
+#[rtype(result = "Result<(), PackerError>")]
+pub struct Commit;
+impl Handler<Commit> for Packer {
+    type Result = ResponseFuture<Result<(), PackerError>>;
+    fn handle(&mut self, _: Commit, _: &mut Self::Context) -> Self::Result {
+        self.run("commit", |e| {
+            let round = e.round.take().ok_or(PackerError::NoRound)?;
+            Ok(e.side.commit(round)?)
+        })
+    }
+}

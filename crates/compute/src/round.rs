@@ -1,0 +1,211 @@
+//! One round as the compute service runs it: the engine's steps on the
+//! packer, the project's answers over a [`Link`], in the contract's order.
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use actix::Addr;
+use async_trait::async_trait;
+use cs_protocol::RelPath;
+use cs_wire::{ClientMsg, ServerMsg};
+use serde::Serialize;
+
+use crate::machine::Step;
+use crate::packer::{self, Packer, PackerError};
+
+/// A tar stream going out: bytes, then `finish` (complete) or drop (cut:
+/// the receiver must see an aborted stream, never a short complete one).
+pub trait OutStream: Write + Send {
+    fn finish(self: Box<Self>) -> std::io::Result<()>;
+}
+
+/// The compute side's view of the broker: requests with answers, and tar
+/// streams each way. Implemented by the websocket connection.
+#[async_trait]
+pub trait Link: Send + Sync {
+    async fn request(&self, msg: ClientMsg) -> Result<ServerMsg, RoundError>;
+    /// A fresh stream id for this connection.
+    fn next_stream(&self) -> u32;
+    /// Where bytes of outbound stream `id` are written.
+    async fn outbound(&self, id: u32) -> Result<Box<dyn OutStream>, RoundError>;
+    /// Where bytes of inbound stream `id` are read; register before asking
+    /// for the stream so that no chunk arrives unrouted.
+    async fn inbound(&self, id: u32) -> Result<Box<dyn Read + Send>, RoundError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    #[error("the compute side failed: {0}")]
+    Packer(#[from] PackerError),
+    #[error("the packer actor is gone: {0}")]
+    Mailbox(#[from] actix::MailboxError),
+    #[error("the project refused {step:?}: {code}: {message}")]
+    Refused { step: Step, code: String, message: String },
+    #[error("connection to the project: {0}")]
+    Link(String),
+    #[error("the project answered {got} to {step:?}")]
+    Unexpected { step: Step, got: String },
+}
+
+/// Counts and duration of one step of a committed round.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepStat {
+    pub step: Step,
+    pub ms: u64,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// What a committed round did (shown by `cs-actor status`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RoundSummary {
+    pub round: u64,
+    pub started_unix_ms: u64,
+    pub duration_ms: u64,
+    pub steps: Vec<StepStat>,
+    pub kept_on_project: Vec<RelPath>,
+    pub kept_on_compute: Vec<RelPath>,
+    pub conflicts: Vec<RelPath>,
+    pub not_applied: Vec<RelPath>,
+    pub refused: Vec<(RelPath, String)>,
+}
+
+fn unexpected(step: Step, got: ServerMsg) -> RoundError {
+    match got {
+        ServerMsg::Error { code, message } => RoundError::Refused { step, code: format!("{code:?}"), message },
+        other => RoundError::Unexpected { step, got: format!("{other:?}").chars().take(200).collect() },
+    }
+}
+
+struct Clock<'a> {
+    progress: &'a (dyn Fn(Step) + Send + Sync),
+    summary: RoundSummary,
+    current: Option<(Step, Instant)>,
+}
+
+impl Clock<'_> {
+    fn step(&mut self, s: Step) {
+        self.close(0, 0);
+        (self.progress)(s);
+        self.current = Some((s, Instant::now()));
+    }
+    fn close(&mut self, entries: u64, bytes: u64) {
+        if let Some((step, t)) = self.current.take() {
+            self.summary.steps.push(StepStat { step, ms: t.elapsed().as_millis() as u64, entries, bytes });
+        }
+    }
+}
+
+/// Runs round `round` to its commit. On error the packer's round is dropped
+/// (nothing is committed) and the error says which step failed.
+pub async fn run(
+    round: u64,
+    packer: &Addr<Packer>,
+    link: &dyn Link,
+    progress: &(dyn Fn(Step) + Send + Sync),
+) -> Result<RoundSummary, RoundError> {
+    let started = Instant::now();
+    let mut clock = Clock {
+        progress,
+        summary: RoundSummary {
+            round,
+            started_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            ..Default::default()
+        },
+        current: None,
+    };
+    let result = steps(packer, link, &mut clock).await;
+    if result.is_err() {
+        let _ = packer.send(packer::Abort).await;
+    }
+    result?;
+    clock.summary.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(clock.summary)
+}
+
+async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) -> Result<(), RoundError> {
+    clock.step(Step::Resolve);
+    if let Some(round_id) = packer.send(packer::PendingRound).await?? {
+        let committed = match link.request(ClientMsg::WasCommitted { round_id }).await? {
+            ServerMsg::WasCommitted(b) => b,
+            other => return Err(unexpected(Step::Resolve, other)),
+        };
+        packer.send(packer::ResolvePending { committed_on_project: committed }).await??;
+    }
+
+    clock.step(Step::Hello);
+    let hello = packer.send(packer::Begin).await??;
+    let reply = match link.request(ClientMsg::Hello(hello)).await? {
+        ServerMsg::HelloReply(r) => r,
+        other => return Err(unexpected(Step::Hello, other)),
+    };
+    if reply.need_held_list {
+        let list = packer.send(packer::HeldList).await??;
+        match link.request(ClientMsg::HeldList(list)).await? {
+            ServerMsg::HeldListOk => {}
+            other => return Err(unexpected(Step::Hello, other)),
+        }
+    }
+
+    clock.step(Step::DeletesToProject);
+    let deletes = packer.send(packer::DeletesToSend).await??;
+    let report = match link.request(ClientMsg::Deletes(deletes.clone())).await? {
+        ServerMsg::DeleteReport(r) => r,
+        other => return Err(unexpected(Step::DeletesToProject, other)),
+    };
+    packer.send(packer::FinishDeletes(deletes.clone())).await??;
+    clock.summary.kept_on_project = report.kept;
+    clock.summary.refused.extend(report.refused);
+    clock.close(deletes.len() as u64, 0);
+
+    clock.step(Step::DeletesToCompute);
+    let gone = match link.request(ClientMsg::AskDeletes).await? {
+        ServerMsg::DeletesForYou(g) => g,
+        other => return Err(unexpected(Step::DeletesToCompute, other)),
+    };
+    let n = gone.len() as u64;
+    let report = packer.send(packer::ApplyDeletes(gone)).await??;
+    clock.summary.kept_on_compute = report.kept;
+    clock.close(n, 0);
+
+    clock.step(Step::WritesToProject);
+    let stream = link.next_stream();
+    let out = link.outbound(stream).await?;
+    let (answer, packed) =
+        tokio::join!(link.request(ClientMsg::SendWrites { stream }), packer.send(packer::PackChanges(out)));
+    let stats = packed??;
+    match answer? {
+        ServerMsg::WritesApplied { conflicts, refused, .. } => {
+            clock.summary.conflicts = conflicts;
+            clock.summary.refused.extend(refused);
+        }
+        other => return Err(unexpected(Step::WritesToProject, other)),
+    }
+    clock.close(stats.entries, stats.compressed_bytes);
+
+    clock.step(Step::WritesToCompute);
+    let stream = link.next_stream();
+    let input = link.inbound(stream).await?;
+    let (answer, applied) =
+        tokio::join!(link.request(ClientMsg::AskWrites { stream }), packer.send(packer::ApplyWrites(input)));
+    let applied = applied??;
+    let cursor = match answer? {
+        ServerMsg::WritesFollow { cursor, .. } => cursor,
+        other => return Err(unexpected(Step::WritesToCompute, other)),
+    };
+    clock.summary.not_applied = applied.not_applied.clone();
+    clock.close(applied.applied as u64, applied.bytes);
+
+    clock.step(Step::Commit);
+    let req = packer.send(packer::PrepareCommit(cursor)).await??;
+    match link.request(ClientMsg::Commit(req)).await? {
+        ServerMsg::Committed { .. } => {}
+        other => return Err(unexpected(Step::Commit, other)),
+    }
+    packer.send(packer::Commit).await??;
+    clock.close(0, 0);
+    Ok(())
+}

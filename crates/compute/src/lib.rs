@@ -5,3 +5,4 @@ pub mod round;
 pub mod coordinator;
 pub mod watcher;
 pub mod connection;
+pub mod service;

@@ -1,6 +1,9 @@
 //! cs-actor: the command line. It only wires the library crates together.
 
+mod config;
 mod demo;
+mod services;
+mod status;
 
 use std::path::PathBuf;
 
@@ -21,6 +24,44 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the compute-server service: mounts, the union, and sync rounds
+    /// with the broker (until SIGTERM or Ctrl-C; a last round on the way out).
+    Compute {
+        /// TOML file with any of the flags below (flags win).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        args: config::ComputeArgs,
+    },
+    /// Run the project-side broker serving compute servers.
+    Project {
+        /// TOML file with any of the flags below (flags win).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        args: config::ProjectArgs,
+    },
+    /// Ask the running compute service for a round now.
+    Sync {
+        /// Return only when the round committed (exit 0) or failed (exit 1, with the reason).
+        #[arg(long)]
+        wait: bool,
+        /// The service's control socket.
+        #[arg(long, default_value = services::DEFAULT_COMPUTE_SOCKET)]
+        control_socket: PathBuf,
+    },
+    /// Show what the running service is doing.
+    Status {
+        /// The stable JSON form (see docs/operations.md).
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second.
+        #[arg(long)]
+        watch: bool,
+        /// The service's control socket (compute: STATE/control.sock; project: see `cs-actor project --help`).
+        #[arg(long, default_value = services::DEFAULT_COMPUTE_SOCKET)]
+        control_socket: PathBuf,
+    },
     /// Build a demo project and compute-server upper layer, then show rounds
     /// carrying writes, deletes and a conflict both ways (in one process).
     Demo {
@@ -51,7 +92,7 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Cli::parse()) {
@@ -62,6 +103,28 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Compute { config, args } => {
+            use config::Merge;
+            let args = args.merge(config::load(config.as_deref())?);
+            services::run_compute(args)
+        }
+        Command::Project { config, args } => {
+            use config::Merge;
+            let args = args.merge(config::load(config.as_deref())?);
+            services::run_project(args)
+        }
+        Command::Sync { wait, control_socket } => services::runtime()?.block_on(async {
+            let r = cs_control::ask(&control_socket, &cs_control::Request::Sync { wait }).await?;
+            match (r.ok, r.round) {
+                (true, Some(n)) if wait => println!("round {n} committed"),
+                (true, Some(n)) => println!("round {n} requested"),
+                _ => anyhow::bail!("round failed: {}", r.error.unwrap_or_else(|| "no reason given".into())),
+            }
+            Ok(())
+        }),
+        Command::Status { json, watch, control_socket } => {
+            services::runtime()?.block_on(status::run(&control_socket, json, watch))
+        }
         Command::Demo { dir } => demo::run(dir),
         Command::Round { upper, home, compute_state, project_state, id } => {
             let id = ClientId::new(id)?;

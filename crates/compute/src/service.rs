@@ -1,0 +1,138 @@
+//! Wiring of the compute-server service: which actors exist, in which
+//! order they start, and the status object `cs-actor status` prints.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use cs_control::{Request, Response};
+use cs_engine::{ComputeConfig, ComputeSide, PathFilter};
+use cs_protocol::ClientId;
+use cs_wire::WireLimits;
+use serde_json::json;
+
+use crate::connection::{Connection, ConnectionConfig};
+use crate::coordinator::{self, Coordinator, SyncNow};
+use crate::machine::Backoff;
+use crate::packer::{self, Packer};
+use crate::watcher::{self, UpperWatcher};
+
+/// Everything the compute service needs to run.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub client: ClientId,
+    /// ws:// or wss:// URL of the broker.
+    pub server_url: String,
+    pub token: String,
+    pub extra_ca: Option<PathBuf>,
+    /// The union's upper layer.
+    pub upper: PathBuf,
+    /// The manifest and other local state.
+    pub state_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub interval: Duration,
+    pub debounce: Duration,
+    pub filter: PathFilter,
+    pub zstd_level: i32,
+    pub backoff: Backoff,
+    pub limits: WireLimits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("opening the sync state: {0}")]
+    Engine(#[from] cs_engine::EngineError),
+    #[error(transparent)]
+    Control(#[from] cs_control::ControlError),
+}
+
+/// The running service's actors.
+#[derive(Clone)]
+pub struct ComputeService {
+    pub client: ClientId,
+    pub coordinator: Addr<Coordinator>,
+    pub packer: Addr<Packer>,
+    pub connection: Addr<Connection>,
+    pub watcher: Addr<UpperWatcher>,
+    /// The `mounts` section of the status, from the mount supervisor.
+    pub mount_status: Option<StatusFn>,
+}
+
+/// Produces one section of the status object.
+pub type StatusFn = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, serde_json::Value> + Send + Sync>;
+
+impl ComputeService {
+    /// Starts every actor and the control socket. Must run inside an actix
+    /// system. The mounts must already be up: the upper layer is opened now.
+    pub fn start(
+        cfg: ServiceConfig,
+        mount_status: Option<StatusFn>,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), ServiceError> {
+        let mut engine_cfg = ComputeConfig::new(cfg.client.clone(), cfg.upper.clone(), cfg.state_dir.clone());
+        engine_cfg.filter = cfg.filter.clone();
+        engine_cfg.zstd_level = cfg.zstd_level;
+        let side = ComputeSide::open(engine_cfg)?;
+        let packer = Packer::new(side).start();
+        let mut conn_cfg = ConnectionConfig::new(cfg.server_url.clone(), cfg.token.clone());
+        conn_cfg.extra_ca = cfg.extra_ca.clone();
+        conn_cfg.limits = cfg.limits;
+        let connection_actor = Connection::new(conn_cfg);
+        let link = Arc::new(connection_actor.link());
+        let connection = connection_actor.start();
+        let coordinator = Coordinator::new(packer.clone(), link, cfg.interval, cfg.backoff).start();
+        let watcher = UpperWatcher::new(cfg.upper.clone(), cfg.debounce, coordinator.clone()).start();
+        let service = ComputeService { client: cfg.client.clone(), coordinator, packer, connection, watcher, mount_status };
+        let control = service.serve_control(&cfg.control_socket)?;
+        Ok((service, control))
+    }
+
+    fn serve_control(&self, path: &std::path::Path) -> Result<tokio::task::JoinHandle<()>, ServiceError> {
+        let me = self.clone();
+        let handler: cs_control::Handler = Arc::new(move |req| {
+            let me = me.clone();
+            Box::pin(async move {
+                match req {
+                    Request::Status => Response::status(me.status().await),
+                    Request::Sync { wait } => match me.coordinator.send(SyncNow { wait }).await {
+                        Ok(Ok(round)) => Response::round(round),
+                        Ok(Err(e)) => Response::error(e),
+                        Err(e) => Response::error(format!("the coordinator is gone: {e}")),
+                    },
+                }
+            })
+        });
+        Ok(cs_control::serve(path, handler)?)
+    }
+
+    /// The observable state of every actor: what `cs-actor status` prints.
+    pub async fn status(&self) -> serde_json::Value {
+        let round = self.coordinator.send(coordinator::Observe).await.ok();
+        let packer = self.packer.send(packer::Observe).await.ok();
+        let connection = self.connection.send(crate::connection::Observe).await.ok();
+        let watcher = self.watcher.send(watcher::Observe).await.ok();
+        let mounts = match &self.mount_status {
+            Some(f) => f().await,
+            None => serde_json::Value::Null,
+        };
+        json!({
+            "service": "compute",
+            "client": self.client.as_str(),
+            "mounts": mounts,
+            "connection": connection,
+            "round": round,
+            "packer": packer,
+            "watcher": watcher,
+        })
+    }
+
+    /// A last round (bounded by `grace`), then stop the connection.
+    pub async fn shutdown(&self, grace: Duration) {
+        match tokio::time::timeout(grace, self.coordinator.send(SyncNow { wait: true })).await {
+            Ok(Ok(Ok(round))) => tracing::info!(round, "last round committed"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "last round failed; the next start catches up"),
+            _ => tracing::warn!("no last round within {grace:?}; the next start catches up"),
+        }
+        let _ = self.connection.send(crate::connection::Disconnect).await;
+    }
+}

@@ -1,0 +1,133 @@
+//! Command-line flags that can also come from a TOML file (`--config`):
+//! every flag has a field of the same name (dashes as underscores) in the
+//! file; a flag given on the command line wins over the file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+/// Fills every `None` field of `self` from `file`.
+pub trait Merge {
+    fn merge(self, file: Self) -> Self;
+}
+
+macro_rules! mergeable {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $field:ident : Option<$ty:ty>,)* }) => {
+        $(#[$m])*
+        #[derive(Args, Deserialize, Debug, Clone, Default)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$fm])* pub $field: Option<$ty>,)*
+        }
+        impl Merge for $name {
+            fn merge(self, file: Self) -> Self {
+                $name { $($field: self.$field.or(file.$field),)* }
+            }
+        }
+    };
+}
+
+mergeable! {
+    /// `cs-actor compute`: the compute-server service.
+    pub struct ComputeArgs {
+        /// Broker URL, ws:// (loopback, tests) or wss://.
+        #[arg(long)]
+        pub server: Option<String>,
+        /// This compute server's id at the broker.
+        #[arg(long)]
+        pub id: Option<String>,
+        /// File holding this compute server's bearer token (mode 0600).
+        #[arg(long)]
+        pub token_file: Option<PathBuf>,
+        /// The user's home: where the union is mounted.
+        #[arg(long)]
+        pub merged: Option<PathBuf>,
+        /// The union's upper layer: local, fast disk.
+        #[arg(long)]
+        pub upper: Option<PathBuf>,
+        /// Local state (manifest); also holds the control socket by default.
+        #[arg(long)]
+        pub state: Option<PathBuf>,
+        /// Adopt an already-mounted lower layer (the project's home).
+        #[arg(long, conflicts_with = "lower_mount_cmd")]
+        pub lower: Option<PathBuf>,
+        /// Shell command that mounts the lower layer at --lower-mountpoint
+        /// (e.g. an sshfs command line; see docs/operations.md).
+        #[arg(long)]
+        pub lower_mount_cmd: Option<String>,
+        /// Where --lower-mount-cmd mounts the lower layer.
+        #[arg(long)]
+        pub lower_mountpoint: Option<PathBuf>,
+        /// Control socket for `cs-actor status` and `cs-actor sync`.
+        #[arg(long)]
+        pub control_socket: Option<PathBuf>,
+        /// Seconds between timer rounds (default 10).
+        #[arg(long)]
+        pub interval: Option<f64>,
+        /// Local-only paths, gitignore-style (default /scratch/ /.local/ /.cache/).
+        #[arg(long, num_args = 1..)]
+        pub local_only: Option<Vec<String>>,
+        /// Extra CA certificate (PEM) to trust for a wss:// broker.
+        #[arg(long)]
+        pub ca: Option<PathBuf>,
+        /// zstd level of the tar streams (default 3).
+        #[arg(long)]
+        pub zstd_level: Option<i32>,
+    }
+}
+
+mergeable! {
+    /// `cs-actor project`: the project-side broker.
+    pub struct ProjectArgs {
+        /// The project's home directory.
+        #[arg(long)]
+        pub home: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:7780 or 0.0.0.0:7780 (with TLS).
+        #[arg(long)]
+        pub listen: Option<String>,
+        /// File mapping compute-server ids to bearer tokens, one `id token` per line (mode 0600).
+        #[arg(long)]
+        pub tokens: Option<PathBuf>,
+        /// Journal and per-client state (default HOME/.cs-actor/broker).
+        #[arg(long)]
+        pub state: Option<PathBuf>,
+        /// TLS certificate chain (PEM) for wss://.
+        #[arg(long, requires = "tls_key")]
+        pub tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        pub tls_key: Option<PathBuf>,
+        /// Control socket for `cs-actor status`.
+        #[arg(long)]
+        pub control_socket: Option<PathBuf>,
+        /// Paths never synced, beyond the defaults.
+        #[arg(long, num_args = 1..)]
+        pub local_only: Option<Vec<String>>,
+    }
+}
+
+/// Reads `--config FILE` into the flags' struct.
+pub fn load<T: for<'de> Deserialize<'de> + Default>(path: Option<&Path>) -> Result<T> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_unknown_keys_are_named() {
+        let file: ComputeArgs = toml::from_str("server = \"ws://a\"\nid = \"f\"\ninterval = 5.0\n").unwrap();
+        let flags = ComputeArgs { id: Some("flag".into()), ..Default::default() };
+        let m = flags.merge(file);
+        assert_eq!(m.server.as_deref(), Some("ws://a"));
+        assert_eq!(m.id.as_deref(), Some("flag"));
+        assert_eq!(m.interval, Some(5.0));
+        let err = toml::from_str::<ComputeArgs>("sever = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("sever"), "{err}");
+    }
+}

@@ -1,0 +1,146 @@
+//! `cs-actor compute` and `cs-actor project`: flags to configs, actors
+//! started in order, signals, and an orderly shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use cs_compute::coordinator::SetRail;
+use cs_compute::service::{ComputeService, ServiceConfig};
+use cs_engine::{PathFilter, DEFAULT_EXCLUDED, DEFAULT_LOCAL_ONLY};
+use cs_mount::{LowerSpec, MountConfig, MountSupervisor};
+use cs_protocol::ClientId;
+
+use crate::config::{ComputeArgs, ProjectArgs};
+
+pub const DEFAULT_COMPUTE_SOCKET: &str = "/run/cs-actor/compute.sock";
+pub const DEFAULT_PROJECT_SOCKET: &str = "/run/cs-actor/project.sock";
+
+/// A small runtime for the client commands (`sync`, `status`).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn need<T>(v: Option<T>, flag: &str) -> Result<T> {
+    v.ok_or_else(|| anyhow!("missing --{flag} (or `{}` in the --config file)", flag.replace('-', "_")))
+}
+
+fn filter(local_only: Option<Vec<String>>) -> Result<PathFilter> {
+    let local: Vec<String> = local_only.unwrap_or_else(|| DEFAULT_LOCAL_ONLY.iter().map(|s| s.to_string()).collect());
+    let local_refs: Vec<&str> = local.iter().map(String::as_str).collect();
+    Ok(PathFilter::new(&local_refs, DEFAULT_EXCLUDED)?)
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+pub fn run_compute(a: ComputeArgs) -> Result<()> {
+    let client = ClientId::new(need(a.id, "id")?)?;
+    let server = need(a.server, "server")?;
+    let token_file = need(a.token_file, "token-file")?;
+    let merged = need(a.merged, "merged")?;
+    let upper = need(a.upper, "upper")?;
+    let state = need(a.state, "state")?;
+    let lower = match (a.lower, a.lower_mount_cmd) {
+        (Some(dir), None) => LowerSpec::Adopt(dir),
+        (None, Some(cmd)) => LowerSpec::Command { cmd, mountpoint: need(a.lower_mountpoint, "lower-mountpoint")? },
+        _ => bail!("give exactly one of --lower DIR (already mounted) or --lower-mount-cmd CMD with --lower-mountpoint DIR"),
+    };
+    let token = cs_wire::read_token_file(&token_file).with_context(|| format!("token file {}", token_file.display()))?;
+    let local_only = a.local_only.clone();
+    let filter = filter(a.local_only)?;
+    let control_socket = a.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_COMPUTE_SOCKET));
+    for d in [&upper, &state, &merged] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+
+    actix_rt::System::new().block_on(async move {
+        let mut mcfg = MountConfig::new(lower, &upper, &merged);
+        if let Some(l) = local_only {
+            // The union's opaque directories are plain names under the home.
+            mcfg.local_only = l.iter().map(|p| p.trim_matches('/').to_string()).collect();
+        }
+        let mount = actix::Actor::start(MountSupervisor::new(mcfg).context("mount supervisor")?);
+        wait_for_union(&mount).await?;
+
+        let cfg = ServiceConfig {
+            client,
+            server_url: server,
+            token,
+            extra_ca: a.ca,
+            upper,
+            state_dir: state,
+            control_socket,
+            interval: Duration::from_secs_f64(a.interval.unwrap_or(10.0).max(0.1)),
+            debounce: Duration::from_secs(1),
+            filter,
+            zstd_level: a.zstd_level.unwrap_or(cs_engine::DEFAULT_ZSTD_LEVEL),
+            backoff: Default::default(),
+            limits: Default::default(),
+        };
+        let m = mount.clone();
+        let mount_status: cs_compute::service::StatusFn = Arc::new(move || {
+            let m = m.clone();
+            Box::pin(async move {
+                match m.send(cs_mount::Observe).await {
+                    Ok(st) => serde_json::to_value(st).unwrap_or_default(),
+                    Err(_) => serde_json::Value::Null,
+                }
+            })
+        });
+        let (svc, control) = ComputeService::start(cfg, Some(mount_status))?;
+        // The safety rail: the coordinator pauses while the mounts are unsafe.
+        let (m, coord) = (mount.clone(), svc.coordinator.clone());
+        let rail = tokio::spawn(async move {
+            loop {
+                if let Ok(st) = m.send(cs_mount::Observe).await {
+                    coord.do_send(SetRail(st.rail));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        tracing::info!("compute service running");
+        stop_signal().await;
+        tracing::info!("stopping: a last round, then unmount");
+        rail.abort();
+        svc.shutdown(Duration::from_secs(30)).await;
+        control.abort();
+        match mount.send(cs_mount::Shutdown).await {
+            Ok(Ok(_)) => tracing::info!("unmounted"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "unmounting"),
+            Err(e) => tracing::warn!(error = %e, "mount supervisor gone"),
+        }
+        Ok(())
+    })
+}
+
+/// The union must be up before the engine opens the upper layer.
+async fn wait_for_union(mount: &actix::Addr<MountSupervisor>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = mount.send(cs_mount::Observe).await.context("mount supervisor")?;
+        if st.union.state == cs_mount::UnionStatus::Mounted {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the union did not come up within 60 s (lower: {:?}, {}; union: {})",
+                st.lower.state,
+                st.lower.last_error.as_deref().unwrap_or("no error"),
+                st.union.last_error.as_deref().unwrap_or("no error")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn run_project(_a: ProjectArgs) -> Result<()> {
+    bail!("the project broker is being wired")
+}

@@ -1,0 +1,194 @@
+//! `cs-actor status`: the service's observable state, as a compact table or
+//! as the raw JSON (stable, documented in docs/operations.md).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use cs_control::{ask, Request};
+use serde_json::Value;
+
+pub async fn run(socket: &Path, json: bool, watch: bool) -> Result<()> {
+    loop {
+        let resp = ask(socket, &Request::Status).await?;
+        let Some(status) = resp.status.filter(|_| resp.ok) else {
+            bail!("the service answered: {}", resp.error.unwrap_or_else(|| "no status".into()));
+        };
+        if watch {
+            print!("\x1b[2J\x1b[H");
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        } else {
+            print!("{}", render(&status));
+        }
+        if !watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn ms(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x >= 1000.0 => format!("{:.1} s", x / 1000.0),
+        Some(x) => format!("{x:.1} ms"),
+        None => "-".into(),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+/// The human view: one line per part, the fields an operator looks at first.
+pub fn render(st: &Value) -> String {
+    let mut out = String::new();
+    match st["service"].as_str() {
+        Some("compute") => render_compute(st, &mut out),
+        Some("project") => render_project(st, &mut out),
+        _ => out.push_str(&format!("{st:#}\n")),
+    }
+    out
+}
+
+fn render_compute(st: &Value, out: &mut String) {
+    let r = &st["round"];
+    let phase = s(&r["phase"]);
+    let head = match phase.as_str() {
+        "running" => format!(
+            "round {} running, step {} ({}) for {}",
+            s(&r["round"]),
+            s(&r["step_number"]),
+            s(&r["step"]),
+            ms(&r["running_for_ms"])
+        ),
+        "backoff" => format!("round {} failed {} time(s), retry in {}", s(&r["round"]), s(&r["retries"]), ms(&r["next_retry_in_ms"])),
+        "paused" => format!("PAUSED: {}", s(&r["paused_reason"])),
+        other => format!("{other}, {} rounds committed, every {}", s(&r["rounds_committed"]), ms(&r["interval_ms"])),
+    };
+    out.push_str(&format!("compute server {}: {head}\n", s(&st["client"])));
+    let m = &st["mounts"];
+    if !m.is_null() {
+        out.push_str(&format!(
+            "  mounts      lower {} {} ({}) | union {} pid {} ({}), remounts {}{}\n",
+            s(&m["lower"]["kind"]),
+            s(&m["lower"]["state"]),
+            ms(&m["lower"]["latency_ms"]),
+            s(&m["union"]["state"]),
+            s(&m["union"]["pid"]),
+            ms(&m["union"]["latency_ms"]),
+            s(&m["union"]["remounts"]),
+            m["rail"].as_str().map(|r| format!(" | SAFETY RAIL: {r}")).unwrap_or_default()
+        ));
+    }
+    let c = &st["connection"];
+    out.push_str(&format!(
+        "  connection  {} {} rtt {}, reconnects {}, in {} out {}\n",
+        s(&c["state"]),
+        s(&c["url"]),
+        ms(&c["rtt_ms"]),
+        s(&c["reconnects"]),
+        bytes(c["bytes_received"].as_u64().unwrap_or(0)),
+        bytes(c["bytes_sent"].as_u64().unwrap_or(0)),
+    ));
+    if let Some(last) = r["last_committed"].as_object() {
+        let steps: Vec<String> = last
+            .get("steps")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter(|x| x["entries"].as_u64().unwrap_or(0) > 0 || x["ms"].as_u64().unwrap_or(0) > 0)
+                    .map(|x| {
+                        format!("{} {} ({}, {})", s(&x["step"]), s(&x["entries"]), bytes(x["bytes"].as_u64().unwrap_or(0)), ms(&x["ms"]))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  last round  {} in {}: {}; conflicts {}\n",
+            s(&last["round"]),
+            ms(&last["duration_ms"]),
+            if steps.is_empty() { "nothing to do".into() } else { steps.join(", ") },
+            last.get("conflicts").and_then(|c| c.as_array()).map(|c| c.len()).unwrap_or(0)
+        ));
+    }
+    out.push_str(&format!(
+        "  local       {} change events pending; rounds failed {}, conflicts total {}\n",
+        s(&st["watcher"]["pending_events"]),
+        s(&r["rounds_failed"]),
+        s(&r["conflicts_total"])
+    ));
+    for (what, v) in [("round", &r["last_error"]), ("connection", &c["last_error"]), ("packer", &st["packer"]["last_error"])] {
+        if !v.is_null() {
+            out.push_str(&format!("  last error  {what}: {}\n", s(v)));
+        }
+    }
+}
+
+fn render_project(st: &Value, out: &mut String) {
+    let b = &st["broker"];
+    out.push_str(&format!("project broker on {} (tls {}): {} session(s)\n", s(&b["listen"]), s(&b["tls"]), b["sessions"].as_array().map(|a| a.len()).unwrap_or(0)));
+    for sess in b["sessions"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<16} {:<10} rounds {:>5}, last {}, in {} out {}, conflicts {}{}\n",
+            s(&sess["client"]),
+            s(&sess["step"]),
+            s(&sess["rounds_committed"]),
+            ms(&sess["last_round_ms"]),
+            bytes(sess["bytes_in"].as_u64().unwrap_or(0)),
+            bytes(sess["bytes_out"].as_u64().unwrap_or(0)),
+            s(&sess["conflicts"]),
+            sess["last_error"].as_str().map(|e| format!(", last error: {e}")).unwrap_or_default(),
+        ));
+    }
+    if let Some(r) = b["refused"].as_object() {
+        if !r.is_empty() {
+            let parts: Vec<String> = r.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            out.push_str(&format!("  refused connections: {}\n", parts.join(", ")));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn compute_view_shows_the_round_the_mounts_and_errors() {
+        let st = json!({
+            "service": "compute", "client": "gpu-1",
+            "mounts": {"lower": {"kind": "sshfs", "state": "mounted", "latency_ms": 3.2},
+                       "union": {"state": "mounted", "pid": 42, "latency_ms": 0.4, "remounts": 1}, "rail": null},
+            "connection": {"state": "connected", "url": "ws://127.0.0.1:1", "rtt_ms": 0.7, "reconnects": 2,
+                           "bytes_received": 2048, "bytes_sent": 10, "last_error": null},
+            "round": {"phase": "running", "round": 12, "step": "writes_to_project", "step_number": 3,
+                      "running_for_ms": 1500, "rounds_failed": 1, "conflicts_total": 0, "last_error": "boom",
+                      "last_committed": {"round": 11, "duration_ms": 340, "conflicts": [],
+                                         "steps": [{"step": "writes_to_compute", "entries": 3, "bytes": 4096, "ms": 20}]}},
+            "packer": {"last_error": null}, "watcher": {"pending_events": 5}
+        });
+        let text = render(&st);
+        assert!(text.contains("round 12 running, step 3 (writes_to_project) for 1.5 s"), "{text}");
+        assert!(text.contains("union mounted pid 42"), "{text}");
+        assert!(text.contains("remounts 1"), "{text}");
+        assert!(text.contains("rtt 0.7 ms"), "{text}");
+        assert!(text.contains("writes_to_compute 3 (4.0 KiB, 20.0 ms)"), "{text}");
+        assert!(text.contains("last error  round: boom"), "{text}");
+        assert!(!text.contains("SAFETY RAIL"), "{text}");
+    }
+}

@@ -89,6 +89,9 @@ struct Shared {
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     rtt_us: AtomicU64,
+    /// Tar streams under way: pings wait behind a stream on the one
+    /// connection, so they are not sent (nor judged) meanwhile.
+    active_streams: AtomicU32,
 }
 
 impl Shared {
@@ -106,6 +109,7 @@ impl Shared {
             let _ = tx.try_send(StreamItem::End(StreamEnd::Abort(why.to_string())));
         }
         Self::lock(&self.outbound).clear();
+        self.active_streams.store(0, Ordering::Relaxed);
     }
 }
 
@@ -117,11 +121,13 @@ pub struct LinkHandle {
     timeout: Duration,
 }
 
-struct ChunkOut(ChunkWriter);
+struct ChunkOut(ChunkWriter, Arc<Shared>);
 
 impl Write for ChunkOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        let n = self.0.write(buf)?;
+        self.1.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.0.flush()
@@ -176,12 +182,14 @@ impl Link for LinkHandle {
 
     async fn outbound(&self, id: u32) -> Result<Box<dyn OutStream>, RoundError> {
         let (tx, rx) = stream_channel(DEFAULT_STREAM_CHANNEL);
+        self.shared.active_streams.fetch_add(1, Ordering::Relaxed);
         Shared::lock(&self.shared.outbound).insert(id, rx);
-        Ok(Box::new(ChunkOut(ChunkWriter::new(tx, self.limits.max_chunk_bytes))))
+        Ok(Box::new(ChunkOut(ChunkWriter::new(tx, self.limits.max_chunk_bytes), self.shared.clone())))
     }
 
     async fn inbound(&self, id: u32) -> Result<Box<dyn Read + Send>, RoundError> {
         let (tx, rx) = stream_channel(DEFAULT_STREAM_CHANNEL);
+        self.shared.active_streams.fetch_add(1, Ordering::Relaxed);
         Shared::lock(&self.shared.inbound).insert(id, tx);
         Ok(Box::new(ChunkReader::new(rx)))
     }
@@ -239,12 +247,17 @@ impl Connection {
         let (wtx, mut wrx) = mpsc::channel::<WriterCmd>(64);
         *Shared::lock(&self.shared.writer) = Some(wtx);
         let shared = self.shared.clone();
+        let writer_shared = self.shared.clone();
         // Writer: frames and streams, in order.
         let writer = async move {
             while let Some(cmd) = wrx.recv().await {
                 let r = match cmd {
                     WriterCmd::Frame(f) => sender.send(&f).await.map(|_| ()),
-                    WriterCmd::Stream(id, mut rx) => sender.send_stream(id, &mut rx).await.map(|_| ()),
+                    WriterCmd::Stream(id, mut rx) => {
+                        let r = sender.send_stream(id, &mut rx).await.map(|_| ());
+                        writer_shared.active_streams.fetch_sub(1, Ordering::Relaxed);
+                        r
+                    }
                 };
                 if let Err(e) = r {
                     return format!("sending to the broker: {e}");
@@ -285,6 +298,7 @@ impl Connection {
                     Frame::End { stream, end } => {
                         let tx = Shared::lock(&shared.inbound).remove(&stream);
                         if let Some(tx) = tx {
+                            shared.active_streams.fetch_sub(1, Ordering::Relaxed);
                             let _ = tx.send(StreamItem::End(end)).await;
                         }
                     }
@@ -321,7 +335,7 @@ impl Connection {
     }
 
     fn ping(&mut self, ctx: &mut Context<Self>) {
-        if self.connected_at.is_none() {
+        if self.connected_at.is_none() || self.shared.active_streams.load(Ordering::Relaxed) > 0 {
             return;
         }
         let link = self.link();

@@ -1,0 +1,31 @@
+//! cs-actor's wire: one authenticated websocket per compute server, carrying
+//! framed MessagePack control messages and chunked tar streams.
+//!
+//! - [`messages`]: the round's requests ([`ClientMsg`]) and answers
+//!   ([`ServerMsg`]), correlated by the request id of their [`Envelope`];
+//! - [`frame`]: one [`Frame`] per websocket Binary message, with
+//!   [`WireLimits`];
+//! - [`auth`]: bearer tokens ([`TokenStore`], [`read_token_file`]);
+//! - [`conn`]: [`accept`] / [`accept_tls`] on the broker, [`connect`] on the
+//!   compute server, and the [`WsConn`] they give;
+//! - [`bridge`]: [`ChunkWriter`] / [`ChunkReader`], blocking `std::io`
+//!   adapters with bounded memory for the tar streams.
+
+pub mod auth;
+pub mod bridge;
+pub mod conn;
+pub mod error;
+pub mod frame;
+pub mod messages;
+
+pub use auth::{read_token_file, TokenFileError, TokenStore, MIN_TOKEN_LEN};
+pub use bridge::{stream_channel, ChunkReader, ChunkWriter, StreamItem, DEFAULT_STREAM_CHANNEL};
+pub use conn::{
+    accept, accept_tls, connect, ClientConn, ServerConn, TlsAcceptorConfig, WsConn, WsReceiver, WsSender,
+};
+pub use error::{AuthFailure, WireError};
+pub use frame::{Frame, StreamEnd, WireLimits, MAX_REASON_BYTES};
+pub use messages::{ClientMsg, Envelope, ErrorCode, ServerMsg};
+
+/// Re-exported so that callers name the same stream types.
+pub use tokio_tungstenite::MaybeTlsStream;

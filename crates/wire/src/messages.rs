@@ -1,0 +1,123 @@
+//! The control messages of a round (docs/protocol.md, "The round").
+//!
+//! C drives, P answers: every [`ClientMsg`] travels in an [`Envelope`] with a
+//! request id chosen by C, and P's [`ServerMsg`] answer carries the same id.
+//! Tar streams do not travel inside these messages: a message announces a
+//! stream id and the stream follows as chunk frames (see [`crate::frame`]).
+//!
+//! Extending: the encoding is MessagePack with named fields and variants
+//! named by string, so adding a variant or a field with `#[serde(default)]`
+//! does not disturb existing ones. A peer that does not know a variant
+//! answers [`ErrorCode::BadRequest`] (decoding yields
+//! [`crate::WireError::UnknownMessage`]); bump
+//! [`cs_protocol::PROTOCOL_VERSION`] when a peer must know it.
+
+use cs_protocol::{CommitRequest, Cursor, DeleteReport, Hello, HelloReply, RelPath};
+use serde::{Deserialize, Serialize};
+
+/// A control message with the id that correlates a request with its answer.
+/// C numbers its requests; P echoes the id of the request it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub id: u64,
+    pub body: T,
+}
+
+impl<T> Envelope<T> {
+    pub fn new(id: u64, body: T) -> Self {
+        Envelope { id, body }
+    }
+}
+
+/// C → P requests, in the order a round sends them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// Before hello, after a crash between P's commit and C's: did the round
+    /// with this id commit on P? Answer: [`ServerMsg::WasCommitted`].
+    WasCommitted { round_id: u64 },
+    /// Hello: opens a round (client id, protocol version, cursor, digest of
+    /// the held set). Answer: [`ServerMsg::HelloReply`].
+    Hello(Hello),
+    /// Hello, when P asked for it (`need_held_list`): every path C's
+    /// manifest holds. Answer: [`ServerMsg::HeldListOk`].
+    HeldList(Vec<RelPath>),
+    /// Step 1, deletes C → P: the paths of C's whiteouts.
+    /// Answer: [`ServerMsg::DeleteReport`].
+    Deletes(Vec<RelPath>),
+    /// Step 2, deletes P → C: which held paths did P delete?
+    /// Answer: [`ServerMsg::DeletesForYou`].
+    AskDeletes,
+    /// Step 3, writes C → P: C's tar stream follows as chunk frames on
+    /// `stream`, closed by an end frame. Answer (after the end frame):
+    /// [`ServerMsg::WritesApplied`].
+    SendWrites { stream: u32 },
+    /// Step 4, writes P → C: P answers [`ServerMsg::WritesFollow`] and then
+    /// sends its tar stream as chunk frames on `stream` (the id C chose).
+    AskWrites { stream: u32 },
+    /// Step 5, commit: C's held-set delta and not-applied paths.
+    /// Answer: [`ServerMsg::Committed`].
+    Commit(CommitRequest),
+    /// Liveness and round-trip time, at any moment between requests.
+    /// Answer: [`ServerMsg::Pong`] with the same `sent_ms`.
+    Ping { sent_ms: u64 },
+}
+
+/// P → C answers; each carries the id of the request it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Answer to [`ClientMsg::WasCommitted`]: `true` if P committed that round.
+    WasCommitted(bool),
+    /// Hello: whether P needs the full held list, whether C's cursor is
+    /// unknown to P's journal.
+    HelloReply(HelloReply),
+    /// Hello: the held list was received and P's index of the client updated.
+    HeldListOk,
+    /// Step 1: what P deleted, kept (modified on P since the cursor) or refused.
+    DeleteReport(DeleteReport),
+    /// Step 2: the paths C holds that P's journal no longer has.
+    DeletesForYou(Vec<RelPath>),
+    /// Step 3: the outcome of C's stream, entry by entry.
+    WritesApplied {
+        /// Written over (or created at) the target.
+        applied: Vec<RelPath>,
+        /// Changed by others on P but with equal content: nothing to do.
+        unchanged: Vec<RelPath>,
+        /// Content differs from P's changed version: stored as conflict copies.
+        conflicts: Vec<RelPath>,
+        /// Not accepted, with the reason (unsafe path, excluded, bad entry).
+        refused: Vec<(RelPath, String)>,
+    },
+    /// Step 4: P's tar stream follows on `stream`; `cursor` is P's journal
+    /// position when step 4 started, the cursor step 5 commits.
+    WritesFollow { stream: u32, cursor: Cursor },
+    /// Step 5: P persisted journal and index; C may now persist its manifest
+    /// with this cursor.
+    Committed { cursor: Cursor },
+    /// Answer to [`ClientMsg::Ping`].
+    Pong { sent_ms: u64 },
+    /// The request failed; the round fails and is retried from hello.
+    Error { code: ErrorCode, message: String },
+}
+
+/// Why P refused or failed a request ([`ServerMsg::Error`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// Malformed, unknown or out-of-order message.
+    BadRequest,
+    /// The connection's client may not do this (e.g. a hello naming another client).
+    Unauthorized,
+    /// A message or stream exceeded a limit.
+    TooLarge,
+    /// P is busy (e.g. a round of this client is already in progress); retry later.
+    Busy,
+    /// P failed (I/O error, bug); nothing of the round was committed.
+    Internal,
+    /// C speaks a protocol version P does not.
+    ProtocolVersion,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}

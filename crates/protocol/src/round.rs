@@ -14,6 +14,14 @@ pub struct Hello {
     pub cursor: Option<Cursor>,
     pub held_digest: HeldDigest,
     pub held_count: u64,
+    /// How what C holds now differs from its committed manifest (the digest
+    /// above): P's versions that an interrupted round already wrote, and
+    /// synced copies no longer in the upper layer. P's view of what C holds
+    /// for this round is its index plus `held_added` minus `held_removed`.
+    #[serde(default)]
+    pub held_added: Vec<RelPath>,
+    #[serde(default)]
+    pub held_removed: Vec<RelPath>,
 }
 
 /// P's answer to [`Hello`].

@@ -34,6 +34,8 @@ fn requests() -> Vec<ClientMsg> {
             cursor: Some(Cursor { epoch: 5, seq: 9 }),
             held_digest: HeldDigest([7; 32]),
             held_count: 3,
+            held_added: vec![p("new/from/step4")],
+            held_removed: vec![p("gone")],
         }),
         ClientMsg::HeldList(vec![p("a"), p("a/b"), p("dir with space/ü")]),
         ClientMsg::Deletes(vec![p("gone.txt")]),

@@ -177,13 +177,17 @@ impl ComputeSide {
             }
         }
         let known = scan.entries.clone();
-        let next = base.iter().filter(|(p, _)| known.contains_key(*p)).map(|(p, s)| (p.clone(), *s)).collect();
+        let next: BTreeMap<RelPath, Sig> =
+            base.iter().filter(|(p, _)| known.contains_key(*p)).map(|(p, s)| (p.clone(), *s)).collect();
+        let committed = &self.manifest.entries;
         let hello = Hello {
             client: self.cfg.client.clone(),
             protocol: PROTOCOL_VERSION,
             cursor: self.manifest.cursor,
-            held_digest: held_digest(self.manifest.entries.keys()),
-            held_count: self.manifest.entries.len() as u64,
+            held_digest: held_digest(committed.keys()),
+            held_count: committed.len() as u64,
+            held_added: next.keys().filter(|p| !committed.contains_key(*p)).cloned().collect(),
+            held_removed: committed.keys().filter(|p| !known.contains_key(*p)).cloned().collect(),
         };
         let problems = scan.problems.clone();
         let round = ComputeRound {
@@ -428,15 +432,25 @@ impl ComputeSide {
         }
         self.tmp_seq += 1;
         let tmp_name = temp_name(&self.cfg.client, self.tmp_seq);
-        let tmp = if h.kind == EntryKind::File {
-            let (tmp, _, n) = self.upper.write_temp(p, &tmp_name, data, h.mode, h.mtime, false)?;
-            report.bytes += n;
-            tmp
+        let written = if h.kind == EntryKind::File {
+            self.upper.write_temp(p, &tmp_name, data, h.mode, h.mtime, false).map(|(tmp, _, n)| {
+                report.bytes += n;
+                tmp
+            })
         } else {
             let target = h.link_target.as_deref().unwrap_or_default();
-            self.upper.symlink_temp(p, &tmp_name, target, h.mtime)?
+            self.upper.symlink_temp(p, &tmp_name, target, h.mtime)
         };
-        Ok(Some(Staged { tmp, target: p.clone(), expected }))
+        match written {
+            Ok(tmp) => Ok(Some(Staged { tmp, target: p.clone(), expected })),
+            // The directory went away under us (the user removed it during
+            // the round): the user's action stands; P keeps it unseen.
+            Err(e) if e.is_not_found() => {
+                report.not_applied.push(p.clone());
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Renames a staged file into place if the local entry is still what

@@ -105,10 +105,25 @@ pub struct ProjectRound {
     index_base: BTreeSet<RelPath>,
     /// What the client holds as the round progresses.
     held: BTreeSet<RelPath>,
+    /// The client's held changes since its last commit (from its hello).
+    held_added: Vec<RelPath>,
+    held_removed: Vec<RelPath>,
     unseen: BTreeSet<RelPath>,
     /// Paths sent in step 4.
     sent: BTreeSet<RelPath>,
     new_cursor: Option<Cursor>,
+}
+
+impl ProjectRound {
+    /// What the client holds at the start of the round: the index of its
+    /// committed manifest, adjusted by what it reported in its hello.
+    fn rebuild_held(&mut self) {
+        self.held = self.index_base.clone();
+        for p in &self.held_removed {
+            self.held.remove(p);
+        }
+        self.held.extend(self.held_added.iter().cloned());
+    }
 }
 
 /// What step 3 did on P.
@@ -201,22 +216,25 @@ impl ProjectSide {
         let st = self.client_state(&hello.client)?;
         let need_held_list = st.needs_full_list || held_digest(st.held.iter()) != hello.held_digest;
         let reply = HelloReply { need_held_list, cursor_unknown: hello.cursor.is_some() && base.is_none() };
-        let round = ProjectRound {
+        let mut round = ProjectRound {
             client: hello.client.clone(),
             base,
             index_base: st.held.clone(),
-            held: st.held,
+            held: BTreeSet::new(),
+            held_added: hello.held_added.clone(),
+            held_removed: hello.held_removed.clone(),
             unseen: st.unseen,
             sent: BTreeSet::new(),
             new_cursor: None,
         };
+        round.rebuild_held();
         Ok((round, reply))
     }
 
     /// The client's full held list, when [`HelloReply::need_held_list`].
     pub fn set_held_list(&self, r: &mut ProjectRound, paths: Vec<RelPath>) {
         r.index_base = paths.into_iter().collect();
-        r.held = r.index_base.clone();
+        r.rebuild_held();
     }
 
     /// Did P's copy of `p` change since the client's cursor, by anyone but
@@ -252,7 +270,13 @@ impl ProjectSide {
         let mut paths: Vec<&RelPath> = paths.iter().collect();
         paths.sort();
         paths.dedup();
+        let mut done: Vec<&RelPath> = Vec::new();
         for p in paths {
+            // A directory's deletion already covered everything below it.
+            if done.last().is_some_and(|d| p.starts_with(d)) {
+                continue;
+            }
+            done.push(p);
             if !self.cfg.filter.is_synced(p, false) {
                 report.refused.push((p.clone(), "excluded or local-only path".into()));
                 continue;
@@ -413,7 +437,10 @@ impl ProjectSide {
         }
         if let Some(parent) = target.parent() {
             if self.home.lstat(&parent)?.is_none() {
+                // Only in a race (P removed the directory after step 2):
+                // P's default mode goes back to the client in step 4.
                 self.home.create_dir_all(&parent, 0o755)?;
+                r.unseen.extend(parent.ancestors().chain(std::iter::once(parent.clone())));
             }
         }
         if is_dir {

@@ -51,8 +51,9 @@ pub enum ClientMsg {
     /// `stream`, closed by an end frame. Answer (after the end frame):
     /// [`ServerMsg::WritesApplied`].
     SendWrites { stream: u32 },
-    /// Step 4, writes P → C: P answers [`ServerMsg::WritesFollow`] and then
-    /// sends its tar stream as chunk frames on `stream` (the id C chose).
+    /// Step 4, writes P → C: P sends its tar stream as chunk frames on
+    /// `stream` (the id C chose), closed by an end frame, and then answers
+    /// [`ServerMsg::WritesFollow`] with the cursor (known once packing is done).
     AskWrites { stream: u32 },
     /// Step 5, commit: C's held-set delta and not-applied paths.
     /// Answer: [`ServerMsg::Committed`].
@@ -78,10 +79,10 @@ pub enum ServerMsg {
     DeletesForYou(Vec<RelPath>),
     /// Step 3: the outcome of C's stream, entry by entry.
     WritesApplied {
-        /// Written over (or created at) the target.
-        applied: Vec<RelPath>,
-        /// Changed by others on P but with equal content: nothing to do.
-        unchanged: Vec<RelPath>,
+        /// Entries written over (or created at) their target.
+        applied: u64,
+        /// Entries changed by others on P but with equal content: nothing to do.
+        unchanged: u64,
         /// Content differs from P's changed version: stored as conflict copies.
         conflicts: Vec<RelPath>,
         /// Not accepted, with the reason (unsafe path, excluded, bad entry).

@@ -107,9 +107,9 @@ async fn every_message_and_both_streams_round_trip() {
                         let data = reader.await.unwrap().unwrap();
                         let tag = blake3::hash(&data).to_hex()[..16].to_string();
                         let answer = ServerMsg::WritesApplied {
-                            applied: vec![p(&format!("received/{}/{tag}", data.len()))],
-                            unchanged: vec![p("same")],
-                            conflicts: vec![p("c.conflict-gpu-1-x")],
+                            applied: data.len() as u64,
+                            unchanged: 1,
+                            conflicts: vec![p(&format!("received/{tag}")), p("c.conflict-gpu-1-x")],
                             refused: vec![(p("dev"), "device".into())],
                         };
                         conn.send_msg(id, answer).await.unwrap();
@@ -192,9 +192,9 @@ async fn every_message_and_both_streams_round_trip() {
         .iter()
         .map(|m| match m {
             ClientMsg::SendWrites { .. } => ServerMsg::WritesApplied {
-                applied: vec![p(&format!("received/{}/{tag}", step3.len()))],
-                unchanged: vec![p("same")],
-                conflicts: vec![p("c.conflict-gpu-1-x")],
+                applied: step3.len() as u64,
+                unchanged: 1,
+                conflicts: vec![p(&format!("received/{tag}")), p("c.conflict-gpu-1-x")],
                 refused: vec![(p("dev"), "device".into())],
             },
             other => reply(other),

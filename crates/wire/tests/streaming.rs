@@ -69,7 +69,7 @@ async fn fifty_mib_arrive_byte_identical_with_bounded_memory() {
             });
             assert_eq!(conn.recv_stream(stream, &tx).await.unwrap(), StreamEnd::Ok);
             let got = reader.await.unwrap();
-            conn.send_msg(id, ServerMsg::WritesApplied { applied: vec![], unchanged: vec![], conflicts: vec![], refused: vec![] })
+            conn.send_msg(id, ServerMsg::WritesApplied { applied: 0, unchanged: 0, conflicts: vec![], refused: vec![] })
                 .await
                 .unwrap();
             result_tx.lock().unwrap().take().unwrap().send(got).unwrap();

@@ -244,12 +244,14 @@ impl ProjectSide {
         if r.unseen.contains(p) {
             return true;
         }
-        let Some(base) = r.base else { return actual.is_some() };
         let j = lock(&self.journal);
         match j.journal.get(p) {
             None => actual.is_some(),
             Some(e) if e.sig != actual => true,
-            Some(e) => e.seq > base && e.author.as_ref() != Some(&r.client),
+            // The client's own write, still in place.
+            Some(e) if e.author.as_ref() == Some(&r.client) => false,
+            // Without a cursor, anything else may be unseen by the client.
+            Some(e) => r.base.is_none_or(|base| e.seq > base),
         }
     }
 
@@ -476,15 +478,16 @@ impl ProjectSide {
             report.applied += 1;
             return Ok(());
         }
+        // From here on P's version wins, and goes to the client in step 4
+        // (its mode or mtime may differ even where the content does not).
+        r.unseen.insert(target.clone());
         if actual.map(|a| a.kind) != Some(EntryKind::Dir) && self.home.same_content(&tmp, &target)? {
             self.home.remove_file(&tmp)?;
             report.unchanged += 1;
             return Ok(());
         }
-        // Conflict: P's version stays and goes to the client in step 4; the
-        // incoming one is kept beside it, once (a retried round finds its
-        // earlier copy and adds none).
-        r.unseen.insert(target.clone());
+        // Conflict: the incoming version is kept beside P's, once (a
+        // retried round finds its earlier copy and adds none).
         if let Some(existing) = self.find_conflict_copy(&target, &r.client, &tmp)? {
             self.home.remove_file(&tmp)?;
             tracing::debug!(path = %target, copy = %existing, "conflict copy already present");
@@ -543,6 +546,7 @@ impl ProjectSide {
             None => self.home.create_dir(&target, h.mode)?,
             Some(EntryKind::Dir) if changed => {
                 // P's mode wins; step 4 brings it to the client.
+                r.unseen.insert(target);
                 report.unchanged += 1;
                 return Ok(());
             }

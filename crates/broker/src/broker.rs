@@ -1,0 +1,338 @@
+//! The broker actor: accepts connections, authenticates them, and keeps one
+//! [`Session`] per connected client.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use cs_actors::{ExitStatus, MAILBOX_CAPACITY};
+use cs_protocol::ClientId;
+use cs_wire::{
+    AuthFailure, ErrorCode, Frame, ServerConn, ServerMsg, TlsAcceptorConfig, TokenStore, WireError, WireLimits,
+};
+use futures_util::future::join_all;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::session::{ObserveSession, Session, SessionParts, Shared, StopSession};
+use crate::state::{BrokerState, EndedSession, ENDED_KEPT};
+use crate::BoxedIo;
+
+/// How long a session has to answer an observation before it is reported
+/// as not answering (its mailbox is bounded: it may be full).
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Observe message of the broker.
+#[derive(Message)]
+#[rtype(result = "BrokerState")]
+pub struct Observe;
+
+/// Stops accepting, ends every session (each round in flight is
+/// abandoned: nothing of it commits), then stops the broker.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// An authenticated connection, from the accept task.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Connected {
+    pub client: ClientId,
+    pub peer: SocketAddr,
+    pub conn: ServerConn<BoxedIo>,
+}
+
+/// A connection refused before it became a session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Refused {
+    pub reason: &'static str,
+}
+
+/// A session ended (sent by the session itself).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct SessionEnded {
+    pub client: ClientId,
+    pub peer: SocketAddr,
+    pub conn_id: u64,
+    pub exit: ExitStatus,
+    /// The session ended as a refusal (e.g. a hello naming another client).
+    pub refused: Option<&'static str>,
+}
+
+struct SessionEntry {
+    conn_id: u64,
+    addr: Addr<Session>,
+}
+
+pub struct Broker {
+    local_addr: SocketAddr,
+    tls: bool,
+    max_connections: usize,
+    shared: Arc<Shared>,
+    sessions: HashMap<ClientId, SessionEntry>,
+    client_locks: HashMap<ClientId, Arc<tokio::sync::Mutex<()>>>,
+    next_conn: u64,
+    accepted: u64,
+    refused: BTreeMap<String, u64>,
+    ended: std::collections::VecDeque<EndedSession>,
+    accept_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Broker {
+    pub(crate) fn new(local_addr: SocketAddr, tls: bool, max_connections: usize, shared: Arc<Shared>) -> Self {
+        Broker {
+            local_addr,
+            tls,
+            max_connections,
+            shared,
+            sessions: HashMap::new(),
+            client_locks: HashMap::new(),
+            next_conn: 0,
+            accepted: 0,
+            refused: BTreeMap::new(),
+            ended: Default::default(),
+            accept_task: None,
+        }
+    }
+
+    pub(crate) fn set_accept_task(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.accept_task = Some(task);
+    }
+
+    fn count_refused(&mut self, reason: &str) {
+        *self.refused.entry(reason.to_owned()).or_default() += 1;
+    }
+}
+
+impl Actor for Broker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        tracing::info!(listen = %self.local_addr, tls = self.tls, "broker started");
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(t) = self.accept_task.take() {
+            t.abort();
+        }
+        tracing::info!(listen = %self.local_addr, "broker stopped");
+    }
+}
+
+impl Handler<Connected> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Connected, ctx: &mut Context<Self>) {
+        let Connected { client, peer, conn } = msg;
+        let replaces = self.sessions.contains_key(&client);
+        if !replaces && self.sessions.len() >= self.max_connections {
+            tracing::warn!(%peer, %client, max = self.max_connections, "connection refused: too many sessions");
+            self.count_refused("busy");
+            let message = format!(
+                "the broker serves {} clients already (max_connections); retry later",
+                self.max_connections
+            );
+            actix_rt::spawn(refuse_busy(conn, message));
+            return;
+        }
+        if let Some(old) = self.sessions.remove(&client) {
+            tracing::info!(%client, %peer, "new connection of a connected client: it replaces the old session");
+            old.addr.do_send(StopSession {
+                status: ExitStatus::Failure("replaced by a new connection of the same client".into()),
+            });
+        }
+        self.accepted += 1;
+        self.next_conn += 1;
+        let conn_id = self.next_conn;
+        let client_lock = self.client_locks.entry(client.clone()).or_default().clone();
+        let (sender, receiver) = conn.split();
+        let addr = Session::start(SessionParts {
+            client: client.clone(),
+            peer,
+            conn_id,
+            broker: ctx.address(),
+            shared: self.shared.clone(),
+            client_lock,
+            sender,
+            receiver,
+        });
+        self.sessions.insert(client, SessionEntry { conn_id, addr });
+    }
+}
+
+/// Tells a client beyond `max_connections` why, then closes.
+async fn refuse_busy(mut conn: ServerConn<BoxedIo>, message: String) {
+    let frame = Frame::control(0, ServerMsg::Error { code: ErrorCode::Busy, message });
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = conn.send(&frame).await;
+        let _ = conn.close().await;
+    })
+    .await;
+}
+
+impl Handler<Refused> for Broker {
+    type Result = ();
+    fn handle(&mut self, msg: Refused, _: &mut Context<Self>) {
+        self.count_refused(msg.reason);
+    }
+}
+
+impl Handler<SessionEnded> for Broker {
+    type Result = ();
+    fn handle(&mut self, msg: SessionEnded, _: &mut Context<Self>) {
+        if self.sessions.get(&msg.client).is_some_and(|s| s.conn_id == msg.conn_id) {
+            self.sessions.remove(&msg.client);
+        }
+        if let Some(reason) = msg.refused {
+            self.count_refused(reason);
+        }
+        tracing::debug!(client = %msg.client, exit = ?msg.exit, "session ended");
+        if self.ended.len() >= ENDED_KEPT {
+            self.ended.pop_front();
+        }
+        let ended_unix_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        self.ended.push_back(EndedSession { client: msg.client.to_string(), peer: msg.peer, ended_unix_ms, exit: msg.exit });
+    }
+}
+
+impl Handler<Observe> for Broker {
+    type Result = ResponseFuture<BrokerState>;
+
+    fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> Self::Result {
+        let mut state = BrokerState {
+            listen: self.local_addr,
+            tls: self.tls,
+            max_connections: self.max_connections,
+            max_concurrent_tar: self.shared.tar.max(),
+            tar_in_use: self.shared.tar.in_use(),
+            accepted: self.accepted,
+            refused: self.refused.clone(),
+            sessions: Vec::new(),
+            ended: self.ended.iter().cloned().collect(),
+        };
+        let addrs: Vec<Addr<Session>> = self.sessions.values().map(|s| s.addr.clone()).collect();
+        Box::pin(async move {
+            let answers = join_all(addrs.iter().map(|a| tokio::time::timeout(OBSERVE_TIMEOUT, a.send(ObserveSession)))).await;
+            state.sessions = answers.into_iter().filter_map(|a| a.ok().and_then(|r| r.ok())).collect();
+            state.sessions.sort_by(|a, b| a.client.cmp(&b.client));
+            state
+        })
+    }
+}
+
+impl Handler<Shutdown> for Broker {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Context<Self>) -> Self::Result {
+        if let Some(t) = self.accept_task.take() {
+            t.abort();
+        }
+        let addrs: Vec<Addr<Session>> = self.sessions.drain().map(|(_, s)| s.addr).collect();
+        Box::pin(
+            async move {
+                join_all(addrs.iter().map(|a| a.send(StopSession { status: ExitStatus::Quit }))).await;
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| ctx.stop()),
+        )
+    }
+}
+
+/// What the accept loop needs.
+pub(crate) struct Acceptor {
+    pub listener: TcpListener,
+    pub tokens: Arc<TokenStore>,
+    pub tls: Option<TlsAcceptorConfig>,
+    pub limits: WireLimits,
+    pub hello_timeout: Duration,
+    /// Bound on connections being set up (TLS, upgrade, authentication).
+    pub max_pending: usize,
+    pub broker: Addr<Broker>,
+}
+
+/// Accepts connections and hands each, authenticated, to the broker.
+pub(crate) async fn accept_loop(a: Acceptor) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(a.max_pending.max(1)));
+    let a = Arc::new(a);
+    loop {
+        let (stream, peer) = match a.listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // E.g. out of file descriptors: wait a little, go on.
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection refused: too many connections being set up");
+            a.broker.do_send(Refused { reason: "busy" });
+            actix_rt::spawn(refuse_http_503(stream, a.tls.is_some()));
+            continue;
+        };
+        let a = a.clone();
+        actix_rt::spawn(async move {
+            let result = handshake(&a, stream).await;
+            drop(permit);
+            match result {
+                Ok((client, conn)) => {
+                    tracing::info!(%peer, %client, "connection authenticated");
+                    a.broker.do_send(Connected { client, peer, conn });
+                }
+                Err(e) => {
+                    let reason = refusal_reason(&e);
+                    tracing::warn!(%peer, reason, "connection refused: {e}");
+                    a.broker.do_send(Refused { reason });
+                }
+            }
+        });
+    }
+}
+
+async fn handshake(a: &Acceptor, stream: TcpStream) -> Result<(ClientId, ServerConn<BoxedIo>), WireError> {
+    let _ = stream.set_nodelay(true);
+    let start = tokio::time::Instant::now();
+    let io: BoxedIo = match &a.tls {
+        None => Box::new(stream),
+        Some(tls) => match tokio::time::timeout(a.hello_timeout, tls.acceptor().accept(stream)).await {
+            Err(_) => return Err(WireError::Timeout { what: "TLS handshake", after: a.hello_timeout }),
+            Ok(Err(e)) => return Err(WireError::Tls(format!("handshake failed: {e}"))),
+            Ok(Ok(s)) => Box::new(s),
+        },
+    };
+    let left = a.hello_timeout.saturating_sub(start.elapsed());
+    cs_wire::accept(io, &a.tokens, a.limits, left).await
+}
+
+/// The key under which a refusal is counted in [`BrokerState::refused`].
+fn refusal_reason(e: &WireError) -> &'static str {
+    match e {
+        WireError::Unauthorized(AuthFailure::MissingHeader) => "missing_token",
+        WireError::Unauthorized(AuthFailure::NotBearer) => "not_bearer",
+        WireError::Unauthorized(AuthFailure::UnknownToken) => "unknown_token",
+        WireError::Timeout { .. } => "timeout",
+        WireError::Tls(_) => "tls",
+        _ => "handshake",
+    }
+}
+
+/// Refuses a connection beyond the bound before any upgrade: HTTP 503 on
+/// plain connections (a TLS client just sees the connection closed).
+async fn refuse_http_503(mut stream: TcpStream, tls: bool) {
+    if !tls {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            stream.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n",
+            ),
+        )
+        .await;
+    }
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,112 @@
+//! Observable states: what `cs-actor status` prints on the project side and
+//! what tests assert on.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use cs_actors::ExitStatus;
+use serde::Serialize;
+
+/// How many ended sessions [`BrokerState::ended`] keeps.
+pub const ENDED_KEPT: usize = 16;
+
+/// Where a session's current round is. A step is entered when its request
+/// arrives and stays the current one until the next request (or until the
+/// round ends: committed → `idle`, failed → `idle` with `last_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundStep {
+    /// No round open.
+    Idle,
+    /// Hello answered (and the held list, if asked for).
+    Hello,
+    /// Step 1: deletes C → P.
+    #[serde(rename = "1")]
+    Deletes,
+    /// Step 2: deletes P → C.
+    #[serde(rename = "2")]
+    DeletesForClient,
+    /// Step 3: writes C → P.
+    #[serde(rename = "3")]
+    WritesIn,
+    /// Step 4: writes P → C.
+    #[serde(rename = "4")]
+    WritesOut,
+    /// Step 5: commit.
+    #[serde(rename = "5")]
+    Commit,
+}
+
+impl RoundStep {
+    /// The label printed by `status`: idle, hello, 1 … 5.
+    pub fn label(self) -> &'static str {
+        match self {
+            RoundStep::Idle => "idle",
+            RoundStep::Hello => "hello",
+            RoundStep::Deletes => "1",
+            RoundStep::DeletesForClient => "2",
+            RoundStep::WritesIn => "3",
+            RoundStep::WritesOut => "4",
+            RoundStep::Commit => "5",
+        }
+    }
+}
+
+/// One client's session, as observed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionState {
+    pub client: String,
+    pub peer: SocketAddr,
+    /// Unix time in milliseconds (P's clock).
+    pub connected_since_unix_ms: u64,
+    pub step: RoundStep,
+    /// An engine call of this session is running right now.
+    pub busy: bool,
+    pub rounds_committed: u64,
+    pub rounds_failed: u64,
+    /// When the last committed round ended (unix ms, P's clock).
+    pub last_round_unix_ms: Option<u64>,
+    /// How long the last committed round took, hello to commit.
+    pub last_round_duration_ms: Option<u64>,
+    /// Tar entries received (step 3) and sent (step 4), all rounds.
+    pub entries_in: u64,
+    pub entries_out: u64,
+    /// Compressed tar bytes received and sent, all rounds.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub conflicts_total: u64,
+    pub last_error: Option<String>,
+    /// Progress beats (one per tar chunk and per engine step).
+    pub heartbeat_beats: u64,
+    /// Milliseconds since the last beat.
+    pub heartbeat_silent_ms: u64,
+}
+
+/// A session that ended, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndedSession {
+    pub client: String,
+    pub peer: SocketAddr,
+    pub ended_unix_ms: u64,
+    pub exit: ExitStatus,
+}
+
+/// The broker, as observed.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerState {
+    pub listen: SocketAddr,
+    pub tls: bool,
+    pub max_connections: usize,
+    pub max_concurrent_tar: usize,
+    /// Tar slots in use right now.
+    pub tar_in_use: usize,
+    /// Connections accepted and authenticated, all time.
+    pub accepted: u64,
+    /// Refused connections by reason (`unauthorized`, `busy`, `handshake`,
+    /// `tls`, `timeout`, …), all time.
+    pub refused: BTreeMap<String, u64>,
+    /// One per connected client, by client id.
+    pub sessions: Vec<SessionState>,
+    /// The last sessions that ended (at most [`ENDED_KEPT`]), latest last.
+    pub ended: Vec<EndedSession>,
+}

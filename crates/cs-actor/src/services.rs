@@ -141,6 +141,47 @@ async fn wait_for_union(mount: &actix::Addr<MountSupervisor>) -> Result<()> {
     }
 }
 
-pub fn run_project(_a: ProjectArgs) -> Result<()> {
-    bail!("the project broker is being wired")
+pub fn run_project(a: ProjectArgs) -> Result<()> {
+    let home = need(a.home, "home")?;
+    let listen: std::net::SocketAddr = need(a.listen, "listen")?.parse().context("--listen must be IP:PORT")?;
+    let tokens = need(a.tokens, "tokens")?;
+    let state = a.state.unwrap_or_else(|| home.join(".cs-actor/broker"));
+    let control_socket = a.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_PROJECT_SOCKET));
+    let mut cfg = cs_broker::BrokerConfig::new(home, state, listen, tokens);
+    cfg.local_only = a.local_only;
+    cfg.tls = match (a.tls_cert, a.tls_key) {
+        (Some(cert), Some(key)) => Some(cs_broker::TlsFiles { cert, key }),
+        _ => None,
+    };
+    if cfg.tls.is_none() && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "listening without TLS on a non-loopback address: tokens and files travel in clear; give --tls-cert and --tls-key");
+    }
+    actix_rt::System::new().block_on(async move {
+        let broker = cs_broker::run(cfg).await?;
+        tracing::info!(listen = %broker.local_addr, "project broker running");
+        let handle = broker.addr.clone();
+        let handler: cs_control::Handler = Arc::new(move |req| {
+            let handle = handle.clone();
+            Box::pin(async move {
+                match req {
+                    cs_control::Request::Status => match handle.send(cs_broker::Observe).await {
+                        Ok(st) => cs_control::Response::status(serde_json::json!({
+                            "service": "project",
+                            "broker": st,
+                        })),
+                        Err(e) => cs_control::Response::error(format!("the broker is gone: {e}")),
+                    },
+                    cs_control::Request::Sync { .. } => {
+                        cs_control::Response::error("rounds are driven by the compute servers: run `cs-actor sync` there")
+                    }
+                }
+            })
+        });
+        let control = cs_control::serve(&control_socket, handler)?;
+        stop_signal().await;
+        tracing::info!("stopping the broker");
+        let _ = broker.shutdown().await;
+        control.abort();
+        Ok(())
+    })
 }

@@ -144,14 +144,14 @@ fn render_project(st: &Value, out: &mut String) {
     out.push_str(&format!("project broker on {} (tls {}): {} session(s)\n", s(&b["listen"]), s(&b["tls"]), b["sessions"].as_array().map(|a| a.len()).unwrap_or(0)));
     for sess in b["sessions"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "  {:<16} {:<10} rounds {:>5}, last {}, in {} out {}, conflicts {}{}\n",
+            "  {:<16} step {:<5} rounds {:>5}, last took {}, in {} out {}, conflicts {}{}\n",
             s(&sess["client"]),
             s(&sess["step"]),
             s(&sess["rounds_committed"]),
-            ms(&sess["last_round_ms"]),
+            ms(&sess["last_round_duration_ms"]),
             bytes(sess["bytes_in"].as_u64().unwrap_or(0)),
             bytes(sess["bytes_out"].as_u64().unwrap_or(0)),
-            s(&sess["conflicts"]),
+            s(&sess["conflicts_total"]),
             sess["last_error"].as_str().map(|e| format!(", last error: {e}")).unwrap_or_default(),
         ));
     }

@@ -64,6 +64,22 @@ impl Journal {
         self.seq
     }
 
+    /// Counts `dir` and everything recorded below it as changed now, by no
+    /// client: the directory was moved (away, back, or replaced), so its
+    /// contents may differ from what a client saw even where every
+    /// signature is the same.
+    pub fn touch_tree(&mut self, dir: &RelPath) {
+        let below: Vec<(RelPath, Option<Sig>)> = self
+            .entries
+            .iter()
+            .filter(|(p, e)| e.sig.is_some() && p.starts_with(dir))
+            .map(|(p, e)| (p.clone(), e.sig))
+            .collect();
+        for (p, sig) in below {
+            self.record(&p, sig, None);
+        }
+    }
+
     /// Walks the home: every synced entry with its signature. Takes no
     /// lock: the walk is the slow part.
     pub fn scan(home: &Path, filter: &PathFilter) -> Result<HashMap<RelPath, Sig>, EngineError> {

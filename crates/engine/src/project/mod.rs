@@ -2,6 +2,7 @@
 //! journal and one index per client, and answers each step.
 
 mod journal;
+mod watch;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,6 +82,8 @@ pub struct ProjectSide {
     clients: Mutex<HashMap<ClientId, ClientState>>,
     apply_lock: Mutex<()>,
     tmp_seq: AtomicU64,
+    /// Directory moves since the last hello (see `watch`).
+    moves: Mutex<Option<watch::DirMoves>>,
 }
 
 struct JournalState {
@@ -164,6 +167,12 @@ impl ProjectSide {
             clients: Mutex::new(HashMap::new()),
             apply_lock: Mutex::new(()),
             tmp_seq: AtomicU64::new(0),
+            moves: Mutex::new(watch::DirMoves::new()),
+        })
+        .inspect(|p| {
+            if let Ok(seen) = Journal::scan(&p.cfg.home, &p.cfg.filter) {
+                p.watch_dirs(&seen);
+            }
         })
     }
 
@@ -206,10 +215,18 @@ impl ProjectSide {
                 hello.client, hello.protocol
             )));
         }
+        let moves = lock(&self.moves).as_mut().map(|w| w.drain()).unwrap_or_default();
         // The walk runs unlocked; only the merge holds the journal.
         let seen = Journal::scan(&self.cfg.home, &self.cfg.filter)?;
+        self.watch_dirs(&seen);
         let base = {
             let mut j = lock(&self.journal);
+            if moves.overflow {
+                tracing::warn!("inotify queue overflowed: directory moves since the last round may be missed");
+            }
+            for dir in &moves.dirs {
+                j.journal.touch_tree(dir);
+            }
             j.journal.merge(seen);
             j.journal.position(hello.cursor)
         };
@@ -229,6 +246,18 @@ impl ProjectSide {
         };
         round.rebuild_held();
         Ok((round, reply))
+    }
+
+    /// (Re)watches the home and every directory of a scan for moves.
+    fn watch_dirs(&self, seen: &HashMap<RelPath, Sig>) {
+        let mut guard = lock(&self.moves);
+        let Some(w) = guard.as_mut() else { return };
+        w.watch(&self.cfg.home, None);
+        for (p, sig) in seen {
+            if sig.kind == EntryKind::Dir {
+                w.watch(&self.cfg.home, Some(p));
+            }
+        }
     }
 
     /// The client's full held list, when [`HelloReply::need_held_list`].

@@ -1,0 +1,230 @@
+//! The mounts themselves and the blocking operations on them. The supervisor owns one
+//! `Plant` and hands it to a worker thread for each operation (mount, check, shutdown), so
+//! the actor never blocks and operations never overlap.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cs_union::{Layout, MountGuard, UnionfsFuse};
+
+use crate::lower::LowerProc;
+use crate::probe::{PathHealth, Prober};
+use crate::util::{mounted, unmount_if_mounted};
+use crate::{prepare_local_only, LowerSpec};
+
+/// What the operations need from the configuration (paths already resolved).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub lower: LowerSpec,
+    pub lower_mountpoint: PathBuf,
+    pub upper: PathBuf,
+    pub merged: PathBuf,
+    pub union_extra_opts: Vec<String>,
+    pub local_only: Vec<String>,
+    pub layout: Option<Layout>,
+    pub union_binary: Option<UnionfsFuse>,
+    pub health_timeout: Duration,
+    pub lower_mount_timeout: Duration,
+}
+
+#[derive(Default)]
+pub(crate) struct Plant {
+    lower: Option<LowerProc>,
+    union: Option<MountGuard>,
+    layout: Option<Layout>,
+    /// Why the last attempt to run the lower's command failed.
+    lower_failure: Option<String>,
+    lower_probe: Prober,
+    union_probe: Prober,
+}
+
+/// The lower layer as one check saw it.
+#[derive(Debug, Clone)]
+pub(crate) struct LowerReport {
+    /// `Ok` = mounted and answering; else why not.
+    pub health: LowerHealth,
+    pub pid: Option<u32>,
+    pub latency: Option<Duration>,
+    /// Whether its root lists at least one entry (only when healthy).
+    pub has_entries: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LowerHealth {
+    Ok,
+    /// Not a mount point (never mounted, or unmounted).
+    Missing(String),
+    /// Mounted but failing: dead process, ENOTCONN, I/O error, no answer.
+    Error(String),
+}
+
+/// The union as one check saw it.
+#[derive(Debug, Clone)]
+pub(crate) struct UnionReport {
+    /// `None` = alive and answering; else why it is dead.
+    pub dead: Option<String>,
+    pub pid: Option<u32>,
+    pub latency: Option<Duration>,
+}
+
+impl Plant {
+    /// (Re)mounts the lower for a `Command` spec (stopping the previous process and
+    /// detaching its mount first), then checks it. For `Adopt`, only checks.
+    pub(crate) fn mount_lower(&mut self, s: &Settings) -> LowerReport {
+        if let LowerSpec::Command { cmd, .. } = &s.lower {
+            if let Some(mut old) = self.lower.take() {
+                if let Err(e) = old.stop() {
+                    tracing::warn!(error = %e, "stopping the previous lower mount");
+                }
+            }
+            match LowerProc::start(cmd, &s.lower_mountpoint, s.lower_mount_timeout) {
+                Ok(p) => {
+                    self.lower = Some(p);
+                    self.lower_failure = None;
+                }
+                Err(e) => {
+                    self.lower_failure = Some(e.clone());
+                    let health = if mounted(&s.lower_mountpoint) {
+                        LowerHealth::Error(e)
+                    } else {
+                        LowerHealth::Missing(e)
+                    };
+                    return LowerReport { health, pid: None, latency: None, has_entries: None };
+                }
+            }
+        }
+        self.check_lower(s)
+    }
+
+    /// (Re)mounts the union: the previous one is unmounted (lazily if busy) and its process
+    /// stopped, the local-only directories are made opaque, then `unionfs-fuse -f` runs.
+    pub(crate) fn mount_union(&mut self, s: &Settings) -> UnionReport {
+        match self.try_mount_union(s) {
+            Ok(()) => self.check_union(s),
+            Err(e) => UnionReport { dead: Some(e), pid: None, latency: None },
+        }
+    }
+
+    fn try_mount_union(&mut self, s: &Settings) -> Result<(), String> {
+        if let Some(old) = self.union.take() {
+            if let Err(e) = old.unmount() {
+                tracing::warn!(error = %e, "unmounting the previous union");
+            }
+        }
+        // A union left by a crashed predecessor (or one we could not unmount) is detached.
+        unmount_if_mounted(&s.merged).map_err(|e| format!("detach the stale union at {}: {e}", s.merged.display()))?;
+        let bin = match &s.union_binary {
+            Some(b) => b.clone(),
+            None => UnionfsFuse::find().map_err(|e| e.to_string())?,
+        };
+        let layout = match s.layout.or(self.layout) {
+            Some(l) => l,
+            None => {
+                let l = bin.probe_layout(&std::env::temp_dir()).map_err(|e| e.to_string())?;
+                tracing::info!(?l, "probed the union's whiteout layout");
+                l
+            }
+        };
+        self.layout = Some(layout);
+        prepare_local_only(&s.upper, layout, &s.local_only).map_err(|e| e.to_string())?;
+        let guard = MountGuard::mount(&bin, &s.upper, &s.lower_mountpoint, &s.merged, &s.union_extra_opts)
+            .map_err(|e| e.to_string())?;
+        self.union = Some(guard);
+        Ok(())
+    }
+
+    pub(crate) fn check(&mut self, s: &Settings) -> (LowerReport, UnionReport) {
+        (self.check_lower(s), self.check_union(s))
+    }
+
+    fn check_lower(&mut self, s: &Settings) -> LowerReport {
+        let mp = &s.lower_mountpoint;
+        let mut r = LowerReport { health: LowerHealth::Ok, pid: None, latency: None, has_entries: None };
+        if let Some(p) = self.lower.as_mut() {
+            r.pid = p.pid();
+            if let Some(why) = p.exited() {
+                r.health = if mounted(mp) {
+                    LowerHealth::Error(format!("{why}; its mount at {} is dead", mp.display()))
+                } else {
+                    LowerHealth::Missing(why)
+                };
+                return r;
+            }
+        } else if matches!(s.lower, LowerSpec::Command { .. }) {
+            r.health = LowerHealth::Missing(match &self.lower_failure {
+                Some(e) => format!("{} is not mounted: {e}", mp.display()),
+                None => format!("{} is not mounted (command not run yet)", mp.display()),
+            });
+            return r;
+        }
+        if !mounted(mp) {
+            r.health = LowerHealth::Missing(format!("{} is not mounted", mp.display()));
+            return r;
+        }
+        match self.lower_probe.check_dir(mp, true, s.health_timeout) {
+            PathHealth::Ok { latency, has_entries } => {
+                r.latency = Some(latency);
+                r.has_entries = has_entries;
+            }
+            h => r.health = LowerHealth::Error(h.describe().unwrap_or_default()),
+        }
+        r
+    }
+
+    fn check_union(&mut self, s: &Settings) -> UnionReport {
+        let mut r = UnionReport { dead: None, pid: None, latency: None };
+        let Some(g) = self.union.as_mut() else {
+            r.dead = Some("not mounted".into());
+            return r;
+        };
+        match g.try_wait() {
+            Ok(Some(status)) => {
+                let tail = g.stderr_tail();
+                r.dead = Some(if tail.is_empty() {
+                    format!("union process exited with {status}")
+                } else {
+                    format!("union process exited with {status}: {tail}")
+                });
+                return r;
+            }
+            Ok(None) => r.pid = g.pid(),
+            Err(e) => {
+                r.dead = Some(e.to_string());
+                return r;
+            }
+        }
+        if !mounted(&s.merged) {
+            r.dead = Some(format!("{} is no longer mounted", s.merged.display()));
+            return r;
+        }
+        match self.union_probe.check_dir(&s.merged, false, s.health_timeout) {
+            PathHealth::Ok { latency, .. } => r.latency = Some(latency),
+            h => r.dead = h.describe(),
+        }
+        r
+    }
+
+    /// Unmounts the union, then the lower if we mounted it (each lazily if busy).
+    pub(crate) fn shutdown(&mut self) -> Result<(), String> {
+        let mut errs = Vec::new();
+        if let Some(g) = self.union.take() {
+            if let Err(e) = g.unmount() {
+                errs.push(e.to_string());
+            }
+        }
+        if let Some(mut l) = self.lower.take() {
+            if let Err(e) = l.stop() {
+                errs.push(format!("lower: {e}"));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.join("; "))
+        }
+    }
+
+    pub(crate) fn union_pid(&self) -> Option<u32> {
+        self.union.as_ref().and_then(|g| g.pid())
+    }
+}

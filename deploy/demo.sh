@@ -78,7 +78,7 @@ user=$(id -un)
 lower_cmd="sshfs -f $user@127.0.0.1:$home $c/lower -p $ssh_port -o IdentityFile=$root/sshd/client_key \
 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
 -o reconnect,ServerAliveInterval=5,ServerAliveCountMax=3 \
--o entry_timeout=1,attr_timeout=1,negative_timeout=1,dcache_timeout=1,auto_cache"
+-o dir_cache=yes,dcache_timeout=9,entry_timeout=1,attr_timeout=1,negative_timeout=10,auto_cache"
 "$bin" compute --server "ws://127.0.0.1:$broker_port" --id gpu-1 --token-file "$c/token" \
     --merged "$c/merged" --upper "$c/upper" --state "$c/state" \
     --lower-mount-cmd "$lower_cmd" --lower-mountpoint "$c/lower" \

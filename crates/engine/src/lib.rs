@@ -33,9 +33,58 @@ pub(crate) fn temp_name(client: &ClientId, seq: u64) -> String {
     format!(".csa-tmp-{client}-{}-{seq}", std::process::id())
 }
 
+/// Removes the temporary files a previous process of ours left under `root`
+/// (killed in the middle of an apply): they are excluded from syncing, but
+/// the union would still show them to the user. Files of this process (the
+/// pid in the name) are in flight and stay. Returns how many were removed.
+pub(crate) fn sweep_stale_temps(root: &std::path::Path) -> usize {
+    let me = std::process::id().to_string();
+    let mut removed = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for ent in rd.flatten() {
+            let Ok(ft) = ent.file_type() else { continue };
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            if ft.is_dir() {
+                dirs.push(ent.path());
+            } else if let Some(rest) = name.strip_prefix(".csa-tmp-") {
+                // .csa-tmp-<client>-<pid>-<seq>; the client id may hold dashes.
+                let pid = rest.rsplitn(3, '-').nth(1);
+                if pid.is_some_and(|pid| pid != me) && std::fs::remove_file(ent.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(root = %root.display(), removed, "removed temporary files left by an interrupted apply");
+    }
+    removed
+}
+
 /// `NAME.conflict-<client>-`: a conflict copy's name is this plus a UTC time.
 pub fn conflict_prefix(name: &str, client: &ClientId) -> String {
     format!("{name}.conflict-{client}-")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stale_temps_of_other_processes_go_ours_stay() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
+        let ours = format!(".csa-tmp-gpu-1-{}-3", std::process::id());
+        for name in ["a/b/.csa-tmp-gpu-1-999999999-0", "a/.csa-tmp-x-1-2", &ours, "a/b/keep.txt", ".csa-tmp-odd"] {
+            std::fs::write(t.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(super::sweep_stale_temps(t.path()), 2);
+        assert!(t.path().join(&ours).exists());
+        assert!(t.path().join("a/b/keep.txt").exists());
+        assert!(!t.path().join("a/b/.csa-tmp-gpu-1-999999999-0").exists());
+        assert!(t.path().join(".csa-tmp-odd").exists(), "not our name format: left alone");
+    }
 }
 
 /// A random-enough 64-bit id (round ids, journal epochs): unique, not secret.

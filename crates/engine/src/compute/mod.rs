@@ -110,6 +110,7 @@ impl ComputeSide {
     pub fn open(cfg: ComputeConfig) -> Result<Self, EngineError> {
         state::ensure_dir(&cfg.state_dir)?;
         let upper = SafeRoot::open(&cfg.upper)?;
+        crate::sweep_stale_temps(&cfg.upper);
         let manifest = Manifest::load(&cfg.state_dir.join(MANIFEST_FILE))?;
         let pending = state::load::<PendingCommit>(&cfg.state_dir.join(PENDING_FILE))?.map(|p| p.round_id);
         Ok(ComputeSide { cfg, upper, manifest, pending, tmp_seq: 0 })

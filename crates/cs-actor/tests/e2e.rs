@@ -1,0 +1,580 @@
+//! End to end: the real `cs-actor project` and `cs-actor compute` processes, a real sshd on
+//! 127.0.0.1, the lower layer over real sshfs, the union by real unionfs-fuse. See
+//! `support/mod.rs` for the bed. Every test skips (or, with `CI` set, fails) when the external
+//! programs are missing.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn tools() -> bool {
+    cs_testbed::real_tools_available()
+}
+
+/// Content with a recognisable name and some binary bytes.
+fn blob(tag: &str, n: usize) -> Vec<u8> {
+    let mut v = format!("{tag}\n").into_bytes();
+    v.extend((0..n).map(|i| (i * 7 + tag.len()) as u8));
+    v
+}
+
+#[test]
+fn writes_deletes_renames_modes_symlinks_both_ways() {
+    if !tools() {
+        return;
+    }
+    let bed = Bed::start("both-ways", |h| {
+        put(h, "README", "hello from the project\n");
+        put(h, "docs/guide.txt", "the guide\n");
+        put(h, "docs/old/notes.txt", "old notes\n");
+        put(h, "del_by_c.txt", "the compute server deletes this\n");
+        put(h, "ren_src.txt", "renamed on the compute server\n");
+        put(h, "olddir/a.txt", "a\n");
+        put(h, "olddir/sub/b.txt", "b\n");
+        put(h, "mode.sh", "#!/bin/sh\necho hi\n");
+        chmod(h, "mode.sh", 0o644);
+        put(h, "held_then_p_deletes.txt", "C edits this, then P deletes it\n");
+        put(h, "held_then_p_edits.txt", "C edits this, then P edits it\n");
+        put(h, "unheld_p_edits.txt", "P edits this; C never touches it\n");
+        put(h, "unheld_p_deletes.txt", "P deletes this; C never touches it\n");
+        put(h, "p_chmod.txt", "P chmods this\n");
+        chmod(h, "p_chmod.txt", 0o644);
+        put(h, "scratch/x", "P's own scratch: never shown on C\n");
+        symlink("README", h, "link_p");
+    });
+    let (h, m, up) = (bed.home.clone(), bed.merged(), bed.upper());
+
+    // The merged view shows the project, but not P's copy of a local-only directory.
+    assert_eq!(read(&m, "README"), "hello from the project\n");
+    assert_eq!(read(&m, "docs/old/notes.txt"), "old notes\n");
+    assert_eq!(fs::read_link(m.join("link_p")).unwrap().to_str(), Some("README"));
+    assert!(!exists(&m, "scratch/x"), "P's scratch/x is visible in the merged view");
+
+    // ---- Changes on the compute server, through the merged view.
+    put(&m, "new/file1.txt", "made on the compute server\n");
+    put(&m, "new/deep/er/file2.bin", blob("file2", 100_000));
+    // An old mtime with nanoseconds, as `tar x` or `cp -p` leave it.
+    set_mtime(&m, "new/deep/er/file2.bin", 1_000_000_000, 123_456_789);
+    put(&m, "new/run.sh", "#!/bin/sh\n");
+    chmod(&m, "new/run.sh", 0o750);
+    fs::remove_file(m.join("del_by_c.txt")).unwrap();
+    fs::rename(m.join("ren_src.txt"), m.join("ren_dst.txt")).unwrap();
+    fs::rename(m.join("olddir"), m.join("newdir")).unwrap();
+    chmod(&m, "mode.sh", 0o755);
+    symlink("new/file1.txt", &m, "link_c");
+    symlink("../README", &m, "new/rel_link");
+    symlink("does/not/exist", &m, "dangling");
+    append(&m, "held_then_p_deletes.txt", "edited on C\n");
+    append(&m, "held_then_p_edits.txt", "edited on C\n");
+    fs::create_dir(m.join("emptydir")).unwrap();
+    put(&m, "scratch/local.txt", "stays on the compute server\n");
+    put(&m, ".cache/c.bin", "local cache\n");
+
+    bed.sync_wait();
+
+    // The project has every change of the compute server...
+    assert!(!exists(&h, "del_by_c.txt"), "a delete on C did not reach P");
+    assert!(!exists(&h, "ren_src.txt"), "the rename's source is still on P");
+    assert_eq!(read(&h, "ren_dst.txt"), "renamed on the compute server\n");
+    assert!(!exists(&h, "olddir"), "the renamed directory's old name is still on P");
+    assert_eq!(read(&h, "newdir/a.txt"), "a\n");
+    assert_eq!(read(&h, "newdir/sub/b.txt"), "b\n");
+    assert_eq!(mode(&h, "mode.sh"), 0o755);
+    assert_eq!(mode(&h, "new/run.sh"), 0o750);
+    assert_eq!(fs::read(h.join("new/deep/er/file2.bin")).unwrap(), blob("file2", 100_000));
+    assert_eq!(mtime(&h, "new/deep/er/file2.bin"), (1_000_000_000, 123_456_789));
+    assert_eq!(fs::read_link(h.join("link_c")).unwrap().to_str(), Some("new/file1.txt"));
+    assert_eq!(fs::read_link(h.join("new/rel_link")).unwrap().to_str(), Some("../README"));
+    assert_eq!(fs::read_link(h.join("dangling")).unwrap().to_str(), Some("does/not/exist"));
+    assert!(fs::symlink_metadata(h.join("emptydir")).unwrap().is_dir());
+    assert_eq!(read(&h, "held_then_p_edits.txt"), "C edits this, then P edits it\nedited on C\n");
+    // ...but nothing of its local-only paths, and P's own scratch is untouched.
+    assert!(!exists(&h, "scratch/local.txt"), "a local-only file reached the project");
+    assert!(!exists(&h, ".cache"), "a local-only directory reached the project");
+    assert_eq!(read(&h, "scratch/x"), "P's own scratch: never shown on C\n");
+
+    // ---- Changes on the project.
+    fs::remove_file(h.join("held_then_p_deletes.txt")).unwrap();
+    put(&h, "held_then_p_edits.txt", "P's edit of a file C holds\n");
+    put(&h, "unheld_p_edits.txt", "P's edit of a file C does not hold\n");
+    fs::remove_file(h.join("unheld_p_deletes.txt")).unwrap();
+    chmod(&h, "p_chmod.txt", 0o600);
+    put(&h, "p_new/inner.txt", "new on the project\n");
+    symlink("p_new/inner.txt", &h, "p_link");
+    fs::rename(h.join("docs/old"), h.join("docs/older")).unwrap();
+    put(&h, "scratch/y", "more of P's scratch\n");
+
+    bed.sync_and_converge();
+
+    // The compute server dropped its copy of the file P deleted, took P's edit of the file it
+    // holds, and kept its local-only files.
+    assert!(!exists(&up, "held_then_p_deletes.txt"), "the upper layer still holds a file P deleted");
+    assert!(!exists(&m, "held_then_p_deletes.txt"));
+    assert_eq!(read(&m, "held_then_p_edits.txt"), "P's edit of a file C holds\n");
+    assert_eq!(read(&m, "unheld_p_edits.txt"), "P's edit of a file C does not hold\n");
+    assert_eq!(mode(&m, "p_chmod.txt"), 0o600);
+    assert_eq!(read(&m, "scratch/local.txt"), "stays on the compute server\n");
+    assert!(!exists(&m, "scratch/x") && !exists(&m, "scratch/y"), "P's scratch shows in the merged view");
+    assert!(!exists(&h, "scratch/local.txt"));
+
+    // ---- One more round of compute-side changes to files that came from P.
+    fs::remove_file(m.join("p_new/inner.txt")).unwrap();
+    fs::rename(m.join("docs/older/notes.txt"), m.join("docs/older/notes2.txt")).unwrap();
+    chmod(&m, "unheld_p_edits.txt", 0o640);
+    bed.sync_and_converge();
+    assert!(!exists(&h, "p_new/inner.txt"));
+    assert_eq!(read(&h, "docs/older/notes2.txt"), "old notes\n");
+    assert_eq!(mode(&h, "unheld_p_edits.txt"), 0o640);
+
+    let conflicts = find_names(&h, |n| n.contains(".conflict-"));
+    assert!(conflicts.is_empty(), "spurious conflict copies: {conflicts:?}");
+    bed.finish();
+}
+
+#[test]
+fn conflict_keeps_both_versions() {
+    if !tools() {
+        return;
+    }
+    let bed = Bed::start("conflict", |h| put(h, "shared.txt", "original\n"));
+    let (h, m) = (bed.home.clone(), bed.merged());
+    assert_eq!(read(&m, "shared.txt"), "original\n");
+
+    // Both sides write the file between rounds. The project writes first: whenever a round
+    // starts after the compute server's write (an early round on the upper layer's events, or
+    // ours), the project's change is already there.
+    put(&h, "shared.txt", "the project's version\n");
+    put(&m, "shared.txt", "the compute server's version\n");
+    bed.sync_wait();
+
+    assert_eq!(read(&h, "shared.txt"), "the project's version\n");
+    let copies = find_names(&h, |n| n.starts_with("shared.txt.conflict-"));
+    assert_eq!(copies.len(), 1, "expected one conflict copy, found {copies:?}");
+    let name = &copies[0];
+    let stamp = name.strip_prefix("shared.txt.conflict-gpu-1-").unwrap_or_else(|| panic!("conflict copy {name}"));
+    // <UTC time>: YYYYMMDDTHHMMSS.mmmZ
+    let b = stamp.as_bytes();
+    assert!(
+        b.len() == 20
+            && b[..8].iter().all(u8::is_ascii_digit)
+            && b[8] == b'T'
+            && b[9..15].iter().all(u8::is_ascii_digit)
+            && b[15] == b'.'
+            && b[16..19].iter().all(u8::is_ascii_digit)
+            && b[19] == b'Z',
+        "conflict copy's time stamp {stamp:?}"
+    );
+    assert_eq!(read(&h, name), "the compute server's version\n");
+
+    // The merged view shows the project's version (and, through the lower layer, the copy).
+    let shown = poll(Duration::from_secs(15), Duration::from_millis(200), || {
+        (fs::read_to_string(m.join("shared.txt")).ok()? == "the project's version\n"
+            && fs::read_to_string(m.join(name)).ok()? == "the compute server's version\n")
+            .then_some(())
+    });
+    if shown.is_none() {
+        bed.fail(&format!(
+            "merged view: shared.txt = {:?}, {name} = {:?}",
+            fs::read_to_string(m.join("shared.txt")),
+            fs::read_to_string(m.join(name))
+        ));
+    }
+    // And a further round changes nothing: no second copy, no ping-pong.
+    bed.sync_and_converge();
+    assert_eq!(find_names(&h, |n| n.contains(".conflict-")).len(), 1);
+    assert_eq!(read(&h, "shared.txt"), "the project's version\n");
+    bed.finish();
+}
+
+fn git(dir: &Path, args: &[&str], home: &Path) -> CmdOut {
+    let mut c = Command::new("git");
+    c.arg("-C").arg(dir).args(args);
+    c.env("HOME", home).env("GIT_CONFIG_NOSYSTEM", "1").env("GIT_TERMINAL_PROMPT", "0");
+    run(c, Duration::from_secs(300))
+}
+
+#[test]
+fn git_clone_of_a_few_thousand_files_syncs_clean() {
+    if !tools() {
+        return;
+    }
+    if cs_testbed::which("git").is_none() {
+        eprintln!("SKIPPED: no git");
+        return;
+    }
+    // The source repository lives outside the bed: it is neither the project nor the compute
+    // server.
+    let src_tmp = tempfile::Builder::new().prefix("cs-e2e-gitsrc-").tempdir().unwrap();
+    let src = src_tmp.path().join("repo");
+    let ghome = src_tmp.path().join("home");
+    fs::create_dir_all(&ghome).unwrap();
+    const FILES: usize = 3000;
+    for i in 0..FILES {
+        let rel = format!("pkg{:02}/mod{:02}/file{i:04}.txt", i % 30, (i / 30) % 10);
+        put(&src, &rel, format!("file {i}\n{}\n", "x".repeat(i % 200)));
+    }
+    put(&src, "bin/tool.sh", "#!/bin/sh\necho tool\n");
+    chmod(&src, "bin/tool.sh", 0o755);
+    symlink("bin/tool.sh", &src, "tool");
+    for args in [
+        &["init", "-q"][..],
+        &["add", "-A"],
+        &["-c", "user.name=e2e", "-c", "user.email=e2e@example.invalid", "commit", "-q", "-m", "a few thousand files"],
+    ] {
+        let o = git(&src, args, &ghome);
+        assert!(o.ok(), "git {args:?}: {}", o.describe());
+    }
+    let head = git(&src, &["rev-parse", "HEAD"], &ghome).stdout.trim().to_string();
+
+    let bed = Bed::start("git", |h| put(h, "README", "a project with a clone in it\n"));
+    let (h, m) = (bed.home.clone(), bed.merged());
+
+    let t = Instant::now();
+    let mut c = Command::new("git");
+    c.args(["clone", "-q", "--no-hardlinks"]).arg(&src).arg(m.join("clone"));
+    c.env("HOME", &ghome).env("GIT_CONFIG_NOSYSTEM", "1");
+    let o = run(c, Duration::from_secs(300));
+    let clone_took = t.elapsed();
+    if !o.ok() {
+        bed.fail(&format!("git clone into the merged view: {}", o.describe()));
+    }
+    let files_in_clone = find_names(&m.join("clone"), |_| true).len();
+
+    let t = Instant::now();
+    bed.sync_wait();
+    let sync_took = t.elapsed();
+    let st = bed.compute_status();
+    // Early rounds on the upper layer's events run during the clone and carry part of it;
+    // the packer's counters cover every round since the service started.
+    eprintln!(
+        "git clone of {FILES} files ({files_in_clone} entries with .git) into the merged view took {:.1} s; \
+         `cs-actor sync --wait` after it took {:.1} s; clone start to all committed {:.1} s; \
+         {} rounds committed in all, {} entries / {} bytes packed for the project; last round {} ms: {}",
+        clone_took.as_secs_f64(),
+        sync_took.as_secs_f64(),
+        (clone_took + sync_took).as_secs_f64(),
+        st["round"]["rounds_committed"],
+        st["packer"]["entries_packed"],
+        st["packer"]["bytes_packed"],
+        st["round"]["last_committed"]["duration_ms"],
+        st["round"]["last_committed"]["steps"]
+    );
+
+    let clone_p = h.join("clone");
+    let porcelain = git(&clone_p, &["status", "--porcelain"], &ghome);
+    if !porcelain.ok() || !porcelain.stdout.trim().is_empty() {
+        bed.fail(&format!("`git status --porcelain` in the project's copy: {}", porcelain.describe()));
+    }
+    let fsck = git(&clone_p, &["fsck", "--full", "--strict"], &ghome);
+    if !fsck.ok() {
+        bed.fail(&format!("`git fsck` in the project's copy: {}", fsck.describe()));
+    }
+    assert_eq!(git(&clone_p, &["rev-parse", "HEAD"], &ghome).stdout.trim(), head);
+    assert_eq!(find_names(&clone_p, |_| true).len(), files_in_clone, "entries in the project's copy");
+    assert_eq!(mode(&clone_p, "bin/tool.sh"), 0o755);
+    // The compute server's own view of its clone is clean too.
+    let porcelain_c = git(&m.join("clone"), &["status", "--porcelain"], &ghome);
+    assert!(porcelain_c.ok() && porcelain_c.stdout.trim().is_empty(), "{}", porcelain_c.describe());
+    bed.finish();
+}
+
+#[test]
+fn two_compute_servers_one_stalled() {
+    if !tools() {
+        return;
+    }
+    let bed = Bed::start("two", |h| put(h, "README", "shared by two compute servers\n"));
+    let (h, m) = (bed.home.clone(), bed.merged());
+
+    // Client 2 opens a round and stalls in the middle of its step-3 stream.
+    let stalled = StalledClient::start(&bed.broker_url(), bed.token("gpu-2"), "gpu-2")
+        .unwrap_or_else(|e| bed.fail(&format!("raw client gpu-2: {e}")));
+    let session = |st: &serde_json::Value| {
+        st["broker"]["sessions"].as_array().and_then(|a| a.iter().find(|s| s["client"] == "gpu-2").cloned())
+    };
+    let in_step3 = poll(Duration::from_secs(20), Duration::from_millis(200), || {
+        let st = status_json(&bed.project_sock).ok()?;
+        let s = session(&st)?;
+        (s["step"] == "3").then_some(s)
+    });
+    if in_step3.is_none() {
+        bed.fail("the broker does not show gpu-2's session in step 3");
+    }
+
+    // Meanwhile client 1 syncs, twice, each promptly, and its files reach the project.
+    for (i, name) in ["one.txt", "two.txt"].iter().enumerate() {
+        put(&m, &format!("from_gpu1/{name}"), format!("write {i} of gpu-1\n"));
+        let t = Instant::now();
+        if let Err(e) = bed.try_sync_wait_on(0, Duration::from_secs(30)) {
+            bed.fail(&format!("gpu-1's round {i} while gpu-2 is stalled: {e}"));
+        }
+        eprintln!("gpu-1 round {i} with gpu-2 stalled in step 3: {:.2} s", t.elapsed().as_secs_f64());
+        assert_eq!(read(&h, &format!("from_gpu1/{name}")), format!("write {i} of gpu-1\n"));
+    }
+    // gpu-2 is still stalled (it was not simply dropped), and nothing of its round was applied.
+    let st = bed.project_status();
+    let s = session(&st).unwrap_or_else(|| bed.fail("gpu-2's session is gone"));
+    assert_eq!(s["step"], "3", "gpu-2's session: {s}");
+    assert!(!exists(&h, "stalled/big.bin"), "a stalled, unfinished stream was applied");
+    let s1 = st["broker"]["sessions"].as_array().unwrap().iter().find(|s| s["client"] == "gpu-1").cloned();
+    assert!(s1.is_some_and(|s| s["rounds_committed"].as_u64().unwrap_or(0) >= 3), "gpu-1's session: {st}");
+    drop(stalled);
+    bed.finish();
+}
+
+/// The broker is killed in the middle of step 3 and restarted: the round is
+/// retried and commits, the file arrives whole, and the killed broker's
+/// partial temporary file is swept when the new one opens the home.
+#[test]
+fn broker_restart_mid_round_retries_and_commits() {
+    broker_restart_scenario(true);
+}
+
+fn broker_restart_scenario(check_temporaries: bool) {
+    if !tools() {
+        return;
+    }
+    let mut bed = Bed::new("restart");
+    put(&bed.home, "README", "the broker will be killed\n");
+    bed.start_broker();
+    // A high zstd level makes step 3 take seconds for 200 MB of noise (about 40 MB/s), so that
+    // the kill lands in the middle of the stream even on a fast machine.
+    bed.start_compute_with("gpu-1", &["--zstd-level", "15"]);
+    let (h, m) = (bed.home.clone(), bed.merged());
+
+    // 200 MB of incompressible data, written in a local-only directory (no round picks it up
+    // half-written) and then renamed into the synced tree in one step.
+    const SIZE: usize = 200 << 20;
+    {
+        use std::io::Write;
+        fs::create_dir_all(m.join("scratch")).unwrap();
+        let mut f = fs::File::create(m.join("scratch/big.tmp")).unwrap();
+        for i in 0..(SIZE >> 22) {
+            f.write_all(&noise(1000 + i as u64, 4 << 20)).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    fs::rename(m.join("scratch/big.tmp"), m.join("big.bin")).unwrap();
+    let up = bed.upper();
+    let reconnects0 = bed.compute_status()["connection"]["reconnects"].as_u64().unwrap_or(0);
+    bed.sync_nowait();
+
+    // Kill the broker while the round streams the file to the project (step 3).
+    let seen = poll(Duration::from_secs(60), Duration::from_millis(20), || {
+        let st = bed.c().status().ok()?;
+        (st["round"]["step"] == "writes_to_project").then_some(())
+    });
+    if seen.is_none() {
+        bed.fail("never saw the round in step 3 (writes_to_project)");
+    }
+    // Well into the stream: once the broker is writing the entry (its temporary file grows).
+    let partial = poll(Duration::from_secs(20), Duration::from_millis(20), || {
+        let t = find_names(&h, |n| n.starts_with(".csa-tmp-"));
+        let size = t.first().and_then(|n| fs::metadata(h.join(n)).ok()).map(|md| md.len())?;
+        (size > 0).then_some((t, size))
+    });
+    bed.kill_broker();
+    let killed_at = Instant::now();
+    eprintln!("killed the broker in step 3, its temporary file at {partial:?}");
+    assert!(
+        !exists(&h, "big.bin"),
+        "the file was already complete on the project when the broker was killed: step 3 was too fast for this test"
+    );
+    let tmp_after_kill = find_names(&h, |n| n.starts_with(".csa-tmp-"));
+    eprintln!("broker killed in step 3; temporaries it left: {tmp_after_kill:?}");
+
+    // The compute server notices, backs off; the broker comes back on the same port and state.
+    std::thread::sleep(Duration::from_secs(1));
+    bed.start_broker();
+    let reconnected = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        let st = bed.c().status().ok()?;
+        (st["connection"]["state"] == "connected" && st["connection"]["reconnects"].as_u64()? > reconnects0)
+            .then_some(())
+    });
+    if reconnected.is_none() {
+        bed.fail("the compute service did not reconnect within 60 s of the broker's restart");
+    }
+    eprintln!("reconnected {:.1} s after the kill", killed_at.elapsed().as_secs_f64());
+    let r = bed.sync_wait();
+    eprintln!("`sync --wait`: {r}, {:.1} s after the kill", killed_at.elapsed().as_secs_f64());
+
+    if let Err(e) = same_bytes(&up.join("big.bin"), &h.join("big.bin")) {
+        bed.fail(&format!("the project's big.bin is not the compute server's: {e}"));
+    }
+    assert_eq!(mtime(&up, "big.bin"), mtime(&h, "big.bin"));
+    let st = bed.compute_status();
+    eprintln!("last committed round: {}", st["round"]["last_committed"]["steps"]);
+    let tmp = find_names(&h, |n| n.starts_with(".csa-tmp-"));
+    if check_temporaries {
+        assert!(tmp.is_empty(), "temporary files left in the project home: {tmp:?}");
+    } else if !tmp.is_empty() {
+        eprintln!("KNOWN BUG: temporary files left in the project home: {tmp:?}");
+    }
+    let conflicts = find_names(&h, |n| n.contains(".conflict-"));
+    assert!(conflicts.is_empty(), "spurious conflict copies: {conflicts:?}");
+    let st = bed.compute_status();
+    assert!(
+        st["round"]["rounds_failed"].as_u64().unwrap_or(0) >= 1,
+        "the interrupted round did not count as failed: {st}"
+    );
+    assert!(st["connection"]["reconnects"].as_u64().unwrap_or(0) > reconnects0, "no reconnect counted: {st}");
+    bed.finish();
+}
+
+#[test]
+fn union_killed_is_remounted_and_reported() {
+    if !tools() {
+        return;
+    }
+    let bed = Bed::start("remount", |h| put(h, "README", "still here after a remount\n"));
+    let (h, m) = (bed.home.clone(), bed.merged());
+    put(&m, "before.txt", "written before the union died\n");
+    bed.sync_wait();
+
+    let st = bed.compute_status();
+    let pid = st["mounts"]["union"]["pid"].as_u64().unwrap_or_else(|| bed.fail(&format!("no union pid: {st}")));
+    assert!(pid > 1);
+    let remounts0 = st["mounts"]["union"]["remounts"].as_u64().unwrap();
+    assert_eq!(remounts0, 0);
+    // SAFETY: kill(2) by the pid the compute service reports for the union it started (its child).
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0, "kill union pid {pid}");
+
+    let back = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        let st = bed.c().status().ok()?;
+        let u = &st["mounts"]["union"];
+        (u["remounts"].as_u64()? >= 1 && u["state"] == "mounted" && u["pid"].as_u64()? != pid).then_some(())
+    });
+    if back.is_none() {
+        bed.fail("the union was not reported remounted within 60 s");
+    }
+    let works = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        (fs::read_to_string(m.join("README")).ok()? == "still here after a remount\n"
+            && fs::read_to_string(m.join("before.txt")).ok()? == "written before the union died\n")
+            .then_some(())
+    });
+    if works.is_none() {
+        bed.fail(&format!(
+            "the merged view does not work after the remount: {:?}",
+            fs::read_to_string(m.join("README"))
+        ));
+    }
+    assert!(cs_union::is_mounted(&m).unwrap());
+
+    put(&m, "after.txt", "written after the remount\n");
+    bed.sync_wait();
+    assert_eq!(read(&h, "after.txt"), "written after the remount\n");
+    bed.finish();
+}
+
+#[test]
+fn status_json_has_the_documented_fields() {
+    if !tools() {
+        return;
+    }
+    let bed = Bed::start("status", |h| put(h, "README", "status\n"));
+    put(&bed.merged(), "x.txt", "x\n");
+    bed.sync_wait();
+
+    // rtt_ms is a number once a ping went through (every 5 s).
+    let st = poll(Duration::from_secs(15), Duration::from_millis(250), || {
+        let st = bed.c().status().ok()?;
+        st["connection"]["rtt_ms"].is_number().then_some(st)
+    })
+    .unwrap_or_else(|| bed.fail("connection.rtt_ms did not become a number within 15 s"));
+
+    assert_eq!(st["service"], "compute", "{st:#}");
+    assert_eq!(st["client"], "gpu-1");
+    assert_eq!(st["mounts"]["lower"]["state"], "mounted", "{st:#}");
+    assert_eq!(st["mounts"]["union"]["state"], "mounted", "{st:#}");
+    assert_eq!(st["connection"]["state"], "connected", "{st:#}");
+    assert!(st["connection"]["rtt_ms"].as_f64().unwrap() >= 0.0);
+    assert!(st["round"]["phase"].is_string(), "{st:#}");
+    assert!(st["round"]["round"].as_u64().unwrap_or(0) >= 2, "{st:#}");
+    assert!(st["round"]["rounds_committed"].as_u64().unwrap_or(0) >= 2, "{st:#}");
+    let steps = st["round"]["last_committed"]["steps"].as_array().unwrap_or_else(|| panic!("no steps: {st:#}"));
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["step"].as_str()).collect();
+    for want in ["deletes_to_project", "deletes_to_compute", "writes_to_project", "writes_to_compute", "commit"] {
+        assert!(names.contains(&want), "step {want} missing from {names:?}");
+    }
+    for s in steps {
+        for f in ["entries", "bytes", "ms"] {
+            assert!(s[f].is_u64(), "step field {f}: {s}");
+        }
+    }
+
+    let p = bed.project_status();
+    assert_eq!(p["service"], "project", "{p:#}");
+    assert_eq!(p["broker"]["listen"], format!("127.0.0.1:{}", bed.broker_port), "{p:#}");
+    let s0 = &p["broker"]["sessions"][0];
+    assert_eq!(s0["client"], "gpu-1", "{p:#}");
+    assert!(s0["rounds_committed"].as_u64().unwrap_or(0) >= 2, "{p:#}");
+
+    // The human view names the client and the committed rounds (when idle).
+    let sock = bed.c().sock.display().to_string();
+    let mut last = String::new();
+    let human = poll(Duration::from_secs(20), Duration::from_millis(250), || {
+        let o = cli(&["status", "--control-socket", &sock], Duration::from_secs(20));
+        last = o.describe();
+        (o.ok() && o.stdout.contains("gpu-1") && o.stdout.contains("rounds committed")).then_some(o.stdout)
+    });
+    if human.is_none() {
+        bed.fail(&format!("human status: {last}"));
+    }
+    let psock = bed.project_sock.display().to_string();
+    let o = cli(&["status", "--control-socket", &psock], Duration::from_secs(20));
+    assert!(o.ok() && o.stdout.contains("gpu-1"), "project human status: {}", o.describe());
+    bed.finish();
+}
+
+/// The comparison the other tests rely on does see every kind of difference (no processes).
+#[test]
+fn tree_comparison_sees_every_difference() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    for r in [a.path(), b.path()] {
+        put(r, "d/f.txt", "same\n");
+        set_mtime(r, "d/f.txt", 1_600_000_000, 5);
+        symlink("d/f.txt", r, "l");
+        put(r, "scratch/ignored", "local only");
+        put(r, "d/.csa-tmp-x-1-0", "excluded");
+    }
+    put(b.path(), "scratch/other", "local only, different");
+    let empty = a.path().join("no-upper");
+    assert_eq!(diff_views(&tree(a.path()), &tree(b.path()), &empty), None);
+    assert_eq!(tree(a.path()).len(), 3, "{:?}", tree(a.path()).keys().collect::<Vec<_>>());
+
+    let differs = |f: &dyn Fn(&Path)| {
+        let c = tempfile::tempdir().unwrap();
+        put(c.path(), "d/f.txt", "same\n");
+        set_mtime(c.path(), "d/f.txt", 1_600_000_000, 5);
+        symlink("d/f.txt", c.path(), "l");
+        f(c.path());
+        diff_views(&tree(a.path()), &tree(c.path()), &empty)
+    };
+    assert!(differs(&|c| put(c, "d/f.txt", "other\n")).is_some(), "content");
+    assert!(differs(&|c| chmod(c, "d/f.txt", 0o600)).is_some(), "mode");
+    assert!(differs(&|c| set_mtime(c, "d/f.txt", 1_600_000_001, 5)).is_some(), "mtime seconds");
+    assert!(differs(&|c| put(c, "extra", "")).is_some(), "extra path");
+    assert!(differs(&|c| fs::remove_file(c.join("l")).unwrap()).is_some(), "missing path");
+    assert!(
+        differs(&|c| {
+            fs::remove_file(c.join("l")).unwrap();
+            symlink("elsewhere", c, "l")
+        })
+        .is_some(),
+        "symlink target"
+    );
+    // Nanoseconds count where the union serves the file from its upper layer (sshfs shows
+    // whole seconds only).
+    assert!(differs(&|c| set_mtime(c, "d/f.txt", 1_600_000_000, 6)).is_none(), "ns through the lower");
+    let c = tempfile::tempdir().unwrap();
+    put(c.path(), "d/f.txt", "same\n");
+    set_mtime(c.path(), "d/f.txt", 1_600_000_000, 6);
+    symlink("d/f.txt", c.path(), "l");
+    assert!(diff_views(&tree(a.path()), &tree(c.path()), a.path()).is_some(), "ns in the upper layer");
+}

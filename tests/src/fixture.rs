@@ -1,0 +1,238 @@
+//! A whole installation in tempdirs: P's home and state, and one or more
+//! compute servers (emulated union + state), with both engine sides open.
+//!
+//! Layout of a world (state dirs outside the upper layers and the home):
+//! `ROOT/home`, `ROOT/p_state`, `ROOT/<client>/upper`, `ROOT/<client>/state`.
+
+use std::path::{Path, PathBuf};
+
+use cs_engine::driver::{run_round, Cut, DriverError, RoundReport};
+use cs_engine::{ComputeConfig, ComputeSide, PathFilter, ProjectConfig, ProjectSide};
+use cs_protocol::ClientId;
+use tempfile::TempDir;
+
+use crate::tree::Tree;
+use crate::union_emu::{EmuUnion, Layout};
+use crate::view::{PlainDir, View as _};
+
+/// One compute server.
+pub struct Client {
+    pub id: ClientId,
+    pub union: EmuUnion,
+    pub state: PathBuf,
+    side: Option<ComputeSide>,
+}
+
+/// P and its compute servers. Client 0 ("c1") always exists.
+pub struct World {
+    pub root: PathBuf,
+    pub home: PathBuf,
+    pub p_state: PathBuf,
+    pub filter: PathFilter,
+    project: Option<ProjectSide>,
+    clients: Vec<Client>,
+    _tmp: TempDir,
+}
+
+/// Where worlds are made: `$CS_TESTS_TMPDIR`, else `/dev/shm` (fsync is free
+/// there, which matters for the property test), else the system temp dir.
+pub fn scratch_base() -> PathBuf {
+    if let Some(d) = std::env::var_os("CS_TESTS_TMPDIR") {
+        return d.into();
+    }
+    let shm = Path::new("/dev/shm");
+    let writable = tempfile::Builder::new().prefix("cs-probe-").tempfile_in(shm).is_ok();
+    if writable {
+        shm.into()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        World::new()
+    }
+}
+
+impl World {
+    /// Default filter, Debian's unionfs-fuse 1.0 layout, one client "c1".
+    pub fn new() -> World {
+        World::build(Layout::UnionfsFuse1, PathFilter::default())
+    }
+
+    pub fn with_layout(layout: Layout) -> World {
+        World::build(layout, PathFilter::default())
+    }
+
+    /// The same filter is configured on both sides.
+    pub fn with_filter(filter: PathFilter) -> World {
+        World::build(Layout::UnionfsFuse1, filter)
+    }
+
+    fn build(layout: Layout, filter: PathFilter) -> World {
+        let tmp = tempfile::Builder::new().prefix("cs-world-").tempdir_in(scratch_base()).expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let (home, p_state) = (root.join("home"), root.join("p_state"));
+        for d in [&home, &p_state] {
+            std::fs::create_dir(d).expect("mkdir");
+        }
+        let mut w = World { root, home, p_state, filter, project: None, clients: Vec::new(), _tmp: tmp };
+        w.project = Some(w.open_project());
+        w.add_client("c1", layout);
+        w
+    }
+
+    fn open_project(&self) -> ProjectSide {
+        let mut cfg = ProjectConfig::new(self.home.clone(), self.p_state.clone());
+        cfg.filter = self.filter.clone();
+        ProjectSide::open(cfg).unwrap_or_else(|e| panic!("open ProjectSide: {e}"))
+    }
+
+    fn open_compute(&self, i: usize) -> ComputeSide {
+        let c = &self.clients[i];
+        let mut cfg = ComputeConfig::new(c.id.clone(), c.union.upper.clone(), c.state.clone());
+        cfg.filter = self.filter.clone();
+        ComputeSide::open(cfg).unwrap_or_else(|e| panic!("open ComputeSide {}: {e}", c.id))
+    }
+
+    /// Adds a compute server served by the same ProjectSide; returns its index.
+    pub fn add_client(&mut self, name: &str, layout: Layout) -> usize {
+        let dir = self.root.join(name);
+        let (upper, state) = (dir.join("upper"), dir.join("state"));
+        for d in [&dir, &upper, &state] {
+            std::fs::create_dir(d).expect("mkdir");
+        }
+        let union = EmuUnion::new(upper, self.home.clone(), layout, Box::new(self.filter.clone()))
+            .with_name(format!("{name}'s merged view"));
+        let id = ClientId::new(name).expect("client id");
+        self.clients.push(Client { id, union, state, side: None });
+        let i = self.clients.len() - 1;
+        self.clients[i].side = Some(self.open_compute(i));
+        i
+    }
+
+    /// Client 0's merged view.
+    pub fn c(&self) -> &EmuUnion {
+        &self.clients[0].union
+    }
+
+    /// Client `i`'s merged view.
+    pub fn c_of(&self, i: usize) -> &EmuUnion {
+        &self.clients[i].union
+    }
+
+    pub fn client_id(&self, i: usize) -> &ClientId {
+        &self.clients[i].id
+    }
+
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// P's home as P's users see it.
+    pub fn p(&self) -> PlainDir {
+        PlainDir::new(&self.home, "P home")
+    }
+
+    /// One round of client `i`, cut at `cut` if given.
+    pub fn try_round_of(&mut self, i: usize, cut: Option<Cut>) -> Result<RoundReport, DriverError> {
+        let c = self.clients[i].side.as_mut().expect("compute side open");
+        let p = self.project.as_mut().expect("project side open");
+        run_round(c, p, cut)
+    }
+
+    /// A full round of client 0; panics if it fails.
+    pub fn round(&mut self) -> RoundReport {
+        self.round_of(0)
+    }
+
+    /// A full round of client `i`; panics if it fails.
+    pub fn round_of(&mut self, i: usize) -> RoundReport {
+        self.try_round_of(i, None).unwrap_or_else(|e| panic!("round of {} failed: {e}", self.clients[i].id))
+    }
+
+    /// A round of client 0 cut at `cut`; panics unless it stopped there.
+    pub fn round_cut(&mut self, cut: Cut) {
+        self.round_cut_of(0, cut)
+    }
+
+    pub fn round_cut_of(&mut self, i: usize, cut: Cut) {
+        match self.try_round_of(i, Some(cut)) {
+            Err(DriverError::Cut(at)) if at == cut => {}
+            Err(e) => panic!("round cut at {cut:?} failed otherwise: {e}"),
+            Ok(r) => panic!("round meant to be cut at {cut:?} completed: {r:?}"),
+        }
+    }
+
+    /// Drops both sides of every client (as a killed process would) and opens them again.
+    pub fn crash_and_reopen(&mut self) {
+        self.project = None;
+        for c in &mut self.clients {
+            c.side = None;
+        }
+        self.project = Some(self.open_project());
+        for i in 0..self.clients.len() {
+            self.clients[i].side = Some(self.open_compute(i));
+        }
+    }
+
+    /// Drops and reopens client `i`'s side only.
+    pub fn crash_and_reopen_client(&mut self, i: usize) {
+        self.clients[i].side = None;
+        self.clients[i].side = Some(self.open_compute(i));
+    }
+
+    /// Snapshot of P's home (synced paths).
+    pub fn p_tree(&self) -> Tree {
+        Tree::scan(&self.home, &self.filter).expect("snapshot of P's home")
+    }
+
+    /// Snapshot of client `i`'s merged view (synced paths).
+    pub fn c_tree_of(&self, i: usize) -> Tree {
+        self.clients[i].union.merged_snapshot(&self.filter).expect("snapshot of the merged view")
+    }
+
+    pub fn c_tree(&self) -> Tree {
+        self.c_tree_of(0)
+    }
+
+    /// Every client's merged view equals P's home on every synced path.
+    pub fn converged(&self) -> Result<(), String> {
+        let p = self.p_tree();
+        for (i, c) in self.clients.iter().enumerate() {
+            if let Some(d) = self.c_tree_of(i).diff(&p, c.union.name(), "P home") {
+                return Err(d);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn assert_converged(&self) {
+        if let Err(d) = self.converged() {
+            panic!("not converged: {d}");
+        }
+    }
+
+    /// Files named `.csa-tmp-*` anywhere in P's home or an upper layer.
+    pub fn leftover_temp_files(&self) -> Vec<PathBuf> {
+        fn rec(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(rd) = std::fs::read_dir(dir) else { return };
+            for e in rd.flatten() {
+                let p = e.path();
+                if e.file_name().to_string_lossy().starts_with(".csa-tmp-") {
+                    out.push(p.clone());
+                }
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    rec(&p, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        rec(&self.home, &mut out);
+        for c in &self.clients {
+            rec(&c.union.upper, &mut out);
+        }
+        out
+    }
+}

@@ -6,3 +6,4 @@ pub mod coordinator;
 pub mod watcher;
 pub mod connection;
 pub mod service;
+pub mod progress;

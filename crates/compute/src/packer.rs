@@ -241,8 +241,9 @@ impl Handler<PackChanges> for Packer {
         let state = self.counters();
         self.with_round("pack", move |side, r| {
             let paths = side.changes_to_send(r);
-            let (w, stats) = side.pack_changes(r, &paths, m.0)?;
-            w.finish().map_err(|e| EngineError::Protocol(format!("stream to the project: {e}")))?;
+            let out = crate::progress::MeteredOut::new(m.0, "writes to project (compressed)");
+            let (w, stats) = side.pack_changes(r, &paths, out)?;
+            w.into_inner().finish().map_err(|e| EngineError::Protocol(format!("stream to the project: {e}")))?;
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
             s.0.entries_packed += stats.entries;
             s.0.bytes_packed += stats.payload_bytes;
@@ -260,7 +261,8 @@ impl Handler<ApplyWrites> for Packer {
     fn handle(&mut self, m: ApplyWrites, _: &mut Self::Context) -> Self::Result {
         let state = self.counters();
         self.with_round("apply", move |side, r| {
-            let report = side.apply_writes(r, m.0, None)?;
+            let input = crate::progress::MeteredIn::new(m.0, "writes from project (compressed)");
+            let report = side.apply_writes(r, input, None)?;
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
             s.0.entries_applied += report.applied as u64;
             s.0.bytes_applied += report.bytes;

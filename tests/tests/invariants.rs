@@ -592,15 +592,12 @@ fn isolation_between_clients() {
     assert!(w.leftover_temp_files().is_empty(), "{:?}", w.leftover_temp_files());
 }
 
-#[test]
-#[ignore = "needs the mount supervisor (services issue): run_round has no view of the lower mount, so a missing, empty or failing lower layer cannot be injected"]
-fn safety_rail_missing_or_empty_lower_mount_pauses_sync() {
-    // Wanted: with the lower mount gone (ENOTCONN), empty where it was not, or
-    // erroring, C pauses and reports instead of propagating mass deletion.
-    // The engine's ComputeConfig knows the upper layer only; the check belongs
-    // to the process that supervises the mount.
-    panic!("not testable through cs_engine::driver::run_round");
-}
+// Safety rail: the engine never reads the lower layer, so a missing or empty
+// lower cannot look like deletions to it; the mount supervisor's rail is
+// proven end to end in crates/cs-actor/tests/e2e.rs
+// (`safety_rail_lower_gone_pauses_sync_and_deletes_nothing`), in
+// crates/mount/tests/supervisor.rs (rail up and down), and the pause in
+// crates/compute/src/machine.rs (`safety_rail_pauses_and_resume_restarts`).
 
 // ---------------------------------------------------- local-only and excluded
 

@@ -471,6 +471,66 @@ fn union_killed_is_remounted_and_reported() {
     bed.finish();
 }
 
+/// The spec's safety rail: the lower mount dies while the compute server
+/// holds synced copies; syncing pauses (and says why) instead of reading the
+/// empty lower as deletions, nothing on the project is deleted, and once
+/// the supervisor has remounted the lower, rounds resume.
+#[test]
+fn safety_rail_lower_gone_pauses_sync_and_deletes_nothing() {
+    if !tools() {
+        return;
+    }
+    let bed = Bed::start("rail", |h| {
+        for i in 0..20 {
+            put(h, &format!("data/f{i}.txt"), format!("project file {i}\n"));
+        }
+    });
+    let (h, m) = (bed.home.clone(), bed.merged());
+    // C holds some synced copies (edited) and sees the rest through the lower.
+    for i in 0..5 {
+        append(&m, &format!("data/f{i}.txt"), "edited on the compute server\n");
+    }
+    bed.sync_wait();
+    let st = bed.compute_status();
+    let pid = st["mounts"]["lower"]["pid"].as_u64().unwrap_or_else(|| bed.fail(&format!("no lower pid: {st}")));
+    // SAFETY: kill(2) by the pid the compute service reports for the sshfs it started (its child).
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0, "kill sshfs pid {pid}");
+
+    // The rail goes up and the coordinator pauses, saying why.
+    let paused = poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        let st = bed.c().status().ok()?;
+        (st["mounts"]["rail"].is_string() && st["round"]["phase"] == "paused").then_some(st)
+    });
+    let Some(st) = paused else { bed.fail("no safety rail / pause within 30 s of killing sshfs") };
+    assert!(st["round"]["paused_reason"].is_string(), "{st}");
+    // An on-demand round is refused with the reason (unless the lower is already back).
+    let refused = bed.try_sync_wait_on(0, Duration::from_secs(30));
+    if let Err(e) = &refused {
+        assert!(e.contains("paused"), "sync --wait while paused: {e}");
+    }
+    // Nothing on the project was deleted.
+    for i in 0..20 {
+        assert!(exists(&h, &format!("data/f{i}.txt")), "data/f{i}.txt deleted on the project");
+    }
+    // The supervisor remounts the lower; the rail clears and rounds resume.
+    let back = poll(Duration::from_secs(90), Duration::from_millis(200), || {
+        let st = bed.c().status().ok()?;
+        (st["mounts"]["rail"].is_null() && st["mounts"]["lower"]["state"] == "mounted" && st["round"]["phase"] != "paused")
+            .then_some(())
+    });
+    if back.is_none() {
+        bed.fail("the lower was not remounted / the rail did not clear within 90 s");
+    }
+    put(&m, "after.txt", "after the lower came back\n");
+    bed.sync_wait();
+    assert_eq!(read(&h, "after.txt"), "after the lower came back\n");
+    for i in 0..20 {
+        let want = if i < 5 { format!("project file {i}\nedited on the compute server\n") } else { format!("project file {i}\n") };
+        assert_eq!(read(&h, &format!("data/f{i}.txt")), want);
+    }
+    bed.finish();
+}
+
 #[test]
 fn status_json_has_the_documented_fields() {
     if !tools() {

@@ -513,3 +513,20 @@ fn counterexample_4_dir_renamed_away_and_back_on_p() {
         ],
     );
 }
+
+/// tests/counterexamples.md #5 (found after 85,082 cases of a 100,000-case release run).
+#[test]
+fn counterexample_5_dir_mode_change_after_cut_reaches_c() {
+    replay(
+        Layout::Unionfs2,
+        vec![
+            Op::Extract { side: Side::C, dir: Some(s("d/e")), names: vec!["c"] },
+            Op::Round,
+            Op::Chmod { side: Side::C, path: s("d/e"), mode: 0 },
+            Op::CutRound { cut: Cut::InStep3 { after_entries: 1 }, crash: true },
+            Op::CutRound { cut: Cut::AfterStep4, crash: true },
+            Op::Chmod { side: Side::P, path: s("d/e"), mode: 2 },
+        ],
+    );
+}
+

@@ -249,6 +249,16 @@ impl ProjectSide {
         Ok((round, reply))
     }
 
+    /// Saves the journal if it changed since it was last saved.
+    fn persist_journal(&self) -> Result<(), EngineError> {
+        let mut j = lock(&self.journal);
+        if j.saved_seq != Some(j.journal.seq) {
+            state::save(&self.cfg.state_dir.join("journal.msgpack"), &j.journal)?;
+            j.saved_seq = Some(j.journal.seq);
+        }
+        Ok(())
+    }
+
     /// (Re)watches the home and every directory of a scan for moves.
     fn watch_dirs(&self, seen: &HashMap<RelPath, Sig>) {
         let mut guard = lock(&self.moves);
@@ -657,6 +667,11 @@ impl ProjectSide {
     /// paths the client holds (plus those it has not applied yet), never
     /// echoing the client's own writes. Returns the cursor to commit.
     pub fn pack_changes<W: Write>(&self, r: &mut ProjectRound, w: W) -> Result<(W, PackStats, Cursor), EngineError> {
+        // Every version a client may receive must be on record durably first:
+        // a client that dies after applying it counts it as synced, so a
+        // journal that forgot it (P died too) could not tell a later change
+        // back to an older state from no change at all.
+        self.persist_journal()?;
         let cursor = lock(&self.journal).journal.cursor();
         r.new_cursor = Some(cursor);
         let mut tar = PackWriter::new(w, self.cfg.zstd_level)?;
@@ -732,13 +747,7 @@ impl ProjectSide {
             last_round_id: Some(req.round_id),
             rounds: prev.rounds + 1,
         };
-        {
-            let mut j = lock(&self.journal);
-            if j.saved_seq != Some(j.journal.seq) {
-                state::save(&self.cfg.state_dir.join("journal.msgpack"), &j.journal)?;
-                j.saved_seq = Some(j.journal.seq);
-            }
-        }
+        self.persist_journal()?;
         // Always saved: the round id is what a crashed client asks about.
         state::save(&self.client_path(&r.client), &st)?;
         lock(&self.clients).insert(r.client, st);

@@ -530,3 +530,20 @@ fn counterexample_5_dir_mode_change_after_cut_reaches_c() {
     );
 }
 
+/// Counterexample 6 (20,000-case run): C's chmod reached P in a round cut
+/// in step 4; C then changed the mode back to the committed one, which
+/// looked like no change at all, and P kept the intermediate mode.
+#[test]
+fn counterexample_6_change_back_after_a_cut_round_still_reaches_p() {
+    replay(
+        Layout::Unionfs2,
+        vec![
+            Op::Write { side: Side::C, path: s("e/a"), pad: 0 },
+            Op::Round,
+            Op::Chmod { side: Side::C, path: s("e"), mode: 0 },
+            Op::CutRound { cut: Cut::InStep4 { after_entries: 0 }, crash: false },
+            Op::Chmod { side: Side::C, path: s("e"), mode: 2 },
+        ],
+    );
+}
+

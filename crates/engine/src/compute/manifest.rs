@@ -37,7 +37,8 @@ impl Manifest {
     }
 }
 
-/// Step 4 writes of the round in flight, appended as they happen (one
+/// Step 4 writes (and, in a second file, step 3 sends) of the round in
+/// flight, appended as they happen (one
 /// length-prefixed MessagePack record each) so that a crash before step 5
 /// does not make C mistake P's own versions for local edits next round.
 /// Plain writes survive a killed process; a torn last record is ignored.

@@ -74,6 +74,8 @@ pub struct ComputeRound {
     whiteouts_sent: Vec<Whiteout>,
     not_applied: BTreeSet<RelPath>,
     applied_log: AppliedLog,
+    /// Step 3's entries of the round in flight (same format).
+    sent_log: AppliedLog,
     round_id: u64,
     pub problems: Vec<String>,
 }
@@ -150,11 +152,16 @@ impl ComputeSide {
                 state::save(&self.manifest_path(), &p.manifest)?;
                 self.manifest = p.manifest;
                 AppliedLog::remove(&self.applied_log_path())?;
+                AppliedLog::remove(&self.sent_log_path())?;
             }
         }
         state::remove(&self.pending_path())?;
         self.pending = None;
         Ok(())
+    }
+
+    fn sent_log_path(&self) -> PathBuf {
+        self.cfg.state_dir.join("sent.log")
     }
 
     fn applied_log_path(&self) -> PathBuf {
@@ -170,6 +177,14 @@ impl ComputeSide {
         }
         let scan = scan_upper(&self.cfg.upper, &self.cfg.filter)?;
         let mut base = self.manifest.entries.clone();
+        // What an interrupted round sent in step 3 may be on P now: an entry
+        // changed back since to its committed state (a chmod undone, say)
+        // must still go, or P would keep the intermediate version.
+        for (path, _) in AppliedLog::read(&self.sent_log_path())? {
+            if scan.entries.get(&path).is_some_and(|now| base.get(&path) == Some(now)) {
+                base.remove(&path);
+            }
+        }
         // P's versions written by an interrupted round are synced copies, not
         // local edits, as long as nobody touched them since.
         for (path, sig) in AppliedLog::read(&self.applied_log_path())? {
@@ -199,6 +214,7 @@ impl ComputeSide {
             whiteouts_sent: Vec::new(),
             not_applied: BTreeSet::new(),
             applied_log: AppliedLog::new(self.applied_log_path()),
+            sent_log: AppliedLog::new(self.sent_log_path()),
             round_id: crate::random_u64(),
             problems,
         };
@@ -334,6 +350,7 @@ impl ComputeSide {
                     tar.append_file(&header, &mut f)?;
                 }
             }
+            r.sent_log.append(p, sig)?;
             r.known.insert(p.clone(), sig);
             r.next.insert(p.clone(), sig);
         }

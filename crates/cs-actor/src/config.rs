@@ -47,7 +47,7 @@ mergeable! {
         /// The union's upper layer: local, fast disk.
         #[arg(long)]
         pub upper: Option<PathBuf>,
-        /// Local state (manifest); also holds the control socket by default.
+        /// Local state: the manifest and the logs of a round in flight.
         #[arg(long)]
         pub state: Option<PathBuf>,
         /// Adopt an already-mounted lower layer (the project's home).
@@ -60,7 +60,8 @@ mergeable! {
         /// Where --lower-mount-cmd mounts the lower layer.
         #[arg(long)]
         pub lower_mountpoint: Option<PathBuf>,
-        /// Control socket for `cs-actor status` and `cs-actor sync`.
+        /// Control socket for `cs-actor status` and `cs-actor sync`
+        /// (default /run/cs-actor/compute.sock).
         #[arg(long)]
         pub control_socket: Option<PathBuf>,
         /// Seconds between timer rounds (default 10).
@@ -99,7 +100,7 @@ mergeable! {
         /// TLS private key (PEM).
         #[arg(long, requires = "tls_cert")]
         pub tls_key: Option<PathBuf>,
-        /// Control socket for `cs-actor status`.
+        /// Control socket for `cs-actor status` (default /run/cs-actor/project.sock).
         #[arg(long)]
         pub control_socket: Option<PathBuf>,
         /// Paths never synced, beyond the defaults.

@@ -1,0 +1,537 @@
+//! Results, and the Markdown tables made of them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::util::median;
+
+/// The samples of one cell (one test, one RTT, one setup).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cell {
+    /// Seconds, one per completed run.
+    pub samples: Vec<f64>,
+    /// Bytes on the wire per completed run, where measured.
+    pub bytes: Vec<u64>,
+    /// A run killed at the deadline: how long it had run (a lower bound).
+    pub timed_out: Option<f64>,
+    /// For a timed-out run whose progress is known: elapsed × total / done.
+    pub estimate: Option<f64>,
+    /// Runs that failed (the cell goes on with the next run, up to two failures).
+    pub failures: Vec<String>,
+    /// Why this cell has no sample at all.
+    pub error: Option<String>,
+    /// Anything else worth saying (e.g. git status not clean).
+    pub notes: Vec<String>,
+}
+
+impl Cell {
+    pub fn median(&self) -> Option<f64> {
+        (!self.samples.is_empty()).then(|| median(&self.samples))
+    }
+
+    /// The number to compare with: the median, else the estimate, else the lower bound.
+    pub fn value(&self) -> Option<(f64, Bound)> {
+        if let Some(m) = self.median() {
+            return Some((m, Bound::Exact));
+        }
+        if let Some(e) = self.estimate {
+            return Some((e, Bound::Estimate));
+        }
+        self.timed_out.map(|t| (t, Bound::Lower))
+    }
+
+    /// `1.23 s (1.20–1.31)`, `> 120 s (~900 s)`, `error`.
+    pub fn render(&self) -> String {
+        if let Some(m) = self.median() {
+            let n = self.samples.len();
+            let lo = self.samples.iter().cloned().fold(f64::INFINITY, f64::min);
+            let hi = self.samples.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let mut s = if n == 1 { format!("{} s (n=1)", secs(m)) } else { format!("{} s ({}–{})", secs(m), secs(lo), secs(hi)) };
+            if n == 2 {
+                s.push_str(" n=2");
+            }
+            if !self.failures.is_empty() {
+                s.push_str(&format!("; {} run(s) failed", self.failures.len()));
+            }
+            if let Some(t) = self.timed_out {
+                s.push_str(&format!("; a run > {} s", secs(t)));
+            }
+            return s;
+        }
+        if let Some(t) = self.timed_out {
+            return match self.estimate {
+                Some(e) => format!("> {} s (~{} s)", secs(t), secs(e)),
+                None => format!("> {} s", secs(t)),
+            };
+        }
+        if self.error.is_some() {
+            return "error".into();
+        }
+        "—".into()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Exact,
+    Estimate,
+    Lower,
+}
+
+/// Seconds with sensible precision.
+pub fn secs(v: f64) -> String {
+    if v < 0.1 {
+        format!("{v:.3}")
+    } else if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+pub fn ratio(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.2}×")
+    } else if v < 100.0 {
+        format!("{v:.1}×")
+    } else {
+        format!("{v:.0}×")
+    }
+}
+
+pub fn kib(bytes: f64) -> String {
+    if bytes < 1024.0 * 10.0 {
+        format!("{:.1} KiB", bytes / 1024.0)
+    } else if bytes < 1024.0 * 1024.0 * 10.0 {
+        format!("{:.0} KiB", bytes / 1024.0)
+    } else {
+        format!("{:.0} MiB", bytes / 1024.0 / 1024.0)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// "W1" … "W5", "S1 C→P", …
+    pub test: String,
+    pub rtt_ms: u64,
+    /// "local", "union-local", "sshfs", "cs-actor", "rsync", "tar", "unison".
+    pub column: String,
+    pub cell: Cell,
+}
+
+/// One idle round of S3.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct S3Round {
+    pub wall_ms: f64,
+    /// The round's own duration as the service reports it.
+    pub round_ms: f64,
+    pub cpu_compute_ms: f64,
+    pub cpu_project_ms: f64,
+    /// Broker link, both directions.
+    pub wire_bytes: u64,
+    /// sshfs link (the lower) during the round, both directions.
+    pub sshfs_bytes: u64,
+}
+
+/// A window with no request at all: what the services do by themselves.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Quiet {
+    pub secs: f64,
+    pub rounds: u64,
+    pub cpu_compute_ms: f64,
+    pub cpu_project_ms: f64,
+    pub wire_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct S3Result {
+    pub rtt_ms: u64,
+    pub files: usize,
+    pub held: usize,
+    pub rounds: Vec<S3Round>,
+    /// Rounds nobody asked for that ran inside the measuring windows.
+    pub extra_rounds: usize,
+    pub quiet: Option<Quiet>,
+    pub rss_compute_kib: Option<u64>,
+    pub rss_project_kib: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Rss {
+    pub rtt_ms: u64,
+    pub compute_idle_kib: Option<u64>,
+    pub project_idle_kib: Option<u64>,
+    pub compute_peak_s1_kib: Option<u64>,
+    pub project_peak_s1_kib: Option<u64>,
+    /// The union and sshfs processes (not the service's own memory, for reference).
+    pub unionfs_kib: Option<u64>,
+    pub sshfs_kib: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Meta {
+    pub command: String,
+    pub date: String,
+    pub machine: String,
+    pub load_start: String,
+    pub load_end: String,
+    pub tools: Vec<(String, String)>,
+    pub runs: usize,
+    pub sizes: Vec<(String, String)>,
+    pub duration_s: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub meta: Meta,
+    pub entries: Vec<Entry>,
+    pub s3: Vec<S3Result>,
+    pub rss: Vec<Rss>,
+    pub notes: Vec<String>,
+    pub rtts: Vec<u64>,
+}
+
+pub const WORKLOADS: [(&str, &str); 5] = [
+    ("W1", "compile: `make -j2` + `make clean`"),
+    ("W2", "`git clone --no-hardlinks` + `git status`"),
+    ("W3", "`pip install --target ~/.local` (local wheelhouse)"),
+    ("W4", "read 4–64 KiB files, three passes"),
+    ("W5", "`git status` + `find` in a project-side repo"),
+];
+
+pub const SYNC_TESTS: [&str; 4] = ["S1 C→P", "S1 P→C", "S2 C→P", "S2 P→C"];
+
+impl Results {
+    pub fn cell(&self, test: &str, rtt: u64, column: &str) -> Option<&Cell> {
+        // RTT-independent columns are measured once and stored at RTT u64::MAX.
+        self.entries
+            .iter()
+            .find(|e| e.test == test && e.column == column && (e.rtt_ms == rtt || e.rtt_ms == u64::MAX))
+            .map(|e| &e.cell)
+    }
+
+    pub fn cell_mut(&mut self, test: &str, rtt: u64, column: &str) -> &mut Cell {
+        if let Some(i) = self.entries.iter().position(|e| e.test == test && e.column == column && e.rtt_ms == rtt) {
+            return &mut self.entries[i].cell;
+        }
+        self.entries.push(Entry { test: test.into(), rtt_ms: rtt, column: column.into(), cell: Cell::default() });
+        &mut self.entries.last_mut().expect("just pushed").cell
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .entries
+            .iter()
+            .filter_map(|e| e.cell.error.as_ref().map(|er| format!("{} {} at {} ms: {er}", e.test, e.column, e.rtt_ms)))
+            .collect();
+        v.extend(self.s3.iter().filter_map(|s| s.error.as_ref().map(|e| format!("S3 at {} ms: {e}", s.rtt_ms))));
+        v
+    }
+
+    fn val(&self, test: &str, rtt: u64, col: &str) -> Option<(f64, Bound)> {
+        self.cell(test, rtt, col).and_then(|c| c.value())
+    }
+
+    fn cell_text(&self, test: &str, rtt: u64, col: &str) -> String {
+        self.cell(test, rtt, col).map(|c| c.render()).unwrap_or_else(|| "—".into())
+    }
+
+    /// `a / b` as text, with `>`/`~`/`<` when an operand is a bound or an estimate.
+    fn ratio_text(&self, a: Option<(f64, Bound)>, b: Option<(f64, Bound)>) -> String {
+        match (a, b) {
+            (Some((x, bx)), Some((y, by))) if y > 0.0 => {
+                let r = x / y;
+                match (bx, by) {
+                    (Bound::Exact, Bound::Exact) => ratio(r),
+                    (Bound::Lower, Bound::Exact) => format!("> {}", ratio(r)),
+                    (Bound::Exact, Bound::Lower) => format!("< {}", ratio(r)),
+                    (Bound::Estimate, Bound::Exact) | (Bound::Exact, Bound::Estimate) => format!("~{}", ratio(r)),
+                    _ => "?".into(),
+                }
+            }
+            _ => "—".into(),
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut o = String::new();
+        let m = &self.meta;
+        o.push_str("## cs-bench results\n\n");
+        o.push_str(&format!("- Date: {}\n", m.date));
+        o.push_str(&format!("- Command: `{}`\n", m.command));
+        o.push_str(&format!("- Machine: {}\n", m.machine));
+        o.push_str(&format!("- Load average (1/5/15 min): {} at the start, {} at the end\n", m.load_start, m.load_end));
+        o.push_str(&format!(
+            "- Tools: {}\n",
+            m.tools.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join("; ")
+        ));
+        o.push_str(&format!(
+            "- Sizes: {}; {} runs per cell unless n says otherwise; wall time {:.0} s\n\n",
+            m.sizes.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+            m.runs,
+            m.duration_s
+        ));
+
+        o.push_str("### W1–W5: seconds, median (min–max)\n\n");
+        o.push_str("Local disk and the union over a local lower do not depend on the RTT: measured once, repeated on each row.\n\n");
+        o.push_str("| workload | RTT | local disk | union, local lower | raw sshfs | cs-actor | cs-actor / local | raw sshfs / cs-actor | union's share of the gap |\n");
+        o.push_str("|---|---|---|---|---|---|---|---|---|\n");
+        for (w, desc) in WORKLOADS {
+            for &rtt in &self.rtts {
+                if self.cell(w, rtt, "cs-actor").is_none() && self.cell(w, rtt, "sshfs").is_none() && self.cell(w, rtt, "local").is_none() {
+                    continue;
+                }
+                let local = self.val(w, rtt, "local");
+                let ul = self.val(w, rtt, "union-local");
+                let csa = self.val(w, rtt, "cs-actor");
+                let raw = self.val(w, rtt, "sshfs");
+                let share = match (local, ul, csa) {
+                    (Some((l, Bound::Exact)), Some((u, Bound::Exact)), Some((c, Bound::Exact))) if c > l * 1.05 => {
+                        format!("{:.0} %", ((u - l) / (c - l) * 100.0).clamp(0.0, 100.0))
+                    }
+                    (Some(_), Some(_), Some(_)) => "no gap".into(),
+                    _ => "—".into(),
+                };
+                o.push_str(&format!(
+                    "| {w} {desc} | {rtt} ms | {} | {} | {} | {} | {} | {} | {share} |\n",
+                    self.cell_text(w, rtt, "local"),
+                    self.cell_text(w, rtt, "union-local"),
+                    self.cell_text(w, rtt, "sshfs"),
+                    self.cell_text(w, rtt, "cs-actor"),
+                    self.ratio_text(csa, local),
+                    self.ratio_text(raw, csa),
+                ));
+            }
+        }
+
+        o.push_str("\n### S1, S2: time to convergence, seconds, median (min–max)\n\n");
+        o.push_str("| test | RTT | cs-actor | rsync -a | tar \\| zstd \\| ssh | unison | cs-actor / rsync | wire bytes cs-actor / rsync |\n");
+        o.push_str("|---|---|---|---|---|---|---|---|\n");
+        for t in SYNC_TESTS {
+            for &rtt in &self.rtts {
+                if self.cell(t, rtt, "cs-actor").is_none() && self.cell(t, rtt, "rsync").is_none() {
+                    continue;
+                }
+                let wire = |col: &str| {
+                    self.cell(t, rtt, col)
+                        .filter(|c| !c.bytes.is_empty())
+                        .map(|c| median(&c.bytes.iter().map(|b| *b as f64).collect::<Vec<_>>()))
+                };
+                let wire_text = match (wire("cs-actor"), wire("rsync")) {
+                    (Some(a), Some(b)) => format!("{} / {}", kib(a), kib(b)),
+                    _ => "—".into(),
+                };
+                o.push_str(&format!(
+                    "| {} | {rtt} ms | {} | {} | {} | {} | {} | {wire_text} |\n",
+                    describe_sync(t, &self.meta),
+                    self.cell_text(t, rtt, "cs-actor"),
+                    self.cell_text(t, rtt, "rsync"),
+                    self.cell_text(t, rtt, "tar"),
+                    self.cell_text(t, rtt, "unison"),
+                    self.ratio_text(self.val(t, rtt, "cs-actor"), self.val(t, rtt, "rsync")),
+                ));
+            }
+        }
+
+        if !self.s3.is_empty() {
+            o.push_str("\n### S3: an idle round (no change), median (min–max) over the rounds\n\n");
+            o.push_str("| RTT | project files / held | rounds | round wall (ms) | `sync --wait` wall (ms) | CPU compute (ms) | CPU project (ms) | broker link bytes | sshfs link bytes | RSS compute / project |\n");
+            o.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+            for s in &self.s3 {
+                if let Some(e) = &s.error {
+                    o.push_str(&format!("| {} ms | {} / {} | error: {} | | | | | | | |\n", s.rtt_ms, s.files, s.held, e.replace('|', "/")));
+                    continue;
+                }
+                let f = |get: &dyn Fn(&S3Round) -> f64| -> String {
+                    let v: Vec<f64> = s.rounds.iter().map(get).collect();
+                    if v.is_empty() {
+                        return "—".into();
+                    }
+                    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+                    let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    format!("{:.1} ({:.1}–{:.1})", median(&v), lo, hi)
+                };
+                let b = |get: &dyn Fn(&S3Round) -> u64| -> String {
+                    let v: Vec<f64> = s.rounds.iter().map(|r| get(r) as f64).collect();
+                    if v.is_empty() {
+                        return "—".into();
+                    }
+                    kib(median(&v))
+                };
+                o.push_str(&format!(
+                    "| {} ms | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |\n",
+                    s.rtt_ms,
+                    s.files,
+                    s.held,
+                    s.rounds.len(),
+                    f(&|r| r.round_ms),
+                    f(&|r| r.wall_ms),
+                    f(&|r| r.cpu_compute_ms),
+                    f(&|r| r.cpu_project_ms),
+                    b(&|r| r.wire_bytes),
+                    b(&|r| r.sshfs_bytes),
+                    mib(s.rss_compute_kib),
+                    mib(s.rss_project_kib),
+                ));
+            }
+        }
+
+        if self.s3.iter().any(|s| s.quiet.is_some()) {
+            o.push_str("\nWith no request at all (the services left alone, same project):\n\n");
+            o.push_str("| RTT | window (s) | rounds that ran | CPU compute (ms) | CPU project (ms) | broker link bytes | unasked rounds inside the measuring windows |\n");
+            o.push_str("|---|---|---|---|---|---|---|\n");
+            for s in &self.s3 {
+                if let Some(q) = &s.quiet {
+                    o.push_str(&format!(
+                        "| {} ms | {:.0} | {} | {:.0} | {:.0} | {} | {} |\n",
+                        s.rtt_ms,
+                        q.secs,
+                        q.rounds,
+                        q.cpu_compute_ms,
+                        q.cpu_project_ms,
+                        kib(q.wire_bytes as f64),
+                        s.extra_rounds
+                    ));
+                }
+            }
+        }
+
+        if !self.rss.is_empty() {
+            o.push_str("\n### Resident memory of the services (MiB)\n\n");
+            o.push_str("| RTT | compute idle | project idle | compute peak during S1 | project peak during S1 | unionfs-fuse / sshfs (idle, for reference) |\n");
+            o.push_str("|---|---|---|---|---|---|\n");
+            for r in &self.rss {
+                o.push_str(&format!(
+                    "| {} ms | {} | {} | {} | {} | {} / {} |\n",
+                    r.rtt_ms,
+                    mib(r.compute_idle_kib),
+                    mib(r.project_idle_kib),
+                    mib(r.compute_peak_s1_kib),
+                    mib(r.project_peak_s1_kib),
+                    mib(r.unionfs_kib),
+                    mib(r.sshfs_kib),
+                ));
+            }
+        }
+
+        o.push_str("\n### Targets\n\n");
+        o.push_str(&self.targets());
+        let cell_notes: Vec<String> = self
+            .entries
+            .iter()
+            .flat_map(|e| {
+                let rtt = if e.rtt_ms == u64::MAX { "any RTT".to_string() } else { format!("{} ms", e.rtt_ms) };
+                e.cell
+                    .notes
+                    .iter()
+                    .map(|n| n.to_string())
+                    .chain(e.cell.failures.iter().map(|f| format!("a run failed: {}", f.replace('\n', " "))))
+                    .map(move |n| format!("{} {} at {rtt}: {n}", e.test, e.column))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if !self.notes.is_empty() || !cell_notes.is_empty() {
+            o.push_str("\n### Notes\n\n");
+            for n in self.notes.iter().chain(cell_notes.iter()) {
+                o.push_str(&format!("- {n}\n"));
+            }
+        }
+        let errs = self.errors();
+        if !errs.is_empty() {
+            o.push_str("\n### Errors\n\n");
+            for e in errs {
+                o.push_str(&format!("- {}\n", e.replace('\n', " ")));
+            }
+        }
+        o
+    }
+
+    /// The targets, each met or missed, by the numbers above.
+    fn targets(&self) -> String {
+        let mut o = String::new();
+        let yes = |b: bool| if b { "met" } else { "missed" };
+        for (w, _) in WORKLOADS.iter().take(4) {
+            for &rtt in &self.rtts {
+                if let (Some((c, Bound::Exact)), Some((l, Bound::Exact))) = (self.val(w, rtt, "cs-actor"), self.val(w, rtt, "local")) {
+                    o.push_str(&format!("- {w} at {rtt} ms: cs-actor {} local disk (target ≤ 1.5×): {}\n", ratio(c / l), yes(c / l <= 1.5)));
+                }
+            }
+            let rtt = 10;
+            if let (Some((c, Bound::Exact)), Some((r, rb))) = (self.val(w, rtt, "cs-actor"), self.val(w, rtt, "sshfs")) {
+                let x = r / c;
+                let verdict = match rb {
+                    Bound::Exact => yes(x >= 100.0).to_string(),
+                    Bound::Estimate => format!("{} (estimated)", yes(x >= 100.0)),
+                    Bound::Lower if x >= 100.0 => "met".into(),
+                    Bound::Lower => "not shown (raw sshfs timed out below 100×)".into(),
+                };
+                let rel = if rb == Bound::Lower { ">" } else if rb == Bound::Estimate { "~" } else { "" };
+                o.push_str(&format!("- {w} at 10 ms: raw sshfs {rel}{} cs-actor (target ≥ 100×): {verdict}\n", ratio(x)));
+            }
+        }
+        for t in ["S1 C→P", "S1 P→C"] {
+            for &rtt in &self.rtts {
+                if let (Some((c, Bound::Exact)), Some((r, Bound::Exact))) = (self.val(t, rtt, "cs-actor"), self.val(t, rtt, "rsync")) {
+                    o.push_str(&format!("- {t} at {rtt} ms: cs-actor {} s, rsync {} s (target: at least as fast): {}\n", secs(c), secs(r), yes(c <= r)));
+                }
+            }
+        }
+        for s in &self.s3 {
+            if s.rounds.is_empty() {
+                continue;
+            }
+            let cc = median(&s.rounds.iter().map(|r| r.cpu_compute_ms).collect::<Vec<_>>());
+            let cp = median(&s.rounds.iter().map(|r| r.cpu_project_ms).collect::<Vec<_>>());
+            let wb = median(&s.rounds.iter().map(|r| r.wire_bytes as f64).collect::<Vec<_>>());
+            o.push_str(&format!(
+                "- S3 at {} ms ({} files): CPU compute {cc:.1} ms, project {cp:.1} ms (target < 50 ms each): {}; wire {} (target: a few KiB): {}\n",
+                s.rtt_ms,
+                s.files,
+                yes(cc < 50.0 && cp < 50.0),
+                kib(wb),
+                yes(wb <= 8.0 * 1024.0)
+            ));
+        }
+        for r in &self.rss {
+            if let (Some(c), Some(p)) = (r.compute_idle_kib, r.project_idle_kib) {
+                o.push_str(&format!(
+                    "- RSS idle at {} ms: compute {}, project {} MiB (target < 64 MiB): {}\n",
+                    r.rtt_ms,
+                    mib(Some(c)),
+                    mib(Some(p)),
+                    yes(c < 64 * 1024 && p < 64 * 1024)
+                ));
+            }
+        }
+        for s in &self.s3 {
+            if let (Some(c), Some(p)) = (s.rss_compute_kib, s.rss_project_kib) {
+                o.push_str(&format!(
+                    "- RSS idle with the {}-file project at {} ms: compute {}, project {} MiB (target < 64 MiB): {}\n",
+                    s.files,
+                    s.rtt_ms,
+                    mib(Some(c)),
+                    mib(Some(p)),
+                    yes(c < 64 * 1024 && p < 64 * 1024)
+                ));
+            }
+        }
+        o
+    }
+}
+
+fn mib(k: Option<u64>) -> String {
+    k.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "—".into())
+}
+
+fn describe_sync(t: &str, m: &Meta) -> String {
+    let get = |k: &str| m.sizes.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    match t {
+        "S1 C→P" => format!("S1 {} × 4 KiB, compute → project", get("S1")),
+        "S1 P→C" => format!("S1 {} × 4 KiB, project → compute (visible)", get("S1")),
+        "S2 C→P" => format!("S2 {}, compute → project", get("S2")),
+        "S2 P→C" => format!("S2 {}, project → compute (visible and read)", get("S2")),
+        _ => t.to_string(),
+    }
+}

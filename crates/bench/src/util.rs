@@ -1,0 +1,361 @@
+//! Processes with deadlines, /proc readings, the machine, small filesystem helpers.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Set by SIGINT/SIGTERM: stop at the next check, cleaning up on the way out.
+pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn stopped() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// SIGINT and SIGTERM set [`STOP`] instead of killing the bench, so it can unmount and stop
+/// what it started.
+pub fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    }
+}
+
+/// How a timed command ended.
+#[derive(Debug)]
+pub enum Ended {
+    Done(Duration),
+    /// Killed at the deadline after running this long.
+    TimedOut(Duration),
+}
+
+/// Runs `cmd` in its own process group with stdin from /dev/null and stdout/stderr appended to
+/// `log`; returns how long it ran. At `deadline` the whole group is killed (by its id: the
+/// group of the child we started) and `Ended::TimedOut` is returned. A non-zero exit is an
+/// error naming the command and the log's tail.
+pub fn run_until(cmd: &mut Command, log: &Path, deadline: Instant) -> Result<Ended> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open log {}", log.display()))?;
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::from(err)).process_group(0);
+    let what = format!("{cmd:?}");
+    let start = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {what}"))?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let r = child.wait();
+        let _ = tx.send(r);
+    });
+    let status: ExitStatus = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(r) => break r?,
+            Err(_) if left > Duration::from_millis(200) && !stopped() => continue,
+            Err(_) => {
+                let ran = start.elapsed();
+                // SAFETY: kill(2) on the process group we created for our own (unreaped) child.
+                unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+                let _ = waiter.join();
+                if stopped() {
+                    bail!("interrupted");
+                }
+                return Ok(Ended::TimedOut(ran));
+            }
+        }
+    };
+    let took = start.elapsed();
+    let _ = waiter.join();
+    if !status.success() {
+        bail!("{what} failed with {status}; log {}:\n{}", log.display(), tail(log, 2000));
+    }
+    Ok(Ended::Done(took))
+}
+
+/// Runs `cmd` to completion (no deadline beyond `limit`), output to `log`; error if it fails.
+pub fn run(cmd: &mut Command, log: &Path, limit: Duration) -> Result<Duration> {
+    match run_until(cmd, log, Instant::now() + limit)? {
+        Ended::Done(d) => Ok(d),
+        Ended::TimedOut(d) => bail!("{cmd:?} did not finish within {d:?}; log {}", log.display()),
+    }
+}
+
+/// A `bash -c` command with `pipefail`.
+pub fn bash(script: &str) -> Command {
+    let mut c = Command::new("bash");
+    c.arg("-c").arg(format!("set -euo pipefail; {script}"));
+    c
+}
+
+/// The last `n` bytes of a file, as text.
+pub fn tail(path: &Path, n: usize) -> String {
+    match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b[b.len().saturating_sub(n)..]).into_owned(),
+        Err(e) => format!("({e})"),
+    }
+}
+
+/// The stdout of a command that must succeed (short outputs only).
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let o = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !o.status.success() {
+        bail!("{cmd:?} failed with {}: {}", o.status, String::from_utf8_lossy(&o.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// First line of a program's version output, or "missing".
+pub fn version(prog: &str, arg: &str) -> String {
+    match Command::new(prog).arg(arg).stdin(Stdio::null()).output() {
+        Ok(o) => {
+            let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
+            t.push_str(&String::from_utf8_lossy(&o.stderr));
+            t.lines().find(|l| !l.trim().is_empty()).unwrap_or("?").trim().to_string()
+        }
+        Err(_) => "missing".into(),
+    }
+}
+
+/// The first line of a program's version output that starts with `prefix`.
+pub fn version_line(prog: &str, arg: &str, prefix: &str) -> String {
+    match Command::new(prog).arg(arg).stdin(Stdio::null()).output() {
+        Ok(o) => {
+            let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
+            t.push_str(&String::from_utf8_lossy(&o.stderr));
+            t.lines().find(|l| l.starts_with(prefix)).unwrap_or("?").trim().to_string()
+        }
+        Err(_) => "missing".into(),
+    }
+}
+
+/// CPU time (user + system) of every thread of `pid` that is alive now, from
+/// `/proc/PID/task/*/schedstat` (nanoseconds).
+pub fn cpu_ns(pid: u32) -> u64 {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    rd.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+/// A `VmXXX:` field of `/proc/PID/status` in KiB.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Resident memory now (KiB).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// Peak resident memory since start or the last [`reset_peak_rss`] (KiB).
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM")
+}
+
+/// Resets `VmHWM` to the current RSS (`echo 5 > /proc/PID/clear_refs`).
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// Pids whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| {
+            let child: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let after = &stat[stat.rfind(')')? + 1..];
+            let ppid: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// A process's start time (clock ticks since boot), to tell it from a later one with its pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether something is mounted at `path` (by `/proc/self/mountinfo`).
+pub fn is_mounted(path: &Path) -> bool {
+    let p = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    cs_union::is_mounted(&p).unwrap_or(false)
+}
+
+/// `uptime`'s three load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// One line describing this machine.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .map(|kib| format!("{:.0} GiB RAM", kib as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("PRETTY_NAME=")).map(|l| l[12..].trim_matches('"').to_string()))
+        .unwrap_or_default();
+    let virt = if cpuinfo.contains(" hypervisor") { ", virtual machine" } else { "" };
+    format!("{model}, {cores} cores{virt}, {mem}, Linux {kernel}, {os}")
+}
+
+/// Files (not directories) under `dir`, recursively; symlinks are counted, not followed.
+pub fn count_files(dir: &Path) -> u64 {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(_) => n += 1,
+                Err(_) => {}
+            }
+        }
+    }
+    n
+}
+
+/// `rm -rf`, quietly accepting a path that is already gone. The subdirectories are removed
+/// by a few threads at once: on a filesystem mounted with `discard` (this machine's root)
+/// every unlink waits for the device, and the device takes several at a time.
+pub fn remove_tree(p: &Path) -> Result<()> {
+    let gone = |r: std::io::Result<()>| match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow!("remove {}: {e}", p.display())),
+    };
+    let md = match std::fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(anyhow!("remove {}: {e}", p.display())),
+    };
+    if !md.is_dir() {
+        return gone(std::fs::remove_file(p));
+    }
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(p)
+        .map(|rd| rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    // One level down when there are few (e.g. `home/` holding everything).
+    if subdirs.len() < REMOVERS {
+        let deeper: Vec<PathBuf> = subdirs
+            .iter()
+            .flat_map(|d| {
+                std::fs::read_dir(d)
+                    .map(|rd| rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .collect();
+        if deeper.len() > subdirs.len() {
+            // Disjoint trees only; what is left above them goes with the last remove.
+            subdirs = deeper;
+        }
+    }
+    if subdirs.len() > 1 {
+        let queue = std::sync::Mutex::new(subdirs);
+        std::thread::scope(|s| {
+            for _ in 0..REMOVERS {
+                s.spawn(|| loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                    match next {
+                        Some(d) => {
+                            let _ = std::fs::remove_dir_all(&d);
+                        }
+                        None => break,
+                    }
+                });
+            }
+        });
+    }
+    gone(std::fs::remove_dir_all(p))
+}
+
+/// Threads removing a tree at once.
+const REMOVERS: usize = 8;
+
+/// `cp -a SRC/. DST/` (DST created).
+pub fn copy_tree(src: &Path, dst: &Path, log: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    let mut c = Command::new("cp");
+    c.arg("-a").arg(format!("{}/.", src.display())).arg(dst);
+    run(&mut c, log, Duration::from_secs(600))?;
+    Ok(())
+}
+
+/// A port of 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Polls `f` every `every` until it is true or `timeout` passes.
+pub fn poll(timeout: Duration, every: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The absolute path of a program on PATH.
+pub fn which(prog: &str) -> Option<PathBuf> {
+    cs_testbed::which(prog)
+}
+
+/// Median of a non-empty slice.
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Seconds since the bench started, for progress lines.
+pub fn clock() -> String {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let s = START.get_or_init(Instant::now).elapsed().as_secs();
+    format!("[{:02}:{:02}:{:02}]", s / 3600, (s / 60) % 60, s % 60)
+}

@@ -51,6 +51,11 @@ impl Actor for UpperWatcher {
         let addr = ctx.address();
         let handler = move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
+                // Opens and reads are not changes; the round's own scan
+                // opens every directory, which would start the next round.
+                if matches!(ev.kind, notify::EventKind::Access(_)) {
+                    return;
+                }
                 // Our own temporary files come and go inside every apply.
                 let ours = ev.paths.iter().all(|p| {
                     p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".csa-tmp-"))

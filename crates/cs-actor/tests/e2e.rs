@@ -531,6 +531,25 @@ fn safety_rail_lower_gone_pauses_sync_and_deletes_nothing() {
     bed.finish();
 }
 
+/// An idle compute server runs no rounds of its own accord (with the timer
+/// at an hour): the round's own scan of the upper layer must not count as
+/// a change (found by the bench: one round a second, forever).
+#[test]
+fn idle_compute_server_stays_idle() {
+    if !tools() {
+        return;
+    }
+    let bed = Bed::start("idle", |h| put(h, "README", "idle\n"));
+    put(&bed.merged(), "x.txt", "one change\n");
+    bed.sync_wait();
+    std::thread::sleep(Duration::from_secs(3));
+    let before = bed.compute_status()["round"]["rounds_committed"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let after = bed.compute_status()["round"]["rounds_committed"].as_u64().unwrap();
+    assert_eq!(after, before, "rounds ran with nothing to do");
+    bed.finish();
+}
+
 #[test]
 fn status_json_has_the_documented_fields() {
     if !tools() {

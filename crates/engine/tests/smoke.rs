@@ -72,3 +72,54 @@ fn project_delete_removes_synced_copy_but_not_local_edit() {
     assert!(!s.upper.join("a").exists());
     assert_eq!(fs::read(s.home.join("b")).unwrap(), b"b-edited", "modification beats deletion");
 }
+
+/// A synced copy removed from the upper layer without a whiteout (the
+/// union's lower cached "absent") is still a delete: otherwise P keeps the
+/// file and it comes back in the merged view.
+#[test]
+fn synced_copy_gone_without_whiteout_is_deleted_on_project() {
+    let mut s = setup();
+    fs::create_dir(s.upper.join("d")).unwrap();
+    fs::write(s.upper.join("d/f"), b"x").unwrap();
+    fs::write(s.upper.join("keep"), b"k").unwrap();
+    run_round(&mut s.c, &s.p, None).unwrap();
+    assert!(s.home.join("d/f").exists());
+    fs::remove_file(s.upper.join("d/f")).unwrap();
+    let r = run_round(&mut s.c, &s.p, None).unwrap();
+    assert_eq!(r.deletes_to_project, 1, "{r:?}");
+    assert!(!s.home.join("d/f").exists());
+    assert!(s.home.join("d").exists() && s.home.join("keep").exists());
+}
+
+/// A wiped upper layer is not read as "delete everything".
+#[test]
+fn wiped_upper_layer_deletes_nothing_on_project() {
+    let mut s = setup();
+    fs::write(s.upper.join("a"), b"a").unwrap();
+    fs::write(s.upper.join("b"), b"b").unwrap();
+    run_round(&mut s.c, &s.p, None).unwrap();
+    fs::remove_file(s.upper.join("a")).unwrap();
+    fs::remove_file(s.upper.join("b")).unwrap();
+    let r = run_round(&mut s.c, &s.p, None).unwrap();
+    assert_eq!(r.deletes_to_project, 0, "{r:?}");
+    assert!(s.home.join("a").exists() && s.home.join("b").exists());
+}
+
+/// A path synced before the configuration made it local-only is kept on
+/// P: a new filter is not a delete.
+#[test]
+fn path_made_local_only_is_not_deleted_on_project() {
+    let mut s = setup();
+    fs::create_dir(s.upper.join("data")).unwrap();
+    fs::write(s.upper.join("data/x"), b"x").unwrap();
+    fs::write(s.upper.join("keep"), b"k").unwrap();
+    run_round(&mut s.c, &s.p, None).unwrap();
+    assert!(s.home.join("data/x").exists());
+    let mut cfg = s.c.config().clone();
+    cfg.filter = cs_engine::PathFilter::new(&["data/"], &[]).unwrap();
+    drop(s.c);
+    let mut c = ComputeSide::open(cfg).unwrap();
+    let r = run_round(&mut c, &s.p, None).unwrap();
+    assert_eq!(r.deletes_to_project, 0, "{r:?}");
+    assert_eq!(fs::read(s.home.join("data/x")).unwrap(), b"x");
+}

@@ -231,8 +231,26 @@ impl ComputeSide {
     /// keeps a directory's marker when the directory is re-created (the new
     /// one is opaque), so P's old contents must go; C's new contents follow
     /// in step 3.
+    ///
+    /// A synced copy that left the upper layer without a whiteout counts
+    /// too: the union writes a marker only if it believes the lower has the
+    /// path, and a lower mount that caches "absent" (sshfs
+    /// `negative_timeout`) hides a file the previous round put on P, which
+    /// would come back once the cache expires. An upper layer with no synced
+    /// entry at all is not read as "everything deleted" (a wiped or
+    /// replaced upper disk): those deletions are then not sent. Nor are
+    /// paths the filter no longer syncs.
     pub fn deletes_to_send(&self, r: &ComputeRound) -> Vec<RelPath> {
         let mut out: Vec<RelPath> = r.scan.whiteouts.iter().map(|w| w.path.clone()).collect();
+        if !r.known.is_empty() {
+            // A path that the filter now keeps local (the configuration
+            // changed since it was synced) is not deleted on P either.
+            let gone = r.base.iter().filter(|(p, sig)| {
+                !r.known.contains_key(*p) && self.cfg.filter.is_synced(p, sig.kind == EntryKind::Dir)
+            });
+            out.extend(gone.map(|(p, _)| p.clone()));
+        }
+        out.sort();
         out.dedup();
         out
     }

@@ -91,6 +91,25 @@ pub enum Health {
     Stuck { silent_ms: u64 },
 }
 
+/// `e` and its sources as one line, "outer: inner: innermost", for the
+/// logs, the status and the error messages sent to the peer. A source whose
+/// text the outer message already holds (thiserror's `{0}` with `#[from]`)
+/// is not repeated. Without this, "write_temp ... failed" loses the
+/// "No space left on device" that says what to do.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +123,24 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert!(matches!(hb.health(true, Duration::from_millis(5)), Health::Stuck { silent_ms } if silent_ms >= 5));
         assert_eq!(hb.beats(), 1);
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("write {0:?} failed")]
+        Io(String, #[source] std::io::Error),
+        #[error("tar stream: {0}")]
+        Wrapped(#[from] Box<Outer>),
+    }
+
+    #[test]
+    fn error_chain_keeps_the_root_cause_once() {
+        let io = std::io::Error::from_raw_os_error(28);
+        let inner = Outer::Io("f".into(), io);
+        assert_eq!(error_chain(&inner), format!("write \"f\" failed: {}", std::io::Error::from_raw_os_error(28)));
+        let outer = Outer::Wrapped(Box::new(inner));
+        let text = error_chain(&outer);
+        assert!(text.starts_with("tar stream: write \"f\" failed: No space left on device"), "{text}");
+        assert_eq!(text.matches("write").count(), 1, "{text}");
     }
 }

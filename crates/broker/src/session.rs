@@ -390,7 +390,7 @@ impl Session {
                 let client = self.client.clone();
                 self.engine(ctx, None, move |p, _| p.was_committed(&client, round_id), move |act, ctx, _, r| match r {
                     Ok(b) => act.reply(ctx, id, ServerMsg::WasCommitted(b)),
-                    Err(e) => act.error(ctx, id, code_of(&e), e.to_string()),
+                    Err(e) => act.error(ctx, id, code_of(&e), cs_actors::error_chain(&e)),
                 });
             }
             ClientMsg::Hello(hello) => self.hello(ctx, id, hello),
@@ -424,7 +424,7 @@ impl Session {
                             act.put_round(round);
                             act.reply(ctx, id, ServerMsg::DeleteReport(report));
                         }
-                        Err(e) => act.fail_round(ctx, id, code_of(&e), format!("step 1 (deletes): {e}")),
+                        Err(e) => act.fail_round(ctx, id, code_of(&e), format!("step 1 (deletes): {}", cs_actors::error_chain(&e))),
                     },
                 );
             }
@@ -472,7 +472,7 @@ impl Session {
                             Err(e) => {
                                 // The rest of the stream (if any) is dropped.
                                 routes(&act.routes).open.remove(&sid);
-                                act.fail_round(ctx, id, code_of(&e), format!("step 3 (writes to the project): {e}"))
+                                act.fail_round(ctx, id, code_of(&e), format!("step 3 (writes to the project): {}", cs_actors::error_chain(&e)))
                             }
                         }
                     },
@@ -515,7 +515,7 @@ impl Session {
                             act.bytes_out += stats.compressed_bytes;
                             act.reply(ctx, id, ServerMsg::WritesFollow { stream: sid, cursor });
                         }
-                        Err(e) => act.fail_round(ctx, id, code_of(&e), format!("step 4 (writes to the client): {e}")),
+                        Err(e) => act.fail_round(ctx, id, code_of(&e), format!("step 4 (writes to the client): {}", cs_actors::error_chain(&e))),
                     },
                 );
             }
@@ -554,7 +554,7 @@ impl Session {
                 act.round = Some(OpenRound { round: Some(round), started, need_held_list: reply.need_held_list });
                 act.reply(ctx, id, ServerMsg::HelloReply(reply));
             }
-            Err(e) => act.fail_round(ctx, id, code_of(&e), format!("hello: {e}")),
+            Err(e) => act.fail_round(ctx, id, code_of(&e), format!("hello: {}", cs_actors::error_chain(&e))),
         });
     }
 
@@ -581,7 +581,7 @@ impl Session {
                 }
                 Err(e) => {
                     act.rounds_failed += 1;
-                    act.fail_round(ctx, id, code_of(&e), format!("step 5 (commit): {e}"))
+                    act.fail_round(ctx, id, code_of(&e), format!("step 5 (commit): {}", cs_actors::error_chain(&e)))
                 }
             },
         );
@@ -659,10 +659,32 @@ fn writes_applied(report: cs_engine::WriteReport) -> ServerMsg {
 
 /// The error code to report an engine failure with.
 fn code_of(e: &EngineError) -> ErrorCode {
+    if caused_by_this_machine(e) {
+        return ErrorCode::Internal;
+    }
     match e {
         EngineError::Tar(_) | EngineError::Protocol(_) | EngineError::Entry { .. } => ErrorCode::BadRequest,
         _ => ErrorCode::Internal,
     }
+}
+
+/// An error of P's own disk or resources (full, read-only, I/O error, out
+/// of descriptors) somewhere in the chain: not the client's fault even when
+/// it surfaced while reading the client's tar stream.
+fn caused_by_this_machine(e: &EngineError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.raw_os_error(),
+                Some(libc::ENOSPC | libc::EDQUOT | libc::EIO | libc::EROFS | libc::ENOMEM | libc::EMFILE | libc::ENFILE)
+            ) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 impl Actor for Session {

@@ -143,7 +143,7 @@ impl Coordinator {
                 }
                 Err(e) => {
                     act.stats.failed += 1;
-                    let msg = e.to_string();
+                    let msg = cs_actors::error_chain(&e);
                     tracing::warn!(error = %msg, "round failed; it will be retried");
                     act.stats.last_error = Some(msg.clone());
                     act.apply(Event::Failed(msg), ctx);

@@ -57,6 +57,11 @@ pub struct BrokerConfig {
     /// Excluded patterns: as `local_only`.
     #[serde(default)]
     pub excluded: Option<Vec<String>>,
+    /// A hello looks only where inotify saw the home change; the whole
+    /// home is rescanned at least this often (what inotify cannot see: mmap
+    /// writes, a home on a network filesystem). Default 300 s.
+    #[serde(default = "default_full_rescan", with = "duration")]
+    pub full_rescan: Duration,
 }
 
 /// `cs_wire::WireLimits` in TOML: `[limits] max_message_bytes = …,
@@ -89,6 +94,9 @@ fn default_hello_timeout() -> Duration {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(90)
 }
+fn default_full_rescan() -> Duration {
+    cs_engine::DEFAULT_FULL_RESCAN_EVERY
+}
 
 impl BrokerConfig {
     /// A configuration with every default.
@@ -106,6 +114,7 @@ impl BrokerConfig {
             limits: WireLimits::default(),
             local_only: None,
             excluded: None,
+            full_rescan: default_full_rescan(),
         }
     }
 

@@ -146,6 +146,7 @@ pub async fn run(cfg: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     let tls_files = cfg.tls.clone();
     let mut pcfg = ProjectConfig::new(cfg.home.clone(), cfg.state_dir.clone());
     pcfg.filter = filter;
+    pcfg.full_rescan_every = cfg.full_rescan;
     // Opening the project and reading secrets touch the disk: off the actor thread.
     let (project, tokens, tls) = tokio::task::spawn_blocking(move || {
         let project = ProjectSide::open(pcfg).map_err(|source| BrokerError::Project {

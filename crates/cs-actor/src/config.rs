@@ -106,6 +106,10 @@ mergeable! {
         /// Paths never synced, beyond the defaults.
         #[arg(long, num_args = 1..)]
         pub local_only: Option<Vec<String>>,
+        /// Seconds between full rescans of the home (default 300); between
+        /// them a round looks only where inotify saw changes.
+        #[arg(long)]
+        pub full_rescan_secs: Option<f64>,
     }
 }
 

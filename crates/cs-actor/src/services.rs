@@ -149,6 +149,12 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
     let control_socket = a.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_PROJECT_SOCKET));
     let mut cfg = cs_broker::BrokerConfig::new(home, state, listen, tokens);
     cfg.local_only = a.local_only;
+    if let Some(secs) = a.full_rescan_secs {
+        cfg.full_rescan = Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .context("--full-rescan-secs must be a positive number of seconds")?;
+    }
     cfg.tls = match (a.tls_cert, a.tls_key) {
         (Some(cert), Some(key)) => Some(cs_broker::TlsFiles { cert, key }),
         _ => None,

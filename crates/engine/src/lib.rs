@@ -18,7 +18,7 @@ mod state;
 pub use compute::{ApplyReport, ComputeConfig, ComputeRound, ComputeSide};
 pub use error::EngineError;
 pub use filter::{PathFilter, DEFAULT_EXCLUDED, DEFAULT_LOCAL_ONLY};
-pub use project::{ProjectConfig, ProjectRound, ProjectSide, WriteReport};
+pub use project::{ProjectConfig, DEFAULT_FULL_RESCAN_EVERY, ProjectRound, ProjectSide, WriteReport};
 
 use cs_protocol::ClientId;
 

@@ -1,7 +1,7 @@
 //! P's change journal: one sequence number per observed change to the home,
 //! on P's own clock-free counter. Cursors are positions in it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use cs_protocol::{ClientId, Cursor, EntryKind, RelPath};
@@ -81,11 +81,113 @@ impl Journal {
     }
 
     /// Walks the home: every synced entry with its signature. Takes no
-    /// lock: the walk is the slow part.
-    pub fn scan(home: &Path, filter: &PathFilter) -> Result<HashMap<RelPath, Sig>, EngineError> {
+    /// lock: the walk is the slow part. `on_dir` is called with each
+    /// directory before it is listed (to watch it first).
+    pub fn scan(
+        home: &Path,
+        filter: &PathFilter,
+        on_dir: &mut dyn FnMut(Option<&RelPath>),
+    ) -> Result<HashMap<RelPath, Sig>, EngineError> {
         let mut seen = HashMap::new();
-        walk(home, None, filter, &mut seen)?;
+        on_dir(None);
+        walk(home, None, filter, &mut seen, on_dir)?;
         Ok(seen)
+    }
+
+    /// Looks only where the home's events say something changed: lists each
+    /// `dirty` directory (and stats it), walks each `appeared` directory
+    /// whole. What it did not look at is assumed unchanged.
+    pub fn scan_partial(
+        home: &Path,
+        filter: &PathFilter,
+        dirty: &BTreeSet<Option<RelPath>>,
+        appeared: &BTreeSet<RelPath>,
+        on_dir: &mut dyn FnMut(Option<&RelPath>),
+    ) -> Result<Partial, EngineError> {
+        let mut part = Partial::default();
+        let below_walked = |walked: &BTreeSet<RelPath>, p: &RelPath| walked.iter().any(|w| p.starts_with(w));
+        for dir in appeared {
+            if below_walked(&part.walked, dir) {
+                continue; // an ancestor appeared too and is walked whole
+            }
+            // Covered whether or not it is still there: gone means deleted.
+            part.walked.insert(dir.clone());
+            let Some(sig) = stat_synced(home, dir, filter)? else { continue };
+            part.seen.insert(dir.clone(), sig);
+            if sig.kind == EntryKind::Dir {
+                on_dir(Some(dir));
+                walk(home, Some(dir), filter, &mut part.seen, on_dir)?;
+            }
+        }
+        for dir in dirty {
+            if dir.as_ref().is_some_and(|d| below_walked(&part.walked, d)) {
+                continue;
+            }
+            part.listed.insert(dir.clone());
+            if let Some(d) = dir {
+                match stat_synced(home, d, filter)? {
+                    Some(sig) if sig.kind == EntryKind::Dir => {
+                        part.seen.insert(d.clone(), sig);
+                    }
+                    Some(sig) => {
+                        // Now a file or a symlink: nothing below it.
+                        part.seen.insert(d.clone(), sig);
+                        continue;
+                    }
+                    None => continue,
+                }
+            }
+            list(home, dir.as_ref(), filter, &mut part.seen)?;
+        }
+        Ok(part)
+    }
+
+    /// Records what a partial scan found, as [`Journal::merge`] does for a
+    /// full one, for the paths it covered: those it saw, and those gone from
+    /// where it looked (with everything the journal has below a directory
+    /// that is gone or no longer a directory).
+    pub fn merge_partial(&mut self, part: Partial) -> usize {
+        let listed: HashSet<&str> = part.listed.iter().map(|d| d.as_ref().map_or("", |p| p.as_str())).collect();
+        let walked: HashSet<&str> = part.walked.iter().map(|p| p.as_str()).collect();
+        let covered = |p: &RelPath| {
+            let s = p.as_str();
+            let parent = s.rfind('/').map_or("", |i| &s[..i]);
+            listed.contains(s) || listed.contains(parent) || under(s, &walked)
+        };
+        let mut gone: Vec<RelPath> = Vec::new();
+        let mut dead_dirs: HashSet<&str> = HashSet::new();
+        for (p, e) in &self.entries {
+            let Some(old) = e.sig else { continue };
+            if !covered(p) {
+                continue;
+            }
+            let now = part.seen.get(p);
+            if now.is_none() {
+                gone.push(p.clone());
+            }
+            if old.kind == EntryKind::Dir && now.is_none_or(|s| s.kind != EntryKind::Dir) {
+                dead_dirs.insert(p.as_str());
+            }
+        }
+        if !dead_dirs.is_empty() {
+            for (p, e) in &self.entries {
+                if e.sig.is_some() && !part.seen.contains_key(p) && !covered(p) && under(p.as_str(), &dead_dirs) {
+                    gone.push(p.clone());
+                }
+            }
+        }
+        let mut changes = 0;
+        for p in gone {
+            self.record(&p, None, None);
+            changes += 1;
+        }
+        for (p, sig) in part.seen {
+            if self.entries.get(&p).and_then(|e| e.sig) != Some(sig) {
+                self.record(&p, Some(sig), None);
+                changes += 1;
+            }
+        }
+        changes
     }
 
     /// Records every difference between a scan and the journal as a change
@@ -109,8 +211,41 @@ impl Journal {
 
     /// `scan` then `merge`.
     pub fn refresh(&mut self, home: &Path, filter: &PathFilter) -> Result<usize, EngineError> {
-        Ok(self.merge(Self::scan(home, filter)?))
+        Ok(self.merge(Self::scan(home, filter, &mut |_| {})?))
     }
+}
+
+/// What a partial scan looked at and saw (see [`Journal::scan_partial`]).
+#[derive(Debug, Default)]
+pub struct Partial {
+    /// Directories whose direct children (and themselves) are in `seen`,
+    /// or gone.
+    pub listed: BTreeSet<Option<RelPath>>,
+    /// Directories whose whole tree is in `seen`, or gone.
+    pub walked: BTreeSet<RelPath>,
+    pub seen: HashMap<RelPath, Sig>,
+}
+
+/// Is `path` strictly below one of `dirs`?
+fn under(path: &str, dirs: &HashSet<&str>) -> bool {
+    if dirs.is_empty() {
+        return false;
+    }
+    path.match_indices('/').any(|(i, _)| dirs.contains(&path[..i]))
+}
+
+/// The signature of `rel` if it exists and is synced.
+fn stat_synced(home: &Path, rel: &RelPath, filter: &PathFilter) -> Result<Option<Sig>, EngineError> {
+    let abs = home.join(rel.as_path());
+    let md = match std::fs::symlink_metadata(&abs) {
+        Ok(m) => m,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => return Ok(None),
+        Err(e) => return Err(EngineError::io("stat", &abs, e)),
+    };
+    if !filter.is_synced(rel, md.is_dir()) {
+        return Ok(None);
+    }
+    Ok(Sig::of(&Stat::from_metadata(&md)))
 }
 
 impl Default for Journal {
@@ -119,7 +254,36 @@ impl Default for Journal {
     }
 }
 
-fn walk(root: &Path, dir: Option<&RelPath>, filter: &PathFilter, seen: &mut HashMap<RelPath, Sig>) -> Result<(), EngineError> {
+/// Every synced entry below `dir`, recursively; `on_dir` sees each
+/// subdirectory before it is listed.
+fn walk(
+    root: &Path,
+    dir: Option<&RelPath>,
+    filter: &PathFilter,
+    seen: &mut HashMap<RelPath, Sig>,
+    on_dir: &mut dyn FnMut(Option<&RelPath>),
+) -> Result<(), EngineError> {
+    let mut subdirs = Vec::new();
+    list_into(root, dir, filter, seen, &mut subdirs)?;
+    for d in subdirs {
+        on_dir(Some(&d));
+        walk(root, Some(&d), filter, seen, on_dir)?;
+    }
+    Ok(())
+}
+
+/// The synced entries directly in `dir`.
+fn list(root: &Path, dir: Option<&RelPath>, filter: &PathFilter, seen: &mut HashMap<RelPath, Sig>) -> Result<(), EngineError> {
+    list_into(root, dir, filter, seen, &mut Vec::new())
+}
+
+fn list_into(
+    root: &Path,
+    dir: Option<&RelPath>,
+    filter: &PathFilter,
+    seen: &mut HashMap<RelPath, Sig>,
+    subdirs: &mut Vec<RelPath>,
+) -> Result<(), EngineError> {
     let abs = match dir {
         Some(d) => root.join(d.as_path()),
         None => root.to_path_buf(),
@@ -158,7 +322,7 @@ fn walk(root: &Path, dir: Option<&RelPath>, filter: &PathFilter, seen: &mut Hash
         let is_dir = sig.kind == EntryKind::Dir;
         seen.insert(path.clone(), sig);
         if is_dir {
-            walk(root, Some(&path), filter, seen)?;
+            subdirs.push(path);
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ mod watch;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -36,7 +37,15 @@ pub struct ProjectConfig {
     pub filter: PathFilter,
     pub zstd_level: i32,
     pub limits: Limits,
+    /// Between full rescans of the home, a hello looks only where inotify
+    /// saw changes (see `watch`); a full rescan at least this often catches
+    /// what inotify cannot see (mmap writes, a home that is itself a network
+    /// filesystem).
+    pub full_rescan_every: Duration,
 }
+
+/// Default of [`ProjectConfig::full_rescan_every`].
+pub const DEFAULT_FULL_RESCAN_EVERY: Duration = Duration::from_secs(300);
 
 impl ProjectConfig {
     pub fn new(home: PathBuf, state_dir: PathBuf) -> Self {
@@ -46,6 +55,7 @@ impl ProjectConfig {
             filter: PathFilter::default(),
             zstd_level: crate::DEFAULT_ZSTD_LEVEL,
             limits: Limits::default(),
+            full_rescan_every: DEFAULT_FULL_RESCAN_EVERY,
         }
     }
 }
@@ -82,8 +92,18 @@ pub struct ProjectSide {
     clients: Mutex<HashMap<ClientId, ClientState>>,
     apply_lock: Mutex<()>,
     tmp_seq: AtomicU64,
-    /// Directory moves since the last hello (see `watch`).
-    moves: Mutex<Option<watch::DirMoves>>,
+    /// The home's changes since the last hello (see `watch`). Held from
+    /// the drain of the events to the journal's merge: one refresh at a time,
+    /// so that a hello never sees a journal that misses what another hello
+    /// drained.
+    watch: Mutex<Watch>,
+}
+
+struct Watch {
+    home: Option<watch::HomeWatch>,
+    /// When the last full rescan merged; `None`: the next refresh is one
+    /// (at start, and after any failed refresh, whose events are lost).
+    last_full: Option<Instant>,
 }
 
 struct JournalState {
@@ -168,11 +188,14 @@ impl ProjectSide {
             clients: Mutex::new(HashMap::new()),
             apply_lock: Mutex::new(()),
             tmp_seq: AtomicU64::new(0),
-            moves: Mutex::new(watch::DirMoves::new()),
+            watch: Mutex::new(Watch { home: watch::HomeWatch::new(), last_full: None }),
         })
         .inspect(|p| {
-            if let Ok(seen) = Journal::scan(&p.cfg.home, &p.cfg.filter) {
-                p.watch_dirs(&seen);
+            // Watch now, so that directory moves before the first hello
+            // count; that hello rescans in full anyway.
+            let mut w = lock(&p.watch);
+            if let Some(hw) = w.home.as_mut() {
+                let _ = Journal::scan(&p.cfg.home, &p.cfg.filter, &mut |d| hw.watch(&p.cfg.home, d));
             }
         })
     }
@@ -216,21 +239,8 @@ impl ProjectSide {
                 hello.client, hello.protocol
             )));
         }
-        let moves = lock(&self.moves).as_mut().map(|w| w.drain()).unwrap_or_default();
-        // The walk runs unlocked; only the merge holds the journal.
-        let seen = Journal::scan(&self.cfg.home, &self.cfg.filter)?;
-        self.watch_dirs(&seen);
-        let base = {
-            let mut j = lock(&self.journal);
-            if moves.overflow {
-                tracing::warn!("inotify queue overflowed: directory moves since the last round may be missed");
-            }
-            for dir in &moves.dirs {
-                j.journal.touch_tree(dir);
-            }
-            j.journal.merge(seen);
-            j.journal.position(hello.cursor)
-        };
+        self.refresh_journal()?;
+        let base = lock(&self.journal).journal.position(hello.cursor);
         let st = self.client_state(&hello.client)?;
         let need_held_list = st.needs_full_list || held_digest(st.held.iter()) != hello.held_digest;
         let reply = HelloReply { need_held_list, cursor_unknown: hello.cursor.is_some() && base.is_none() };
@@ -259,16 +269,49 @@ impl ProjectSide {
         Ok(())
     }
 
-    /// (Re)watches the home and every directory of a scan for moves.
-    fn watch_dirs(&self, seen: &HashMap<RelPath, Sig>) {
-        let mut guard = lock(&self.moves);
-        let Some(w) = guard.as_mut() else { return };
-        w.watch(&self.cfg.home, None);
-        for (p, sig) in seen {
-            if sig.kind == EntryKind::Dir {
-                w.watch(&self.cfg.home, Some(p));
-            }
+    /// Brings the journal up to date with the home: where inotify saw
+    /// changes, or everywhere when its events are incomplete or a full
+    /// rescan is due. The walk holds the watch, not the journal: other
+    /// clients' applies go on meanwhile.
+    fn refresh_journal(&self) -> Result<(), EngineError> {
+        let mut w = lock(&self.watch);
+        let w = &mut *w;
+        let home = &self.cfg.home;
+        let started = w.last_full.take();
+        let Some(hw) = w.home.as_mut() else {
+            let seen = Journal::scan(home, &self.cfg.filter, &mut |_| {})?;
+            lock(&self.journal).journal.merge(seen);
+            return Ok(());
+        };
+        let mut changes = hw.drain();
+        let full = started.is_none_or(|t| t.elapsed() >= self.cfg.full_rescan_every) || changes.overflow || !hw.complete();
+        if changes.overflow {
+            tracing::info!("inotify queue overflowed: rescanning the whole home");
         }
+        if full {
+            let queued = hw.reset();
+            changes.moved.extend(queued.moved);
+            let seen = Journal::scan(home, &self.cfg.filter, &mut |d| hw.watch(home, d))?;
+            let mut j = lock(&self.journal);
+            for dir in &changes.moved {
+                j.journal.touch_tree(dir);
+            }
+            j.journal.merge(seen);
+            w.last_full = Some(Instant::now());
+        } else {
+            let part =
+                Journal::scan_partial(home, &self.cfg.filter, &changes.dirty, &changes.appeared, &mut |d| hw.watch(home, d))?;
+            let mut j = lock(&self.journal);
+            for dir in &changes.moved {
+                j.journal.touch_tree(dir);
+            }
+            j.journal.merge_partial(part);
+            if std::env::var_os("CS_JOURNAL_CHECK").is_some() {
+                check_against_full_scan(&j.journal, home, &self.cfg.filter)?;
+            }
+            w.last_full = started;
+        }
+        Ok(())
     }
 
     /// The client's full held list, when [`HelloReply::need_held_list`].
@@ -783,4 +826,28 @@ fn fit_name(name: &str, tail: &str) -> String {
         end -= 1;
     }
     format!("{}{tail}", &name[..end])
+}
+
+/// With `CS_JOURNAL_CHECK` set (tests): the journal after an incremental
+/// refresh must hold exactly what a full scan sees.
+fn check_against_full_scan(j: &Journal, home: &std::path::Path, filter: &PathFilter) -> Result<(), EngineError> {
+    let full = Journal::scan(home, filter, &mut |_| {})?;
+    let mut diffs = Vec::new();
+    for (p, e) in &j.entries {
+        if e.sig.is_some() && e.sig != full.get(p).copied() {
+            diffs.push(format!("{p}: journal {:?}, disk {:?}", e.sig, full.get(p)));
+        }
+    }
+    for (p, sig) in &full {
+        if j.get(p).and_then(|e| e.sig).is_none() {
+            diffs.push(format!("{p}: missing from the journal, disk {sig:?}"));
+        }
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        diffs.sort();
+        tracing::error!("incremental journal differs from a full scan: {diffs:?}");
+        Err(EngineError::Protocol(format!("CS_JOURNAL_CHECK: the incremental journal differs from a full scan: {diffs:?}")))
+    }
 }

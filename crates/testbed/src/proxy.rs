@@ -185,7 +185,11 @@ async fn read_side(mut r: OwnedReadHalf, q: mpsc::Sender<Stamped>, delay: Durati
 
 async fn write_side(mut w: OwnedWriteHalf, mut q: mpsc::Receiver<Stamped>) -> std::io::Result<()> {
     while let Some((at, item)) = q.recv().await {
-        tokio::time::sleep_until(at).await;
+        // A due chunk goes at once: sleep_until rounds up to the timer's
+        // 1 ms tick, which at zero delay would add a millisecond per chunk.
+        if at > Instant::now() {
+            tokio::time::sleep_until(at).await;
+        }
         match item {
             Some(bytes) => w.write_all(&bytes).await?,
             None => {

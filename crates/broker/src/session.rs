@@ -470,8 +470,18 @@ impl Session {
                                 act.reply(ctx, id, writes_applied(report));
                             }
                             Err(e) => {
-                                // The rest of the stream (if any) is dropped.
-                                routes(&act.routes).open.remove(&sid);
+                                // The rest of the stream (if any) is dropped
+                                // quietly: unless its end frame came already,
+                                // its remaining frames are discarded, not
+                                // answered as frames of an unknown stream (a
+                                // stray answer would put the client's next
+                                // request out of step).
+                                {
+                                    let mut r = routes(&act.routes);
+                                    if r.open.remove(&sid).is_some() {
+                                        r.discarding.insert(sid);
+                                    }
+                                }
                                 act.fail_round(ctx, id, code_of(&e), format!("step 3 (writes to the project): {}", cs_actors::error_chain(&e)))
                             }
                         }

@@ -261,7 +261,10 @@ fn decode_envelope<T: DeserializeOwned>(msg: &[u8]) -> Result<Envelope<T>, WireE
         }
         Err(e) => {
             let id = envelope_id(msg);
-            let detail = e.to_string();
+            let mut detail = e.to_string();
+            if let Some(field) = locate_bad_path(msg, &detail) {
+                detail = format!("field {field}: {detail}");
+            }
             if matches!(&e, rmp_serde::decode::Error::Syntax(s) if s.contains("unknown variant")) {
                 Err(WireError::UnknownMessage { id, detail })
             } else {
@@ -271,16 +274,140 @@ fn decode_envelope<T: DeserializeOwned>(msg: &[u8]) -> Result<Envelope<T>, WireE
     }
 }
 
+/// The field (e.g. `body.Hello.held_added[3]`) of the first string in `msg`
+/// that is refused as a path (or client id) with exactly the error `detail`
+/// reports. The message is walked without building anything (only the
+/// field's name is kept), and the walk stops at that string.
+fn locate_bad_path(msg: &[u8], detail: &str) -> Option<String> {
+    use serde::de::{DeserializeSeed, Error, MapAccess, SeqAccess, Visitor};
+    use std::cell::Cell;
+
+    fn refused_as(s: &str, detail: &str) -> bool {
+        cs_protocol::RelPath::new(s).err().is_some_and(|e| detail.contains(&e.to_string()))
+            || cs_protocol::ClientId::new(s).err().is_some_and(|e| detail.contains(&e.to_string()))
+    }
+
+    struct Walk<'a> {
+        at: &'a mut String,
+        detail: &'a str,
+        found: &'a Cell<bool>,
+    }
+
+    impl<'a> Walk<'a> {
+        fn child(&mut self) -> Walk<'_> {
+            Walk { at: self.at, detail: self.detail, found: self.found }
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any MessagePack value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_bytes<E>(self, _: &[u8]) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_none<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<(), E> {
+            if refused_as(v, self.detail) {
+                self.found.set(true);
+                // Stops the walk; the field is in `at`.
+                return Err(E::custom("found"));
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(mut self, mut a: A) -> Result<(), A::Error> {
+            for i in 0.. {
+                let len = self.at.len();
+                self.at.push_str(&format!("[{i}]"));
+                let more = a.next_element_seed(self.child())?.is_some();
+                self.at.truncate(len);
+                if !more {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(mut self, mut a: A) -> Result<(), A::Error> {
+            while let Some(key) = a.next_key::<String>()? {
+                let len = self.at.len();
+                if len > 0 {
+                    self.at.push('.');
+                }
+                self.at.push_str(&key);
+                a.next_value_seed(self.child())?;
+                self.at.truncate(len);
+            }
+            Ok(())
+        }
+    }
+
+    let mut at = String::new();
+    let found = Cell::new(false);
+    let mut de = rmp_serde::Deserializer::new(Cursor::new(msg));
+    de.set_max_depth(MAX_DEPTH);
+    let _ = Walk { at: &mut at, detail, found: &found }.deserialize(&mut de);
+    (found.get() && !at.is_empty()).then_some(at)
+}
+
 /// The request id of an envelope whose body did not decode, if its
 /// MessagePack is sound enough to find it.
 fn envelope_id(msg: &[u8]) -> Option<u64> {
-    #[derive(Deserialize)]
-    struct IdOnly {
-        id: u64,
+    use serde::de::{Error, IgnoredAny, MapAccess, Visitor};
+    use std::cell::Cell;
+    /// Reads the map's entries up to `id` and stops there (with an error,
+    /// as the decoder insists on maps being read whole): the body after it
+    /// (e.g. an array announcing more elements than the message holds) is
+    /// never looked at.
+    struct IdFirst<'a>(&'a Cell<Option<u64>>);
+    impl<'de> Visitor<'de> for IdFirst<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an envelope map")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+            while let Some(key) = a.next_key::<String>()? {
+                if key == "id" {
+                    self.0.set(Some(a.next_value::<u64>()?));
+                    return Err(A::Error::custom("found"));
+                }
+                a.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
     }
+    let found = Cell::new(None);
     let mut de = rmp_serde::Deserializer::new(Cursor::new(msg));
     de.set_max_depth(MAX_DEPTH);
-    IdOnly::deserialize(&mut de).ok().map(|e| e.id)
+    let _ = serde::Deserializer::deserialize_map(&mut de, IdFirst(&found));
+    found.get()
 }
 
 #[cfg(test)]
@@ -341,9 +468,11 @@ mod tests {
         enum Lying {
             Deletes(Vec<String>),
         }
-        let bytes = Frame::control(5, Lying::Deletes(vec!["../etc/passwd".into()])).encode().unwrap();
+        let bytes = Frame::control(5, Lying::Deletes(vec!["ok".into(), "../etc/passwd".into()])).encode().unwrap();
         match F::decode(&bytes) {
-            Err(WireError::Malformed { id: Some(5), detail }) => assert!(detail.contains(".."), "{detail}"),
+            Err(WireError::Malformed { id: Some(5), detail }) => {
+                assert!(detail.contains("..") && detail.contains("field body.Deletes[1]:"), "{detail}")
+            }
             other => panic!("{other:?}"),
         }
 

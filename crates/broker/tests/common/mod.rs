@@ -517,3 +517,235 @@ impl TestClient {
         }
     }
 }
+
+// ---- helpers for hostile input (tests/hostile.rs) ----
+
+impl Project {
+    /// A project whose token file also lists `n` extra clients `x0`, `x1`, …
+    /// (see [`extra_token`]).
+    pub fn with_extra_clients(n: usize) -> Self {
+        let p = Project::new();
+        let mut text = std::fs::read_to_string(&p.tokens).unwrap();
+        for i in 0..n {
+            text.push_str(&format!("x{i} {}\n", extra_token(i)));
+        }
+        std::fs::write(&p.tokens, text).unwrap();
+        p
+    }
+
+    /// A sibling of the home (outside it) with a canary file; returns its path.
+    pub fn outside(&self) -> PathBuf {
+        let o = self.dir.path().join("outside");
+        std::fs::create_dir_all(o.join("sub")).unwrap();
+        std::fs::write(o.join("canary"), b"canary: must never change").unwrap();
+        std::fs::write(o.join("sub/canary2"), b"second canary").unwrap();
+        o
+    }
+}
+
+pub fn extra_token(i: usize) -> String {
+    format!("token-of-extra-client-{i:04}-0123456789")
+}
+
+/// Connects with explicit wire limits.
+pub async fn connect_with(addr: SocketAddr, token: &str, limits: WireLimits) -> Result<ClientConn, WireError> {
+    tokio::time::timeout(Duration::from_secs(10), cs_wire::connect(&url(addr), token, None, limits))
+        .await
+        .map_err(|_| WireError::Timeout { what: "connect", after: Duration::from_secs(10) })?
+}
+
+impl TestClient {
+    /// Sends `stream` (compressed tar bytes, in chunks) as the step-3
+    /// stream of the round in flight and returns the broker's answer.
+    pub async fn step3_raw(&mut self, chunks: impl IntoIterator<Item = Vec<u8>>) -> Result<ServerMsg, ClientError> {
+        let stream = self.take_stream();
+        let id = self.send(ClientMsg::SendWrites { stream }).await?;
+        for c in chunks {
+            // The broker may stop reading (it failed the step): it still
+            // drains the stream, so sending goes on.
+            self.conn.send(&Frame::Chunk { stream, data: bytes::Bytes::from(c) }).await?;
+        }
+        self.conn.send(&Frame::End { stream, end: StreamEnd::Ok }).await?;
+        let (rid, body) = self.recv_control().await?;
+        if let ServerMsg::Error { code, message } = body {
+            return Err(ClientError::Server { code, message });
+        }
+        if rid != id {
+            return Err(ClientError::Unexpected(format!("answer to request {rid}, expected {id}: {body:?}")));
+        }
+        Ok(body)
+    }
+}
+
+/// The resident set size of this process (the broker runs in-process), in bytes.
+pub fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Samples [`rss_bytes`] every 5 ms on a thread until the returned guard's
+/// `stop`, which returns the highest value seen.
+pub struct RssSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl RssSampler {
+    pub fn start() -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut max = rss_bytes();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                max = max.max(rss_bytes());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            max.max(rss_bytes())
+        });
+        RssSampler { stop, thread: Some(thread) }
+    }
+
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+// ---- hand-made tar and zstd, for streams the real packer refuses to write ----
+
+/// Tar typeflags.
+pub const T_FILE: u8 = b'0';
+pub const T_HARDLINK: u8 = b'1';
+pub const T_SYMLINK: u8 = b'2';
+pub const T_CHAR: u8 = b'3';
+pub const T_BLOCK: u8 = b'4';
+pub const T_DIR: u8 = b'5';
+pub const T_FIFO: u8 = b'6';
+pub const T_PAX: u8 = b'x';
+
+fn octal(field: &mut [u8], v: u64) {
+    let digits = field.len() - 1;
+    let s = format!("{v:0digits$o}");
+    assert_eq!(s.len(), digits, "value {v} does not fit");
+    field[..digits].copy_from_slice(s.as_bytes());
+    field[digits] = 0;
+}
+
+/// One ustar header block. `name` is copied raw (up to 100 bytes), so it
+/// may hold anything a hostile sender likes.
+pub fn tar_header(name: &[u8], typeflag: u8, size: u64, linkname: &[u8]) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    assert!(name.len() <= 100 && linkname.len() <= 100);
+    h[..name.len()].copy_from_slice(name);
+    octal(&mut h[100..108], 0o644);
+    octal(&mut h[108..116], 0);
+    octal(&mut h[116..124], 0);
+    octal(&mut h[124..136], size);
+    octal(&mut h[136..148], 1_700_000_000);
+    h[156] = typeflag;
+    h[157..157 + linkname.len()].copy_from_slice(linkname);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    octal(&mut h[329..337], 0);
+    octal(&mut h[337..345], 0);
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u64 = h.iter().map(|&b| b as u64).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+    h
+}
+
+/// A PAX extended header (`x`) with these records, padded.
+pub fn pax_header(records: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for (k, v) in records {
+        // "<len> <key>=<value>\n", len counting itself.
+        let body = k.len() + v.len() + 3;
+        let mut len = body + 1;
+        while format!("{len}").len() + body != len {
+            len += 1;
+        }
+        data.extend_from_slice(format!("{len} {k}=").as_bytes());
+        data.extend_from_slice(v);
+        data.push(b'\n');
+    }
+    let mut out = tar_header(b"PaxHeader", T_PAX, data.len() as u64, b"").to_vec();
+    out.extend_from_slice(&data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+/// A regular file entry with its data, padded.
+pub fn tar_file(name: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut out = tar_header(name, T_FILE, data.len() as u64, b"").to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+/// The end-of-archive marker.
+pub fn tar_end() -> Vec<u8> {
+    vec![0u8; 1024]
+}
+
+/// A zstd frame header: no checksum, no content size, a 128 KiB window.
+pub const ZSTD_HEADER: [u8; 6] = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
+/// Largest block under that window.
+pub const ZSTD_BLOCK: usize = 128 << 10;
+
+fn block_header(size: usize, kind: u32, last: bool) -> [u8; 3] {
+    let v = ((size as u32) << 3) | (kind << 1) | last as u32;
+    [v as u8, (v >> 8) as u8, (v >> 16) as u8]
+}
+
+/// `data` as one zstd frame of raw (stored) blocks: a valid stream the
+/// broker's decoder reads, without any compressor.
+pub fn zstd_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = ZSTD_HEADER.to_vec();
+    let mut parts: Vec<&[u8]> = data.chunks(ZSTD_BLOCK).collect();
+    if parts.is_empty() {
+        parts.push(&[]);
+    }
+    let n = parts.len();
+    for (i, p) in parts.into_iter().enumerate() {
+        out.extend_from_slice(&block_header(p.len(), 0, i + 1 == n));
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// A decompression bomb, generated lazily in chunks of about `chunk`
+/// bytes: a tar whose single file `name` declares `size` bytes (a multiple
+/// of 128 KiB, at most 8 GiB - 1) of zeros, each 128 KiB of which is one
+/// 4-byte RLE block; then the end-of-archive marker. Never more than one
+/// chunk is in memory.
+pub fn zstd_bomb(name: &'static [u8], size: u64, chunk: usize) -> impl Iterator<Item = Vec<u8>> {
+    assert_eq!(size % ZSTD_BLOCK as u64, 0);
+    let blocks = size / ZSTD_BLOCK as u64;
+    let mut first = ZSTD_HEADER.to_vec();
+    let h = tar_header(name, T_FILE, size, b"");
+    first.extend_from_slice(&block_header(512, 0, false));
+    first.extend_from_slice(&h);
+    let mut next = 0u64;
+    let mut done = false;
+    let mut head = Some(first);
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let mut out = head.take().unwrap_or_default();
+        while out.len() < chunk && next < blocks {
+            out.extend_from_slice(&block_header(ZSTD_BLOCK, 1, false));
+            out.push(0);
+            next += 1;
+        }
+        if next == blocks && out.len() < chunk {
+            // The end-of-archive marker, as one last RLE block of zeros.
+            out.extend_from_slice(&block_header(1024, 1, true));
+            out.push(0);
+            done = true;
+        }
+        Some(out)
+    })
+}

@@ -123,3 +123,36 @@ fn path_made_local_only_is_not_deleted_on_project() {
     assert_eq!(r.deletes_to_project, 0, "{r:?}");
     assert_eq!(fs::read(s.home.join("data/x")).unwrap(), b"x");
 }
+
+/// A deletion every client has seen leaves no tombstone behind: the journal
+/// does not grow with every name ever deleted.
+#[test]
+fn tombstones_are_pruned_once_every_client_has_seen_them() {
+    let mut s = setup();
+    for i in 0..20 {
+        fs::write(s.home.join(format!("tmp{i}")), b"x").unwrap();
+    }
+    run_round(&mut s.c, &s.p, None).unwrap();
+    assert_eq!(s.p.journal_size(), (20, 0));
+    for i in 0..20 {
+        fs::remove_file(s.home.join(format!("tmp{i}"))).unwrap();
+    }
+    // The round that sees the deletions records them; its commit moves the
+    // only client's cursor past them, so they go.
+    run_round(&mut s.c, &s.p, None).unwrap();
+    assert_eq!(s.p.journal_size(), (0, 0));
+
+    // A second client that has not run since keeps them.
+    fs::create_dir_all(s._dir.path().join("upper2")).unwrap();
+    let c2cfg = ComputeConfig::new(ClientId::new("c2").unwrap(), s._dir.path().join("upper2"), s._dir.path().join("cstate2"));
+    let mut c2 = ComputeSide::open(c2cfg).unwrap();
+    run_round(&mut c2, &s.p, None).unwrap();
+    fs::write(s.home.join("gone"), b"x").unwrap();
+    run_round(&mut s.c, &s.p, None).unwrap();
+    fs::remove_file(s.home.join("gone")).unwrap();
+    run_round(&mut s.c, &s.p, None).unwrap();
+    assert_eq!(s.p.journal_size(), (0, 1), "c2's cursor predates the deletion");
+    run_round(&mut c2, &s.p, None).unwrap();
+    run_round(&mut s.c, &s.p, None).unwrap();
+    assert_eq!(s.p.journal_size(), (0, 0));
+}

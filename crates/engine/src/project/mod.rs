@@ -209,6 +209,43 @@ impl ProjectSide {
         lock(&self.journal).journal.cursor()
     }
 
+    /// Live entries and tombstones in the journal (status, tests).
+    pub fn journal_size(&self) -> (usize, usize) {
+        let j = lock(&self.journal);
+        let live = j.journal.entries.values().filter(|e| e.sig.is_some()).count();
+        (live, j.journal.entries.len() - live)
+    }
+
+    /// Drops the tombstones every client has seen. A deletion at or before
+    /// the oldest committed cursor of this journal is known to every client
+    /// that has one; a client without one (new, or of an older journal)
+    /// counts every path as changed whatever the journal says, and step 2
+    /// asks only whether a held path is live. Without this, every deleted
+    /// name (editors' and builds' temporary files) stayed in memory and in
+    /// journal.msgpack for the life of the project. A client that never
+    /// comes back keeps the tombstones since its last round: removing its
+    /// file under `clients/` releases them.
+    fn prune_tombstones(&self) -> Result<usize, EngineError> {
+        let dir = self.cfg.state_dir.join("clients");
+        let epoch = lock(&self.journal).journal.epoch;
+        let mut oldest: Option<u64> = None;
+        let rd = std::fs::read_dir(&dir).map_err(|e| EngineError::io("list directory", &dir, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| EngineError::io("list directory", &dir, e))?;
+            let name = ent.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".msgpack")) else { continue };
+            let Ok(id) = ClientId::new(id) else { continue };
+            if let Some(c) = self.client_state(&id)?.last_cursor.filter(|c| c.epoch == epoch) {
+                oldest = Some(oldest.map_or(c.seq, |o| o.min(c.seq)));
+            }
+        }
+        let Some(oldest) = oldest else { return Ok(0) };
+        let mut j = lock(&self.journal);
+        let before = j.journal.entries.len();
+        j.journal.entries.retain(|_, e| e.sig.is_some() || e.seq > oldest);
+        Ok(before - j.journal.entries.len())
+    }
+
     fn client_path(&self, c: &ClientId) -> PathBuf {
         self.cfg.state_dir.join("clients").join(format!("{c}.msgpack"))
     }
@@ -794,6 +831,12 @@ impl ProjectSide {
         // Always saved: the round id is what a crashed client asks about.
         state::save(&self.client_path(&r.client), &st)?;
         lock(&self.clients).insert(r.client, st);
+        // Housekeeping: a failure here costs memory, not correctness.
+        match self.prune_tombstones() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(pruned = n, "journal tombstones every client has seen dropped"),
+            Err(e) => tracing::warn!(error = %e, "pruning journal tombstones"),
+        }
         Ok(cursor)
     }
 }

@@ -146,7 +146,7 @@ impl Journal {
     /// full one, for the paths it covered: those it saw, and those gone from
     /// where it looked (with everything the journal has below a directory
     /// that is gone or no longer a directory).
-    pub fn merge_partial(&mut self, part: Partial) -> usize {
+    pub fn merge_partial(&mut self, part: Partial, scan_began: u64) -> usize {
         let listed: HashSet<&str> = part.listed.iter().map(|d| d.as_ref().map_or("", |p| p.as_str())).collect();
         let walked: HashSet<&str> = part.walked.iter().map(|p| p.as_str()).collect();
         let covered = |p: &RelPath| {
@@ -158,7 +158,7 @@ impl Journal {
         let mut dead_dirs: HashSet<&str> = HashSet::new();
         for (p, e) in &self.entries {
             let Some(old) = e.sig else { continue };
-            if !covered(p) {
+            if !covered(p) || e.seq > scan_began {
                 continue;
             }
             let now = part.seen.get(p);
@@ -171,7 +171,12 @@ impl Journal {
         }
         if !dead_dirs.is_empty() {
             for (p, e) in &self.entries {
-                if e.sig.is_some() && !part.seen.contains_key(p) && !covered(p) && under(p.as_str(), &dead_dirs) {
+                if e.sig.is_some()
+                    && e.seq <= scan_began
+                    && !part.seen.contains_key(p)
+                    && !covered(p)
+                    && under(p.as_str(), &dead_dirs)
+                {
                     gone.push(p.clone());
                 }
             }
@@ -182,7 +187,7 @@ impl Journal {
             changes += 1;
         }
         for (p, sig) in part.seen {
-            if self.entries.get(&p).and_then(|e| e.sig) != Some(sig) {
+            if self.unchanged_since_scan(&p, scan_began) && self.entries.get(&p).and_then(|e| e.sig) != Some(sig) {
                 self.record(&p, Some(sig), None);
                 changes += 1;
             }
@@ -192,16 +197,28 @@ impl Journal {
 
     /// Records every difference between a scan and the journal as a change
     /// by no client. Returns how many changes were found.
-    pub fn merge(&mut self, seen: HashMap<RelPath, Sig>) -> usize {
+    ///
+    /// `scan_began` is the journal's `seq` when the scan started: an entry
+    /// recorded since (a round's write or delete, made while the scan ran)
+    /// is newer than what the scan saw and is left alone. Without this, a
+    /// scan that saw a file just before another client's round replaced it
+    /// put the old signature back, with no author: the round's own file then
+    /// looked changed by someone else (a delete of it was kept, a write of it
+    /// became a conflict copy).
+    pub fn merge(&mut self, seen: HashMap<RelPath, Sig>, scan_began: u64) -> usize {
         let mut changes = 0;
-        let gone: Vec<RelPath> =
-            self.entries.iter().filter(|(p, e)| e.sig.is_some() && !seen.contains_key(*p)).map(|(p, _)| p.clone()).collect();
+        let gone: Vec<RelPath> = self
+            .entries
+            .iter()
+            .filter(|(p, e)| e.sig.is_some() && e.seq <= scan_began && !seen.contains_key(*p))
+            .map(|(p, _)| p.clone())
+            .collect();
         for p in gone {
             self.record(&p, None, None);
             changes += 1;
         }
         for (p, sig) in seen {
-            if self.entries.get(&p).and_then(|e| e.sig) != Some(sig) {
+            if self.unchanged_since_scan(&p, scan_began) && self.entries.get(&p).and_then(|e| e.sig) != Some(sig) {
                 self.record(&p, Some(sig), None);
                 changes += 1;
             }
@@ -209,9 +226,15 @@ impl Journal {
         changes
     }
 
+    /// Not recorded since a scan that began at `scan_began`.
+    fn unchanged_since_scan(&self, p: &RelPath, scan_began: u64) -> bool {
+        self.entries.get(p).is_none_or(|e| e.seq <= scan_began)
+    }
+
     /// `scan` then `merge`.
     pub fn refresh(&mut self, home: &Path, filter: &PathFilter) -> Result<usize, EngineError> {
-        Ok(self.merge(Self::scan(home, filter, &mut |_| {})?))
+        let began = self.seq;
+        Ok(self.merge(Self::scan(home, filter, &mut |_| {})?, began))
     }
 }
 
@@ -326,4 +349,53 @@ fn list_into(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cs_protocol::Timestamp;
+
+    fn file(size: u64) -> Sig {
+        Sig { kind: EntryKind::File, mode: 0o644, size, mtime: Timestamp::new(1, 0), ctime: Timestamp::new(1, 0), ino: 7 }
+    }
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    /// A scan that ran while another client's round wrote must not put back
+    /// what it saw before the write (found by the soak: a client's own file
+    /// then looked changed by someone else).
+    #[test]
+    fn a_scan_never_overrides_what_a_round_recorded_while_it_ran() {
+        let client = ClientId::new("c1").unwrap();
+        let mut j = Journal::new();
+        j.record(&rel("f"), Some(file(1)), None);
+        j.record(&rel("old"), Some(file(1)), None);
+        let began = j.seq;
+        // The scan sees f as it was, and old; meanwhile a round replaces f,
+        // creates g and deletes old.
+        let seen: HashMap<RelPath, Sig> = [(rel("f"), file(1)), (rel("old"), file(1))].into_iter().collect();
+        j.record(&rel("f"), Some(file(2)), Some(&client));
+        j.record(&rel("g"), Some(file(3)), Some(&client));
+        j.record(&rel("old"), None, Some(&client));
+        assert_eq!(j.merge(seen.clone(), began), 0);
+        assert_eq!(j.get(&rel("f")).unwrap().sig, Some(file(2)));
+        assert_eq!(j.get(&rel("f")).unwrap().author.as_ref(), Some(&client));
+        assert!(j.is_live(&rel("g")));
+        assert!(!j.is_live(&rel("old")));
+
+        // The same through a partial scan of the home's top directory.
+        let mut j2 = j.clone();
+        let began = j2.seq;
+        let part = Partial { listed: [None].into_iter().collect(), walked: BTreeSet::new(), seen };
+        j2.record(&rel("f"), Some(file(4)), Some(&client));
+        // This scan began after g and old's deletion were recorded: it is
+        // newer than they are (g gone, old back); f it leaves alone.
+        assert_eq!(j2.merge_partial(part, began), 2);
+        assert_eq!(j2.get(&rel("f")).unwrap().sig, Some(file(4)));
+        assert!(!j2.is_live(&rel("g")));
+        assert!(j2.is_live(&rel("old")));
+    }
 }

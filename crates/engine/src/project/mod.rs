@@ -315,9 +315,11 @@ impl ProjectSide {
         let w = &mut *w;
         let home = &self.cfg.home;
         let started = w.last_full.take();
+        // What rounds record while the scan runs is newer than the scan.
+        let began = lock(&self.journal).journal.seq;
         let Some(hw) = w.home.as_mut() else {
             let seen = Journal::scan(home, &self.cfg.filter, &mut |_| {})?;
-            lock(&self.journal).journal.merge(seen);
+            lock(&self.journal).journal.merge(seen, began);
             return Ok(());
         };
         let mut changes = hw.drain();
@@ -330,19 +332,21 @@ impl ProjectSide {
             changes.moved.extend(queued.moved);
             let seen = Journal::scan(home, &self.cfg.filter, &mut |d| hw.watch(home, d))?;
             let mut j = lock(&self.journal);
+            j.journal.merge(seen, began);
+            // After the merge, which leaves alone what was recorded since
+            // the scan began (these records included).
             for dir in &changes.moved {
                 j.journal.touch_tree(dir);
             }
-            j.journal.merge(seen);
             w.last_full = Some(Instant::now());
         } else {
             let part =
                 Journal::scan_partial(home, &self.cfg.filter, &changes.dirty, &changes.appeared, &mut |d| hw.watch(home, d))?;
             let mut j = lock(&self.journal);
+            j.journal.merge_partial(part, began);
             for dir in &changes.moved {
                 j.journal.touch_tree(dir);
             }
-            j.journal.merge_partial(part);
             if std::env::var_os("CS_JOURNAL_CHECK").is_some() {
                 check_against_full_scan(&j.journal, home, &self.cfg.filter)?;
             }

@@ -5,11 +5,13 @@
 //!
 //! `cargo run --release -p cs-bench -- --rtt 0,10,40`   (the full bench)
 //! `cargo run --release -p cs-bench -- --quick`         (small sizes, RTT 0: a smoke test)
+//! `cargo run --release -p cs-bench -- soak --minutes 3 --clients 3`  (the soak: see soak.rs)
 
 mod bench;
 mod gen;
 mod report;
 mod services;
+mod soak;
 mod sync;
 mod util;
 
@@ -93,6 +95,10 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     util::install_signal_handlers();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(|a| a == "soak").unwrap_or(false) {
+        std::process::exit(soak::main(args[1..].to_vec()));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(0) => {}

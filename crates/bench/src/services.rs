@@ -57,15 +57,31 @@ impl Broker {
     /// Starts the broker on `home` with its state in `dir/state`, listening on a free port of
     /// 127.0.0.1, with one client `id` whose token it writes to `dir/token` (0600).
     pub fn start(bin: &Path, home: &Path, dir: &Path, id: &str) -> Result<Broker> {
+        Broker::start_many(bin, home, dir, &[id.to_string()])
+    }
+
+    /// Like [`Broker::start`] with several clients: `dir/token-<id>` holds each one's token
+    /// (and `dir/token` the first one's).
+    pub fn start_many(bin: &Path, home: &Path, dir: &Path, ids: &[String]) -> Result<Broker> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir)?;
-        let token = format!("bench-token-{}-{}", std::process::id(), crate::gen::Rng::new(now_nanos()).next());
+        let mut rng = crate::gen::Rng::new(now_nanos());
+        let mut lines = String::new();
+        for (i, id) in ids.iter().enumerate() {
+            let token = format!("bench-token-{}-{}", std::process::id(), rng.next());
+            lines.push_str(&format!("{id} {token}\n"));
+            let mut files = vec![dir.join(format!("token-{id}"))];
+            if i == 0 {
+                files.push(dir.join("token"));
+            }
+            for token_file in files {
+                std::fs::write(&token_file, format!("{token}\n"))?;
+                std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
         let tokens = dir.join("tokens");
-        std::fs::write(&tokens, format!("{id} {token}\n"))?;
+        std::fs::write(&tokens, lines)?;
         std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600))?;
-        let token_file = dir.join("token");
-        std::fs::write(&token_file, format!("{token}\n"))?;
-        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
         let sock = dir.join("project.sock");
         let log = dir.join("broker.log");
         let mut last = String::new();
@@ -86,7 +102,7 @@ impl Broker {
                 .arg(dir.join("state"))
                 .arg("--control-socket")
                 .arg(&sock)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", service_log())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(out))
@@ -117,6 +133,11 @@ impl Drop for Broker {
     fn drop(&mut self) {
         stop_process(&mut self.child, Duration::from_secs(20));
     }
+}
+
+/// The services' `RUST_LOG`: `warn`, or `CS_BENCH_SERVICE_LOG` (e.g. `info` to log every round).
+fn service_log() -> String {
+    std::env::var("CS_BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".into())
 }
 
 fn now_nanos() -> u64 {
@@ -179,7 +200,7 @@ impl Compute {
             .arg(&sock)
             .arg("--interval")
             .arg(spec.interval.to_string())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", service_log())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(out))

@@ -193,6 +193,19 @@ impl Link for LinkHandle {
         Shared::lock(&self.shared.inbound).insert(id, tx);
         Ok(Box::new(ChunkReader::new(rx)))
     }
+
+    fn cancel_outbound(&self, id: u32) {
+        if Shared::lock(&self.shared.outbound).remove(&id).is_some() {
+            let _ = self.shared.active_streams.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    fn cancel_inbound(&self, id: u32) {
+        if let Some(tx) = Shared::lock(&self.shared.inbound).remove(&id) {
+            let _ = self.shared.active_streams.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            let _ = tx.try_send(StreamItem::End(StreamEnd::Abort("the request for this stream failed".into())));
+        }
+    }
 }
 
 pub struct Connection {

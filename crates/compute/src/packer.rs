@@ -242,13 +242,39 @@ impl Handler<PackChanges> for Packer {
         self.with_round("pack", move |side, r| {
             let paths = side.changes_to_send(r);
             let out = crate::progress::MeteredOut::new(m.0, "writes to project (compressed)");
+            let out = MidStreamFailpoint { inner: out, hit: false };
             let (w, stats) = side.pack_changes(r, &paths, out)?;
-            w.into_inner().finish().map_err(|e| EngineError::Protocol(format!("stream to the project: {e}")))?;
+            w.inner.into_inner().finish().map_err(|e| EngineError::Protocol(format!("stream to the project: {e}")))?;
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
             s.0.entries_packed += stats.entries;
             s.0.bytes_packed += stats.payload_bytes;
             Ok(stats)
         })
+    }
+}
+
+/// Failpoint `mid-writes-to-project`: hit once, after the first bytes of the outbound stream
+/// were written (and, when the failpoint is armed, flushed to the connection as a chunk), before
+/// the stream is finished.
+struct MidStreamFailpoint<W> {
+    inner: W,
+    hit: bool,
+}
+
+impl<W: std::io::Write> std::io::Write for MidStreamFailpoint<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if !self.hit && n > 0 {
+            self.hit = true;
+            if cs_failpoint::armed("mid-writes-to-project") {
+                self.inner.flush()?;
+            }
+            cs_failpoint::hit("mid-writes-to-project").map_err(std::io::Error::other)?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

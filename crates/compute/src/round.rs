@@ -31,6 +31,12 @@ pub trait Link: Send + Sync {
     /// Where bytes of inbound stream `id` are read; register before asking
     /// for the stream so that no chunk arrives unrouted.
     async fn inbound(&self, id: u32) -> Result<Box<dyn Read + Send>, RoundError>;
+    /// Ends inbound stream `id` as aborted (its reader gets an error): the request that was to
+    /// start it failed or was refused, so no chunk of it will ever come.
+    fn cancel_inbound(&self, _id: u32) {}
+    /// Drops outbound stream `id` if no request took it (the request failed before it was
+    /// sent): its writer gets an error instead of waiting for room for ever.
+    fn cancel_outbound(&self, _id: u32) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +51,21 @@ pub enum RoundError {
     Link(String),
     #[error("the project answered {got} to {step:?}")]
     Unexpected { step: Step, got: String },
+    #[error("{0}")]
+    Failpoint(#[from] cs_failpoint::FailpointError),
+}
+
+/// Failpoint `name` (see `cs_failpoint`): `kill`/`exit` end the process here, `sleep`
+/// waits without blocking the actor threads, `error` fails the step.
+async fn failpoint(name: &str) -> Result<(), RoundError> {
+    match cs_failpoint::eval(name) {
+        cs_failpoint::Fired::No => Ok(()),
+        cs_failpoint::Fired::Sleep(d) => {
+            tokio::time::sleep(d).await;
+            Ok(())
+        }
+        cs_failpoint::Fired::Error(e) => Err(e.into()),
+    }
 }
 
 /// Counts and duration of one step of a committed round.
@@ -149,6 +170,7 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
             other => return Err(unexpected(Step::Hello, other)),
         }
     }
+    failpoint("after-hello").await?;
 
     clock.step(Step::DeletesToProject);
     let deletes = packer.send(packer::DeletesToSend).await??;
@@ -160,6 +182,7 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
     clock.summary.kept_on_project = report.kept;
     clock.summary.refused.extend(report.refused);
     clock.close(deletes.len() as u64, 0);
+    failpoint("after-deletes-to-project").await?;
 
     clock.step(Step::DeletesToCompute);
     let gone = match link.request(ClientMsg::AskDeletes).await? {
@@ -170,12 +193,19 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
     let report = packer.send(packer::ApplyDeletes(gone)).await??;
     clock.summary.kept_on_compute = report.kept;
     clock.close(n, 0);
+    failpoint("after-deletes-to-compute").await?;
 
     clock.step(Step::WritesToProject);
     let stream = link.next_stream();
     let out = link.outbound(stream).await?;
-    let (answer, packed) =
-        tokio::join!(link.request(ClientMsg::SendWrites { stream }), packer.send(packer::PackChanges(out)));
+    let send = async {
+        let answer = link.request(ClientMsg::SendWrites { stream }).await;
+        if answer.is_err() {
+            link.cancel_outbound(stream);
+        }
+        answer
+    };
+    let (answer, packed) = tokio::join!(send, packer.send(packer::PackChanges(out)));
     let stats = packed??;
     match answer? {
         ServerMsg::WritesApplied { conflicts, refused, .. } => {
@@ -185,12 +215,22 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
         other => return Err(unexpected(Step::WritesToProject, other)),
     }
     clock.close(stats.entries, stats.compressed_bytes);
+    failpoint("after-writes-to-project").await?;
 
     clock.step(Step::WritesToCompute);
     let stream = link.next_stream();
     let input = link.inbound(stream).await?;
-    let (answer, applied) =
-        tokio::join!(link.request(ClientMsg::AskWrites { stream }), packer.send(packer::ApplyWrites(input)));
+    let ask = async {
+        let answer = link.request(ClientMsg::AskWrites { stream }).await;
+        // Refused (say, on a connection that replaced the one this round began on: the
+        // project has no open round there) or failed: the stream will never come, and the
+        // packer must not wait for it for ever.
+        if !matches!(answer, Ok(ServerMsg::WritesFollow { .. })) {
+            link.cancel_inbound(stream);
+        }
+        answer
+    };
+    let (answer, applied) = tokio::join!(ask, packer.send(packer::ApplyWrites(input)));
     let applied = applied??;
     let cursor = match answer? {
         ServerMsg::WritesFollow { cursor, .. } => cursor,
@@ -198,14 +238,18 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
     };
     clock.summary.not_applied = applied.not_applied.clone();
     clock.close(applied.applied as u64, applied.bytes);
+    failpoint("after-writes-to-compute").await?;
 
     clock.step(Step::Commit);
     let req = packer.send(packer::PrepareCommit(cursor)).await??;
+    failpoint("before-commit-request").await?;
     match link.request(ClientMsg::Commit(req)).await? {
         ServerMsg::Committed { .. } => {}
         other => return Err(unexpected(Step::Commit, other)),
     }
+    failpoint("after-project-commit").await?;
     packer.send(packer::Commit).await??;
+    failpoint("after-commit").await?;
     clock.close(0, 0);
     Ok(())
 }

@@ -45,6 +45,8 @@ pub enum ServiceError {
     Engine(#[from] cs_engine::EngineError),
     #[error(transparent)]
     Control(#[from] cs_control::ControlError),
+    #[error("{0}; refusing to start")]
+    Failpoints(#[from] cs_failpoint::SpecError),
 }
 
 /// The running service's actors.
@@ -69,6 +71,11 @@ impl ComputeService {
         cfg: ServiceConfig,
         mount_status: Option<StatusFn>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), ServiceError> {
+        // Fault tests only: a bad CS_FAILPOINTS stops the start-up, loudly.
+        let armed = cs_failpoint::check()?;
+        if !armed.is_empty() {
+            tracing::warn!(failpoints = ?armed, "failpoints armed ({}): for fault tests only", cs_failpoint::ENV);
+        }
         let mut engine_cfg = ComputeConfig::new(cfg.client.clone(), cfg.upper.clone(), cfg.state_dir.clone());
         engine_cfg.filter = cfg.filter.clone();
         engine_cfg.zstd_level = cfg.zstd_level;

@@ -451,6 +451,17 @@ pub fn processes_under(root: &Path) -> Vec<(u32, String)> {
 // ---------------------------------------------------------------------------------------------
 // The bed
 
+/// How [`Bed::start_compute_opts`] starts `cs-actor compute`.
+#[derive(Default, Clone)]
+pub struct ComputeOpts<'a> {
+    /// More flags.
+    pub extra: &'a [&'a str],
+    /// Environment variables (e.g. `CS_FAILPOINTS`).
+    pub env: &'a [(&'a str, &'a str)],
+    /// The broker URL, when not the bed's broker directly (a shaper in between).
+    pub server: Option<String>,
+}
+
 /// One compute server: its directories and its `cs-actor compute` process.
 pub struct Compute {
     pub id: String,
@@ -634,6 +645,11 @@ impl Bed {
 
     /// [`Bed::start_compute`] with more flags for `cs-actor compute`.
     pub fn start_compute_with(&mut self, id: &str, extra: &[&str]) -> usize {
+        self.start_compute_opts(id, &ComputeOpts { extra, ..Default::default() })
+    }
+
+    /// [`Bed::start_compute`] with more flags, environment variables or another broker URL.
+    pub fn start_compute_opts(&mut self, id: &str, opts: &ComputeOpts) -> usize {
         let dir = self.root.join(id);
         let c = Compute {
             id: id.to_string(),
@@ -650,9 +666,34 @@ impl Bed {
             fs::create_dir_all(d).unwrap();
         }
         write_secret(&c.token_file, &format!("{}\n", self.token(id)));
+        self.computes.push(c);
+        let i = self.computes.len() - 1;
+        self.run_compute(i, opts);
+        i
+    }
+
+    /// Starts compute server `i` again on the same directories (its upper layer, state, mount
+    /// points: whatever a killed predecessor left there) once the previous process has exited;
+    /// returns once it is up, as [`Bed::start_compute`].
+    pub fn restart_compute(&mut self, i: usize, opts: &ComputeOpts) {
+        let running = self.computes[i].proc.as_mut().is_some_and(|p| p.exited().is_none());
+        assert!(!running, "compute server {} is still running", self.computes[i].id);
+        self.computes[i].proc = None;
+        self.run_compute(i, opts);
+    }
+
+    /// Spawns `cs-actor compute` for `computes[i]` and waits until it is up.
+    fn run_compute(&mut self, i: usize, opts: &ComputeOpts) {
+        let c = &self.computes[i];
+        let id = c.id.clone();
+        let id = id.as_str();
+        let server = opts.server.clone().unwrap_or_else(|| self.broker_url());
         let mut cmd = Command::new(BIN);
+        for (k, v) in opts.env {
+            cmd.env(k, v);
+        }
         cmd.arg("compute")
-            .args(["--server", &self.broker_url(), "--id", id])
+            .args(["--server", &server, "--id", id])
             .arg("--token-file")
             .arg(&c.token_file)
             .arg("--merged")
@@ -668,13 +709,10 @@ impl Bed {
             .arg("--control-socket")
             .arg(&c.sock)
             .args(["--interval", INTERVAL_SECS])
-            .args(extra);
+            .args(opts.extra);
         let log = self.root.join(format!("compute-{id}.log"));
         let p = Proc::spawn(&format!("compute {id}"), cmd, &log);
-        let mut c = c;
-        c.proc = Some(p);
-        self.computes.push(c);
-        let i = self.computes.len() - 1;
+        self.computes[i].proc = Some(p);
         let ok = poll(Duration::from_secs(90), Duration::from_millis(200), || {
             let c = &mut self.computes[i];
             if c.proc.as_mut().unwrap().exited().is_some() {
@@ -691,7 +729,6 @@ impl Bed {
             let st = self.computes[i].status();
             self.fail(&format!("compute server {id} did not come up (status: {st:?})"));
         }
-        i
     }
 
     /// The first compute server.

@@ -390,6 +390,7 @@ impl ComputeSide {
         // As on P: a file is renamed into place only once the stream has
         // gone on intact past it.
         let mut staged: Option<Staged> = None;
+        let mut failpoint_hit = false;
         let result = cs_tarstream::unpack(input, &limits, |h, data| {
             if stop_after.is_some_and(|n| seen >= n) {
                 return Err(Box::new(Interrupted));
@@ -398,6 +399,12 @@ impl ComputeSide {
             let step = (|| {
                 if let Some(st) = staged.take() {
                     self.finalize(r, st, &mut report)?;
+                }
+                // Fault tests (cs-failpoint): part of the stream is in place, this entry's
+                // data and the rest of the stream not read yet.
+                if !failpoint_hit && report.applied > 0 {
+                    failpoint_hit = true;
+                    cs_failpoint::hit("mid-writes-to-compute").map_err(|e| EngineError::Protocol(e.to_string()))?;
                 }
                 staged = self.apply_entry(r, h, data, &mut report)?;
                 Ok::<(), EngineError>(())

@@ -209,14 +209,18 @@ impl Handler<DeletesToSend> for Packer {
     }
 }
 
-/// Step 1, after P answered: remove the processed whiteouts.
+/// Step 1, after P answered: remove the processed whiteouts (those of
+/// paths P deleted after a grace period: see `ComputeConfig::whiteout_grace`).
 #[derive(Message)]
 #[rtype(result = "Result<(), PackerError>")]
-pub struct FinishDeletes(pub Vec<RelPath>);
+pub struct FinishDeletes {
+    pub sent: Vec<RelPath>,
+    pub report: DeleteReport,
+}
 impl Handler<FinishDeletes> for Packer {
     type Result = ResponseFuture<Result<(), PackerError>>;
     fn handle(&mut self, m: FinishDeletes, _: &mut Self::Context) -> Self::Result {
-        self.with_round("remove whiteouts", move |side, r| side.finish_deletes(r, &m.0))
+        self.with_round("remove whiteouts", move |side, r| side.finish_deletes_reported(r, &m.sent, &m.report))
     }
 }
 

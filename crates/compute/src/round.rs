@@ -178,7 +178,7 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
         ServerMsg::DeleteReport(r) => r,
         other => return Err(unexpected(Step::DeletesToProject, other)),
     };
-    packer.send(packer::FinishDeletes(deletes.clone())).await??;
+    packer.send(packer::FinishDeletes { sent: deletes.clone(), report: report.clone() }).await??;
     clock.summary.kept_on_project = report.kept;
     clock.summary.refused.extend(report.refused);
     clock.close(deletes.len() as u64, 0);

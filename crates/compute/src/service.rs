@@ -35,6 +35,8 @@ pub struct ServiceConfig {
     pub debounce: Duration,
     pub filter: PathFilter,
     pub zstd_level: i32,
+    /// See `cs_engine::ComputeConfig::whiteout_grace`.
+    pub whiteout_grace: Duration,
     pub backoff: Backoff,
     pub limits: WireLimits,
 }
@@ -79,6 +81,7 @@ impl ComputeService {
         let mut engine_cfg = ComputeConfig::new(cfg.client.clone(), cfg.upper.clone(), cfg.state_dir.clone());
         engine_cfg.filter = cfg.filter.clone();
         engine_cfg.zstd_level = cfg.zstd_level;
+        engine_cfg.whiteout_grace = cfg.whiteout_grace;
         let side = ComputeSide::open(engine_cfg)?;
         let packer = Packer::new(side).start();
         let mut conn_cfg = ConnectionConfig::new(cfg.server_url.clone(), cfg.token.clone());

@@ -76,6 +76,12 @@ mergeable! {
         /// zstd level of the tar streams (default 3).
         #[arg(long)]
         pub zstd_level: Option<i32>,
+        /// Seconds a deletion's whiteout stays after the project confirmed
+        /// it, hiding what the lower mount's caches still show of the file
+        /// (default 25; at least the lower's cache staleness; 0 for a lower
+        /// without caches).
+        #[arg(long)]
+        pub whiteout_grace_secs: Option<f64>,
     }
 }
 

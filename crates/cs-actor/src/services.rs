@@ -41,8 +41,16 @@ async fn stop_signal() {
     }
 }
 
+/// Default of `--whiteout-grace-secs`: longer than sshfs's own directory
+/// cache (20 s by default) plus the kernel's entry cache on top.
+const DEFAULT_WHITEOUT_GRACE_SECS: f64 = 25.0;
+
 pub fn run_compute(a: ComputeArgs) -> Result<()> {
+    // Fault tests only: a bad CS_FAILPOINTS stops here, before anything is mounted.
+    cs_failpoint::check()?;
     let client = ClientId::new(need(a.id, "id")?)?;
+    let whiteout_grace = Duration::try_from_secs_f64(a.whiteout_grace_secs.unwrap_or(DEFAULT_WHITEOUT_GRACE_SECS))
+        .context("--whiteout-grace-secs must be a number of seconds, 0 or more")?;
     let server = need(a.server, "server")?;
     let token_file = need(a.token_file, "token-file")?;
     let merged = need(a.merged, "merged")?;
@@ -82,6 +90,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             debounce: Duration::from_secs(1),
             filter,
             zstd_level: a.zstd_level.unwrap_or(cs_engine::DEFAULT_ZSTD_LEVEL),
+            whiteout_grace,
             backoff: Default::default(),
             limits: Default::default(),
         };

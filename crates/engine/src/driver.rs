@@ -76,7 +76,7 @@ pub fn run_round(c: &mut ComputeSide, p: &ProjectSide, cut: Option<Cut>) -> Resu
     // Step 1: deletes C -> P.
     let deletes = c.deletes_to_send(&cr);
     let r1 = p.apply_deletes(&mut pr, &deletes)?;
-    c.finish_deletes(&mut cr, &deletes)?;
+    c.finish_deletes_reported(&mut cr, &deletes, &r1)?;
     report.deletes_to_project = r1.deleted.len();
     report.kept_on_project = r1.kept;
     cut_here(cut, Cut::AfterStep1)?;

@@ -98,3 +98,9 @@ pub(crate) fn random_u64() -> u64 {
     h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
+
+/// This machine's wall clock, in ms since the epoch: only ever compared
+/// with itself (never with the other side's clock).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

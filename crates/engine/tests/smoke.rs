@@ -156,3 +156,83 @@ fn tombstones_are_pruned_once_every_client_has_seen_them() {
     run_round(&mut s.c, &s.p, None).unwrap();
     assert_eq!(s.p.journal_size(), (0, 0));
 }
+
+/// With a grace period, the whiteout of a path P deleted stays (hiding what
+/// the lower's caches may still show), is not sent again, and goes once the
+/// grace is over; the whiteout of a path P kept goes at once.
+#[test]
+fn whiteouts_of_deleted_paths_stay_for_the_grace_period() {
+    use cs_union::{create_whiteout, is_hidden, Layout};
+    let mut s = setup();
+    for f in ["gone", "kept"] {
+        fs::write(s.home.join(f), b"p").unwrap();
+    }
+    let mut cfg = s.c.config().clone();
+    cfg.whiteout_grace = std::time::Duration::from_secs(3600);
+    drop(s.c);
+    let mut c = ComputeSide::open(cfg.clone()).unwrap();
+    run_round(&mut c, &s.p, None).unwrap();
+    // C deletes both (the union's whiteouts); P changes `kept` meanwhile.
+    let rel = |p: &str| cs_protocol::RelPath::new(p).unwrap();
+    create_whiteout(&s.upper, Layout::UnionfsFuse1, &rel("gone")).unwrap();
+    create_whiteout(&s.upper, Layout::UnionfsFuse1, &rel("kept")).unwrap();
+    fs::write(s.home.join("kept"), b"changed on P").unwrap();
+    let r = run_round(&mut c, &s.p, None).unwrap();
+    assert_eq!(r.deletes_to_project, 1, "{r:?}");
+    assert!(!s.home.join("gone").exists());
+    assert_eq!(fs::read(s.home.join("kept")).unwrap(), b"changed on P", "modification beats deletion");
+    assert!(is_hidden(&s.upper, &rel("gone")), "the deleted path's whiteout went at once");
+    assert!(!is_hidden(&s.upper, &rel("kept")), "the kept path stays hidden");
+    assert_eq!(c.retired_whiteouts(), 1);
+
+    // Not sent again, even once P has the path again (it would delete P's new file).
+    fs::write(s.home.join("gone"), b"new on P").unwrap();
+    let r = run_round(&mut c, &s.p, None).unwrap();
+    assert_eq!(r.deletes_to_project, 0, "{r:?}");
+    assert_eq!(fs::read(s.home.join("gone")).unwrap(), b"new on P");
+    assert!(is_hidden(&s.upper, &rel("gone")));
+
+    // The grace is over (reopened with none): the whiteout goes, P's file shows.
+    cfg.whiteout_grace = std::time::Duration::ZERO;
+    drop(c);
+    let mut c = ComputeSide::open(cfg).unwrap();
+    assert_eq!(c.retired_whiteouts(), 1, "kept across a restart");
+    run_round(&mut c, &s.p, None).unwrap();
+    assert!(!is_hidden(&s.upper, &rel("gone")));
+    assert_eq!(c.retired_whiteouts(), 0);
+    assert_eq!(fs::read(s.home.join("gone")).unwrap(), b"new on P");
+}
+
+/// A path created again on C ends its retired whiteout: deleting it again
+/// is a new deletion, sent to P.
+#[test]
+fn a_path_recreated_during_the_grace_is_deleted_again_on_project() {
+    use cs_union::{create_whiteout, Layout};
+    let mut s = setup();
+    fs::write(s.home.join("f"), b"p").unwrap();
+    let mut cfg = s.c.config().clone();
+    cfg.whiteout_grace = std::time::Duration::from_secs(3600);
+    drop(s.c);
+    let mut c = ComputeSide::open(cfg).unwrap();
+    run_round(&mut c, &s.p, None).unwrap();
+    let rel = cs_protocol::RelPath::new("f").unwrap();
+    create_whiteout(&s.upper, Layout::UnionfsFuse1, &rel).unwrap();
+    run_round(&mut c, &s.p, None).unwrap();
+    assert!(!s.home.join("f").exists());
+    assert_eq!(c.retired_whiteouts(), 1);
+    // The user creates f again through the union (which drops the marker).
+    let scan = cs_union::list_whiteouts(&s.upper).unwrap();
+    for w in &scan.whiteouts {
+        cs_union::remove_whiteout(&s.upper, w).unwrap();
+    }
+    fs::write(s.upper.join("f"), b"c again").unwrap();
+    run_round(&mut c, &s.p, None).unwrap();
+    assert_eq!(fs::read(s.home.join("f")).unwrap(), b"c again");
+    assert_eq!(c.retired_whiteouts(), 0);
+    // And deletes it again: the union removes the upper file, leaves a marker.
+    fs::remove_file(s.upper.join("f")).unwrap();
+    create_whiteout(&s.upper, Layout::UnionfsFuse1, &rel).unwrap();
+    let r = run_round(&mut c, &s.p, None).unwrap();
+    assert_eq!(r.deletes_to_project, 1, "{r:?}");
+    assert!(!s.home.join("f").exists());
+}

@@ -7,6 +7,7 @@ mod scan;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use cs_protocol::{
     ClientId, CommitRequest, Cursor, DeleteReport, EntryKind, HeldDelta, Hello, RelPath, PROTOCOL_VERSION,
@@ -33,6 +34,13 @@ pub struct ComputeConfig {
     pub filter: PathFilter,
     pub zstd_level: i32,
     pub limits: Limits,
+    /// How long a whiteout stays after P confirmed the deletion. The lower
+    /// mount may still show the deleted entry from its caches for a while
+    /// (sshfs: names, attributes and listings); removing the whiteout at
+    /// once made deleted files reappear in the merged view for that long,
+    /// and `rm -r` fail with ENOTEMPTY. At least the lower's staleness;
+    /// zero for a lower without caches (the tests' plain directories).
+    pub whiteout_grace: Duration,
 }
 
 impl ComputeConfig {
@@ -44,6 +52,7 @@ impl ComputeConfig {
             filter: PathFilter::default(),
             zstd_level: crate::DEFAULT_ZSTD_LEVEL,
             limits: Limits::default(),
+            whiteout_grace: Duration::ZERO,
         }
     }
 }
@@ -57,6 +66,9 @@ pub struct ComputeSide {
     /// confirmed yet (the process died in between).
     pending: Option<u64>,
     tmp_seq: u64,
+    /// Whiteouts whose deletion P confirmed, kept for the grace period:
+    /// path → when (ms since the epoch, this machine's clock only).
+    retired: BTreeMap<RelPath, u64>,
 }
 
 /// The in-memory state of one round on C. Dropping it abandons the round:
@@ -97,6 +109,7 @@ struct PendingCommit {
 
 const MANIFEST_FILE: &str = "manifest.msgpack";
 const PENDING_FILE: &str = "manifest.pending.msgpack";
+const RETIRED_FILE: &str = "retired-whiteouts.msgpack";
 
 /// What step 4 did on C.
 #[derive(Debug, Default, Clone)]
@@ -115,7 +128,8 @@ impl ComputeSide {
         crate::sweep_stale_temps(&cfg.upper);
         let manifest = Manifest::load(&cfg.state_dir.join(MANIFEST_FILE))?;
         let pending = state::load::<PendingCommit>(&cfg.state_dir.join(PENDING_FILE))?.map(|p| p.round_id);
-        Ok(ComputeSide { cfg, upper, manifest, pending, tmp_seq: 0 })
+        let retired = state::load::<BTreeMap<RelPath, u64>>(&cfg.state_dir.join(RETIRED_FILE))?.unwrap_or_default();
+        Ok(ComputeSide { cfg, upper, manifest, pending, tmp_seq: 0, retired })
     }
 
     pub fn config(&self) -> &ComputeConfig {
@@ -176,6 +190,15 @@ impl ComputeSide {
             ));
         }
         let scan = scan_upper(&self.cfg.upper, &self.cfg.filter)?;
+        // A retired whiteout the union removed (the path was created again
+        // here) is over: a later whiteout at that path is a new deletion.
+        let before = self.retired.len();
+        self.retired.retain(|p, _| {
+            !scan.entries.contains_key(p) && scan.whiteouts.iter().any(|w| &w.path == p)
+        });
+        if self.retired.len() != before {
+            self.save_retired()?;
+        }
         let mut base = self.manifest.entries.clone();
         // What an interrupted round sent in step 3 may be on P now: an entry
         // changed back since to its committed state (a chmod undone, say)
@@ -241,7 +264,10 @@ impl ComputeSide {
     /// replaced upper disk): those deletions are then not sent. Nor are
     /// paths the filter no longer syncs.
     pub fn deletes_to_send(&self, r: &ComputeRound) -> Vec<RelPath> {
-        let mut out: Vec<RelPath> = r.scan.whiteouts.iter().map(|w| w.path.clone()).collect();
+        // A retired whiteout's deletion is done on P: sending it again could
+        // delete a file P created since (the client's cursor is past it).
+        let mut out: Vec<RelPath> =
+            r.scan.whiteouts.iter().filter(|w| !self.retired.contains_key(&w.path)).map(|w| w.path.clone()).collect();
         if !r.known.is_empty() {
             // A path that the filter now keeps local (the configuration
             // changed since it was synced) is not deleted on P either.
@@ -256,7 +282,8 @@ impl ComputeSide {
     }
 
     /// Step 1, after P answered: the processed whiteouts are removed, so
-    /// that what P kept (modified there) shows through again.
+    /// that what P kept (modified there) shows through again, without
+    /// waiting for any grace period (see [`ComputeSide::finish_deletes_reported`]).
     pub fn finish_deletes(&mut self, r: &mut ComputeRound, sent: &[RelPath]) -> Result<(), EngineError> {
         let sent: BTreeSet<&RelPath> = sent.iter().collect();
         for w in &r.scan.whiteouts {
@@ -266,6 +293,56 @@ impl ComputeSide {
             }
         }
         Ok(())
+    }
+
+    /// Step 1, after P answered with its report: the whiteout of a path P
+    /// kept or refused to delete goes now (P's version shows through
+    /// again); the whiteout of a path P deleted stays for
+    /// [`ComputeConfig::whiteout_grace`], hiding what the lower's caches
+    /// still show of it, and is not sent again. Retired whiteouts whose
+    /// grace is over go too.
+    pub fn finish_deletes_reported(
+        &mut self,
+        r: &mut ComputeRound,
+        sent: &[RelPath],
+        report: &DeleteReport,
+    ) -> Result<(), EngineError> {
+        let grace_ms = self.cfg.whiteout_grace.as_millis() as u64;
+        let now = crate::now_ms();
+        let sent: BTreeSet<&RelPath> = sent.iter().collect();
+        let deleted: BTreeSet<&RelPath> = report.deleted.iter().collect();
+        let mut changed = false;
+        for w in &r.scan.whiteouts {
+            let due = match self.retired.get(&w.path) {
+                Some(&since) => now.saturating_sub(since) >= grace_ms,
+                None if !sent.contains(&w.path) => false,
+                // Kept or refused on P, or no grace: at once.
+                None if grace_ms == 0 || !deleted.contains(&w.path) => true,
+                None => {
+                    self.retired.insert(w.path.clone(), now);
+                    changed = true;
+                    false
+                }
+            };
+            if due {
+                cs_union::remove_whiteout(&self.cfg.upper, w)?;
+                r.whiteouts_sent.push(w.clone());
+                changed |= self.retired.remove(&w.path).is_some();
+            }
+        }
+        if changed {
+            self.save_retired()?;
+        }
+        Ok(())
+    }
+
+    /// Whiteouts waiting for their grace period (status, tests).
+    pub fn retired_whiteouts(&self) -> usize {
+        self.retired.len()
+    }
+
+    fn save_retired(&self) -> Result<(), EngineError> {
+        state::save(&self.cfg.state_dir.join(RETIRED_FILE), &self.retired)
     }
 
     /// Step 2: P no longer has these paths. Synced copies that did not change

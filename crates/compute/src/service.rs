@@ -59,19 +59,28 @@ pub struct ComputeService {
     pub packer: Addr<Packer>,
     pub connection: Addr<Connection>,
     pub watcher: Addr<UpperWatcher>,
-    /// The `mounts` section of the status, from the mount supervisor.
-    pub mount_status: Option<StatusFn>,
+    /// The mount supervisor's status and controls, when it runs.
+    pub mounts: Option<MountHooks>,
 }
 
 /// Produces one section of the status object.
 pub type StatusFn = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, serde_json::Value> + Send + Sync>;
+
+/// What the service can ask of the mount supervisor, which it does not own.
+#[derive(Clone)]
+pub struct MountHooks {
+    /// The `mounts` section of the status.
+    pub status: StatusFn,
+    /// Lift the "lower empty" safety rail (`cs-actor accept-empty-lower`).
+    pub accept_empty_lower: Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>,
+}
 
 impl ComputeService {
     /// Starts every actor and the control socket. Must run inside an actix
     /// system. The mounts must already be up: the upper layer is opened now.
     pub fn start(
         cfg: ServiceConfig,
-        mount_status: Option<StatusFn>,
+        mounts: Option<MountHooks>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), ServiceError> {
         // Fault tests only: a bad CS_FAILPOINTS stops the start-up, loudly.
         let armed = cs_failpoint::check()?;
@@ -92,7 +101,7 @@ impl ComputeService {
         let connection = connection_actor.start();
         let coordinator = Coordinator::new(packer.clone(), link, cfg.interval, cfg.backoff).start();
         let watcher = UpperWatcher::new(cfg.upper.clone(), cfg.debounce, coordinator.clone()).start();
-        let service = ComputeService { client: cfg.client.clone(), coordinator, packer, connection, watcher, mount_status };
+        let service = ComputeService { client: cfg.client.clone(), coordinator, packer, connection, watcher, mounts };
         let control = service.serve_control(&cfg.control_socket)?;
         Ok((service, control))
     }
@@ -109,6 +118,13 @@ impl ComputeService {
                         Ok(Err(e)) => Response::error(e),
                         Err(e) => Response::error(format!("the coordinator is gone: {e}")),
                     },
+                    Request::AcceptEmptyLower => match &me.mounts {
+                        Some(m) => match (m.accept_empty_lower)().await {
+                            Ok(()) => Response::done(),
+                            Err(e) => Response::error(e),
+                        },
+                        None => Response::error("this service does not supervise its mounts"),
+                    },
                 }
             })
         });
@@ -121,8 +137,8 @@ impl ComputeService {
         let packer = self.packer.send(packer::Observe).await.ok();
         let connection = self.connection.send(crate::connection::Observe).await.ok();
         let watcher = self.watcher.send(watcher::Observe).await.ok();
-        let mounts = match &self.mount_status {
-            Some(f) => f().await,
+        let mounts = match &self.mounts {
+            Some(m) => (m.status)().await,
             None => serde_json::Value::Null,
         };
         json!({

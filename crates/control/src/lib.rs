@@ -22,6 +22,9 @@ pub enum Request {
     Status,
     /// Run a round now; with `wait`, answer when it committed or failed.
     Sync { wait: bool },
+    /// The lower layer is empty on purpose (the project was emptied): lift
+    /// the safety rail that paused syncing.
+    AcceptEmptyLower,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +45,9 @@ impl Response {
     }
     pub fn round(n: u64) -> Self {
         Response { ok: true, status: None, round: Some(n), error: None }
+    }
+    pub fn done() -> Self {
+        Response { ok: true, status: None, round: None, error: None }
     }
     pub fn error(e: impl Into<String>) -> Self {
         Response { ok: false, status: None, round: None, error: Some(e.into()) }
@@ -138,6 +144,7 @@ mod tests {
                 match req {
                     Request::Status => Response::status(serde_json::json!({"phase": "idle"})),
                     Request::Sync { wait } => if wait { Response::round(7) } else { Response::error("nope") },
+                    Request::AcceptEmptyLower => Response::done(),
                 }
             })
         });

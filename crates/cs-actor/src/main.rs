@@ -50,6 +50,13 @@ enum Command {
         #[arg(long, default_value = services::DEFAULT_COMPUTE_SOCKET)]
         control_socket: PathBuf,
     },
+    /// The project really is empty: lift the safety rail that paused syncing
+    /// when the lower layer came back empty after holding files.
+    AcceptEmptyLower {
+        /// The compute service's control socket.
+        #[arg(long, default_value = services::DEFAULT_COMPUTE_SOCKET)]
+        control_socket: PathBuf,
+    },
     /// Show what the running service is doing.
     Status {
         /// The stable JSON form (see docs/operations.md).
@@ -120,6 +127,14 @@ fn run(cli: Cli) -> Result<()> {
                 (true, Some(n)) => println!("round {n} requested"),
                 _ => anyhow::bail!("round failed: {}", r.error.unwrap_or_else(|| "no reason given".into())),
             }
+            Ok(())
+        }),
+        Command::AcceptEmptyLower { control_socket } => services::runtime()?.block_on(async {
+            let r = cs_control::ask(&control_socket, &cs_control::Request::AcceptEmptyLower).await?;
+            if !r.ok {
+                anyhow::bail!("not accepted: {}", r.error.unwrap_or_else(|| "no reason given".into()));
+            }
+            println!("empty lower accepted: syncing resumes at the next check (within a few seconds)");
             Ok(())
         }),
         Command::Status { json, watch, control_socket } => {

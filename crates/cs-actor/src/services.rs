@@ -104,7 +104,16 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
                 }
             })
         });
-        let (svc, control) = ComputeService::start(cfg, Some(mount_status))?;
+        let m = mount.clone();
+        let accept_empty_lower: Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync> =
+            Arc::new(move || {
+                let m = m.clone();
+                Box::pin(async move {
+                    m.send(cs_mount::AcceptEmptyLower).await.map_err(|e| format!("the mount supervisor is gone: {e}"))
+                })
+            });
+        let hooks = cs_compute::service::MountHooks { status: mount_status, accept_empty_lower };
+        let (svc, control) = ComputeService::start(cfg, Some(hooks))?;
         // The safety rail: the coordinator pauses while the mounts are unsafe.
         let (m, coord) = (mount.clone(), svc.coordinator.clone());
         let rail = tokio::spawn(async move {
@@ -186,6 +195,9 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
                         })),
                         Err(e) => cs_control::Response::error(format!("the broker is gone: {e}")),
                     },
+                    cs_control::Request::AcceptEmptyLower => {
+                        cs_control::Response::error("the lower layer is a compute server's: run `cs-actor accept-empty-lower` there")
+                    }
                     cs_control::Request::Sync { .. } => {
                         cs_control::Response::error("rounds are driven by the compute servers: run `cs-actor sync` there")
                     }

@@ -750,3 +750,46 @@ fn without_a_grace_deleted_files_come_back() {
     }
     assert!(!deleted_files_scenario(&["--whiteout-grace-secs", "0"], false), "the caches never showed a deleted file: the grace test proves nothing");
 }
+
+/// A project emptied on purpose: the lower comes back empty after holding
+/// files, the safety rail pauses syncing (it cannot tell this from a broken
+/// mount), and `cs-actor accept-empty-lower` lifts it.
+#[test]
+fn an_emptied_project_is_accepted_from_the_command_line() {
+    if !tools() {
+        return;
+    }
+    let bed = Bed::start("emptied", |h| {
+        put(h, "a.txt", "a\n");
+        put(h, "d/b.txt", "b\n");
+    });
+    let (h, m) = (bed.home.clone(), bed.merged());
+    fs::remove_file(h.join("a.txt")).unwrap();
+    fs::remove_dir_all(h.join("d")).unwrap();
+    let paused = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        let st = bed.c().status().ok()?;
+        (st["mounts"]["rail"].as_str()?.contains("accept-empty-lower") && st["round"]["phase"] == "paused").then_some(())
+    });
+    if paused.is_none() {
+        bed.fail("the rail did not go up (naming the command) within 60 s of emptying the project");
+    }
+    let sock = bed.c().sock.display().to_string();
+    let out = cli(&["accept-empty-lower", "--control-socket", &sock], Duration::from_secs(20));
+    assert!(out.ok() && out.stdout.contains("accepted"), "{}", out.describe());
+    let resumed = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let st = bed.c().status().ok()?;
+        (st["mounts"]["rail"].is_null() && st["round"]["phase"] != "paused").then_some(())
+    });
+    if resumed.is_none() {
+        bed.fail("the rail did not clear within 30 s of accept-empty-lower");
+    }
+    put(&m, "new.txt", "after the project was emptied\n");
+    bed.sync_wait();
+    assert_eq!(read(&h, "new.txt"), "after the project was emptied\n");
+    assert!(!exists(&m, "a.txt") && !exists(&m, "d"));
+    // The broker has no lower layer: it says where to run the command.
+    let psock = bed.project_sock.display().to_string();
+    let out = cli(&["accept-empty-lower", "--control-socket", &psock], Duration::from_secs(20));
+    assert!(!out.ok() && out.describe().contains("compute server"), "{}", out.describe());
+    bed.finish();
+}

@@ -569,7 +569,7 @@ impl MountSupervisor {
             LowerStatus::Error => Some(format!("lower erroring: {err}")),
             LowerStatus::Unmounted => Some(format!("lower {mp} unmounted")),
             LowerStatus::Mounted | LowerStatus::Adopted => (self.had_entries && l.has_entries == Some(false)).then(|| {
-                format!("lower empty: {mp} lists no entries but had some at an earlier check (send AcceptEmptyLower if the project really is empty)")
+                format!("lower empty: {mp} lists no entries but had some at an earlier check (if the project really is empty, run `cs-actor accept-empty-lower` on this compute server)")
             }),
         }
     }

@@ -9,15 +9,24 @@
 //! that stalls in the middle of its stream holds no slot, and the bound
 //! (`max_concurrent_tar`) limits CPU and disk work, not connections.
 
+use std::future::Future;
 use std::io::{self, Read, Write};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cs_actors::Heartbeat;
 use cs_wire::{StreamEnd, StreamItem};
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
+
+/// How often a blocked stream wait looks at its step's cancel flag.
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
+/// The default bound on a stream wait without progress (sessions set
+/// theirs to the idle timeout).
+const DEFAULT_SILENCE: Duration = Duration::from_secs(300);
 
 /// The global bound on tar work in progress: a counting semaphore for
 /// blocking threads (the engine runs there).
@@ -79,11 +88,54 @@ pub struct TarWork {
     cancel: Arc<AtomicBool>,
     heartbeat: Heartbeat,
     activity: Activity,
+    /// How long one wait for the network may go without progress.
+    silence: Duration,
 }
 
 impl TarWork {
     pub fn new(slots: Arc<TarSlots>, cancel: Arc<AtomicBool>, heartbeat: Heartbeat, activity: Activity) -> Self {
-        TarWork { slots, slot: None, cancel, heartbeat, activity }
+        TarWork { slots, slot: None, cancel, heartbeat, activity, silence: DEFAULT_SILENCE }
+    }
+
+    /// Bounds each wait for the stream's channel: no item (step 3), or no
+    /// room (step 4), for this long is an error (`TimedOut`).
+    pub fn with_silence_limit(mut self, silence: Duration) -> Self {
+        self.silence = silence;
+        self
+    }
+
+    /// Waits for `fut` (a channel operation) on this blocking thread. Never
+    /// blocks for ever, whoever still holds the channel's other end: a set
+    /// cancel flag (the session ended, or a new hello) is seen within
+    /// `CANCEL_CHECK`, and `silence` without the channel moving is an error.
+    fn wait<F: Future>(&self, fut: F) -> io::Result<F::Output> {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+            fn wake_by_ref(self: &Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = pin!(fut);
+        let deadline = Instant::now() + self.silence;
+        loop {
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return Ok(v);
+            }
+            self.check()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the stream did not move for {} ms: given up", self.silence.as_millis()),
+                ));
+            }
+            std::thread::park_timeout((deadline - now).min(CANCEL_CHECK));
+        }
     }
 
     /// Takes a slot (blocking) unless one is held already.
@@ -113,8 +165,11 @@ impl TarWork {
     }
 }
 
+/// Not `Interrupted`: `read_exact`, `write_all` and zstd's writer retry
+/// that kind, so a cancelled step would spin on it for ever (holding the
+/// client's lock, and its tar slot) instead of failing.
 fn cancelled() -> io::Error {
-    io::Error::new(io::ErrorKind::Interrupted, "the step was cancelled (new hello, or the session ended)")
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the step was cancelled (new hello, or the session ended)")
 }
 
 /// The last moment anything happened on a session (a frame either way, a
@@ -164,13 +219,15 @@ impl SlotReader {
         SlotReader { rx, cur: Bytes::new(), state: ReadState::Open, work, bytes: 0 }
     }
 
-    fn next_item(&mut self) -> Option<StreamItem> {
+    fn next_item(&mut self) -> io::Result<Option<StreamItem>> {
         match self.rx.try_recv() {
-            Ok(item) => Some(item),
-            Err(TryRecvError::Disconnected) => None,
+            Ok(item) => Ok(Some(item)),
+            Err(TryRecvError::Disconnected) => Ok(None),
             Err(TryRecvError::Empty) => {
                 self.work.waiting();
-                self.rx.blocking_recv()
+                // Bounded and cancellable (not `blocking_recv`): a sender
+                // left open somewhere cannot keep this call for ever.
+                self.work.wait(self.rx.recv())
             }
         }
     }
@@ -197,7 +254,14 @@ impl Read for SlotReader {
                 ReadState::Failed(kind, msg) => return Err(io::Error::new(*kind, msg.clone())),
                 ReadState::Open => {}
             }
-            self.state = match self.next_item() {
+            let item = match self.next_item() {
+                Ok(item) => item,
+                Err(e) => {
+                    self.state = ReadState::Failed(e.kind(), e.to_string());
+                    return Err(e);
+                }
+            };
+            self.state = match item {
                 Some(StreamItem::Chunk(b)) => {
                     self.bytes += b.len() as u64;
                     self.work.progress();
@@ -251,7 +315,9 @@ impl SlotWriter {
             Err(TrySendError::Closed(_)) => Err(gone()),
             Err(TrySendError::Full(item)) => {
                 self.work.waiting();
-                tx.blocking_send(item).map_err(|_| gone())?;
+                // Bounded and cancellable (not `blocking_send`): a receiver
+                // left open somewhere cannot keep this call for ever.
+                self.work.wait(tx.send(item))?.map_err(|_| gone())?;
                 self.work.check()?;
                 self.work.working()
             }
@@ -390,6 +456,67 @@ mod tests {
         writer.join().unwrap().unwrap();
         assert_eq!(got, b"0123456789ab");
         assert_eq!(slots.in_use(), 0);
+    }
+
+    #[test]
+    fn cancel_ends_a_reader_waiting_on_a_channel_still_open() {
+        let slots = TarSlots::new(1);
+        let (tx, rx) = cs_wire::stream_channel(4);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let w = TarWork::new(slots.clone(), cancel.clone(), Heartbeat::new(), Activity::default());
+        let t = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            // `read_to_end` retries `Interrupted`: the cancel must be another kind.
+            SlotReader::new(rx, w).read_to_end(&mut out).unwrap_err()
+        });
+        tx.blocking_send(StreamItem::Chunk(Bytes::from_static(b"abc"))).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let t0 = Instant::now();
+        cancel.store(true, Ordering::Relaxed);
+        let e = t.join().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        assert_eq!(slots.in_use(), 0);
+        drop(tx);
+    }
+
+    #[test]
+    fn a_silent_channel_ends_a_reader_and_a_writer() {
+        let slots = TarSlots::new(2);
+        let (_tx, rx) = cs_wire::stream_channel(4);
+        let w = work(&slots).with_silence_limit(Duration::from_millis(200));
+        let mut out = Vec::new();
+        let e = SlotReader::new(rx, w).read_to_end(&mut out).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+
+        let (tx, _rx) = cs_wire::stream_channel(1);
+        let mut sw = SlotWriter::new(tx, 4, work(&slots).with_silence_limit(Duration::from_millis(200)));
+        sw.start().unwrap();
+        let e = sw.write_all(b"0123456789ab").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        drop(sw);
+        assert_eq!(slots.in_use(), 0);
+    }
+
+    #[test]
+    fn cancel_ends_a_writer_blocked_on_a_channel_still_open() {
+        let slots = TarSlots::new(1);
+        let (tx, rx) = cs_wire::stream_channel(1);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let w = TarWork::new(slots.clone(), cancel.clone(), Heartbeat::new(), Activity::default());
+        let t = std::thread::spawn(move || {
+            let mut sw = SlotWriter::new(tx, 4, w);
+            sw.start().unwrap();
+            // `write_all` retries `Interrupted`: the cancel must be another kind.
+            // (So does zstd's writer, which the packer writes through.)
+            sw.write_all(&[7u8; 1 << 16]).unwrap_err()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        cancel.store(true, Ordering::Relaxed);
+        let e = t.join().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+        assert_eq!(slots.in_use(), 0);
+        drop(rx);
     }
 
     #[test]

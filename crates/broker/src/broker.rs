@@ -23,6 +23,9 @@ use crate::BoxedIo;
 /// How long a session has to answer an observation before it is reported
 /// as not answering (its mailbox is bounded: it may be full).
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long shutdown waits for the sessions to stop and for their engine
+/// calls in flight to return.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Observe message of the broker.
 #[derive(Message)]
@@ -234,9 +237,23 @@ impl Handler<Shutdown> for Broker {
             t.abort();
         }
         let addrs: Vec<Addr<Session>> = self.sessions.drain().map(|(_, s)| s.addr).collect();
+        let calls = self.shared.engine_calls.clone();
         Box::pin(
             async move {
-                join_all(addrs.iter().map(|a| a.send(StopSession { status: ExitStatus::Quit }))).await;
+                let stops = join_all(addrs.iter().map(|a| a.send(StopSession { status: ExitStatus::Quit })));
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, stops).await;
+                // The ended sessions' engine calls see their streams closed
+                // and return; one that does not (a slow disk) is waited for
+                // a bounded time only: it runs on a thread of its own, which
+                // does not hold the process up once the system stops.
+                let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+                while calls.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let left = calls.load(std::sync::atomic::Ordering::SeqCst);
+                if left > 0 {
+                    tracing::warn!(calls = left, "stopping with engine calls still running (they are abandoned)");
+                }
             }
             .into_actor(self)
             .map(|_, _, ctx| ctx.stop()),

@@ -173,6 +173,7 @@ pub async fn run(cfg: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         tar: TarSlots::new(cfg.max_concurrent_tar),
         limits: cfg.limits,
         idle_timeout: cfg.idle_timeout,
+        engine_calls: Default::default(),
     });
     let tls_on = tls.is_some();
     let addr = Broker::create(|ctx| {

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use cs_actors::{ExitStatus, Heartbeat, MAILBOX_CAPACITY};
 use cs_engine::{EngineError, ProjectRound, ProjectSide};
 use cs_protocol::{ClientId, CommitRequest, Hello, PROTOCOL_VERSION};
 use cs_wire::{ClientMsg, ErrorCode, Frame, ServerMsg, StreamEnd, StreamItem, WireError, WireLimits, WsReceiver, WsSender};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bridge::{Activity, SlotReader, SlotWriter, TarSlots, TarWork};
 use crate::broker::{Broker, SessionEnded};
@@ -44,6 +44,24 @@ pub(crate) struct Shared {
     pub tar: Arc<TarSlots>,
     pub limits: WireLimits,
     pub idle_timeout: Duration,
+    /// Engine calls running (on their threads), for a bounded wait at shutdown.
+    pub engine_calls: Arc<AtomicUsize>,
+}
+
+/// Counts one engine call in [`Shared::engine_calls`] while it lives.
+struct EngineCall(Arc<AtomicUsize>);
+
+impl EngineCall {
+    fn new(calls: &Arc<AtomicUsize>) -> Self {
+        calls.fetch_add(1, Ordering::SeqCst);
+        EngineCall(calls.clone())
+    }
+}
+
+impl Drop for EngineCall {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The chunks of step-3 streams, routed by the reader task.
@@ -53,6 +71,8 @@ struct Routes {
     /// Streams whose consumer is gone (refused, failed or cancelled): their
     /// remaining frames are dropped without further complaint.
     discarding: HashSet<u32>,
+    /// The session ended: no stream is opened or fed any more.
+    closed: bool,
 }
 
 type SharedRoutes = Arc<Mutex<Routes>>;
@@ -133,6 +153,9 @@ pub struct Session {
     heartbeat: Heartbeat,
     reader: Option<tokio::task::JoinHandle<()>>,
     writer: Option<tokio::task::JoinHandle<()>>,
+    /// Dropped when the session ends: the writer task then drops step 4's
+    /// stream channel at once, even while its socket is stuck.
+    alive: Option<watch::Sender<()>>,
     /// Cancel flag of the step in flight.
     cancel: Arc<AtomicBool>,
     busy: bool,
@@ -181,10 +204,11 @@ impl Session {
         let routes: SharedRoutes = Arc::default();
         let activity = Activity::default();
         activity.touch();
+        let (alive, ended) = watch::channel(());
         Session::create(move |ctx| {
             let addr = ctx.address();
             let reader = actix_rt::spawn(read_loop(receiver, addr.clone(), routes.clone(), activity.clone()));
-            let writer = actix_rt::spawn(write_loop(sender, out_rx, addr, activity.clone(), client.clone()));
+            let writer = actix_rt::spawn(write_loop(sender, out_rx, ended, addr, activity.clone(), client.clone()));
             Session {
                 client,
                 peer,
@@ -199,6 +223,7 @@ impl Session {
                 heartbeat: Heartbeat::new(),
                 reader: Some(reader),
                 writer: Some(writer),
+                alive: Some(alive),
                 cancel: Arc::new(AtomicBool::new(false)),
                 busy: false,
                 current_id: 0,
@@ -296,6 +321,23 @@ impl Session {
         }
         self.exit = Some(status);
         ctx.stop();
+    }
+
+    /// When the session ends (any reason: connection lost, replaced, idle,
+    /// shutdown; from `stopped`, or `Drop` if the actor is dropped without
+    /// stopping), its engine call in flight must not outlive it: it would
+    /// keep the client's lock (the client's next session waits on it) and
+    /// maybe a tar slot. So every channel end that feeds or drains that
+    /// call is dropped here: the step-3 senders (routes table, and the
+    /// reader task's clones), the step-4 receiver (in the writer task); and
+    /// the cancel flag is set, which the call's waits also watch.
+    fn close_streams(&mut self) {
+        routes(&self.routes).closed = true;
+        self.cancel_step();
+        if let Some(r) = self.reader.take() {
+            r.abort();
+        }
+        self.alive = None;
     }
 
     fn cancel_step(&mut self) {
@@ -609,6 +651,8 @@ impl Session {
 
     fn tar_work(&self) -> TarWork {
         TarWork::new(self.shared.tar.clone(), self.cancel.clone(), self.heartbeat.clone(), self.activity.clone())
+            // A stream silent for this long ends the session anyway.
+            .with_silence_limit(self.shared.idle_timeout)
     }
 
     /// Runs `work` on a blocking thread with the round (moved there and
@@ -624,16 +668,27 @@ impl Session {
         self.heartbeat.beat();
         let project = self.shared.project.clone();
         let lock = self.client_lock.clone();
+        let calls = self.shared.engine_calls.clone();
         let fut = async move {
             let guard = lock.lock_owned().await;
-            tokio::task::spawn_blocking(move || {
-                // Held until the call returns, even if the session is gone.
-                let _guard = guard;
-                let mut round = round;
-                let out = work(&project, &mut round);
-                (round, out)
-            })
-            .await
+            let call = EngineCall::new(&calls);
+            let (done, result) = oneshot::channel();
+            // A thread of its own, not `spawn_blocking`: the runtime's
+            // shutdown waits for its blocking tasks, so one stuck call would
+            // keep the broker from exiting on SIGTERM (shutdown waits for
+            // calls in flight, bounded, then the process exits).
+            std::thread::Builder::new()
+                .name("cs-broker-engine".into())
+                .spawn(move || {
+                    // Held until the call returns, even if the session is gone.
+                    let _guard = guard;
+                    let _call = call;
+                    let mut round = round;
+                    let out = work(&project, &mut round);
+                    let _ = done.send((round, out));
+                })
+                .map_err(|e| format!("cannot start an engine thread: {e}"))?;
+            result.await.map_err(|_| "the engine call panicked".to_string())
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.busy = false;
@@ -643,7 +698,7 @@ impl Session {
             match res {
                 Ok((round, out)) => then(act, ctx, round, out),
                 Err(e) => {
-                    tracing::error!(client = %act.client, "engine call panicked: {e}");
+                    tracing::error!(client = %act.client, "engine call failed: {e}");
                     act.round = None;
                     act.step = RoundStep::Idle;
                     act.rounds_failed += 1;
@@ -724,10 +779,7 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.cancel_step();
-        if let Some(r) = self.reader.take() {
-            r.abort();
-        }
+        self.close_streams();
         // Dropping the queue's sender lets the writer flush and close.
         self.out = None;
         if let Some(w) = self.writer.take() {
@@ -743,6 +795,14 @@ impl Actor for Session {
             exit: self.exit.clone().unwrap_or(ExitStatus::Quit),
             refused: self.refused,
         });
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Idempotent; covers an actor dropped without `stopped` (its
+        // system stopping).
+        self.close_streams();
     }
 }
 
@@ -809,6 +869,10 @@ async fn read_loop(mut rx: WsReceiver<BoxedIo, ClientMsg>, addr: Addr<Session>, 
             Err(e) => break Some(e.to_string()),
         };
         activity.touch();
+        if routes(&table).closed {
+            // The session ended: feed no stream any more.
+            return;
+        }
         match frame {
             Frame::Control(env) => {
                 let mut stream = None;
@@ -905,11 +969,34 @@ async fn read_loop(mut rx: WsReceiver<BoxedIo, ClientMsg>, addr: Addr<Session>, 
     addr.do_send(ConnectionLost { reason });
 }
 
+/// Forwards step 4's stream chunk by chunk up to its end.
+async fn forward_stream(
+    tx: &mut WsSender<BoxedIo, ServerMsg>,
+    stream: u32,
+    rx: &mut mpsc::Receiver<StreamItem>,
+    activity: &Activity,
+) -> Result<(), WireError> {
+    loop {
+        let frame = match rx.recv().await {
+            Some(StreamItem::Chunk(data)) => Frame::Chunk { stream, data },
+            Some(StreamItem::End(end)) => Frame::End { stream, end },
+            None => Frame::End { stream, end: StreamEnd::Abort("the project side stopped before the stream's end".into()) },
+        };
+        let last = matches!(frame, Frame::End { .. });
+        tx.send(&frame).await?;
+        activity.touch();
+        if last {
+            return Ok(());
+        }
+    }
+}
+
 /// Sends what the actor queues, in order; step 4's stream is forwarded
 /// chunk by chunk up to its end. Closes the connection when the queue ends.
 async fn write_loop(
     mut tx: WsSender<BoxedIo, ServerMsg>,
     mut queue: mpsc::Receiver<Outgoing>,
+    mut ended: watch::Receiver<()>,
     addr: Addr<Session>,
     activity: Activity,
     client: ClientId,
@@ -921,22 +1008,22 @@ async fn write_loop(
                     tx.send(&f).await?;
                     activity.touch();
                 }
-                Outgoing::Stream { stream, mut rx } => loop {
-                    let frame = match rx.recv().await {
-                        Some(StreamItem::Chunk(data)) => Frame::Chunk { stream, data },
-                        Some(StreamItem::End(end)) => Frame::End { stream, end },
-                        None => Frame::End {
-                            stream,
-                            end: StreamEnd::Abort("the project side stopped before the stream's end".into()),
-                        },
+                Outgoing::Stream { stream, mut rx } => {
+                    // `changed` fails only when the session drops `alive`.
+                    let session_ended = tokio::select! {
+                        r = forward_stream(&mut tx, stream, &mut rx, &activity) => { r?; false }
+                        _ = ended.changed() => true,
                     };
-                    let last = matches!(frame, Frame::End { .. });
-                    tx.send(&frame).await?;
-                    activity.touch();
-                    if last {
+                    if session_ended {
+                        // The session ended in the middle of step 4: drop
+                        // the channel now (the packer's next send fails),
+                        // without waiting for a socket that may be stuck;
+                        // the rest of the queue is no use to a client cut
+                        // mid-stream.
+                        drop(rx);
                         break;
                     }
-                },
+                }
             }
         }
         Ok(())

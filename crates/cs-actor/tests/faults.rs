@@ -15,9 +15,9 @@
 //!   the same checks.
 //! - `bad_failpoint_spec_refuses_to_start`: a `CS_FAILPOINTS` that does not parse stops the
 //!   compute service at start-up with an error naming the spec.
-//! - Ignored, known broker bugs with their reproducers: `kill_9_mid_writes_to_project_repeatedly`
-//!   (also skipped in the kill loop unless `CS_FAULTS_KNOWN_BUGS` is set) and
-//!   `connection_cut_tearing_step_4_stream`.
+//! - Regressions of two broker bugs these tests found (a session ended in the middle of a
+//!   tar stream left its engine call spinning, holding the client's lock):
+//!   `kill_9_mid_writes_to_project_repeatedly` and `connection_cut_tearing_step_4_stream`.
 //!
 //! `CS_FAULTS_ONLY=name1,name2` runs the loops over those failpoints only.
 //!
@@ -211,15 +211,8 @@ fn fixtures_ready(bed: &mut Bed, tags: &[String]) {
     bed.sync_and_converge();
 }
 
-/// The known broker bug (see `kill_9_mid_writes_to_project_repeatedly`): a compute service
-/// killed while its step-3 stream is open can leave the broker's reader of that stream blocked
-/// for ever, holding the client's lock, so that every later round of that client hangs in its
-/// hello. Skipped in the loops unless `CS_FAULTS_KNOWN_BUGS` is set.
+/// The failpoint that once wedged the broker (see `kill_9_mid_writes_to_project_repeatedly`).
 const BROKER_STREAM_HANG: &str = "mid-writes-to-project";
-
-fn known_bugs() -> bool {
-    std::env::var_os("CS_FAULTS_KNOWN_BUGS").is_some()
-}
 
 /// The kill -9 scenario for each `(failpoint, hit)` in turn, on one bed.
 fn kill_scenario(bed_name: &str, points: &[(&str, u32)]) {
@@ -265,22 +258,16 @@ fn kill_9_at_every_failpoint_loses_no_write() {
     if !tools() {
         return;
     }
-    let points: Vec<(&str, u32)> =
-        failpoints().into_iter().filter(|(n, _)| *n != BROKER_STREAM_HANG || known_bugs()).collect();
-    kill_scenario("faults-kill", &points);
+    kill_scenario("faults-kill", &failpoints());
 }
 
-/// KNOWN BUG (crates/broker, not fixed here): kill -9 of the compute service at
-/// `mid-writes-to-project` (its step-3 stream open, one chunk sent) sometimes leaves the
-/// broker's `SlotReader` blocked in `blocking_recv` for ever (the stream's sender is never
-/// dropped after the session ended), inside `ProjectSide::apply_writes` on a blocking thread
-/// that holds the client's lock (`Session::engine`): the restarted compute service's hello
-/// then never gets an answer, and the broker does not stop on SIGTERM. Seen in about one run
-/// in two of the kill loop; this test repeats that fault to reproduce it:
-/// `cargo test --release -p cs-actor --test faults kill_9_mid_writes_to_project_repeatedly
-/// -- --ignored --test-threads=1`.
+/// Regression (fixed in crates/broker): kill -9 of the compute service at
+/// `mid-writes-to-project` (its step-3 stream open, one chunk sent) sometimes left the
+/// broker's step-3 engine call (`ProjectSide::apply_writes`) spinning for ever: the session's
+/// cancel was reported as `io::ErrorKind::Interrupted`, which the tar reader retries without
+/// end. It held the client's lock, so the restarted compute service's hello never got an
+/// answer, and the broker did not stop on SIGTERM. This repeats that fault six times.
 #[test]
-#[ignore = "known broker bug: a step-3 stream cut by a kill -9 can block the broker's reader for ever (see the doc comment for the reproducer)"]
 fn kill_9_mid_writes_to_project_repeatedly() {
     if !tools() {
         return;
@@ -380,17 +367,12 @@ fn connection_cut_at_every_failpoint_loses_no_write() {
     cut_scenario("faults-cut", &failpoints(), "");
 }
 
-/// KNOWN BUG (crates/broker, not fixed here): the link cut in the middle of a step-4 stream
-/// larger than what the link buffers (40 MiB) leaves the broker's `ProjectSide::pack_changes`
-/// blocked for ever in `SlotWriter::send` (`blocking_send`: the stream's receiver outlives the
-/// ended session), on a blocking thread holding the client's lock and a tar slot: the
-/// reconnected compute service's next hello never gets an answer (`no answer from the broker
-/// within 120s`), every round of that client hangs, and the broker does not stop on SIGTERM.
-/// Reproduced in every run so far:
-/// `cargo test --release -p cs-actor --test faults connection_cut_tearing_step_4_stream
-/// -- --ignored --test-threads=1`.
+/// Regression (fixed in crates/broker): the link cut in the middle of a step-4 stream larger
+/// than what the link buffers (40 MiB) left the broker's `ProjectSide::pack_changes` spinning
+/// for ever (zstd's writer retries `Interrupted`, which is how the cancel was reported), on a
+/// thread holding the client's lock and a tar slot: the reconnected compute service's next
+/// hello never got an answer and the broker did not stop on SIGTERM. Every run, before the fix.
 #[test]
-#[ignore = "known broker bug: a step-4 stream torn by a cut blocks the broker's packer for ever (see the doc comment for the reproducer)"]
 fn connection_cut_tearing_step_4_stream() {
     if !tools() {
         return;

@@ -14,7 +14,10 @@ use crate::{state, EngineError};
 pub const MANIFEST_VERSION: u32 = 1;
 
 /// Committed state of the compute side. Every entry is a *synced copy*:
-/// present in the upper layer and, as of the last commit, equal on P.
+/// equal on P as of the last commit, and present in the upper layer then,
+/// except one deleted through the merged view while its round ran (between
+/// the scan and step 3): it stays here until the next round, whose step 1
+/// sends its deletion (the union may have written no whiteout for it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Manifest {
     pub version: u32,

@@ -203,9 +203,20 @@ impl ComputeSide {
         // What an interrupted round sent in step 3 may be on P now: an entry
         // changed back since to its committed state (a chmod undone, say)
         // must still go, or P would keep the intermediate version.
-        for (path, _) in AppliedLog::read(&self.sent_log_path())? {
-            if scan.entries.get(&path).is_some_and(|now| base.get(&path) == Some(now)) {
-                base.remove(&path);
+        for (path, sig) in AppliedLog::read(&self.sent_log_path())? {
+            match scan.entries.get(&path) {
+                Some(now) if base.get(&path) == Some(now) => {
+                    base.remove(&path);
+                }
+                Some(_) => {}
+                // Sent, and gone from the upper layer since: P may hold it
+                // although the manifest never did. As a synced copy gone
+                // from the upper layer, its deletion is sent in step 1 (a
+                // whiteout may be missing, see `deletes_to_send`); P
+                // keeps it if someone else changed it since.
+                None => {
+                    base.entry(path).or_insert(sig);
+                }
             }
         }
         // P's versions written by an interrupted round are synced copies, not
@@ -417,9 +428,14 @@ impl ComputeSide {
         let mut tar = PackWriter::new(w, self.cfg.zstd_level)?;
         for p in paths {
             let Some(st) = self.upper.lstat(p)? else {
-                // Gone since the scan: a whiteout or nothing, next round.
+                // Gone since the scan: deleted (or renamed away) through the
+                // merged view during the round. `next` keeps what it had: a
+                // synced copy's committed entry stays in the manifest, so
+                // that the next round sends its deletion even when the union
+                // wrote no whiteout (a lower caching "absent"). Dropping it
+                // here lost the deletion for good (soak30); a new file has
+                // no entry in `next` and none is made.
                 r.known.remove(p);
-                r.next.remove(p);
                 continue;
             };
             let Some(mut sig) = Sig::of(&st) else {

@@ -39,6 +39,16 @@ fn bounded_with(limit: Duration, f: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// A broker with one tar slot (so a stuck engine call would block everyone)
+/// and the given idle timeout.
+async fn one_tar_slot(p: &Project, idle: Duration) -> BrokerHandle {
+    p.start(|c| {
+        c.max_concurrent_tar = 1;
+        c.idle_timeout = idle;
+    })
+    .await
+}
+
 async fn state(b: &BrokerHandle) -> BrokerState {
     b.observe().await.expect("broker answers")
 }
@@ -159,11 +169,7 @@ async fn everybody_served(p: &Project, b: &BrokerHandle, other: &mut TestClient,
 fn a_client_vanishing_mid_step3_stream_releases_its_engine_call() {
     bounded(Duration::from_secs(90), || async {
         let p = Project::new();
-        let b = p.start(|c| {
-            c.max_concurrent_tar = 1;
-            c.idle_timeout = IDLE;
-        })
-        .await;
+        let b = one_tar_slot(&p, IDLE).await;
         let mut other = TestClient::new(b.local_addr, "c2").await;
         for seed in 1..=3 {
             let c = c1_stalled_in_step3(&b, seed).await;
@@ -181,11 +187,7 @@ fn a_client_vanishing_mid_step3_stream_releases_its_engine_call() {
 fn a_client_vanishing_right_after_its_first_step3_chunk_releases_its_engine_call() {
     bounded(Duration::from_secs(120), || async {
         let p = Project::new();
-        let b = p.start(|c| {
-            c.max_concurrent_tar = 1;
-            c.idle_timeout = IDLE;
-        })
-        .await;
+        let b = one_tar_slot(&p, IDLE).await;
         let mut other = TestClient::new(b.local_addr, "c2").await;
         for seed in 1..=12 {
             c1_vanishes_while_sending_step3(&b, seed).await;
@@ -200,11 +202,7 @@ fn a_client_vanishing_right_after_its_first_step3_chunk_releases_its_engine_call
 fn a_client_vanishing_while_reading_its_step4_stream_releases_its_engine_call() {
     bounded(Duration::from_secs(150), || async {
         let p = Project::new();
-        let b = p.start(|c| {
-            c.max_concurrent_tar = 1;
-            c.idle_timeout = IDLE;
-        })
-        .await;
+        let b = one_tar_slot(&p, IDLE).await;
         let mut other = TestClient::new(b.local_addr, "c2").await;
         for seed in 1..=3 {
             c1_vanishes_while_reading_step4(&p, &b, seed).await;
@@ -218,11 +216,7 @@ fn a_client_vanishing_while_reading_its_step4_stream_releases_its_engine_call() 
 fn a_client_replaced_mid_step3_stream_releases_its_engine_call() {
     bounded(Duration::from_secs(90), || async {
         let p = Project::new();
-        let b = p.start(|c| {
-            c.max_concurrent_tar = 1;
-            c.idle_timeout = IDLE;
-        })
-        .await;
+        let b = one_tar_slot(&p, IDLE).await;
         let mut other = TestClient::new(b.local_addr, "c2").await;
         // The compute server restarts, its old connection still open: the
         // new connection replaces the session in the middle of the stream.
@@ -237,11 +231,7 @@ fn a_client_replaced_mid_step3_stream_releases_its_engine_call() {
 fn a_client_vanishing_mid_step4_stream_releases_its_engine_call() {
     bounded(Duration::from_secs(120), || async {
         let p = Project::new();
-        let b = p.start(|c| {
-            c.max_concurrent_tar = 1;
-            c.idle_timeout = IDLE;
-        })
-        .await;
+        let b = one_tar_slot(&p, IDLE).await;
         let mut other = TestClient::new(b.local_addr, "c2").await;
         for seed in 1..=2 {
             let c = c1_stalled_in_step4(&p, &b, seed).await;
@@ -257,11 +247,7 @@ fn a_client_vanishing_mid_step4_stream_releases_its_engine_call() {
 fn a_client_replaced_mid_step4_stream_releases_its_engine_call() {
     bounded(Duration::from_secs(90), || async {
         let p = Project::new();
-        let b = p.start(|c| {
-            c.max_concurrent_tar = 1;
-            c.idle_timeout = IDLE;
-        })
-        .await;
+        let b = one_tar_slot(&p, IDLE).await;
         let mut other = TestClient::new(b.local_addr, "c2").await;
         let old = c1_stalled_in_step4(&p, &b, 1).await;
         everybody_served(&p, &b, &mut other, "after c1 was replaced in step 4").await;
@@ -276,11 +262,7 @@ fn a_client_replaced_mid_step4_stream_releases_its_engine_call() {
 fn an_idle_timeout_mid_stream_releases_the_engine_call() {
     bounded(Duration::from_secs(90), || async {
         let p = Project::new();
-        let b = p.start(|c| {
-            c.max_concurrent_tar = 1;
-            c.idle_timeout = Duration::from_secs(1);
-        })
-        .await;
+        let b = one_tar_slot(&p, Duration::from_secs(1)).await;
         let mut c = c1_stalled_in_step3(&b, 1).await;
         assert!(c.closed_within(QUICK).await, "the silent client is dropped");
         let mut other = TestClient::new(b.local_addr, "c2").await;

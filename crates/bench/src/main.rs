@@ -243,20 +243,7 @@ fn run(cli: Cli) -> Result<usize> {
     }
 
     // The work directory: no spaces, `:` or `=` (sshd config, unionfs-fuse branches).
-    let tmp;
-    let root = match &cli.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            std::fs::canonicalize(d)?
-        }
-        None => {
-            tmp = tempfile::Builder::new().prefix("cs-bench.").tempdir_in("/tmp")?;
-            tmp.path().to_path_buf()
-        }
-    };
-    if root.to_string_lossy().contains([' ', ':', '=', '\'']) {
-        bail!("the work directory {} must not contain spaces, ':', '=' or quotes", root.display());
-    }
+    let (root, _tmp) = util::work_dir(cli.dir.as_deref(), "cs-bench.")?;
     eprintln!("{} cs-bench: working in {} (load average {})", util::clock(), root.display(), util::loadavg());
     res.meta.load_start = util::loadavg();
     res.meta.date = util::output(std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC")).unwrap_or_default().trim().to_string();

@@ -966,20 +966,7 @@ fn run(cli: SoakCli) -> Result<i32> {
     let bin = crate::find_cs_actor(cli.cs_actor.clone())?;
     let seed = cli.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) % 1_000_000);
     let command = std::iter::once("cs-bench".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
-    let tmp;
-    let root = match &cli.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            std::fs::canonicalize(d)?
-        }
-        None => {
-            tmp = tempfile::Builder::new().prefix("cs-soak.").tempdir_in("/tmp")?;
-            tmp.path().to_path_buf()
-        }
-    };
-    if root.to_string_lossy().contains([' ', ':', '=', '\'']) {
-        bail!("the work directory {} must not contain spaces, ':', '=' or quotes", root.display());
-    }
+    let (root, _tmp) = util::work_dir(cli.dir.as_deref(), "cs-soak.")?;
     eprintln!(
         "{} cs-bench soak: {} client(s), {} min, RTT {} ms, seed {seed}, round interval {} s, {} ops/s per writer; working in {}",
         util::clock(),

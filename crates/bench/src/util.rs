@@ -359,3 +359,23 @@ pub fn clock() -> String {
     let s = START.get_or_init(Instant::now).elapsed().as_secs();
     format!("[{:02}:{:02}:{:02}]", s / 3600, (s / 60) % 60, s % 60)
 }
+
+/// The work directory: `dir` (created) or a new temporary one under /tmp
+/// named `prefix…` (removed when the returned guard drops). Refuses a path
+/// with spaces, `:`, `=` or quotes (sshd config, unionfs-fuse branches).
+pub fn work_dir(dir: Option<&Path>, prefix: &str) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    let (root, tmp) = match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            (std::fs::canonicalize(d)?, None)
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    if root.to_string_lossy().contains([' ', ':', '=', '\'']) {
+        bail!("the work directory {} must not contain spaces, ':', '=' or quotes", root.display());
+    }
+    Ok((root, tmp))
+}

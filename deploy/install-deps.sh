@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Installs what cs-actor and its tests need on Debian (run as root):
-# the union (unionfs-fuse), the network filesystem (sshfs, fuse3) and an
-# sshd for the loopback test bed. Idempotent; quiet when all is present.
+# Installs what cs-actor, its tests and its bench need on Debian (run as
+# root), so that the README's two commands pass on a fresh machine:
+# - the services: the union (unionfs-fuse), the network filesystem (sshfs,
+#   fuse3) and an sshd for the loopback test bed;
+# - the tests' user side and the bench's workloads and rivals: git, make and a
+#   C compiler (W1), python3 with pip (W3, pip installs as a user), rsync,
+#   unison and tar | zstd (S1, S2), useradd and setpriv (tests that act as an
+#   unprivileged user).
+# Idempotent; quiet when all is present. A test that finds one of these
+# missing fails naming it (cs_testbed::require_programs).
 set -euo pipefail
 
-packages=(unionfs-fuse sshfs fuse3 openssh-server openssh-client)
+packages=(
+    unionfs-fuse sshfs fuse3 openssh-server openssh-client
+    git make gcc libc6-dev python3 python3-pip rsync unison zstd tar
+    passwd util-linux e2fsprogs procps
+)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -203,10 +203,7 @@ fn git_clone_of_a_few_thousand_files_syncs_clean() {
     if !tools() {
         return;
     }
-    if cs_testbed::which("git").is_none() {
-        eprintln!("SKIPPED: no git");
-        return;
-    }
+    cs_testbed::require_programs("the git clone test", &["git"]);
     // The source repository lives outside the bed: it is neither the project nor the compute
     // server.
     let src_tmp = tempfile::Builder::new().prefix("cs-e2e-gitsrc-").tempdir().unwrap();

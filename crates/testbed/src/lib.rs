@@ -25,34 +25,45 @@ pub use sshfs::{sshfs_mount, SshfsMount};
 /// Result of this crate.
 pub type Result<T, E = TestbedError> = std::result::Result<T, E>;
 
-/// Whether the external programs the real-process tests need are present (`/dev/fuse`,
-/// `sshd`, `ssh-keygen`, `sshfs`, `unionfs-fuse`). Returns `false` with a note on stderr when
-/// one is missing, so the test can skip; panics instead when the `CI` environment variable is
-/// set (the same convention as `cs-union`'s real-mount tests).
+/// Checks that the external programs the real-process tests need are present (`/dev/fuse`,
+/// `sshd`, `ssh-keygen`, `sshfs`, `unionfs-fuse`) and panics naming the missing ones
+/// otherwise: `deploy/install-deps.sh`, part of the README's test command, installs them all,
+/// so a missing one is a broken setup, never a reason to pass silently. Returns `true` (it
+/// keeps the `if !real_tools_available() { return }` form of the older call sites).
 pub fn real_tools_available() -> bool {
     let mut missing = Vec::new();
     if !std::path::Path::new("/dev/fuse").exists() {
         missing.push("/dev/fuse".to_string());
     }
     if !std::path::Path::new(sshd::SSHD).exists() {
-        missing.push(sshd::SSHD.to_string());
+        missing.push(format!("{} (openssh-server)", sshd::SSHD));
     }
-    for prog in ["ssh-keygen", "sshfs"] {
-        if which(prog).is_none() {
-            missing.push(prog.to_string());
-        }
-    }
+    missing.extend(missing_programs(&["ssh-keygen", "sshfs"]));
     if which("unionfs-fuse").is_none() && which("unionfs").is_none() {
         missing.push("unionfs-fuse".to_string());
     }
-    if missing.is_empty() {
-        return true;
+    fail_if_missing("the real-process tests", &missing);
+    true
+}
+
+/// Panics naming every program of `progs` that is not on `PATH`, and what installs it:
+/// for tests that drive a tool of their own (rsync, unison, git, make, pip …).
+pub fn require_programs(what: &str, progs: &[&str]) {
+    fail_if_missing(what, &missing_programs(progs));
+}
+
+fn missing_programs(progs: &[&str]) -> Vec<String> {
+    progs.iter().filter(|p| which(p).is_none()).map(|p| p.to_string()).collect()
+}
+
+fn fail_if_missing(what: &str, missing: &[String]) {
+    if !missing.is_empty() {
+        panic!(
+            "{what} cannot run: missing {}. Run `bash deploy/install-deps.sh` as root (the README's \
+             test command does), which installs every program the tests use.",
+            missing.join(", ")
+        );
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("real-process tests cannot run, missing: {missing:?}. CI is set, so this is a failure: run deploy/install-deps.sh.");
-    }
-    eprintln!("SKIPPED (missing {missing:?}; set CI=1 to make this fail)");
-    false
 }
 
 /// The first executable `name` on `PATH`.

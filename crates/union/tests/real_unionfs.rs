@@ -2,8 +2,8 @@
 //! `create_whiteout`/`create_dir_whiteout` (an upper prepared unmounted must hide exactly
 //! what the real union hides, with the same on-disk form), and the mount guard.
 //!
-//! Without the binary or /dev/fuse these tests print a skip note and pass, unless the `CI`
-//! environment variable is set: then they fail.
+//! Without the binary or /dev/fuse these tests fail, naming what is missing
+//! (`deploy/install-deps.sh` installs it).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,7 +19,8 @@ use cs_union::{
     remove_whiteout_at, Layout, MountGuard, UnionError, UnionfsFuse, WhiteoutScan,
 };
 
-/// The union binary, or `None` (skip) when it or /dev/fuse is missing; panics under CI.
+/// The union binary; panics naming what is missing when it or /dev/fuse is absent. (An
+/// `Option` for the call sites' `let Some(u) = union() else { return }`.)
 fn union() -> Option<UnionfsFuse> {
     let why = if !Path::new("/dev/fuse").exists() {
         "/dev/fuse does not exist".to_string()
@@ -29,11 +30,7 @@ fn union() -> Option<UnionfsFuse> {
             Err(e) => e.to_string(),
         }
     };
-    if std::env::var_os("CI").is_some() {
-        panic!("real unionfs-fuse tests cannot run: {why}. CI is set, so this is a failure: install unionfs-fuse and fuse3 and provide /dev/fuse.");
-    }
-    eprintln!("SKIPPED (real unionfs-fuse unavailable: {why}; set CI=1 to make this fail)");
-    None
+    panic!("real unionfs-fuse tests cannot run: {why}. Run `bash deploy/install-deps.sh` as root (it installs unionfs-fuse and fuse3); /dev/fuse must exist.");
 }
 
 /// The running version's layout, probed once.

@@ -162,16 +162,14 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
 /// `-o uid=N,gid=M`. cs-actor does not rewrite the user's mount command; it says so here.
 fn warn_if_lower_not_owned(lower: &std::path::Path, o: cs_engine::Owner) {
     use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(lower) {
-        Ok(md) if (md.uid(), md.gid()) != (o.uid, o.gid) => tracing::warn!(
+    let Ok(md) = std::fs::metadata(lower) else { return };
+    if (md.uid(), md.gid()) != (o.uid, o.gid) {
+        tracing::warn!(
             lower = %lower.display(),
-            uid = md.uid(),
-            gid = md.gid(),
             "the lower layer shows the project's files as uid {} gid {}, not the compute user's {} {}: \
              the user may be refused its own project files; map them in the lower mount (sshfs: -o uid={},gid={})",
             md.uid(), md.gid(), o.uid, o.gid, o.uid, o.gid
-        ),
-        _ => {}
+        );
     }
 }
 

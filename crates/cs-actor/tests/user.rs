@@ -34,10 +34,11 @@ fn account(name: &str) -> Account {
         let mut c = Command::new("useradd");
         c.args(["--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name]);
         let out = run(c, Duration::from_secs(30));
-        // 9: created meanwhile by another test binary; 10: passwd file locked (one is at it).
+        // 9: created meanwhile by another test binary; 1 and 10: the passwd or group file is
+        // locked (another useradd is at it): again, a little later.
         match out.status.and_then(|s| s.code()) {
             Some(0) | Some(9) => continue,
-            Some(10) => std::thread::sleep(Duration::from_millis(100 + 50 * attempt)),
+            Some(1) | Some(10) => std::thread::sleep(Duration::from_millis(100 + 50 * attempt)),
             _ => panic!("useradd {name}: {}", out.describe()),
         }
     }

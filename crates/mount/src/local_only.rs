@@ -23,9 +23,10 @@ pub fn prepare_local_only(upper: &Path, layout: Layout, paths: &[String]) -> Res
     prepare_local_only_owned(upper, layout, paths, None)
 }
 
-/// [`prepare_local_only`], and each local-only directory, with the directories this call
-/// created on the way to it, belongs to `owner` (uid, gid): the compute user's `~/scratch`
-/// is the user's, not the root service's. Directories that existed keep their owner.
+/// [`prepare_local_only`], and each local-only directory belongs to `owner` (uid, gid): the
+/// compute user's `~/scratch` is the user's, not the root service's (given at every mount, so
+/// one made by root meanwhile is the user's again). Of its ancestors, those this call created
+/// are the owner's too; those that existed keep their owner.
 pub fn prepare_local_only_owned(
     upper: &Path,
     layout: Layout,

@@ -57,6 +57,11 @@ pub struct BrokerConfig {
     /// Excluded patterns: as `local_only`.
     #[serde(default)]
     pub excluded: Option<Vec<String>>,
+    /// The home's owner, resolved by the caller: what the broker writes in
+    /// the home is given to it (see `cs_engine::ProjectConfig::owner`).
+    /// `None`: the process's own ids.
+    #[serde(skip)]
+    pub owner: Option<cs_engine::Owner>,
     /// A hello looks only where inotify saw the home change; the whole
     /// home is rescanned at least this often (what inotify cannot see: mmap
     /// writes, a home on a network filesystem). Default 300 s.
@@ -114,6 +119,7 @@ impl BrokerConfig {
             limits: WireLimits::default(),
             local_only: None,
             excluded: None,
+            owner: None,
             full_rescan: default_full_rescan(),
         }
     }

@@ -44,6 +44,11 @@ mergeable! {
         /// The user's home: where the union is mounted.
         #[arg(long)]
         pub merged: Option<PathBuf>,
+        /// The compute user, by name: owner of the merged view's root, the
+        /// upper layer and the local-only directories, and of everything a
+        /// round writes there (default: the service's own user).
+        #[arg(long)]
+        pub user: Option<String>,
         /// The union's upper layer: local, fast disk.
         #[arg(long)]
         pub upper: Option<PathBuf>,
@@ -91,6 +96,10 @@ mergeable! {
         /// The project's home directory.
         #[arg(long)]
         pub home: Option<PathBuf>,
+        /// The home's user, by name: owner of everything the broker writes
+        /// in the home (default: the owner of --home).
+        #[arg(long)]
+        pub user: Option<String>,
         /// Address to listen on, e.g. 127.0.0.1:7780 or 0.0.0.0:7780 (with TLS).
         #[arg(long)]
         pub listen: Option<String>,

@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod owner;
 mod services;
 mod status;
 

@@ -62,12 +62,25 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
         _ => bail!("give exactly one of --lower DIR (already mounted) or --lower-mount-cmd CMD with --lower-mountpoint DIR"),
     };
     let token = cs_wire::read_token_file(&token_file).with_context(|| format!("token file {}", token_file.display()))?;
+    let owner = match &a.user {
+        Some(name) => crate::owner::effective(crate::owner::lookup(name)?, &format!("--user {name}"))?,
+        None => {
+            tracing::warn!("no --user: the compute user is the service's own; what rounds write belongs to it");
+            None
+        }
+    };
     let local_only = a.local_only.clone();
     let filter = filter(a.local_only)?;
     let control_socket = a.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_COMPUTE_SOCKET));
     for d in [&upper, &state, &merged] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    // The union shows the upper layer's root as the merged view's root: the user's home.
+    if let Some(o) = owner {
+        std::os::unix::fs::lchown(&upper, Some(o.uid), Some(o.gid))
+            .with_context(|| format!("giving the upper layer {} to uid {} gid {}", upper.display(), o.uid, o.gid))?;
+    }
+    let lower_mountpoint = lower.mountpoint().to_path_buf();
 
     actix_rt::System::new().block_on(async move {
         let mut mcfg = MountConfig::new(lower, &upper, &merged);
@@ -75,8 +88,12 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             // The union's opaque directories are plain names under the home.
             mcfg.local_only = l.iter().map(|p| p.trim_matches('/').to_string()).collect();
         }
+        mcfg.local_only_owner = owner.map(|o| (o.uid, o.gid));
         let mount = actix::Actor::start(MountSupervisor::new(mcfg).context("mount supervisor")?);
         wait_for_union(&mount).await?;
+        if let Some(o) = owner {
+            warn_if_lower_not_owned(&lower_mountpoint, o);
+        }
 
         let cfg = ServiceConfig {
             client,
@@ -91,6 +108,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             filter,
             zstd_level: a.zstd_level.unwrap_or(cs_engine::DEFAULT_ZSTD_LEVEL),
             whiteout_grace,
+            owner,
             backoff: Default::default(),
             limits: Default::default(),
         };
@@ -139,6 +157,22 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
     })
 }
 
+/// The project's files must show as the compute user's in the merged view (the kernel checks
+/// the modes against the owner the lower reports): the lower mount maps them, e.g. sshfs
+/// `-o uid=N,gid=M`. cs-actor does not rewrite the user's mount command; it says so here.
+fn warn_if_lower_not_owned(lower: &std::path::Path, o: cs_engine::Owner) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::metadata(lower) else { return };
+    if (md.uid(), md.gid()) != (o.uid, o.gid) {
+        tracing::warn!(
+            lower = %lower.display(),
+            "the lower layer shows the project's files as uid {} gid {}, not the compute user's {} {}: \
+             the user may be refused its own project files; map them in the lower mount (sshfs: -o uid={},gid={})",
+            md.uid(), md.gid(), o.uid, o.gid, o.uid, o.gid
+        );
+    }
+}
+
 /// The union must be up before the engine opens the upper layer.
 async fn wait_for_union(mount: &actix::Addr<MountSupervisor>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -165,7 +199,15 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
     let tokens = need(a.tokens, "tokens")?;
     let state = a.state.unwrap_or_else(|| home.join(".cs-actor/broker"));
     let control_socket = a.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_PROJECT_SOCKET));
+    let owner = match &a.user {
+        Some(name) => crate::owner::effective(crate::owner::lookup(name)?, &format!("--user {name}"))?,
+        None => crate::owner::effective(
+            crate::owner::of_path(&home)?,
+            &format!("the owner of --home {}", home.display()),
+        )?,
+    };
     let mut cfg = cs_broker::BrokerConfig::new(home, state, listen, tokens);
+    cfg.owner = owner;
     cfg.local_only = a.local_only;
     if let Some(secs) = a.full_rescan_secs {
         cfg.full_rescan = Duration::try_from_secs_f64(secs)

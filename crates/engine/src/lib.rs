@@ -19,6 +19,7 @@ pub use compute::{ApplyReport, ComputeConfig, ComputeRound, ComputeSide};
 pub use error::EngineError;
 pub use filter::{PathFilter, DEFAULT_EXCLUDED, DEFAULT_LOCAL_ONLY};
 pub use project::{ProjectConfig, DEFAULT_FULL_RESCAN_EVERY, ProjectRound, ProjectSide, WriteReport};
+pub use cs_safe_fs::Owner;
 
 use cs_protocol::ClientId;
 
@@ -62,6 +63,21 @@ pub(crate) fn sweep_stale_temps(root: &std::path::Path) -> usize {
         tracing::info!(root = %root.display(), removed, "removed temporary files left by an interrupted apply");
     }
     removed
+}
+
+/// The setuid and setgid bits: never applied from a tar stream, on either
+/// side. A file may be setuid where its owner made it so; its synced copies
+/// are not (they belong to another account on another machine).
+pub const SETID_BITS: u32 = 0o6000;
+
+/// `h` as it is applied: without [`SETID_BITS`].
+pub(crate) fn without_setid(h: &cs_tarstream::EntryHeader) -> std::borrow::Cow<'_, cs_tarstream::EntryHeader> {
+    if h.mode & SETID_BITS == 0 {
+        return std::borrow::Cow::Borrowed(h);
+    }
+    let mut h = h.clone();
+    h.mode &= !SETID_BITS;
+    std::borrow::Cow::Owned(h)
 }
 
 /// `NAME.conflict-<client>-`: a conflict copy's name is this plus a UTC time.

@@ -22,7 +22,7 @@ mod supervisor;
 mod util;
 
 pub use error::MountError;
-pub use local_only::{prepare_local_only, DEFAULT_LOCAL_ONLY};
+pub use local_only::{prepare_local_only, prepare_local_only_owned, DEFAULT_LOCAL_ONLY};
 pub use lower::{LowerKind, LowerSpec};
 pub use sshfs::{shell_quote, sshfs_command, DataCache, SshfsOptions, SshfsTarget, DEFAULT_STALENESS};
 pub use supervisor::{

@@ -20,6 +20,19 @@ pub const DEFAULT_LOCAL_ONLY: [&str; 3] = ["scratch", ".local", ".cache"];
 /// operation). An existing marker of either kind is kept. Fails if a path is not a valid
 /// relative path, or if the upper layer holds a non-directory there.
 pub fn prepare_local_only(upper: &Path, layout: Layout, paths: &[String]) -> Result<(), MountError> {
+    prepare_local_only_owned(upper, layout, paths, None)
+}
+
+/// [`prepare_local_only`], and each local-only directory belongs to `owner` (uid, gid): the
+/// compute user's `~/scratch` is the user's, not the root service's (given at every mount, so
+/// one made by root meanwhile is the user's again). Of its ancestors, those this call created
+/// are the owner's too; those that existed keep their owner.
+pub fn prepare_local_only_owned(
+    upper: &Path,
+    layout: Layout,
+    paths: &[String],
+    owner: Option<(u32, u32)>,
+) -> Result<(), MountError> {
     for p in paths {
         let rel = RelPath::new(p.trim_end_matches('/'))
             .map_err(|e| MountError::Config(format!("local-only path {p:?}: {e}")))?;
@@ -27,7 +40,16 @@ pub fn prepare_local_only(upper: &Path, layout: Layout, paths: &[String]) -> Res
             return Err(MountError::Config(format!("local-only path {p:?} is inside the union's metadata")));
         }
         let dir = upper.join(rel.as_path());
+        // The missing ones among the directory and its ancestors below `upper`.
+        let created: Vec<std::path::PathBuf> =
+            dir.ancestors().take_while(|a| *a != upper && std::fs::symlink_metadata(a).is_err()).map(|a| a.to_path_buf()).collect();
         std::fs::create_dir_all(&dir).map_err(|e| MountError::io("create local-only directory", &dir, e))?;
+        if let Some((uid, gid)) = owner {
+            for d in created.iter().chain(std::iter::once(&dir)) {
+                std::os::unix::fs::lchown(d, Some(uid), Some(gid))
+                    .map_err(|e| MountError::io("give the local-only directory to its user", d, e))?;
+            }
+        }
         let md = std::fs::symlink_metadata(&dir).map_err(|e| MountError::io("check local-only directory", &dir, e))?;
         if !md.is_dir() {
             return Err(MountError::Config(format!("local-only path {}: not a directory in the upper layer", dir.display())));
@@ -60,5 +82,28 @@ mod tests {
         }
         assert!(prepare_local_only(t.path(), Layout::UnionfsFuse1, &["../x".into()]).is_err());
         assert!(prepare_local_only(t.path(), Layout::UnionfsFuse1, &[".unionfs-fuse/x".into()]).is_err());
+    }
+
+    #[test]
+    fn local_only_dirs_and_their_new_parents_belong_to_the_owner() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: not root, cannot give directories away");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("kept")).unwrap();
+        let paths: Vec<String> = vec!["scratch".into(), "x/y".into(), "kept/z".into()];
+        prepare_local_only_owned(t.path(), Layout::UnionfsFuse1, &paths, Some((40_001, 40_002))).unwrap();
+        let ids = |p: &str| {
+            let m = std::fs::symlink_metadata(t.path().join(p)).unwrap();
+            (m.uid(), m.gid())
+        };
+        for p in ["scratch", "x", "x/y", "kept/z"] {
+            assert_eq!(ids(p), (40_001, 40_002), "{p}");
+        }
+        assert_eq!(ids("kept"), (0, 0), "an existing directory was re-owned");
+        assert_eq!(ids("."), (0, 0), "the upper root is not local-only's to own");
     }
 }

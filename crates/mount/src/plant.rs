@@ -10,7 +10,7 @@ use cs_union::{Layout, MountGuard, UnionfsFuse};
 use crate::lower::LowerProc;
 use crate::probe::{PathHealth, Prober};
 use crate::util::{mounted, unmount_if_mounted};
-use crate::{prepare_local_only, LowerSpec};
+use crate::{prepare_local_only_owned, LowerSpec};
 
 /// What the operations need from the configuration (paths already resolved).
 #[derive(Debug, Clone)]
@@ -21,6 +21,7 @@ pub(crate) struct Settings {
     pub merged: PathBuf,
     pub union_extra_opts: Vec<String>,
     pub local_only: Vec<String>,
+    pub local_only_owner: Option<(u32, u32)>,
     pub layout: Option<Layout>,
     pub union_binary: Option<UnionfsFuse>,
     pub health_timeout: Duration,
@@ -126,7 +127,7 @@ impl Plant {
             }
         };
         self.layout = Some(layout);
-        prepare_local_only(&s.upper, layout, &s.local_only).map_err(|e| e.to_string())?;
+        prepare_local_only_owned(&s.upper, layout, &s.local_only, s.local_only_owner).map_err(|e| e.to_string())?;
         let guard = MountGuard::mount(&bin, &s.upper, &s.lower_mountpoint, &s.merged, &s.union_extra_opts)
             .map_err(|e| e.to_string())?;
         self.union = Some(guard);

@@ -28,6 +28,9 @@ pub struct MountConfig {
     /// Paths made opaque upper directories before the union is mounted
     /// (default [`DEFAULT_LOCAL_ONLY`]).
     pub local_only: Vec<String>,
+    /// The compute user (uid, gid): owner of the local-only directories. `None`: the
+    /// process's own ids.
+    pub local_only_owner: Option<(u32, u32)>,
     /// The union's whiteout layout; `None`: probed once with a throwaway mount.
     pub layout: Option<Layout>,
     /// The union binary; `None`: [`UnionfsFuse::find`].
@@ -53,6 +56,7 @@ impl MountConfig {
             merged: merged.into(),
             union_extra_opts: Vec::new(),
             local_only: DEFAULT_LOCAL_ONLY.iter().map(|s| s.to_string()).collect(),
+            local_only_owner: None,
             layout: None,
             union_binary: None,
             health_interval: Duration::from_secs(2),
@@ -286,6 +290,7 @@ impl MountSupervisor {
                 merged,
                 union_extra_opts: cfg.union_extra_opts,
                 local_only: cfg.local_only,
+                local_only_owner: cfg.local_only_owner,
                 layout: cfg.layout,
                 union_binary: cfg.union_binary,
                 health_timeout: cfg.health_timeout,

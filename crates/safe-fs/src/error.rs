@@ -49,6 +49,20 @@ pub enum FsError {
     /// have been removed.
     #[error("{op} {path:?} beneath {root:?} refused: {mount:?} is a mount point")]
     MountPoint { op: &'static str, root: PathBuf, path: String, mount: String },
+    /// An entry was created but could not be given to its owner
+    /// ([`SafeRoot::with_owner`](crate::SafeRoot::with_owner)); `source`
+    /// says why (`EPERM`: the process may not give files away). A temp file
+    /// or symlink is removed again; a directory stays, owned by the process.
+    #[error("{op} {path:?} beneath {root:?}: could not give it to uid {uid}, gid {gid}")]
+    Owner {
+        op: &'static str,
+        root: PathBuf,
+        path: String,
+        uid: u32,
+        gid: u32,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl FsError {
@@ -62,7 +76,7 @@ impl FsError {
     /// [`FsError::NotADirectory`], `None` for the other variants.
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
         match self {
-            FsError::Io { source, .. } => Some(source.kind()),
+            FsError::Io { source, .. } | FsError::Owner { source, .. } => Some(source.kind()),
             FsError::NotADirectory { .. } => Some(io::ErrorKind::NotADirectory),
             _ => None,
         }
@@ -77,7 +91,8 @@ impl FsError {
             | FsError::NotAFile { op, .. }
             | FsError::NotUtf8 { op, .. }
             | FsError::InvalidName { op, .. }
-            | FsError::MountPoint { op, .. } => op,
+            | FsError::MountPoint { op, .. }
+            | FsError::Owner { op, .. } => op,
         }
     }
 
@@ -90,7 +105,8 @@ impl FsError {
             | FsError::NotAFile { path, .. }
             | FsError::NotUtf8 { path, .. }
             | FsError::InvalidName { path, .. }
-            | FsError::MountPoint { path, .. } => path,
+            | FsError::MountPoint { path, .. }
+            | FsError::Owner { path, .. } => path,
         }
     }
 }

@@ -29,6 +29,12 @@
 //! component at a time with `openat(O_PATH | O_DIRECTORY | O_NOFOLLOW)`,
 //! which gives the same guarantees at the cost of a few more system calls.
 //!
+//! A `SafeRoot` may be given an [`Owner`] ([`SafeRoot::with_owner`]): every
+//! entry it then creates (temp files, temp symlinks, directories) is
+//! `fchown`ed / `fchownat(AT_SYMLINK_NOFOLLOW)`ed to it before it is renamed
+//! into place, so that a service running as root writes a user's home as
+//! that user.
+//!
 //! Paths are [`cs_protocol::RelPath`]s, already known to be relative and free
 //! of `..`, so `RESOLVE_BENEATH` is a second line of defence.
 
@@ -44,6 +50,20 @@ pub use cs_protocol::{RelPath, Timestamp};
 pub use atomic::write_atomic;
 pub use error::FsError;
 pub use root::SafeRoot;
+
+/// Who owns what a [`SafeRoot`] creates (see [`SafeRoot::with_owner`]):
+/// numeric ids, resolved from a user name by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
 
 /// The kind of a filesystem entry, as seen without following symlinks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

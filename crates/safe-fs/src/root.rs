@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 
 use cs_protocol::{RelPath, Timestamp};
 use rustix::fs::{
-    fchmod, fcntl_getfl, fcntl_setfl, fstat, fsync, futimens, mkdirat, openat, readlinkat,
+    chownat, fchmod, fchown, fcntl_getfl, fcntl_setfl, fstat, fsync, futimens, mkdirat, openat, readlinkat,
     renameat, renameat_with, statat, statx, symlinkat, unlinkat, utimensat, AtFlags, Dir, FileType,
-    Mode, OFlags, RenameFlags, StatxAttributes, StatxFlags, Timespec, Timestamps, UTIME_OMIT,
+    Gid, Mode, OFlags, RenameFlags, StatxAttributes, StatxFlags, Timespec, Timestamps, Uid, UTIME_OMIT,
 };
 use rustix::io::Errno;
 
 use crate::resolve::open_beneath;
-use crate::{FileKind, FsError, Stat};
+use crate::{FileKind, FsError, Owner, Stat};
 
 /// Size of the copy buffer of [`SafeRoot::write_temp`] and of each of the two
 /// buffers of [`SafeRoot::same_content`].
@@ -34,11 +34,17 @@ const BUF_SIZE: usize = 128 * 1024;
 pub struct SafeRoot {
     fd: OwnedFd,
     path: PathBuf,
+    /// Given every entry this root creates; `None`: left to the process.
+    owner: Option<Owner>,
 }
 
 impl fmt::Debug for SafeRoot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SafeRoot").field("path", &self.path).field("fd", &self.fd.as_raw_fd()).finish()
+        f.debug_struct("SafeRoot")
+            .field("path", &self.path)
+            .field("fd", &self.fd.as_raw_fd())
+            .field("owner", &self.owner)
+            .finish()
     }
 }
 
@@ -106,7 +112,35 @@ impl SafeRoot {
                     e => FsError::Io { op: "open", root, path, source: e.into() },
                 }
             })?;
-        Ok(SafeRoot { fd, path: root.to_path_buf() })
+        Ok(SafeRoot { fd, path: root.to_path_buf(), owner: None })
+    }
+
+    /// Every entry created from now on ([`SafeRoot::write_temp`],
+    /// [`SafeRoot::symlink_temp`], [`SafeRoot::create_dir`],
+    /// [`SafeRoot::create_dir_all`]) is given to `owner` before it is
+    /// returned: `fchown` on the open temp file, `fchownat(AT_SYMLINK_NOFOLLOW)`
+    /// on a symlink or a new directory. `None`: the process's own ids, as
+    /// the kernel gives them. Existing entries are never re-owned.
+    pub fn with_owner(mut self, owner: Option<Owner>) -> SafeRoot {
+        self.owner = owner;
+        self
+    }
+
+    /// The owner given with [`SafeRoot::with_owner`].
+    pub fn owner(&self) -> Option<Owner> {
+        self.owner
+    }
+
+    /// Gives the entry `name` of `dir` (just created by us; `path` for
+    /// messages) to the owner, if there is one. Never follows a symlink.
+    fn own_at(&self, op: &'static str, path: &str, dir: BorrowedFd<'_>, name: &str) -> Result<(), FsError> {
+        let Some(o) = self.owner else { return Ok(()) };
+        chownat(dir, name, Some(Uid::from_raw(o.uid)), Some(Gid::from_raw(o.gid)), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.owner_err(op, path, o, e))
+    }
+
+    fn owner_err(&self, op: &'static str, path: &str, o: Owner, e: Errno) -> FsError {
+        FsError::Owner { op, root: self.path.clone(), path: path.to_string(), uid: o.uid, gid: o.gid, source: e.into() }
     }
 
     /// The root directory, as given to [`SafeRoot::open`] (for messages).
@@ -276,7 +310,8 @@ impl SafeRoot {
     pub fn create_dir(&self, p: &RelPath, mode: u32) -> Result<(), FsError> {
         const OP: &str = "create_dir";
         let (dir, name) = self.parent(OP, p)?;
-        mkdirat(&dir, name, mode_bits(mode)).map_err(|e| self.io(OP, p.as_str(), e))
+        mkdirat(&dir, name, mode_bits(mode)).map_err(|e| self.io(OP, p.as_str(), e))?;
+        self.own_at(OP, p.as_str(), dir.as_fd(), name)
     }
 
     /// `mkdir -p`: creates `p` and its missing ancestors with `mode` (subject
@@ -292,7 +327,8 @@ impl SafeRoot {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) => {
                     match mkdirat(&cur, comp, mode_bits(mode)) {
-                        Ok(()) | Err(Errno::EXIST) => {} // EEXIST: created concurrently; checked below
+                        Ok(()) => self.own_at(OP, p.as_str(), cur.as_fd(), comp)?,
+                        Err(Errno::EXIST) => {} // created concurrently; checked below
                         Err(e) => return Err(self.io(OP, p.as_str(), e)),
                     }
                     open_beneath(cur.as_fd(), comp, flags).map_err(|e| self.lookup_err(OP, p.as_str(), e))?
@@ -307,7 +343,8 @@ impl SafeRoot {
     /// Creates `tmp_name` (`O_CREAT | O_EXCL | O_NOFOLLOW`, so an existing
     /// entry of any kind is an `AlreadyExists` error) in the parent directory
     /// of `target`, which must exist; copies all of `data` into it through a
-    /// 128 KiB buffer; then `fchmod(mode & 0o7777)`, `futimens(mtime)` (atime
+    /// 128 KiB buffer; then `fchown` to the [owner](SafeRoot::with_owner) if
+    /// there is one, `fchmod(mode & 0o7777)`, `futimens(mtime)` (atime
     /// left as is) and, if `fsync`, `fsync`.
     ///
     /// Returns the temp path, its [`Stat`] after all that, and the number of
@@ -364,6 +401,11 @@ impl SafeRoot {
             file.write_all(chunk).map_err(|e| self.io(OP, tmp, e))?;
             total += n as u64;
         }
+        // Before the chmod: a chown clears setuid/setgid bits.
+        if let Some(o) = self.owner {
+            fchown(&*file, Some(Uid::from_raw(o.uid)), Some(Gid::from_raw(o.gid)))
+                .map_err(|e| self.owner_err(OP, tmp, o, e))?;
+        }
         fchmod(&*file, mode_bits(mode)).map_err(|e| self.io(OP, tmp, e))?;
         futimens(&*file, &timestamps(mtime)).map_err(|e| self.io(OP, tmp, e))?;
         if sync {
@@ -389,6 +431,10 @@ impl SafeRoot {
         let tmp = self.tmp_path(OP, target, tmp_name)?;
         let (dir, _) = self.parent(OP, target)?;
         symlinkat(link_target, &dir, tmp_name).map_err(|e| self.io(OP, tmp.as_str(), e))?;
+        if let Err(e) = self.own_at(OP, tmp.as_str(), dir.as_fd(), tmp_name) {
+            let _ = unlinkat(&dir, tmp_name, AtFlags::empty());
+            return Err(e);
+        }
         if let Err(e) = utimensat(&dir, tmp_name, &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW) {
             let _ = unlinkat(&dir, tmp_name, AtFlags::empty());
             return Err(self.io(OP, tmp.as_str(), e));

@@ -74,9 +74,9 @@ impl UnionfsFuse {
             })
     }
 
-    /// `BINARY -f -o cow[,EXTRA] UPPER=RW:LOWER=RO MERGED`: copy-on-write, upper writable over
-    /// lower read-only, in the foreground (the process is the mount's lifetime; its exit is
-    /// the mount's death). Paths are passed as given; they must not contain `:` or `=`
+    /// `BINARY -f -o cow,ACCESS[,EXTRA] UPPER=RW:LOWER=RO MERGED`: copy-on-write, upper
+    /// writable over lower read-only, in the foreground (the process is the mount's lifetime;
+    /// its exit is the mount's death), ACCESS being [`access_options`]. Paths are passed as given; they must not contain `:` or `=`
     /// (unionfs-fuse's branch syntax has no escaping; [`MountGuard::mount`] checks this).
     pub fn mount_command(
         &self,
@@ -86,7 +86,7 @@ impl UnionfsFuse {
         extra_opts: &[String],
     ) -> Command {
         let mut opts = String::from("cow");
-        for o in extra_opts {
+        for o in access_options().iter().chain(extra_opts) {
             opts.push(',');
             opts.push_str(o);
         }
@@ -162,6 +162,24 @@ impl UnionfsFuse {
         }
         result
     }
+}
+
+/// The FUSE options that make the merged view a home like a local disk for every user of the
+/// machine: the kernel checks each access against the modes and owners the union shows
+/// (`default_permissions`), and, when the union is mounted by root (the service), lets other
+/// users in at all (`allow_other`: without it the kernel refuses everyone but the mounter,
+/// whatever the modes say). A non-root mounter would need `user_allow_other` in
+/// `/etc/fuse.conf` for `allow_other`, and is then the home's only user anyway: it is not asked.
+///
+/// unionfs-fuse 1.0 run as root with `allow_other` creates each entry as the calling user
+/// (it `chown`s what it creates to the caller) and keeps the lower entry's owner on copy-up
+/// (observed; `docs/unionfs-notes.md`).
+pub fn access_options() -> Vec<String> {
+    let mut o = vec!["default_permissions".to_string()];
+    if rustix::process::geteuid().is_root() {
+        o.insert(0, "allow_other".to_string());
+    }
+    o
 }
 
 fn parse_version_line(line: &str) -> Option<String> {
@@ -582,9 +600,9 @@ mod tests {
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        assert_eq!(
-            args,
-            ["-f", "-o", "cow,hide_meta_files", "/u=RW:/l=RO", "/m"]
-        );
+        let opts = format!("cow,{},hide_meta_files", access_options().join(","));
+        assert_eq!(args, ["-f", "-o", opts.as_str(), "/u=RW:/l=RO", "/m"]);
+        assert!(opts.contains("default_permissions"));
+        assert_eq!(opts.contains("allow_other"), rustix::process::geteuid().is_root());
     }
 }

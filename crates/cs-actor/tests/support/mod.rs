@@ -460,6 +460,17 @@ pub struct ComputeOpts<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// The broker URL, when not the bed's broker directly (a shaper in between).
     pub server: Option<String>,
+    /// The compute user: `--user NAME`, and the lower mount shows the project's files as
+    /// this account's (sshfs `-o uid=,gid=`).
+    pub user: Option<&'a Account>,
+}
+
+/// An account of this machine (tests/user.rs acts as one).
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// One compute server: its directories and its `cs-actor compute` process.
@@ -492,6 +503,8 @@ pub struct Bed {
     pub broker_port: u16,
     pub broker_state: PathBuf,
     pub project_sock: PathBuf,
+    /// `--user NAME` for the broker (default: the owner of the home).
+    pub broker_user: Option<String>,
     broker_runs: u32,
     pub computes: Vec<Compute>,
     finished: bool,
@@ -534,6 +547,7 @@ impl Bed {
             tokens_file,
             tokens,
             broker: None,
+            broker_user: None,
             broker_runs: 0,
             computes: Vec::new(),
             root,
@@ -579,6 +593,9 @@ impl Bed {
                 .arg(&self.broker_state)
                 .arg("--control-socket")
                 .arg(&self.project_sock);
+            if let Some(u) = &self.broker_user {
+                cmd.args(["--user", u]);
+            }
             let mut p = Proc::spawn("broker", cmd, &log);
             let ready = poll(Duration::from_secs(30), Duration::from_millis(100), || {
                 if p.exited().is_some() {
@@ -618,6 +635,11 @@ impl Bed {
     /// The sshfs command line for compute servers: the home over the bed's sshd, with short
     /// cache timeouts.
     pub fn lower_mount_cmd(&self, mountpoint: &Path) -> String {
+        self.lower_mount_cmd_for(mountpoint, None)
+    }
+
+    /// [`Bed::lower_mount_cmd`], the project's files shown as `user`'s (`-o uid=,gid=`).
+    pub fn lower_mount_cmd_for(&self, mountpoint: &Path, user: Option<&Account>) -> String {
         let sshd = self.sshd.as_ref().expect("sshd");
         let target = cs_mount::SshfsTarget {
             user: Some(cs_testbed::current_user()),
@@ -634,6 +656,9 @@ impl Bed {
         opts.dir_cache = Some(true);
         opts.dcache_timeout = Some(CACHE_TIMEOUT);
         opts.reconnect = true;
+        if let Some(u) = user {
+            opts.extra.extend([format!("uid={}", u.uid), format!("gid={}", u.gid)]);
+        }
         cs_mount::sshfs_command(&target, mountpoint, &opts)
     }
 
@@ -703,13 +728,16 @@ impl Bed {
             .arg("--state")
             .arg(&c.state)
             .arg("--lower-mount-cmd")
-            .arg(self.lower_mount_cmd(&c.lower))
+            .arg(self.lower_mount_cmd_for(&c.lower, opts.user))
             .arg("--lower-mountpoint")
             .arg(&c.lower)
             .arg("--control-socket")
             .arg(&c.sock)
             .args(["--interval", INTERVAL_SECS])
             .args(opts.extra);
+        if let Some(u) = opts.user {
+            cmd.args(["--user", &u.name]);
+        }
         let log = self.root.join(format!("compute-{id}.log"));
         let p = Proc::spawn(&format!("compute {id}"), cmd, &log);
         self.computes[i].proc = Some(p);

@@ -41,6 +41,9 @@ pub struct ComputeConfig {
     /// and `rm -r` fail with ENOTEMPTY. At least the lower's staleness;
     /// zero for a lower without caches (the tests' plain directories).
     pub whiteout_grace: Duration,
+    /// The compute user: owner of every entry step 4 creates in the upper
+    /// layer (files, directories, symlinks). `None`: the process's own.
+    pub owner: Option<cs_safe_fs::Owner>,
 }
 
 impl ComputeConfig {
@@ -53,6 +56,7 @@ impl ComputeConfig {
             zstd_level: crate::DEFAULT_ZSTD_LEVEL,
             limits: Limits::default(),
             whiteout_grace: Duration::ZERO,
+            owner: None,
         }
     }
 }
@@ -124,7 +128,7 @@ pub struct ApplyReport {
 impl ComputeSide {
     pub fn open(cfg: ComputeConfig) -> Result<Self, EngineError> {
         state::ensure_dir(&cfg.state_dir)?;
-        let upper = SafeRoot::open(&cfg.upper)?;
+        let upper = SafeRoot::open(&cfg.upper)?.with_owner(cfg.owner);
         crate::sweep_stale_temps(&cfg.upper);
         let manifest = Manifest::load(&cfg.state_dir.join(MANIFEST_FILE))?;
         let pending = state::load::<PendingCommit>(&cfg.state_dir.join(PENDING_FILE))?.map(|p| p.round_id);
@@ -527,6 +531,7 @@ impl ComputeSide {
         data: &mut dyn Read,
         report: &mut ApplyReport,
     ) -> Result<Option<Staged>, EngineError> {
+        let h = &*crate::without_setid(h);
         let p = &h.path;
         if !self.cfg.filter.is_synced(p, h.kind == EntryKind::Dir) {
             r.problems.push(format!("{p}: P sent a path that is not synced here; ignored"));

@@ -42,6 +42,11 @@ pub struct ProjectConfig {
     /// what inotify cannot see (mmap writes, a home that is itself a network
     /// filesystem).
     pub full_rescan_every: Duration,
+    /// The home's owner: every entry step 3 creates (files, directories,
+    /// symlinks, conflict copies, missing parents) is given to it, so that
+    /// a broker running as root never leaves root's files in a user's home.
+    /// `None`: the process's own ids.
+    pub owner: Option<cs_safe_fs::Owner>,
 }
 
 /// Default of [`ProjectConfig::full_rescan_every`].
@@ -56,6 +61,7 @@ impl ProjectConfig {
             zstd_level: crate::DEFAULT_ZSTD_LEVEL,
             limits: Limits::default(),
             full_rescan_every: DEFAULT_FULL_RESCAN_EVERY,
+            owner: None,
         }
     }
 }
@@ -165,7 +171,7 @@ impl ProjectSide {
     pub fn open(cfg: ProjectConfig) -> Result<Self, EngineError> {
         state::ensure_dir(&cfg.state_dir)?;
         state::ensure_dir(&cfg.state_dir.join("clients"))?;
-        let home = SafeRoot::open(&cfg.home)?;
+        let home = SafeRoot::open(&cfg.home)?.with_owner(cfg.owner);
         crate::sweep_stale_temps(&cfg.home);
         let path = cfg.state_dir.join("journal.msgpack");
         let (journal, saved) = match state::load::<Journal>(&path)? {
@@ -537,6 +543,7 @@ impl ProjectSide {
         redirects: &mut Vec<(RelPath, RelPath)>,
         report: &mut WriteReport,
     ) -> Result<Option<Staged>, EngineError> {
+        let h = &*crate::without_setid(h);
         let is_dir = h.kind == EntryKind::Dir;
         if !self.cfg.filter.is_synced(&h.path, is_dir) {
             report.refused.push((h.path.clone(), "excluded or local-only path".into()));

@@ -62,6 +62,10 @@ pub struct BrokerConfig {
     /// writes, a home on a network filesystem). Default 300 s.
     #[serde(default = "default_full_rescan", with = "duration")]
     pub full_rescan: Duration,
+    /// Files that keep changing on the project (step 4): see
+    /// `cs_engine::BusyPolicy`.
+    #[serde(skip)]
+    pub busy: cs_engine::BusyPolicy,
 }
 
 /// `cs_wire::WireLimits` in TOML: `[limits] max_message_bytes = …,
@@ -115,6 +119,7 @@ impl BrokerConfig {
             local_only: None,
             excluded: None,
             full_rescan: default_full_rescan(),
+            busy: cs_engine::BusyPolicy::default(),
         }
     }
 

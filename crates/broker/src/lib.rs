@@ -147,6 +147,7 @@ pub async fn run(cfg: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     let mut pcfg = ProjectConfig::new(cfg.home.clone(), cfg.state_dir.clone());
     pcfg.filter = filter;
     pcfg.full_rescan_every = cfg.full_rescan;
+    pcfg.busy = cfg.busy.clone();
     // Opening the project and reading secrets touch the disk: off the actor thread.
     let (project, tokens, tls) = tokio::task::spawn_blocking(move || {
         let project = ProjectSide::open(pcfg).map_err(|source| BrokerError::Project {

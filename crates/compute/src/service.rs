@@ -37,6 +37,8 @@ pub struct ServiceConfig {
     pub zstd_level: i32,
     /// See `cs_engine::ComputeConfig::whiteout_grace`.
     pub whiteout_grace: Duration,
+    /// Files that keep changing: see `cs_engine::BusyPolicy`.
+    pub busy: cs_engine::BusyPolicy,
     pub backoff: Backoff,
     pub limits: WireLimits,
 }
@@ -91,6 +93,7 @@ impl ComputeService {
         engine_cfg.filter = cfg.filter.clone();
         engine_cfg.zstd_level = cfg.zstd_level;
         engine_cfg.whiteout_grace = cfg.whiteout_grace;
+        engine_cfg.busy = cfg.busy.clone();
         let side = ComputeSide::open(engine_cfg)?;
         let packer = Packer::new(side).start();
         let mut conn_cfg = ConnectionConfig::new(cfg.server_url.clone(), cfg.token.clone());

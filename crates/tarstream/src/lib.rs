@@ -48,7 +48,7 @@
 //!   `size` record (which takes precedence on read).
 //! * **Ownership.** `uid`/`gid` are 0 and `uname`/`gname` empty: ownership is
 //!   the receiver's business. The reader ignores these fields.
-//! * **Withdraw marker** (protocol 3). A header with the vendor typeflag
+//! * **Withdraw marker** (protocol 2). A header with the vendor typeflag
 //!   [`WITHDRAW_TYPEFLAG`] (`'W'`; POSIX reserves `'A'`–`'Z'` for vendors),
 //!   size 0, carrying a path exactly as an entry does (ustar fields or a PAX
 //!   `path` record), means "discard the file entry just before me": the

@@ -118,3 +118,58 @@ fn a_file_that_keeps_growing_is_deferred_snapshotted_and_synced_once_it_settles(
     bed.sync_and_converge();
     bed.finish();
 }
+
+/// The same on the project's side: a file the compute server holds, appended to on the project
+/// all the time, must not fail step 4; the broker's status names it; snapshots of it reach the
+/// upper layer; the final version once it settles.
+#[test]
+fn a_project_file_that_keeps_growing_does_not_stop_step_4() {
+    if !tools() {
+        return;
+    }
+    let bed = Bed::start("busy-project-file", |h| put(h, "README", "busy project file\n"));
+    let (h, m, up) = (bed.home.clone(), bed.merged(), bed.upper());
+
+    // The compute server holds p.log (it wrote it), then the project appends to it non-stop.
+    fs::write(m.join("p.log"), noise(9, 5_000_000)).unwrap();
+    bed.sync_wait();
+    assert!(same_bytes(&up.join("p.log"), &h.join("p.log")).is_ok());
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg("while true; do head -c 65536 /dev/urandom >> \"$1\"; sleep 0.01; done").arg("sh").arg(h.join("p.log"));
+    let mut writer = Proc::spawn("writer", cmd, &bed.root.join("writer.log"));
+    std::thread::sleep(Duration::from_millis(300));
+    put(&m, "other.txt", "other\n");
+
+    let mut snap = None;
+    for _ in 0..8 {
+        if let Err(e) = bed.try_sync_wait_on(0, Duration::from_secs(60)) {
+            bed.fail(&format!("sync --wait failed while the project's p.log was being written: {e}"));
+        }
+        assert_eq!(read(&h, "other.txt"), "other\n");
+        let grown = fs::metadata(up.join("p.log")).map(|md| md.len()).unwrap_or(0);
+        if grown > 5_000_000 {
+            match is_prefix_of(&up.join("p.log"), &h.join("p.log")) {
+                Ok(n) => {
+                    snap = Some(n);
+                    break;
+                }
+                Err(e) => bed.fail(&format!("the compute server's p.log is not a consistent copy: {e}")),
+            }
+        }
+    }
+    let Some(snap) = snap else { bed.fail("no snapshot of the project's p.log reached the compute server within 8 rounds") };
+    assert!(writer.exited().is_none(), "the writer stopped early");
+    let p = bed.project_status();
+    let sess = &p["broker"]["sessions"][0];
+    assert!(sess["snapshots_sent"].as_u64().unwrap_or(0) >= 1, "{p:#}");
+    eprintln!("snapshot of {snap} bytes of the project's p.log reached the upper layer");
+
+    writer.stop(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    bed.sync_wait();
+    bed.sync_wait();
+    if let Err(e) = same_bytes(&h.join("p.log"), &up.join("p.log")) {
+        bed.fail(&format!("after the writer stopped, p.log differs: {e}"));
+    }
+    bed.finish();
+}

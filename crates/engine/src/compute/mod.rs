@@ -465,7 +465,15 @@ impl ComputeSide {
                     tar.append_symlink(&header)?;
                 }
                 EntryKind::File => {
-                    let f = self.upper.open_file(p)?;
+                    let f = match self.upper.open_file(p) {
+                        Ok(f) => f,
+                        // Gone since the lstat (a log rotated): as above.
+                        Err(e) if e.is_not_found() => {
+                            r.known.remove(p);
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     // A file that changed since the scan, or changes while
                     // it is read, is deferred (and withdrawn from the
                     // stream): `next` keeps what it had, so the next round

@@ -817,7 +817,12 @@ impl ProjectSide {
                     tar.append_symlink(&header)?;
                 }
                 EntryKind::File => {
-                    let f = self.home.open_file(&p)?;
+                    let f = match self.home.open_file(&p) {
+                        Ok(f) => f,
+                        // Gone since the lstat (a log rotated): as above.
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => return Err(e.into()),
+                    };
                     // As on C (see `busy`): a file that changed since the
                     // journal saw it, or changes while it is read, is
                     // deferred; it stays unseen by this client, so a later

@@ -510,7 +510,8 @@ impl ProjectSide {
         let mut seen = 0usize;
         // A file entry is renamed into place only once the next header (or
         // the end of the stream) has been read intact: an entry the sender
-        // found torn is followed by a cut stream, and is then discarded.
+        // found torn is followed by a withdraw marker (or a cut stream), and
+        // is then discarded.
         let mut staged: Option<Staged> = None;
         let result = cs_tarstream::unpack_events(input, &limits, |ev| {
             let (h, data) = match ev {

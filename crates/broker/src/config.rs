@@ -67,6 +67,10 @@ pub struct BrokerConfig {
     /// writes, a home on a network filesystem). Default 300 s.
     #[serde(default = "default_full_rescan", with = "duration")]
     pub full_rescan: Duration,
+    /// Files that keep changing on the project (step 4): see
+    /// `cs_engine::BusyPolicy`.
+    #[serde(skip)]
+    pub busy: cs_engine::BusyPolicy,
 }
 
 /// `cs_wire::WireLimits` in TOML: `[limits] max_message_bytes = …,
@@ -121,6 +125,7 @@ impl BrokerConfig {
             excluded: None,
             owner: None,
             full_rescan: default_full_rescan(),
+            busy: cs_engine::BusyPolicy::default(),
         }
     }
 

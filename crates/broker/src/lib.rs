@@ -148,6 +148,7 @@ pub async fn run(cfg: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     pcfg.filter = filter;
     pcfg.full_rescan_every = cfg.full_rescan;
     pcfg.owner = cfg.owner;
+    pcfg.busy = cfg.busy.clone();
     // Opening the project and reading secrets touch the disk: off the actor thread.
     let (project, tokens, tls) = tokio::task::spawn_blocking(move || {
         let project = ProjectSide::open(pcfg).map_err(|source| BrokerError::Project {

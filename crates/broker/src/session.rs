@@ -183,6 +183,8 @@ pub struct Session {
     bytes_out: u64,
     conflicts_total: u64,
     last_error: Option<String>,
+    deferred: crate::state::DeferredFiles,
+    snapshots_sent: u64,
 }
 
 pub(crate) struct SessionParts {
@@ -244,6 +246,8 @@ impl Session {
                 bytes_out: 0,
                 conflicts_total: 0,
                 last_error: None,
+                deferred: Default::default(),
+                snapshots_sent: 0,
             }
         })
     }
@@ -267,6 +271,8 @@ impl Session {
             last_error: self.last_error.clone(),
             heartbeat_beats: self.heartbeat.beats(),
             heartbeat_silent_ms: self.heartbeat.since_last().as_millis() as u64,
+            deferred: self.deferred.clone(),
+            snapshots_sent: self.snapshots_sent,
         }
     }
 
@@ -615,15 +621,21 @@ impl Session {
         let Some(open) = self.round.take() else { return };
         let started = open.started;
         let round = open.round;
+        let client = self.client.clone();
         self.engine(
             ctx,
             None,
             move |p, _| match round {
-                Some(r) => p.commit(r, &req),
+                Some(r) => p.commit(r, &req).map(|cursor| (cursor, p.busy_files(&client))),
                 None => Err(EngineError::Protocol("no round to commit".into())),
             },
             move |act, ctx, _, res| match res {
-                Ok(cursor) => {
+                Ok((cursor, busy)) => {
+                    act.snapshots_sent += busy.iter().filter(|b| b.snapshot_sent).count() as u64;
+                    act.deferred = crate::state::DeferredFiles {
+                        count: busy.len() as u64,
+                        files: busy.into_iter().take(10).collect(),
+                    };
                     act.step = RoundStep::Idle;
                     act.rounds_committed += 1;
                     act.last_round_unix_ms = Some(unix_ms());

@@ -80,6 +80,19 @@ pub struct SessionState {
     pub heartbeat_beats: u64,
     /// Milliseconds since the last beat.
     pub heartbeat_silent_ms: u64,
+    /// The project's files that keep changing, as of this client's last
+    /// committed round (step 4 deferred them or sent snapshots).
+    pub deferred: DeferredFiles,
+    /// Snapshots of busy files sent to this client by this session.
+    pub snapshots_sent: u64,
+}
+
+/// Busy files of step 4, for status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeferredFiles {
+    pub count: u64,
+    /// The first few (sorted by path).
+    pub files: Vec<cs_engine::BusyFile>,
 }
 
 /// A session that ended, and why.

@@ -34,7 +34,23 @@ pub struct PackerState {
     /// Entries the scan could not sync (non-UTF-8 names, special files), from the last scan.
     pub scan_problems: Vec<String>,
     pub last_error: Option<String>,
+    /// Files that keep changing, as of the last committed round: not sent
+    /// whole (deferred), or sent as a snapshot.
+    pub deferred: DeferredFiles,
+    /// Snapshots of busy files sent since the service started.
+    pub snapshots_sent: u64,
 }
+
+/// The `deferred` section of the packer's status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeferredFiles {
+    pub count: u64,
+    /// The first few (sorted by path).
+    pub files: Vec<cs_engine::BusyFile>,
+}
+
+/// How many busy files the status names.
+const DEFERRED_SHOWN: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackerError {
@@ -319,9 +335,15 @@ pub struct Commit;
 impl Handler<Commit> for Packer {
     type Result = ResponseFuture<Result<(), PackerError>>;
     fn handle(&mut self, _: Commit, _: &mut Self::Context) -> Self::Result {
-        self.run("commit", |e| {
+        let state = self.counters();
+        self.run("commit", move |e| {
             let round = e.round.take().ok_or(PackerError::NoRound)?;
-            Ok(e.side.commit(round)?)
+            e.side.commit(round)?;
+            let busy = e.side.busy_files();
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            s.0.snapshots_sent += busy.iter().filter(|b| b.snapshot_sent).count() as u64;
+            s.0.deferred = DeferredFiles { count: busy.len() as u64, files: busy.into_iter().take(DEFERRED_SHOWN).collect() };
+            Ok(())
         })
     }
 }

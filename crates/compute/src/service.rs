@@ -39,6 +39,8 @@ pub struct ServiceConfig {
     pub whiteout_grace: Duration,
     /// See `cs_engine::ComputeConfig::owner`: the compute user.
     pub owner: Option<cs_engine::Owner>,
+    /// Files that keep changing: see `cs_engine::BusyPolicy`.
+    pub busy: cs_engine::BusyPolicy,
     pub backoff: Backoff,
     pub limits: WireLimits,
 }
@@ -94,6 +96,7 @@ impl ComputeService {
         engine_cfg.zstd_level = cfg.zstd_level;
         engine_cfg.whiteout_grace = cfg.whiteout_grace;
         engine_cfg.owner = cfg.owner;
+        engine_cfg.busy = cfg.busy.clone();
         let side = ComputeSide::open(engine_cfg)?;
         let packer = Packer::new(side).start();
         let mut conn_cfg = ConnectionConfig::new(cfg.server_url.clone(), cfg.token.clone());

@@ -87,6 +87,15 @@ mergeable! {
         /// without caches).
         #[arg(long)]
         pub whiteout_grace_secs: Option<f64>,
+        /// A file that keeps changing is deferred; after this many rounds
+        /// in a row a snapshot of it is sent instead (default 3).
+        #[arg(long)]
+        pub snapshot_after: Option<u32>,
+        /// Largest busy file copied into a snapshot where the filesystem
+        /// cannot reflink, in MiB (default 1024); a larger one waits until
+        /// it stops changing.
+        #[arg(long)]
+        pub snapshot_max_mib: Option<u64>,
     }
 }
 
@@ -125,6 +134,13 @@ mergeable! {
         /// them a round looks only where inotify saw changes.
         #[arg(long)]
         pub full_rescan_secs: Option<f64>,
+        /// As for `cs-actor compute`, for files that keep changing on the
+        /// project (step 4; default 3).
+        #[arg(long)]
+        pub snapshot_after: Option<u32>,
+        /// As for `cs-actor compute` (default 1024).
+        #[arg(long)]
+        pub snapshot_max_mib: Option<u64>,
     }
 }
 

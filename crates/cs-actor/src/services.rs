@@ -109,6 +109,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             zstd_level: a.zstd_level.unwrap_or(cs_engine::DEFAULT_ZSTD_LEVEL),
             whiteout_grace,
             owner,
+            busy: busy_policy(a.snapshot_after, a.snapshot_max_mib),
             backoff: Default::default(),
             limits: Default::default(),
         };
@@ -193,6 +194,15 @@ async fn wait_for_union(mount: &actix::Addr<MountSupervisor>) -> Result<()> {
     }
 }
 
+/// `--snapshot-after` and `--snapshot-max-mib` over the engine's defaults.
+fn busy_policy(after: Option<u32>, max_mib: Option<u64>) -> cs_engine::BusyPolicy {
+    let d = cs_engine::BusyPolicy::default();
+    cs_engine::BusyPolicy {
+        snapshot_after: after.unwrap_or(d.snapshot_after),
+        snapshot_max_bytes: max_mib.map_or(d.snapshot_max_bytes, |m| m.saturating_mul(1 << 20)),
+    }
+}
+
 pub fn run_project(a: ProjectArgs) -> Result<()> {
     let home = need(a.home, "home")?;
     let listen: std::net::SocketAddr = need(a.listen, "listen")?.parse().context("--listen must be IP:PORT")?;
@@ -209,6 +219,7 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
     let mut cfg = cs_broker::BrokerConfig::new(home, state, listen, tokens);
     cfg.owner = owner;
     cfg.local_only = a.local_only;
+    cfg.busy = busy_policy(a.snapshot_after, a.snapshot_max_mib);
     if let Some(secs) = a.full_rescan_secs {
         cfg.full_rescan = Duration::try_from_secs_f64(secs)
             .ok()

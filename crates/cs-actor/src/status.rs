@@ -132,11 +132,42 @@ fn render_compute(st: &Value, out: &mut String) {
         s(&r["rounds_failed"]),
         s(&r["conflicts_total"])
     ));
+    if let Some(line) = deferred_line(&st["packer"]) {
+        out.push_str(&line);
+    }
     for (what, v) in [("round", &r["last_error"]), ("connection", &c["last_error"]), ("packer", &st["packer"]["last_error"])] {
         if !v.is_null() {
             out.push_str(&format!("  last error  {what}: {}\n", s(v)));
         }
     }
+}
+
+/// Busy files: `packer.deferred` (or a broker session's `deferred`).
+fn deferred_line(section: &Value) -> Option<String> {
+    let d = &section["deferred"];
+    let count = d["count"].as_u64().filter(|&n| n > 0)?;
+    let files: Vec<String> = d["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            let mut what = format!("{} ({}", s(&f["path"]), s(&f["reason"]));
+            if f["snapshot_sent"].as_bool() == Some(true) {
+                what.push_str(", snapshot sent");
+            } else {
+                what.push_str(&format!(", deferred {} round(s)", s(&f["deferrals"])));
+            }
+            what.push(')');
+            what
+        })
+        .collect();
+    let more = count.saturating_sub(files.len() as u64);
+    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    Some(format!(
+        "  deferred    {count} busy file(s), {} snapshot(s) sent: {}{more}\n",
+        s(&section["snapshots_sent"]),
+        files.join(", ")
+    ))
 }
 
 fn render_project(st: &Value, out: &mut String) {
@@ -154,6 +185,9 @@ fn render_project(st: &Value, out: &mut String) {
             s(&sess["conflicts_total"]),
             sess["last_error"].as_str().map(|e| format!(", last error: {e}")).unwrap_or_default(),
         ));
+        if let Some(line) = deferred_line(sess) {
+            out.push_str(&format!("  {line}"));
+        }
     }
     if let Some(r) = b["refused"].as_object() {
         if !r.is_empty() {
@@ -190,5 +224,21 @@ mod tests {
         assert!(text.contains("writes_to_compute 3 (4.0 KiB, 20.0 ms)"), "{text}");
         assert!(text.contains("last error  round: boom"), "{text}");
         assert!(!text.contains("SAFETY RAIL"), "{text}");
+        assert!(!text.contains("deferred"), "{text}");
+    }
+
+    #[test]
+    fn compute_view_names_busy_files() {
+        let st = json!({
+            "service": "compute", "client": "gpu-1",
+            "connection": {"state": "connected"},
+            "round": {"phase": "idle", "rounds_committed": 7, "interval_ms": 10000},
+            "watcher": {"pending_events": 0},
+            "packer": {"snapshots_sent": 1, "deferred": {"count": 3, "files": [
+                {"path": "train.log", "reason": "still changing", "deferrals": 0, "snapshots": 1, "snapshot_sent": true},
+                {"path": "b.log", "reason": "still changing", "deferrals": 2, "snapshots": 0, "snapshot_sent": false}]}}
+        });
+        let text = render(&st);
+        assert!(text.contains("deferred    3 busy file(s), 1 snapshot(s) sent: train.log (still changing, snapshot sent), b.log (still changing, deferred 2 round(s)) and 1 more"), "{text}");
     }
 }

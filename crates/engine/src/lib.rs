@@ -7,6 +7,7 @@
 //! services chain the same methods over a websocket. See docs/protocol.md for
 //! the contract and docs/architecture.md for the map.
 
+pub mod busy;
 pub mod compute;
 pub mod driver;
 mod error;
@@ -15,6 +16,7 @@ pub mod project;
 pub mod sig;
 mod state;
 
+pub use busy::{BusyFile, BusyPolicy, DEFAULT_SNAPSHOT_AFTER, DEFAULT_SNAPSHOT_MAX_BYTES};
 pub use compute::{ApplyReport, ComputeConfig, ComputeRound, ComputeSide};
 pub use error::EngineError;
 pub use filter::{PathFilter, DEFAULT_EXCLUDED, DEFAULT_LOCAL_ONLY};

@@ -13,4 +13,5 @@ pub use round::{CommitRequest, DeleteReport, HeldDelta, Hello, HelloReply};
 pub use relpath::{PathError, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
 
 /// Bumped on any incompatible change of the messages or tar conventions.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: tar streams may carry withdraw markers (busy files, issue 8).
+pub const PROTOCOL_VERSION: u32 = 2;

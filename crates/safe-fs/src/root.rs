@@ -19,6 +19,8 @@ use rustix::io::Errno;
 use crate::resolve::open_beneath;
 use crate::{FileKind, FsError, Owner, Stat};
 
+mod private;
+
 /// Size of the copy buffer of [`SafeRoot::write_temp`] and of each of the two
 /// buffers of [`SafeRoot::same_content`].
 const BUF_SIZE: usize = 128 * 1024;

@@ -65,6 +65,12 @@ pub enum TarError {
     #[error("the pack stream is unusable after an earlier write error")]
     Poisoned,
 
+    /// [`unpack`](crate::unpack) met a withdraw marker: the sender took back
+    /// the file entry just visited, which that visitor cannot undo. Readers
+    /// that apply entries use [`unpack_events`](crate::unpack_events).
+    #[error("entry #{index} ({path}): the sender withdrew this entry (the file changed while being packed); this reader cannot undo it")]
+    Withdrawn { index: u64, path: RelPath },
+
     /// The visitor refused the entry.
     #[error("entry #{index} ({path}): {source}")]
     Visit { index: u64, path: RelPath, source: VisitError },

@@ -48,16 +48,29 @@
 //!   `size` record (which takes precedence on read).
 //! * **Ownership.** `uid`/`gid` are 0 and `uname`/`gname` empty: ownership is
 //!   the receiver's business. The reader ignores these fields.
+//! * **Withdraw marker** (protocol 2). A header with the vendor typeflag
+//!   [`WITHDRAW_TYPEFLAG`] (`'W'`; POSIX reserves `'A'`–`'Z'` for vendors),
+//!   size 0, carrying a path exactly as an entry does (ustar fields or a PAX
+//!   `path` record), means "discard the file entry just before me": the
+//!   sender found that file changed while it was being read, after its data
+//!   was already in the stream ([`PackWriter::withdraw`]). It must follow
+//!   immediately a regular-file entry with the same path, which it withdraws
+//!   once; anything else (a marker first in the stream, after a directory or
+//!   symlink, naming another path, or a second marker in a row) is refused
+//!   as malformed. The receiver must therefore not make a file entry final
+//!   before the next header has been read intact ("lookahead apply").
 //!
 //! # What the reader accepts
 //!
-//! [`unpack`] accepts ustar and GNU-magic headers whose checksum is right
+//! [`unpack_events`] accepts ustar and GNU-magic headers whose checksum is right
 //! (unsigned sum; the historic signed sum is also accepted), with typeflags
 //! `0`/`\0` (regular), `5` (directory), `2` (symlink), plus the extension
 //! headers `x` (PAX local: `path`, `linkpath`, `mtime`, `size` are used; other
 //! keywords are ignored; `GNU.sparse.*` keywords are refused), `g` (PAX
 //! global: syntax-checked, size-limited, otherwise ignored), `L` (GNU long
-//! name) and `K` (GNU long link). Precedence: PAX record, then GNU long
+//! name) and `K` (GNU long link), and the withdraw marker `W` under the
+//! rules above (reported as [`Event::Withdraw`]; [`unpack`], whose visitor
+//! cannot take an entry back, refuses it with [`TarError::Withdrawn`]). Precedence: PAX record, then GNU long
 //! name/link, then the ustar fields. Everything else (hard links, character
 //! and block devices, fifos, contiguous files, GNU sparse, volume labels,
 //! ...) is refused with [`TarError::UnsupportedType`]. One trailing `/` is
@@ -83,7 +96,7 @@ mod write;
 
 pub use cs_protocol::{EntryKind, PathError, RelPath, Timestamp};
 pub use error::{TarError, VisitError};
-pub use read::{unpack, UnpackStats};
+pub use read::{unpack, unpack_events, Event, UnpackStats};
 pub use write::{PackStats, PackWriter};
 
 /// Base-2 log of the largest zstd window the writer produces and the reader
@@ -92,6 +105,9 @@ pub const WINDOW_LOG_MAX: u32 = 23;
 
 /// Longest accepted symlink target, in bytes (Linux `PATH_MAX`).
 pub const MAX_LINK_TARGET_LEN: usize = 4096;
+
+/// Typeflag of the withdraw marker (see the crate documentation).
+pub const WITHDRAW_TYPEFLAG: u8 = b'W';
 
 /// Most zero bytes accepted after the end-of-archive marker (other tar
 /// writers pad to a record size, typically 10 KiB).

@@ -19,8 +19,19 @@ use crate::pax::{self, BLOCK};
 use crate::write::pad_len;
 use crate::{
     EntryHeader, Limits, MAX_EXTENSION_HEADERS, MAX_LINK_TARGET_LEN, MAX_TRAILING_ZEROS,
-    WINDOW_LOG_MAX,
+    WINDOW_LOG_MAX, WITHDRAW_TYPEFLAG,
 };
+
+/// What [`unpack_events`] hands its visitor.
+pub enum Event<'a> {
+    /// An entry, with a reader limited to its data.
+    Entry(&'a EntryHeader, &'a mut dyn Read),
+    /// The sender withdrew the file entry visited just before (same path):
+    /// its data is wrong (the file changed while it was packed) and must be
+    /// discarded. Only ever follows an `Entry` of a regular file with this
+    /// path, at most once.
+    Withdraw(&'a RelPath),
+}
 
 /// Counters of one [`unpack`] call.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,6 +45,8 @@ pub struct UnpackStats {
     /// Compressed bytes read from the underlying reader (it is read through
     /// a buffer, so this may include some read-ahead past the frame).
     pub compressed_bytes: u64,
+    /// Entries withdrawn by the sender (counted in `entries` too).
+    pub withdrawn: u64,
 }
 
 /// Counts the compressed bytes consumed and remembers how the underlying
@@ -226,10 +239,41 @@ struct Pending {
 /// visitor's error is returned as [`TarError::Visit`] with the entry path,
 /// unless the stream itself failed under the visitor's reads (truncation,
 /// corruption, ratio limit): then that failure is returned.
+///
+/// A withdraw marker (see the crate documentation) cannot be honoured by
+/// this visitor, which has taken the entry already: it ends the stream with
+/// [`TarError::Withdrawn`]. Use [`unpack_events`] to apply entries.
 pub fn unpack<R: Read>(
     r: R,
     limits: &Limits,
     mut visit: impl FnMut(&EntryHeader, &mut dyn Read) -> Result<(), VisitError>,
+) -> Result<UnpackStats, TarError> {
+    let res = unpack_events(r, limits, |ev| match ev {
+        Event::Entry(h, data) => visit(h, data),
+        Event::Withdraw(_) => Err(Box::new(WithdrawRefused)),
+    });
+    match res {
+        Err(TarError::Visit { index, path, source }) if source.is::<WithdrawRefused>() => {
+            Err(TarError::Withdrawn { index, path })
+        }
+        other => other,
+    }
+}
+
+/// [`unpack`]'s visitor cannot undo an entry.
+#[derive(Debug, thiserror::Error)]
+#[error("withdraw marker")]
+struct WithdrawRefused;
+
+/// [`unpack`] with withdraw markers: the visitor gets each entry as
+/// [`Event::Entry`] and each withdraw marker as [`Event::Withdraw`] (right
+/// after the entry it withdraws). A receiver that applies entries should
+/// make a file final only when the next event is an entry or the end of the
+/// stream, and discard it on a withdraw.
+pub fn unpack_events<R: Read>(
+    r: R,
+    limits: &Limits,
+    mut visit: impl FnMut(Event<'_>) -> Result<(), VisitError>,
 ) -> Result<UnpackStats, TarError> {
     let counting = CountingReader { inner: r, count: 0, failed: false, eof: false };
     let comp = |source| TarError::Compression { index: 0, path: None, source };
@@ -244,6 +288,8 @@ pub fn unpack<R: Read>(
     let mut pending = Pending::default();
     let mut block = [0u8; BLOCK];
     let mut index: u64 = 0;
+    // The last entry visited, while it is a file that may be withdrawn.
+    let mut last_file: Option<RelPath> = None;
     loop {
         let hint = pending_path_hint(&pending);
         if !src.read_full(&mut block).map_err(|e| e.at(index, hint.clone(), "reading a header"))? {
@@ -344,6 +390,24 @@ pub fn unpack<R: Read>(
             path: Some(lossy.clone()),
             reason,
         };
+        if typeflag == WITHDRAW_TYPEFLAG {
+            let path = parse_path(raw_path, EntryKind::File)
+                .map_err(|source| TarError::BadPath { index, raw: lossy.clone(), source })?;
+            if pending.gnu_sparse || pending.pax_size.is_some() || size_field != 0 {
+                return Err(malformed("withdraw marker with data or a size".into()));
+            }
+            if last_file.take().as_ref() != Some(&path) {
+                return Err(malformed(
+                    "withdraw marker that does not follow the entry of that file".into(),
+                ));
+            }
+            let withdrawn = index - 1; // a file entry was visited: index >= 1
+            visit(Event::Withdraw(&path))
+                .map_err(|source| TarError::Visit { index: withdrawn, path, source })?;
+            stats.withdrawn += 1;
+            pending = Pending::default();
+            continue;
+        }
         let kind = match typeflag {
             b'0' | b'\0' => EntryKind::File,
             b'5' => EntryKind::Dir,
@@ -440,8 +504,9 @@ pub fn unpack<R: Read>(
         }
 
         let entry = EntryHeader { path, kind, mode, mtime, size, link_target };
+        last_file = None;
         let mut reader = EntryReader { src: &mut src, remaining: size, failed: None };
-        let visited = visit(&entry, &mut reader);
+        let visited = visit(Event::Entry(&entry, &mut reader));
         let during = "reading entry data";
         if let Some(e) = reader.failed.take() {
             return Err(e.at(index, Some(entry.path.to_string()), during));
@@ -456,6 +521,9 @@ pub fn unpack<R: Read>(
         stats.payload_bytes += size;
         index += 1;
         pending = Pending::default();
+        if kind == EntryKind::File {
+            last_file = Some(entry.path);
+        }
     }
 }
 

@@ -12,6 +12,8 @@ use crate::{EntryHeader, MAX_LINK_TARGET_LEN, WINDOW_LOG_MAX};
 const OCTAL11_MAX: u64 = (1 << 33) - 1;
 const COPY_BUF: usize = 64 << 10;
 const ZEROS: [u8; BLOCK] = [0; BLOCK];
+/// `write_headers`' kind for a withdraw marker.
+const WITHDRAW_TYPEFLAG_KIND: Option<EntryKind> = None;
 
 /// Counters of a [`PackWriter`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,6 +25,9 @@ pub struct PackStats {
     /// Compressed bytes handed to the underlying writer so far (the encoder
     /// buffers, so this lags until [`PackWriter::finish`]).
     pub compressed_bytes: u64,
+    /// File entries withdrawn with [`PackWriter::withdraw`] (not counted in
+    /// `entries`; their data is counted in `payload_bytes`).
+    pub withdrawn: u64,
 }
 
 /// Counts the bytes accepted by the underlying writer and remembers whether
@@ -65,6 +70,9 @@ pub struct PackWriter<W: Write> {
     buf: Vec<u8>,
     entries: u64,
     payload: u64,
+    withdrawn: u64,
+    /// The last entry appended, if it is a file that may still be withdrawn.
+    last_file: Option<RelPath>,
     poisoned: bool,
 }
 
@@ -80,7 +88,7 @@ impl<W: Write> PackWriter<W> {
         if zstd_level > 19 {
             enc.window_log(WINDOW_LOG_MAX).map_err(comp)?;
         }
-        Ok(PackWriter { enc, buf: Vec::new(), entries: 0, payload: 0, poisoned: false })
+        Ok(PackWriter { enc, buf: Vec::new(), entries: 0, payload: 0, withdrawn: 0, last_file: None, poisoned: false })
     }
 
     /// Appends a regular file, copying exactly `h.size` bytes from `data`.
@@ -90,18 +98,38 @@ impl<W: Write> PackWriter<W> {
     /// read error likewise zero-pads. In these cases the stream stays
     /// well-formed and usable, and [`TarError::SourceChanged`] or
     /// [`TarError::SourceRead`] tells the caller that this entry's content
-    /// is wrong.
+    /// is wrong: it must then [`withdraw`](Self::withdraw) the entry (or
+    /// drop the whole stream).
     pub fn append_file(&mut self, h: &EntryHeader, data: &mut dyn Read) -> Result<(), TarError> {
         self.check_usable()?;
         expect_kind(h, EntryKind::File)?;
         if h.link_target.is_some() {
             return Err(invalid(h, "a file has no link target"));
         }
-        self.write_headers(h)?;
+        self.last_file = None;
+        self.write_headers(h, Some(h.kind), h.size)?;
         let outcome = self.copy_data(h, data)?;
         self.entries += 1;
         self.payload += h.size;
+        self.last_file = Some(h.path.clone());
         outcome
+    }
+
+    /// Withdraws the file entry just appended (its content turned out wrong:
+    /// the file changed while it was read). Writes a withdraw marker (see
+    /// the crate documentation), on which the receiver discards that entry.
+    /// Only the entry appended last can be withdrawn, and only once; `h` is
+    /// the header it was appended with.
+    pub fn withdraw(&mut self, h: &EntryHeader) -> Result<(), TarError> {
+        self.check_usable()?;
+        if self.last_file.as_ref() != Some(&h.path) || h.kind != EntryKind::File {
+            return Err(invalid(h, "only the file entry appended last can be withdrawn, once"));
+        }
+        self.last_file = None;
+        self.write_headers(h, WITHDRAW_TYPEFLAG_KIND, 0)?;
+        self.entries -= 1;
+        self.withdrawn += 1;
+        Ok(())
     }
 
     /// Appends a directory.
@@ -114,7 +142,8 @@ impl<W: Write> PackWriter<W> {
         if h.link_target.is_some() {
             return Err(invalid(h, "a directory has no link target"));
         }
-        self.write_headers(h)?;
+        self.last_file = None;
+        self.write_headers(h, Some(h.kind), 0)?;
         self.entries += 1;
         Ok(())
     }
@@ -135,7 +164,8 @@ impl<W: Write> PackWriter<W> {
             }
             Some(_) => {}
         }
-        self.write_headers(h)?;
+        self.last_file = None;
+        self.write_headers(h, Some(h.kind), 0)?;
         self.entries += 1;
         Ok(())
     }
@@ -146,6 +176,7 @@ impl<W: Write> PackWriter<W> {
             entries: self.entries,
             payload_bytes: self.payload,
             compressed_bytes: self.enc.get_ref().count,
+            withdrawn: self.withdrawn,
         }
     }
 
@@ -154,13 +185,13 @@ impl<W: Write> PackWriter<W> {
     pub fn finish(mut self) -> Result<(W, PackStats), TarError> {
         self.check_usable()?;
         self.write_all(&[0; 2 * BLOCK], None)?;
-        let (entries, payload) = (self.entries, self.payload);
+        let (entries, payload, withdrawn) = (self.entries, self.payload, self.withdrawn);
         let mut sink = match self.enc.finish() {
             Ok(sink) => sink,
             Err(source) => return Err(TarError::Io { index: entries, path: None, source }),
         };
         sink.flush().map_err(|source| TarError::Io { index: entries, path: None, source })?;
-        let stats = PackStats { entries, payload_bytes: payload, compressed_bytes: sink.count };
+        let stats = PackStats { entries, payload_bytes: payload, compressed_bytes: sink.count, withdrawn };
         Ok((sink.inner, stats))
     }
 
@@ -188,13 +219,14 @@ impl<W: Write> PackWriter<W> {
     }
 
     /// Writes the PAX extended header (always present: it carries the mtime)
-    /// and the ustar header of `h`.
-    fn write_headers(&mut self, h: &EntryHeader) -> Result<(), TarError> {
+    /// and the ustar header of `h`, as an entry of `kind` (a withdraw marker:
+    /// `None`) declaring `size` bytes of data.
+    fn write_headers(&mut self, h: &EntryHeader, kind: Option<EntryKind>, size: u64) -> Result<(), TarError> {
         if h.mtime.nsec >= 1_000_000_000 {
             return Err(invalid(h, "mtime nanoseconds must be below 1e9"));
         }
         let mut name = h.path.as_str().to_string();
-        if h.kind == EntryKind::Dir {
+        if kind == Some(EntryKind::Dir) {
             name.push('/');
         }
         let mut records = Vec::new();
@@ -208,8 +240,8 @@ impl<W: Write> PackWriter<W> {
         if !target_fits {
             pax::push_record(&mut records, "linkpath", target.as_bytes());
         }
-        if h.size > OCTAL11_MAX {
-            pax::push_record(&mut records, "size", h.size.to_string().as_bytes());
+        if size > OCTAL11_MAX {
+            pax::push_record(&mut records, "size", size.to_string().as_bytes());
         }
 
         let mut x = tar::Header::new_ustar();
@@ -240,11 +272,12 @@ impl<W: Write> PackWriter<W> {
         u.set_uid(0);
         u.set_gid(0);
         u.set_mtime(h.mtime.sec.clamp(0, OCTAL11_MAX as i64) as u64);
-        u.set_size(h.size);
-        u.set_entry_type(match h.kind {
-            EntryKind::File => tar::EntryType::Regular,
-            EntryKind::Dir => tar::EntryType::Directory,
-            EntryKind::Symlink => tar::EntryType::Symlink,
+        u.set_size(size);
+        u.set_entry_type(match kind {
+            Some(EntryKind::File) => tar::EntryType::Regular,
+            Some(EntryKind::Dir) => tar::EntryType::Directory,
+            Some(EntryKind::Symlink) => tar::EntryType::Symlink,
+            None => tar::EntryType::new(crate::WITHDRAW_TYPEFLAG),
         });
         u.set_cksum();
 
@@ -400,7 +433,7 @@ mod tests {
             let path = RelPath::new("huge").unwrap();
             let h = EntryHeader::file(path, 0o600, cs_protocol::Timestamp::new(1, 2), size);
             let mut w = PackWriter::new(Vec::new(), 1).unwrap();
-            w.write_headers(&h).unwrap();
+            w.write_headers(&h, Some(h.kind), h.size).unwrap();
             let bytes = w.enc.finish().unwrap().inner;
             let raw = zstd::decode_all(&bytes[..]).unwrap();
             let has_pax_size = raw.windows(6).any(|w| w == b" size=");

@@ -496,3 +496,88 @@ fn transport_errors_are_io_errors() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// The events `unpack_events` hands out, as text, and its result.
+fn events(bytes: &[u8]) -> (Vec<String>, Result<cs_tarstream::UnpackStats, TarError>) {
+    let mut seen = Vec::new();
+    let res = cs_tarstream::unpack_events(bytes, &Limits::default(), |ev| {
+        match ev {
+            cs_tarstream::Event::Entry(h, r) => {
+                std::io::copy(r, &mut std::io::sink())?;
+                seen.push(format!("entry {}", h.path));
+            }
+            cs_tarstream::Event::Withdraw(p) => seen.push(format!("withdraw {p}")),
+        }
+        Ok(())
+    });
+    (seen, res)
+}
+
+fn withdraw(raw: Raw, path: &str) -> Raw {
+    raw.entry(cs_tarstream::WITHDRAW_TYPEFLAG, path, 0, "")
+}
+
+#[test]
+fn a_withdraw_marker_after_its_file_is_reported_and_the_stream_goes_on() {
+    let raw = withdraw(ok_first(), "ok").entry(b'0', "next", 1, "").data(b"n").end();
+    let (seen, res) = events(&raw.zstd());
+    assert_eq!(seen, ["entry ok", "withdraw ok", "entry next"]);
+    let stats = res.unwrap();
+    assert_eq!((stats.entries, stats.withdrawn), (2, 1));
+    // Through a PAX path record too (long or non-ASCII names).
+    let long = format!("{}/f", "d".repeat(150));
+    let raw = Raw::new()
+        .pax(b'x', &[("path", long.as_bytes())])
+        .entry(b'0', "placeholder", 1, "")
+        .data(b"x")
+        .pax(b'x', &[("path", long.as_bytes())]);
+    let raw = withdraw(raw, "placeholder").end();
+    let (seen, res) = events(&raw.zstd());
+    res.unwrap();
+    assert_eq!(seen, [format!("entry {long}"), format!("withdraw {long}")]);
+}
+
+#[test]
+fn misplaced_withdraw_markers_are_refused() {
+    let malformed = |raw: Raw, want_seen: &[&str]| {
+        let (seen, res) = events(&raw.end().zstd());
+        assert_eq!(seen, want_seen);
+        match res {
+            Err(TarError::Malformed { reason, .. }) => assert!(reason.contains("withdraw"), "{reason}"),
+            other => panic!("expected a malformed stream, got {other:?}"),
+        }
+    };
+    // Nothing to withdraw: first in the stream.
+    malformed(withdraw(Raw::new(), "ok"), &[]);
+    // Another path than the file just sent.
+    malformed(withdraw(ok_first(), "other"), &["entry ok"]);
+    // Twice in a row: the second has nothing left to withdraw.
+    malformed(withdraw(withdraw(ok_first(), "ok"), "ok"), &["entry ok", "withdraw ok"]);
+    // Not right after the file: an entry in between.
+    malformed(withdraw(ok_first().entry(b'5', "d/", 0, ""), "ok"), &["entry ok", "entry d"]);
+    // After a directory or a symlink of that name.
+    malformed(withdraw(Raw::new().entry(b'5', "d/", 0, ""), "d"), &["entry d"]);
+    malformed(withdraw(Raw::new().entry(b'2', "l", 0, "t"), "l"), &["entry l"]);
+    // A marker that declares data.
+    malformed(ok_first().entry(cs_tarstream::WITHDRAW_TYPEFLAG, "ok", 3, "").data(b"abc"), &["entry ok"]);
+    // A bad path is refused as any entry's.
+    let (seen, res) = events(&withdraw(ok_first(), "../ok").end().zstd());
+    assert_eq!(seen, ["entry ok"]);
+    assert!(matches!(res, Err(TarError::BadPath { .. })), "{res:?}");
+    // A marker cut off before its end: truncated, and the entry is not confirmed.
+    let mut bytes = withdraw(ok_first(), "ok").bytes;
+    bytes.truncate(bytes.len() - 100);
+    let (_, res) = events(&zstd(&bytes));
+    assert!(matches!(res, Err(TarError::Truncated { .. })), "{res:?}");
+}
+
+#[test]
+fn the_plain_reader_refuses_a_withdraw_it_cannot_honour() {
+    let raw = withdraw(ok_first(), "ok").end();
+    let (seen, res) = visited_paths(&raw.zstd(), &Limits::default());
+    assert_eq!(seen, ["ok"]);
+    match res {
+        Err(TarError::Withdrawn { index: 0, path }) => assert_eq!(path.as_str(), "ok"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -382,3 +382,46 @@ fn kinds_are_reported() {
         unpack_all(&pack(&entries), &Limits::default()).unwrap().iter().map(|(h, _)| h.kind).collect();
     assert_eq!(kinds, [EntryKind::File, EntryKind::Dir, EntryKind::Symlink]);
 }
+
+#[test]
+fn a_torn_file_is_withdrawn_and_the_receiver_is_told_before_the_next_entry() {
+    let mut w = PackWriter::new(Vec::new(), 3).unwrap();
+    let grew = file("grew", 0o644, (1, 0), 2);
+    assert!(matches!(w.append_file(&grew, &mut &b"abcdef"[..]), Err(TarError::SourceChanged { .. })));
+    w.withdraw(&grew).unwrap();
+    // Only the file appended last, only once.
+    assert!(matches!(w.withdraw(&grew), Err(TarError::InvalidHeader { .. })));
+    let d = dir("d", 0o755, (1, 0));
+    w.append_dir(&d).unwrap();
+    let mut as_file = d.clone();
+    as_file.kind = EntryKind::File;
+    assert!(matches!(w.withdraw(&as_file), Err(TarError::InvalidHeader { .. })));
+    let fine = file("fine", 0o644, (1, 0), 2);
+    w.append_file(&fine, &mut &b"ok"[..]).unwrap();
+    assert!(matches!(w.withdraw(&file("other", 0o644, (1, 0), 2)), Err(TarError::InvalidHeader { .. })));
+    let (bytes, stats) = w.finish().unwrap();
+    assert_eq!((stats.entries, stats.withdrawn), (2, 1));
+
+    let mut seen = Vec::new();
+    let stats = cs_tarstream::unpack_events(&bytes[..], &Limits::default(), |ev| {
+        match ev {
+            cs_tarstream::Event::Entry(h, r) => {
+                let mut data = Vec::new();
+                r.read_to_end(&mut data)?;
+                seen.push(format!("{} {:?}", h.path, String::from_utf8_lossy(&data)));
+            }
+            cs_tarstream::Event::Withdraw(p) => seen.push(format!("withdraw {p}")),
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, ["grew \"ab\"", "withdraw grew", "d \"\"", "fine \"ok\""]);
+    assert_eq!((stats.entries, stats.withdrawn), (3, 1));
+    // The plain reader cannot take the entry back: it refuses the stream.
+    let err = unpack(&bytes[..], &Limits::default(), |_, r| {
+        std::io::copy(r, &mut std::io::sink())?;
+        Ok(())
+    })
+    .unwrap_err();
+    assert!(matches!(&err, TarError::Withdrawn { index: 0, path } if path.as_str() == "grew"), "{err:?}");
+}

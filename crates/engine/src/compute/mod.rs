@@ -19,6 +19,7 @@ use cs_union::Whiteout;
 pub use manifest::{AppliedLog, Manifest, MANIFEST_VERSION};
 pub use scan::{scan_upper, UpperScan};
 
+use crate::busy::{self, BusyFile, BusyOutcome, BusyPolicy, BusyTable};
 use crate::sig::{held_digest, Sig};
 use crate::{state, temp_name, EngineError, PathFilter};
 
@@ -44,6 +45,8 @@ pub struct ComputeConfig {
     /// The compute user: owner of every entry step 4 creates in the upper
     /// layer (files, directories, symlinks). `None`: the process's own.
     pub owner: Option<cs_safe_fs::Owner>,
+    /// Files that keep changing: when to send a snapshot (see `busy`).
+    pub busy: BusyPolicy,
 }
 
 impl ComputeConfig {
@@ -57,6 +60,7 @@ impl ComputeConfig {
             limits: Limits::default(),
             whiteout_grace: Duration::ZERO,
             owner: None,
+            busy: BusyPolicy::default(),
         }
     }
 }
@@ -73,6 +77,10 @@ pub struct ComputeSide {
     /// Whiteouts whose deletion P confirmed, kept for the grace period:
     /// path → when (ms since the epoch, this machine's clock only).
     retired: BTreeMap<RelPath, u64>,
+    /// Files deferred or snapshotted by the last committed rounds (in
+    /// memory: after a restart a busy file waits `snapshot_after` rounds
+    /// again for its next snapshot).
+    busy: BusyTable,
 }
 
 /// The in-memory state of one round on C. Dropping it abandons the round:
@@ -94,6 +102,8 @@ pub struct ComputeRound {
     sent_log: AppliedLog,
     round_id: u64,
     pub problems: Vec<String>,
+    /// Step 3's busy files: deferred or sent as a snapshot.
+    busy: BTreeMap<RelPath, BusyOutcome>,
 }
 
 /// A file of P's written to its temporary name, waiting for the rest of the
@@ -123,6 +133,9 @@ pub struct ApplyReport {
     /// P's version was not written because the local entry changed since the
     /// scan: the user's version stays and goes to P next round.
     pub not_applied: Vec<RelPath>,
+    /// Entries P withdrew from its stream (they changed on P while being
+    /// packed): discarded here, P sends them in a later round.
+    pub withdrawn: Vec<RelPath>,
 }
 
 impl ComputeSide {
@@ -133,7 +146,7 @@ impl ComputeSide {
         let manifest = Manifest::load(&cfg.state_dir.join(MANIFEST_FILE))?;
         let pending = state::load::<PendingCommit>(&cfg.state_dir.join(PENDING_FILE))?.map(|p| p.round_id);
         let retired = state::load::<BTreeMap<RelPath, u64>>(&cfg.state_dir.join(RETIRED_FILE))?.unwrap_or_default();
-        Ok(ComputeSide { cfg, upper, manifest, pending, tmp_seq: 0, retired })
+        Ok(ComputeSide { cfg, upper, manifest, pending, tmp_seq: 0, retired, busy: BusyTable::default() })
     }
 
     pub fn config(&self) -> &ComputeConfig {
@@ -255,6 +268,7 @@ impl ComputeSide {
             sent_log: AppliedLog::new(self.sent_log_path()),
             round_id: crate::random_u64(),
             problems,
+            busy: BTreeMap::new(),
         };
         Ok((round, hello))
     }
@@ -455,14 +469,31 @@ impl ComputeSide {
                     tar.append_symlink(&header)?;
                 }
                 EntryKind::File => {
-                    let mut f = self.upper.open_file(p)?;
-                    let md = f.metadata().map_err(|e| EngineError::io("stat", self.cfg.upper.join(p.as_path()), e))?;
-                    let fst = cs_safe_fs::Stat::from_metadata(&md);
-                    sig = Sig::of(&fst).unwrap_or(sig);
-                    header.mode = fst.mode;
-                    header.mtime = fst.mtime;
-                    header.size = fst.size;
-                    tar.append_file(&header, &mut f)?;
+                    let f = match self.upper.open_file(p) {
+                        Ok(f) => f,
+                        // Gone since the lstat (a log rotated): as above.
+                        Err(e) if e.is_not_found() => {
+                            r.known.remove(p);
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    // A file that changed since the scan, or changes while
+                    // it is read, is deferred (and withdrawn from the
+                    // stream): `next` keeps what it had, so the next round
+                    // sends it again. See `busy`.
+                    let scratch = if self.busy.wants_snapshot(p, &self.cfg.busy) {
+                        self.tmp_seq += 1;
+                        Some(temp_name(&self.cfg.client, self.tmp_seq))
+                    } else {
+                        None
+                    };
+                    let snapshot = scratch.as_deref().map(|name| (&self.cfg.busy, name));
+                    let packed = busy::pack_file(&mut tar, &self.upper, p, f, header, r.known.get(p).copied(), snapshot)?;
+                    match busy::note(&mut r.busy, p, &packed) {
+                        Some(s) => sig = s,
+                        None => continue,
+                    }
                 }
             }
             r.sent_log.append(p, sig)?;
@@ -488,7 +519,19 @@ impl ComputeSide {
         // gone on intact past it.
         let mut staged: Option<Staged> = None;
         let mut failpoint_hit = false;
-        let result = cs_tarstream::unpack(input, &limits, |h, data| {
+        let result = cs_tarstream::unpack_events(input, &limits, |ev| {
+            let (h, data) = match ev {
+                cs_tarstream::Event::Entry(h, data) => (h, data),
+                // P found that file changed while it packed it: the staged
+                // copy (if any: the entry may have been skipped) is its.
+                cs_tarstream::Event::Withdraw(path) => {
+                    if let Some(st) = staged.take_if(|st| &st.target == path) {
+                        self.upper.remove_file(&st.tmp).map_err(|e| Box::new(EngineError::from(e)) as cs_tarstream::VisitError)?;
+                    }
+                    report.withdrawn.push(path.clone());
+                    return Ok(());
+                }
+            };
             if stop_after.is_some_and(|n| seen >= n) {
                 return Err(Box::new(Interrupted));
             }
@@ -663,8 +706,15 @@ impl ComputeSide {
     /// Step 5, second half (after P committed): the pending manifest becomes
     /// the manifest. Only now does the round count.
     pub fn commit(&mut self, r: ComputeRound) -> Result<(), EngineError> {
+        self.busy.commit(&r.busy);
         drop(r);
         self.resolve_pending(true)
+    }
+
+    /// Files that keep changing, as of the last committed round: deferred,
+    /// or sent as snapshots (status).
+    pub fn busy_files(&self) -> Vec<BusyFile> {
+        self.busy.files()
     }
 }
 

@@ -4,7 +4,7 @@
 mod journal;
 mod watch;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use journal::{Journal, JournalEntry, JOURNAL_VERSION};
 
 use crate::compute::Interrupted;
+use crate::busy::{self, BusyFile, BusyOutcome, BusyPolicy, BusyTable, Packed};
 use crate::sig::{held_digest, Sig};
 use crate::{state, temp_name, EngineError, PathFilter};
 
@@ -47,6 +48,8 @@ pub struct ProjectConfig {
     /// a broker running as root never leaves root's files in a user's home.
     /// `None`: the process's own ids.
     pub owner: Option<cs_safe_fs::Owner>,
+    /// Files that keep changing: when to send a snapshot (see `busy`).
+    pub busy: BusyPolicy,
 }
 
 /// Default of [`ProjectConfig::full_rescan_every`].
@@ -62,6 +65,7 @@ impl ProjectConfig {
             limits: Limits::default(),
             full_rescan_every: DEFAULT_FULL_RESCAN_EVERY,
             owner: None,
+            busy: BusyPolicy::default(),
         }
     }
 }
@@ -103,6 +107,8 @@ pub struct ProjectSide {
     /// so that a hello never sees a journal that misses what another hello
     /// drained.
     watch: Mutex<Watch>,
+    /// Each client's busy files of step 4 (in memory, see `busy`).
+    busy: Mutex<HashMap<ClientId, BusyTable>>,
 }
 
 struct Watch {
@@ -141,6 +147,8 @@ pub struct ProjectRound {
     /// Paths sent in step 4.
     sent: BTreeSet<RelPath>,
     new_cursor: Option<Cursor>,
+    /// Step 4's busy files: deferred or sent as a snapshot.
+    busy: BTreeMap<RelPath, BusyOutcome>,
 }
 
 impl ProjectRound {
@@ -165,6 +173,9 @@ pub struct WriteReport {
     /// Conflict copies created: P's version stayed, the incoming one is here.
     pub conflicts: Vec<RelPath>,
     pub refused: Vec<(RelPath, String)>,
+    /// Entries the client withdrew from its stream (they changed while it
+    /// packed them): discarded; the client sends them in a later round.
+    pub withdrawn: Vec<RelPath>,
 }
 
 impl ProjectSide {
@@ -195,6 +206,7 @@ impl ProjectSide {
             apply_lock: Mutex::new(()),
             tmp_seq: AtomicU64::new(0),
             watch: Mutex::new(Watch { home: watch::HomeWatch::new(), last_full: None }),
+            busy: Mutex::new(HashMap::new()),
         })
         .inspect(|p| {
             // Watch now, so that directory moves before the first hello
@@ -297,6 +309,7 @@ impl ProjectSide {
             unseen: st.unseen,
             sent: BTreeSet::new(),
             new_cursor: None,
+            busy: BTreeMap::new(),
         };
         round.rebuild_held();
         Ok((round, reply))
@@ -503,9 +516,23 @@ impl ProjectSide {
         let mut seen = 0usize;
         // A file entry is renamed into place only once the next header (or
         // the end of the stream) has been read intact: an entry the sender
-        // found torn is followed by a cut stream, and is then discarded.
+        // found torn is followed by a withdraw marker (or a cut stream), and
+        // is then discarded.
         let mut staged: Option<Staged> = None;
-        let result = cs_tarstream::unpack(input, &limits, |h, data| {
+        let result = cs_tarstream::unpack_events(input, &limits, |ev| {
+            let (h, data) = match ev {
+                cs_tarstream::Event::Entry(h, data) => (h, data),
+                // The client found that file changed while it packed it:
+                // the staged copy (if any: the entry may have been refused)
+                // is its, and goes.
+                cs_tarstream::Event::Withdraw(path) => {
+                    if let Some(st) = staged.take_if(|st| &st.entry == path) {
+                        self.home.remove_file(&st.tmp).map_err(|e| Box::new(EngineError::from(e)) as cs_tarstream::VisitError)?;
+                    }
+                    report.withdrawn.push(path.clone());
+                    return Ok(());
+                }
+            };
             if stop_after.is_some_and(|n| seen >= n) {
                 return Err(Box::new(Interrupted));
             }
@@ -588,12 +615,12 @@ impl ProjectSide {
         } else {
             self.home.symlink_temp(&target, &tmp_name, h.link_target.as_deref().unwrap_or_default(), h.mtime)?
         };
-        Ok(Some(Staged { tmp, target }))
+        Ok(Some(Staged { tmp, target, entry: h.path.clone() }))
     }
 
     /// Moves a staged file into place, or beside it as a conflict copy.
     fn finalize(&self, r: &mut ProjectRound, st: Staged, report: &mut WriteReport) -> Result<(), EngineError> {
-        let Staged { tmp, target } = st;
+        let Staged { tmp, target, .. } = st;
         let _op = lock(&self.apply_lock);
         let actual = self.lstat_sig(&target)?;
         let replace = match actual.map(|a| a.kind) {
@@ -798,19 +825,45 @@ impl ProjectSide {
                     tar.append_symlink(&header)?;
                 }
                 EntryKind::File => {
-                    let mut f = self.home.open_file(&p)?;
-                    let md = f.metadata().map_err(|e| EngineError::io("stat", self.cfg.home.join(p.as_path()), e))?;
-                    let fst = cs_safe_fs::Stat::from_metadata(&md);
-                    header.mode = fst.mode;
-                    header.mtime = fst.mtime;
-                    header.size = fst.size;
-                    tar.append_file(&header, &mut f)?;
+                    let f = match self.home.open_file(&p) {
+                        Ok(f) => f,
+                        // Gone since the lstat (a log rotated): as above.
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    // As on C (see `busy`): a file that changed since the
+                    // journal saw it, or changes while it is read, is
+                    // deferred; it stays unseen by this client, so a later
+                    // round sends it.
+                    let expected = lock(&self.journal).journal.get(&p).and_then(|e| e.sig);
+                    let scratch = lock(&self.busy)
+                        .get(&r.client)
+                        .is_some_and(|t| t.wants_snapshot(&p, &self.cfg.busy))
+                        .then(|| temp_name(&r.client, self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
+                    let snapshot = scratch.as_deref().map(|name| (&self.cfg.busy, name));
+                    let packed = busy::pack_file(&mut tar, &self.home, &p, f, header, expected, snapshot)?;
+                    busy::note(&mut r.busy, &p, &packed);
+                    match packed {
+                        Packed::Whole(_) | Packed::Snapshot { exact: true, .. } => {}
+                        // A snapshot of a file that changed meanwhile is
+                        // not its current version: it stays unseen too.
+                        Packed::Snapshot { exact: false, .. } | Packed::Deferred(_) => {
+                            r.unseen.insert(p);
+                            continue;
+                        }
+                    }
                 }
             }
             r.sent.insert(p);
         }
         let (w, stats) = tar.finish()?;
         Ok((w, stats, cursor))
+    }
+
+    /// The client's busy files of step 4, as of its last committed round
+    /// (status).
+    pub fn busy_files(&self, client: &ClientId) -> Vec<BusyFile> {
+        lock(&self.busy).get(client).map(BusyTable::files).unwrap_or_default()
     }
 
     /// Step 5: makes the round count on P. The journal is persisted before
@@ -841,6 +894,13 @@ impl ProjectSide {
         self.persist_journal()?;
         // Always saved: the round id is what a crashed client asks about.
         state::save(&self.client_path(&r.client), &st)?;
+        let mut busy = lock(&self.busy);
+        let table = busy.entry(r.client.clone()).or_default();
+        table.commit(&r.busy);
+        if table.is_empty() {
+            busy.remove(&r.client);
+        }
+        drop(busy);
         lock(&self.clients).insert(r.client, st);
         // Housekeeping: a failure here costs memory, not correctness.
         match self.prune_tombstones() {
@@ -857,6 +917,8 @@ impl ProjectSide {
 struct Staged {
     tmp: RelPath,
     target: RelPath,
+    /// The entry's path in the stream (`target` may be a conflict directory's).
+    entry: RelPath,
 }
 
 fn redirect(redirects: &[(RelPath, RelPath)], p: &RelPath) -> RelPath {

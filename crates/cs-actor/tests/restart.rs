@@ -13,7 +13,8 @@
 //!   times in a row. Every restart must mount within [`MOUNT_BOUND`]; every file the writer
 //!   wrote must reach the merged view and the project (at its path, or in a recovery directory);
 //!   a write the writer saw fail must have failed with EPERM, EACCES or EROFS (the guarded bare
-//!   mount point refusing it), and counts as not written.
+//!   mount point refusing it), or ENOENT (`mkdir -p` ran in the old union, the write in the bare
+//!   directory), and counts as not written.
 //! - `files_planted_in_the_bare_mount_point_are_recovered`: entries in the bare mount point at
 //!   start-up (left by an older version, or a missed guard) are moved into the upper layer, or
 //!   into a recovery directory where the name is taken, reported in the status, and the union
@@ -79,7 +80,8 @@ struct Writer {
 #[derive(Default)]
 struct Written {
     ok: Vec<usize>,
-    /// EPERM, EACCES or EROFS: refused by the guarded bare mount point.
+    /// Refused by the guarded bare mount point: EPERM, EACCES or EROFS, or ENOENT (the file's
+    /// directory, made through the union a moment before, is not in the bare directory).
     refused: Vec<usize>,
     /// Any other error (each one is a failure of the test).
     other: Vec<String>,
@@ -120,7 +122,7 @@ impl Writer {
             match (kind, i) {
                 (Some("ok"), Some(i)) => w.ok.push(i),
                 (Some("err"), Some(i))
-                    if ["Operation not permitted", "Permission denied", "Read-only file system"]
+                    if ["Operation not permitted", "Permission denied", "Read-only file system", "No such file or directory"]
                         .iter()
                         .any(|e| msg.contains(e)) =>
                 {

@@ -152,6 +152,19 @@ fn recover(
     }
 }
 
+/// Lifts the guard [`prepare`] left on a bare mount point (the immutable attribute), for a
+/// tool that deletes the directory (the bench, the tests). Refuses while something is mounted
+/// there; a filesystem without the attribute is fine.
+pub fn unguard_mount_point(merged: &Path) -> Result<(), String> {
+    let dir = open_bare(merged)?;
+    match set_immutable(&dir, false) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOTTY) && e.raw_os_error() != Some(libc::EOPNOTSUPP) => {
+            Err(format!("clear the immutable attribute of {}: {e}", merged.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Opens the bare directory; refuses while something is mounted there (the ioctl would reach
 /// the mounted filesystem, and its entries are not ours to move).
 fn open_bare(merged: &Path) -> Result<fs::File, String> {

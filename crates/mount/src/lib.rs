@@ -24,7 +24,7 @@ mod sshfs;
 mod supervisor;
 mod util;
 
-pub use bare::{Guard, Recovery, RECOVERY_PREFIX};
+pub use bare::{unguard_mount_point, Guard, Recovery, RECOVERY_PREFIX};
 pub use error::MountError;
 pub use local_only::{prepare_local_only, DEFAULT_LOCAL_ONLY};
 pub use lower::{LowerKind, LowerSpec};

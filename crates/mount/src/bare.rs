@@ -242,7 +242,7 @@ impl Mover<'_> {
                 if self.free_in_lower(rel) {
                     self.move_to(rel, &dst, false);
                 } else {
-                    self.to_recovery(rel);
+                    self.place_in_recovery_dir(rel);
                 }
             }
             Ok(md) if md.is_dir() && src_md.is_dir() && !is_meta(rel) => {
@@ -258,7 +258,7 @@ impl Mover<'_> {
                     Err(e) => self.errors.push(e),
                 }
             }
-            _ => self.to_recovery(rel),
+            _ => self.place_in_recovery_dir(rel),
         }
     }
 
@@ -279,7 +279,7 @@ impl Mover<'_> {
         }
     }
 
-    fn to_recovery(&mut self, rel: &Path) {
+    fn place_in_recovery_dir(&mut self, rel: &Path) {
         let dir = match &self.r.recovery_dir {
             Some(d) => d.clone(),
             None => match new_recovery_dir(self.upper) {

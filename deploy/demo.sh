@@ -36,6 +36,9 @@ cleanup() {
     for m in "$c/merged" "$c/lower"; do
         grep -q " $m " /proc/self/mountinfo && umount -l "$m"
     done
+    # The service leaves the bare mount point immutable (docs/operations.md): lift that so
+    # that the demo's directory can be deleted.
+    chattr -i "$c/merged" 2>/dev/null || true
 }
 trap cleanup EXIT
 

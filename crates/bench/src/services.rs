@@ -273,6 +273,10 @@ impl Compute {
                 let _ = cs_testbed::lazy_unmount(m);
             }
         }
+        // The service leaves its bare mount point immutable; the bench deletes its work dir.
+        if let Err(e) = cs_mount::unguard_mount_point(&self.merged) {
+            tracing::warn!(error = %e, "the work directory may not be removable");
+        }
         for (pid, started) in kids {
             // Only the very process that was our child's child (same pid and start time).
             if started.is_some() && start_time(pid) == started {

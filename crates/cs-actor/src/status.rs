@@ -94,6 +94,7 @@ fn render_compute(st: &Value, out: &mut String) {
             s(&m["union"]["remounts"]),
             m["rail"].as_str().map(|r| format!(" | SAFETY RAIL: {r}")).unwrap_or_default()
         ));
+        render_mount_point(&m["mount_point"], out);
     }
     let c = &st["connection"];
     out.push_str(&format!(
@@ -170,6 +171,25 @@ fn deferred_line(section: &Value) -> Option<String> {
     ))
 }
 
+/// The bare mount point: a weaker guard than the immutable attribute, and entries recovered
+/// from it (what an operator must look at: docs/operations.md).
+fn render_mount_point(mp: &Value, out: &mut String) {
+    let guard = s(&mp["guard"]);
+    if !matches!(guard.as_str(), "immutable" | "pending" | "-") {
+        out.push_str(&format!("  mount point guard {guard} only: {}\n", s(&mp["guard_error"])));
+    }
+    let last = &mp["last_recovery"];
+    if last.is_object() {
+        let into_dir = last["moved_into_recovery_dir"].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "  recovered   {} entries found in the bare mount point (last time: {} moved into the home{})\n",
+            s(&mp["recovered_entries"]),
+            s(&last["moved_into_upper"]),
+            if into_dir > 0 { format!(", {into_dir} into {} as their names were taken", s(&last["recovery_dir"])) } else { String::new() }
+        ));
+    }
+}
+
 fn render_project(st: &Value, out: &mut String) {
     let b = &st["broker"];
     out.push_str(&format!("project broker on {} (tls {}): {} session(s)\n", s(&b["listen"]), s(&b["tls"]), b["sessions"].as_array().map(|a| a.len()).unwrap_or(0)));
@@ -225,6 +245,7 @@ mod tests {
         assert!(text.contains("last error  round: boom"), "{text}");
         assert!(!text.contains("SAFETY RAIL"), "{text}");
         assert!(!text.contains("deferred"), "{text}");
+        assert!(!text.contains("recovered") && !text.contains("guard"), "{text}");
     }
 
     #[test]
@@ -240,5 +261,24 @@ mod tests {
         });
         let text = render(&st);
         assert!(text.contains("deferred    3 busy file(s), 1 snapshot(s) sent: train.log (still changing, snapshot sent), b.log (still changing, deferred 2 round(s)) and 1 more"), "{text}");
+    }
+
+    #[test]
+    fn compute_view_shows_a_recovery_and_a_weak_guard() {
+        let st = json!({
+            "service": "compute", "client": "gpu-1",
+            "mounts": {"lower": {"kind": "command", "state": "mounted"}, "union": {"state": "mounted"}, "rail": null,
+                       "mount_point": {"guard": "read_only_mode", "guard_error": "the immutable attribute cannot be set on /home/u (Inappropriate ioctl for device)",
+                                       "recoveries": 1, "recovered_entries": 5,
+                                       "last_recovery": {"moved_into_upper": 3, "moved_into_recovery_dir": 2,
+                                                         "recovery_dir": "/local/upper/cs-actor-recovered-20261203T081433Z"}}},
+            "connection": {}, "round": {"phase": "idle"}, "packer": {}, "watcher": {}
+        });
+        let text = render(&st);
+        assert!(text.contains("guard read_only_mode only: the immutable attribute cannot be set on /home/u"), "{text}");
+        assert!(
+            text.contains("recovered   5 entries found in the bare mount point (last time: 3 moved into the home, 2 into /local/upper/cs-actor-recovered-20261203T081433Z"),
+            "{text}"
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cs_union::{Layout, MountGuard, UnionfsFuse};
 
+use crate::bare::{self, Prepared};
 use crate::lower::LowerProc;
 use crate::probe::{PathHealth, Prober};
 use crate::util::{mounted, unmount_if_mounted};
@@ -60,12 +61,14 @@ pub(crate) enum LowerHealth {
 }
 
 /// The union as one check saw it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct UnionReport {
     /// `None` = alive and answering; else why it is dead.
     pub dead: Option<String>,
     pub pid: Option<u32>,
     pub latency: Option<Duration>,
+    /// A mount attempt's guard and recovery of the bare mount point (if it got that far).
+    pub mount_point: Option<Prepared>,
 }
 
 impl Plant {
@@ -98,22 +101,42 @@ impl Plant {
     }
 
     /// (Re)mounts the union: the previous one is unmounted (lazily if busy) and its process
-    /// stopped, the local-only directories are made opaque, then `unionfs-fuse -f` runs.
+    /// stopped, the bare mount point guarded and emptied (see `bare`), the local-only
+    /// directories made opaque, then `unionfs-fuse -f` runs.
     pub(crate) fn mount_union(&mut self, s: &Settings) -> UnionReport {
-        match self.try_mount_union(s) {
+        let mut mount_point = None;
+        let mut r = match self.try_mount_union(s, &mut mount_point) {
             Ok(()) => self.check_union(s),
-            Err(e) => UnionReport { dead: Some(e), pid: None, latency: None },
-        }
+            Err(e) => UnionReport { dead: Some(e), ..Default::default() },
+        };
+        r.mount_point = mount_point;
+        r
     }
 
-    fn try_mount_union(&mut self, s: &Settings) -> Result<(), String> {
+    fn try_mount_union(&mut self, s: &Settings, mount_point: &mut Option<Prepared>) -> Result<(), String> {
         if let Some(old) = self.union.take() {
             if let Err(e) = old.unmount() {
                 tracing::warn!(error = %e, "unmounting the previous union");
             }
         }
-        // A union left by a crashed predecessor (or one we could not unmount) is detached.
-        unmount_if_mounted(&s.merged).map_err(|e| format!("detach the stale union at {}: {e}", s.merged.display()))?;
+        // A union left by a killed predecessor (its daemon outlives it), or one we could not
+        // unmount, is detached; a few times, in case mounts are stacked there.
+        for _ in 0..4 {
+            if !mounted(&s.merged) {
+                break;
+            }
+            unmount_if_mounted(&s.merged)
+                .map_err(|e| format!("detach the stale union at {}: {e}", s.merged.display()))?;
+        }
+        // Programs writing to the home now write into the bare directory (a writer still busy
+        // after a kill -9 did, and unionfs-fuse then refused the non-empty mount point for
+        // good): guard it, and move what is there into the upper layer.
+        let prepared = bare::prepare(&s.merged, &s.upper, &s.lower_mountpoint)?;
+        let left = prepared.left.clone();
+        *mount_point = Some(prepared);
+        if let Some(e) = left {
+            return Err(e);
+        }
         let bin = match &s.union_binary {
             Some(b) => b.clone(),
             None => UnionfsFuse::find().map_err(|e| e.to_string())?,
@@ -173,7 +196,7 @@ impl Plant {
     }
 
     fn check_union(&mut self, s: &Settings) -> UnionReport {
-        let mut r = UnionReport { dead: None, pid: None, latency: None };
+        let mut r = UnionReport::default();
         let Some(g) = self.union.as_mut() else {
             r.dead = Some("not mounted".into());
             return r;

@@ -10,6 +10,7 @@ use cs_union::{Layout, UnionfsFuse};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::bare::{Guard, Prepared, Recovery};
 use crate::lower::LowerKind;
 use crate::plant::{LowerHealth, LowerReport, Plant, Settings, UnionReport};
 use crate::util::{backoff, now_ms, resolve_dir, Jitter};
@@ -74,6 +75,8 @@ impl MountConfig {
 pub struct MountState {
     pub lower: LowerState,
     pub union: UnionState,
+    /// The union's mount point while the union is down: its guard, what was recovered from it.
+    pub mount_point: MountPointState,
     /// Why rounds may not run now (the safety rail), or `None`.
     pub rail: Option<String>,
     pub rail_since_ms: Option<u64>,
@@ -135,6 +138,20 @@ pub struct UnionState {
     pub failed_attempts: u32,
     pub last_error: Option<String>,
     pub since_ms: u64,
+}
+
+/// The bare mount point (see the `bare` module): how it refuses writes while the union is down,
+/// and what was found in it and moved into the upper layer before a mount.
+#[derive(Debug, Clone, Serialize)]
+pub struct MountPointState {
+    pub guard: Guard,
+    /// Why the immutable attribute is not in place (the fallback guard is then in `guard`).
+    pub guard_error: Option<String>,
+    /// Recoveries since the service started (mounts that found entries there).
+    pub recoveries: u64,
+    /// Entries moved out of the bare mount point since the service started.
+    pub recovered_entries: u64,
+    pub last_recovery: Option<Recovery>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -273,6 +290,13 @@ impl MountSupervisor {
                 failed_attempts: 0,
                 last_error: None,
                 since_ms: now,
+            },
+            mount_point: MountPointState {
+                guard: Guard::Pending,
+                guard_error: None,
+                recoveries: 0,
+                recovered_entries: 0,
+                last_recovery: None,
             },
             rail: Some("lower not checked yet".into()),
             rail_since_ms: Some(now),
@@ -429,6 +453,9 @@ impl MountSupervisor {
                 }
             }
             Outcome::Union(r) => {
+                if let Some(p) = &r.mount_point {
+                    self.apply_mount_point(p);
+                }
                 if r.dead.is_none() {
                     if self.union_ever_up {
                         self.state.union.remounts += 1;
@@ -530,6 +557,17 @@ impl MountSupervisor {
                     self.schedule_union(ctx);
                 }
             }
+        }
+    }
+
+    fn apply_mount_point(&mut self, p: &Prepared) {
+        let m = &mut self.state.mount_point;
+        m.guard = p.guard;
+        m.guard_error = p.guard_error.clone();
+        if let Some(r) = &p.recovery {
+            m.recoveries += 1;
+            m.recovered_entries += r.moved_into_upper + r.moved_into_recovery_dir;
+            m.last_recovery = Some(r.clone());
         }
     }
 

@@ -45,6 +45,14 @@ fn fx() -> Option<Fx> {
     Some(Fx { root, home, upper, merged, lower, sshd, _t: t })
 }
 
+impl Drop for Fx {
+    fn drop(&mut self) {
+        // The supervisor leaves the bare mount point immutable: lift that so that the
+        // temporary directory can be deleted.
+        let _ = cs_mount::unguard_mount_point(&self.merged);
+    }
+}
+
 impl Fx {
     fn target(&self) -> SshfsTarget {
         SshfsTarget {

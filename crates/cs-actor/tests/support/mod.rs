@@ -709,6 +709,31 @@ impl Bed {
 
     /// Spawns `cs-actor compute` for `computes[i]` and waits until it is up.
     fn run_compute(&mut self, i: usize, opts: &ComputeOpts) {
+        self.spawn_compute(i, opts);
+        let id = self.computes[i].id.clone();
+        let ok = poll(Duration::from_secs(90), Duration::from_millis(200), || {
+            let c = &mut self.computes[i];
+            if c.proc.as_mut().unwrap().exited().is_some() {
+                return Some(false);
+            }
+            let st = c.status().ok()?;
+            let up = st["round"]["phase"] == "idle"
+                && st["round"]["rounds_committed"].as_u64().unwrap_or(0) >= 1
+                && st["connection"]["state"] == "connected"
+                && st["mounts"]["union"]["state"] == "mounted";
+            up.then_some(true)
+        });
+        if ok != Some(true) {
+            let st = self.computes[i].status();
+            self.fail(&format!("compute server {id} did not come up (status: {st:?})"));
+        }
+    }
+
+    /// Spawns `cs-actor compute` for `computes[i]` (whose previous process, if any, must have
+    /// exited) and returns at once: the caller watches it come up.
+    pub fn spawn_compute(&mut self, i: usize, opts: &ComputeOpts) {
+        let running = self.computes[i].proc.as_mut().is_some_and(|p| p.exited().is_none());
+        assert!(!running, "compute server {} is still running", self.computes[i].id);
         let c = &self.computes[i];
         let id = c.id.clone();
         let id = id.as_str();
@@ -741,22 +766,6 @@ impl Bed {
         let log = self.root.join(format!("compute-{id}.log"));
         let p = Proc::spawn(&format!("compute {id}"), cmd, &log);
         self.computes[i].proc = Some(p);
-        let ok = poll(Duration::from_secs(90), Duration::from_millis(200), || {
-            let c = &mut self.computes[i];
-            if c.proc.as_mut().unwrap().exited().is_some() {
-                return Some(false);
-            }
-            let st = c.status().ok()?;
-            let up = st["round"]["phase"] == "idle"
-                && st["round"]["rounds_committed"].as_u64().unwrap_or(0) >= 1
-                && st["connection"]["state"] == "connected"
-                && st["mounts"]["union"]["state"] == "mounted";
-            up.then_some(true)
-        });
-        if ok != Some(true) {
-            let st = self.computes[i].status();
-            self.fail(&format!("compute server {id} did not come up (status: {st:?})"));
-        }
     }
 
     /// The first compute server.
@@ -952,6 +961,14 @@ impl Drop for Bed {
                 eprintln!("cs-e2e teardown after a failure: {problems:#?}");
             }
         }
+        // The compute services leave their bare mount points immutable: clear that, or the
+        // temporary tree cannot be deleted.
+        let mounted = mounts_under(&self.root);
+        for c in &self.computes {
+            if !mounted.contains(&c.merged) {
+                let _ = set_immutable(&c.merged, false);
+            }
+        }
         // Never delete a tree that still has something mounted inside.
         if !mounts_under(&self.root).is_empty() {
             eprintln!("cs-e2e: {} still has mounts: kept", self.root.display());
@@ -964,6 +981,41 @@ impl Drop for Bed {
             }
         }
     }
+}
+
+/// `FS_IMMUTABLE_FL` (`chattr +i`), from linux/fs.h.
+const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+
+/// The inode flags of an open file or directory (`lsattr -d`), by `FS_IOC_GETFLAGS`.
+fn inode_flags(f: &fs::File) -> std::io::Result<libc::c_int> {
+    use std::os::fd::AsRawFd;
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer, which lives for the call.
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(flags)
+}
+
+/// Whether `dir` carries the immutable attribute (`chattr +i`).
+pub fn is_immutable(dir: &Path) -> std::io::Result<bool> {
+    Ok(inode_flags(&fs::File::open(dir)?)? & FS_IMMUTABLE_FL != 0)
+}
+
+/// Sets or clears the immutable attribute of `dir` (`chattr +i` / `chattr -i`).
+pub fn set_immutable(dir: &Path, on: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(dir)?;
+    let old = inode_flags(&f)?;
+    let mut flags = if on { old | FS_IMMUTABLE_FL } else { old & !FS_IMMUTABLE_FL };
+    if flags == old {
+        return Ok(());
+    }
+    // SAFETY: FS_IOC_SETFLAGS reads one int through the pointer, which lives for the call.
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &mut flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn nanos() -> u64 {

@@ -190,12 +190,16 @@ impl ComputeSide {
             ));
         }
         let scan = scan_upper(&self.cfg.upper, &self.cfg.filter)?;
-        // A retired whiteout the union removed (the path was created again
-        // here) is over: a later whiteout at that path is a new deletion.
+        // A retired whiteout lasts as long as its marker. The union removes
+        // the marker when a non-directory is created at the path (a later
+        // marker there is a new deletion), but keeps it beside a directory
+        // created again (`rm -r d; mkdir d`: the new `d` is opaque). That
+        // marker is still the deletion P applied: sending it again deleted
+        // on P what C had written in the new directory since (issue 8).
+        // Deleting the new directory goes through the manifest instead
+        // (`deletes_to_send`: synced copies gone from the upper layer).
         let before = self.retired.len();
-        self.retired.retain(|p, _| {
-            !scan.entries.contains_key(p) && scan.whiteouts.iter().any(|w| &w.path == p)
-        });
+        self.retired.retain(|p, _| scan.whiteouts.iter().any(|w| &w.path == p));
         if self.retired.len() != before {
             self.save_retired()?;
         }

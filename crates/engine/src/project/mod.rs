@@ -407,11 +407,9 @@ impl ProjectSide {
                 report.refused.push((p.clone(), "excluded or local-only path".into()));
                 continue;
             }
-            // Whatever happens on P, the client no longer holds it.
-            let below: Vec<RelPath> = r.held.range(p.clone()..).take_while(|q| q.starts_with(p)).cloned().collect();
-            for q in below {
-                r.held.remove(&q);
-            }
+            // Whatever happens on P, the client no longer holds it. What it
+            // still holds below it stays (see `delete_tree`).
+            r.held.remove(p);
             match self.home.lstat(p) {
                 Err(e) => report.refused.push((p.clone(), e.to_string())),
                 Ok(None) => report.deleted.push(p.clone()),
@@ -424,10 +422,19 @@ impl ProjectSide {
     }
 
     /// Deletes `p` and what lies below it, keeping every entry changed by
-    /// others (and the directories that still contain something). Returns
-    /// whether `p` is gone.
+    /// others, every entry the client still holds (and the directories
+    /// that still contain something). Returns whether `p` is gone.
+    ///
+    /// A client that deletes a directory while it holds entries below it
+    /// created the directory again over its whiteout (`rm -r d; mkdir d`):
+    /// those entries are its new content, not part of the deletion, and a
+    /// stale or repeated delete must not remove them (issue 8).
     fn delete_tree(&self, r: &ProjectRound, p: &RelPath, report: &mut DeleteReport) -> Result<bool, EngineError> {
         let Some(actual) = self.lstat_sig(p)? else { return Ok(true) };
+        let held = r.held.contains(p);
+        if held && actual.kind != EntryKind::Dir {
+            return Ok(false);
+        }
         if actual.kind == EntryKind::Dir {
             let mut all_gone = true;
             for (name, _) in self.home.read_dir(Some(p))? {
@@ -446,7 +453,7 @@ impl ProjectSide {
                 }
                 all_gone &= self.delete_tree(r, &child, report)?;
             }
-            if !all_gone {
+            if !all_gone || held {
                 return Ok(false);
             }
             let _op = lock(&self.apply_lock);

@@ -5,22 +5,35 @@
 //! `ROOT/home`, `ROOT/p_state`, `ROOT/<client>/upper`, `ROOT/<client>/state`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use cs_engine::driver::{run_round, Cut, DriverError, RoundReport};
 use cs_engine::{ComputeConfig, ComputeSide, PathFilter, ProjectConfig, ProjectSide};
 use cs_protocol::ClientId;
+use cs_union::{MountGuard, UnionError, UnionfsFuse};
 use tempfile::TempDir;
 
 use crate::tree::Tree;
 use crate::union_emu::{EmuUnion, Layout};
-use crate::view::{PlainDir, View as _};
+use crate::view::{PlainDir, View};
 
 /// One compute server.
 pub struct Client {
     pub id: ClientId,
+    /// The emulated union over the client's upper layer and P's home.
     pub union: EmuUnion,
+    /// The real unionfs-fuse over the same layers, when mounted
+    /// ([`World::with_real_union`]): then the merged view users act on.
+    real: Option<RealUnion>,
     pub state: PathBuf,
+    whiteout_grace: Duration,
     side: Option<ComputeSide>,
+}
+
+/// A real unionfs-fuse mount of a client's upper layer over P's home.
+struct RealUnion {
+    merged: PlainDir,
+    _guard: MountGuard,
 }
 
 /// P and its compute servers. Client 0 ("c1") always exists.
@@ -89,10 +102,39 @@ impl World {
         ProjectSide::open(cfg).unwrap_or_else(|e| panic!("open ProjectSide: {e}"))
     }
 
+    /// Client 0's merged view is the real unionfs-fuse `u`, mounted (in
+    /// the layout it writes) over the client's upper layer and P's home
+    /// directly (a plain lower: no network filesystem). Kernel caches of
+    /// names and attributes are off (`*_timeout=0`): the harness acts and
+    /// checks right after each round, faster than any cache expires.
+    pub fn with_real_union(u: &UnionfsFuse) -> Result<World, UnionError> {
+        let layout = u.probe_layout(&scratch_base())?;
+        let mut w = World::build(layout, PathFilter::default());
+        let merged = w.root.join("c1").join("merged");
+        std::fs::create_dir(&merged).expect("mkdir");
+        let opts = ["entry_timeout=0", "attr_timeout=0", "negative_timeout=0"].map(String::from);
+        let guard = MountGuard::mount(u, &w.clients[0].union.upper, &w.home, &merged, &opts)?;
+        w.clients[0].real = Some(RealUnion { merged: PlainDir::new(merged, "c1's real merged view"), _guard: guard });
+        Ok(w)
+    }
+
+    /// Client `i` keeps whiteouts of deletions P confirmed for `grace`
+    /// (as in production; zero by default). Reopens its compute side.
+    pub fn set_whiteout_grace(&mut self, i: usize, grace: Duration) {
+        self.clients[i].whiteout_grace = grace;
+        self.crash_and_reopen_client(i);
+    }
+
+    /// Whiteouts client `i` keeps for their grace period.
+    pub fn retired_whiteouts_of(&self, i: usize) -> usize {
+        self.clients[i].side.as_ref().map_or(0, |s| s.retired_whiteouts())
+    }
+
     fn open_compute(&self, i: usize) -> ComputeSide {
         let c = &self.clients[i];
         let mut cfg = ComputeConfig::new(c.id.clone(), c.union.upper.clone(), c.state.clone());
         cfg.filter = self.filter.clone();
+        cfg.whiteout_grace = c.whiteout_grace;
         ComputeSide::open(cfg).unwrap_or_else(|e| panic!("open ComputeSide {}: {e}", c.id))
     }
 
@@ -106,7 +148,7 @@ impl World {
         let union = EmuUnion::new(upper, self.home.clone(), layout, Box::new(self.filter.clone()))
             .with_name(format!("{name}'s merged view"));
         let id = ClientId::new(name).expect("client id");
-        self.clients.push(Client { id, union, state, side: None });
+        self.clients.push(Client { id, union, real: None, state, whiteout_grace: Duration::ZERO, side: None });
         let i = self.clients.len() - 1;
         self.clients[i].side = Some(self.open_compute(i));
         i
@@ -120,6 +162,15 @@ impl World {
     /// Client `i`'s merged view.
     pub fn c_of(&self, i: usize) -> &EmuUnion {
         &self.clients[i].union
+    }
+
+    /// Client `i`'s merged view as users see it: the real union's if
+    /// mounted, else the emulated one.
+    pub fn c_view(&self, i: usize) -> &dyn View {
+        match &self.clients[i].real {
+            Some(r) => &r.merged,
+            None => &self.clients[i].union,
+        }
     }
 
     pub fn client_id(&self, i: usize) -> &ClientId {
@@ -190,7 +241,7 @@ impl World {
 
     /// Snapshot of client `i`'s merged view (synced paths).
     pub fn c_tree_of(&self, i: usize) -> Tree {
-        self.clients[i].union.merged_snapshot(&self.filter).expect("snapshot of the merged view")
+        self.c_view(i).snapshot(&self.filter).expect("snapshot of the merged view")
     }
 
     pub fn c_tree(&self) -> Tree {
@@ -200,8 +251,8 @@ impl World {
     /// Every client's merged view equals P's home on every synced path.
     pub fn converged(&self) -> Result<(), String> {
         let p = self.p_tree();
-        for (i, c) in self.clients.iter().enumerate() {
-            if let Some(d) = self.c_tree_of(i).diff(&p, c.union.name(), "P home") {
+        for i in 0..self.clients.len() {
+            if let Some(d) = self.c_tree_of(i).diff(&p, self.c_view(i).name(), "P home") {
                 return Err(d);
             }
         }

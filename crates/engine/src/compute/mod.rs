@@ -242,6 +242,7 @@ impl ComputeSide {
             held_count: committed.len() as u64,
             held_added: next.keys().filter(|p| !committed.contains_key(*p)).cloned().collect(),
             held_removed: committed.keys().filter(|p| !known.contains_key(*p)).cloned().collect(),
+            hidden: hidden_roots(self.retired.keys()),
         };
         let problems = scan.problems.clone();
         let round = ComputeRound {
@@ -665,6 +666,17 @@ impl ComputeSide {
         drop(r);
         self.resolve_pending(true)
     }
+}
+
+/// The paths of `sorted` not below another of them.
+fn hidden_roots<'a>(sorted: impl Iterator<Item = &'a RelPath>) -> Vec<RelPath> {
+    let mut out: Vec<RelPath> = Vec::new();
+    for p in sorted {
+        if !out.last().is_some_and(|root| p.starts_with(root)) {
+            out.push(p.clone());
+        }
+    }
+    out
 }
 
 /// The visitor's way of stopping a stream on purpose (fault injection).

@@ -131,6 +131,9 @@ pub struct ProjectRound {
     /// The client's held changes since its last commit (from its hello).
     held_added: Vec<RelPath>,
     held_removed: Vec<RelPath>,
+    /// Paths the client still hides behind whiteouts of deletions P
+    /// confirmed (from its hello): what P has there, it has not seen.
+    hidden: Vec<RelPath>,
     unseen: BTreeSet<RelPath>,
     /// Paths sent in step 4.
     sent: BTreeSet<RelPath>,
@@ -288,6 +291,7 @@ impl ProjectSide {
             held: BTreeSet::new(),
             held_added: hello.held_added.clone(),
             held_removed: hello.held_removed.clone(),
+            hidden: hello.hidden.clone(),
             unseen: st.unseen,
             sent: BTreeSet::new(),
             new_cursor: None,
@@ -435,6 +439,10 @@ impl ProjectSide {
         if held && actual.kind != EntryKind::Dir {
             return Ok(false);
         }
+        // At a path the client still hides (a whiteout in its grace), and
+        // never held: made on P after the deletion, never shown to the
+        // client. Its delete of an ancestor does not cover it.
+        let unseen = !r.index_base.contains(p) && r.hidden.iter().any(|h| p.starts_with(h));
         if actual.kind == EntryKind::Dir {
             let mut all_gone = true;
             for (name, _) in self.home.read_dir(Some(p))? {
@@ -456,6 +464,10 @@ impl ProjectSide {
             if !all_gone || held {
                 return Ok(false);
             }
+            if unseen {
+                report.kept.push(p.clone());
+                return Ok(false);
+            }
             let _op = lock(&self.apply_lock);
             if self.changed_by_others(r, p, self.lstat_sig(p)?) {
                 report.kept.push(p.clone());
@@ -467,6 +479,10 @@ impl ProjectSide {
                 Err(e) => return Err(e.into()),
             }
         } else {
+            if unseen {
+                report.kept.push(p.clone());
+                return Ok(false);
+            }
             let _op = lock(&self.apply_lock);
             if self.changed_by_others(r, p, self.lstat_sig(p)?) {
                 report.kept.push(p.clone());

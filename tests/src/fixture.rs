@@ -33,6 +33,8 @@ pub struct Client {
 /// A real unionfs-fuse mount of a client's upper layer over P's home.
 struct RealUnion {
     merged: PlainDir,
+    /// The lower shows file mtimes in whole seconds (sshfs).
+    whole_second_lower: bool,
     _guard: MountGuard,
 }
 
@@ -84,7 +86,11 @@ impl World {
     }
 
     fn build(layout: Layout, filter: PathFilter) -> World {
-        let tmp = tempfile::Builder::new().prefix("cs-world-").tempdir_in(scratch_base()).expect("tempdir");
+        World::build_in(&scratch_base(), layout, filter)
+    }
+
+    fn build_in(base: &Path, layout: Layout, filter: PathFilter) -> World {
+        let tmp = tempfile::Builder::new().prefix("cs-world-").tempdir_in(base).expect("tempdir");
         let root = tmp.path().to_path_buf();
         let (home, p_state) = (root.join("home"), root.join("p_state"));
         for d in [&home, &p_state] {
@@ -108,13 +114,26 @@ impl World {
     /// names and attributes are off (`*_timeout=0`): the harness acts and
     /// checks right after each round, faster than any cache expires.
     pub fn with_real_union(u: &UnionfsFuse) -> Result<World, UnionError> {
-        let layout = u.probe_layout(&scratch_base())?;
-        let mut w = World::build(layout, PathFilter::default());
+        World::with_real_union_over(u, &scratch_base(), None)
+    }
+
+    /// [`World::with_real_union`], the world made below `base`. With
+    /// `mirror`, the union's lower is P's home as seen below `mirror`, a
+    /// network mount of `base` (sshfs: file mtimes there are whole seconds,
+    /// so convergence compares the seconds of files the lower shows).
+    pub fn with_real_union_over(u: &UnionfsFuse, base: &Path, mirror: Option<&Path>) -> Result<World, UnionError> {
+        let layout = u.probe_layout(base)?;
+        let mut w = World::build_in(base, layout, PathFilter::default());
         let merged = w.root.join("c1").join("merged");
         std::fs::create_dir(&merged).expect("mkdir");
+        let lower = match mirror {
+            Some(m) => m.join(w.home.strip_prefix(base).expect("the world is below base")),
+            None => w.home.clone(),
+        };
         let opts = ["entry_timeout=0", "attr_timeout=0", "negative_timeout=0"].map(String::from);
-        let guard = MountGuard::mount(u, &w.clients[0].union.upper, &w.home, &merged, &opts)?;
-        w.clients[0].real = Some(RealUnion { merged: PlainDir::new(merged, "c1's real merged view"), _guard: guard });
+        let guard = MountGuard::mount(u, &w.clients[0].union.upper, &lower, &merged, &opts)?;
+        let merged = PlainDir::new(merged, "c1's real merged view");
+        w.clients[0].real = Some(RealUnion { merged, whole_second_lower: mirror.is_some(), _guard: guard });
         Ok(w)
     }
 
@@ -252,7 +271,20 @@ impl World {
     pub fn converged(&self) -> Result<(), String> {
         let p = self.p_tree();
         for i in 0..self.clients.len() {
-            if let Some(d) = self.c_tree_of(i).diff(&p, self.c_view(i).name(), "P home") {
+            let mut c = self.c_tree_of(i);
+            if self.clients[i].real.as_ref().is_some_and(|r| r.whole_second_lower) {
+                // A file the lower shows has P's mtime to the second only.
+                for (path, n) in c.nodes.iter_mut() {
+                    let theirs = p.nodes.get(path).and_then(|q| q.mtime);
+                    let shown_from_lower = !self.clients[i].union.upper_has(path);
+                    if let (true, Some(mine), Some(theirs)) = (shown_from_lower, n.mtime, theirs) {
+                        if mine.sec == theirs.sec {
+                            n.mtime = Some(theirs);
+                        }
+                    }
+                }
+            }
+            if let Some(d) = c.diff(&p, self.c_view(i).name(), "P home") {
                 return Err(d);
             }
         }

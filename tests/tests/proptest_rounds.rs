@@ -237,6 +237,15 @@ impl Run {
         if grace { run.with_grace() } else { run }
     }
 
+    /// On the real unionfs-fuse whose lower is P's home through `mirror`, an
+    /// sshfs mount of `base` (where the world is made).
+    fn real_over(u: &UnionfsFuse, base: &std::path::Path, mirror: &std::path::Path, grace: bool) -> Run {
+        let w = World::with_real_union_over(u, base, Some(mirror)).expect("mount the real union");
+        let p = w.p();
+        let run = Run { w, p, next_tag: 0, written: BTreeSet::new(), superseded: BTreeSet::new(), log: Vec::new() };
+        if grace { run.with_grace() } else { run }
+    }
+
     /// C keeps whiteouts of confirmed deletions (until the quiet rounds).
     fn with_grace(mut self) -> Run {
         self.w.set_whiteout_grace(0, Duration::from_secs(3600));
@@ -514,6 +523,45 @@ fn real_union_histories_converge_and_lose_no_write() {
     }
 }
 
+fn sshfs_cases() -> u32 {
+    std::env::var("CS_REAL_SSHFS_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(60)
+}
+
+/// The same with the lower on sshfs, as in production: one loopback sshd
+/// and one sshfs mount (every cache off: this tests the layering, not the
+/// staleness) of the directory the worlds are made in. `CS_REAL_SSHFS_CASES`
+/// sets the number of cases (default 60).
+#[test]
+fn real_union_over_sshfs_histories_converge_and_lose_no_write() {
+    let Some(u) = real_union() else { return };
+    if !cs_testbed::real_tools_available() {
+        return;
+    }
+    std::env::set_var("CS_JOURNAL_CHECK", "1");
+    let t = tempfile::Builder::new().prefix("cs-real-sshfs-").tempdir_in(cs_tests::fixture::scratch_base()).unwrap();
+    let dir = |n: &str| {
+        let p = t.path().join(n);
+        std::fs::create_dir(&p).unwrap();
+        std::fs::canonicalize(p).unwrap()
+    };
+    let (sshd_dir, base, mirror) = (dir("sshd"), dir("worlds"), dir("mirror"));
+    let sshd = cs_testbed::Sshd::start(&sshd_dir).expect("start sshd");
+    let opts = ["entry_timeout=0", "attr_timeout=0", "negative_timeout=0", "dir_cache=no"].map(String::from);
+    let mount = cs_testbed::sshfs_mount(&base, sshd.port(), sshd.identity(), &mirror, &opts).expect("mount sshfs");
+    let layout = u.probe_layout(&base).expect("probe the union's layout");
+    let cfg = Config { cases: sshfs_cases(), max_shrink_time: 300_000, failure_persistence: None, ..Config::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(cfg);
+    let result = runner.run(&real_script(layout), |s| {
+        let mut run = Run::real_over(&u, &base, &mirror, s.grace);
+        run.run(&s.ops).map_err(TestCaseError::fail)
+    });
+    drop(mount);
+    drop(sshd);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
 #[test]
 fn tag_parser() {
     let mut t = BTreeMap::new();
@@ -655,3 +703,54 @@ fn counterexample_6_change_back_after_a_cut_round_still_reaches_p() {
     );
 }
 
+
+fn replay_with_grace(layout: Layout, ops: Vec<Op>) {
+    let script = Script { layout, grace: true, ops };
+    let mut run = Run::new(layout).with_grace();
+    if let Err(e) = run.run(&script.ops) {
+        panic!("{script:?}\n{e}");
+    }
+}
+
+/// Counterexample 7 (issue 8, real-union slice with the grace): P makes
+/// e/d/a where C still hides e (its whiteout of `rm -r e` in its grace,
+/// kept beside the e C made again); C then deletes its new e. P deleted
+/// e/d/a with it, never shown on C: C's hello now names the paths it hides,
+/// and P keeps there what C never held.
+#[test]
+fn counterexample_7_p_write_hidden_by_a_whiteout_in_its_grace_survives_a_c_delete() {
+    replay_with_grace(
+        Layout::UnionfsFuse1,
+        vec![
+            Op::Write { side: Side::C, path: s("e/d/a"), pad: 0 },
+            Op::Round,
+            Op::Write { side: Side::C, path: s("a"), pad: 0 },
+            Op::RmR { side: Side::C, dir: s("e") },
+            Op::Write { side: Side::C, path: s("e/a"), pad: 0 },
+            Op::Round,
+            Op::Symlink { side: Side::P, path: s("e/d/a") },
+            Op::Round,
+            Op::RmR { side: Side::C, dir: s("e") },
+        ],
+    );
+}
+
+/// Counterexample 8 (emulated union with the grace): C's write met P's in a
+/// directory C still hides; C's version, kept by P as a conflict copy there,
+/// was never shown on C and went with C's next `rm -r`.
+#[test]
+fn counterexample_8_conflict_copy_in_a_hidden_directory_survives_a_c_delete() {
+    replay_with_grace(
+        Layout::Unionfs2,
+        vec![
+            Op::Write { side: Side::C, path: s("e/e/a"), pad: 0 },
+            Op::Round,
+            Op::RmR { side: Side::C, dir: s("e") },
+            Op::Round,
+            Op::Symlink { side: Side::P, path: s("e/e/a") },
+            Op::Write { side: Side::C, path: s("e/e/a"), pad: 0 },
+            Op::Round,
+            Op::RmR { side: Side::C, dir: s("e/e") },
+        ],
+    );
+}

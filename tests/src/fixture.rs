@@ -130,7 +130,12 @@ impl World {
             Some(m) => m.join(w.home.strip_prefix(base).expect("the world is below base")),
             None => w.home.clone(),
         };
-        let opts = ["entry_timeout=0", "attr_timeout=0", "negative_timeout=0"].map(String::from);
+        // `CS_REAL_UNION_CACHES=1`: the kernel's default caches, as the
+        // product mounts it (then a check right after a round may see them).
+        let opts: Vec<String> = match std::env::var_os("CS_REAL_UNION_CACHES") {
+            Some(_) => Vec::new(),
+            None => ["entry_timeout=0", "attr_timeout=0", "negative_timeout=0"].map(String::from).to_vec(),
+        };
         let guard = MountGuard::mount(u, &w.clients[0].union.upper, &lower, &merged, &opts)?;
         let merged = PlainDir::new(merged, "c1's real merged view");
         w.clients[0].real = Some(RealUnion { merged, whole_second_lower: mirror.is_some(), _guard: guard });

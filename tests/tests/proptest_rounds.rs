@@ -754,3 +754,24 @@ fn counterexample_8_conflict_copy_in_a_hidden_directory_survives_a_c_delete() {
         ],
     );
 }
+
+/// Counterexample 9 (real-union slice with the grace): C deletes `a`; P
+/// writes `a` while C's whiteout of it is in its grace (hidden on C); C's
+/// user, seeing no `a`, makes one (the union drops the marker). P took C's
+/// as a plain update and lost its own: now a conflict (both kept).
+#[test]
+fn counterexample_9_c_file_over_a_hidden_p_write_is_a_conflict() {
+    replay_with_grace(
+        Layout::UnionfsFuse1,
+        vec![
+            Op::Write { side: Side::C, path: s("a"), pad: 0 },
+            Op::Round,
+            Op::Delete { side: Side::C, path: s("a") },
+            Op::Round,
+            Op::Write { side: Side::P, path: s("a"), pad: 0 },
+            Op::Round,
+            Op::Write { side: Side::C, path: s("a"), pad: 0 },
+            Op::Mkdir { side: Side::C, dir: s("d") },
+        ],
+    );
+}

@@ -89,6 +89,8 @@ pub struct ComputeRound {
     /// Step 3's entries of the round in flight (same format).
     sent_log: AppliedLog,
     round_id: u64,
+    /// Retired whiteouts whose marker is gone: over once the round commits.
+    retired_gone: Vec<RelPath>,
     pub problems: Vec<String>,
 }
 
@@ -190,6 +192,11 @@ impl ComputeSide {
             ));
         }
         let scan = scan_upper(&self.cfg.upper, &self.cfg.filter)?;
+        // What P has at a retired path, C has not seen: P is told, and keeps
+        // it from C's deletes and writes there. That includes a path whose
+        // marker the union removed since (the user made a file there, not
+        // knowing P's).
+        let hidden = hidden_roots(self.retired.keys());
         // A retired whiteout lasts as long as its marker. The union removes
         // the marker when a non-directory is created at the path (a later
         // marker there is a new deletion), but keeps it beside a directory
@@ -198,11 +205,9 @@ impl ComputeSide {
         // on P what C had written in the new directory since (issue 8).
         // Deleting the new directory goes through the manifest instead
         // (`deletes_to_send`: synced copies gone from the upper layer).
-        let before = self.retired.len();
-        self.retired.retain(|p, _| scan.whiteouts.iter().any(|w| &w.path == p));
-        if self.retired.len() != before {
-            self.save_retired()?;
-        }
+        // Dropped at commit: a retried round must name them to P again.
+        let retired_gone: Vec<RelPath> =
+            self.retired.keys().filter(|p| !scan.whiteouts.iter().any(|w| &w.path == *p)).cloned().collect();
         let mut base = self.manifest.entries.clone();
         // What an interrupted round sent in step 3 may be on P now: an entry
         // changed back since to its committed state (a chmod undone, say)
@@ -242,7 +247,7 @@ impl ComputeSide {
             held_count: committed.len() as u64,
             held_added: next.keys().filter(|p| !committed.contains_key(*p)).cloned().collect(),
             held_removed: committed.keys().filter(|p| !known.contains_key(*p)).cloned().collect(),
-            hidden: hidden_roots(self.retired.keys()),
+            hidden,
         };
         let problems = scan.problems.clone();
         let round = ComputeRound {
@@ -255,6 +260,7 @@ impl ComputeSide {
             applied_log: AppliedLog::new(self.applied_log_path()),
             sent_log: AppliedLog::new(self.sent_log_path()),
             round_id: crate::random_u64(),
+            retired_gone,
             problems,
         };
         Ok((round, hello))
@@ -663,8 +669,16 @@ impl ComputeSide {
     /// Step 5, second half (after P committed): the pending manifest becomes
     /// the manifest. Only now does the round count.
     pub fn commit(&mut self, r: ComputeRound) -> Result<(), EngineError> {
+        let before = self.retired.len();
+        for p in &r.retired_gone {
+            self.retired.remove(p);
+        }
         drop(r);
-        self.resolve_pending(true)
+        self.resolve_pending(true)?;
+        if self.retired.len() != before {
+            self.save_retired()?;
+        }
+        Ok(())
     }
 }
 

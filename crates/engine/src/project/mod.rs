@@ -372,6 +372,13 @@ impl ProjectSide {
         if r.unseen.contains(p) {
             return true;
         }
+        // At a path the client hides behind a whiteout in its grace (or hid
+        // until its user made a file there), never held by it: made on P
+        // after the deletion and never shown to the client, whatever its
+        // cursor says. Its deletes and writes meet it as a change.
+        if actual.is_some() && !r.index_base.contains(p) && r.hidden.iter().any(|h| p.starts_with(h)) {
+            return true;
+        }
         let j = lock(&self.journal);
         match j.journal.get(p) {
             None => actual.is_some(),
@@ -439,10 +446,6 @@ impl ProjectSide {
         if held && actual.kind != EntryKind::Dir {
             return Ok(false);
         }
-        // At a path the client still hides (a whiteout in its grace), and
-        // never held: made on P after the deletion, never shown to the
-        // client. Its delete of an ancestor does not cover it.
-        let unseen = !r.index_base.contains(p) && r.hidden.iter().any(|h| p.starts_with(h));
         if actual.kind == EntryKind::Dir {
             let mut all_gone = true;
             for (name, _) in self.home.read_dir(Some(p))? {
@@ -464,10 +467,6 @@ impl ProjectSide {
             if !all_gone || held {
                 return Ok(false);
             }
-            if unseen {
-                report.kept.push(p.clone());
-                return Ok(false);
-            }
             let _op = lock(&self.apply_lock);
             if self.changed_by_others(r, p, self.lstat_sig(p)?) {
                 report.kept.push(p.clone());
@@ -479,10 +478,6 @@ impl ProjectSide {
                 Err(e) => return Err(e.into()),
             }
         } else {
-            if unseen {
-                report.kept.push(p.clone());
-                return Ok(false);
-            }
             let _op = lock(&self.apply_lock);
             if self.changed_by_others(r, p, self.lstat_sig(p)?) {
                 report.kept.push(p.clone());

@@ -5,22 +5,37 @@
 //! `ROOT/home`, `ROOT/p_state`, `ROOT/<client>/upper`, `ROOT/<client>/state`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use cs_engine::driver::{run_round, Cut, DriverError, RoundReport};
 use cs_engine::{ComputeConfig, ComputeSide, PathFilter, ProjectConfig, ProjectSide};
 use cs_protocol::ClientId;
+use cs_union::{MountGuard, UnionError, UnionfsFuse};
 use tempfile::TempDir;
 
 use crate::tree::Tree;
 use crate::union_emu::{EmuUnion, Layout};
-use crate::view::{PlainDir, View as _};
+use crate::view::{PlainDir, View};
 
 /// One compute server.
 pub struct Client {
     pub id: ClientId,
+    /// The emulated union over the client's upper layer and P's home.
     pub union: EmuUnion,
+    /// The real unionfs-fuse over the same layers, when mounted
+    /// ([`World::with_real_union`]): then the merged view users act on.
+    real: Option<RealUnion>,
     pub state: PathBuf,
+    whiteout_grace: Duration,
     side: Option<ComputeSide>,
+}
+
+/// A real unionfs-fuse mount of a client's upper layer over P's home.
+struct RealUnion {
+    merged: PlainDir,
+    /// The lower shows file mtimes in whole seconds (sshfs).
+    whole_second_lower: bool,
+    _guard: MountGuard,
 }
 
 /// P and its compute servers. Client 0 ("c1") always exists.
@@ -71,7 +86,11 @@ impl World {
     }
 
     fn build(layout: Layout, filter: PathFilter) -> World {
-        let tmp = tempfile::Builder::new().prefix("cs-world-").tempdir_in(scratch_base()).expect("tempdir");
+        World::build_in(&scratch_base(), layout, filter)
+    }
+
+    fn build_in(base: &Path, layout: Layout, filter: PathFilter) -> World {
+        let tmp = tempfile::Builder::new().prefix("cs-world-").tempdir_in(base).expect("tempdir");
         let root = tmp.path().to_path_buf();
         let (home, p_state) = (root.join("home"), root.join("p_state"));
         for d in [&home, &p_state] {
@@ -89,10 +108,57 @@ impl World {
         ProjectSide::open(cfg).unwrap_or_else(|e| panic!("open ProjectSide: {e}"))
     }
 
+    /// Client 0's merged view is the real unionfs-fuse `u`, mounted (in
+    /// the layout it writes) over the client's upper layer and P's home
+    /// directly (a plain lower: no network filesystem). Kernel caches of
+    /// names and attributes are off (`*_timeout=0`): the harness acts and
+    /// checks right after each round, faster than any cache expires.
+    pub fn with_real_union(u: &UnionfsFuse) -> Result<World, UnionError> {
+        World::with_real_union_over(u, &scratch_base(), None)
+    }
+
+    /// [`World::with_real_union`], the world made below `base`. With
+    /// `mirror`, the union's lower is P's home as seen below `mirror`, a
+    /// network mount of `base` (sshfs: file mtimes there are whole seconds,
+    /// so convergence compares the seconds of files the lower shows).
+    pub fn with_real_union_over(u: &UnionfsFuse, base: &Path, mirror: Option<&Path>) -> Result<World, UnionError> {
+        let layout = u.probe_layout(base)?;
+        let mut w = World::build_in(base, layout, PathFilter::default());
+        let merged = w.root.join("c1").join("merged");
+        std::fs::create_dir(&merged).expect("mkdir");
+        let lower = match mirror {
+            Some(m) => m.join(w.home.strip_prefix(base).expect("the world is below base")),
+            None => w.home.clone(),
+        };
+        // `CS_REAL_UNION_CACHES=1`: the kernel's default caches, as the
+        // product mounts it (then a check right after a round may see them).
+        let opts: Vec<String> = match std::env::var_os("CS_REAL_UNION_CACHES") {
+            Some(_) => Vec::new(),
+            None => ["entry_timeout=0", "attr_timeout=0", "negative_timeout=0"].map(String::from).to_vec(),
+        };
+        let guard = MountGuard::mount(u, &w.clients[0].union.upper, &lower, &merged, &opts)?;
+        let merged = PlainDir::new(merged, "c1's real merged view");
+        w.clients[0].real = Some(RealUnion { merged, whole_second_lower: mirror.is_some(), _guard: guard });
+        Ok(w)
+    }
+
+    /// Client `i` keeps whiteouts of deletions P confirmed for `grace`
+    /// (as in production; zero by default). Reopens its compute side.
+    pub fn set_whiteout_grace(&mut self, i: usize, grace: Duration) {
+        self.clients[i].whiteout_grace = grace;
+        self.crash_and_reopen_client(i);
+    }
+
+    /// Whiteouts client `i` keeps for their grace period.
+    pub fn retired_whiteouts_of(&self, i: usize) -> usize {
+        self.clients[i].side.as_ref().map_or(0, |s| s.retired_whiteouts())
+    }
+
     fn open_compute(&self, i: usize) -> ComputeSide {
         let c = &self.clients[i];
         let mut cfg = ComputeConfig::new(c.id.clone(), c.union.upper.clone(), c.state.clone());
         cfg.filter = self.filter.clone();
+        cfg.whiteout_grace = c.whiteout_grace;
         ComputeSide::open(cfg).unwrap_or_else(|e| panic!("open ComputeSide {}: {e}", c.id))
     }
 
@@ -106,7 +172,7 @@ impl World {
         let union = EmuUnion::new(upper, self.home.clone(), layout, Box::new(self.filter.clone()))
             .with_name(format!("{name}'s merged view"));
         let id = ClientId::new(name).expect("client id");
-        self.clients.push(Client { id, union, state, side: None });
+        self.clients.push(Client { id, union, real: None, state, whiteout_grace: Duration::ZERO, side: None });
         let i = self.clients.len() - 1;
         self.clients[i].side = Some(self.open_compute(i));
         i
@@ -120,6 +186,15 @@ impl World {
     /// Client `i`'s merged view.
     pub fn c_of(&self, i: usize) -> &EmuUnion {
         &self.clients[i].union
+    }
+
+    /// Client `i`'s merged view as users see it: the real union's if
+    /// mounted, else the emulated one.
+    pub fn c_view(&self, i: usize) -> &dyn View {
+        match &self.clients[i].real {
+            Some(r) => &r.merged,
+            None => &self.clients[i].union,
+        }
     }
 
     pub fn client_id(&self, i: usize) -> &ClientId {
@@ -190,7 +265,7 @@ impl World {
 
     /// Snapshot of client `i`'s merged view (synced paths).
     pub fn c_tree_of(&self, i: usize) -> Tree {
-        self.clients[i].union.merged_snapshot(&self.filter).expect("snapshot of the merged view")
+        self.c_view(i).snapshot(&self.filter).expect("snapshot of the merged view")
     }
 
     pub fn c_tree(&self) -> Tree {
@@ -200,8 +275,21 @@ impl World {
     /// Every client's merged view equals P's home on every synced path.
     pub fn converged(&self) -> Result<(), String> {
         let p = self.p_tree();
-        for (i, c) in self.clients.iter().enumerate() {
-            if let Some(d) = self.c_tree_of(i).diff(&p, c.union.name(), "P home") {
+        for i in 0..self.clients.len() {
+            let mut c = self.c_tree_of(i);
+            if self.clients[i].real.as_ref().is_some_and(|r| r.whole_second_lower) {
+                // A file the lower shows has P's mtime to the second only.
+                for (path, n) in c.nodes.iter_mut() {
+                    let theirs = p.nodes.get(path).and_then(|q| q.mtime);
+                    let shown_from_lower = !self.clients[i].union.upper_has(path);
+                    if let (true, Some(mine), Some(theirs)) = (shown_from_lower, n.mtime, theirs) {
+                        if mine.sec == theirs.sec {
+                            n.mtime = Some(theirs);
+                        }
+                    }
+                }
+            }
+            if let Some(d) = c.diff(&p, self.c_view(i).name(), "P home") {
                 return Err(d);
             }
         }

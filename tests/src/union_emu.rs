@@ -17,7 +17,14 @@
 //!   (`remove_hidden(to)` at the end of unionfs-fuse's `unionfs_rename`);
 //! - `rename` of a lower-only directory copies the tree up and leaves one
 //!   directory marker for the source; of a directory in both layers, renames
-//!   the upper one only (its lower-only children drop out of the view: a 1.0 bug).
+//!   the upper one only (its lower-only children drop out of the view: a 1.0 bug);
+//! - `chmod` of a lower-only directory copies the whole tree below it up too;
+//! - removing a marker (by creating over it) leaves the mirror directories
+//!   above it in place, even empty;
+//! - `ln` of a lower file copies it up and links the copy in the upper layer.
+//!
+//! `tests/emu_vs_real.rs` checks all this against the real binary (same
+//! operations on both, upper layers and merged views compared).
 
 use std::fs::{self, Metadata, OpenOptions};
 use std::io::{self, Write};
@@ -158,12 +165,18 @@ impl EmuUnion {
         if let Some(parent) = p.parent() {
             self.copy_up(&parent)?;
         }
+        self.copy_entry(p, &md)
+    }
+
+    /// Copies the lower entry `p` (its metadata `md`) to the upper layer,
+    /// whose parent directory must exist: content, mode, file mtime.
+    fn copy_entry(&self, p: &RelPath, md: &Metadata) -> io::Result<()> {
         let (src, dst) = (self.lower.join(p.as_path()), self.up(p));
-        match Kind::of(&md) {
+        match Kind::of(md) {
             Kind::File => {
                 fs::copy(&src, &dst)?;
                 fs::set_permissions(&dst, md.permissions())?;
-                set_file_mtime(&dst, mtime_of(&md))?;
+                set_file_mtime(&dst, mtime_of(md))?;
             }
             Kind::Dir => {
                 fs::create_dir(&dst)?;
@@ -175,12 +188,27 @@ impl EmuUnion {
         Ok(())
     }
 
-    /// Copies up a directory and everything the merged view shows below it.
+    /// unionfs-fuse's copy-up of a lower-only directory (`rename`, `chmod`):
+    /// the directory, then everything the *lower* directory holds below it,
+    /// whiteouts or not. A child deleted through the merged view comes back
+    /// with the copy (observed with 1.0: `rm d/x; chmod 700 d` shows `d/x`
+    /// again).
     fn copy_up_tree(&self, p: &RelPath) -> io::Result<()> {
         self.copy_up(p)?;
-        if self.kind(p) == Some(Kind::Dir) {
-            for c in self.children(Some(p))? {
-                self.copy_up_tree(&c)?;
+        self.copy_lower_children(p)
+    }
+
+    fn copy_lower_children(&self, d: &RelPath) -> io::Result<()> {
+        for e in fs::read_dir(self.lower.join(d.as_path()))? {
+            let name = e?.file_name().into_string().map_err(|n| err(io::ErrorKind::InvalidData, format!("{n:?}")))?;
+            let c = d.join(&name).map_err(|e| err(io::ErrorKind::InvalidData, e))?;
+            let Some(md) = self.in_lower(&c) else { continue };
+            if self.upper_has(&c) {
+                continue;
+            }
+            self.copy_entry(&c, &md)?;
+            if md.is_dir() {
+                self.copy_lower_children(&c)?;
             }
         }
         Ok(())
@@ -193,15 +221,32 @@ impl EmuUnion {
             self.copy_up(&parent)?;
         }
         if !is_dir {
-            wo::remove_whiteout_at(&self.upper, p).map_err(union_err)?;
+            self.remove_marker(p)?;
         }
         Ok(())
+    }
+
+    /// unionfs-fuse's `remove_hidden`: removes the marker of `p` itself (a
+    /// file, or an empty directory), and nothing else: the mirror
+    /// directories above it stay, even when left empty.
+    fn remove_marker(&self, p: &RelPath) -> io::Result<()> {
+        let m = self.upper.join(self.layout.marker_path(p));
+        match fs::symlink_metadata(&m) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+            Ok(md) if md.is_dir() => fs::remove_dir(&m),
+            Ok(_) => fs::remove_file(&m),
+        }
     }
 
     /// After deleting `p` from the merged view: a marker if the lower layer
     /// has it (a directory marker for `rmdir`, a file marker for `unlink`).
     fn maybe_whiteout(&self, p: &RelPath, rmdir: bool) -> io::Result<()> {
-        if self.in_lower(p).is_some() {
+        // As unionfs-fuse: only if the lower entry would show now, i.e. is
+        // not hidden already by a marker of its own or of an ancestor (an
+        // upper file in a directory created again over its marker leaves
+        // none).
+        if self.in_lower(p).is_some() && !wo::is_hidden(&self.upper, p) {
             if rmdir {
                 wo::create_dir_whiteout(&self.upper, self.layout, p).map_err(union_err)?;
             } else {
@@ -337,8 +382,14 @@ impl View for EmuUnion {
     }
 
     fn chmod(&self, p: &RelPath, mode: u32) -> io::Result<()> {
-        self.need(p, &[Kind::File, Kind::Dir])?;
-        self.copy_up(p)?;
+        let kind = self.need(p, &[Kind::File, Kind::Dir])?;
+        // unionfs-fuse's copy-up of a directory is recursive: a chmod of a
+        // lower directory copies everything below it up too.
+        if kind == Kind::Dir && !self.upper_has(p) {
+            self.copy_up_tree(p)?;
+        } else {
+            self.copy_up(p)?;
+        }
         fs::set_permissions(self.up(p), fs::Permissions::from_mode(mode))
     }
 
@@ -346,6 +397,14 @@ impl View for EmuUnion {
         self.need_absent_with_parent_dir(p)?;
         self.prepare_create(p, false)?;
         std::os::unix::fs::symlink(target, self.up(p))
+    }
+
+    fn hard_link(&self, from: &RelPath, to: &RelPath) -> io::Result<()> {
+        self.need(from, &[Kind::File])?;
+        self.need_absent_with_parent_dir(to)?;
+        self.copy_up(from)?;
+        self.prepare_create(to, false)?;
+        fs::hard_link(self.up(from), self.up(to))
     }
 
     fn set_mtime(&self, p: &RelPath, t: Timestamp) -> io::Result<()> {

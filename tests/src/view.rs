@@ -77,10 +77,13 @@ pub fn now() -> Timestamp {
     Timestamp::new(d.as_secs() as i64, d.subsec_nanos())
 }
 
-/// Sets the mtime of the regular file at `host` (no symlink is followed).
+/// Sets the mtime (and the access time, as `touch -d` and `tar x` do) of the regular file at
+/// `host` (no symlink is followed). Both: unionfs-fuse 1.0 ignores a change of the mtime
+/// alone (see docs/unionfs-notes.md).
 pub fn set_file_mtime(host: &Path, t: Timestamp) -> io::Result<()> {
     let f = OpenOptions::new().write(true).custom_flags_nofollow().open(host)?;
-    f.set_times(FileTimes::new().set_modified(to_system_time(t)))
+    let t = to_system_time(t);
+    f.set_times(FileTimes::new().set_modified(t).set_accessed(t))
 }
 
 trait NoFollow {
@@ -127,6 +130,8 @@ pub trait View {
     fn rename(&self, from: &RelPath, to: &RelPath) -> io::Result<()>;
     fn chmod(&self, p: &RelPath, mode: u32) -> io::Result<()>;
     fn symlink(&self, target: &str, p: &RelPath) -> io::Result<()>;
+    /// `ln from to`: a hard link to the file `from`; `to` must not exist.
+    fn hard_link(&self, from: &RelPath, to: &RelPath) -> io::Result<()>;
     /// `touch -d`: sets a regular file's mtime.
     fn set_mtime(&self, p: &RelPath, t: Timestamp) -> io::Result<()>;
 
@@ -364,6 +369,12 @@ impl View for PlainDir {
     fn symlink(&self, target: &str, p: &RelPath) -> io::Result<()> {
         self.need_parent_dir(p)?;
         std::os::unix::fs::symlink(target, self.host(p))
+    }
+
+    fn hard_link(&self, from: &RelPath, to: &RelPath) -> io::Result<()> {
+        self.need(from, &[Kind::File])?;
+        self.need_parent_dir(to)?;
+        fs::hard_link(self.host(from), self.host(to))
     }
 
     fn set_mtime(&self, p: &RelPath, t: Timestamp) -> io::Result<()> {

@@ -12,8 +12,14 @@
 //! - at the end, after two quiet rounds: convergence, every non-superseded tag
 //!   is in some file (or symlink) of P's home, and the second quiet round shipped nothing.
 //!
-//! `PROPTEST_CASES` sets the number of cases (default 2000). A long run:
-//! `PROPTEST_CASES=100000 cargo test --release -p cs-tests --test proptest_rounds`.
+//! Three runs of the same histories and oracle:
+//! - on the emulated union, no whiteout grace (`PROPTEST_CASES`, default 2000);
+//! - on the emulated union with C's whiteout grace (a quarter as many);
+//! - on the real unionfs-fuse (mounted over P's home as a plain lower
+//!   directory), half of them with the grace (`CS_REAL_CASES`, default 150).
+//!
+//! A long run: `PROPTEST_CASES=100000 CS_REAL_CASES=5000 cargo test --release
+//! -p cs-tests --test proptest_rounds`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -25,6 +31,8 @@ use cs_tests::union_emu::Layout;
 use cs_tests::view::{Kind, PlainDir, View};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
+use cs_union::UnionfsFuse;
+use std::time::Duration;
 
 const OLD: Timestamp = Timestamp { sec: 1_000_000_000, nsec: 0 };
 const FILE_MODES: [u32; 4] = [0o600, 0o640, 0o644, 0o755];
@@ -98,12 +106,16 @@ impl fmt::Debug for Op {
 #[derive(Clone)]
 struct Script {
     layout: Layout,
+    /// C keeps the whiteouts of deletions P confirmed (as production does,
+    /// for the lower's caches) until the quiet rounds at the end.
+    grace: bool,
     ops: Vec<Op>,
 }
 
 impl fmt::Debug for Script {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "layout {:?}, {} ops:", self.layout, self.ops.len())?;
+        let grace = if self.grace { ", whiteout grace" } else { "" };
+        writeln!(f, "layout {:?}{grace}, {} ops:", self.layout, self.ops.len())?;
         for (i, op) in self.ops.iter().enumerate() {
             writeln!(f, "  {i:>2}. {op:?}")?;
         }
@@ -165,8 +177,14 @@ fn op() -> impl Strategy<Value = Op> {
 fn script() -> impl Strategy<Value = Script> {
     (any::<bool>(), prop::collection::vec(op(), 1..40)).prop_map(|(fuse1, ops)| Script {
         layout: if fuse1 { Layout::UnionfsFuse1 } else { Layout::Unionfs2 },
+        grace: false,
         ops,
     })
+}
+
+/// For the real union: its own layout; with or without a whiteout grace.
+fn real_script(layout: Layout) -> impl Strategy<Value = Script> {
+    (any::<bool>(), prop::collection::vec(op(), 1..40)).prop_map(move |(grace, ops)| Script { layout, grace, ops })
 }
 
 // ---------------------------------------------------------------------- runner
@@ -211,9 +229,32 @@ impl Run {
         Run { w, p, next_tag: 0, written: BTreeSet::new(), superseded: BTreeSet::new(), log: Vec::new() }
     }
 
+    /// On the real unionfs-fuse (over P's home as a plain lower directory).
+    fn real(u: &UnionfsFuse, grace: bool) -> Run {
+        let w = World::with_real_union(u).expect("mount the real union");
+        let p = w.p();
+        let run = Run { w, p, next_tag: 0, written: BTreeSet::new(), superseded: BTreeSet::new(), log: Vec::new() };
+        if grace { run.with_grace() } else { run }
+    }
+
+    /// On the real unionfs-fuse whose lower is P's home through `mirror`, an
+    /// sshfs mount of `base` (where the world is made).
+    fn real_over(u: &UnionfsFuse, base: &std::path::Path, mirror: &std::path::Path, grace: bool) -> Run {
+        let w = World::with_real_union_over(u, base, Some(mirror)).expect("mount the real union");
+        let p = w.p();
+        let run = Run { w, p, next_tag: 0, written: BTreeSet::new(), superseded: BTreeSet::new(), log: Vec::new() };
+        if grace { run.with_grace() } else { run }
+    }
+
+    /// C keeps whiteouts of confirmed deletions (until the quiet rounds).
+    fn with_grace(mut self) -> Run {
+        self.w.set_whiteout_grace(0, Duration::from_secs(3600));
+        self
+    }
+
     fn view(&self, side: Side) -> &dyn View {
         match side {
-            Side::C => self.w.c(),
+            Side::C => self.w.c_view(0),
             Side::P => &self.p,
         }
     }
@@ -337,6 +378,13 @@ impl Run {
         match self.w.try_round_of(0, cut) {
             Ok(r) => {
                 self.log.push(format!("{label}: completed: {}", summary(&r)));
+                // Whiteouts kept for their grace may hide what P made
+                // since at their paths: convergence waits for the end.
+                let retired = self.w.retired_whiteouts_of(0);
+                if retired > 0 {
+                    self.log.push(format!("  ({retired} whiteouts in their grace: convergence not checked)"));
+                    return Ok(());
+                }
                 self.w.converged().map_err(|d| self.fail(format!("not converged after a completed round: {d}")))
             }
             Err(DriverError::Cut(at)) if Some(at) == cut => {
@@ -372,7 +420,11 @@ impl Run {
                 | Op::Extract { side, .. } => self.user_op(op, *side)?,
             }
         }
-        // Two quiet rounds.
+        // The grace is over (if there was one), then two quiet rounds.
+        if self.w.retired_whiteouts_of(0) > 0 {
+            self.w.set_whiteout_grace(0, Duration::ZERO);
+            self.log.push("whiteout grace over".into());
+        }
         self.round(None)?;
         let last = self.w.try_round_of(0, None).map_err(|e| self.fail(format!("second quiet round failed: {e}")))?;
         self.log.push(format!("quiet ROUND 2: {}", summary(&last)));
@@ -409,6 +461,107 @@ proptest! {
     }
 }
 
+fn grace_cases() -> u32 {
+    cases() / 4
+}
+
+/// Emulated union with a whiteout grace, as in production (whiteouts of
+/// deletions P confirmed stay until the quiet rounds at the end): the
+/// ground of issue 8's defect 1, which the grace-less runs cannot reach.
+fn grace_script() -> impl Strategy<Value = Script> {
+    script().prop_map(|s| Script { grace: true, ..s })
+}
+
+proptest! {
+    #![proptest_config(Config { cases: grace_cases(), max_shrink_time: 600_000, ..Config::default() })]
+
+    #[test]
+    fn random_histories_with_a_whiteout_grace(s in grace_script()) {
+        std::env::set_var("CS_JOURNAL_CHECK", "1");
+        let mut run = Run::new(s.layout).with_grace();
+        if let Err(e) = run.run(&s.ops) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}
+
+fn real_cases() -> u32 {
+    std::env::var("CS_REAL_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(150)
+}
+
+/// The real unionfs-fuse, or `None` (skip) when it or /dev/fuse is missing; panics under CI.
+fn real_union() -> Option<UnionfsFuse> {
+    let found = if std::path::Path::new("/dev/fuse").exists() { UnionfsFuse::find().map_err(|e| e.to_string()) } else { Err("no /dev/fuse".into()) };
+    match found {
+        Ok(u) => Some(u),
+        Err(e) if std::env::var_os("CI").is_some() => panic!("the real unionfs-fuse is needed: {e} (CI is set)"),
+        Err(e) => {
+            eprintln!("SKIPPED (real unionfs-fuse unavailable: {e}; set CI=1 to make this fail)");
+            None
+        }
+    }
+}
+
+/// The same histories and oracle with C's merged view on the real
+/// unionfs-fuse (over P's home as a plain lower directory), rounds through
+/// the engine on the real upper layer; half of them with a whiteout grace.
+/// `CS_REAL_CASES` sets the number of cases (default 150, about a minute
+/// or two; a release run: `CS_REAL_CASES=5000`).
+#[test]
+fn real_union_histories_converge_and_lose_no_write() {
+    let Some(u) = real_union() else { return };
+    std::env::set_var("CS_JOURNAL_CHECK", "1");
+    let layout = u.probe_layout(&cs_tests::fixture::scratch_base()).expect("probe the union's layout");
+    let cfg = Config { cases: real_cases(), max_shrink_time: 300_000, failure_persistence: None, ..Config::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(cfg);
+    let result = runner.run(&real_script(layout), |s| {
+        let mut run = Run::real(&u, s.grace);
+        run.run(&s.ops).map_err(TestCaseError::fail)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn sshfs_cases() -> u32 {
+    std::env::var("CS_REAL_SSHFS_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(60)
+}
+
+/// The same with the lower on sshfs, as in production: one loopback sshd
+/// and one sshfs mount (every cache off: this tests the layering, not the
+/// staleness) of the directory the worlds are made in. `CS_REAL_SSHFS_CASES`
+/// sets the number of cases (default 60).
+#[test]
+fn real_union_over_sshfs_histories_converge_and_lose_no_write() {
+    let Some(u) = real_union() else { return };
+    if !cs_testbed::real_tools_available() {
+        return;
+    }
+    std::env::set_var("CS_JOURNAL_CHECK", "1");
+    let t = tempfile::Builder::new().prefix("cs-real-sshfs-").tempdir_in(cs_tests::fixture::scratch_base()).unwrap();
+    let dir = |n: &str| {
+        let p = t.path().join(n);
+        std::fs::create_dir(&p).unwrap();
+        std::fs::canonicalize(p).unwrap()
+    };
+    let (sshd_dir, base, mirror) = (dir("sshd"), dir("worlds"), dir("mirror"));
+    let sshd = cs_testbed::Sshd::start(&sshd_dir).expect("start sshd");
+    let opts = ["entry_timeout=0", "attr_timeout=0", "negative_timeout=0", "dir_cache=no"].map(String::from);
+    let mount = cs_testbed::sshfs_mount(&base, sshd.port(), sshd.identity(), &mirror, &opts).expect("mount sshfs");
+    let layout = u.probe_layout(&base).expect("probe the union's layout");
+    let cfg = Config { cases: sshfs_cases(), max_shrink_time: 300_000, failure_persistence: None, ..Config::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(cfg);
+    let result = runner.run(&real_script(layout), |s| {
+        let mut run = Run::real_over(&u, &base, &mirror, s.grace);
+        run.run(&s.ops).map_err(TestCaseError::fail)
+    });
+    drop(mount);
+    drop(sshd);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
 #[test]
 fn tag_parser() {
     let mut t = BTreeMap::new();
@@ -424,7 +577,7 @@ fn s(p: &str) -> String {
 }
 
 fn replay(layout: Layout, ops: Vec<Op>) {
-    let script = Script { layout, ops };
+    let script = Script { layout, grace: false, ops };
     let mut run = Run::new(layout);
     if let Err(e) = run.run(&script.ops) {
         panic!("{script:?}\n{e}");
@@ -550,3 +703,75 @@ fn counterexample_6_change_back_after_a_cut_round_still_reaches_p() {
     );
 }
 
+
+fn replay_with_grace(layout: Layout, ops: Vec<Op>) {
+    let script = Script { layout, grace: true, ops };
+    let mut run = Run::new(layout).with_grace();
+    if let Err(e) = run.run(&script.ops) {
+        panic!("{script:?}\n{e}");
+    }
+}
+
+/// Counterexample 7 (issue 8, real-union slice with the grace): P makes
+/// e/d/a where C still hides e (its whiteout of `rm -r e` in its grace,
+/// kept beside the e C made again); C then deletes its new e. P deleted
+/// e/d/a with it, never shown on C: C's hello now names the paths it hides,
+/// and P keeps there what C never held.
+#[test]
+fn counterexample_7_p_write_hidden_by_a_whiteout_in_its_grace_survives_a_c_delete() {
+    replay_with_grace(
+        Layout::UnionfsFuse1,
+        vec![
+            Op::Write { side: Side::C, path: s("e/d/a"), pad: 0 },
+            Op::Round,
+            Op::Write { side: Side::C, path: s("a"), pad: 0 },
+            Op::RmR { side: Side::C, dir: s("e") },
+            Op::Write { side: Side::C, path: s("e/a"), pad: 0 },
+            Op::Round,
+            Op::Symlink { side: Side::P, path: s("e/d/a") },
+            Op::Round,
+            Op::RmR { side: Side::C, dir: s("e") },
+        ],
+    );
+}
+
+/// Counterexample 8 (emulated union with the grace): C's write met P's in a
+/// directory C still hides; C's version, kept by P as a conflict copy there,
+/// was never shown on C and went with C's next `rm -r`.
+#[test]
+fn counterexample_8_conflict_copy_in_a_hidden_directory_survives_a_c_delete() {
+    replay_with_grace(
+        Layout::Unionfs2,
+        vec![
+            Op::Write { side: Side::C, path: s("e/e/a"), pad: 0 },
+            Op::Round,
+            Op::RmR { side: Side::C, dir: s("e") },
+            Op::Round,
+            Op::Symlink { side: Side::P, path: s("e/e/a") },
+            Op::Write { side: Side::C, path: s("e/e/a"), pad: 0 },
+            Op::Round,
+            Op::RmR { side: Side::C, dir: s("e/e") },
+        ],
+    );
+}
+
+/// Counterexample 9 (real-union slice with the grace): C deletes `a`; P
+/// writes `a` while C's whiteout of it is in its grace (hidden on C); C's
+/// user, seeing no `a`, makes one (the union drops the marker). P took C's
+/// as a plain update and lost its own: now a conflict (both kept).
+#[test]
+fn counterexample_9_c_file_over_a_hidden_p_write_is_a_conflict() {
+    replay_with_grace(
+        Layout::UnionfsFuse1,
+        vec![
+            Op::Write { side: Side::C, path: s("a"), pad: 0 },
+            Op::Round,
+            Op::Delete { side: Side::C, path: s("a") },
+            Op::Round,
+            Op::Write { side: Side::P, path: s("a"), pad: 0 },
+            Op::Round,
+            Op::Write { side: Side::C, path: s("a"), pad: 0 },
+            Op::Mkdir { side: Side::C, dir: s("d") },
+        ],
+    );
+}

@@ -22,6 +22,11 @@ pub struct Hello {
     pub held_added: Vec<RelPath>,
     #[serde(default)]
     pub held_removed: Vec<RelPath>,
+    /// Paths whose deletion P confirmed and that C still hides (whiteouts
+    /// kept for their grace): whatever P has there now, C has not seen.
+    /// Roots only (no path below another).
+    #[serde(default)]
+    pub hidden: Vec<RelPath>,
 }
 
 /// P's answer to [`Hello`].

@@ -36,6 +36,7 @@ fn requests() -> Vec<ClientMsg> {
             held_count: 3,
             held_added: vec![p("new/from/step4")],
             held_removed: vec![p("gone")],
+            hidden: vec![p("deleted/dir")],
         }),
         ClientMsg::HeldList(vec![p("a"), p("a/b"), p("dir with space/ü")]),
         ClientMsg::Deletes(vec![p("gone.txt")]),

@@ -1275,6 +1275,7 @@ async fn stall(url: &str, token: &str, id: &str) -> Result<cs_wire::ClientConn, 
         held_count: 0,
         held_added: Vec::new(),
         held_removed: Vec::new(),
+        hidden: Vec::new(),
     };
     conn.send_msg(1, ClientMsg::Hello(hello)).await.map_err(e("send hello"))?;
     match answer(&mut conn, 1).await? {

@@ -101,6 +101,8 @@ pub struct ComputeRound {
     /// Step 3's entries of the round in flight (same format).
     sent_log: AppliedLog,
     round_id: u64,
+    /// Retired whiteouts whose marker is gone: over once the round commits.
+    retired_gone: Vec<RelPath>,
     pub problems: Vec<String>,
     /// Step 3's busy files: deferred or sent as a snapshot.
     busy: BTreeMap<RelPath, BusyOutcome>,
@@ -207,15 +209,22 @@ impl ComputeSide {
             ));
         }
         let scan = scan_upper(&self.cfg.upper, &self.cfg.filter)?;
-        // A retired whiteout the union removed (the path was created again
-        // here) is over: a later whiteout at that path is a new deletion.
-        let before = self.retired.len();
-        self.retired.retain(|p, _| {
-            !scan.entries.contains_key(p) && scan.whiteouts.iter().any(|w| &w.path == p)
-        });
-        if self.retired.len() != before {
-            self.save_retired()?;
-        }
+        // What P has at a retired path, C has not seen: P is told, and keeps
+        // it from C's deletes and writes there. That includes a path whose
+        // marker the union removed since (the user made a file there, not
+        // knowing P's).
+        let hidden = hidden_roots(self.retired.keys());
+        // A retired whiteout lasts as long as its marker. The union removes
+        // the marker when a non-directory is created at the path (a later
+        // marker there is a new deletion), but keeps it beside a directory
+        // created again (`rm -r d; mkdir d`: the new `d` is opaque). That
+        // marker is still the deletion P applied: sending it again deleted
+        // on P what C had written in the new directory since (issue 8).
+        // Deleting the new directory goes through the manifest instead
+        // (`deletes_to_send`: synced copies gone from the upper layer).
+        // Dropped at commit: a retried round must name them to P again.
+        let retired_gone: Vec<RelPath> =
+            self.retired.keys().filter(|p| !scan.whiteouts.iter().any(|w| &w.path == *p)).cloned().collect();
         let mut base = self.manifest.entries.clone();
         // What an interrupted round sent in step 3 may be on P now: an entry
         // changed back since to its committed state (a chmod undone, say)
@@ -255,6 +264,7 @@ impl ComputeSide {
             held_count: committed.len() as u64,
             held_added: next.keys().filter(|p| !committed.contains_key(*p)).cloned().collect(),
             held_removed: committed.keys().filter(|p| !known.contains_key(*p)).cloned().collect(),
+            hidden,
         };
         let problems = scan.problems.clone();
         let round = ComputeRound {
@@ -267,6 +277,7 @@ impl ComputeSide {
             applied_log: AppliedLog::new(self.applied_log_path()),
             sent_log: AppliedLog::new(self.sent_log_path()),
             round_id: crate::random_u64(),
+            retired_gone,
             problems,
             busy: BTreeMap::new(),
         };
@@ -707,8 +718,16 @@ impl ComputeSide {
     /// the manifest. Only now does the round count.
     pub fn commit(&mut self, r: ComputeRound) -> Result<(), EngineError> {
         self.busy.commit(&r.busy);
+        let before = self.retired.len();
+        for p in &r.retired_gone {
+            self.retired.remove(p);
+        }
         drop(r);
-        self.resolve_pending(true)
+        self.resolve_pending(true)?;
+        if self.retired.len() != before {
+            self.save_retired()?;
+        }
+        Ok(())
     }
 
     /// Files that keep changing, as of the last committed round: deferred,
@@ -716,6 +735,17 @@ impl ComputeSide {
     pub fn busy_files(&self) -> Vec<BusyFile> {
         self.busy.files()
     }
+}
+
+/// The paths of `sorted` not below another of them.
+fn hidden_roots<'a>(sorted: impl Iterator<Item = &'a RelPath>) -> Vec<RelPath> {
+    let mut out: Vec<RelPath> = Vec::new();
+    for p in sorted {
+        if !out.last().is_some_and(|root| p.starts_with(root)) {
+            out.push(p.clone());
+        }
+    }
+    out
 }
 
 /// The visitor's way of stopping a stream on purpose (fault injection).

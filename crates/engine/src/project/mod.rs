@@ -143,6 +143,9 @@ pub struct ProjectRound {
     /// The client's held changes since its last commit (from its hello).
     held_added: Vec<RelPath>,
     held_removed: Vec<RelPath>,
+    /// Paths the client still hides behind whiteouts of deletions P
+    /// confirmed (from its hello): what P has there, it has not seen.
+    hidden: Vec<RelPath>,
     unseen: BTreeSet<RelPath>,
     /// Paths sent in step 4.
     sent: BTreeSet<RelPath>,
@@ -306,6 +309,7 @@ impl ProjectSide {
             held: BTreeSet::new(),
             held_added: hello.held_added.clone(),
             held_removed: hello.held_removed.clone(),
+            hidden: hello.hidden.clone(),
             unseen: st.unseen,
             sent: BTreeSet::new(),
             new_cursor: None,
@@ -387,6 +391,13 @@ impl ProjectSide {
         if r.unseen.contains(p) {
             return true;
         }
+        // At a path the client hides behind a whiteout in its grace (or hid
+        // until its user made a file there), never held by it: made on P
+        // after the deletion and never shown to the client, whatever its
+        // cursor says. Its deletes and writes meet it as a change.
+        if actual.is_some() && !r.index_base.contains(p) && r.hidden.iter().any(|h| p.starts_with(h)) {
+            return true;
+        }
         let j = lock(&self.journal);
         match j.journal.get(p) {
             None => actual.is_some(),
@@ -426,11 +437,9 @@ impl ProjectSide {
                 report.refused.push((p.clone(), "excluded or local-only path".into()));
                 continue;
             }
-            // Whatever happens on P, the client no longer holds it.
-            let below: Vec<RelPath> = r.held.range(p.clone()..).take_while(|q| q.starts_with(p)).cloned().collect();
-            for q in below {
-                r.held.remove(&q);
-            }
+            // Whatever happens on P, the client no longer holds it. What it
+            // still holds below it stays (see `delete_tree`).
+            r.held.remove(p);
             match self.home.lstat(p) {
                 Err(e) => report.refused.push((p.clone(), e.to_string())),
                 Ok(None) => report.deleted.push(p.clone()),
@@ -443,10 +452,19 @@ impl ProjectSide {
     }
 
     /// Deletes `p` and what lies below it, keeping every entry changed by
-    /// others (and the directories that still contain something). Returns
-    /// whether `p` is gone.
+    /// others, every entry the client still holds (and the directories
+    /// that still contain something). Returns whether `p` is gone.
+    ///
+    /// A client that deletes a directory while it holds entries below it
+    /// created the directory again over its whiteout (`rm -r d; mkdir d`):
+    /// those entries are its new content, not part of the deletion, and a
+    /// stale or repeated delete must not remove them (issue 8).
     fn delete_tree(&self, r: &ProjectRound, p: &RelPath, report: &mut DeleteReport) -> Result<bool, EngineError> {
         let Some(actual) = self.lstat_sig(p)? else { return Ok(true) };
+        let held = r.held.contains(p);
+        if held && actual.kind != EntryKind::Dir {
+            return Ok(false);
+        }
         if actual.kind == EntryKind::Dir {
             let mut all_gone = true;
             for (name, _) in self.home.read_dir(Some(p))? {
@@ -465,7 +483,7 @@ impl ProjectSide {
                 }
                 all_gone &= self.delete_tree(r, &child, report)?;
             }
-            if !all_gone {
+            if !all_gone || held {
                 return Ok(false);
             }
             let _op = lock(&self.apply_lock);

@@ -476,7 +476,7 @@ mod tests {
         let after = t.c.merged_snapshot(&SpecDefaults).unwrap();
         assert_eq!(after.paths(), ["e", "e/l", "e/s", "e/s/y", "e/x"]);
         for (p, n) in &before.nodes {
-            let moved = rp(&p.as_str().replacen('d', "e", 1));
+            let moved = rp(&p.to_str().unwrap().replacen('d', "e", 1));
             assert_eq!(after.nodes.get(&moved), Some(n), "{p} moved to {moved} unchanged");
         }
         assert!(t.c.is_hidden(&rp("d")));

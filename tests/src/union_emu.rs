@@ -342,7 +342,7 @@ impl View for EmuUnion {
         fs::set_permissions(self.up(p), fs::Permissions::from_mode(mode))
     }
 
-    fn symlink(&self, target: &str, p: &RelPath) -> io::Result<()> {
+    fn symlink_os(&self, target: &std::ffi::OsStr, p: &RelPath) -> io::Result<()> {
         self.need_absent_with_parent_dir(p)?;
         self.prepare_create(p, false)?;
         std::os::unix::fs::symlink(target, self.up(p))

@@ -228,7 +228,7 @@ impl View for EmuUnion {
         let mut names = std::collections::BTreeSet::new();
         let mut add = |host: PathBuf| -> io::Result<()> {
             for e in fs::read_dir(host)? {
-                names.insert(e?.file_name().into_string().map_err(|n| err(io::ErrorKind::InvalidData, format!("{n:?}")))?);
+                names.insert(std::os::unix::ffi::OsStringExt::into_vec(e?.file_name()));
             }
             Ok(())
         };
@@ -251,7 +251,7 @@ impl View for EmuUnion {
         for n in names {
             let path = match dir {
                 None => RelPath::new(n),
-                Some(d) => d.join(&n),
+                Some(d) => d.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&n)),
             }
             .map_err(|e| err(io::ErrorKind::InvalidData, e))?;
             if wo::is_meta_path(&path) {

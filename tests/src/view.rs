@@ -310,9 +310,9 @@ impl View for PlainDir {
         let mut out = Vec::new();
         for e in fs::read_dir(host)? {
             let e = e?;
-            let name = e.file_name().into_string().map_err(|n| err(io::ErrorKind::InvalidData, format!("{n:?}")))?;
+            let name = e.file_name();
             let path = match dir {
-                None => RelPath::new(name),
+                None => RelPath::new(std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str())),
                 Some(d) => d.join(&name),
             }
             .map_err(|e| err(io::ErrorKind::InvalidData, e))?;

@@ -415,7 +415,9 @@ fn remove_marker(upper: &Path, layout: Layout, path: &RelPath) -> Result<bool, U
     let dir = chain.last().expect("chain is never empty");
     let st = match rfs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(false),
+        // A name within 8 bytes of NAME_MAX has no room for the suffix: it
+        // cannot have a marker.
+        Err(Errno::NOENT | Errno::NAMETOOLONG) => return Ok(false),
         Err(e) => return Err(UnionError::io(op, abs, errno_io(e))),
     };
     let flags = if FileType::from_raw_mode(st.st_mode) == FileType::Directory {

@@ -1,5 +1,7 @@
 //! Which paths are synced: the one question snapshots and the emulated union ask.
 
+use std::os::unix::ffi::OsStrExt;
+
 use cs_protocol::RelPath;
 
 /// The part of the engine's path filter that the harness needs.
@@ -28,16 +30,16 @@ pub struct SpecDefaults;
 impl SpecDefaults {
     fn top_dir_in(p: &RelPath, is_dir: bool, names: &[&str]) -> bool {
         let mut comps = p.components();
-        let first = comps.next().unwrap_or("");
+        let first = comps.next().unwrap_or_default();
         let below = comps.next().is_some();
-        names.contains(&first) && (below || is_dir)
+        names.iter().any(|n| first == *n) && (below || is_dir)
     }
 }
 
 impl SyncFilter for SpecDefaults {
     fn is_synced(&self, p: &RelPath, is_dir: bool) -> bool {
         let excluded = Self::top_dir_in(p, is_dir, &[".unionfs-fuse", ".unionfs", ".cs-actor"])
-            || p.components().any(|c| c.starts_with(".csa-tmp-") || c.starts_with(".fuse_hidden"));
+            || p.components().any(|c| c.as_bytes().starts_with(b".csa-tmp-") || c.as_bytes().starts_with(b".fuse_hidden"));
         !excluded && !self.is_local_only(p, is_dir)
     }
     fn is_local_only(&self, p: &RelPath, is_dir: bool) -> bool {

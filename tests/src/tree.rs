@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -85,16 +86,16 @@ impl Tree {
 
     /// Conflict copies of `p`: siblings named `<name>.conflict-…`.
     pub fn conflict_copies_of(&self, p: &RelPath) -> Vec<(&RelPath, &Node)> {
-        let prefix = format!("{}.conflict-", p.file_name());
+        let prefix = [p.file_name().as_bytes(), b".conflict-"].concat();
         self.nodes
             .iter()
-            .filter(|(q, _)| q.parent() == p.parent() && q.file_name().starts_with(&prefix))
+            .filter(|(q, _)| q.parent() == p.parent() && q.file_name().as_bytes().starts_with(&prefix))
             .collect()
     }
 
     /// Every conflict copy in the tree.
     pub fn all_conflict_copies(&self) -> Vec<&RelPath> {
-        self.nodes.keys().filter(|q| q.file_name().contains(".conflict-")).collect()
+        self.nodes.keys().filter(|q| q.file_name().as_bytes().windows(10).any(|w| w == b".conflict-")).collect()
     }
 
     /// `None` if equal, else every difference, one per line.

@@ -273,7 +273,7 @@ impl View for EmuUnion {
         let mut names = std::collections::BTreeSet::new();
         let mut add = |host: PathBuf| -> io::Result<()> {
             for e in fs::read_dir(host)? {
-                names.insert(e?.file_name().into_string().map_err(|n| err(io::ErrorKind::InvalidData, format!("{n:?}")))?);
+                names.insert(std::os::unix::ffi::OsStringExt::into_vec(e?.file_name()));
             }
             Ok(())
         };
@@ -296,7 +296,7 @@ impl View for EmuUnion {
         for n in names {
             let path = match dir {
                 None => RelPath::new(n),
-                Some(d) => d.join(&n),
+                Some(d) => d.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&n)),
             }
             .map_err(|e| err(io::ErrorKind::InvalidData, e))?;
             if wo::is_meta_path(&path) {
@@ -393,7 +393,7 @@ impl View for EmuUnion {
         fs::set_permissions(self.up(p), fs::Permissions::from_mode(mode))
     }
 
-    fn symlink(&self, target: &str, p: &RelPath) -> io::Result<()> {
+    fn symlink_os(&self, target: &std::ffi::OsStr, p: &RelPath) -> io::Result<()> {
         self.need_absent_with_parent_dir(p)?;
         self.prepare_create(p, false)?;
         std::os::unix::fs::symlink(target, self.up(p))
@@ -535,7 +535,7 @@ mod tests {
         let after = t.c.merged_snapshot(&SpecDefaults).unwrap();
         assert_eq!(after.paths(), ["e", "e/l", "e/s", "e/s/y", "e/x"]);
         for (p, n) in &before.nodes {
-            let moved = rp(&p.as_str().replacen('d', "e", 1));
+            let moved = rp(&p.to_str().unwrap().replacen('d', "e", 1));
             assert_eq!(after.nodes.get(&moved), Some(n), "{p} moved to {moved} unchanged");
         }
         assert!(t.c.is_hidden(&rp("d")));

@@ -129,13 +129,18 @@ pub trait View {
     /// or of a directory (to a new name).
     fn rename(&self, from: &RelPath, to: &RelPath) -> io::Result<()>;
     fn chmod(&self, p: &RelPath, mode: u32) -> io::Result<()>;
-    fn symlink(&self, target: &str, p: &RelPath) -> io::Result<()>;
+    /// `ln -s`; the target is bytes (a Linux symlink target need not be UTF-8).
+    fn symlink_os(&self, target: &std::ffi::OsStr, p: &RelPath) -> io::Result<()>;
     /// `ln from to`: a hard link to the file `from`; `to` must not exist.
     fn hard_link(&self, from: &RelPath, to: &RelPath) -> io::Result<()>;
     /// `touch -d`: sets a regular file's mtime.
     fn set_mtime(&self, p: &RelPath, t: Timestamp) -> io::Result<()>;
 
     // ---- provided ----
+
+    fn symlink(&self, target: &str, p: &RelPath) -> io::Result<()> {
+        self.symlink_os(std::ffi::OsStr::new(target), p)
+    }
 
     /// The paths of directory `dir`'s entries, sorted.
     fn children(&self, dir: Option<&RelPath>) -> io::Result<Vec<RelPath>> {
@@ -310,9 +315,9 @@ impl View for PlainDir {
         let mut out = Vec::new();
         for e in fs::read_dir(host)? {
             let e = e?;
-            let name = e.file_name().into_string().map_err(|n| err(io::ErrorKind::InvalidData, format!("{n:?}")))?;
+            let name = e.file_name();
             let path = match dir {
-                None => RelPath::new(name),
+                None => RelPath::new(std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str())),
                 Some(d) => d.join(&name),
             }
             .map_err(|e| err(io::ErrorKind::InvalidData, e))?;
@@ -366,7 +371,7 @@ impl View for PlainDir {
         fs::set_permissions(self.host(p), fs::Permissions::from_mode(mode))
     }
 
-    fn symlink(&self, target: &str, p: &RelPath) -> io::Result<()> {
+    fn symlink_os(&self, target: &std::ffi::OsStr, p: &RelPath) -> io::Result<()> {
         self.need_parent_dir(p)?;
         std::os::unix::fs::symlink(target, self.host(p))
     }

@@ -325,7 +325,7 @@ fn conflict_copy_keeps_incoming_version_beside_file() {
     assert_eq!(copies.len(), 1, "{copies:?}\n{}", w.p_tree().listing());
     let (copy, content) = &copies[0];
     assert_eq!(copy.parent(), Some(rp("d/e")), "beside the file");
-    let suffix = copy.file_name().strip_prefix("x.conflict-c1-").unwrap_or_else(|| panic!("name {copy}"));
+    let suffix = copy.file_name().to_str().and_then(|n| n.strip_prefix("x.conflict-c1-")).unwrap_or_else(|| panic!("name {copy}"));
     let year = utc_year_now();
     assert!(
         suffix.starts_with(&year.to_string()) || suffix.starts_with(&(year - 1).to_string()),
@@ -783,7 +783,7 @@ fn rename_lower_only_dir_on_c_copies_the_tree_up() {
     let after = w.p_tree();
     assert!(!w.p().exists(&rp("d")));
     for (p, n) in &before.nodes {
-        let moved = rp(&format!("e{}", &p.as_str()[1..]));
+        let moved = rp(&format!("e{}", &p.to_str().unwrap()[1..]));
         assert_eq!(after.nodes.get(&moved), Some(n), "{p} -> {moved}");
     }
     w.assert_converged();
@@ -866,4 +866,96 @@ fn file_replaced_by_directory_and_back() {
     assert_eq!(text(&w.p(), "x/inner"), "now a dir");
     assert_eq!(text(w.c(), "y"), "now a file");
     w.assert_converged();
+}
+
+// ---------------------------------------------------------------- any name
+
+/// A path given as bytes (Linux names need not be UTF-8).
+fn bp(b: &[u8]) -> RelPath {
+    RelPath::new(b).unwrap()
+}
+
+fn link_bytes<V: View + ?Sized>(v: &V, p: &RelPath) -> Vec<u8> {
+    use std::os::unix::ffi::OsStringExt;
+    let host = v.host_path(p).unwrap_or_else(|| panic!("{}: no {p}", v.name()));
+    std::fs::read_link(host).unwrap().into_os_string().into_vec()
+}
+
+/// Any name: a Latin-1 name and names with invalid UTF-8 bytes, made on
+/// each side, arrive on the other, and are deleted, renamed and
+/// conflict-copied like any other name (issue 8, defect 3).
+#[test]
+fn any_name_syncs_like_the_others() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let mut w = World::new();
+    let (c, p) = (w.c(), w.p());
+    c.put(&bp(b"c_caf\xe9/na\xefve.txt"), b"latin-1 from C").unwrap();
+    c.put(&bp(b"c_bad\xff\xfe"), b"invalid UTF-8 from C").unwrap();
+    c.put(&bp(b"back\\slash"), b"a backslash is a name byte too").unwrap();
+    c.symlink_os(OsStr::from_bytes(b"c_caf\xe9/na\xefve.txt"), &bp(b"c_link\xe9")).unwrap();
+    p.put(&bp(b"p_caf\xe9.txt"), b"latin-1 from P").unwrap();
+    p.put(&bp(b"p_dir\xc3\x28/f\x80"), b"invalid UTF-8 from P").unwrap();
+    p.symlink_os(OsStr::from_bytes(b"t\xff"), &bp(b"p_link\xff")).unwrap();
+    let r = w.round();
+    assert!(r.problems.is_empty(), "{r:?}");
+    w.assert_converged();
+    let (c, p) = (w.c(), w.p());
+    assert_eq!(p.read(&bp(b"c_caf\xe9/na\xefve.txt")).unwrap(), b"latin-1 from C");
+    assert_eq!(p.read(&bp(b"c_bad\xff\xfe")).unwrap(), b"invalid UTF-8 from C");
+    assert_eq!(p.read(&bp(b"back\\slash")).unwrap(), b"a backslash is a name byte too");
+    assert_eq!(link_bytes(&p, &bp(b"c_link\xe9")), b"c_caf\xe9/na\xefve.txt");
+    assert_eq!(c.read(&bp(b"p_caf\xe9.txt")).unwrap(), b"latin-1 from P");
+    assert_eq!(c.read(&bp(b"p_dir\xc3\x28/f\x80")).unwrap(), b"invalid UTF-8 from P");
+    assert_eq!(link_bytes(c, &bp(b"p_link\xff")), b"t\xff");
+    assert_idle(&w.round(), "after byte names arrived");
+
+    // Deletes both ways: C deletes a lower-only file (a whiteout with a byte
+    // name), P deletes a file C holds.
+    w.c().remove_file(&bp(b"p_caf\xe9.txt")).unwrap();
+    w.p().remove_file(&bp(b"c_bad\xff\xfe")).unwrap();
+    let r = w.round();
+    assert_eq!((r.deletes_to_project, r.deletes_to_compute), (1, 1), "{r:?}");
+    assert!(!w.p().exists(&bp(b"p_caf\xe9.txt")) && !w.c().exists(&bp(b"c_bad\xff\xfe")));
+    assert!(w.c().whiteout_markers().is_empty(), "{:?}", w.c().whiteout_markers());
+    w.assert_converged();
+
+    // Renames both ways.
+    w.c().rename(&bp(b"c_caf\xe9"), &bp(b"c_ren\xe9")).unwrap();
+    w.p().rename(&bp(b"p_dir\xc3\x28"), &bp(b"p_moved\xff")).unwrap();
+    w.round();
+    w.assert_converged();
+    assert!(!w.p().exists(&bp(b"c_caf\xe9")) && !w.c().exists(&bp(b"p_dir\xc3\x28")));
+    assert_eq!(w.p().read(&bp(b"c_ren\xe9/na\xefve.txt")).unwrap(), b"latin-1 from C");
+    assert_eq!(w.c().read(&bp(b"p_moved\xff/f\x80")).unwrap(), b"invalid UTF-8 from P");
+
+    // Write versus write: P's version stays, C's beside it as a conflict copy.
+    let file = bp(b"c_ren\xe9/na\xefve.txt");
+    w.c().write(&file, b"C's version").unwrap();
+    w.p().write(&file, b"P's version").unwrap();
+    let r = w.round();
+    assert_eq!(w.p().read(&file).unwrap(), b"P's version");
+    let copies: Vec<(RelPath, Vec<u8>)> =
+        w.p_tree().conflict_copies_of(&file).into_iter().map(|(q, n)| (q.clone(), n.data.clone())).collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let (copy, content) = &copies[0];
+    assert!(copy.file_name().as_bytes().starts_with(b"na\xefve.txt.conflict-c1-"), "{copy}");
+    assert_eq!(content, b"C's version");
+    assert_eq!(r.conflicts, vec![copy.clone()]);
+    assert!(copy.to_string().starts_with("c_ren\\xE9/na\\xEFve.txt.conflict-c1-"), "shown escaped: {copy}");
+    w.assert_converged();
+
+    // A name at the 255-byte limit: the copy's name is cut to fit, by bytes.
+    let long = bp(&[0xe9; 250]);
+    w.c().put(&long, b"C long").unwrap();
+    w.round();
+    w.c().write(&long, b"C long 2").unwrap();
+    w.p().write(&long, b"P long").unwrap();
+    let r = w.round();
+    assert_eq!(r.conflicts.len(), 1, "{r:?}");
+    let name = r.conflicts[0].file_name().as_bytes();
+    assert!(name.len() <= 255 && name.starts_with(&[0xe9; 200]), "{}", r.conflicts[0]);
+    assert_eq!(w.p().read(&r.conflicts[0]).unwrap(), b"C long 2");
+    w.assert_converged();
+    assert_idle(&w.round(), "at the end");
 }

@@ -62,7 +62,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     let r = round("round 4: both edited src/main.c: the project wins, nothing is lost", &mut c, &p)?;
     show(&home, "src/main.c")?;
     for copy in &r.conflicts {
-        show(&home, copy.as_str())?;
+        show(&home, copy)?;
     }
 
     fs::remove_file(home.join("build/main.o"))?;
@@ -97,8 +97,9 @@ fn write(root: &Path, rel: &str, content: &str) -> Result<()> {
     fs::write(&p, content).with_context(|| format!("writing {}", p.display()))
 }
 
-fn show(root: &Path, rel: &str) -> Result<()> {
-    let text = fs::read_to_string(root.join(rel)).with_context(|| format!("reading {rel}"))?;
+/// `rel`: a `&str`, or a `RelPath` (read by its bytes, shown escaped).
+fn show(root: &Path, rel: impl AsRef<Path> + std::fmt::Display) -> Result<()> {
+    let text = fs::read_to_string(root.join(&rel)).with_context(|| format!("reading {rel}"))?;
     println!("  {} {rel}: {}", if root.ends_with("project-home") { "project" } else { "compute" }, text.trim_end());
     Ok(())
 }

@@ -107,6 +107,20 @@ mod tests {
         assert!(!f.is_synced(&p(".cache/pip/x"), false));
     }
 
+    /// Patterns match names that are not UTF-8 by their bytes.
+    #[test]
+    fn byte_names() {
+        let f = PathFilter::default();
+        let b = |s: &[u8]| RelPath::new(s).unwrap();
+        assert!(f.is_local_only(&b(b"scratch/caf\xe9"), false));
+        assert!(f.is_excluded(&b(b"d\xff/.csa-tmp-\xe9"), false));
+        assert!(f.is_synced(&b(b"caf\xe9/na\xefve.txt"), false));
+        let f = PathFilter::new(&["*.o"], &["/caf\u{e9}/"]).unwrap();
+        assert!(f.is_local_only(&b(b"d\xff/x.o"), false));
+        assert!(!f.is_excluded(&b(b"caf\xe9/x"), false), "Latin-1 bytes are not the UTF-8 pattern");
+        assert!(f.is_excluded(&b("café/x".as_bytes()), false));
+    }
+
     #[test]
     fn bad_pattern_is_named() {
         let err = PathFilter::new(&["ok", "a{b,c"], &[]).unwrap_err().to_string();

@@ -53,7 +53,7 @@ pub fn entry_kind(k: FileKind) -> Option<EntryKind> {
 pub fn held_digest<'a>(paths: impl Iterator<Item = &'a cs_protocol::RelPath>) -> cs_protocol::HeldDigest {
     let mut h = blake3::Hasher::new();
     for p in paths {
-        h.update(p.as_str().as_bytes());
+        h.update(p.as_bytes());
         h.update(&[0]);
     }
     cs_protocol::HeldDigest(*h.finalize().as_bytes())

@@ -89,7 +89,7 @@ fn each_side_writes_as_its_user_and_local_files_keep_their_owner() {
     fs::write(s.upper.join("from-c/sub/f"), b"C loses").unwrap();
     let r = run_round(&mut s.c, &s.p, None).unwrap();
     assert_eq!(r.conflicts.len(), 1, "{r:?}");
-    assert_eq!(ids(&s.home, r.conflicts[0].as_str()), p_user, "the conflict copy");
+    assert_eq!(ids(&s.home, r.conflicts[0].to_str().expect("a UTF-8 conflict name")), p_user, "the conflict copy");
     assert_eq!(ids(&s.upper, "from-c/sub/f"), c_user);
 }
 

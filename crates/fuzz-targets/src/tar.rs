@@ -46,7 +46,7 @@ pub fn check_header(h: &EntryHeader, limits: &Limits) {
                 .as_deref()
                 .expect("a symlink without a target");
             assert!(
-                !t.is_empty() && t.len() <= MAX_LINK_TARGET_LEN && !t.contains('\0'),
+                !t.is_empty() && t.len() <= MAX_LINK_TARGET_LEN && !std::os::unix::ffi::OsStrExt::as_bytes(t).contains(&0),
                 "target {t:?}"
             );
         }

@@ -110,7 +110,7 @@ impl Sandbox {
     /// directories only (no symlink among its ancestors), i.e. it is inside.
     pub fn assert_inside(&self, p: &RelPath) {
         let mut cur = self.root_path.clone();
-        let comps: Vec<&str> = p.components().collect();
+        let comps: Vec<&std::ffi::OsStr> = p.components().collect();
         for (i, c) in comps.iter().enumerate() {
             cur.push(c);
             let m = fs::symlink_metadata(&cur).unwrap_or_else(|e| {
@@ -201,7 +201,7 @@ fn apply_entry(
                 root.symlink_temp(
                     p,
                     &tmp_name,
-                    h.link_target.as_deref().unwrap_or("x"),
+                    h.link_target.as_deref().unwrap_or("x".as_ref()),
                     h.mtime,
                 )
             };

@@ -10,8 +10,9 @@ mod round;
 
 pub use meta::{ClientId, ClientIdError, Cursor, EntryKind, HeldDigest, Timestamp};
 pub use round::{CommitRequest, DeleteReport, HeldDelta, Hello, HelloReply};
-pub use relpath::{PathError, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
+pub use relpath::{Escaped, PathError, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
 
 /// Bumped on any incompatible change of the messages or tar conventions.
 /// 2: tar streams may carry withdraw markers (busy files, issue 8).
+///    Also: paths are MessagePack `bin` (bytes, any Linux name), not `str`.
 pub const PROTOCOL_VERSION: u32 = 2;

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 ///
 /// Every variant names the operation (`op`, e.g. `"write_temp"`), the root
 /// directory (`root`) and the root-relative path the caller asked about
-/// (`path`). For [`write_atomic`](crate::write_atomic), `root` is the
+/// (`path`, escaped for display as `RelPath`'s `Display` does: a name that
+/// is not UTF-8 shows `\xE9`). For [`write_atomic`](crate::write_atomic), `root` is the
 /// directory of the file and `path` its file name.
 ///
 /// The underlying OS error of [`FsError::Io`] is its
@@ -18,7 +19,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum FsError {
     /// The system call failed; `source` says why.
-    #[error("{op} {path:?} beneath {root:?} failed")]
+    #[error("{op} \"{path}\" beneath {root:?} failed")]
     Io {
         op: &'static str,
         root: PathBuf,
@@ -30,24 +31,21 @@ pub enum FsError {
     /// for the operations that refuse a symlink leaf (`open_file`,
     /// `set_mode`, `read_dir`, `create_dir_all`, `sync_dir`). Nothing was
     /// done.
-    #[error("{op} {path:?} beneath {root:?} refused: a component of the path is a symlink")]
+    #[error("{op} \"{path}\" beneath {root:?} refused: a component of the path is a symlink")]
     SymlinkInPath { op: &'static str, root: PathBuf, path: String },
     /// A component of the path that must be a directory is not one.
-    #[error("{op} {path:?} beneath {root:?} failed: a component of the path is not a directory")]
+    #[error("{op} \"{path}\" beneath {root:?} failed: a component of the path is not a directory")]
     NotADirectory { op: &'static str, root: PathBuf, path: String },
     /// The leaf exists but is not a regular file (a directory, fifo, device...).
-    #[error("{op} {path:?} beneath {root:?} failed: not a regular file")]
+    #[error("{op} \"{path}\" beneath {root:?} failed: not a regular file")]
     NotAFile { op: &'static str, root: PathBuf, path: String },
-    /// A symlink target is not valid UTF-8.
-    #[error("{op} {path:?} beneath {root:?} failed: the symlink target is not valid UTF-8")]
-    NotUtf8 { op: &'static str, root: PathBuf, path: String },
     /// A file name argument (a temp name) is not a single valid path component.
-    #[error("{op} {path:?} beneath {root:?} failed: {name:?} is not a valid file name")]
+    #[error("{op} \"{path}\" beneath {root:?} failed: {name:?} is not a valid file name")]
     InvalidName { op: &'static str, root: PathBuf, path: String, name: String },
     /// `remove_tree` found a mount point at `mount` (root-relative) and
     /// refused to delete across it. Entries visited before it may already
     /// have been removed.
-    #[error("{op} {path:?} beneath {root:?} refused: {mount:?} is a mount point")]
+    #[error("{op} \"{path}\" beneath {root:?} refused: \"{mount}\" is a mount point")]
     MountPoint { op: &'static str, root: PathBuf, path: String, mount: String },
     /// An entry was created but could not be given to its owner
     /// ([`SafeRoot::with_owner`](crate::SafeRoot::with_owner)); `source`
@@ -89,7 +87,6 @@ impl FsError {
             | FsError::SymlinkInPath { op, .. }
             | FsError::NotADirectory { op, .. }
             | FsError::NotAFile { op, .. }
-            | FsError::NotUtf8 { op, .. }
             | FsError::InvalidName { op, .. }
             | FsError::MountPoint { op, .. }
             | FsError::Owner { op, .. } => op,
@@ -103,7 +100,6 @@ impl FsError {
             | FsError::SymlinkInPath { path, .. }
             | FsError::NotADirectory { path, .. }
             | FsError::NotAFile { path, .. }
-            | FsError::NotUtf8 { path, .. }
             | FsError::InvalidName { path, .. }
             | FsError::MountPoint { path, .. }
             | FsError::Owner { path, .. } => path,

@@ -4,7 +4,9 @@
 //! with the path and the operation. `ELOOP` means a component is a symlink,
 //! `ENOTDIR` that a component is not a directory, `ENOENT` that one is missing.
 
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{fstat, openat, openat2, statat, AtFlags, FileType, Mode, OFlags, ResolveFlags};
@@ -23,7 +25,8 @@ static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 /// component, no leading `/`) beneath `dirfd` with `flags` (which should
 /// contain `O_DIRECTORY`), refusing any symlink on the way including the last
 /// component.
-pub(crate) fn open_beneath(dirfd: BorrowedFd<'_>, path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+pub(crate) fn open_beneath(dirfd: BorrowedFd<'_>, path: impl AsRef<OsStr>, flags: OFlags) -> Result<OwnedFd, Errno> {
+    let path = path.as_ref();
     if !NO_OPENAT2.load(Ordering::Relaxed) {
         match openat2_retry(dirfd, path, flags) {
             Err(Errno::NOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
@@ -33,7 +36,7 @@ pub(crate) fn open_beneath(dirfd: BorrowedFd<'_>, path: &str, flags: OFlags) -> 
     open_walk(dirfd, path, flags)
 }
 
-fn openat2_retry(dirfd: BorrowedFd<'_>, path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+fn openat2_retry(dirfd: BorrowedFd<'_>, path: &OsStr, flags: OFlags) -> Result<OwnedFd, Errno> {
     // EAGAIN: a concurrent rename or mount disturbed a scoped lookup; the
     // kernel asks us to try again.
     let mut last = Errno::AGAIN;
@@ -50,12 +53,13 @@ fn openat2_retry(dirfd: BorrowedFd<'_>, path: &str, flags: OFlags) -> Result<Own
 /// component, each relative to the fd of the previous one. Since no
 /// component is `..` and no symlink is ever followed, the result is beneath
 /// `dirfd`, as with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`.
-pub(crate) fn open_walk(dirfd: BorrowedFd<'_>, path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+pub(crate) fn open_walk(dirfd: BorrowedFd<'_>, path: impl AsRef<OsStr>, flags: OFlags) -> Result<OwnedFd, Errno> {
+    let path = path.as_ref();
     if path == "." {
         return openat(dirfd, ".", flags | OFlags::CLOEXEC, Mode::empty());
     }
     let mut cur: Option<OwnedFd> = None;
-    let mut comps = path.split('/').peekable();
+    let mut comps = path.as_bytes().split(|&b| b == b'/').map(OsStr::from_bytes).peekable();
     while let Some(comp) = comps.next() {
         if comp.is_empty() || comp == "." || comp == ".." {
             return Err(Errno::INVAL);
@@ -90,7 +94,7 @@ pub(crate) fn open_walk(dirfd: BorrowedFd<'_>, path: &str, flags: OFlags) -> Res
 
 /// After `ELOOP`/`ENOTDIR` from `openat(at, comp, O_NOFOLLOW…)`: was it
 /// because `comp` is a symlink?
-fn classify(at: BorrowedFd<'_>, comp: &str, e: Errno) -> Errno {
+fn classify(at: BorrowedFd<'_>, comp: &OsStr, e: Errno) -> Errno {
     match statat(at, comp, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if FileType::from_raw_mode(st.st_mode as _) == FileType::Symlink => Errno::LOOP,
         Ok(_) => Errno::NOTDIR,
@@ -143,7 +147,7 @@ mod tests {
             ("a/missing/x", dirpath, Err(Errno::NOENT)),
         ];
         for (path, flags, want) in cases {
-            let a = openat2_retry(fd.as_fd(), path, *flags).map(|_| ());
+            let a = openat2_retry(fd.as_fd(), OsStr::new(path), *flags).map(|_| ());
             let w = open_walk(fd.as_fd(), path, *flags).map(|_| ());
             assert_eq!(&a, want, "openat2 {path:?}");
             assert_eq!(&w, want, "walk {path:?}");

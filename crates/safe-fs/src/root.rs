@@ -1,14 +1,14 @@
 //! [`SafeRoot`]: every operation beneath one root directory.
 
-use std::ffi::{CStr, CString, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use cs_protocol::{RelPath, Timestamp};
+use cs_protocol::{Escaped, RelPath, Timestamp};
 use rustix::fs::{
     chownat, fchmod, fchown, fcntl_getfl, fcntl_setfl, fstat, fsync, futimens, mkdirat, openat, readlinkat,
     renameat, renameat_with, statat, statx, symlinkat, unlinkat, utimensat, AtFlags, Dir, FileType,
@@ -65,12 +65,12 @@ impl AsFd for DirFd<'_> {
     }
 }
 
-/// `"a/b/c"` -> `(Some("a/b"), "c")`, `"c"` -> `(None, "c")`.
-fn split(p: &RelPath) -> (Option<&str>, &str) {
-    let s = p.as_str();
-    match s.rfind('/') {
-        Some(i) => (Some(&s[..i]), &s[i + 1..]),
-        None => (None, s),
+/// `"a/b/c"` -> `(Some("a/b"), "c")`, `"c"` -> `(None, "c")` (bytes: names need not be UTF-8).
+fn split(p: &RelPath) -> (Option<&OsStr>, &OsStr) {
+    let s = p.as_bytes();
+    match s.iter().rposition(|&b| b == b'/') {
+        Some(i) => (Some(OsStr::from_bytes(&s[..i])), OsStr::from_bytes(&s[i + 1..])),
+        None => (None, OsStr::from_bytes(s)),
     }
 }
 
@@ -135,13 +135,13 @@ impl SafeRoot {
 
     /// Gives the entry `name` of `dir` (just created by us; `path` for
     /// messages) to the owner, if there is one. Never follows a symlink.
-    fn own_at(&self, op: &'static str, path: &str, dir: BorrowedFd<'_>, name: &str) -> Result<(), FsError> {
+    fn own_at<N: rustix::path::Arg>(&self, op: &'static str, path: impl fmt::Display, dir: BorrowedFd<'_>, name: N) -> Result<(), FsError> {
         let Some(o) = self.owner else { return Ok(()) };
         chownat(dir, name, Some(Uid::from_raw(o.uid)), Some(Gid::from_raw(o.gid)), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| self.owner_err(op, path, o, e))
     }
 
-    fn owner_err(&self, op: &'static str, path: &str, o: Owner, e: Errno) -> FsError {
+    fn owner_err(&self, op: &'static str, path: impl fmt::Display, o: Owner, e: Errno) -> FsError {
         FsError::Owner { op, root: self.path.clone(), path: path.to_string(), uid: o.uid, gid: o.gid, source: e.into() }
     }
 
@@ -152,12 +152,12 @@ impl SafeRoot {
 
     // ---- errors -------------------------------------------------------
 
-    fn io(&self, op: &'static str, path: &str, e: impl Into<io::Error>) -> FsError {
+    fn io(&self, op: &'static str, path: impl fmt::Display, e: impl Into<io::Error>) -> FsError {
         FsError::Io { op, root: self.path.clone(), path: path.to_string(), source: e.into() }
     }
 
     /// For errors of a lookup: `ELOOP` and `ENOTDIR` get their own variants.
-    fn lookup_err(&self, op: &'static str, path: &str, e: Errno) -> FsError {
+    fn lookup_err(&self, op: &'static str, path: impl fmt::Display, e: Errno) -> FsError {
         let (root, path) = (self.path.clone(), path.to_string());
         match e {
             Errno::LOOP => FsError::SymlinkInPath { op, root, path },
@@ -166,11 +166,11 @@ impl SafeRoot {
         }
     }
 
-    fn symlink_err(&self, op: &'static str, path: &str) -> FsError {
+    fn symlink_err(&self, op: &'static str, path: impl fmt::Display) -> FsError {
         FsError::SymlinkInPath { op, root: self.path.clone(), path: path.to_string() }
     }
 
-    fn not_found(&self, op: &'static str, path: &str) -> FsError {
+    fn not_found(&self, op: &'static str, path: impl fmt::Display) -> FsError {
         self.io(op, path, io::Error::from(io::ErrorKind::NotFound))
     }
 
@@ -178,10 +178,10 @@ impl SafeRoot {
 
     /// Opens the directory `dir` (None: the root) with `flags`, refusing
     /// symlinks everywhere including `dir` itself. `path` is for messages.
-    fn open_dir(&self, op: &'static str, dir: Option<&str>, flags: OFlags, path: &str) -> Result<DirFd<'_>, FsError> {
+    fn open_dir(&self, op: &'static str, dir: Option<&OsStr>, flags: OFlags, path: impl fmt::Display) -> Result<DirFd<'_>, FsError> {
         match dir {
             None if flags == OFlags::PATH | OFlags::DIRECTORY => Ok(DirFd::Root(self.fd.as_fd())),
-            dir => open_beneath(self.fd.as_fd(), dir.unwrap_or("."), flags)
+            dir => open_beneath(self.fd.as_fd(), dir.unwrap_or(OsStr::new(".")), flags)
                 .map(DirFd::Owned)
                 .map_err(|e| self.lookup_err(op, path, e)),
         }
@@ -189,9 +189,9 @@ impl SafeRoot {
 
     /// The parent directory of `p` (an `O_PATH` fd, fine as the dirfd of
     /// `*at` calls) and the last component of `p`.
-    fn parent<'p>(&self, op: &'static str, p: &'p RelPath) -> Result<(DirFd<'_>, &'p str), FsError> {
+    fn parent<'p>(&self, op: &'static str, p: &'p RelPath) -> Result<(DirFd<'_>, &'p OsStr), FsError> {
         let (dir, name) = split(p);
-        let fd = self.open_dir(op, dir, OFlags::PATH | OFlags::DIRECTORY, p.as_str())?;
+        let fd = self.open_dir(op, dir, OFlags::PATH | OFlags::DIRECTORY, p)?;
         Ok((fd, name))
     }
 
@@ -212,7 +212,7 @@ impl SafeRoot {
         match statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(Stat::from_raw(&st))),
             Err(Errno::NOENT) => Ok(None),
-            Err(e) => Err(self.io(OP, p.as_str(), e)),
+            Err(e) => Err(self.io(OP, p, e)),
         }
     }
 
@@ -227,32 +227,30 @@ impl SafeRoot {
         let (dir, name) = self.parent(op, p)?;
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
         let fd = openat(&dir, name, flags, Mode::empty()).map_err(|e| match e {
-            Errno::LOOP => self.symlink_err(op, p.as_str()),
-            e => self.io(op, p.as_str(), e),
+            Errno::LOOP => self.symlink_err(op, p),
+            e => self.io(op, p, e),
         })?;
-        let st = fstat(&fd).map_err(|e| self.io(op, p.as_str(), e))?;
+        let st = fstat(&fd).map_err(|e| self.io(op, p, e))?;
         #[allow(clippy::unnecessary_cast)]
         if FileKind::from_mode(st.st_mode as u32) != FileKind::File {
-            return Err(FsError::NotAFile { op, root: self.path.clone(), path: p.as_str().to_string() });
+            return Err(FsError::NotAFile { op, root: self.path.clone(), path: p.to_string() });
         }
         // O_NONBLOCK was only there so that opening a fifo cannot hang.
-        let fl = fcntl_getfl(&fd).map_err(|e| self.io(op, p.as_str(), e))?;
-        fcntl_setfl(&fd, fl - OFlags::NONBLOCK).map_err(|e| self.io(op, p.as_str(), e))?;
+        let fl = fcntl_getfl(&fd).map_err(|e| self.io(op, p, e))?;
+        fcntl_setfl(&fd, fl - OFlags::NONBLOCK).map_err(|e| self.io(op, p, e))?;
         Ok(File::from(fd))
     }
 
-    /// The target of the symlink `p`, which must be valid UTF-8
-    /// ([`FsError::NotUtf8`] otherwise). `EINVAL` if `p` is not a symlink.
-    pub fn read_link(&self, p: &RelPath) -> Result<String, FsError> {
+    /// The target of the symlink `p`, as the bytes it holds (not
+    /// necessarily UTF-8). `EINVAL` if `p` is not a symlink.
+    pub fn read_link(&self, p: &RelPath) -> Result<OsString, FsError> {
         const OP: &str = "read_link";
-        self.read_link_raw(OP, p)?
-            .into_string()
-            .map_err(|_| FsError::NotUtf8 { op: OP, root: self.path.clone(), path: p.as_str().to_string() })
+        Ok(OsString::from_vec(self.read_link_raw(OP, p)?.into_bytes()))
     }
 
     fn read_link_raw(&self, op: &'static str, p: &RelPath) -> Result<CString, FsError> {
         let (dir, name) = self.parent(op, p)?;
-        readlinkat(&dir, name, Vec::new()).map_err(|e| self.io(op, p.as_str(), e))
+        readlinkat(&dir, name, Vec::new()).map_err(|e| self.io(op, p, e))
     }
 
     /// The entries of directory `p` (`None`: the root), without `.` and
@@ -260,12 +258,12 @@ impl SafeRoot {
     /// A symlink `p` is refused ([`FsError::SymlinkInPath`]).
     pub fn read_dir(&self, p: Option<&RelPath>) -> Result<Vec<(OsString, FileKind)>, FsError> {
         const OP: &str = "read_dir";
-        let path = p.map_or(".", |p| p.as_str());
-        let fd = match self.open_dir(OP, p.map(|p| p.as_str()), OFlags::RDONLY | OFlags::DIRECTORY, path)? {
+        let path = p.map_or(".".to_string(), |p| p.to_string());
+        let fd = match self.open_dir(OP, p.map(|p| p.as_os_str()), OFlags::RDONLY | OFlags::DIRECTORY, &path)? {
             DirFd::Owned(fd) => fd,
-            DirFd::Root(_) => return Err(self.io(OP, path, Errno::INVAL)), // not reached: RDONLY always opens
+            DirFd::Root(_) => return Err(self.io(OP, &path, Errno::INVAL)), // not reached: RDONLY always opens
         };
-        let mut entries = list_dir(fd).map_err(|e| self.io(OP, path, e))?;
+        let mut entries = list_dir(fd).map_err(|e| self.io(OP, &path, e))?;
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(entries.into_iter().map(|(name, kind)| (OsString::from_vec(name.into_bytes()), kind)).collect())
     }
@@ -276,8 +274,8 @@ impl SafeRoot {
     /// ([`FsError::is_not_found`]).
     pub fn same_content(&self, a: &RelPath, b: &RelPath) -> Result<bool, FsError> {
         const OP: &str = "same_content";
-        let sa = self.lstat(a)?.ok_or_else(|| self.not_found(OP, a.as_str()))?;
-        let sb = self.lstat(b)?.ok_or_else(|| self.not_found(OP, b.as_str()))?;
+        let sa = self.lstat(a)?.ok_or_else(|| self.not_found(OP, a))?;
+        let sb = self.lstat(b)?.ok_or_else(|| self.not_found(OP, b))?;
         match (sa.kind, sb.kind) {
             (FileKind::Symlink, FileKind::Symlink) => {
                 Ok(self.read_link_raw(OP, a)? == self.read_link_raw(OP, b)?)
@@ -290,8 +288,8 @@ impl SafeRoot {
                 let mut fb = self.open_file_op(OP, b)?;
                 let (mut ba, mut bb) = (vec![0u8; BUF_SIZE], vec![0u8; BUF_SIZE]);
                 loop {
-                    let na = read_full(&mut fa, &mut ba).map_err(|e| self.io(OP, a.as_str(), e))?;
-                    let nb = read_full(&mut fb, &mut bb).map_err(|e| self.io(OP, b.as_str(), e))?;
+                    let na = read_full(&mut fa, &mut ba).map_err(|e| self.io(OP, a, e))?;
+                    let nb = read_full(&mut fb, &mut bb).map_err(|e| self.io(OP, b, e))?;
                     if na != nb || ba.get(..na) != bb.get(..nb) {
                         return Ok(false);
                     }
@@ -312,8 +310,8 @@ impl SafeRoot {
     pub fn create_dir(&self, p: &RelPath, mode: u32) -> Result<(), FsError> {
         const OP: &str = "create_dir";
         let (dir, name) = self.parent(OP, p)?;
-        mkdirat(&dir, name, mode_bits(mode)).map_err(|e| self.io(OP, p.as_str(), e))?;
-        self.own_at(OP, p.as_str(), dir.as_fd(), name)
+        mkdirat(&dir, name, mode_bits(mode)).map_err(|e| self.io(OP, p, e))?;
+        self.own_at(OP, p, dir.as_fd(), name)
     }
 
     /// `mkdir -p`: creates `p` and its missing ancestors with `mode` (subject
@@ -329,13 +327,13 @@ impl SafeRoot {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) => {
                     match mkdirat(&cur, comp, mode_bits(mode)) {
-                        Ok(()) => self.own_at(OP, p.as_str(), cur.as_fd(), comp)?,
+                        Ok(()) => self.own_at(OP, p, cur.as_fd(), comp)?,
                         Err(Errno::EXIST) => {} // created concurrently; checked below
-                        Err(e) => return Err(self.io(OP, p.as_str(), e)),
+                        Err(e) => return Err(self.io(OP, p, e)),
                     }
-                    open_beneath(cur.as_fd(), comp, flags).map_err(|e| self.lookup_err(OP, p.as_str(), e))?
+                    open_beneath(cur.as_fd(), comp, flags).map_err(|e| self.lookup_err(OP, p, e))?
                 }
-                Err(e) => return Err(self.lookup_err(OP, p.as_str(), e)),
+                Err(e) => return Err(self.lookup_err(OP, p, e)),
             };
             cur = DirFd::Owned(next);
         }
@@ -366,9 +364,9 @@ impl SafeRoot {
         let tmp = self.tmp_path(OP, target, tmp_name)?;
         let (dir, _) = self.parent(OP, target)?;
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = openat(&dir, tmp_name, flags, Mode::from_raw_mode(0o600)).map_err(|e| self.io(OP, tmp.as_str(), e))?;
+        let fd = openat(&dir, tmp_name, flags, Mode::from_raw_mode(0o600)).map_err(|e| self.io(OP, &tmp, e))?;
         let mut file = File::from(fd);
-        match self.fill_temp(&mut file, tmp.as_str(), data, mode, mtime, fsync) {
+        match self.fill_temp(&mut file, &tmp, data, mode, mtime, fsync) {
             Ok((stat, n)) => Ok((tmp, stat, n)),
             Err(e) => {
                 drop(file);
@@ -381,7 +379,7 @@ impl SafeRoot {
     fn fill_temp(
         &self,
         file: &mut File,
-        tmp: &str,
+        tmp: &RelPath,
         data: &mut dyn Read,
         mode: u32,
         mtime: Timestamp,
@@ -426,20 +424,21 @@ impl SafeRoot {
         &self,
         target: &RelPath,
         tmp_name: &str,
-        link_target: &str,
+        link_target: impl AsRef<OsStr>,
         mtime: Timestamp,
     ) -> Result<RelPath, FsError> {
         const OP: &str = "symlink_temp";
+        let link_target = link_target.as_ref();
         let tmp = self.tmp_path(OP, target, tmp_name)?;
         let (dir, _) = self.parent(OP, target)?;
-        symlinkat(link_target, &dir, tmp_name).map_err(|e| self.io(OP, tmp.as_str(), e))?;
-        if let Err(e) = self.own_at(OP, tmp.as_str(), dir.as_fd(), tmp_name) {
+        symlinkat(link_target, &dir, tmp_name).map_err(|e| self.io(OP, &tmp, e))?;
+        if let Err(e) = self.own_at(OP, &tmp, dir.as_fd(), tmp_name) {
             let _ = unlinkat(&dir, tmp_name, AtFlags::empty());
             return Err(e);
         }
         if let Err(e) = utimensat(&dir, tmp_name, &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW) {
             let _ = unlinkat(&dir, tmp_name, AtFlags::empty());
-            return Err(self.io(OP, tmp.as_str(), e));
+            return Err(self.io(OP, &tmp, e));
         }
         Ok(tmp)
     }
@@ -448,7 +447,7 @@ impl SafeRoot {
         let invalid = || FsError::InvalidName {
             op,
             root: self.path.clone(),
-            path: target.as_str().to_string(),
+            path: target.to_string(),
             name: tmp_name.to_string(),
         };
         if !valid_name(tmp_name) {
@@ -475,13 +474,13 @@ impl SafeRoot {
             Err(Errno::OPNOTSUPP) => {
                 return match statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(st) if FileType::from_raw_mode(st.st_mode as _) == FileType::Symlink => {
-                        Err(self.symlink_err(OP, p.as_str()))
+                        Err(self.symlink_err(OP, p))
                     }
-                    _ => Err(self.io(OP, p.as_str(), Errno::OPNOTSUPP)),
+                    _ => Err(self.io(OP, p, Errno::OPNOTSUPP)),
                 };
             }
             Err(Errno::NOSYS) => {}
-            Err(e) => return Err(self.io(OP, p.as_str(), e)),
+            Err(e) => return Err(self.io(OP, p, e)),
         }
         self.chmod_via_proc(OP, p, dir.as_fd(), name, mode)
     }
@@ -493,18 +492,18 @@ impl SafeRoot {
         op: &'static str,
         p: &RelPath,
         dir: BorrowedFd<'_>,
-        name: &str,
+        name: &OsStr,
         mode: u32,
     ) -> Result<(), FsError> {
         let fd = openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| self.io(op, p.as_str(), e))?;
-        let st = fstat(&fd).map_err(|e| self.io(op, p.as_str(), e))?;
+            .map_err(|e| self.io(op, p, e))?;
+        let st = fstat(&fd).map_err(|e| self.io(op, p, e))?;
         if FileType::from_raw_mode(st.st_mode as _) == FileType::Symlink {
-            return Err(self.symlink_err(op, p.as_str()));
+            return Err(self.symlink_err(op, p));
         }
         // The magic link designates exactly the inode we hold: no race.
         let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        rustix::fs::chmod(proc_path.as_str(), mode_bits(mode)).map_err(|e| self.io(op, p.as_str(), e))
+        rustix::fs::chmod(proc_path.as_str(), mode_bits(mode)).map_err(|e| self.io(op, p, e))
     }
 
     /// Sets the modification time of `p` itself (a symlink's own mtime for a
@@ -513,16 +512,16 @@ impl SafeRoot {
     pub fn set_mtime(&self, p: &RelPath, mtime: Timestamp) -> Result<(), FsError> {
         const OP: &str = "set_mtime";
         let (dir, name) = self.parent(OP, p)?;
-        utimensat(&dir, name, &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.io(OP, p.as_str(), e))
+        utimensat(&dir, name, &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.io(OP, p, e))
     }
 
     /// `fsync` of directory `p` (`None`: the root), to make renames and
     /// creations in it durable.
     pub fn sync_dir(&self, p: Option<&RelPath>) -> Result<(), FsError> {
         const OP: &str = "sync_dir";
-        let path = p.map_or(".", |p| p.as_str());
-        let fd = self.open_dir(OP, p.map(|p| p.as_str()), OFlags::RDONLY | OFlags::DIRECTORY, path)?;
-        fsync(&fd).map_err(|e| self.io(OP, path, e))
+        let path = p.map_or(".".to_string(), |p| p.to_string());
+        let fd = self.open_dir(OP, p.map(|p| p.as_os_str()), OFlags::RDONLY | OFlags::DIRECTORY, &path)?;
+        fsync(&fd).map_err(|e| self.io(OP, &path, e))
     }
 
     // ---- removing and renaming ---------------------------------------
@@ -532,14 +531,14 @@ impl SafeRoot {
     pub fn remove_file(&self, p: &RelPath) -> Result<(), FsError> {
         const OP: &str = "remove_file";
         let (dir, name) = self.parent(OP, p)?;
-        unlinkat(&dir, name, AtFlags::empty()).map_err(|e| self.io(OP, p.as_str(), e))
+        unlinkat(&dir, name, AtFlags::empty()).map_err(|e| self.io(OP, p, e))
     }
 
     /// Removes the empty directory `p`.
     pub fn remove_dir(&self, p: &RelPath) -> Result<(), FsError> {
         const OP: &str = "remove_dir";
         let (dir, name) = self.parent(OP, p)?;
-        unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(|e| self.io(OP, p.as_str(), e))
+        unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(|e| self.io(OP, p, e))
     }
 
     /// Removes `p` and, if it is a directory, everything beneath it, never
@@ -553,11 +552,11 @@ impl SafeRoot {
     pub fn remove_tree(&self, p: &RelPath) -> Result<(), FsError> {
         const OP: &str = "remove_tree";
         let (dir, name) = self.parent(OP, p)?;
-        let st = statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.io(OP, p.as_str(), e))?;
+        let st = statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.io(OP, p, e))?;
         if !is_dir(&st) {
             return match unlinkat(&dir, name, AtFlags::empty()) {
                 Err(Errno::ISDIR) => self.remove_tree_at(OP, p, dir.as_fd(), name),
-                r => r.map_err(|e| self.io(OP, p.as_str(), e)),
+                r => r.map_err(|e| self.io(OP, p, e)),
             };
         }
         self.remove_tree_at(OP, p, dir.as_fd(), name)
@@ -565,7 +564,7 @@ impl SafeRoot {
 
     /// Empties directory `name` in `parent` (`p` beneath the root), then
     /// removes it.
-    fn remove_tree_at(&self, op: &'static str, p: &RelPath, parent: BorrowedFd<'_>, name: &str) -> Result<(), FsError> {
+    fn remove_tree_at(&self, op: &'static str, p: &RelPath, parent: BorrowedFd<'_>, name: &OsStr) -> Result<(), FsError> {
         struct Frame {
             fd: OwnedFd,
             /// Name in the parent frame's directory.
@@ -575,7 +574,7 @@ impl SafeRoot {
             /// Entries not yet removed.
             todo: Vec<(CString, FileKind)>,
         }
-        let top_name = CString::new(name).map_err(|_| self.io(op, p.as_str(), Errno::INVAL))?;
+        let top_name = CString::new(name.as_bytes()).map_err(|_| self.io(op, p, Errno::INVAL))?;
         let open_frame = |at: BorrowedFd<'_>, name: CString, rel: String| -> Result<Frame, (Errno, String)> {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let fd = openat(at, name.as_c_str(), flags, Mode::empty()).map_err(|e| (e, rel.clone()))?;
@@ -588,11 +587,11 @@ impl SafeRoot {
             Ok(Frame { fd, name, rel, todo })
         };
         let frame_err = |(e, rel): (Errno, String)| match e {
-            Errno::BUSY => FsError::MountPoint { op, root: self.path.clone(), path: p.as_str().to_string(), mount: rel },
+            Errno::BUSY => FsError::MountPoint { op, root: self.path.clone(), path: p.to_string(), mount: rel },
             e => self.lookup_err(op, &rel, e),
         };
 
-        let mut stack = vec![open_frame(parent, top_name, p.as_str().to_string()).map_err(frame_err)?];
+        let mut stack = vec![open_frame(parent, top_name, p.to_string()).map_err(frame_err)?];
         while let Some(frame) = stack.last_mut() {
             let Some((name, kind)) = frame.todo.pop() else {
                 // Frame emptied: remove its directory from the parent frame's.
@@ -605,7 +604,7 @@ impl SafeRoot {
                 }
                 continue;
             };
-            let rel = format!("{}/{}", frame.rel, name.to_string_lossy());
+            let rel = format!("{}/{}", frame.rel, Escaped(name.to_bytes()));
             if kind != FileKind::Dir {
                 match unlinkat(&frame.fd, name.as_c_str(), AtFlags::empty()) {
                     Ok(()) | Err(Errno::NOENT) => continue,
@@ -626,7 +625,7 @@ impl SafeRoot {
         }
         match unlinkat(parent, name, AtFlags::REMOVEDIR) {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.io(op, p.as_str(), e)),
+            Err(e) => Err(self.io(op, p, e)),
         }
     }
 
@@ -715,7 +714,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 /// the mode of `name` itself; `EOPNOTSUPP` if it is a symlink. `ENOSYS` where
 /// the syscall is unknown (older kernel, or an architecture whose number we
 /// do not know).
-fn fchmodat2_nofollow(dirfd: BorrowedFd<'_>, name: &str, mode: u32) -> Result<(), Errno> {
+fn fchmodat2_nofollow(dirfd: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<(), Errno> {
     // The generic syscall table number, shared by all architectures below
     // (x32 and the legacy mips/alpha/ia64 tables differ: fallback there).
     #[cfg(all(
@@ -733,7 +732,7 @@ fn fchmodat2_nofollow(dirfd: BorrowedFd<'_>, name: &str, mode: u32) -> Result<()
     ))]
     {
         const SYS_FCHMODAT2: libc::c_long = 452;
-        let name = CString::new(name).map_err(|_| Errno::INVAL)?;
+        let name = CString::new(name.as_bytes()).map_err(|_| Errno::INVAL)?;
         // SAFETY: `dirfd` is an open fd for the duration of the call and
         // `name` a NUL-terminated string that outlives it; the kernel does
         // not keep either pointer. Arguments are passed with the C types of
@@ -779,9 +778,11 @@ mod tests {
     #[test]
     fn split_paths() {
         let p = RelPath::new("a/b/c").unwrap();
-        assert_eq!(split(&p), (Some("a/b"), "c"));
+        assert_eq!(split(&p), (Some(OsStr::new("a/b")), OsStr::new("c")));
         let p = RelPath::new("c").unwrap();
-        assert_eq!(split(&p), (None, "c"));
+        assert_eq!(split(&p), (None, OsStr::new("c")));
+        let p = RelPath::new(&b"\xe9/x\xff"[..]).unwrap();
+        assert_eq!(split(&p), (Some(OsStr::from_bytes(b"\xe9")), OsStr::from_bytes(b"x\xff")));
     }
 
     /// The pre-6.6 path of `set_mode`, which the kernel running the tests
@@ -793,9 +794,9 @@ mod tests {
         std::os::unix::fs::symlink("f", t.path().join("l")).unwrap();
         let root = SafeRoot::open(t.path()).unwrap();
         let (f, l) = (RelPath::new("f").unwrap(), RelPath::new("l").unwrap());
-        root.chmod_via_proc("t", &f, root.fd.as_fd(), "f", 0o2741).unwrap();
+        root.chmod_via_proc("t", &f, root.fd.as_fd(), OsStr::new("f"), 0o2741).unwrap();
         assert_eq!(root.lstat(&f).unwrap().unwrap().mode, 0o2741);
-        let err = root.chmod_via_proc("t", &l, root.fd.as_fd(), "l", 0o777).unwrap_err();
+        let err = root.chmod_via_proc("t", &l, root.fd.as_fd(), OsStr::new("l"), 0o777).unwrap_err();
         assert!(matches!(err, FsError::SymlinkInPath { .. }), "{err:?}");
         assert_eq!(root.lstat(&f).unwrap().unwrap().mode, 0o2741);
     }

@@ -65,7 +65,7 @@ fn a_symlink_is_owned_itself_never_its_target() {
     let root = SafeRoot::open(t.path()).unwrap().with_owner(Some(OTHER));
     let target = outside.path().join("victim");
     let tmp = root.symlink_temp(&rp("l"), ".t", target.to_str().unwrap(), ts(1, 0)).unwrap();
-    assert_eq!(ids(&t.path().join(tmp.as_str())), (OTHER.uid, OTHER.gid));
+    assert_eq!(ids(&t.path().join(tmp.as_path())), (OTHER.uid, OTHER.gid));
     assert_eq!(ids(&target), (0, 0), "the chown followed the symlink");
 }
 

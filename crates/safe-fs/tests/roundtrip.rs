@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use common::{rp, ts};
-use cs_safe_fs::{FileKind, FsError, SafeRoot, Stat};
+use cs_safe_fs::{FileKind, FsError, RelPath, SafeRoot, Stat};
 
 fn setup() -> (tempfile::TempDir, SafeRoot) {
     let t = tempfile::tempdir().unwrap();
@@ -58,7 +58,7 @@ fn write_temp_preserves_content_mode_and_nanosecond_mtime() {
     let mut reader = Chunky { data: &data, pos: 0, chunk: 7777 };
     let mtime = ts(1_600_000_000, 123_456_789);
     let (tmp, st, n) = root.write_temp(&rp("d/target"), ".target.tmp", &mut reader, 0o640, mtime, true).unwrap();
-    assert_eq!(tmp.as_str(), "d/.target.tmp");
+    assert_eq!(tmp.to_str(), Some("d/.target.tmp"));
     assert_eq!(n, data.len() as u64);
     assert_eq!(st.kind, FileKind::File);
     assert_eq!(st.mode, 0o640);
@@ -82,7 +82,7 @@ fn write_temp_special_modes_and_top_level() {
     let (t, root) = setup();
     let (tmp, st, n) =
         root.write_temp(&rp("top"), "tmp1", &mut &b""[..], 0o4751, ts(0, 0), false).unwrap();
-    assert_eq!((tmp.as_str(), n, st.size), ("tmp1", 0, 0));
+    assert_eq!((tmp.to_str().unwrap(), n, st.size), ("tmp1", 0, 0));
     // fchmod is not subject to the umask; root may set setuid.
     assert_eq!(st.mode, 0o4751);
     assert_eq!(st.mtime, ts(0, 0));
@@ -135,7 +135,7 @@ fn symlink_temp_and_read_link() {
     std::fs::create_dir(t.path().join("d")).unwrap();
     let mtime = ts(1_500_000_000, 987_654_321);
     let tmp = root.symlink_temp(&rp("d/l"), ".l.tmp", "../some/where é", mtime).unwrap();
-    assert_eq!(tmp.as_str(), "d/.l.tmp");
+    assert_eq!(tmp.to_str(), Some("d/.l.tmp"));
     let st = root.lstat(&tmp).unwrap().unwrap();
     assert_eq!(st.kind, FileKind::Symlink);
     assert_eq!(st.mtime, mtime);
@@ -153,11 +153,32 @@ fn symlink_temp_and_read_link() {
 }
 
 #[test]
-fn read_link_rejects_non_utf8_targets() {
+fn names_and_link_targets_are_bytes() {
+    use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     let (t, root) = setup();
-    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(b"bad\xff"), t.path().join("l")).unwrap();
-    assert!(matches!(root.read_link(&rp("l")), Err(FsError::NotUtf8 { .. })));
+    let b = |s: &[u8]| RelPath::new(s).unwrap();
+    // A symlink target that is not UTF-8 reads back as its bytes.
+    std::os::unix::fs::symlink(OsStr::from_bytes(b"bad\xff"), t.path().join("l")).unwrap();
+    assert_eq!(root.read_link(&rp("l")).unwrap().as_bytes(), b"bad\xff");
+    // Latin-1 and invalid UTF-8 names: create, write, list, rename, symlink, remove.
+    root.create_dir_all(&b(b"caf\xe9/\xff\xfe"), 0o755).unwrap();
+    let target = b(b"caf\xe9/\xff\xfe/f\xe9.txt");
+    let (tmp, _, n) = root.write_temp(&target, "tmp1", &mut &b"data"[..], 0o644, ts(1, 0), false).unwrap();
+    assert_eq!((tmp.as_bytes(), n), (&b"caf\xe9/\xff\xfe/tmp1"[..], 4));
+    root.rename(&tmp, &target).unwrap();
+    assert_eq!(std::fs::read(t.path().join(OsStr::from_bytes(b"caf\xe9/\xff\xfe/f\xe9.txt"))).unwrap(), b"data");
+    let names: Vec<Vec<u8>> =
+        root.read_dir(Some(&b(b"caf\xe9/\xff\xfe"))).unwrap().into_iter().map(|(n, _)| n.as_bytes().to_vec()).collect();
+    assert_eq!(names, [b"f\xe9.txt".to_vec()]);
+    let link = root.symlink_temp(&b(b"caf\xe9/l\xe9"), "t", OsStr::from_bytes(b"f\xe9.txt"), ts(1, 0)).unwrap();
+    assert_eq!(root.read_link(&link).unwrap().as_bytes(), b"f\xe9.txt");
+    assert!(root.same_content(&link, &link).unwrap());
+    // Errors show the name escaped, never raw or mangled.
+    let err = root.create_dir(&b(b"caf\xe9"), 0o755).unwrap_err().to_string();
+    assert!(err.contains("\"caf\\xE9\""), "{err}");
+    root.remove_tree(&b(b"caf\xe9")).unwrap();
+    assert!(root.lstat(&b(b"caf\xe9")).unwrap().is_none());
 }
 
 #[test]

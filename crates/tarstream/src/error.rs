@@ -29,11 +29,12 @@ pub enum TarError {
     #[error("{}: malformed tar stream: {reason}", at(*.index, .path))]
     Malformed { index: u64, path: Option<String>, reason: String },
 
-    /// The entry's path is not an acceptable relative path.
-    #[error("entry #{index}: refused path {raw:?}: {source}")]
+    /// The entry's path is not an acceptable relative path (`raw`: as
+    /// received, escaped for display).
+    #[error("entry #{index}: refused path \"{raw}\": {source}")]
     BadPath { index: u64, raw: String, source: PathError },
 
-    /// The symlink target is empty, not UTF-8, contains NUL or is too long.
+    /// The symlink target is empty, contains NUL or is too long.
     #[error("entry #{index} ({path}): refused symlink target: {reason}")]
     BadLinkTarget { index: u64, path: String, reason: String },
 

@@ -24,16 +24,20 @@
 //! * **Entries.** Regular files (typeflag `0`), directories (`5`, written with
 //!   a trailing `/`), symlinks (`2`). The order is the sender's: the format
 //!   does not require parents before children.
-//! * **Path.** The entry's [`RelPath`] (UTF-8, relative, normalised, at most
-//!   4096 bytes). It goes in the ustar `name` field, or split over
-//!   `prefix`/`name` when it is pure ASCII and fits (name <= 100 bytes,
-//!   prefix <= 155 bytes). Otherwise (longer, or non-ASCII) it is carried as a
-//!   PAX `path` record, and the ustar fields hold a truncated copy that
-//!   readers must ignore.
-//! * **Symlink target.** Non-empty UTF-8 without NUL, at most 4096 bytes; may
+//! * **Path.** The entry's [`RelPath`] (bytes, any Linux name: relative,
+//!   normalised, at most 4096 bytes). It goes in the ustar `name` field, or
+//!   split over `prefix`/`name` when it is pure ASCII and fits (name <= 100
+//!   bytes, prefix <= 155 bytes). Otherwise (longer, or non-ASCII) it is
+//!   carried as a PAX `path` record, and the ustar fields hold a truncated
+//!   copy (its longest UTF-8 prefix) that readers must ignore.
+//! * **Symlink target.** Non-empty bytes without NUL, at most 4096 bytes; may
 //!   be absolute or contain `..` (it is user data: the receiver never follows
 //!   symlinks). In `linkname` when ASCII and <= 100 bytes, else as a PAX
 //!   `linkpath` record.
+//! * **Names that are not UTF-8.** PAX records are UTF-8 by default; when the
+//!   `path` or `linkpath` record of an entry is not, the same extended header
+//!   carries `hdrcharset=BINARY` first (POSIX pax: the values are raw bytes),
+//!   as GNU tar and bsdtar read it.
 //! * **mtime.** Always a PAX `mtime` record with nanosecond precision:
 //!   `<sec>` when the fraction is zero, else `<sec>.<9 digits>`, read as the
 //!   real number `sec + nsec / 1e9`. A pre-1970 time `Timestamp { sec: -2,
@@ -65,8 +69,10 @@
 //! [`unpack_events`] accepts ustar and GNU-magic headers whose checksum is right
 //! (unsigned sum; the historic signed sum is also accepted), with typeflags
 //! `0`/`\0` (regular), `5` (directory), `2` (symlink), plus the extension
-//! headers `x` (PAX local: `path`, `linkpath`, `mtime`, `size` are used; other
-//! keywords are ignored; `GNU.sparse.*` keywords are refused), `g` (PAX
+//! headers `x` (PAX local: `path`, `linkpath`, `mtime`, `size` are used;
+//! `hdrcharset` must be `BINARY` or `ISO-IR 10646 2000 UTF-8` and paths are
+//! taken as bytes either way; other keywords are ignored; `GNU.sparse.*`
+//! keywords are refused), `g` (PAX
 //! global: syntax-checked, size-limited, otherwise ignored), `L` (GNU long
 //! name) and `K` (GNU long link), and the withdraw marker `W` under the
 //! rules above (reported as [`Event::Withdraw`]; [`unpack`], whose visitor
@@ -75,7 +81,7 @@
 //! and block devices, fifos, contiguous files, GNU sparse, volume labels,
 //! ...) is refused with [`TarError::UnsupportedType`]. One trailing `/` is
 //! stripped from directory names; then the path must pass [`RelPath::new`]
-//! (refusing `..`, absolute paths, NUL, empty components, non-UTF-8) or the
+//! (refusing `..`, absolute paths, NUL, empty components, overlong ones) or the
 //! stream is refused with [`TarError::BadPath`]. PAX records are parsed
 //! strictly. The end-of-archive marker is required (a stream cut at an entry
 //! boundary is reported as truncated), and anything after it inside the
@@ -93,6 +99,8 @@ mod error;
 mod pax;
 mod read;
 mod write;
+
+use std::ffi::OsString;
 
 pub use cs_protocol::{EntryKind, PathError, RelPath, Timestamp};
 pub use error::{TarError, VisitError};
@@ -133,7 +141,8 @@ pub struct EntryHeader {
     /// Length of the file data; 0 unless `kind` is [`EntryKind::File`].
     pub size: u64,
     /// The symlink target: `Some` iff `kind` is [`EntryKind::Symlink`].
-    pub link_target: Option<String>,
+    /// Bytes, as Linux stores them: not necessarily UTF-8.
+    pub link_target: Option<OsString>,
 }
 
 impl EntryHeader {
@@ -148,14 +157,14 @@ impl EntryHeader {
     }
 
     /// A symlink header.
-    pub fn symlink(path: RelPath, mode: u32, mtime: Timestamp, target: String) -> Self {
+    pub fn symlink(path: RelPath, mode: u32, mtime: Timestamp, target: impl Into<OsString>) -> Self {
         EntryHeader {
             path,
             kind: EntryKind::Symlink,
             mode,
             mtime,
             size: 0,
-            link_target: Some(target),
+            link_target: Some(target.into()),
         }
     }
 }

@@ -10,9 +10,11 @@
 //! and numeric fields, checksums and PAX records are parsed by [`crate::pax`]
 //! with every size checked against [`Limits`] before anything is allocated.
 
+use std::ffi::OsString;
 use std::io::{self, BufReader, Read};
+use std::os::unix::ffi::OsStringExt;
 
-use cs_protocol::{EntryKind, PathError, RelPath, Timestamp};
+use cs_protocol::{EntryKind, Escaped, PathError, RelPath, Timestamp};
 
 use crate::error::{TarError, VisitError};
 use crate::pax::{self, BLOCK};
@@ -358,6 +360,14 @@ pub fn unpack_events<R: Read>(
                                 "path" => pending.pax_path = value,
                                 "linkpath" => pending.pax_linkpath = value,
                                 "mtime" => pending.pax_mtime = value,
+                                // Paths are taken as bytes either way; any
+                                // other character set would need converting.
+                                "hdrcharset" if !matches!(value.as_deref(), Some(b"BINARY" | b"ISO-IR 10646 2000 UTF-8")) => {
+                                    return Err(malformed(format!(
+                                        "unsupported PAX hdrcharset {:?}",
+                                        String::from_utf8_lossy(value.as_deref().unwrap_or_default())
+                                    )))
+                                }
                                 "size" => pending.pax_size = value,
                                 k if k.starts_with("GNU.sparse.") => pending.gnu_sparse = true,
                                 _ => {}
@@ -384,7 +394,8 @@ pub fn unpack_events<R: Read>(
             (Some(p), _) | (None, Some(p)) => p.clone(),
             (None, None) => header_path(header),
         };
-        let lossy = String::from_utf8_lossy(&raw_path).into_owned();
+        // Escaped (as RelPath shows), for messages.
+        let lossy = Escaped(&raw_path).to_string();
         let malformed = |reason: String| TarError::Malformed {
             index,
             path: Some(lossy.clone()),
@@ -482,7 +493,7 @@ pub fn unpack_events<R: Read>(
             if raw.contains(&0) {
                 return Err(bad("contains a NUL byte"));
             }
-            Some(String::from_utf8(raw).map_err(|_| bad("not valid UTF-8"))?)
+            Some(OsString::from_vec(raw))
         } else {
             None
         };
@@ -560,7 +571,7 @@ fn finish_stream<R: Read>(
 }
 
 fn pending_path_hint(p: &Pending) -> Option<String> {
-    p.pax_path.as_ref().or(p.long_name.as_ref()).map(|b| String::from_utf8_lossy(b).into_owned())
+    p.pax_path.as_ref().or(p.long_name.as_ref()).map(|b| Escaped(b).to_string())
 }
 
 fn trim_nul(field: &[u8]) -> &[u8] {
@@ -589,9 +600,7 @@ fn parse_path(mut raw: Vec<u8>, kind: EntryKind) -> Result<RelPath, PathError> {
     if kind == EntryKind::Dir && raw.len() > 1 && raw.last() == Some(&b'/') {
         raw.pop();
     }
-    let s = String::from_utf8(raw)
-        .map_err(|e| PathError::NotUtf8(String::from_utf8_lossy(e.as_bytes()).into_owned()))?;
-    RelPath::new(s)
+    RelPath::new(raw)
 }
 
 fn type_name(flag: u8) -> String {

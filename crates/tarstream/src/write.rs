@@ -1,6 +1,8 @@
 //! The sending side: [`PackWriter`].
 
+use std::ffi::OsStr;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 
 use cs_protocol::{EntryKind, RelPath};
 
@@ -158,7 +160,7 @@ impl<W: Write> PackWriter<W> {
         match &h.link_target {
             None => return Err(invalid(h, "a symlink needs a link target")),
             Some(t) if t.is_empty() => return Err(invalid(h, "empty symlink target")),
-            Some(t) if t.contains('\0') => return Err(invalid(h, "symlink target contains NUL")),
+            Some(t) if t.as_bytes().contains(&0) => return Err(invalid(h, "symlink target contains NUL")),
             Some(t) if t.len() > MAX_LINK_TARGET_LEN => {
                 return Err(invalid(h, "symlink target longer than 4096 bytes"))
             }
@@ -225,20 +227,24 @@ impl<W: Write> PackWriter<W> {
         if h.mtime.nsec >= 1_000_000_000 {
             return Err(invalid(h, "mtime nanoseconds must be below 1e9"));
         }
-        let mut name = h.path.as_str().to_string();
+        let mut name = h.path.as_bytes().to_vec();
         if kind == Some(EntryKind::Dir) {
-            name.push('/');
+            name.push(b'/');
         }
         let mut records = Vec::new();
         pax::push_record(&mut records, "mtime", pax::format_time(h.mtime).as_bytes());
-        let split = ustar_split(&name);
-        if split.is_none() {
-            pax::push_record(&mut records, "path", name.as_bytes());
-        }
-        let target = h.link_target.as_deref().unwrap_or("");
+        let split = std::str::from_utf8(&name).ok().and_then(ustar_split);
+        let target = h.link_target.as_deref().map_or(&b""[..], OsStr::as_bytes);
         let target_fits = target.is_ascii() && target.len() <= 100;
+        // PAX records are UTF-8 unless the header says its names are raw bytes.
+        if std::str::from_utf8(&name).is_err() || std::str::from_utf8(target).is_err() {
+            pax::push_record(&mut records, "hdrcharset", b"BINARY");
+        }
+        if split.is_none() {
+            pax::push_record(&mut records, "path", &name);
+        }
         if !target_fits {
-            pax::push_record(&mut records, "linkpath", target.as_bytes());
+            pax::push_record(&mut records, "linkpath", target);
         }
         if size > OCTAL11_MAX {
             pax::push_record(&mut records, "size", size.to_string().as_bytes());
@@ -263,10 +269,10 @@ impl<W: Write> PackWriter<W> {
                     set_bytes(&mut ustar.name, base.as_bytes());
                 }
                 // Placeholder only: the PAX `path` record is authoritative.
-                None => set_bytes(&mut ustar.name, utf8_prefix(&name, 100).as_bytes()),
+                None => set_bytes(&mut ustar.name, utf8_prefix(&name, 100)),
             }
             let shown = if target_fits { target } else { utf8_prefix(target, 100) };
-            set_bytes(&mut ustar.linkname, shown.as_bytes());
+            set_bytes(&mut ustar.linkname, shown);
         }
         u.set_mode(h.mode & 0o7777);
         u.set_uid(0);
@@ -393,13 +399,13 @@ fn ustar_split(path: &str) -> Option<(&str, &str)> {
         .find(|(_, name)| name.len() <= 100 && !name.is_empty() && *name != "/")
 }
 
-/// The longest prefix of `s` of at most `max` bytes ending on a char boundary.
-fn utf8_prefix(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
+/// The longest prefix of `s` of at most `max` bytes that is valid UTF-8.
+fn utf8_prefix(s: &[u8], max: usize) -> &[u8] {
+    let s = &s[..s.len().min(max)];
+    match std::str::from_utf8(s) {
+        Ok(_) => s,
+        Err(e) => &s[..e.valid_up_to()],
     }
-    &s[..end]
 }
 
 fn set_bytes(field: &mut [u8], value: &[u8]) {

@@ -29,7 +29,7 @@ fn sanity_hand_made_stream_is_accepted() {
     let names: Vec<String> = got.iter().map(|(h, _)| h.path.to_string()).collect();
     assert_eq!(names, ["ok", "dir", "ln"]);
     assert_eq!(got[0].1, b"ok");
-    assert_eq!(got[2].0.link_target.as_deref(), Some("/abs/target"));
+    assert_eq!(got[2].0.link_target.as_deref(), Some(std::ffi::OsStr::new("/abs/target")));
     assert_eq!(got[0].0.mtime.sec, 0o14530000000);
 }
 
@@ -87,8 +87,44 @@ fn paths_via_extensions_are_validated() {
     assert!(matches!(expect_refused(&raw), TarError::BadPath { source: PathError::Nul(_), .. }));
     let raw = ok_first().entry(b'L', "././@LongLink", 6, "").data(b"/etc\0\0").entry(b'0', "x", 0, "").end();
     assert!(matches!(expect_refused(&raw), TarError::BadPath { source: PathError::Absolute(_), .. }));
-    let raw = ok_first().pax(b'x', &[("path", b"\xff\xfe")]).entry(b'0', "x", 0, "").end();
-    assert!(matches!(expect_refused(&raw), TarError::BadPath { source: PathError::NotUtf8(_), .. }));
+}
+
+/// Names that are not UTF-8 are accepted (Linux names are bytes), with or
+/// without `hdrcharset=BINARY`, but every other path rule still holds for
+/// them, and a character set we cannot take as bytes is refused.
+#[test]
+fn byte_paths_are_accepted_and_still_validated() {
+    for records in [
+        vec![("path", &b"\xff\xfe/caf\xe9"[..])],
+        vec![("hdrcharset", &b"BINARY"[..]), ("path", b"\xff\xfe/caf\xe9")],
+        vec![("hdrcharset", &b"ISO-IR 10646 2000 UTF-8"[..]), ("path", b"\xff\xfe/caf\xe9")],
+    ] {
+        let raw = ok_first().pax(b'x', &records).entry(b'0', "x", 0, "").end();
+        let got = unpack_all(&raw.zstd(), &Limits::default()).unwrap();
+        assert_eq!(got[1].0.path.as_bytes(), b"\xff\xfe/caf\xe9");
+    }
+    type Check = fn(&PathError) -> bool;
+    let cases: Vec<(&[u8], &str, Check)> = vec![
+        (b"\xe9/../../x", "\\xE9/../../x", |e| matches!(e, PathError::DotDot(_))),
+        (b"/\xe9", "/\\xE9", |e| matches!(e, PathError::Absolute(_))),
+        (b"\xe9\0x", "\\xE9\\0x", |e| matches!(e, PathError::Nul(_))),
+        (b"\xe9//x", "\\xE9//x", |e| matches!(e, PathError::NotNormalised(_))),
+    ];
+    for (path, shown, want) in cases {
+        let raw = ok_first().pax(b'x', &[("hdrcharset", b"BINARY"), ("path", path)]).entry(b'0', "x", 0, "").end();
+        match expect_refused(&raw) {
+            TarError::BadPath { index: 1, raw, source } => {
+                assert_eq!(raw, shown, "the refused path is shown escaped");
+                assert!(want(&source), "{shown}: {source:?}");
+            }
+            other => panic!("{shown}: unexpected {other:?}"),
+        }
+    }
+    let long = [&b"\xe9"[..]; 300].concat();
+    let raw = ok_first().pax(b'x', &[("hdrcharset", b"BINARY"), ("path", &long)]).entry(b'0', "x", 0, "").end();
+    assert!(matches!(expect_refused(&raw), TarError::BadPath { source: PathError::ComponentTooLong { .. }, .. }));
+    let raw = ok_first().pax(b'x', &[("hdrcharset", b"ISO-8859-1"), ("path", b"caf\xe9")]).entry(b'0', "x", 0, "").end();
+    assert!(matches!(expect_refused(&raw), TarError::Malformed { reason, .. } if reason.contains("hdrcharset")));
 }
 
 #[test]
@@ -307,13 +343,17 @@ fn bad_symlink_targets_are_refused() {
     let cases: Vec<Raw> = vec![
         ok_first().entry(b'2', "l", 0, "").end(),
         ok_first().pax(b'x', &[("linkpath", b"a\0b")]).entry(b'2', "l", 0, "x").end(),
-        ok_first().pax(b'x', &[("linkpath", b"\xc3\x28")]).entry(b'2', "l", 0, "x").end(),
         ok_first().pax(b'x', &[("linkpath", "t".repeat(4097).as_bytes())]).entry(b'2', "l", 0, "x").end(),
         ok_first().entry(b'K', "././@LongLink", 1, "").data(b"\0").entry(b'2', "l", 0, "").end(),
     ];
     for raw in cases {
         assert!(matches!(expect_refused(&raw), TarError::BadLinkTarget { index: 1, path, .. } if path == "l"));
     }
+    // A target that is not UTF-8 is a target like any other.
+    use std::os::unix::ffi::OsStrExt;
+    let raw = ok_first().pax(b'x', &[("linkpath", b"\xc3\x28")]).entry(b'2', "l", 0, "x").end();
+    let got = unpack_all(&raw.zstd(), &Limits::default()).unwrap();
+    assert_eq!(got[1].0.link_target.as_deref().map(|t| t.as_bytes()), Some(&b"\xc3\x28"[..]));
 }
 
 #[test]
@@ -577,7 +617,7 @@ fn the_plain_reader_refuses_a_withdraw_it_cannot_honour() {
     let (seen, res) = visited_paths(&raw.zstd(), &Limits::default());
     assert_eq!(seen, ["ok"]);
     match res {
-        Err(TarError::Withdrawn { index: 0, path }) => assert_eq!(path.as_str(), "ok"),
+        Err(TarError::Withdrawn { index: 0, path }) => assert_eq!(path.as_bytes(), b"ok"),
         other => panic!("{other:?}"),
     }
 }

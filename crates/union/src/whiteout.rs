@@ -8,9 +8,11 @@
 //! these modes are exact, and they are written exactly here too. An entry is hidden when a marker
 //! of any type exists for it or for any of its ancestors.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use cs_protocol::RelPath;
@@ -54,9 +56,11 @@ impl Layout {
         Layout::ALL.into_iter().find(|l| l.meta_dir() == name)
     }
 
-    /// Where the marker hiding `path` lives, relative to the upper root.
+    /// Where the marker hiding `path` lives, relative to the upper root
+    /// (built from the path's bytes: names need not be UTF-8).
     pub fn marker_path(self, path: &RelPath) -> PathBuf {
-        Path::new(self.meta_dir()).join(format!("{path}{HIDE_SUFFIX}"))
+        let name = [path.as_bytes(), HIDE_SUFFIX.as_bytes()].concat();
+        Path::new(self.meta_dir()).join(OsStr::from_bytes(&name))
     }
 }
 
@@ -81,8 +85,8 @@ pub struct WhiteoutScan {
     /// leaves one marker per removed entry, so descendants of a hidden path appear too; see
     /// [`WhiteoutScan::roots`].
     pub whiteouts: Vec<Whiteout>,
-    /// Entries of the meta trees that could not be decoded (non-UTF-8 names, names without
-    /// the suffix, invalid paths, symlinks), each naming the entry's path. Sorted.
+    /// Entries of the meta trees that could not be decoded (names without the suffix,
+    /// invalid paths, symlinks), each naming the entry's path. Sorted.
     pub problems: Vec<String>,
 }
 
@@ -107,8 +111,8 @@ impl WhiteoutScan {
 
 /// True if `path`'s first component is a meta directory of any layout.
 pub fn is_meta_path(path: &RelPath) -> bool {
-    let first = path.components().next().unwrap_or("");
-    Layout::from_meta_dir(first).is_some()
+    let first = path.components().next().unwrap_or_default();
+    first.to_str().and_then(Layout::from_meta_dir).is_some()
 }
 
 /// Lists every whiteout marker in `upper`, both layouts. No meta dir: empty scan.
@@ -172,7 +176,7 @@ fn walk(
     layout: Layout,
     abs: &Path,
     rel: &Path,
-    prefix: &mut Vec<String>,
+    prefix: &mut Vec<OsString>,
     scan: &mut WhiteoutScan,
 ) -> Result<(), UnionError> {
     let rd =
@@ -184,15 +188,8 @@ fn walk(
         let ft = entry
             .file_type()
             .map_err(|e| UnionError::io("list whiteouts: stat meta entry", entry.path(), e))?;
-        let Some(name) = name.to_str() else {
-            scan.problems.push(format!(
-                "{}: name is not valid UTF-8; ignored",
-                entry_rel.display()
-            ));
-            continue;
-        };
         let mut is_marker = false;
-        if let Some(stem) = name.strip_suffix(HIDE_SUFFIX) {
+        if let Some(stem) = name.as_bytes().strip_suffix(HIDE_SUFFIX.as_bytes()) {
             is_marker = true;
             if stem.is_empty() {
                 scan.problems.push(format!(
@@ -200,11 +197,12 @@ fn walk(
                     entry_rel.display()
                 ));
             } else {
-                let mut p = prefix.join("/");
-                if !p.is_empty() {
-                    p.push('/');
+                let mut p = Vec::new();
+                for c in prefix.iter() {
+                    p.extend_from_slice(c.as_bytes());
+                    p.push(b'/');
                 }
-                p.push_str(stem);
+                p.extend_from_slice(stem);
                 match RelPath::new(p) {
                     Ok(path) => scan.whiteouts.push(Whiteout {
                         path,
@@ -222,7 +220,7 @@ fn walk(
         if ft.is_dir() {
             // A mirror directory (or, for a real path ending in the suffix, both a directory
             // marker and a mirror directory: unionfs-fuse itself cannot tell them apart).
-            prefix.push(name.to_string());
+            prefix.push(name.clone());
             let r = walk(layout, &entry.path(), &entry_rel, prefix, scan);
             prefix.pop();
             r?;
@@ -295,14 +293,14 @@ pub fn remove_whiteout_at(upper: &Path, path: &RelPath) -> Result<bool, UnionErr
 }
 
 /// The directories from upper down to the marker's parent, and the marker's file name.
-fn marker_location(layout: Layout, path: &RelPath) -> (Vec<&str>, String) {
-    let mut dirs = vec![layout.meta_dir()];
-    let comps: Vec<&str> = path.components().collect();
+fn marker_location(layout: Layout, path: &RelPath) -> (Vec<&OsStr>, OsString) {
+    let mut dirs = vec![OsStr::new(layout.meta_dir())];
+    let comps: Vec<&OsStr> = path.components().collect();
     let (last, parents) = comps
         .split_last()
         .expect("a RelPath has at least one component");
     dirs.extend_from_slice(parents);
-    (dirs, format!("{last}{HIDE_SUFFIX}"))
+    (dirs, OsString::from_vec([last.as_bytes(), HIDE_SUFFIX.as_bytes()].concat()))
 }
 
 fn errno_io(e: Errno) -> io::Error {
@@ -315,7 +313,7 @@ fn errno_io(e: Errno) -> io::Error {
 /// component is missing or is not a directory.
 fn open_chain(
     upper: &Path,
-    dirs: &[&str],
+    dirs: &[&OsStr],
     create: Option<u32>,
     op: &'static str,
 ) -> Result<Option<Vec<OwnedFd>>, UnionError> {
@@ -377,7 +375,7 @@ fn create_marker(
         .expect("open_chain creates missing directories");
     let dir = chain.last().expect("chain is never empty");
     let abs = upper.join(layout.marker_path(path));
-    match rfs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+    match rfs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
         Ok(_) => return Ok(()), // some marker exists already: the path is hidden
         Err(Errno::NOENT) => {}
         Err(e) => return Err(UnionError::io(op, abs, errno_io(e))),
@@ -385,10 +383,10 @@ fn create_marker(
     // unionfs-fuse runs with umask 0, so its modes are exact: create, then fchmod.
     let (res, mode) = if is_dir {
         let m = Mode::from_raw_mode(DIR_MARKER_MODE);
-        let fd = rfs::mkdirat(dir, name.as_str(), m).and_then(|()| {
+        let fd = rfs::mkdirat(dir, name.as_os_str(), m).and_then(|()| {
             rfs::openat(
                 dir,
-                name.as_str(),
+                name.as_os_str(),
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
@@ -398,7 +396,7 @@ fn create_marker(
         let m = Mode::from_raw_mode(FILE_MARKER_MODE);
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        (rfs::openat(dir, name.as_str(), flags, m), m)
+        (rfs::openat(dir, name.as_os_str(), flags, m), m)
     };
     match res {
         Ok(fd) => rfs::fchmod(&fd, mode).map_err(|e| UnionError::io(op, abs, errno_io(e))),
@@ -415,9 +413,11 @@ fn remove_marker(upper: &Path, layout: Layout, path: &RelPath) -> Result<bool, U
     };
     let abs = upper.join(layout.marker_path(path));
     let dir = chain.last().expect("chain is never empty");
-    let st = match rfs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+    let st = match rfs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(false),
+        // A name within 8 bytes of NAME_MAX has no room for the suffix: it
+        // cannot have a marker.
+        Err(Errno::NOENT | Errno::NAMETOOLONG) => return Ok(false),
         Err(e) => return Err(UnionError::io(op, abs, errno_io(e))),
     };
     let flags = if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
@@ -425,7 +425,7 @@ fn remove_marker(upper: &Path, layout: Layout, path: &RelPath) -> Result<bool, U
     } else {
         AtFlags::empty()
     };
-    match rfs::unlinkat(dir, name.as_str(), flags) {
+    match rfs::unlinkat(dir, name.as_os_str(), flags) {
         Ok(()) => {}
         Err(Errno::NOENT) => return Ok(false),
         Err(e) => return Err(UnionError::io(op, abs, errno_io(e))),
@@ -433,14 +433,14 @@ fn remove_marker(upper: &Path, layout: Layout, path: &RelPath) -> Result<bool, U
     // Prune mirror directories left empty, deepest first; keep the meta dir itself, and
     // keep anything whose name is itself a marker name (it hides a path on its own).
     for k in (1..dirs.len()).rev() {
-        if dirs[k].ends_with(HIDE_SUFFIX) {
+        if dirs[k].as_bytes().ends_with(HIDE_SUFFIX.as_bytes()) {
             break;
         }
         match rfs::unlinkat(&chain[k], dirs[k], AtFlags::REMOVEDIR) {
             Ok(()) => {}
             Err(Errno::NOTEMPTY | Errno::EXIST | Errno::NOENT) => break,
             Err(e) => {
-                tracing::debug!(dir = ?dirs[..=k].join("/"), error = %e, "not pruning whiteout mirror dir");
+                tracing::debug!(dir = ?&dirs[..=k], error = %e, "not pruning whiteout mirror dir");
                 break;
             }
         }
@@ -651,6 +651,9 @@ mod tests {
         assert_eq!(
             paths(&scan),
             vec![
+                // Names that are not UTF-8 are names like any other (shown escaped).
+                ("bad\\xFF".to_string(), Layout::UnionfsFuse1, false),
+                ("dir\\xFE/x".to_string(), Layout::UnionfsFuse1, false),
                 ("ok".to_string(), Layout::UnionfsFuse1, false),
                 ("sub/ok2".to_string(), Layout::UnionfsFuse1, false),
                 ("sym".to_string(), Layout::UnionfsFuse1, false),
@@ -664,14 +667,38 @@ mod tests {
             )
         };
         expect_problem(".unionfs-fuse/no-suffix: not a whiteout marker");
-        expect_problem(".unionfs-fuse/bad\u{fffd}_HIDDEN~: name is not valid UTF-8");
-        expect_problem(".unionfs-fuse/dir\u{fffd}: name is not valid UTF-8");
         expect_problem(".unionfs-fuse/_HIDDEN~: marker names no file");
         expect_problem(".unionfs-fuse/sub/.._HIDDEN~: invalid hidden path");
         expect_problem(".unionfs-fuse/._HIDDEN~: invalid hidden path");
         expect_problem(".unionfs-fuse/link: symlink inside the union metadata, not followed");
         expect_problem(".unionfs: meta dir is not a directory");
-        assert_eq!(scan.problems.len(), 8, "{:#?}", scan.problems);
+        assert_eq!(scan.problems.len(), 6, "{:#?}", scan.problems);
+    }
+
+    /// Linux names are bytes: a Latin-1 or invalid UTF-8 name gets the
+    /// marker unionfs-fuse writes for it (`<bytes>_HIDDEN~`), and back.
+    #[test]
+    fn byte_names_get_byte_markers() {
+        let t = tempfile::tempdir().unwrap();
+        let up = t.path();
+        let b = |s: &[u8]| RelPath::new(s).unwrap();
+        create_whiteout(up, Layout::UnionfsFuse1, &b(b"caf\xe9/na\xefve")).unwrap();
+        create_dir_whiteout(up, Layout::Unionfs2, &b(b"\xff\xfe")).unwrap();
+        create_whiteout(up, Layout::UnionfsFuse1, &rp("back\\slash")).unwrap();
+        let on_disk = |rel: &[u8]| fs::symlink_metadata(up.join(OsStr::from_bytes(rel))).is_ok();
+        assert!(on_disk(b".unionfs-fuse/caf\xe9/na\xefve_HIDDEN~"));
+        assert!(on_disk(b".unionfs/\xff\xfe_HIDDEN~"));
+        assert!(on_disk(b".unionfs-fuse/back\\slash_HIDDEN~"));
+        let scan = list_whiteouts(up).unwrap();
+        assert!(scan.problems.is_empty(), "{:?}", scan.problems);
+        let got: Vec<&[u8]> = scan.whiteouts.iter().map(|w| w.path.as_bytes()).collect();
+        assert_eq!(got, [&b"back\\slash"[..], b"caf\xe9/na\xefve", b"\xff\xfe"]);
+        assert!(is_hidden(up, &b(b"caf\xe9/na\xefve/below")));
+        assert!(!is_hidden(up, &b(b"caf\xe9")));
+        for w in &scan.whiteouts {
+            remove_whiteout(up, w).unwrap();
+        }
+        assert_eq!(list_whiteouts(up).unwrap(), WhiteoutScan::default());
     }
 
     #[test]
@@ -733,7 +760,7 @@ mod tests {
 
     fn arb_path() -> impl Strategy<Value = String> {
         prop::collection::vec(
-            prop::sample::select(vec!["a", "b", "c d", "é", "x_HIDDEN", ".h"]),
+            prop::sample::select(vec!["a", "b", "c d", "é", "x_HIDDEN", ".h", "b\\x"]),
             1..4,
         )
         .prop_map(|v| v.join("/"))

@@ -604,7 +604,7 @@ fn created_whiteouts_hide_and_removed_ones_unhide() {
     let f = scan
         .whiteouts
         .iter()
-        .find(|w| w.path.as_str() == "f")
+        .find(|w| w.path.to_str() == Some("f"))
         .unwrap();
     remove_whiteout(&fx.upper, f).unwrap();
     assert_eq!(
@@ -636,7 +636,7 @@ fn removing_real_markers_restores_the_lower_tree() {
     let d = scan
         .whiteouts
         .iter()
-        .find(|w| w.path.as_str() == "d")
+        .find(|w| w.path.to_str() == Some("d"))
         .unwrap();
     remove_whiteout(&fx.upper, d).unwrap();
     assert_eq!(names(&tree(&fx.merged, true)), ["d"]);

@@ -2,9 +2,10 @@
 //! union's whiteouts.
 
 use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use cs_protocol::{EntryKind, RelPath};
+use cs_protocol::{EntryKind, Escaped, RelPath};
 use cs_safe_fs::Stat;
 use cs_union::Whiteout;
 
@@ -17,9 +18,9 @@ pub struct UpperScan {
     pub entries: BTreeMap<RelPath, Sig>,
     /// Whiteouts on synced paths, sorted by path.
     pub whiteouts: Vec<Whiteout>,
-    /// Entries that cannot be synced (non-UTF-8 names, sockets, fifos,
-    /// devices, undecodable whiteout markers), each naming its path. They
-    /// are reported, never silently dropped.
+    /// Entries that cannot be synced (sockets, fifos, devices, undecodable
+    /// whiteout markers), each naming its path. They are reported, never
+    /// silently dropped.
     pub problems: Vec<String>,
 }
 
@@ -47,18 +48,14 @@ fn walk(root: &Path, dir: Option<&RelPath>, filter: &PathFilter, scan: &mut Uppe
     for ent in rd {
         let ent = ent.map_err(|e| EngineError::io("list directory", &abs, e))?;
         let name = ent.file_name();
-        let Some(name) = name.to_str() else {
-            scan.problems.push(format!("{}: name is not UTF-8, not synced", ent.path().display()));
-            continue;
-        };
         let path = match dir {
-            Some(d) => d.join(name),
-            None => RelPath::new(name),
+            Some(d) => d.join(&name),
+            None => RelPath::new(name.as_bytes()),
         };
         let path = match path {
             Ok(p) => p,
             Err(e) => {
-                scan.problems.push(format!("{}: {e}, not synced", ent.path().display()));
+                scan.problems.push(format!("{}: {e}, not synced", Escaped(ent.path().as_os_str().as_bytes())));
                 continue;
             }
         };
@@ -75,7 +72,7 @@ fn walk(root: &Path, dir: Option<&RelPath>, filter: &PathFilter, scan: &mut Uppe
             continue;
         }
         let Some(sig) = Sig::of(&Stat::from_metadata(&md)) else {
-            scan.problems.push(format!("{}: not a file, directory or symlink, not synced", ent.path().display()));
+            scan.problems.push(format!("{}: not a file, directory or symlink, not synced", Escaped(ent.path().as_os_str().as_bytes())));
             continue;
         };
         if sig.kind == EntryKind::Dir {

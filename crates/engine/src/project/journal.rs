@@ -2,6 +2,7 @@
 //! on P's own clock-free counter. Cursors are positions in it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use cs_protocol::{ClientId, Cursor, EntryKind, RelPath};
@@ -147,15 +148,15 @@ impl Journal {
     /// where it looked (with everything the journal has below a directory
     /// that is gone or no longer a directory).
     pub fn merge_partial(&mut self, part: Partial, scan_began: u64) -> usize {
-        let listed: HashSet<&str> = part.listed.iter().map(|d| d.as_ref().map_or("", |p| p.as_str())).collect();
-        let walked: HashSet<&str> = part.walked.iter().map(|p| p.as_str()).collect();
+        let listed: HashSet<&[u8]> = part.listed.iter().map(|d| d.as_ref().map_or(&b""[..], |p| p.as_bytes())).collect();
+        let walked: HashSet<&[u8]> = part.walked.iter().map(|p| p.as_bytes()).collect();
         let covered = |p: &RelPath| {
-            let s = p.as_str();
-            let parent = s.rfind('/').map_or("", |i| &s[..i]);
+            let s = p.as_bytes();
+            let parent = s.iter().rposition(|&b| b == b'/').map_or(&b""[..], |i| &s[..i]);
             listed.contains(s) || listed.contains(parent) || under(s, &walked)
         };
         let mut gone: Vec<RelPath> = Vec::new();
-        let mut dead_dirs: HashSet<&str> = HashSet::new();
+        let mut dead_dirs: HashSet<&[u8]> = HashSet::new();
         for (p, e) in &self.entries {
             let Some(old) = e.sig else { continue };
             if !covered(p) || e.seq > scan_began {
@@ -166,7 +167,7 @@ impl Journal {
                 gone.push(p.clone());
             }
             if old.kind == EntryKind::Dir && now.is_none_or(|s| s.kind != EntryKind::Dir) {
-                dead_dirs.insert(p.as_str());
+                dead_dirs.insert(p.as_bytes());
             }
         }
         if !dead_dirs.is_empty() {
@@ -175,7 +176,7 @@ impl Journal {
                     && e.seq <= scan_began
                     && !part.seen.contains_key(p)
                     && !covered(p)
-                    && under(p.as_str(), &dead_dirs)
+                    && under(p.as_bytes(), &dead_dirs)
                 {
                     gone.push(p.clone());
                 }
@@ -250,11 +251,11 @@ pub struct Partial {
 }
 
 /// Is `path` strictly below one of `dirs`?
-fn under(path: &str, dirs: &HashSet<&str>) -> bool {
+fn under(path: &[u8], dirs: &HashSet<&[u8]>) -> bool {
     if dirs.is_empty() {
         return false;
     }
-    path.match_indices('/').any(|(i, _)| dirs.contains(&path[..i]))
+    path.iter().enumerate().any(|(i, &b)| b == b'/' && dirs.contains(&path[..i]))
 }
 
 /// The signature of `rel` if it exists and is synced.
@@ -320,16 +321,13 @@ fn list_into(
     };
     for ent in rd {
         let ent = ent.map_err(|e| EngineError::io("list directory", &abs, e))?;
-        let Some(name) = ent.file_name().to_str().map(str::to_owned) else {
-            tracing::warn!(path = %ent.path().display(), "name is not UTF-8, not synced");
-            continue;
-        };
+        let name = ent.file_name();
         let path = match dir {
             Some(d) => d.join(&name),
-            None => RelPath::new(name),
+            None => RelPath::new(name.as_bytes()),
         };
         let Ok(path) = path else {
-            tracing::warn!(path = %ent.path().display(), "unusable name, not synced");
+            tracing::warn!(path = %cs_protocol::Escaped(ent.path().as_os_str().as_bytes()), "unusable name, not synced");
             continue;
         };
         // Never follows a symlink: it is an entry like any other.

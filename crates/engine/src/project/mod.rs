@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use std::io::{Read, Write};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use cs_protocol::{
@@ -468,13 +470,9 @@ impl ProjectSide {
         if actual.kind == EntryKind::Dir {
             let mut all_gone = true;
             for (name, _) in self.home.read_dir(Some(p))? {
-                let Some(name) = name.to_str() else {
-                    all_gone = false;
-                    continue;
-                };
-                let child = p.join(name).map_err(|e| EngineError::BadName {
+                let child = p.join(&name).map_err(|e| EngineError::BadName {
                     dir: self.cfg.home.join(p.as_path()),
-                    name: name.to_string(),
+                    name: cs_protocol::Escaped(name.as_bytes()).to_string(),
                     source: e,
                 })?;
                 if !self.cfg.filter.is_synced(&child, false) {
@@ -691,8 +689,8 @@ impl ProjectSide {
         let existing = match self.home.read_dir(p.parent().as_ref()) {
             Ok(names) => names
                 .into_iter()
-                .filter(|(n, k)| *k == cs_safe_fs::FileKind::Dir && n.to_str().is_some_and(|n| n.starts_with(&prefix)))
-                .filter_map(|(n, _)| n.to_str().and_then(|n| p.with_file_name(n).ok()))
+                .filter(|(n, k)| *k == cs_safe_fs::FileKind::Dir && n.as_bytes().starts_with(prefix.as_bytes()))
+                .filter_map(|(n, _)| p.with_file_name(&n).ok())
                 .max(),
             Err(_) => None,
         };
@@ -787,11 +785,10 @@ impl ProjectSide {
             Err(e) => return Err(e.into()),
         };
         for (name, kind) in names {
-            let Some(name) = name.to_str() else { continue };
-            if !name.starts_with(&prefix) || kind == cs_safe_fs::FileKind::Dir {
+            if !name.as_bytes().starts_with(prefix.as_bytes()) || kind == cs_safe_fs::FileKind::Dir {
                 continue;
             }
-            let Ok(candidate) = p.with_file_name(name) else { continue };
+            let Ok(candidate) = p.with_file_name(&name) else { continue };
             if self.home.same_content(&candidate, tmp)? {
                 return Ok(Some(candidate));
             }
@@ -942,8 +939,8 @@ struct Staged {
 fn redirect(redirects: &[(RelPath, RelPath)], p: &RelPath) -> RelPath {
     for (from, to) in redirects.iter().rev() {
         if p.starts_with(from) {
-            let rest = &p.as_str()[from.as_str().len()..];
-            if let Ok(q) = RelPath::new(format!("{}{rest}", to.as_str())) {
+            let rest = &p.as_bytes()[from.as_bytes().len()..];
+            if let Ok(q) = RelPath::new([to.as_bytes(), rest].concat()) {
                 return q;
             }
         }
@@ -951,15 +948,16 @@ fn redirect(redirects: &[(RelPath, RelPath)], p: &RelPath) -> RelPath {
     p.clone()
 }
 
-/// `name` + `tail`, shortening `name` (on a char boundary) to stay within
-/// the 255-byte component limit.
-fn fit_name(name: &str, tail: &str) -> String {
+/// `name` + `tail`, shortening `name` (not inside a UTF-8 character, for
+/// names that are UTF-8) to stay within the 255-byte component limit.
+fn fit_name(name: &OsStr, tail: &str) -> OsString {
+    let name = name.as_bytes();
     let room = cs_protocol::MAX_COMPONENT_LEN.saturating_sub(tail.len());
     let mut end = name.len().min(room);
-    while !name.is_char_boundary(end) {
+    while end > 0 && end < name.len() && name[end] & 0xC0 == 0x80 {
         end -= 1;
     }
-    format!("{}{tail}", &name[..end])
+    OsString::from_vec([&name[..end], tail.as_bytes()].concat())
 }
 
 /// With `CS_JOURNAL_CHECK` set (tests): the journal after an incremental

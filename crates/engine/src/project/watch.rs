@@ -25,8 +25,10 @@
 //! created after the listing goes unseen.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use cs_protocol::RelPath;
@@ -154,9 +156,9 @@ impl HomeWatch {
                 continue;
             }
             let Some(name) = ev.file_name() else { continue };
-            let Ok(name) = name.to_str() else { continue };
+            let name = name.to_bytes();
             let Ok(path) = (match parent {
-                Some(p) => p.join(name),
+                Some(p) => p.join(OsStr::from_bytes(name)),
                 None => RelPath::new(name),
             }) else {
                 continue;
@@ -194,7 +196,7 @@ mod tests {
         std::fs::rename(t.path().join("d"), t.path().join("e")).unwrap();
         std::fs::rename(t.path().join("e"), t.path().join("d")).unwrap();
         let ch = w.drain();
-        let names: Vec<&str> = ch.moved.iter().map(|p| p.as_str()).collect();
+        let names: Vec<&str> = ch.moved.iter().map(|p| p.to_str().unwrap()).collect();
         assert_eq!(names, ["d", "e", "e", "d"]);
         assert_eq!(ch.appeared, [rel("d"), rel("e")].into_iter().collect());
         assert_eq!(w.drain(), Changes::default(), "drained");

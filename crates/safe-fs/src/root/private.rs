@@ -26,12 +26,12 @@ impl SafeRoot {
         match openat(&dir, ".", flags | OFlags::TMPFILE, Mode::from_raw_mode(0o600)) {
             Ok(fd) => return Ok(File::from(fd)),
             Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOSYS) => {}
-            Err(e) => return Err(self.io(OP, target.as_str(), e)),
+            Err(e) => return Err(self.io(OP, target, e)),
         }
         let tmp = self.tmp_path(OP, target, fallback_name)?;
         let flags = flags | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
-        let fd = openat(&dir, fallback_name, flags, Mode::from_raw_mode(0o600)).map_err(|e| self.io(OP, tmp.as_str(), e))?;
-        unlinkat(&dir, fallback_name, AtFlags::empty()).map_err(|e| self.io(OP, tmp.as_str(), e))?;
+        let fd = openat(&dir, fallback_name, flags, Mode::from_raw_mode(0o600)).map_err(|e| self.io(OP, &tmp, e))?;
+        unlinkat(&dir, fallback_name, AtFlags::empty()).map_err(|e| self.io(OP, &tmp, e))?;
         Ok(File::from(fd))
     }
 }

@@ -228,11 +228,13 @@ impl EmuUnion {
 
     /// unionfs-fuse's `remove_hidden`: removes the marker of `p` itself (a
     /// file, or an empty directory), and nothing else: the mirror
-    /// directories above it stay, even when left empty.
+    /// directories above it stay, even when left empty. A name too long to
+    /// carry the marker suffix has no marker (unionfs-fuse's `path_is_dir`
+    /// reads any lstat error as "not there").
     fn remove_marker(&self, p: &RelPath) -> io::Result<()> {
         let m = self.upper.join(self.layout.marker_path(p));
         match fs::symlink_metadata(&m) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::InvalidFilename) => Ok(()),
             Err(e) => Err(e),
             Ok(md) if md.is_dir() => fs::remove_dir(&m),
             Ok(_) => fs::remove_file(&m),

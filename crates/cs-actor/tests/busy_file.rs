@@ -159,10 +159,17 @@ fn a_project_file_that_keeps_growing_does_not_stop_step_4() {
     }
     let Some(snap) = snap else { bed.fail("no snapshot of the project's p.log reached the compute server within 8 rounds") };
     assert!(writer.exited().is_none(), "the writer stopped early");
+    // Whether that copy was a snapshot of a deferred file or a plain send depends on whether an
+    // append fell inside the broker's read of the file, which no test controls (CI once read it
+    // whole between two appends). The outcome that matters is asserted above: the rounds commit
+    // and the copy is consistent. The snapshot path itself is pinned deterministically by
+    // crates/engine/tests/busy.rs (`step_4_defers_withdraws_and_snapshots_a_busy_project_file`).
     let p = bed.project_status();
     let sess = &p["broker"]["sessions"][0];
-    assert!(sess["snapshots_sent"].as_u64().unwrap_or(0) >= 1, "{p:#}");
-    eprintln!("snapshot of {snap} bytes of the project's p.log reached the upper layer");
+    eprintln!(
+        "a consistent copy of {snap} bytes of the project's p.log reached the upper layer (snapshots sent: {})",
+        sess["snapshots_sent"]
+    );
 
     writer.stop(Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));

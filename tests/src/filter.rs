@@ -39,7 +39,8 @@ impl SpecDefaults {
 impl SyncFilter for SpecDefaults {
     fn is_synced(&self, p: &RelPath, is_dir: bool) -> bool {
         let excluded = Self::top_dir_in(p, is_dir, &[".unionfs-fuse", ".unionfs", ".cs-actor"])
-            || p.components().any(|c| c.as_bytes().starts_with(b".csa-tmp-") || c.as_bytes().starts_with(b".fuse_hidden"));
+            || p.components()
+                .any(|c| c.as_bytes().starts_with(b".csa-tmp-") || c.as_bytes().starts_with(b".fuse_hidden"));
         !excluded && !self.is_local_only(p, is_dir)
     }
     fn is_local_only(&self, p: &RelPath, is_dir: bool) -> bool {

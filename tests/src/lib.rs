@@ -7,10 +7,10 @@
 //! - [`fixture::World`]: tempdirs, both sides of the engine, rounds, cuts, crashes.
 
 pub mod filter;
+pub mod fixture;
 pub mod tree;
 pub mod union_emu;
 pub mod view;
-pub mod fixture;
 
 pub use cs_protocol::{RelPath, Timestamp};
 

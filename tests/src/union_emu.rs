@@ -36,8 +36,8 @@ use cs_protocol::{RelPath, Timestamp};
 use crate::filter::SyncFilter;
 use crate::tree::Tree;
 use crate::view::{check_rename, err, lstat_beneath, mtime_of, set_file_mtime, Entry, Kind, View};
-pub use cs_union::Layout;
 use cs_union as wo;
+pub use cs_union::Layout;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layer {
@@ -100,8 +100,8 @@ impl EmuUnion {
     /// The lower layer's entry at `p` if the union may show it (whiteouts aside).
     fn in_lower(&self, p: &RelPath) -> Option<Metadata> {
         let md = lstat_beneath(&self.lower, p)?;
-        let local = self.filter.is_local_only(p, md.is_dir())
-            || p.ancestors().any(|a| self.filter.is_local_only(&a, true));
+        let local =
+            self.filter.is_local_only(p, md.is_dir()) || p.ancestors().any(|a| self.filter.is_local_only(&a, true));
         (!local).then_some(md)
     }
 
@@ -139,7 +139,9 @@ impl EmuUnion {
     fn need(&self, p: &RelPath, want: &[Kind]) -> io::Result<Kind> {
         match self.kind(p) {
             Some(k) if want.contains(&k) => Ok(k),
-            other => Err(err(io::ErrorKind::NotFound, format!("{}: {p} is {other:?}, need one of {want:?}", self.name))),
+            other => {
+                Err(err(io::ErrorKind::NotFound, format!("{}: {p} is {other:?}, need one of {want:?}", self.name)))
+            }
         }
     }
 

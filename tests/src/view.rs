@@ -283,7 +283,9 @@ impl PlainDir {
     fn need(&self, p: &RelPath, want: &[Kind]) -> io::Result<Kind> {
         match self.kind(p) {
             Some(k) if want.contains(&k) => Ok(k),
-            other => Err(err(io::ErrorKind::NotFound, format!("{}: {p} is {other:?}, need one of {want:?}", self.name))),
+            other => {
+                Err(err(io::ErrorKind::NotFound, format!("{}: {p} is {other:?}, need one of {want:?}", self.name)))
+            }
         }
     }
 
@@ -332,7 +334,8 @@ impl View for PlainDir {
         if let Some(k) = self.kind(p) {
             self.need(p, &[Kind::File]).map_err(|_| err(io::ErrorKind::AlreadyExists, format!("{p} is a {k:?}")))?;
         }
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).custom_flags_nofollow().open(self.host(p))?;
+        let mut f =
+            OpenOptions::new().write(true).create(true).truncate(true).custom_flags_nofollow().open(self.host(p))?;
         f.write_all(data)
     }
 

@@ -58,13 +58,15 @@ struct Pair {
 
 impl Pair {
     fn new(u: &UnionfsFuse, seed: &dyn Fn(&PlainDir)) -> Pair {
-        let t = tempfile::Builder::new().prefix("cs-emu-vs-real-").tempdir_in(cs_tests::fixture::scratch_base()).unwrap();
+        let t =
+            tempfile::Builder::new().prefix("cs-emu-vs-real-").tempdir_in(cs_tests::fixture::scratch_base()).unwrap();
         let dir = |n: &str| {
             let p = t.path().join(n);
             std::fs::create_dir(&p).unwrap();
             p
         };
-        let (eu, el, ru, rl, rm) = (dir("emu-upper"), dir("emu-lower"), dir("real-upper"), dir("real-lower"), dir("real-merged"));
+        let (eu, el, ru, rl, rm) =
+            (dir("emu-upper"), dir("emu-lower"), dir("real-upper"), dir("real-lower"), dir("real-merged"));
         seed(&PlainDir::new(&el, "emu lower"));
         seed(&PlainDir::new(&rl, "real lower"));
         let layout = layout_of(u, t.path());
@@ -126,7 +128,8 @@ fn normalised(mut t: Tree) -> Tree {
 /// The lower layer of the named scenarios: files with old mtimes and assorted modes, a
 /// nested tree, a symlink.
 fn seed(v: &PlainDir) {
-    for (p, mode) in [("a", 0o644), ("b", 0o640), ("d/x", 0o600), ("d/e/y", 0o755), ("d/e/f/z", 0o644), ("e/w", 0o644)] {
+    for (p, mode) in [("a", 0o644), ("b", 0o640), ("d/x", 0o600), ("d/e/y", 0o755), ("d/e/f/z", 0o644), ("e/w", 0o644)]
+    {
         v.put(&rp(p), p.as_bytes()).unwrap();
         v.chmod(&rp(p), mode).unwrap();
         v.set_mtime(&rp(p), OLD).unwrap();
@@ -145,95 +148,141 @@ fn step(what: &'static str, f: impl Fn(&dyn View) -> io::Result<()> + 'static) -
 fn scenarios() -> Vec<(&'static str, Vec<Step>)> {
     let old2 = Timestamp::new(OLD.sec + 7, 5);
     vec![
-        ("rm -rf a lower dir, mkdir it again, a file in it", vec![
-            step("rm -r d", |v| v.remove_dir_all(&rp("d"))),
-            step("mkdir d", |v| v.mkdir(&rp("d"))),
-            step("echo > d/n", |v| v.write(&rp("d/n"), b"fresh")),
-            step("echo > d/x (a name the lower has)", |v| v.write(&rp("d/x"), b"new x")),
-        ]),
-        ("rm -rf a lower dir, a file at its name", vec![
-            step("rm -r d", |v| v.remove_dir_all(&rp("d"))),
-            step("echo > d", |v| v.write(&rp("d"), b"now a file")),
-            step("rm d", |v| v.remove_file(&rp("d"))),
-            step("mkdir -p d/e", |v| v.mkdir_p(&rp("d/e"))),
-        ]),
-        ("rm a lower file, re-create it as file, dir, symlink", vec![
-            step("rm a", |v| v.remove_file(&rp("a"))),
-            step("echo > a", |v| v.write(&rp("a"), b"again")),
-            step("rm a (now in both layers)", |v| v.remove_file(&rp("a"))),
-            step("mkdir a", |v| v.mkdir(&rp("a"))),
-            step("rm b", |v| v.remove_file(&rp("b"))),
-            step("ln -s t b", |v| v.symlink("t", &rp("b"))),
-        ]),
-        ("rename over a whiteout", vec![
-            step("rm a", |v| v.remove_file(&rp("a"))),
-            step("mv b a", |v| v.rename(&rp("b"), &rp("a"))),
-            step("echo > n", |v| v.write(&rp("n"), b"upper only")),
-            step("rm e/w", |v| v.remove_file(&rp("e/w"))),
-            step("mv n e/w", |v| v.rename(&rp("n"), &rp("e/w"))),
-            step("rm -r d/e", |v| v.remove_dir_all(&rp("d/e"))),
-            step("mv d/x d/e (file onto a dir's whiteout)", |v| v.rename(&rp("d/x"), &rp("d/e"))),
-        ]),
-        ("rename a lower dir", vec![
-            step("mv d g", |v| v.rename(&rp("d"), &rp("g"))),
-            step("mkdir d", |v| v.mkdir(&rp("d"))),
-            step("mv g/e d/e", |v| v.rename(&rp("g/e"), &rp("d/e"))),
-            step("mv e d/e/q", |v| v.rename(&rp("e"), &rp("d/e/q"))),
-        ]),
-        ("rename a lower dir with a deleted child", vec![
-            step("rm d/x", |v| v.remove_file(&rp("d/x"))),
-            step("rm -r d/e/f", |v| v.remove_dir_all(&rp("d/e/f"))),
-            step("mv d g", |v| v.rename(&rp("d"), &rp("g"))),
-        ]),
-        ("rm in a directory created again over its marker", vec![
-            step("rm -r e", |v| v.remove_dir_all(&rp("e"))),
-            step("mkdir e", |v| v.mkdir(&rp("e"))),
-            step("echo > e/w (a name the lower has)", |v| v.write(&rp("e/w"), b"new")),
-            step("rm e/w", |v| v.remove_file(&rp("e/w"))),
-            step("rm -r e", |v| v.remove_dir_all(&rp("e"))),
-        ]),
-        ("rename a dir in both layers", vec![
-            step("echo >> d/x", |v| v.append(&rp("d/x"), b"+c")),
-            step("echo > d/new", |v| v.write(&rp("d/new"), b"new")),
-            step("mv d g", |v| v.rename(&rp("d"), &rp("g"))),
-            step("mv g d", |v| v.rename(&rp("g"), &rp("d"))),
-        ]),
-        ("chmod of lower entries", vec![
-            step("chmod 600 a", |v| v.chmod(&rp("a"), 0o600)),
-            step("chmod 700 d/e", |v| v.chmod(&rp("d/e"), 0o700)),
-            step("chmod 640 d/e/f/z", |v| v.chmod(&rp("d/e/f/z"), 0o640)),
-        ]),
-        ("chmod of a lower dir copies its tree up", vec![
-            step("rm d/e/y", |v| v.remove_file(&rp("d/e/y"))),
-            step("chmod 700 d", |v| v.chmod(&rp("d"), 0o700)),
-            step("chmod 755 d/e (now upper)", |v| v.chmod(&rp("d/e"), 0o755)),
-            step("echo > e/new; chmod 700 e (in both layers)", |v| v.write(&rp("e/new"), b"n").and_then(|_| v.chmod(&rp("e"), 0o700))),
-        ]),
-        ("touch -d of lower and new files", vec![
-            step("touch -d OLD+7 a", move |v| v.set_mtime(&rp("a"), old2)),
-            step("touch -d OLD+7 d/e/y", move |v| v.set_mtime(&rp("d/e/y"), old2)),
-            step("echo > n; touch -d OLD+7 n", move |v| v.put_with_mtime(&rp("n"), b"n", old2)),
-            step("tar x of d/x, e/new", |v| v.extract(&[(rp("d/x"), b"tx".to_vec()), (rp("e/new"), b"tn".to_vec())], OLD)),
-        ]),
-        ("hard links", vec![
-            step("ln a a2", |v| v.hard_link(&rp("a"), &rp("a2"))),
-            step("ln d/e/y e/y2", |v| v.hard_link(&rp("d/e/y"), &rp("e/y2"))),
-            step("echo >> e/y2", |v| v.append(&rp("e/y2"), b"+both")),
-            step("rm b; ln a b", |v| v.remove_file(&rp("b")).and_then(|_| v.hard_link(&rp("a"), &rp("b")))),
-        ]),
-        ("symlinks", vec![
-            step("ln -s ../a e/s", |v| v.symlink("../a", &rp("e/s"))),
-            step("rm d/l (a lower symlink)", |v| v.remove_file(&rp("d/l"))),
-            step("ln -s x d/l", |v| v.symlink("x", &rp("d/l"))),
-            step("mv d/l d/l2", |v| v.rename(&rp("d/l"), &rp("d/l2"))),
-        ]),
-        ("the generator's other operations on lower files", vec![
-            step("truncate d/x 1", |v| v.truncate(&rp("d/x"), 1)),
-            step("echo >> d/e/f/z", |v| v.append(&rp("d/e/f/z"), b"+")),
-            step("mkdir -p e/d/e", |v| v.mkdir_p(&rp("e/d/e"))),
-            step("echo > e/d/e/a", |v| v.write(&rp("e/d/e/a"), b"deep")),
-            step("rm -r e", |v| v.remove_dir_all(&rp("e"))),
-        ]),
+        (
+            "rm -rf a lower dir, mkdir it again, a file in it",
+            vec![
+                step("rm -r d", |v| v.remove_dir_all(&rp("d"))),
+                step("mkdir d", |v| v.mkdir(&rp("d"))),
+                step("echo > d/n", |v| v.write(&rp("d/n"), b"fresh")),
+                step("echo > d/x (a name the lower has)", |v| v.write(&rp("d/x"), b"new x")),
+            ],
+        ),
+        (
+            "rm -rf a lower dir, a file at its name",
+            vec![
+                step("rm -r d", |v| v.remove_dir_all(&rp("d"))),
+                step("echo > d", |v| v.write(&rp("d"), b"now a file")),
+                step("rm d", |v| v.remove_file(&rp("d"))),
+                step("mkdir -p d/e", |v| v.mkdir_p(&rp("d/e"))),
+            ],
+        ),
+        (
+            "rm a lower file, re-create it as file, dir, symlink",
+            vec![
+                step("rm a", |v| v.remove_file(&rp("a"))),
+                step("echo > a", |v| v.write(&rp("a"), b"again")),
+                step("rm a (now in both layers)", |v| v.remove_file(&rp("a"))),
+                step("mkdir a", |v| v.mkdir(&rp("a"))),
+                step("rm b", |v| v.remove_file(&rp("b"))),
+                step("ln -s t b", |v| v.symlink("t", &rp("b"))),
+            ],
+        ),
+        (
+            "rename over a whiteout",
+            vec![
+                step("rm a", |v| v.remove_file(&rp("a"))),
+                step("mv b a", |v| v.rename(&rp("b"), &rp("a"))),
+                step("echo > n", |v| v.write(&rp("n"), b"upper only")),
+                step("rm e/w", |v| v.remove_file(&rp("e/w"))),
+                step("mv n e/w", |v| v.rename(&rp("n"), &rp("e/w"))),
+                step("rm -r d/e", |v| v.remove_dir_all(&rp("d/e"))),
+                step("mv d/x d/e (file onto a dir's whiteout)", |v| v.rename(&rp("d/x"), &rp("d/e"))),
+            ],
+        ),
+        (
+            "rename a lower dir",
+            vec![
+                step("mv d g", |v| v.rename(&rp("d"), &rp("g"))),
+                step("mkdir d", |v| v.mkdir(&rp("d"))),
+                step("mv g/e d/e", |v| v.rename(&rp("g/e"), &rp("d/e"))),
+                step("mv e d/e/q", |v| v.rename(&rp("e"), &rp("d/e/q"))),
+            ],
+        ),
+        (
+            "rename a lower dir with a deleted child",
+            vec![
+                step("rm d/x", |v| v.remove_file(&rp("d/x"))),
+                step("rm -r d/e/f", |v| v.remove_dir_all(&rp("d/e/f"))),
+                step("mv d g", |v| v.rename(&rp("d"), &rp("g"))),
+            ],
+        ),
+        (
+            "rm in a directory created again over its marker",
+            vec![
+                step("rm -r e", |v| v.remove_dir_all(&rp("e"))),
+                step("mkdir e", |v| v.mkdir(&rp("e"))),
+                step("echo > e/w (a name the lower has)", |v| v.write(&rp("e/w"), b"new")),
+                step("rm e/w", |v| v.remove_file(&rp("e/w"))),
+                step("rm -r e", |v| v.remove_dir_all(&rp("e"))),
+            ],
+        ),
+        (
+            "rename a dir in both layers",
+            vec![
+                step("echo >> d/x", |v| v.append(&rp("d/x"), b"+c")),
+                step("echo > d/new", |v| v.write(&rp("d/new"), b"new")),
+                step("mv d g", |v| v.rename(&rp("d"), &rp("g"))),
+                step("mv g d", |v| v.rename(&rp("g"), &rp("d"))),
+            ],
+        ),
+        (
+            "chmod of lower entries",
+            vec![
+                step("chmod 600 a", |v| v.chmod(&rp("a"), 0o600)),
+                step("chmod 700 d/e", |v| v.chmod(&rp("d/e"), 0o700)),
+                step("chmod 640 d/e/f/z", |v| v.chmod(&rp("d/e/f/z"), 0o640)),
+            ],
+        ),
+        (
+            "chmod of a lower dir copies its tree up",
+            vec![
+                step("rm d/e/y", |v| v.remove_file(&rp("d/e/y"))),
+                step("chmod 700 d", |v| v.chmod(&rp("d"), 0o700)),
+                step("chmod 755 d/e (now upper)", |v| v.chmod(&rp("d/e"), 0o755)),
+                step("echo > e/new; chmod 700 e (in both layers)", |v| {
+                    v.write(&rp("e/new"), b"n").and_then(|_| v.chmod(&rp("e"), 0o700))
+                }),
+            ],
+        ),
+        (
+            "touch -d of lower and new files",
+            vec![
+                step("touch -d OLD+7 a", move |v| v.set_mtime(&rp("a"), old2)),
+                step("touch -d OLD+7 d/e/y", move |v| v.set_mtime(&rp("d/e/y"), old2)),
+                step("echo > n; touch -d OLD+7 n", move |v| v.put_with_mtime(&rp("n"), b"n", old2)),
+                step("tar x of d/x, e/new", |v| {
+                    v.extract(&[(rp("d/x"), b"tx".to_vec()), (rp("e/new"), b"tn".to_vec())], OLD)
+                }),
+            ],
+        ),
+        (
+            "hard links",
+            vec![
+                step("ln a a2", |v| v.hard_link(&rp("a"), &rp("a2"))),
+                step("ln d/e/y e/y2", |v| v.hard_link(&rp("d/e/y"), &rp("e/y2"))),
+                step("echo >> e/y2", |v| v.append(&rp("e/y2"), b"+both")),
+                step("rm b; ln a b", |v| v.remove_file(&rp("b")).and_then(|_| v.hard_link(&rp("a"), &rp("b")))),
+            ],
+        ),
+        (
+            "symlinks",
+            vec![
+                step("ln -s ../a e/s", |v| v.symlink("../a", &rp("e/s"))),
+                step("rm d/l (a lower symlink)", |v| v.remove_file(&rp("d/l"))),
+                step("ln -s x d/l", |v| v.symlink("x", &rp("d/l"))),
+                step("mv d/l d/l2", |v| v.rename(&rp("d/l"), &rp("d/l2"))),
+            ],
+        ),
+        (
+            "the generator's other operations on lower files",
+            vec![
+                step("truncate d/x 1", |v| v.truncate(&rp("d/x"), 1)),
+                step("echo >> d/e/f/z", |v| v.append(&rp("d/e/f/z"), b"+")),
+                step("mkdir -p e/d/e", |v| v.mkdir_p(&rp("e/d/e"))),
+                step("echo > e/d/e/a", |v| v.write(&rp("e/d/e/a"), b"deep")),
+                step("rm -r e", |v| v.remove_dir_all(&rp("e"))),
+            ],
+        ),
     ]
 }
 
@@ -316,7 +365,8 @@ fn random_lower(rng: &mut Rng) -> Vec<(String, u32)> {
     for _ in 0..rng.below(8) {
         let f = rng.file();
         // Not below an existing file, not a prefix of an existing path.
-        let clash = out.iter().any(|(o, _)| f.starts_with(&format!("{o}/")) || o.starts_with(&format!("{f}/")) || *o == f);
+        let clash =
+            out.iter().any(|(o, _)| f.starts_with(&format!("{o}/")) || o.starts_with(&format!("{f}/")) || *o == f);
         if !clash {
             out.push((f, rng.pick(&[0o600, 0o644, 0o755])));
         }
@@ -375,7 +425,10 @@ fn random_op(rng: &mut Rng, v: &dyn View, tag: &mut u32) -> Option<(String, Box<
         }
         7 => {
             let (from, to) = (rng.dir(), rng.dir());
-            let ok = kind(&from) == Some(Kind::Dir) && kind(&to).is_none() && parent_is_dir(&to) && !rp(&to).starts_with(&rp(&from));
+            let ok = kind(&from) == Some(Kind::Dir)
+                && kind(&to).is_none()
+                && parent_is_dir(&to)
+                && !rp(&to).starts_with(&rp(&from));
             ok.then_some(())?;
             (format!("mv {from}/ {to}/"), Box::new(move |v: &dyn View| v.rename(&rp(&from), &rp(&to))))
         }
@@ -391,12 +444,15 @@ fn random_op(rng: &mut Rng, v: &dyn View, tag: &mut u32) -> Option<(String, Box<
         9 => {
             let p = rng.file();
             (parents_ok(&p) && kind(&p).is_none()).then_some(())?;
-            (format!("ln -s {data} {p}"), Box::new(move |v: &dyn View| {
-                if let Some(d) = rp(&p).parent() {
-                    v.mkdir_p(&d)?;
-                }
-                v.symlink(&data, &rp(&p))
-            }))
+            (
+                format!("ln -s {data} {p}"),
+                Box::new(move |v: &dyn View| {
+                    if let Some(d) = rp(&p).parent() {
+                        v.mkdir_p(&d)?;
+                    }
+                    v.symlink(&data, &rp(&p))
+                }),
+            )
         }
         10 => {
             let p = rng.file();
@@ -407,9 +463,11 @@ fn random_op(rng: &mut Rng, v: &dyn View, tag: &mut u32) -> Option<(String, Box<
             let dir = (rng.below(2) == 0).then(|| rng.dir());
             let names: Vec<&str> = ["a", "b", "c"].into_iter().filter(|_| rng.below(2) == 0).collect();
             let full = |n: &str| dir.as_ref().map(|d| format!("{d}/{n}")).unwrap_or(n.to_string());
-            let ok = !names.is_empty() && names.iter().all(|n| parents_ok(&full(n)) && kind(&full(n)) != Some(Kind::Dir));
+            let ok =
+                !names.is_empty() && names.iter().all(|n| parents_ok(&full(n)) && kind(&full(n)) != Some(Kind::Dir));
             ok.then_some(())?;
-            let files: Vec<_> = names.iter().enumerate().map(|(i, n)| (rp(&full(n)), format!("{data}{i}").into_bytes())).collect();
+            let files: Vec<_> =
+                names.iter().enumerate().map(|(i, n)| (rp(&full(n)), format!("{data}{i}").into_bytes())).collect();
             let what = format!("tar x {:?}", files.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>());
             (what, Box::new(move |v: &dyn View| v.extract(&files, OLD)))
         }

@@ -5,11 +5,11 @@
 
 use cs_engine::driver::{Cut, RoundReport};
 use cs_engine::{PathFilter, DEFAULT_EXCLUDED, DEFAULT_LOCAL_ONLY};
+use cs_protocol::{RelPath, Timestamp};
 use cs_tests::fixture::World;
 use cs_tests::rp;
 use cs_tests::union_emu::Layout;
 use cs_tests::view::{now, Kind, View};
-use cs_protocol::{RelPath, Timestamp};
 
 /// 2001-09-09: an "old" mtime, as `tar x`, `cp -p`, `pip` or `git checkout` leave.
 const OLD: Timestamp = Timestamp { sec: 1_000_000_000, nsec: 0 };
@@ -26,7 +26,11 @@ fn shifted(t: Timestamp, secs: i64) -> Timestamp {
 /// Nothing crossed in either direction.
 fn assert_idle(r: &RoundReport, when: &str) {
     let moved = (r.deletes_to_project, r.deletes_to_compute, r.sent_to_project, r.sent_to_compute);
-    assert_eq!(moved, (0, 0, 0, 0), "{when}: an idle round shipped (deletes C->P, deletes P->C, writes C->P, writes P->C); report {r:?}");
+    assert_eq!(
+        moved,
+        (0, 0, 0, 0),
+        "{when}: an idle round shipped (deletes C->P, deletes P->C, writes C->P, writes P->C); report {r:?}"
+    );
     assert!(r.conflicts.is_empty() && r.kept_on_project.is_empty() && r.kept_on_compute.is_empty(), "{when}: {r:?}");
 }
 
@@ -320,12 +324,19 @@ fn conflict_copy_keeps_incoming_version_beside_file() {
     let r = w.round();
 
     let p = w.p();
-    assert_eq!((text(&p, "d/e/x"), p.mode(&rp("d/e/x")), p.mtime(&rp("d/e/x"))), ("P's version".into(), Some(0o640), Some(p_mtime)));
+    assert_eq!(
+        (text(&p, "d/e/x"), p.mode(&rp("d/e/x")), p.mtime(&rp("d/e/x"))),
+        ("P's version".into(), Some(0o640), Some(p_mtime))
+    );
     let copies = conflict_copies(&w, "d/e/x");
     assert_eq!(copies.len(), 1, "{copies:?}\n{}", w.p_tree().listing());
     let (copy, content) = &copies[0];
     assert_eq!(copy.parent(), Some(rp("d/e")), "beside the file");
-    let suffix = copy.file_name().to_str().and_then(|n| n.strip_prefix("x.conflict-c1-")).unwrap_or_else(|| panic!("name {copy}"));
+    let suffix = copy
+        .file_name()
+        .to_str()
+        .and_then(|n| n.strip_prefix("x.conflict-c1-"))
+        .unwrap_or_else(|| panic!("name {copy}"));
     let year = utc_year_now();
     assert!(
         suffix.starts_with(&year.to_string()) || suffix.starts_with(&(year - 1).to_string()),
@@ -460,7 +471,8 @@ fn world_with_work_in_every_step() -> World {
     p.remove_file(&rp("held1")).unwrap(); // step 2
     p.remove_dir_all(&rp("hd")).unwrap(); // step 2
     for f in ["new1", "nd/new2", "nd/new3"] {
-        c.put_with_mtime(&rp(f), format!("{f} by C").as_bytes(), mt()).unwrap(); // step 3
+        c.put_with_mtime(&rp(f), format!("{f} by C").as_bytes(), mt()).unwrap();
+        // step 3
     }
     c.append(&rp("lower2"), b" + C").unwrap(); // step 3 (copy-up)
     c.set_mtime(&rp("lower2"), mt()).unwrap();
@@ -501,12 +513,19 @@ fn idempotent_retry_at_every_cut_point() {
                 assert_idle(&w.round(), "round after the retry");
             }));
             if let Err(e) = outcome {
-                let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+                let msg =
+                    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
                 failures.push(format!("{case}: {}", msg.unwrap_or_default()));
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} cut cases failed:\n{}", failures.len(), ALL_CUTS.len() * 2, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cut cases failed:\n{}",
+        failures.len(),
+        ALL_CUTS.len() * 2,
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -537,17 +556,25 @@ fn retry_after_a_cut_sees_changes_made_in_between() {
                 // held4: P changed it in the cut round's history, C changed it after:
                 // a conflict unless step 4 had already brought P's version to C.
                 let copies = conflict_copies(&w, "held4");
-                let c_version_kept = text(&w.p(), "held4") == "held4 by C, later" || copies.iter().any(|(_, c)| c == "held4 by C, later");
+                let c_version_kept = text(&w.p(), "held4") == "held4 by C, later"
+                    || copies.iter().any(|(_, c)| c == "held4 by C, later");
                 assert!(c_version_kept, "C's later write to held4 lost: {copies:?}, report {r:?}");
                 assert_idle(&w.round(), "round after the retry");
             }));
             if let Err(e) = outcome {
-                let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+                let msg =
+                    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
                 failures.push(format!("{case}: {}", msg.unwrap_or_default()));
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} cut cases failed:\n{}", failures.len(), ALL_CUTS.len() * 2, failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cut cases failed:\n{}",
+        failures.len(),
+        ALL_CUTS.len() * 2,
+        failures.join("\n")
+    );
 }
 
 // ------------------------------------------------------------------- isolation
@@ -625,7 +652,9 @@ fn local_only_and_excluded_paths_never_leave_c() {
     assert_eq!(text(&p, "scratch/p_own"), "P's scratch");
     assert_eq!(text(&p, ".cache/p_cache"), "P's cache");
     assert_eq!(text(&p, ".cs-actor/p_staging"), "P's own");
-    for never in ["scratch/c_file", ".cache/pip", ".local", ".csa-tmp-junk", ".cs-actor/state", ".unionfs-fuse", ".unionfs"] {
+    for never in
+        ["scratch/c_file", ".cache/pip", ".local", ".csa-tmp-junk", ".cs-actor/state", ".unionfs-fuse", ".unionfs"]
+    {
         assert!(!p.exists(&rp(never)), "{never} reached P");
     }
     for kept in ["scratch/c_file", ".cache/pip/wheel", ".local/lib/x"] {

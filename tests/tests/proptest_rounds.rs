@@ -29,9 +29,9 @@ use cs_protocol::{RelPath, Timestamp};
 use cs_tests::fixture::World;
 use cs_tests::union_emu::Layout;
 use cs_tests::view::{Kind, PlainDir, View};
+use cs_union::UnionfsFuse;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
-use cs_union::UnionfsFuse;
 use std::time::Duration;
 
 const OLD: Timestamp = Timestamp { sec: 1_000_000_000, nsec: 0 };
@@ -48,26 +48,72 @@ enum Side {
 #[derive(Clone)]
 enum Op {
     /// `mkdir -p` the parent, then create or overwrite; `pad` extra bytes after the tag.
-    Write { side: Side, path: String, pad: usize },
-    Append { side: Side, path: String },
-    Truncate { side: Side, path: String, len: u64 },
+    Write {
+        side: Side,
+        path: String,
+        pad: usize,
+    },
+    Append {
+        side: Side,
+        path: String,
+    },
+    Truncate {
+        side: Side,
+        path: String,
+        len: u64,
+    },
     /// `rm` of a file or symlink.
-    Delete { side: Side, path: String },
+    Delete {
+        side: Side,
+        path: String,
+    },
     /// `mkdir -p`.
-    Mkdir { side: Side, dir: String },
-    RmR { side: Side, dir: String },
+    Mkdir {
+        side: Side,
+        dir: String,
+    },
+    RmR {
+        side: Side,
+        dir: String,
+    },
     /// `mv` of a file or symlink, possibly over one.
-    Rename { side: Side, from: String, to: String },
-    RenameDir { side: Side, from: String, to: String },
-    Chmod { side: Side, path: String, mode: usize },
+    Rename {
+        side: Side,
+        from: String,
+        to: String,
+    },
+    RenameDir {
+        side: Side,
+        from: String,
+        to: String,
+    },
+    Chmod {
+        side: Side,
+        path: String,
+        mode: usize,
+    },
     /// `ln -s <tag> path`.
-    Symlink { side: Side, path: String },
+    Symlink {
+        side: Side,
+        path: String,
+    },
     /// `touch -d` to an old time.
-    TouchOld { side: Side, path: String, secs: i64 },
+    TouchOld {
+        side: Side,
+        path: String,
+        secs: i64,
+    },
     /// `tar x` into `dir` (or the root): each file unlinked, re-created, given an old mtime.
-    Extract { side: Side, dir: Option<String>, names: Vec<&'static str> },
+    Extract {
+        side: Side,
+        dir: Option<String>,
+        names: Vec<&'static str>,
+    },
     Round,
-    CutRound { cut: Cut, crash: bool },
+    CutRound {
+        cut: Cut,
+        crash: bool,
+    },
 }
 
 impl fmt::Debug for Side {
@@ -94,7 +140,12 @@ impl fmt::Debug for Op {
             Op::Symlink { side, path } => write!(f, "{side:?} ln -s <tag> {path}"),
             Op::TouchOld { side, path, secs } => write!(f, "{side:?} touch -d OLD+{secs}s {path}"),
             Op::Extract { side, dir, names } => {
-                write!(f, "{side:?} tar x {}{{{}}} (mtime OLD)", dir.as_ref().map(|d| format!("{d}/")).unwrap_or_default(), names.join(","))
+                write!(
+                    f,
+                    "{side:?} tar x {}{{{}}} (mtime OLD)",
+                    dir.as_ref().map(|d| format!("{d}/")).unwrap_or_default(),
+                    names.join(",")
+                )
             }
             Op::Round => write!(f, "ROUND"),
             Op::CutRound { cut, crash } => write!(f, "ROUND cut {cut:?}{}", if *crash { " + crash" } else { "" }),
@@ -234,7 +285,11 @@ impl Run {
         let w = World::with_real_union(u).expect("mount the real union");
         let p = w.p();
         let run = Run { w, p, next_tag: 0, written: BTreeSet::new(), superseded: BTreeSet::new(), log: Vec::new() };
-        if grace { run.with_grace() } else { run }
+        if grace {
+            run.with_grace()
+        } else {
+            run
+        }
     }
 
     /// On the real unionfs-fuse whose lower is P's home through `mirror`, an
@@ -243,7 +298,11 @@ impl Run {
         let w = World::with_real_union_over(u, base, Some(mirror)).expect("mount the real union");
         let p = w.p();
         let run = Run { w, p, next_tag: 0, written: BTreeSet::new(), superseded: BTreeSet::new(), log: Vec::new() };
-        if grace { run.with_grace() } else { run }
+        if grace {
+            run.with_grace()
+        } else {
+            run
+        }
     }
 
     /// C keeps whiteouts of confirmed deletions (until the quiet rounds).
@@ -290,7 +349,9 @@ impl Run {
         let parent_is_dir = |p: &str| rp(p).parent().is_none_or(|d| v.kind(&d) == Some(Kind::Dir));
         let applicable = match op {
             Op::Write { path, .. } => parents_ok(path) && matches!(kind(path), None | Some(Kind::File)),
-            Op::Append { path, .. } | Op::Truncate { path, .. } | Op::TouchOld { path, .. } => kind(path) == Some(Kind::File),
+            Op::Append { path, .. } | Op::Truncate { path, .. } | Op::TouchOld { path, .. } => {
+                kind(path) == Some(Kind::File)
+            }
             Op::Delete { path, .. } => matches!(kind(path), Some(Kind::File | Kind::Symlink)),
             Op::Mkdir { dir, .. } => parents_ok(dir) && kind(dir).is_none(),
             Op::RmR { dir, .. } => kind(dir) == Some(Kind::Dir),
@@ -301,7 +362,10 @@ impl Run {
                     && matches!(kind(to), None | Some(Kind::File | Kind::Symlink))
             }
             Op::RenameDir { from, to, .. } => {
-                kind(from) == Some(Kind::Dir) && kind(to).is_none() && parent_is_dir(to) && !rp(to).starts_with(&rp(from))
+                kind(from) == Some(Kind::Dir)
+                    && kind(to).is_none()
+                    && parent_is_dir(to)
+                    && !rp(to).starts_with(&rp(from))
             }
             Op::Chmod { path, .. } => matches!(kind(path), Some(Kind::File | Kind::Dir)),
             Op::Symlink { path, .. } => parents_ok(path) && kind(path).is_none(),
@@ -355,7 +419,11 @@ impl Run {
                     let p = dir.as_ref().map(|d| format!("{d}/{n}")).unwrap_or(n.to_string());
                     files.push((rp(&p), self.tag().into_bytes()));
                 }
-                note = files.iter().map(|(p, t)| format!("{p}={}", String::from_utf8_lossy(t))).collect::<Vec<_>>().join(" ");
+                note = files
+                    .iter()
+                    .map(|(p, t)| format!("{p}={}", String::from_utf8_lossy(t)))
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 self.view(side).extract(&files, OLD)
             }
             Op::Round | Op::CutRound { .. } => unreachable!(),
@@ -365,7 +433,8 @@ impl Run {
         let gone: Vec<String> =
             before.iter().filter(|(t, n)| after.get(*t).copied().unwrap_or(0) < **n).map(|(t, _)| t.clone()).collect();
         self.superseded.extend(gone.iter().cloned());
-        let gone = if gone.is_empty() { String::new() } else { format!(" (user destroyed a copy of {})", gone.join(" ")) };
+        let gone =
+            if gone.is_empty() { String::new() } else { format!(" (user destroyed a copy of {})", gone.join(" ")) };
         self.log.push(format!("{op:?} {note}{gone}"));
         Ok(())
     }
@@ -430,7 +499,8 @@ impl Run {
         self.log.push(format!("quiet ROUND 2: {}", summary(&last)));
         self.w.converged().map_err(|d| self.fail(format!("not converged at the end: {d}")))?;
         let in_p = self.tags_of(Side::P)?;
-        let lost: Vec<&String> = self.written.iter().filter(|t| !self.superseded.contains(*t) && !in_p.contains_key(*t)).collect();
+        let lost: Vec<&String> =
+            self.written.iter().filter(|t| !self.superseded.contains(*t) && !in_p.contains_key(*t)).collect();
         if !lost.is_empty() {
             return Err(self.fail(format!("lost writes {lost:?}; P's home:\n{}", self.w.p_tree().listing())));
         }
@@ -491,7 +561,11 @@ fn real_cases() -> u32 {
 
 /// The real unionfs-fuse, or `None` (skip) when it or /dev/fuse is missing; panics under CI.
 fn real_union() -> Option<UnionfsFuse> {
-    let found = if std::path::Path::new("/dev/fuse").exists() { UnionfsFuse::find().map_err(|e| e.to_string()) } else { Err("no /dev/fuse".into()) };
+    let found = if std::path::Path::new("/dev/fuse").exists() {
+        UnionfsFuse::find().map_err(|e| e.to_string())
+    } else {
+        Err("no /dev/fuse".into())
+    };
     match found {
         Ok(u) => Some(u),
         Err(e) if std::env::var_os("CI").is_some() => panic!("the real unionfs-fuse is needed: {e} (CI is set)"),
@@ -702,7 +776,6 @@ fn counterexample_6_change_back_after_a_cut_round_still_reaches_p() {
         ],
     );
 }
-
 
 fn replay_with_grace(layout: Layout, ops: Vec<Op>) {
     let script = Script { layout, grace: true, ops };

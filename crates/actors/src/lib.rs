@@ -47,7 +47,11 @@ pub struct Heartbeat {
 
 impl Default for Heartbeat {
     fn default() -> Self {
-        Heartbeat { beats: Arc::new(AtomicU64::new(0)), started: Instant::now(), last_beat_ms: Arc::new(AtomicU64::new(0)) }
+        Heartbeat {
+            beats: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
+            last_beat_ms: Arc::new(AtomicU64::new(0)),
+        }
     }
 }
 

@@ -108,9 +108,12 @@ pub fn measure(
         }
         // Another run only if it is expected to end within the cell's budget.
         if r > 0 && started.elapsed() + last_run > lim.cell_budget {
-            res.cell_mut(test, rtt, column)
-                .notes
-                .push(format!("{r} run{} only: a run takes {:.0} s, the cell's budget is {:.0} s", if r == 1 { "" } else { "s" }, last_run.as_secs_f64(), lim.cell_budget.as_secs_f64()));
+            res.cell_mut(test, rtt, column).notes.push(format!(
+                "{r} run{} only: a run takes {:.0} s, the cell's budget is {:.0} s",
+                if r == 1 { "" } else { "s" },
+                last_run.as_secs_f64(),
+                lim.cell_budget.as_secs_f64()
+            ));
             break;
         }
         // Flush what earlier runs left in flight (this disk discards on every unlink; the
@@ -127,7 +130,12 @@ pub fn measure(
         let cell = res.cell_mut(test, rtt, column);
         match out {
             Ok(Sample::Done { secs, bytes, note }) => {
-                eprintln!("{} {test} | {column} | RTT {rtt_text} | run {}: {secs:.3} s{}", crate::util::clock(), r + 1, bytes.map(|b| format!(", {b} B on the wire")).unwrap_or_default());
+                eprintln!(
+                    "{} {test} | {column} | RTT {rtt_text} | run {}: {secs:.3} s{}",
+                    crate::util::clock(),
+                    r + 1,
+                    bytes.map(|b| format!(", {b} B on the wire")).unwrap_or_default()
+                );
                 cell.samples.push(secs);
                 if let Some(b) = bytes {
                     cell.bytes.push(b);
@@ -139,7 +147,12 @@ pub fn measure(
                 }
             }
             Ok(Sample::TimedOut { secs, estimate }) => {
-                eprintln!("{} {test} | {column} | RTT {rtt_text} | run {}: timed out after {secs:.1} s{}", crate::util::clock(), r + 1, estimate.map(|e| format!(" (~{e:.0} s estimated)")).unwrap_or_default());
+                eprintln!(
+                    "{} {test} | {column} | RTT {rtt_text} | run {}: timed out after {secs:.1} s{}",
+                    crate::util::clock(),
+                    r + 1,
+                    estimate.map(|e| format!(" (~{e:.0} s estimated)")).unwrap_or_default()
+                );
                 cell.timed_out = Some(secs);
                 cell.estimate = estimate;
                 break;
@@ -348,12 +361,21 @@ pub fn w3(env: &Env, v: &View, r: usize, deadline: Instant) -> Result<Sample> {
     std::fs::create_dir_all(v.view.join(".local"))?;
     let target = v.view.join(&rel);
     let mut pip = Command::new(&env.python);
-    pip.args(["-m", "pip", "install", "-q", "--no-index", "--disable-pip-version-check", "--no-cache-dir", "--find-links"])
-        .arg(&env.house)
-        .arg("--target")
-        .arg(&target)
-        .args(&env.wheels)
-        .env("PIP_NO_INPUT", "1");
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-index",
+        "--disable-pip-version-check",
+        "--no-cache-dir",
+        "--find-links",
+    ])
+    .arg(&env.house)
+    .arg("--target")
+    .arg(&target)
+    .args(&env.wheels)
+    .env("PIP_NO_INPUT", "1");
     let t = match ended(run_until(&mut pip, &env.log("w3"), deadline)?, |_| None) {
         Ok(s) => s,
         Err(sample) => {
@@ -412,7 +434,12 @@ pub fn w4(env: &Env, v: &View, r: usize, deadline: Instant) -> Result<Sample> {
     if bytes == 0 {
         bail!("read nothing");
     }
-    let note = (r == 0).then(|| format!("run 1, the three passes: {} s", passes.iter().map(|p| crate::report::secs(*p)).collect::<Vec<_>>().join(" / ")));
+    let note = (r == 0).then(|| {
+        format!(
+            "run 1, the three passes: {} s",
+            passes.iter().map(|p| crate::report::secs(*p)).collect::<Vec<_>>().join(" / ")
+        )
+    });
     Ok(Sample::Done { secs, bytes: None, note })
 }
 
@@ -445,7 +472,14 @@ pub type Workload = fn(&Env, &View, usize, Instant) -> Result<Sample>;
 pub const W: [(&str, Workload); 5] = [("W1", w1), ("W2", w2), ("W3", w3), ("W4", w4), ("W5", w5)];
 
 /// Runs the selected workloads in `v`; for cs-actor, a round settles after each run.
-pub fn workloads(env: &Env, res: &mut Results, lim: &Limits, v: &View, rtt: u64, only: &dyn Fn(&str) -> bool) -> Result<()> {
+pub fn workloads(
+    env: &Env,
+    res: &mut Results,
+    lim: &Limits,
+    v: &View,
+    rtt: u64,
+    only: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     for (name, f) in W {
         if !only(name) {
             continue;

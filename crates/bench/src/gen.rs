@@ -39,9 +39,9 @@ impl Rng {
 }
 
 const WORDS: [&str; 32] = [
-    "alpha", "beta", "gamma", "delta", "tensor", "kernel", "buffer", "stream", "vector", "matrix", "compute", "project",
-    "layer", "upper", "lower", "round", "merge", "commit", "cursor", "journal", "index", "sync", "value", "result",
-    "return", "static", "const", "struct", "float", "double", "while", "for",
+    "alpha", "beta", "gamma", "delta", "tensor", "kernel", "buffer", "stream", "vector", "matrix", "compute",
+    "project", "layer", "upper", "lower", "round", "merge", "commit", "cursor", "journal", "index", "sync", "value",
+    "result", "return", "static", "const", "struct", "float", "double", "while", "for",
 ];
 
 /// About `len` bytes of source-like text (compresses 3 to 4 times with zstd).
@@ -141,7 +141,14 @@ pub fn git_repo(dir: &Path, n: usize, log: &Path) -> Result<()> {
     }
     let git = |args: &[&str]| -> Result<()> {
         let mut c = Command::new("git");
-        c.arg("-C").arg(dir).args(["-c", "user.name=cs-bench", "-c", "user.email=bench@localhost", "-c", "init.defaultBranch=main"]);
+        c.arg("-C").arg(dir).args([
+            "-c",
+            "user.name=cs-bench",
+            "-c",
+            "user.email=bench@localhost",
+            "-c",
+            "init.defaultBranch=main",
+        ]);
         c.args(args);
         run(&mut c, log, Duration::from_secs(600)).map(|_| ())
     };
@@ -243,7 +250,14 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 
 /// W3's wheelhouse: `wheels` packages of `modules` modules each (in 4 subpackages), built
 /// here with `pip wheel --no-index --no-deps`. Returns the package names.
-pub fn wheelhouse(work: &Path, house: &Path, python: &Path, wheels: usize, modules: usize, log: &Path) -> Result<Vec<String>> {
+pub fn wheelhouse(
+    work: &Path,
+    house: &Path,
+    python: &Path,
+    wheels: usize,
+    modules: usize,
+    log: &Path,
+) -> Result<Vec<String>> {
     fs::create_dir_all(house)?;
     let mut rng = Rng::new(3);
     let mut names = Vec::new();
@@ -273,9 +287,19 @@ pub fn wheelhouse(work: &Path, house: &Path, python: &Path, wheels: usize, modul
             write(&sub.join(format!("mod{m:03}.py")), body.as_bytes())?;
         }
         let mut c = Command::new(python);
-        c.args(["-m", "pip", "wheel", "--no-index", "--no-deps", "--disable-pip-version-check", "--no-cache-dir", "-q", "-w"])
-            .arg(house)
-            .arg(&src);
+        c.args([
+            "-m",
+            "pip",
+            "wheel",
+            "--no-index",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--no-cache-dir",
+            "-q",
+            "-w",
+        ])
+        .arg(house)
+        .arg(&src);
         run(&mut c, log, Duration::from_secs(300)).with_context(|| format!("building the wheel of {name}"))?;
         names.push(name);
     }

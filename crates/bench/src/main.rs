@@ -126,7 +126,10 @@ fn find_cs_actor(given: Option<PathBuf>) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("no cs-actor binary next to {}: build it (`cargo build --release -p cs-actor`) or give --cs-actor", exe.display())
+    bail!(
+        "no cs-actor binary next to {}: build it (`cargo build --release -p cs-actor`) or give --cs-actor",
+        exe.display()
+    )
 }
 
 /// The programs each part needs; returns what is missing per part.
@@ -246,7 +249,10 @@ fn run(cli: Cli) -> Result<usize> {
     let (root, _tmp) = util::work_dir(cli.dir.as_deref(), "cs-bench.")?;
     eprintln!("{} cs-bench: working in {} (load average {})", util::clock(), root.display(), util::loadavg());
     res.meta.load_start = util::loadavg();
-    res.meta.date = util::output(std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC")).unwrap_or_default().trim().to_string();
+    res.meta.date = util::output(std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     res.meta.command = command;
     res.meta.machine = util::machine();
     res.meta.runs = runs;
@@ -257,7 +263,15 @@ fn run(cli: Cli) -> Result<usize> {
         ("OpenSSH".into(), util::version("ssh", "-V")),
         ("rsync".into(), util::version("rsync", "--version").split_whitespace().nth(2).unwrap_or("?").to_string()),
         ("unison".into(), util::version("unison", "-version").replace("unison version ", "")),
-        ("zstd".into(), util::version("zstd", "--version").split_whitespace().find(|w| w.starts_with('v')).unwrap_or("?").trim_end_matches(',').to_string()),
+        (
+            "zstd".into(),
+            util::version("zstd", "--version")
+                .split_whitespace()
+                .find(|w| w.starts_with('v'))
+                .unwrap_or("?")
+                .trim_end_matches(',')
+                .to_string(),
+        ),
         ("git".into(), util::version("git", "--version").replace("git version ", "")),
         ("gcc".into(), util::version("cc", "--version").rsplit(' ').next().unwrap_or("?").to_string()),
         ("python".into(), util::version("python3", "--version").replace("Python ", "")),
@@ -423,9 +437,19 @@ fn bench_all(
         let u = cs_union::UnionfsFuse::find()?;
         // The same union cs-actor mounts: `-o cow`, local-only directories opaque.
         let layout = u.probe_layout(&d)?;
-        cs_mount::prepare_local_only(&upper, layout, &cs_mount::DEFAULT_LOCAL_ONLY.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        cs_mount::prepare_local_only(
+            &upper,
+            layout,
+            &cs_mount::DEFAULT_LOCAL_ONLY.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )?;
         let guard = cs_union::MountGuard::mount(&u, &upper, &lower, &merged, &[])?;
-        let v = View { kind: Kind::UnionLocal, view: merged.clone(), project: lower.clone(), upper: Some(upper.clone()), compute: None };
+        let v = View {
+            kind: Kind::UnionLocal,
+            view: merged.clone(),
+            project: lower.clone(),
+            upper: Some(upper.clone()),
+            compute: None,
+        };
         let r = workloads(&env, res, lim, &v, u64::MAX, only);
         guard.unmount()?;
         r?;
@@ -491,12 +515,20 @@ fn bench_all(
 }
 
 /// The cs-actor part of one RTT: memory idle, S1 and S2 (memory peak), W1–W5.
-fn cs_actor_part(env: &Env, res: &mut Results, lim: &Limits, pair: &Pair, rtt: u64, only: &dyn Fn(&str) -> bool) -> Result<()> {
+fn cs_actor_part(
+    env: &Env,
+    res: &mut Results,
+    lim: &Limits,
+    pair: &Pair,
+    rtt: u64,
+    only: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     let (cp, pp) = (pair.compute.pid(), pair.broker.pid());
     // Idle: after the first round, a few seconds of nothing.
     std::thread::sleep(Duration::from_secs(3));
     let kids = util::children_of(cp);
-    let mut rss = Rss { rtt_ms: rtt, compute_idle_kib: rss_kib(cp), project_idle_kib: rss_kib(pp), ..Default::default() };
+    let mut rss =
+        Rss { rtt_ms: rtt, compute_idle_kib: rss_kib(cp), project_idle_kib: rss_kib(pp), ..Default::default() };
     let sum_named = |name: &str| -> Option<u64> {
         let mut all = Vec::new();
         let mut stack = kids.clone();
@@ -506,7 +538,9 @@ fn cs_actor_part(env: &Env, res: &mut Results, lim: &Limits, pair: &Pair, rtt: u
         }
         let v: Vec<u64> = all
             .iter()
-            .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).map(|c| c.trim().starts_with(name)).unwrap_or(false))
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm")).map(|c| c.trim().starts_with(name)).unwrap_or(false)
+            })
             .filter_map(|p| rss_kib(*p))
             .collect();
         (!v.is_empty()).then(|| v.iter().sum())

@@ -45,7 +45,11 @@ impl Cell {
             let n = self.samples.len();
             let lo = self.samples.iter().cloned().fold(f64::INFINITY, f64::min);
             let hi = self.samples.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let mut s = if n == 1 { format!("{} s (n=1)", secs(m)) } else { format!("{} s ({}–{})", secs(m), secs(lo), secs(hi)) };
+            let mut s = if n == 1 {
+                format!("{} s (n=1)", secs(m))
+            } else {
+                format!("{} s ({}–{})", secs(m), secs(lo), secs(hi))
+            };
             if n == 2 {
                 s.push_str(" n=2");
             }
@@ -280,7 +284,10 @@ impl Results {
         o.push_str("|---|---|---|---|---|---|---|---|---|\n");
         for (w, desc) in WORKLOADS {
             for &rtt in &self.rtts {
-                if self.cell(w, rtt, "cs-actor").is_none() && self.cell(w, rtt, "sshfs").is_none() && self.cell(w, rtt, "local").is_none() {
+                if self.cell(w, rtt, "cs-actor").is_none()
+                    && self.cell(w, rtt, "sshfs").is_none()
+                    && self.cell(w, rtt, "local").is_none()
+                {
                     continue;
                 }
                 let local = self.val(w, rtt, "local");
@@ -341,7 +348,13 @@ impl Results {
             o.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
             for s in &self.s3 {
                 if let Some(e) = &s.error {
-                    o.push_str(&format!("| {} ms | {} / {} | error: {} | | | | | | | |\n", s.rtt_ms, s.files, s.held, e.replace('|', "/")));
+                    o.push_str(&format!(
+                        "| {} ms | {} / {} | error: {} | | | | | | | |\n",
+                        s.rtt_ms,
+                        s.files,
+                        s.held,
+                        e.replace('|', "/")
+                    ));
                     continue;
                 }
                 let f = |get: &dyn Fn(&S3Round) -> f64| -> String {
@@ -454,12 +467,19 @@ impl Results {
         let yes = |b: bool| if b { "met" } else { "missed" };
         for (w, _) in WORKLOADS.iter().take(4) {
             for &rtt in &self.rtts {
-                if let (Some((c, Bound::Exact)), Some((l, Bound::Exact))) = (self.val(w, rtt, "cs-actor"), self.val(w, rtt, "local")) {
-                    o.push_str(&format!("- {w} at {rtt} ms: cs-actor {} local disk (target ≤ 1.5×): {}\n", ratio(c / l), yes(c / l <= 1.5)));
+                if let (Some((c, Bound::Exact)), Some((l, Bound::Exact))) =
+                    (self.val(w, rtt, "cs-actor"), self.val(w, rtt, "local"))
+                {
+                    o.push_str(&format!(
+                        "- {w} at {rtt} ms: cs-actor {} local disk (target ≤ 1.5×): {}\n",
+                        ratio(c / l),
+                        yes(c / l <= 1.5)
+                    ));
                 }
             }
             let rtt = 10;
-            if let (Some((c, Bound::Exact)), Some((r, rb))) = (self.val(w, rtt, "cs-actor"), self.val(w, rtt, "sshfs")) {
+            if let (Some((c, Bound::Exact)), Some((r, rb))) = (self.val(w, rtt, "cs-actor"), self.val(w, rtt, "sshfs"))
+            {
                 let x = r / c;
                 let verdict = match rb {
                     Bound::Exact => yes(x >= 100.0).to_string(),
@@ -467,14 +487,30 @@ impl Results {
                     Bound::Lower if x >= 100.0 => "met".into(),
                     Bound::Lower => "not shown (raw sshfs timed out below 100×)".into(),
                 };
-                let rel = if rb == Bound::Lower { ">" } else if rb == Bound::Estimate { "~" } else { "" };
-                o.push_str(&format!("- {w} at 10 ms: raw sshfs {rel}{} cs-actor (target ≥ 100×): {verdict}\n", ratio(x)));
+                let rel = if rb == Bound::Lower {
+                    ">"
+                } else if rb == Bound::Estimate {
+                    "~"
+                } else {
+                    ""
+                };
+                o.push_str(&format!(
+                    "- {w} at 10 ms: raw sshfs {rel}{} cs-actor (target ≥ 100×): {verdict}\n",
+                    ratio(x)
+                ));
             }
         }
         for t in ["S1 C→P", "S1 P→C"] {
             for &rtt in &self.rtts {
-                if let (Some((c, Bound::Exact)), Some((r, Bound::Exact))) = (self.val(t, rtt, "cs-actor"), self.val(t, rtt, "rsync")) {
-                    o.push_str(&format!("- {t} at {rtt} ms: cs-actor {} s, rsync {} s (target: at least as fast): {}\n", secs(c), secs(r), yes(c <= r)));
+                if let (Some((c, Bound::Exact)), Some((r, Bound::Exact))) =
+                    (self.val(t, rtt, "cs-actor"), self.val(t, rtt, "rsync"))
+                {
+                    o.push_str(&format!(
+                        "- {t} at {rtt} ms: cs-actor {} s, rsync {} s (target: at least as fast): {}\n",
+                        secs(c),
+                        secs(r),
+                        yes(c <= r)
+                    ));
                 }
             }
         }

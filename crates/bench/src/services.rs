@@ -20,7 +20,9 @@ pub fn ask(sock: &Path, req: &str, timeout: Duration) -> Result<Value> {
     s.write_all(req.as_bytes())?;
     s.write_all(b"\n")?;
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).with_context(|| format!("no answer on {} within {timeout:?}", sock.display()))?;
+    BufReader::new(s)
+        .read_line(&mut line)
+        .with_context(|| format!("no answer on {} within {timeout:?}", sock.display()))?;
     serde_json::from_str(&line).with_context(|| format!("bad answer {line:?}"))
 }
 
@@ -109,7 +111,8 @@ impl Broker {
                 .spawn()
                 .with_context(|| format!("cannot run {}", bin.display()))?;
             let ok = poll(Duration::from_secs(30), Duration::from_millis(50), || {
-                matches!(child.try_wait(), Ok(Some(_))) || ask(&sock, r#"{"cmd":"status"}"#, Duration::from_secs(5)).is_ok()
+                matches!(child.try_wait(), Ok(Some(_)))
+                    || ask(&sock, r#"{"cmd":"status"}"#, Duration::from_secs(5)).is_ok()
             });
             if ok && matches!(child.try_wait(), Ok(None)) {
                 return Ok(Broker { child, sock, listen, log });

@@ -128,7 +128,8 @@ fn show_diff(a: &BTreeMap<String, Ent>, b: &BTreeMap<String, Ent>, an: &str, bn:
     for k in keys {
         let (x, y) = (a.get(k), b.get(k));
         if x != y {
-            let same_size = matches!((x, y), (Some(Ent::File { len: l1, .. }), Some(Ent::File { len: l2, .. })) if l1 == l2);
+            let same_size =
+                matches!((x, y), (Some(Ent::File { len: l1, .. }), Some(Ent::File { len: l2, .. })) if l1 == l2);
             let detail = if same_size { " (same size, other content)" } else { "" };
             v.push(format!("{k}: {an} {}, {bn} {}{detail}", show_ent(x), show_ent(y)));
         }
@@ -149,7 +150,13 @@ fn walk(root: &Path, rel: &str, skip: &dyn Fn(&str) -> bool, out: &mut BTreeMap<
 }
 
 /// [`walk`]; without `read`, files are `File { len, hash: 0 }` (names and sizes only).
-fn walk_how(root: &Path, rel: &str, skip: &dyn Fn(&str) -> bool, read: bool, out: &mut BTreeMap<String, Ent>) -> std::io::Result<()> {
+fn walk_how(
+    root: &Path,
+    rel: &str,
+    skip: &dyn Fn(&str) -> bool,
+    read: bool,
+    out: &mut BTreeMap<String, Ent>,
+) -> std::io::Result<()> {
     let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
@@ -352,7 +359,11 @@ impl Writer {
                     util::clock(),
                     self.side,
                     self.touched,
-                    if elsewhere.is_empty() { String::new() } else { format!("; elsewhere the view differs from the writer's model: {elsewhere}") }
+                    if elsewhere.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; elsewhere the view differs from the writer's model: {elsewhere}")
+                    }
                 );
                 eprintln!("  soak | {msg}");
                 let mut errs = self.errors.lock().unwrap();
@@ -391,7 +402,12 @@ impl Writer {
                 Err(_) => {}
             }
             let pre = format!("{t}/");
-            let old: BTreeMap<String, Ent> = self.model.iter().filter(|(p, _)| **p == t || p.starts_with(&pre)).map(|(p, e)| (p.clone(), *e)).collect();
+            let old: BTreeMap<String, Ent> = self
+                .model
+                .iter()
+                .filter(|(p, _)| **p == t || p.starts_with(&pre))
+                .map(|(p, e)| (p.clone(), *e))
+                .collect();
             diff.extend(show_diff(&old, &m, "model", "view"));
             self.model.retain(|p, _| *p != t && !p.starts_with(&pre));
             self.model.extend(m);
@@ -415,7 +431,9 @@ impl Writer {
             .model
             .iter()
             .filter(|(p, _)| out_of(p))
-            .map(|(p, e)| (p.clone(), if let Ent::File { len, .. } = e { Ent::File { len: *len, hash: 0 } } else { *e }))
+            .map(|(p, e)| {
+                (p.clone(), if let Ent::File { len, .. } = e { Ent::File { len: *len, hash: 0 } } else { *e })
+            })
             .collect();
         let m: BTreeMap<String, Ent> = m.into_iter().filter(|(p, _)| out_of(p)).collect();
         show_diff(&model, &m, "model", "view").join("; ")
@@ -467,7 +485,10 @@ impl Writer {
                 self.touched = vec![rel.clone()];
                 let len = self.rng.below(2048) as usize;
                 let b = self.content(&rel, len);
-                let mut f = std::fs::OpenOptions::new().append(true).open(root.join(&rel)).with_context(|| format!("open {rel} to append"))?;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(root.join(&rel))
+                    .with_context(|| format!("open {rel} to append"))?;
                 f.write_all(&b).with_context(|| format!("append to {rel}"))?;
                 drop(f);
                 match self.model.get(&rel) {
@@ -534,7 +555,11 @@ impl Writer {
                 }
                 if tries > 0 {
                     self.counts.lock().unwrap().rmdir_retried += 1;
-                    let msg = format!("{} {}: rm -r {rel} failed with ENOTEMPTY {tries} time(s), then succeeded", util::clock(), self.side);
+                    let msg = format!(
+                        "{} {}: rm -r {rel} failed with ENOTEMPTY {tries} time(s), then succeeded",
+                        util::clock(),
+                        self.side
+                    );
                     eprintln!("  soak | {msg}");
                     let mut a = self.anomalies.lock().unwrap();
                     if a.len() < 50 {
@@ -548,14 +573,22 @@ impl Writer {
             "rename dir" => {
                 let from = self.pick(&dirs[1..]).clone();
                 let pre = format!("{from}/");
-                let targets: Vec<String> = dirs.iter().filter(|d| **d != from && !d.starts_with(&pre) && Self::parent_dirs_depth(d) < 4).cloned().collect();
+                let targets: Vec<String> = dirs
+                    .iter()
+                    .filter(|d| **d != from && !d.starts_with(&pre) && Self::parent_dirs_depth(d) < 4)
+                    .cloned()
+                    .collect();
                 let d = self.pick(&targets).clone();
                 let to = format!("{d}/{}", self.new_name("m"));
                 self.touched = vec![from.clone(), to.clone()];
                 match std::fs::rename(root.join(&from), root.join(&to)) {
                     Ok(()) => {
-                        let moved: Vec<(String, Ent)> =
-                            self.model.iter().filter(|(p, _)| **p == from || p.starts_with(&pre)).map(|(p, e)| (p.clone(), *e)).collect();
+                        let moved: Vec<(String, Ent)> = self
+                            .model
+                            .iter()
+                            .filter(|(p, _)| **p == from || p.starts_with(&pre))
+                            .map(|(p, e)| (p.clone(), *e))
+                            .collect();
                         for (p, e) in moved {
                             self.model.remove(&p);
                             self.model.insert(format!("{to}{}", &p[from.len()..]), e);
@@ -669,11 +702,22 @@ struct World {
     home: PathBuf,
 }
 
-fn sample(w: &World, start: Instant, counts: &[Arc<Mutex<Counts>>], last_errors: &mut BTreeMap<String, BTreeSet<String>>) -> Sample {
+fn sample(
+    w: &World,
+    start: Instant,
+    counts: &[Arc<Mutex<Counts>>],
+    last_errors: &mut BTreeMap<String, BTreeSet<String>>,
+) -> Sample {
     let mut sides = Vec::new();
     // Writer 0 is the project's.
     let pc = counts[0].lock().unwrap().clone();
-    let mut ps = SideSample { side: "project (broker)".into(), ops: pc.ops, op_errors: pc.errors, rss_kib: rss_kib(w.broker.pid()), ..Default::default() };
+    let mut ps = SideSample {
+        side: "project (broker)".into(),
+        ops: pc.ops,
+        op_errors: pc.errors,
+        rss_kib: rss_kib(w.broker.pid()),
+        ..Default::default()
+    };
     match ask(&w.broker.sock, r#"{"cmd":"status"}"#, Duration::from_secs(10)) {
         Ok(v) => {
             let sess = v["status"]["broker"]["sessions"].as_array().cloned().unwrap_or_default();
@@ -695,7 +739,13 @@ fn sample(w: &World, start: Instant, counts: &[Arc<Mutex<Counts>>], last_errors:
     sides.push(ps);
     for (i, c) in w.computes.iter().enumerate() {
         let cc = counts[i + 1].lock().unwrap().clone();
-        let mut x = SideSample { side: w.ids[i].clone(), ops: cc.ops, op_errors: cc.errors, rss_kib: rss_kib(c.pid()), ..Default::default() };
+        let mut x = SideSample {
+            side: w.ids[i].clone(),
+            ops: cc.ops,
+            op_errors: cc.errors,
+            rss_kib: rss_kib(c.pid()),
+            ..Default::default()
+        };
         match c.status() {
             Ok(st) => {
                 let r = &st["round"];
@@ -789,14 +839,22 @@ impl RoundLog {
             let mut line = format!("{} round {n} {}ms", start.elapsed().as_millis(), lc["duration_ms"]);
             if let Some(steps) = lc["steps"].as_array() {
                 for st in steps {
-                    line.push_str(&format!(" {}:{}/{}B", st["step"].as_str().unwrap_or("?"), st["entries"], st["bytes"]));
+                    line.push_str(&format!(
+                        " {}:{}/{}B",
+                        st["step"].as_str().unwrap_or("?"),
+                        st["entries"],
+                        st["bytes"]
+                    ));
                 }
             }
             for k in ROUND_LISTS {
                 if let Some(a) = lc[k].as_array() {
                     if !a.is_empty() {
                         *self.totals.entry(k).or_default() += a.len() as u64;
-                        let items: Vec<String> = a.iter().map(|v| v.as_str().map(|s| s.to_string()).unwrap_or_else(|| v.to_string())).collect();
+                        let items: Vec<String> = a
+                            .iter()
+                            .map(|v| v.as_str().map(|s| s.to_string()).unwrap_or_else(|| v.to_string()))
+                            .collect();
                         line.push_str(&format!(" {k}=[{}]", items.join(", ")));
                     }
                 }
@@ -897,7 +955,10 @@ fn check(w: &World, finals: &[Final], shared: Option<&Shared>) -> Verdict {
                         // Nothing lost: an earlier version of the writer's own, made a conflict
                         // copy though nobody else writes there (reported, not counted).
                         v.spurious += 1;
-                        v.note(format!("{name}: {p} is a conflict copy of an earlier version by {}, the only writer there", f.side));
+                        v.note(format!(
+                            "{name}: {p} is a conflict copy of an earlier version by {}, the only writer there",
+                            f.side
+                        ));
                     } else if f.ever.contains(p) {
                         v.resurrected += 1;
                         v.note(format!("{name}: {p} ({e:?}) was deleted by {} but is there", f.side));
@@ -922,11 +983,18 @@ fn check(w: &World, finals: &[Final], shared: Option<&Shared>) -> Verdict {
                     n == base || n.starts_with(&format!("{base}.conflict-"))
                 })
                 .collect();
-            let hashes: BTreeSet<u64> = copies.iter().filter_map(|(_, e)| if let Ent::File { hash, .. } = e { Some(*hash) } else { None }).collect();
+            let hashes: BTreeSet<u64> = copies
+                .iter()
+                .filter_map(|(_, e)| if let Ent::File { hash, .. } = e { Some(*hash) } else { None })
+                .collect();
             let last = writes.last().expect("at least one write");
             if !hashes.contains(&last.hash) {
                 v.shared_lost += 1;
-                v.note(format!("project: the last write to {path} (by {}) is neither the file nor a conflict copy ({} candidates)", last.side, copies.len()));
+                v.note(format!(
+                    "project: the last write to {path} (by {}) is neither the file nor a conflict copy ({} candidates)",
+                    last.side,
+                    copies.len()
+                ));
             }
             let written: BTreeSet<u64> = writes.iter().map(|w| w.hash).collect();
             for (k, e) in &copies {
@@ -964,7 +1032,10 @@ fn run(cli: SoakCli) -> Result<i32> {
         bail!("the soak needs /dev/fuse, sshd, ssh-keygen, sshfs and unionfs-fuse (deploy/install-deps.sh)");
     }
     let bin = crate::find_cs_actor(cli.cs_actor.clone())?;
-    let seed = cli.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) % 1_000_000);
+    let seed = cli.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+            % 1_000_000
+    });
     let command = std::iter::once("cs-bench".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
     let (root, _tmp) = util::work_dir(cli.dir.as_deref(), "cs-soak.")?;
     eprintln!(
@@ -1206,7 +1277,10 @@ fn drive(cli: &SoakCli, w: &World, seed: u64, command: &str) -> Result<i32> {
     let mut verdict;
     loop {
         verdict = check(w, &finals, sh_guard.as_deref());
-        if (verdict.lost() == 0 && verdict.disagreements == 0) || t_check.elapsed() > Duration::from_secs(45) || stopped() {
+        if (verdict.lost() == 0 && verdict.disagreements == 0)
+            || t_check.elapsed() > Duration::from_secs(45)
+            || stopped()
+        {
             break;
         }
         std::thread::sleep(Duration::from_secs(5));
@@ -1243,7 +1317,11 @@ fn drive(cli: &SoakCli, w: &World, seed: u64, command: &str) -> Result<i32> {
     md.push_str(&format!(
         "- Operations: {}{}\n\n",
         kinds.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", "),
-        if refused > 0 { format!(" ({refused} directory renames refused by the union with EXDEV)") } else { String::new() }
+        if refused > 0 {
+            format!(" ({refused} directory renames refused by the union with EXDEV)")
+        } else {
+            String::new()
+        }
     ));
     md.push_str(&table(&samples));
     md.push_str(&format!(
@@ -1251,7 +1329,11 @@ fn drive(cli: &SoakCli, w: &World, seed: u64, command: &str) -> Result<i32> {
         if converged { "reached" } else { "NOT reached" },
         conv_time.as_secs_f64(),
         bound.as_secs_f64(),
-        if conv_errors.is_empty() { String::new() } else { format!("; failed rounds meanwhile: {}", conv_errors.join("; ")) }
+        if conv_errors.is_empty() {
+            String::new()
+        } else {
+            format!("; failed rounds meanwhile: {}", conv_errors.join("; "))
+        }
     ));
     md.push_str(&format!(
         "- Checked in {} views (project + every merged view): {} file and {} directory expectations (expected paths × views); shared files: {}\n",

@@ -164,7 +164,10 @@ pub fn cs_actor(env: &Env, res: &mut Results, lim: &Limits, pair: &Pair, t: Test
                         break Sample::Done {
                             secs: t0.elapsed().as_secs_f64(),
                             bytes: Some(env.wire(pair.broker_route) - b0),
-                            note: Some(format!("writing them through the merged view took {:.2} s (not counted)", wrote.as_secs_f64())),
+                            note: Some(format!(
+                                "writing them through the merged view took {:.2} s (not counted)",
+                                wrote.as_secs_f64()
+                            )),
                         };
                     }
                     if rounds >= 5 {
@@ -176,9 +179,10 @@ pub fn cs_actor(env: &Env, res: &mut Results, lim: &Limits, pair: &Pair, t: Test
                 generate(env, t, &project, seed)?;
                 let b0 = env.wire(env.ssh_route);
                 let t0 = Instant::now();
-                let visible = poll(deadline.saturating_duration_since(Instant::now()), Duration::from_millis(20), || {
-                    stopped() || complete(env, t, &view)
-                });
+                let visible =
+                    poll(deadline.saturating_duration_since(Instant::now()), Duration::from_millis(20), || {
+                        stopped() || complete(env, t, &view)
+                    });
                 if !visible {
                     Sample::TimedOut { secs: t0.elapsed().as_secs_f64(), estimate: None }
                 } else {
@@ -258,8 +262,9 @@ fn baseline_cmd(env: &Env, tool: Tool, way: Way, src: &Path, dst: &Path, unison_
                 Way::ToCompute => (dst, src),
             };
             std::fs::create_dir_all(local)?;
-            let sshargs: Vec<String> =
-                std::iter::once(format!("-p {}", env.ssh_route.port())).chain(env.sshd.ssh_options().iter().map(|o| format!("-o {o}"))).collect();
+            let sshargs: Vec<String> = std::iter::once(format!("-p {}", env.ssh_route.port()))
+                .chain(env.sshd.ssh_options().iter().map(|o| format!("-o {o}")))
+                .collect();
             let mut c = Command::new("unison");
             c.arg(local)
                 .arg(format!("ssh://{host}/{}", remote.display()))
@@ -276,7 +281,16 @@ fn baseline_cmd(env: &Env, tool: Tool, way: Way, src: &Path, dst: &Path, unison_
 /// S1/S2 with a baseline tool, one direction: `source` (the test's files, on this machine)
 /// is carried to a new directory on the other side.
 #[allow(clippy::too_many_arguments)]
-pub fn baseline(env: &Env, res: &mut Results, lim: &Limits, tool: Tool, t: Test, way: Way, rtt: u64, source: &Path) -> Result<()> {
+pub fn baseline(
+    env: &Env,
+    res: &mut Results,
+    lim: &Limits,
+    tool: Tool,
+    t: Test,
+    way: Way,
+    rtt: u64,
+    source: &Path,
+) -> Result<()> {
     measure(res, lim, t.name(way), rtt, tool.column(), |r, deadline| {
         let name = format!("{}-{}-{}-r{r}", t.tag(), tool.column(), way_tag(way));
         let dst = match way {
@@ -327,13 +341,20 @@ pub fn s3(env: &Env, home: &Path, dir: &Path, rtt: u64, rounds: usize) -> S3Resu
             bail!("the held files did not reach the project");
         }
         c.sync(Duration::from_secs(900))?;
-        eprintln!("  S3 | RTT {rtt} ms | {} held files synced in {:.1} s", env.sizes.s3_held, t.elapsed().as_secs_f64());
-        let committed = |c: &Compute| -> Result<u64> { Ok(c.status()?["round"]["rounds_committed"].as_u64().unwrap_or(0)) };
+        eprintln!(
+            "  S3 | RTT {rtt} ms | {} held files synced in {:.1} s",
+            env.sizes.s3_held,
+            t.elapsed().as_secs_f64()
+        );
+        let committed =
+            |c: &Compute| -> Result<u64> { Ok(c.status()?["round"]["rounds_committed"].as_u64().unwrap_or(0)) };
         // What the services cost when nothing at all happens for a while (no request).
         {
-            let (n0, c0, p0, w0) = (committed(c)?, cpu_ns(c.pid()), cpu_ns(pair.broker.pid()), env.wire(pair.broker_route));
+            let (n0, c0, p0, w0) =
+                (committed(c)?, cpu_ns(c.pid()), cpu_ns(pair.broker.pid()), env.wire(pair.broker_route));
             std::thread::sleep(S3_QUIET);
-            let (n1, c1, p1, w1) = (committed(c)?, cpu_ns(c.pid()), cpu_ns(pair.broker.pid()), env.wire(pair.broker_route));
+            let (n1, c1, p1, w1) =
+                (committed(c)?, cpu_ns(c.pid()), cpu_ns(pair.broker.pid()), env.wire(pair.broker_route));
             out.quiet = Some(crate::report::Quiet {
                 secs: S3_QUIET.as_secs_f64(),
                 rounds: n1 - n0,

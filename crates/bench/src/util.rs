@@ -218,7 +218,12 @@ pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map(|kib| format!("{:.0} GiB RAM", kib as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
@@ -265,7 +270,9 @@ pub fn remove_tree(p: &Path) -> Result<()> {
         return gone(std::fs::remove_file(p));
     }
     let mut subdirs: Vec<PathBuf> = std::fs::read_dir(p)
-        .map(|rd| rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()).collect())
+        .map(|rd| {
+            rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()).collect()
+        })
         .unwrap_or_default();
     // One level down when there are few (e.g. `home/` holding everything).
     if subdirs.len() < REMOVERS {
@@ -273,7 +280,12 @@ pub fn remove_tree(p: &Path) -> Result<()> {
             .iter()
             .flat_map(|d| {
                 std::fs::read_dir(d)
-                    .map(|rd| rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()).collect::<Vec<_>>())
+                    .map(|rd| {
+                        rd.flatten()
+                            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                            .map(|e| e.path())
+                            .collect::<Vec<_>>()
+                    })
                     .unwrap_or_default()
             })
             .collect();

@@ -38,11 +38,8 @@ fn soak(bench: &Path, cs_actor: &Path, work: &Path, args: &[&str]) -> (Output, S
         .arg(work)
         .output()
         .expect("run cs-bench soak");
-    let text = format!(
-        "{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text =
+        format!("{}\n--- stderr ---\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out, text)
 }
 
@@ -61,7 +58,8 @@ fn soak_two_clients_one_minute_loses_no_write() {
     let tmp = tempfile::Builder::new().prefix("cs-soak-test.").tempdir_in("/tmp").unwrap();
 
     let work = tmp.path().join("soak");
-    let (out, text) = soak(&bench, &cs_actor, &work, &["--minutes", "1", "--clients", "2", "--report-every", "30", "--seed", "42"]);
+    let (out, text) =
+        soak(&bench, &cs_actor, &work, &["--minutes", "1", "--clients", "2", "--report-every", "30", "--seed", "42"]);
     eprintln!("{text}");
     assert!(out.status.success(), "the soak failed ({}):\n{text}", out.status);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -72,7 +70,12 @@ fn soak_two_clients_one_minute_loses_no_write() {
 
     // The checker's self-test: a write it believes lost must fail the soak, once per view.
     let work = tmp.path().join("sabotage");
-    let (out, text) = soak(&bench, &cs_actor, &work, &["--minutes", "0.25", "--clients", "2", "--report-every", "600", "--seed", "43", "--sabotage"]);
+    let (out, text) = soak(
+        &bench,
+        &cs_actor,
+        &work,
+        &["--minutes", "0.25", "--clients", "2", "--report-every", "600", "--seed", "43", "--sabotage"],
+    );
     assert!(!out.status.success(), "the sabotaged soak passed:\n{text}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lost: u64 = stdout

@@ -136,10 +136,8 @@ impl Handler<Connected> for Broker {
         if !replaces && self.sessions.len() >= self.max_connections {
             tracing::warn!(%peer, %client, max = self.max_connections, "connection refused: too many sessions");
             self.count_refused("busy");
-            let message = format!(
-                "the broker serves {} clients already (max_connections); retry later",
-                self.max_connections
-            );
+            let message =
+                format!("the broker serves {} clients already (max_connections); retry later", self.max_connections);
             actix_rt::spawn(refuse_busy(conn, message));
             return;
         }
@@ -198,9 +196,16 @@ impl Handler<SessionEnded> for Broker {
         if self.ended.len() >= ENDED_KEPT {
             self.ended.pop_front();
         }
-        let ended_unix_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        self.ended.push_back(EndedSession { client: msg.client.to_string(), peer: msg.peer, ended_unix_ms, exit: msg.exit });
+        let ended_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.ended.push_back(EndedSession {
+            client: msg.client.to_string(),
+            peer: msg.peer,
+            ended_unix_ms,
+            exit: msg.exit,
+        });
     }
 }
 
@@ -221,7 +226,8 @@ impl Handler<Observe> for Broker {
         };
         let addrs: Vec<Addr<Session>> = self.sessions.values().map(|s| s.addr.clone()).collect();
         Box::pin(async move {
-            let answers = join_all(addrs.iter().map(|a| tokio::time::timeout(OBSERVE_TIMEOUT, a.send(ObserveSession)))).await;
+            let answers =
+                join_all(addrs.iter().map(|a| tokio::time::timeout(OBSERVE_TIMEOUT, a.send(ObserveSession)))).await;
             state.sessions = answers.into_iter().filter_map(|a| a.ok().and_then(|r| r.ok())).collect();
             state.sessions.sort_by(|a, b| a.client.cmp(&b.client));
             state

@@ -184,7 +184,8 @@ pub mod duration {
         }
 
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-            parse(v).ok_or_else(|| E::custom(format!("bad duration {v:?}: use e.g. \"10s\", \"250ms\", \"2m\", \"1h\"")))
+            parse(v)
+                .ok_or_else(|| E::custom(format!("bad duration {v:?}: use e.g. \"10s\", \"250ms\", \"2m\", \"1h\"")))
         }
     }
 

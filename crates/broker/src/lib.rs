@@ -166,7 +166,8 @@ pub async fn run(cfg: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     .await
     .map_err(|e| BrokerError::Join(e.to_string()))??;
 
-    let listener = TcpListener::bind(cfg.listen).await.map_err(|source| BrokerError::Listen { addr: cfg.listen, source })?;
+    let listener =
+        TcpListener::bind(cfg.listen).await.map_err(|source| BrokerError::Listen { addr: cfg.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| BrokerError::Listen { addr: cfg.listen, source })?;
     tracing::info!(clients = tokens.len(), "tokens loaded");
 

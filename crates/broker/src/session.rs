@@ -22,7 +22,9 @@ use actix::prelude::*;
 use cs_actors::{ExitStatus, Heartbeat, MAILBOX_CAPACITY};
 use cs_engine::{EngineError, ProjectRound, ProjectSide};
 use cs_protocol::{ClientId, CommitRequest, Hello, PROTOCOL_VERSION};
-use cs_wire::{ClientMsg, ErrorCode, Frame, ServerMsg, StreamEnd, StreamItem, WireError, WireLimits, WsReceiver, WsSender};
+use cs_wire::{
+    ClientMsg, ErrorCode, Frame, ServerMsg, StreamEnd, StreamItem, WireError, WireLimits, WsReceiver, WsSender,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bridge::{Activity, SlotReader, SlotWriter, TarSlots, TarWork};
@@ -85,7 +87,10 @@ fn routes(r: &SharedRoutes) -> std::sync::MutexGuard<'_, Routes> {
 enum Outgoing {
     Frame(Frame<ServerMsg>),
     /// Step 4's stream: forwarded chunk by chunk up to its end.
-    Stream { stream: u32, rx: mpsc::Receiver<StreamItem> },
+    Stream {
+        stream: u32,
+        rx: mpsc::Receiver<StreamItem>,
+    },
 }
 
 fn unix_ms() -> u64 {
@@ -415,7 +420,9 @@ impl Session {
                 Ok(())
             }
             ClientMsg::AskDeletes => want(&[RoundStep::Deletes], "AskDeletes (step 2, after Deletes)"),
-            ClientMsg::SendWrites { .. } => want(&[RoundStep::DeletesForClient], "SendWrites (step 3, after AskDeletes)"),
+            ClientMsg::SendWrites { .. } => {
+                want(&[RoundStep::DeletesForClient], "SendWrites (step 3, after AskDeletes)")
+            }
             ClientMsg::AskWrites { .. } => want(&[RoundStep::WritesIn], "AskWrites (step 4, after SendWrites)"),
             ClientMsg::Commit(_) => want(&[RoundStep::WritesOut], "Commit (step 5, after AskWrites)"),
         }
@@ -436,10 +443,15 @@ impl Session {
             ClientMsg::Ping { sent_ms } => self.reply(ctx, id, ServerMsg::Pong { sent_ms }),
             ClientMsg::WasCommitted { round_id } => {
                 let client = self.client.clone();
-                self.engine(ctx, None, move |p, _| p.was_committed(&client, round_id), move |act, ctx, _, r| match r {
-                    Ok(b) => act.reply(ctx, id, ServerMsg::WasCommitted(b)),
-                    Err(e) => act.error(ctx, id, code_of(&e), cs_actors::error_chain(&e)),
-                });
+                self.engine(
+                    ctx,
+                    None,
+                    move |p, _| p.was_committed(&client, round_id),
+                    move |act, ctx, _, r| match r {
+                        Ok(b) => act.reply(ctx, id, ServerMsg::WasCommitted(b)),
+                        Err(e) => act.error(ctx, id, code_of(&e), cs_actors::error_chain(&e)),
+                    },
+                );
             }
             ClientMsg::Hello(hello) => self.hello(ctx, id, hello),
             ClientMsg::HeldList(paths) => {
@@ -472,7 +484,12 @@ impl Session {
                             act.put_round(round);
                             act.reply(ctx, id, ServerMsg::DeleteReport(report));
                         }
-                        Err(e) => act.fail_round(ctx, id, code_of(&e), format!("step 1 (deletes): {}", cs_actors::error_chain(&e))),
+                        Err(e) => act.fail_round(
+                            ctx,
+                            id,
+                            code_of(&e),
+                            format!("step 1 (deletes): {}", cs_actors::error_chain(&e)),
+                        ),
                     },
                 );
             }
@@ -512,7 +529,8 @@ impl Session {
                         match res {
                             Ok(report) => {
                                 act.put_round(round);
-                                let entries = report.applied + report.unchanged + report.conflicts.len() + report.refused.len();
+                                let entries =
+                                    report.applied + report.unchanged + report.conflicts.len() + report.refused.len();
                                 act.entries_in += entries as u64;
                                 act.conflicts_total += report.conflicts.len() as u64;
                                 act.reply(ctx, id, writes_applied(report));
@@ -530,7 +548,12 @@ impl Session {
                                         r.discarding.insert(sid);
                                     }
                                 }
-                                act.fail_round(ctx, id, code_of(&e), format!("step 3 (writes to the project): {}", cs_actors::error_chain(&e)))
+                                act.fail_round(
+                                    ctx,
+                                    id,
+                                    code_of(&e),
+                                    format!("step 3 (writes to the project): {}", cs_actors::error_chain(&e)),
+                                )
                             }
                         }
                     },
@@ -573,7 +596,12 @@ impl Session {
                             act.bytes_out += stats.compressed_bytes;
                             act.reply(ctx, id, ServerMsg::WritesFollow { stream: sid, cursor });
                         }
-                        Err(e) => act.fail_round(ctx, id, code_of(&e), format!("step 4 (writes to the client): {}", cs_actors::error_chain(&e))),
+                        Err(e) => act.fail_round(
+                            ctx,
+                            id,
+                            code_of(&e),
+                            format!("step 4 (writes to the client): {}", cs_actors::error_chain(&e)),
+                        ),
                     },
                 );
             }
@@ -583,10 +611,8 @@ impl Session {
 
     fn hello(&mut self, ctx: &mut Context<Self>, id: u64, hello: Hello) {
         if hello.client != self.client {
-            let message = format!(
-                "hello names client {} but this connection authenticated as {}",
-                hello.client, self.client
-            );
+            let message =
+                format!("hello names client {} but this connection authenticated as {}", hello.client, self.client);
             self.error(ctx, id, ErrorCode::Unauthorized, message.clone());
             self.refused = Some("hello_other_client");
             self.end(ctx, ExitStatus::Failure(message));
@@ -607,13 +633,18 @@ impl Session {
         }
         self.step = RoundStep::Hello;
         let started = Instant::now();
-        self.engine(ctx, None, move |p, _| p.begin_round(&hello), move |act, ctx, _, res| match res {
-            Ok((round, reply)) => {
-                act.round = Some(OpenRound { round: Some(round), started, need_held_list: reply.need_held_list });
-                act.reply(ctx, id, ServerMsg::HelloReply(reply));
-            }
-            Err(e) => act.fail_round(ctx, id, code_of(&e), format!("hello: {}", cs_actors::error_chain(&e))),
-        });
+        self.engine(
+            ctx,
+            None,
+            move |p, _| p.begin_round(&hello),
+            move |act, ctx, _, res| match res {
+                Ok((round, reply)) => {
+                    act.round = Some(OpenRound { round: Some(round), started, need_held_list: reply.need_held_list });
+                    act.reply(ctx, id, ServerMsg::HelloReply(reply));
+                }
+                Err(e) => act.fail_round(ctx, id, code_of(&e), format!("hello: {}", cs_actors::error_chain(&e))),
+            },
+        );
     }
 
     fn commit(&mut self, ctx: &mut Context<Self>, id: u64, req: CommitRequest) {
@@ -716,7 +747,11 @@ impl Session {
                     act.rounds_failed += 1;
                     act.last_error = Some(format!("internal error: {e}"));
                     let id = act.current_id;
-                    act.reply(ctx, id, ServerMsg::Error { code: ErrorCode::Internal, message: format!("internal error: {e}") });
+                    act.reply(
+                        ctx,
+                        id,
+                        ServerMsg::Error { code: ErrorCode::Internal, message: format!("internal error: {e}") },
+                    );
                 }
             }
             act.next_queued(ctx);
@@ -754,7 +789,9 @@ fn caused_by_this_machine(e: &EngineError) -> bool {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             if matches!(
                 io.raw_os_error(),
-                Some(libc::ENOSPC | libc::EDQUOT | libc::EIO | libc::EROFS | libc::ENOMEM | libc::EMFILE | libc::ENFILE)
+                Some(
+                    libc::ENOSPC | libc::EDQUOT | libc::EIO | libc::EROFS | libc::ENOMEM | libc::EMFILE | libc::ENFILE
+                )
             ) {
                 return true;
             }
@@ -779,7 +816,10 @@ impl Actor for Session {
             }
             let silent = act.activity.idle_for();
             if silent >= idle {
-                act.end(ctx, ExitStatus::Failure(format!("idle for {} ms (limit {} ms)", silent.as_millis(), idle.as_millis())));
+                act.end(
+                    ctx,
+                    ExitStatus::Failure(format!("idle for {} ms (limit {} ms)", silent.as_millis(), idle.as_millis())),
+                );
             }
         });
         tracing::info!(client = %self.client, peer = %self.peer, "session started");
@@ -864,7 +904,12 @@ impl Handler<StopSession> for Session {
 /// Reads frames: control messages go to the actor (one at a time: the
 /// bounded mailbox is the backpressure), chunks to their stream's channel
 /// (a full channel stops the reading, and TCP's window stops the client).
-async fn read_loop(mut rx: WsReceiver<BoxedIo, ClientMsg>, addr: Addr<Session>, table: SharedRoutes, activity: Activity) {
+async fn read_loop(
+    mut rx: WsReceiver<BoxedIo, ClientMsg>,
+    addr: Addr<Session>,
+    table: SharedRoutes,
+    activity: Activity,
+) {
     let reason = loop {
         let frame = match rx.recv().await {
             Ok(Some(f)) => f,
@@ -992,7 +1037,9 @@ async fn forward_stream(
         let frame = match rx.recv().await {
             Some(StreamItem::Chunk(data)) => Frame::Chunk { stream, data },
             Some(StreamItem::End(end)) => Frame::End { stream, end },
-            None => Frame::End { stream, end: StreamEnd::Abort("the project side stopped before the stream's end".into()) },
+            None => {
+                Frame::End { stream, end: StreamEnd::Abort("the project side stopped before the stream's end".into()) }
+            }
         };
         let last = matches!(frame, Frame::End { .. });
         tx.send(&frame).await?;

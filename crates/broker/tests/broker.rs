@@ -187,7 +187,9 @@ async fn a_client_that_stops_reading_its_step4_stream_does_not_block_the_others(
     slow.send(ClientMsg::AskWrites { stream: 7 }).await.unwrap();
     // c1 never reads: the broker's writer blocks, then the packer.
     wait_for(&b, ROUND, "c1 to be stuck in step 4", |s| {
-        s.sessions.iter().any(|x| x.client == "c1" && x.step == RoundStep::WritesOut && x.busy && x.heartbeat_silent_ms > 300)
+        s.sessions
+            .iter()
+            .any(|x| x.client == "c1" && x.step == RoundStep::WritesOut && x.busy && x.heartbeat_silent_ms > 300)
     })
     .await;
     for i in 0..3 {
@@ -261,7 +263,9 @@ async fn garbage_frames_get_an_error_and_the_broker_goes_on() {
     req.headers_mut().insert("authorization", format!("Bearer {}", token("c3")).parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
 
-    async fn answer(ws: &mut tokio_tungstenite::WebSocketStream<cs_wire::MaybeTlsStream<tokio::net::TcpStream>>) -> (u64, ServerMsg) {
+    async fn answer(
+        ws: &mut tokio_tungstenite::WebSocketStream<cs_wire::MaybeTlsStream<tokio::net::TcpStream>>,
+    ) -> (u64, ServerMsg) {
         use futures_util::StreamExt;
         loop {
             match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("an answer") {
@@ -295,13 +299,17 @@ async fn garbage_frames_get_an_error_and_the_broker_goes_on() {
     }
     ws.send(Message::Binary(Frame::control(77, Future::Teleport { to: 1 }).encode().unwrap())).await.unwrap();
     match answer(&mut ws).await {
-        (77, ServerMsg::Error { code: ErrorCode::BadRequest, message }) => assert!(message.contains("Teleport"), "{message}"),
+        (77, ServerMsg::Error { code: ErrorCode::BadRequest, message }) => {
+            assert!(message.contains("Teleport"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
     // A chunk for a stream nobody opened.
-    ws.send(Message::Binary(Frame::<ClientMsg>::Chunk { stream: 5, data: bytes::Bytes::from_static(b"x") }.encode().unwrap()))
-        .await
-        .unwrap();
+    ws.send(Message::Binary(
+        Frame::<ClientMsg>::Chunk { stream: 5, data: bytes::Bytes::from_static(b"x") }.encode().unwrap(),
+    ))
+    .await
+    .unwrap();
     assert!(matches!(answer(&mut ws).await.1, ServerMsg::Error { code: ErrorCode::BadRequest, .. }));
 
     // Another client is served meanwhile, and so is this one, on the same connection.
@@ -324,7 +332,12 @@ async fn out_of_order_messages_get_bad_request_and_the_session_goes_on() {
     let mut c = TestClient::new(b.local_addr, "c1").await;
     c.write("f", b"one");
 
-    for msg in [ClientMsg::Deletes(vec![]), ClientMsg::AskDeletes, ClientMsg::AskWrites { stream: 3 }, ClientMsg::Commit(Default::default())] {
+    for msg in [
+        ClientMsg::Deletes(vec![]),
+        ClientMsg::AskDeletes,
+        ClientMsg::AskWrites { stream: 3 },
+        ClientMsg::Commit(Default::default()),
+    ] {
         let (code, message) = server_error(c.request(msg).await);
         assert_eq!(code, ErrorCode::BadRequest);
         assert!(message.contains("Hello first"), "{message}");
@@ -374,7 +387,9 @@ async fn max_connections_exceeded_is_refused() {
     }
     let mut c3 = TestClient::new(b.local_addr, "c3").await;
     match c3.recv_control().await {
-        Ok((_, ServerMsg::Error { code: ErrorCode::Busy, message })) => assert!(message.contains("max_connections"), "{message}"),
+        Ok((_, ServerMsg::Error { code: ErrorCode::Busy, message })) => {
+            assert!(message.contains("max_connections"), "{message}")
+        }
         other => panic!("{other:?}"),
     }
     assert!(c3.closed_within(Duration::from_secs(10)).await);
@@ -469,7 +484,10 @@ async fn a_hello_in_the_middle_of_a_step3_stream_restarts_the_round() {
     let tar = c.pack_to_vec().await;
     let sw = c.send(ClientMsg::SendWrites { stream: 1 }).await.unwrap();
     c.conn.send(&Frame::Chunk { stream: 1, data: bytes::Bytes::copy_from_slice(&tar[..100_000]) }).await.unwrap();
-    wait_for(&b, ROUND, "step 3 to be under way", |s| s.sessions.iter().any(|x| x.step == RoundStep::WritesIn && x.busy)).await;
+    wait_for(&b, ROUND, "step 3 to be under way", |s| {
+        s.sessions.iter().any(|x| x.step == RoundStep::WritesIn && x.busy)
+    })
+    .await;
     // The client restarts without finishing its stream.
     // A hello by hand: the first answer is the cancelled step's error.
     let hello = c.begin().await;
@@ -484,7 +502,10 @@ async fn a_hello_in_the_middle_of_a_step3_stream_restarts_the_round() {
     assert_eq!(rid, hid);
     assert!(matches!(body, ServerMsg::HelloReply(_)), "{body:?}");
     // The rest of the cut stream is dropped quietly; a full round follows.
-    c.conn.send(&Frame::Chunk { stream: 1, data: bytes::Bytes::copy_from_slice(&tar[100_000..200_000]) }).await.unwrap();
+    c.conn
+        .send(&Frame::Chunk { stream: 1, data: bytes::Bytes::copy_from_slice(&tar[100_000..200_000]) })
+        .await
+        .unwrap();
     c.conn.send(&Frame::End { stream: 1, end: StreamEnd::Ok }).await.unwrap();
     c.round_within(ROUND).await;
     assert_eq!(std::fs::read(p.home.join("big.bin")).unwrap(), noise(2 << 20, 3));
@@ -566,5 +587,8 @@ fn the_config_reads_from_toml() {
     assert_eq!(minimal.hello_timeout, Duration::from_secs(10));
     assert_eq!(minimal.max_concurrent_tar, 2);
     assert!(minimal.tls.is_none());
-    assert!(toml::from_str::<cs_broker::BrokerConfig>("home = \"/h\"\nstate_dir = \"/s\"\nlisten = \"127.0.0.1:1\"\ntokens_file = \"/t\"\nbogus = 1\n").is_err());
+    assert!(toml::from_str::<cs_broker::BrokerConfig>(
+        "home = \"/h\"\nstate_dir = \"/s\"\nlisten = \"127.0.0.1:1\"\ntokens_file = \"/t\"\nbogus = 1\n"
+    )
+    .is_err());
 }

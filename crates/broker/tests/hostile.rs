@@ -150,7 +150,9 @@ async fn another_clients_identity_is_refused_while_the_others_round() {
     assert_eq!(s.sessions[0].client, "c1");
     let impostors: Vec<_> = s.ended.iter().filter(|e| e.client == "c3").collect();
     assert_eq!(impostors.len(), 2, "{:?}", s.ended);
-    assert!(impostors.iter().all(|e| matches!(&e.exit, cs_actors::ExitStatus::Failure(r) if r.contains("hello names client"))));
+    assert!(impostors
+        .iter()
+        .all(|e| matches!(&e.exit, cs_actors::ExitStatus::Failure(r) if r.contains("hello names client"))));
 
     // c1's round goes on where it was, untouched.
     c1.step3().await.unwrap();
@@ -293,7 +295,9 @@ async fn unsafe_paths_in_every_message_are_refused_naming_the_field() {
     for bad in ["../c1", "", "c1/../../x", "c\u{0}1"] {
         id += 1;
         sent += 1;
-        ws.send(Message::Binary(Frame::control(id, Evil::Hello(hello(ok(), ok(), bad))).encode().unwrap())).await.unwrap();
+        ws.send(Message::Binary(Frame::control(id, Evil::Hello(hello(ok(), ok(), bad))).encode().unwrap()))
+            .await
+            .unwrap();
         match answer(&mut ws).await {
             (rid, ServerMsg::Error { code: ErrorCode::BadRequest, message }) if rid == id => {
                 assert!(message.contains("field body.Hello.client:") && message.contains("client id"), "{message}")
@@ -364,7 +368,9 @@ async fn unsafe_paths_in_step3_tar_entries_are_refused() {
             good_round(&p, &mut c1, "during").await;
         }
     }
-    assert!(!std::path::Path::new("/tmp/cs-hostile-abs").exists() && !std::path::Path::new("/tmp/cs-hostile-dir").exists());
+    assert!(
+        !std::path::Path::new("/tmp/cs-hostile-abs").exists() && !std::path::Path::new("/tmp/cs-hostile-dir").exists()
+    );
     good_round(&p, &mut c1, "after").await;
     good_round(&p, &mut c3, "after").await;
     let s = state(&b).await;
@@ -534,7 +540,8 @@ async fn a_decompression_bomb_is_stopped_with_bounded_memory() {
     let rss0 = rss_bytes();
     let sampler = RssSampler::start();
     let started = Instant::now();
-    let (attack, ()) = tokio::join!(c3.step3_raw(zstd_bomb(b"bomb", size, 64 << 10)), good_round(&p, &mut c1, "during"));
+    let (attack, ()) =
+        tokio::join!(c3.step3_raw(zstd_bomb(b"bomb", size, 64 << 10)), good_round(&p, &mut c1, "during"));
     let elapsed = started.elapsed();
     let peak = sampler.stop();
     let (code, message) = server_error(attack);
@@ -577,7 +584,8 @@ async fn oversized_and_lying_msgpack_frames_are_answered_or_closed() {
     let mut ws = raw_ws(b.local_addr, token("c3")).await;
     // A control message over max_message_bytes (but within what the
     // websocket layer takes): TooLarge, the session goes on.
-    let big = Frame::control(1, ClientMsg::Deletes((0..2000).map(|i| RelPath::new(format!("p/{i:08}")).unwrap()).collect()));
+    let big =
+        Frame::control(1, ClientMsg::Deletes((0..2000).map(|i| RelPath::new(format!("p/{i:08}")).unwrap()).collect()));
     let big = big.encode().unwrap();
     assert!(big.len() > 16 << 10 && big.len() < 64 << 10);
     ws.send(Message::Binary(big)).await.unwrap();
@@ -606,7 +614,9 @@ async fn oversized_and_lying_msgpack_frames_are_answered_or_closed() {
         assert!(frame.len() < 16 << 10, "{what}");
         ws.send(Message::Binary(frame.into())).await.unwrap();
         match answer(&mut ws).await {
-            (7, ServerMsg::Error { code: ErrorCode::BadRequest, message }) => assert!(message.contains("request 7"), "{what}: {message}"),
+            (7, ServerMsg::Error { code: ErrorCode::BadRequest, message }) => {
+                assert!(message.contains("request 7"), "{what}: {message}")
+            }
             other => panic!("{what}: {other:?}"),
         }
     }

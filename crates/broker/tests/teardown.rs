@@ -109,7 +109,9 @@ async fn c1_stalled_in_step4(p: &Project, b: &BrokerHandle, seed: u64) -> TestCl
     c.step3().await.unwrap();
     c.send(ClientMsg::AskWrites { stream: 7 }).await.unwrap();
     wait_for(b, "c1 to be stuck in step 4", |s| {
-        s.sessions.iter().any(|x| x.client == "c1" && x.step == RoundStep::WritesOut && x.busy && x.heartbeat_silent_ms > 300)
+        s.sessions
+            .iter()
+            .any(|x| x.client == "c1" && x.step == RoundStep::WritesOut && x.busy && x.heartbeat_silent_ms > 300)
     })
     .await;
     c
@@ -279,11 +281,12 @@ fn an_idle_timeout_mid_stream_releases_the_engine_call() {
 fn shutdown_mid_streams_is_not_blocked_by_engine_calls() {
     bounded(Duration::from_secs(60), || async {
         let p = Project::new();
-        let b = p.start(|c| {
-            c.max_concurrent_tar = 2;
-            c.idle_timeout = IDLE;
-        })
-        .await;
+        let b = p
+            .start(|c| {
+                c.max_concurrent_tar = 2;
+                c.idle_timeout = IDLE;
+            })
+            .await;
         let _c1 = c1_stalled_in_step3(&b, 1).await;
         let t0 = std::time::Instant::now();
         tokio::time::timeout(QUICK, b.shutdown()).await.expect("shutdown within 10 s").expect("broker answers");

@@ -151,7 +151,9 @@ impl Link for LinkHandle {
         Shared::lock(&self.shared.pending).insert(id, tx);
         // An upload's chunks follow its request on the same ordered queue.
         let upload = match &msg {
-            ClientMsg::SendWrites { stream } => Shared::lock(&self.shared.outbound).remove(stream).map(|rx| (*stream, rx)),
+            ClientMsg::SendWrites { stream } => {
+                Shared::lock(&self.shared.outbound).remove(stream).map(|rx| (*stream, rx))
+            }
             _ => None,
         };
         let send = async {
@@ -220,7 +222,14 @@ pub struct Connection {
 impl Connection {
     pub fn new(cfg: ConnectionConfig) -> Self {
         let state = ConnectionState { url: cfg.url.clone(), state: "connecting", ..Default::default() };
-        Connection { cfg, shared: Arc::new(Shared::default()), state, connected_at: None, next_attempt: None, generation: 0 }
+        Connection {
+            cfg,
+            shared: Arc::new(Shared::default()),
+            state,
+            connected_at: None,
+            next_attempt: None,
+            generation: 0,
+        }
     }
 
     pub fn link(&self) -> LinkHandle {
@@ -399,7 +408,8 @@ impl Handler<Observe> for Connection {
         s.connected_for_ms = self.connected_at.map(|t| t.elapsed().as_millis() as u64);
         let rtt = self.shared.rtt_us.load(Ordering::Relaxed);
         s.rtt_ms = (rtt > 0).then(|| rtt as f64 / 1000.0);
-        s.next_attempt_in_ms = self.next_attempt.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64);
+        s.next_attempt_in_ms =
+            self.next_attempt.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64);
         s.bytes_sent = self.shared.bytes_sent.load(Ordering::Relaxed);
         s.bytes_received = self.shared.bytes_received.load(Ordering::Relaxed);
         MessageResult(s)

@@ -1,9 +1,9 @@
 //! The compute-server service (see docs/architecture.md).
+pub mod connection;
+pub mod coordinator;
 pub mod machine;
 pub mod packer;
-pub mod round;
-pub mod coordinator;
-pub mod watcher;
-pub mod connection;
-pub mod service;
 pub mod progress;
+pub mod round;
+pub mod service;
+pub mod watcher;

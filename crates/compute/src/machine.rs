@@ -80,8 +80,13 @@ pub enum Phase {
         /// The safety rail went up during the round: pause after it.
         pause_after: Option<String>,
     },
-    Backoff { attempt: u32, last_error: String },
-    Paused { reason: String },
+    Backoff {
+        attempt: u32,
+        last_error: String,
+    },
+    Paused {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +155,9 @@ pub fn transition(phase: &Phase, event: Event, last_round: u64, backoff: &Backof
         (Running { round, again, pause_after, .. }, Event::Committed) => {
             let done = Action::Finished { round, result: Ok(()) };
             match (pause_after, again) {
-                (Some(reason), _) => (Paused { reason: reason.clone() }, vec![done, Action::RefuseWaiters(paused(&reason))]),
+                (Some(reason), _) => {
+                    (Paused { reason: reason.clone() }, vec![done, Action::RefuseWaiters(paused(&reason))])
+                }
                 (None, true) => {
                     let (p, mut a) = start(last_round + 1);
                     a.insert(0, done);
@@ -175,15 +182,16 @@ pub fn transition(phase: &Phase, event: Event, last_round: u64, backoff: &Backof
         (Running { round, step, attempt, again, .. }, Event::Resume) => {
             (Running { round, step, attempt, again, pause_after: None }, vec![])
         }
-        (Backoff { attempt, .. }, Event::BackoffElapsed) | (Backoff { attempt, .. }, Event::Trigger(Trigger::OnDemand)) => {
-            start_attempt(last_round + 1, attempt)
-        }
+        (Backoff { attempt, .. }, Event::BackoffElapsed)
+        | (Backoff { attempt, .. }, Event::Trigger(Trigger::OnDemand)) => start_attempt(last_round + 1, attempt),
         // A retry after a failure that fails again backs off longer.
         (Backoff { .. }, Event::Trigger(_)) => (phase.clone(), vec![]),
         (Idle | Backoff { .. }, Event::Pause(reason)) => {
             (Paused { reason: reason.clone() }, vec![Action::RefuseWaiters(paused(&reason))])
         }
-        (Paused { reason }, Event::Trigger(Trigger::OnDemand)) => (phase.clone(), vec![Action::RefuseWaiters(paused(&reason))]),
+        (Paused { reason }, Event::Trigger(Trigger::OnDemand)) => {
+            (phase.clone(), vec![Action::RefuseWaiters(paused(&reason))])
+        }
         (Paused { .. }, Event::Resume) => start(last_round + 1),
         (Paused { .. }, Event::Pause(reason)) => (Paused { reason }, vec![]),
         // Anything else is stale (a timer after a state change): ignore it.
@@ -210,7 +218,10 @@ mod tests {
     #[test]
     fn a_trigger_starts_the_next_round() {
         for t in [Trigger::Timer, Trigger::UpperChanged, Trigger::OnDemand] {
-            assert_eq!(run(Phase::Idle, Event::Trigger(t)), (running(5, Step::Resolve), vec![Action::StartRound { round: 5 }]));
+            assert_eq!(
+                run(Phase::Idle, Event::Trigger(t)),
+                (running(5, Step::Resolve), vec![Action::StartRound { round: 5 }])
+            );
         }
     }
 
@@ -263,7 +274,8 @@ mod tests {
         // A commit starts the count afresh.
         let (p, _) = transition(&p, Event::BackoffElapsed, 5, &b);
         let (p, _) = transition(&p, Event::Committed, 6, &b);
-        let (_, a) = transition(&transition(&p, Event::Trigger(Trigger::Timer), 6, &b).0, Event::Failed("z".into()), 7, &b);
+        let (_, a) =
+            transition(&transition(&p, Event::Trigger(Trigger::Timer), 6, &b).0, Event::Failed("z".into()), 7, &b);
         assert_eq!(a[1], Action::ScheduleRetry(Duration::from_secs(1)));
     }
 

@@ -148,7 +148,6 @@ impl Handler<Observe> for Packer {
     }
 }
 
-
 /// The round id of a commit interrupted by a crash, if any.
 #[derive(Message)]
 #[rtype(result = "Result<Option<u64>, PackerError>")]
@@ -342,7 +341,8 @@ impl Handler<Commit> for Packer {
             let busy = e.side.busy_files();
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
             s.0.snapshots_sent += busy.iter().filter(|b| b.snapshot_sent).count() as u64;
-            s.0.deferred = DeferredFiles { count: busy.len() as u64, files: busy.into_iter().take(DEFERRED_SHOWN).collect() };
+            s.0.deferred =
+                DeferredFiles { count: busy.len() as u64, files: busy.into_iter().take(DEFERRED_SHOWN).collect() };
             Ok(())
         })
     }

@@ -34,7 +34,14 @@ pub struct UpperWatcher {
 
 impl UpperWatcher {
     pub fn new(upper: PathBuf, debounce: Duration, coordinator: Addr<Coordinator>) -> Self {
-        UpperWatcher { upper, debounce, coordinator, watcher: None, first_pending: None, state: WatcherState::default() }
+        UpperWatcher {
+            upper,
+            debounce,
+            coordinator,
+            watcher: None,
+            first_pending: None,
+            state: WatcherState::default(),
+        }
     }
 }
 
@@ -57,9 +64,10 @@ impl Actor for UpperWatcher {
                     return;
                 }
                 // Our own temporary files come and go inside every apply.
-                let ours = ev.paths.iter().all(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".csa-tmp-"))
-                });
+                let ours = ev
+                    .paths
+                    .iter()
+                    .all(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".csa-tmp-")));
                 if !ours {
                     // try_send: a full mailbox already means "changed".
                     let _ = addr.try_send(Changed(1));

@@ -21,7 +21,9 @@ use tokio::net::{UnixListener, UnixStream};
 pub enum Request {
     Status,
     /// Run a round now; with `wait`, answer when it committed or failed.
-    Sync { wait: bool },
+    Sync {
+        wait: bool,
+    },
     /// The lower layer is empty on purpose (the project was emptied): lift
     /// the safety rail that paused syncing.
     AcceptEmptyLower,
@@ -114,9 +116,8 @@ async fn serve_one(stream: UnixStream, handler: Handler) -> std::io::Result<()> 
 
 /// Sends one request and reads the answer (client side, for the CLI).
 pub async fn ask(path: &Path, req: &Request) -> Result<Response, ControlError> {
-    let stream = UnixStream::connect(path)
-        .await
-        .map_err(|source| ControlError::Connect { path: path.to_path_buf(), source })?;
+    let stream =
+        UnixStream::connect(path).await.map_err(|source| ControlError::Connect { path: path.to_path_buf(), source })?;
     let io = |source| ControlError::Io { path: path.to_path_buf(), source };
     let (r, mut w) = stream.into_split();
     let mut line = serde_json::to_vec(req).expect("requests serialise");
@@ -128,7 +129,8 @@ pub async fn ask(path: &Path, req: &Request) -> Result<Response, ControlError> {
         .await
         .map_err(io)?
         .ok_or_else(|| ControlError::BadAnswer { path: path.to_path_buf(), reason: "connection closed".into() })?;
-    serde_json::from_str(&answer).map_err(|e| ControlError::BadAnswer { path: path.to_path_buf(), reason: e.to_string() })
+    serde_json::from_str(&answer)
+        .map_err(|e| ControlError::BadAnswer { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 #[cfg(test)]
@@ -143,7 +145,13 @@ mod tests {
             Box::pin(async move {
                 match req {
                     Request::Status => Response::status(serde_json::json!({"phase": "idle"})),
-                    Request::Sync { wait } => if wait { Response::round(7) } else { Response::error("nope") },
+                    Request::Sync { wait } => {
+                        if wait {
+                            Response::round(7)
+                        } else {
+                            Response::error("nope")
+                        }
+                    }
                     Request::AcceptEmptyLower => Response::done(),
                 }
             })

@@ -148,7 +148,8 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("opening the compute side on {}", upper.display()))?;
             let p = ProjectSide::open(ProjectConfig::new(home.clone(), project_state))
                 .with_context(|| format!("opening the project side on {}", home.display()))?;
-            let r = run_round(&mut c, &p, None).context("sync round failed; nothing of it was committed, run it again")?;
+            let r =
+                run_round(&mut c, &p, None).context("sync round failed; nothing of it was committed, run it again")?;
             println!("{}", demo::report_line(&r));
             Ok(())
         }

@@ -22,9 +22,7 @@ pub fn lookup(name: &str) -> Result<Owner> {
         // SAFETY: every pointer is valid for the call: `c_name` is NUL-terminated, `pw` and
         // `found` are live locals, `buf` is writable for `buf.len()` bytes; the strings
         // getpwnam_r stores in `pw` point into `buf`, which outlives their use below.
-        let rc = unsafe {
-            libc::getpwnam_r(c_name.as_ptr(), &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut found)
-        };
+        let rc = unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
         if rc == libc::ERANGE && buf.len() < (1 << 20) {
             buf.resize(buf.len() * 4, 0);
             continue;

@@ -59,9 +59,12 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
     let lower = match (a.lower, a.lower_mount_cmd) {
         (Some(dir), None) => LowerSpec::Adopt(dir),
         (None, Some(cmd)) => LowerSpec::Command { cmd, mountpoint: need(a.lower_mountpoint, "lower-mountpoint")? },
-        _ => bail!("give exactly one of --lower DIR (already mounted) or --lower-mount-cmd CMD with --lower-mountpoint DIR"),
+        _ => bail!(
+            "give exactly one of --lower DIR (already mounted) or --lower-mount-cmd CMD with --lower-mountpoint DIR"
+        ),
     };
-    let token = cs_wire::read_token_file(&token_file).with_context(|| format!("token file {}", token_file.display()))?;
+    let token =
+        cs_wire::read_token_file(&token_file).with_context(|| format!("token file {}", token_file.display()))?;
     let owner = match &a.user {
         Some(name) => crate::owner::effective(crate::owner::lookup(name)?, &format!("--user {name}"))?,
         None => {
@@ -124,13 +127,14 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             })
         });
         let m = mount.clone();
-        let accept_empty_lower: Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync> =
-            Arc::new(move || {
-                let m = m.clone();
-                Box::pin(async move {
-                    m.send(cs_mount::AcceptEmptyLower).await.map_err(|e| format!("the mount supervisor is gone: {e}"))
-                })
-            });
+        let accept_empty_lower: Arc<
+            dyn Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
+        > = Arc::new(move || {
+            let m = m.clone();
+            Box::pin(async move {
+                m.send(cs_mount::AcceptEmptyLower).await.map_err(|e| format!("the mount supervisor is gone: {e}"))
+            })
+        });
         let hooks = cs_compute::service::MountHooks { status: mount_status, accept_empty_lower };
         let (svc, control) = ComputeService::start(cfg, Some(hooks))?;
         // The safety rail: the coordinator pauses while the mounts are unsafe.
@@ -211,10 +215,9 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
     let control_socket = a.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_PROJECT_SOCKET));
     let owner = match &a.user {
         Some(name) => crate::owner::effective(crate::owner::lookup(name)?, &format!("--user {name}"))?,
-        None => crate::owner::effective(
-            crate::owner::of_path(&home)?,
-            &format!("the owner of --home {}", home.display()),
-        )?,
+        None => {
+            crate::owner::effective(crate::owner::of_path(&home)?, &format!("the owner of --home {}", home.display()))?
+        }
     };
     let mut cfg = cs_broker::BrokerConfig::new(home, state, listen, tokens);
     cfg.owner = owner;
@@ -248,12 +251,12 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
                         })),
                         Err(e) => cs_control::Response::error(format!("the broker is gone: {e}")),
                     },
-                    cs_control::Request::AcceptEmptyLower => {
-                        cs_control::Response::error("the lower layer is a compute server's: run `cs-actor accept-empty-lower` there")
-                    }
-                    cs_control::Request::Sync { .. } => {
-                        cs_control::Response::error("rounds are driven by the compute servers: run `cs-actor sync` there")
-                    }
+                    cs_control::Request::AcceptEmptyLower => cs_control::Response::error(
+                        "the lower layer is a compute server's: run `cs-actor accept-empty-lower` there",
+                    ),
+                    cs_control::Request::Sync { .. } => cs_control::Response::error(
+                        "rounds are driven by the compute servers: run `cs-actor sync` there",
+                    ),
                 }
             })
         });

@@ -76,7 +76,12 @@ fn render_compute(st: &Value, out: &mut String) {
             s(&r["step"]),
             ms(&r["running_for_ms"])
         ),
-        "backoff" => format!("round {} failed {} time(s), retry in {}", s(&r["round"]), s(&r["retries"]), ms(&r["next_retry_in_ms"])),
+        "backoff" => format!(
+            "round {} failed {} time(s), retry in {}",
+            s(&r["round"]),
+            s(&r["retries"]),
+            ms(&r["next_retry_in_ms"])
+        ),
         "paused" => format!("PAUSED: {}", s(&r["paused_reason"])),
         other => format!("{other}, {} rounds committed, every {}", s(&r["rounds_committed"]), ms(&r["interval_ms"])),
     };
@@ -114,7 +119,13 @@ fn render_compute(st: &Value, out: &mut String) {
                 a.iter()
                     .filter(|x| x["entries"].as_u64().unwrap_or(0) > 0 || x["ms"].as_u64().unwrap_or(0) > 0)
                     .map(|x| {
-                        format!("{} {} ({}, {})", s(&x["step"]), s(&x["entries"]), bytes(x["bytes"].as_u64().unwrap_or(0)), ms(&x["ms"]))
+                        format!(
+                            "{} {} ({}, {})",
+                            s(&x["step"]),
+                            s(&x["entries"]),
+                            bytes(x["bytes"].as_u64().unwrap_or(0)),
+                            ms(&x["ms"])
+                        )
                     })
                     .collect()
             })
@@ -136,7 +147,9 @@ fn render_compute(st: &Value, out: &mut String) {
     if let Some(line) = deferred_line(&st["packer"]) {
         out.push_str(&line);
     }
-    for (what, v) in [("round", &r["last_error"]), ("connection", &c["last_error"]), ("packer", &st["packer"]["last_error"])] {
+    for (what, v) in
+        [("round", &r["last_error"]), ("connection", &c["last_error"]), ("packer", &st["packer"]["last_error"])]
+    {
         if !v.is_null() {
             out.push_str(&format!("  last error  {what}: {}\n", s(v)));
         }
@@ -185,14 +198,23 @@ fn render_mount_point(mp: &Value, out: &mut String) {
             "  recovered   {} entries found in the bare mount point (last time: {} moved into the home{})\n",
             s(&mp["recovered_entries"]),
             s(&last["moved_into_upper"]),
-            if into_dir > 0 { format!(", {into_dir} into {} as their names were taken", s(&last["recovery_dir"])) } else { String::new() }
+            if into_dir > 0 {
+                format!(", {into_dir} into {} as their names were taken", s(&last["recovery_dir"]))
+            } else {
+                String::new()
+            }
         ));
     }
 }
 
 fn render_project(st: &Value, out: &mut String) {
     let b = &st["broker"];
-    out.push_str(&format!("project broker on {} (tls {}): {} session(s)\n", s(&b["listen"]), s(&b["tls"]), b["sessions"].as_array().map(|a| a.len()).unwrap_or(0)));
+    out.push_str(&format!(
+        "project broker on {} (tls {}): {} session(s)\n",
+        s(&b["listen"]),
+        s(&b["tls"]),
+        b["sessions"].as_array().map(|a| a.len()).unwrap_or(0)
+    ));
     for sess in b["sessions"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "  {:<16} step {:<5} rounds {:>5}, last took {}, in {} out {}, conflicts {}{}\n",

@@ -51,7 +51,10 @@ fn a_file_that_keeps_growing_is_deferred_snapshotted_and_synced_once_it_settles(
     // process (stopped by pid at the end).
     fs::write(m.join("train.log"), noise(8, 20_000_000)).unwrap();
     let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg("while true; do head -c 65536 /dev/urandom >> \"$1\"; sleep 0.01; done").arg("sh").arg(m.join("train.log"));
+    cmd.arg("-c")
+        .arg("while true; do head -c 65536 /dev/urandom >> \"$1\"; sleep 0.01; done")
+        .arg("sh")
+        .arg(m.join("train.log"));
     let mut writer = Proc::spawn("writer", cmd, &bed.root.join("writer.log"));
     std::thread::sleep(Duration::from_millis(300));
 
@@ -78,7 +81,11 @@ fn a_file_that_keeps_growing_is_deferred_snapshotted_and_synced_once_it_settles(
     assert_eq!(f0["reason"], "still changing", "{st:#}");
     let sock = bed.c().sock.display().to_string();
     let human = cli(&["status", "--control-socket", &sock], Duration::from_secs(20));
-    assert!(human.ok() && human.stdout.contains("train.log") && human.stdout.contains("still changing"), "{}", human.describe());
+    assert!(
+        human.ok() && human.stdout.contains("train.log") && human.stdout.contains("still changing"),
+        "{}",
+        human.describe()
+    );
 
     // Within a few rounds a snapshot of it reaches the project while it is still growing: a
     // consistent copy (a prefix of the live file) of at least its starting size.
@@ -91,7 +98,9 @@ fn a_file_that_keeps_growing_is_deferred_snapshotted_and_synced_once_it_settles(
                     snap = Some(n);
                     break;
                 }
-                Ok(n) => bed.fail(&format!("the project's train.log is {n} bytes, less than the file had at the start")),
+                Ok(n) => {
+                    bed.fail(&format!("the project's train.log is {n} bytes, less than the file had at the start"))
+                }
                 Err(e) => bed.fail(&format!("the project's train.log is not a consistent copy: {e}")),
             }
         }
@@ -114,7 +123,10 @@ fn a_file_that_keeps_growing_is_deferred_snapshotted_and_synced_once_it_settles(
         bed.fail(&format!("after the writer stopped, train.log differs: {e}"));
     }
     let st = bed.compute_status();
-    assert!(!deferred_names(&st).contains(&"train.log".to_string()), "train.log still deferred after it settled: {st:#}");
+    assert!(
+        !deferred_names(&st).contains(&"train.log".to_string()),
+        "train.log still deferred after it settled: {st:#}"
+    );
     bed.sync_and_converge();
     bed.finish();
 }
@@ -135,7 +147,10 @@ fn a_project_file_that_keeps_growing_does_not_stop_step_4() {
     bed.sync_wait();
     assert!(same_bytes(&up.join("p.log"), &h.join("p.log")).is_ok());
     let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg("while true; do head -c 65536 /dev/urandom >> \"$1\"; sleep 0.01; done").arg("sh").arg(h.join("p.log"));
+    cmd.arg("-c")
+        .arg("while true; do head -c 65536 /dev/urandom >> \"$1\"; sleep 0.01; done")
+        .arg("sh")
+        .arg(h.join("p.log"));
     let mut writer = Proc::spawn("writer", cmd, &bed.root.join("writer.log"));
     std::thread::sleep(Duration::from_millis(300));
     put(&m, "other.txt", "other\n");
@@ -157,7 +172,9 @@ fn a_project_file_that_keeps_growing_does_not_stop_step_4() {
             }
         }
     }
-    let Some(snap) = snap else { bed.fail("no snapshot of the project's p.log reached the compute server within 8 rounds") };
+    let Some(snap) = snap else {
+        bed.fail("no snapshot of the project's p.log reached the compute server within 8 rounds")
+    };
     assert!(writer.exited().is_none(), "the writer stopped early");
     // Whether that copy was a snapshot of a deferred file or a plain send depends on whether an
     // append fell inside the broker's read of the file, which no test controls (CI once read it

@@ -512,7 +512,9 @@ fn safety_rail_lower_gone_pauses_sync_and_deletes_nothing() {
     // The supervisor remounts the lower; the rail clears and rounds resume.
     let back = poll(Duration::from_secs(90), Duration::from_millis(200), || {
         let st = bed.c().status().ok()?;
-        (st["mounts"]["rail"].is_null() && st["mounts"]["lower"]["state"] == "mounted" && st["round"]["phase"] != "paused")
+        (st["mounts"]["rail"].is_null()
+            && st["mounts"]["lower"]["state"] == "mounted"
+            && st["round"]["phase"] != "paused")
             .then_some(())
     });
     if back.is_none() {
@@ -522,7 +524,11 @@ fn safety_rail_lower_gone_pauses_sync_and_deletes_nothing() {
     bed.sync_wait();
     assert_eq!(read(&h, "after.txt"), "after the lower came back\n");
     for i in 0..20 {
-        let want = if i < 5 { format!("project file {i}\nedited on the compute server\n") } else { format!("project file {i}\n") };
+        let want = if i < 5 {
+            format!("project file {i}\nedited on the compute server\n")
+        } else {
+            format!("project file {i}\n")
+        };
         assert_eq!(read(&h, &format!("data/f{i}.txt")), want);
     }
     bed.finish();
@@ -704,7 +710,8 @@ fn deleted_files_scenario(flags: &[&str], expect_right: bool) -> bool {
                 wrong.push(format!("attempt {attempt}: x.txt is back in the merged view"));
                 break;
             }
-            let left: Vec<String> = fs::read_dir(m.join("d")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+            let left: Vec<String> =
+                fs::read_dir(m.join("d")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
             if !left.is_empty() {
                 wrong.push(format!("attempt {attempt}: d lists {} deleted files again", left.len()));
                 break;
@@ -745,7 +752,10 @@ fn without_a_grace_deleted_files_come_back() {
     if !tools() {
         return;
     }
-    assert!(!deleted_files_scenario(&["--whiteout-grace-secs", "0"], false), "the caches never showed a deleted file: the grace test proves nothing");
+    assert!(
+        !deleted_files_scenario(&["--whiteout-grace-secs", "0"], false),
+        "the caches never showed a deleted file: the grace test proves nothing"
+    );
 }
 
 /// A project emptied on purpose: the lower comes back empty after holding
@@ -765,7 +775,8 @@ fn an_emptied_project_is_accepted_from_the_command_line() {
     fs::remove_dir_all(h.join("d")).unwrap();
     let paused = poll(Duration::from_secs(60), Duration::from_millis(200), || {
         let st = bed.c().status().ok()?;
-        (st["mounts"]["rail"].as_str()?.contains("accept-empty-lower") && st["round"]["phase"] == "paused").then_some(())
+        (st["mounts"]["rail"].as_str()?.contains("accept-empty-lower") && st["round"]["phase"] == "paused")
+            .then_some(())
     });
     if paused.is_none() {
         bed.fail("the rail did not go up (naming the command) within 60 s of emptying the project");

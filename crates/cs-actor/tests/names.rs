@@ -150,7 +150,12 @@ fn names_that_are_not_utf8_sync_both_ways() {
     assert_eq!(read_b(&h, BOTH).as_deref(), Some("the project's version\n"));
     let prefix = [BOTH, b".conflict-gpu-1-"].concat();
     let copies = names_with_prefix(&h, b"", &prefix);
-    assert_eq!(copies.len(), 1, "expected one conflict copy, found {:?}", copies.iter().map(|c| show(c)).collect::<Vec<_>>());
+    assert_eq!(
+        copies.len(),
+        1,
+        "expected one conflict copy, found {:?}",
+        copies.iter().map(|c| show(c)).collect::<Vec<_>>()
+    );
     assert_eq!(read_b(&h, &copies[0]).as_deref(), Some("the compute server's version\n"));
     eventually(&bed, "the merged view does not show the conflict's outcome", || {
         read_b(&m, BOTH).as_deref() == Some("the project's version\n")

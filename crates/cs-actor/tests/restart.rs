@@ -122,9 +122,14 @@ impl Writer {
             match (kind, i) {
                 (Some("ok"), Some(i)) => w.ok.push(i),
                 (Some("err"), Some(i))
-                    if ["Operation not permitted", "Permission denied", "Read-only file system", "No such file or directory"]
-                        .iter()
-                        .any(|e| msg.contains(e)) =>
+                    if [
+                        "Operation not permitted",
+                        "Permission denied",
+                        "Read-only file system",
+                        "No such file or directory",
+                    ]
+                    .iter()
+                    .any(|e| msg.contains(e)) =>
                 {
                     w.refused.push(i)
                 }

@@ -123,7 +123,17 @@ with zipfile.ZipFile(out, "w") as z:
 fn unknown_users_are_named_at_startup() {
     let t = tempfile::tempdir().unwrap();
     let out = cli(
-        &["project", "--home", "/", "--listen", "127.0.0.1:1", "--tokens", "/nonexistent", "--user", "no-such-csa-user"],
+        &[
+            "project",
+            "--home",
+            "/",
+            "--listen",
+            "127.0.0.1:1",
+            "--tokens",
+            "/nonexistent",
+            "--user",
+            "no-such-csa-user",
+        ],
         Duration::from_secs(30),
     );
     assert!(!out.ok() && out.stderr.contains("no user named \"no-such-csa-user\""), "{}", out.describe());
@@ -133,8 +143,23 @@ fn unknown_users_are_named_at_startup() {
     let d = |n: &str| t.path().join(n).display().to_string();
     let out = cli(
         &[
-            "compute", "--server", "ws://127.0.0.1:1", "--id", "x", "--token-file", &d("token"), "--merged", &d("m"),
-            "--upper", &d("u"), "--state", &d("s"), "--lower", &d("l"), "--user", "no-such-csa-user",
+            "compute",
+            "--server",
+            "ws://127.0.0.1:1",
+            "--id",
+            "x",
+            "--token-file",
+            &d("token"),
+            "--merged",
+            &d("m"),
+            "--upper",
+            &d("u"),
+            "--state",
+            &d("s"),
+            "--lower",
+            &d("l"),
+            "--user",
+            "no-such-csa-user",
         ],
         Duration::from_secs(30),
     );
@@ -195,8 +220,18 @@ fn the_home_is_its_users_with_the_modes_of_a_local_disk() {
 
     // ---- C → P: what the user made arrives as the project's user
     for p in [
-        "mine.txt", "work", "work/sub", "work/sub/b.txt", "link-to-mine", "proj.txt", "docs/readme.txt",
-        "work/clone", "work/clone/README", "work/clone/.git", "work/clone/.git/HEAD", "by-root-on-c.txt",
+        "mine.txt",
+        "work",
+        "work/sub",
+        "work/sub/b.txt",
+        "link-to-mine",
+        "proj.txt",
+        "docs/readme.txt",
+        "work/clone",
+        "work/clone/README",
+        "work/clone/.git",
+        "work/clone/.git/HEAD",
+        "by-root-on-c.txt",
     ] {
         assert_eq!(ids(&home.join(p)), of(&proj), "P's copy of {p} is not the project user's");
     }

@@ -108,7 +108,13 @@ pub(crate) fn pack_file<W: Write>(
     if let Some((policy, scratch_name)) = snapshot {
         match take_snapshot(root, p, &f, before, policy, scratch_name) {
             Ok(Snap::Taken { file, bytes, exact, reflinked }) => {
-                return pack_snapshot(tar, header, file, bytes, Packed::Snapshot { sig: before, exact, bytes, reflinked });
+                return pack_snapshot(
+                    tar,
+                    header,
+                    file,
+                    bytes,
+                    Packed::Snapshot { sig: before, exact, bytes, reflinked },
+                );
             }
             Ok(Snap::Deferred(reason)) => return Ok(Packed::Deferred(reason)),
             // Too large to copy, or no room for a copy: the live file may
@@ -161,7 +167,10 @@ fn take_snapshot(
     let bytes = if reflinked {
         snap.metadata().map_err(|e| io_err("stat the snapshot of", e))?.len()
     } else if before.size > policy.snapshot_max_bytes {
-        return Ok(Snap::TooLarge(DeferReason::TooLargeToSnapshot { size: before.size, max: policy.snapshot_max_bytes }));
+        return Ok(Snap::TooLarge(DeferReason::TooLargeToSnapshot {
+            size: before.size,
+            max: policy.snapshot_max_bytes,
+        }));
     } else {
         let copied = std::io::copy(&mut f.take(before.size), &mut snap).map_err(|e| io_err("copy a snapshot of", e))?;
         if copied < before.size {
@@ -204,7 +213,8 @@ fn pack_snapshot<W: Write>(
 
 fn fstat_sig(f: &std::fs::File, root: &SafeRoot, p: &RelPath) -> Result<Sig, EngineError> {
     let md = f.metadata().map_err(|e| EngineError::io("stat", root.path().join(p.as_path()), e))?;
-    Sig::of(&Stat::from_metadata(&md)).ok_or_else(|| EngineError::Entry { path: p.clone(), reason: "not a regular file".into() })
+    Sig::of(&Stat::from_metadata(&md))
+        .ok_or_else(|| EngineError::Entry { path: p.clone(), reason: "not a regular file".into() })
 }
 
 /// What this round did with a busy file.

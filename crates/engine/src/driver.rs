@@ -15,10 +15,14 @@ pub enum Cut {
     AfterStep1,
     AfterStep2,
     /// P stops reading the step-3 stream after this many entries.
-    InStep3 { after_entries: usize },
+    InStep3 {
+        after_entries: usize,
+    },
     AfterStep3,
     /// C stops reading the step-4 stream after this many entries.
-    InStep4 { after_entries: usize },
+    InStep4 {
+        after_entries: usize,
+    },
     AfterStep4,
     /// P committed, C did not.
     AfterProjectCommit,

@@ -11,8 +11,7 @@ pub const DEFAULT_LOCAL_ONLY: &[&str] = &["/scratch/", "/.local/", "/.cache/"];
 /// Excluded by default: the union's meta directories, cs-actor's own state and
 /// staging area, the temporary files an atomic apply leaves for an instant,
 /// and the `.fuse_hidden*` files FUSE keeps for deleted files still open.
-pub const DEFAULT_EXCLUDED: &[&str] =
-    &["/.unionfs-fuse/", "/.unionfs/", "/.cs-actor/", ".csa-tmp-*", ".fuse_hidden*"];
+pub const DEFAULT_EXCLUDED: &[&str] = &["/.unionfs-fuse/", "/.unionfs/", "/.cs-actor/", ".csa-tmp-*", ".fuse_hidden*"];
 
 /// Gitignore-style pattern sets (a leading `/` anchors at the synced root, a
 /// trailing `/` matches directories only; a match covers everything below).

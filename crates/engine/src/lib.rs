@@ -18,10 +18,10 @@ mod state;
 
 pub use busy::{BusyFile, BusyPolicy, DEFAULT_SNAPSHOT_AFTER, DEFAULT_SNAPSHOT_MAX_BYTES};
 pub use compute::{ApplyReport, ComputeConfig, ComputeRound, ComputeSide};
+pub use cs_safe_fs::Owner;
 pub use error::EngineError;
 pub use filter::{PathFilter, DEFAULT_EXCLUDED, DEFAULT_LOCAL_ONLY};
-pub use project::{ProjectConfig, DEFAULT_FULL_RESCAN_EVERY, ProjectRound, ProjectSide, WriteReport};
-pub use cs_safe_fs::Owner;
+pub use project::{ProjectConfig, ProjectRound, ProjectSide, WriteReport, DEFAULT_FULL_RESCAN_EVERY};
 
 use cs_protocol::ClientId;
 

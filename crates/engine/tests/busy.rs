@@ -146,7 +146,10 @@ fn busy(s: &Setup) -> Vec<(String, String, u32, u32)> {
 }
 
 fn p_busy(s: &Setup) -> Vec<(String, String, u32, u32)> {
-    s.p.busy_files(&ClientId::new("c0").unwrap()).into_iter().map(|b| (b.path, b.reason, b.deferrals, b.snapshots)).collect()
+    s.p.busy_files(&ClientId::new("c0").unwrap())
+        .into_iter()
+        .map(|b| (b.path, b.reason, b.deferrals, b.snapshots))
+        .collect()
 }
 
 #[test]

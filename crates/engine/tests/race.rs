@@ -28,7 +28,9 @@ fn setup() -> Setup {
     let upper = dir.path().join("upper");
     fs::create_dir_all(&home).unwrap();
     fs::create_dir_all(&upper).unwrap();
-    let c = ComputeSide::open(ComputeConfig::new(ClientId::new("c0").unwrap(), upper.clone(), dir.path().join("cstate"))).unwrap();
+    let c =
+        ComputeSide::open(ComputeConfig::new(ClientId::new("c0").unwrap(), upper.clone(), dir.path().join("cstate")))
+            .unwrap();
     let p = ProjectSide::open(ProjectConfig::new(home.clone(), dir.path().join("pstate"))).unwrap();
     Setup { _dir: dir, home, upper, c, p }
 }

@@ -21,7 +21,9 @@ fn setup() -> Setup {
     let upper = dir.path().join("upper");
     fs::create_dir_all(&home).unwrap();
     fs::create_dir_all(&upper).unwrap();
-    let c = ComputeSide::open(ComputeConfig::new(ClientId::new("c1").unwrap(), upper.clone(), dir.path().join("cstate"))).unwrap();
+    let c =
+        ComputeSide::open(ComputeConfig::new(ClientId::new("c1").unwrap(), upper.clone(), dir.path().join("cstate")))
+            .unwrap();
     let p = ProjectSide::open(ProjectConfig::new(home.clone(), dir.path().join("pstate"))).unwrap();
     Setup { _dir: dir, home, upper, c, p }
 }
@@ -144,7 +146,8 @@ fn tombstones_are_pruned_once_every_client_has_seen_them() {
 
     // A second client that has not run since keeps them.
     fs::create_dir_all(s._dir.path().join("upper2")).unwrap();
-    let c2cfg = ComputeConfig::new(ClientId::new("c2").unwrap(), s._dir.path().join("upper2"), s._dir.path().join("cstate2"));
+    let c2cfg =
+        ComputeConfig::new(ClientId::new("c2").unwrap(), s._dir.path().join("upper2"), s._dir.path().join("cstate2"));
     let mut c2 = ComputeSide::open(c2cfg).unwrap();
     run_round(&mut c2, &s.p, None).unwrap();
     fs::write(s.home.join("gone"), b"x").unwrap();

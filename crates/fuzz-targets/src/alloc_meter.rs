@@ -92,8 +92,5 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Option<usize>) {
     let r = f();
     let peak = PEAK.with(Cell::get);
     let installed = INSTALLED.load(Ordering::Relaxed);
-    (
-        r,
-        installed.then(|| peak.saturating_sub(start).max(0) as usize),
-    )
+    (r, installed.then(|| peak.saturating_sub(start).max(0) as usize))
 }

@@ -10,10 +10,7 @@ use crate::alloc_meter::measure;
 use crate::relpath::check_accepted;
 
 /// Small limits, so that the size checks are reached by small inputs.
-pub const SMALL_LIMITS: WireLimits = WireLimits {
-    max_message_bytes: 4096,
-    max_chunk_bytes: 1024,
-};
+pub const SMALL_LIMITS: WireLimits = WireLimits { max_message_bytes: 4096, max_chunk_bytes: 1024 };
 
 /// Most heap a decode of `len` input bytes may take: serde's cautious
 /// preallocation (1 MiB per sequence being filled; our messages nest at most
@@ -34,13 +31,7 @@ impl Paths for ClientMsg {
         match self {
             ClientMsg::Hello(h) => h.held_added.iter().chain(&h.held_removed).collect(),
             ClientMsg::HeldList(v) | ClientMsg::Deletes(v) => v.iter().collect(),
-            ClientMsg::Commit(c) => c
-                .held
-                .added
-                .iter()
-                .chain(&c.held.removed)
-                .chain(&c.not_applied)
-                .collect(),
+            ClientMsg::Commit(c) => c.held.added.iter().chain(&c.held.removed).chain(&c.not_applied).collect(),
             ClientMsg::WasCommitted { .. }
             | ClientMsg::AskDeletes
             | ClientMsg::SendWrites { .. }
@@ -53,19 +44,13 @@ impl Paths for ClientMsg {
 impl Paths for ServerMsg {
     fn paths(&self) -> Vec<&RelPath> {
         match self {
-            ServerMsg::DeleteReport(r) => r
-                .deleted
-                .iter()
-                .chain(&r.kept)
-                .chain(r.refused.iter().map(|(p, _)| p))
-                .collect(),
+            ServerMsg::DeleteReport(r) => {
+                r.deleted.iter().chain(&r.kept).chain(r.refused.iter().map(|(p, _)| p)).collect()
+            }
             ServerMsg::DeletesForYou(v) => v.iter().collect(),
-            ServerMsg::WritesApplied {
-                conflicts, refused, ..
-            } => conflicts
-                .iter()
-                .chain(refused.iter().map(|(p, _)| p))
-                .collect(),
+            ServerMsg::WritesApplied { conflicts, refused, .. } => {
+                conflicts.iter().chain(refused.iter().map(|(p, _)| p)).collect()
+            }
             ServerMsg::WasCommitted(_)
             | ServerMsg::HelloReply(_)
             | ServerMsg::HeldListOk
@@ -104,24 +89,14 @@ where
     }
     // The zero-copy variant agrees.
     let shared = Frame::<T>::decode_bytes(Bytes::copy_from_slice(data), limits);
-    assert!(
-        same_outcome(&res, &shared),
-        "decode_with {res:?} vs decode_bytes {shared:?}"
-    );
+    assert!(same_outcome(&res, &shared), "decode_with {res:?} vs decode_bytes {shared:?}");
 
     let frame = match res {
         Err(e) => {
             // Errors are printable and classified without panicking.
             let _ = (e.to_string(), e.is_fatal(), e.request_id(), e.error_code());
-            if matches!(
-                e,
-                WireError::Malformed { .. } | WireError::UnknownMessage { .. }
-            ) {
-                assert_eq!(
-                    data.first(),
-                    Some(&0),
-                    "only control frames carry MessagePack"
-                );
+            if matches!(e, WireError::Malformed { .. } | WireError::UnknownMessage { .. }) {
+                assert_eq!(data.first(), Some(&0), "only control frames carry MessagePack");
             }
             return;
         }
@@ -131,10 +106,7 @@ where
     match &frame {
         Frame::Control(env) => {
             assert_eq!(data[0], 0);
-            assert!(
-                data.len() - 1 <= limits.max_message_bytes,
-                "oversized control message accepted"
-            );
+            assert!(data.len() - 1 <= limits.max_message_bytes, "oversized control message accepted");
             for p in env.body.paths() {
                 check_accepted(p, None);
             }
@@ -148,21 +120,12 @@ where
             // Re-encoding is canonical: a second round gives the same bytes.
             assert_eq!(back.encode().expect("re-encoding"), again);
         }
-        Frame::Chunk {
-            stream,
-            data: payload,
-        } => {
-            assert!(
-                payload.len() <= limits.max_chunk_bytes,
-                "oversized chunk accepted"
-            );
+        Frame::Chunk { stream, data: payload } => {
+            assert!(payload.len() <= limits.max_chunk_bytes, "oversized chunk accepted");
             assert_eq!(u32::from_le_bytes(data[1..5].try_into().unwrap()), *stream);
             assert_eq!(&payload[..], &data[5..]);
             // The chunk layout has one encoding: re-encoding gives the input.
-            assert_eq!(
-                &frame.encode_with(limits).expect("re-encoding a chunk")[..],
-                data
-            );
+            assert_eq!(&frame.encode_with(limits).expect("re-encoding a chunk")[..], data);
         }
         Frame::End { stream, end } => {
             assert_eq!(u32::from_le_bytes(data[1..5].try_into().unwrap()), *stream);
@@ -175,11 +138,7 @@ where
                 }
                 StreamEnd::Abort(reason) => {
                     assert!(reason.len() <= MAX_REASON_BYTES);
-                    assert_eq!(
-                        &again[..],
-                        data,
-                        "abort frame changed through decode/encode"
-                    );
+                    assert_eq!(&again[..], data, "abort frame changed through decode/encode");
                 }
             }
         }

@@ -33,9 +33,5 @@ pub use tar_apply::fuzz_tar_apply;
 pub type Target = fn(&[u8]);
 
 /// The targets by name, for drivers and regression replays.
-pub const TARGETS: &[(&str, Target)] = &[
-    ("relpath", fuzz_relpath),
-    ("frame", fuzz_frame),
-    ("tar", fuzz_tar),
-    ("tar_apply", fuzz_tar_apply),
-];
+pub const TARGETS: &[(&str, Target)] =
+    &[("relpath", fuzz_relpath), ("frame", fuzz_frame), ("tar", fuzz_tar), ("tar_apply", fuzz_tar_apply)];

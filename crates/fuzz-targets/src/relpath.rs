@@ -16,11 +16,8 @@ pub fn reference_valid(s: &[u8]) -> bool {
     let mut comps = 0;
     for comp in s.split(|&b| b == b'/') {
         comps += 1;
-        let bad = comp.is_empty()
-            || comp == b"."
-            || comp == b".."
-            || comp.len() > MAX_COMPONENT_LEN
-            || comp.contains(&0);
+        let bad =
+            comp.is_empty() || comp == b"." || comp == b".." || comp.len() > MAX_COMPONENT_LEN || comp.contains(&0);
         if bad {
             return false;
         }
@@ -32,20 +29,10 @@ pub fn reference_valid(s: &[u8]) -> bool {
 /// are kept as given, and every helper stays inside the rule.
 pub fn check_accepted(p: &RelPath, input: Option<&[u8]>) {
     let s = p.as_bytes();
-    assert!(
-        reference_valid(s),
-        "accepted a path the rule refuses: {p:?}"
-    );
-    assert!(
-        !s.is_empty() && s[0] != b'/' && !s.contains(&0),
-        "{p:?}"
-    );
+    assert!(reference_valid(s), "accepted a path the rule refuses: {p:?}");
+    assert!(!s.is_empty() && s[0] != b'/' && !s.contains(&0), "{p:?}");
     for c in s.split(|&b| b == b'/') {
-        assert!(
-            !matches!(c, b"" | b"." | b".."),
-            "accepted component {:?} in {p:?}",
-            OsStr::from_bytes(c)
-        );
+        assert!(!matches!(c, b"" | b"." | b".."), "accepted component {:?} in {p:?}", OsStr::from_bytes(c));
     }
     if let Some(input) = input {
         assert_eq!(s, input, "RelPath::new changed its input");
@@ -69,24 +56,15 @@ pub fn check_accepted(p: &RelPath, input: Option<&[u8]>) {
     let back: RelPath = rmp_serde::from_slice(&bytes).expect("decoding an encoded RelPath");
     assert_eq!(&back, p);
     let named = rmp_serde::to_vec_named(&vec![p.clone()]).expect("encoding");
-    assert_eq!(
-        rmp_serde::from_slice::<Vec<RelPath>>(&named).expect("decoding"),
-        vec![p.clone()]
-    );
+    assert_eq!(rmp_serde::from_slice::<Vec<RelPath>>(&named).expect("decoding"), vec![p.clone()]);
     // Family helpers only ever produce valid paths, consistent with each other.
     let comps: Vec<&OsStr> = p.components().collect();
     assert_eq!(p.depth(), comps.len());
-    assert_eq!(
-        p.file_name(),
-        *comps.last().expect("at least one component")
-    );
+    assert_eq!(p.file_name(), *comps.last().expect("at least one component"));
     match p.parent() {
         None => assert_eq!(comps.len(), 1),
         Some(parent) => {
-            assert!(
-                reference_valid(parent.as_bytes()),
-                "parent {parent:?} of {p:?}"
-            );
+            assert!(reference_valid(parent.as_bytes()), "parent {parent:?} of {p:?}");
             assert!(p.starts_with(&parent) && !parent.starts_with(p));
             assert!(parent < *p, "a directory sorts before its descendants");
             assert_eq!(parent.depth() + 1, p.depth());
@@ -96,10 +74,7 @@ pub fn check_accepted(p: &RelPath, input: Option<&[u8]>) {
     let ancestors: Vec<RelPath> = p.ancestors().collect();
     assert_eq!(ancestors.len(), comps.len() - 1);
     for a in &ancestors {
-        assert!(
-            reference_valid(a.as_bytes()) && p.starts_with(a),
-            "ancestor {a:?} of {p:?}"
-        );
+        assert!(reference_valid(a.as_bytes()) && p.starts_with(a), "ancestor {a:?} of {p:?}");
     }
     assert_eq!(p.with_file_name(p.file_name()).as_ref(), Ok(p));
     assert!(p.starts_with(p));
@@ -130,12 +105,7 @@ pub fn check_bytes(s: &[u8]) {
     }
     for wire in wires {
         let decoded = rmp_serde::from_slice::<RelPath>(&wire);
-        assert_eq!(
-            decoded.is_ok(),
-            got.is_ok(),
-            "decode and RelPath::new disagree on {:?}",
-            OsStr::from_bytes(s)
-        );
+        assert_eq!(decoded.is_ok(), got.is_ok(), "decode and RelPath::new disagree on {:?}", OsStr::from_bytes(s));
         if let Ok(p) = decoded {
             check_accepted(&p, Some(s));
         }
@@ -162,10 +132,7 @@ pub fn fuzz_relpath(data: &[u8]) {
     check_bytes(lossy.as_bytes());
     // A path from the filesystem is taken as its bytes, never mangled.
     let os = OsStr::from_bytes(data);
-    assert_eq!(
-        RelPath::from_path(std::path::Path::new(os)).ok(),
-        RelPath::new(data).ok()
-    );
+    assert_eq!(RelPath::from_path(std::path::Path::new(os)).ok(), RelPath::new(data).ok());
     // Raw MessagePack from the network.
     if let Ok(p) = rmp_serde::from_slice::<RelPath>(data) {
         check_accepted(&p, None);

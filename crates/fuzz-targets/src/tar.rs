@@ -31,22 +31,17 @@ pub fn check_header(h: &EntryHeader, limits: &Limits) {
     check_accepted(&h.path, None);
     assert!(h.mode <= 0o7777, "unmasked mode {:o}", h.mode);
     assert!(h.mtime.nsec < 1_000_000_000, "mtime nsec {}", h.mtime.nsec);
-    assert!(
-        h.size <= limits.max_entry_bytes,
-        "entry of {} bytes over the limit",
-        h.size
-    );
+    assert!(h.size <= limits.max_entry_bytes, "entry of {} bytes over the limit", h.size);
     match h.kind {
         EntryKind::File => assert!(h.link_target.is_none()),
         EntryKind::Dir => assert!(h.size == 0 && h.link_target.is_none()),
         EntryKind::Symlink => {
             assert_eq!(h.size, 0);
-            let t = h
-                .link_target
-                .as_deref()
-                .expect("a symlink without a target");
+            let t = h.link_target.as_deref().expect("a symlink without a target");
             assert!(
-                !t.is_empty() && t.len() <= MAX_LINK_TARGET_LEN && !std::os::unix::ffi::OsStrExt::as_bytes(t).contains(&0),
+                !t.is_empty()
+                    && t.len() <= MAX_LINK_TARGET_LEN
+                    && !std::os::unix::ffi::OsStrExt::as_bytes(t).contains(&0),
                 "target {t:?}"
             );
         }
@@ -59,11 +54,7 @@ pub type Visited = (EntryHeader, Option<Vec<u8>>);
 /// Unpacks `stream` with `limits`, checking every visit; `style` varies what
 /// the visitor does (read all, part or none of the data; refuse an entry).
 /// Returns the visits and the outcome.
-pub fn unpack_checked(
-    stream: &[u8],
-    limits: &Limits,
-    style: u8,
-) -> (Vec<Visited>, Result<u64, TarError>) {
+pub fn unpack_checked(stream: &[u8], limits: &Limits, style: u8) -> (Vec<Visited>, Result<u64, TarError>) {
     let mut seen: Vec<Visited> = Vec::new();
     let mut total: u64 = 0;
     let mut buf = [0u8; 1000];
@@ -76,10 +67,7 @@ pub fn unpack_checked(
                 seen.len()
             );
             total += h.size;
-            assert!(
-                total <= limits.max_total_bytes,
-                "total size {total} over the limit"
-            );
+            assert!(total <= limits.max_total_bytes, "total size {total} over the limit");
             let which = seen.len() as u8;
             let mut got = 0u64;
             let mut data = Vec::new();
@@ -93,11 +81,7 @@ pub fn unpack_checked(
                     break;
                 }
                 got += n as u64;
-                assert!(
-                    got <= h.size,
-                    "entry reader gave {got} bytes of a {}-byte entry",
-                    h.size
-                );
+                assert!(got <= h.size, "entry reader gave {got} bytes of a {}-byte entry", h.size);
                 if full {
                     data.extend_from_slice(&buf[..n]);
                 }
@@ -107,11 +91,7 @@ pub fn unpack_checked(
             }
             let complete = got == h.size;
             if full {
-                assert!(
-                    complete,
-                    "entry reader ended at {got} of {} bytes without an error",
-                    h.size
-                );
+                assert!(complete, "entry reader ended at {got} of {} bytes without an error", h.size);
             }
             seen.push((h.clone(), (full && complete).then_some(data)));
             if style & 4 != 0 && which == 2 {
@@ -123,21 +103,11 @@ pub fn unpack_checked(
     if let Some(peak) = peak {
         // The visitor keeps at most max_total_bytes of data and the headers.
         let bound = TAR_ALLOC_BOUND + 2 * limits.max_total_bytes as usize + seen.len() * 2 * 8192;
-        assert!(
-            peak <= bound,
-            "unpack took {peak} bytes of heap (bound {bound})"
-        );
+        assert!(peak <= bound, "unpack took {peak} bytes of heap (bound {bound})");
     }
     let res = res.map(|stats| {
-        assert_eq!(
-            stats.entries,
-            seen.len() as u64,
-            "stats disagree with the visits"
-        );
-        assert_eq!(
-            stats.payload_bytes,
-            seen.iter().map(|(h, _)| h.size).sum::<u64>()
-        );
+        assert_eq!(stats.entries, seen.len() as u64, "stats disagree with the visits");
+        assert_eq!(stats.payload_bytes, seen.iter().map(|(h, _)| h.size).sum::<u64>());
         assert!(stats.entries <= limits.max_entries);
         assert!(stats.payload_bytes <= limits.max_total_bytes);
         stats.entries
@@ -147,13 +117,7 @@ pub fn unpack_checked(
         if style & 4 != 0 && seen.len() == 3 {
             // Either the refusal or a stream failure under the visitor's
             // reads (which takes precedence).
-            assert!(
-                !matches!(
-                    e,
-                    TarError::BadPath { .. } | TarError::UnsupportedType { .. }
-                ),
-                "{e:?}"
-            );
+            assert!(!matches!(e, TarError::BadPath { .. } | TarError::UnsupportedType { .. }), "{e:?}");
         }
     }
     (seen, res)

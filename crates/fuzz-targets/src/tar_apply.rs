@@ -40,11 +40,7 @@ fn snapshot(dir: &Path, skip: &Path, out: &mut Snapshot) {
         let Ok(m) = fs::symlink_metadata(&p) else {
             continue;
         };
-        let link = m
-            .file_type()
-            .is_symlink()
-            .then(|| fs::read_link(&p).ok())
-            .flatten();
+        let link = m.file_type().is_symlink().then(|| fs::read_link(&p).ok()).flatten();
         out.insert(p.clone(), (m.mode() & 0o170000, m.size(), m.mtime(), link));
         if m.file_type().is_dir() {
             snapshot(&p, skip, out);
@@ -64,10 +60,7 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        let tmp = tempfile::Builder::new()
-            .prefix("cs-fuzz-apply-")
-            .tempdir()
-            .expect("temp dir");
+        let tmp = tempfile::Builder::new().prefix("cs-fuzz-apply-").tempdir().expect("temp dir");
         let outer = tmp.path().canonicalize().expect("canonical temp dir");
         let root_path = outer.join("root");
         fs::create_dir(&root_path).expect("mkdir root");
@@ -84,13 +77,7 @@ impl Sandbox {
         let root = SafeRoot::open(&root_path).expect("open root");
         let mut before = Snapshot::new();
         snapshot(&outer, &root_path, &mut before);
-        Sandbox {
-            _tmp: tmp,
-            outer,
-            root_path,
-            root,
-            before,
-        }
+        Sandbox { _tmp: tmp, outer, root_path, root, before }
     }
 
     /// Panics if anything outside `root/` was created, changed or removed.
@@ -98,10 +85,7 @@ impl Sandbox {
         let mut after = Snapshot::new();
         snapshot(&self.outer, &self.root_path, &mut after);
         assert_eq!(after, self.before, "the tree outside the root changed");
-        assert_eq!(
-            fs::read(self.outer.join("bait")).ok().as_deref(),
-            Some(&b"outside the root"[..])
-        );
+        assert_eq!(fs::read(self.outer.join("bait")).ok().as_deref(), Some(&b"outside the root"[..]));
         let root_meta = fs::symlink_metadata(&self.root_path).expect("root still there");
         assert!(root_meta.is_dir(), "the root itself was replaced");
     }
@@ -113,18 +97,10 @@ impl Sandbox {
         let comps: Vec<&std::ffi::OsStr> = p.components().collect();
         for (i, c) in comps.iter().enumerate() {
             cur.push(c);
-            let m = fs::symlink_metadata(&cur).unwrap_or_else(|e| {
-                panic!(
-                    "{p}: {} does not exist after a successful op: {e}",
-                    cur.display()
-                )
-            });
+            let m = fs::symlink_metadata(&cur)
+                .unwrap_or_else(|e| panic!("{p}: {} does not exist after a successful op: {e}", cur.display()));
             if i + 1 < comps.len() {
-                assert!(
-                    m.is_dir(),
-                    "{p}: ancestor {} is not a real directory",
-                    cur.display()
-                );
+                assert!(m.is_dir(), "{p}: ancestor {} is not a real directory", cur.display());
             }
         }
     }
@@ -142,13 +118,7 @@ fn acceptable(e: &FsError) -> bool {
     // Any error is a refusal: what matters is that nothing happened outside
     // the root, which is checked afterwards. Touch the accessors so that
     // they are fuzzed too.
-    let _ = (
-        e.to_string(),
-        e.is_not_found(),
-        e.io_kind(),
-        e.op(),
-        e.path(),
-    );
+    let _ = (e.to_string(), e.is_not_found(), e.io_kind(), e.op(), e.path());
     true
 }
 
@@ -156,12 +126,7 @@ fn acceptable(e: &FsError) -> bool {
 /// directories with `create_dir_all` + `set_mode` + `set_mtime`, files and
 /// symlinks into a temp sibling then `rename` over the target. Checks
 /// that every successful step landed inside the root.
-fn apply_entry(
-    sb: &Sandbox,
-    h: &cs_tarstream::EntryHeader,
-    data: &mut dyn std::io::Read,
-    seq: usize,
-) {
+fn apply_entry(sb: &Sandbox, h: &cs_tarstream::EntryHeader, data: &mut dyn std::io::Read, seq: usize) {
     let root = &sb.root;
     let p = &h.path;
     if let Some(parent) = p.parent() {
@@ -187,23 +152,13 @@ fn apply_entry(
         EntryKind::File | EntryKind::Symlink => {
             let tmp_name = format!(".cs-fuzz-tmp-{seq}");
             let staged = if h.kind == EntryKind::File {
-                root.write_temp(p, &tmp_name, data, h.mode, h.mtime, false)
-                    .map(|(tmp, st, n)| {
-                        assert_eq!(
-                            n, h.size,
-                            "write_temp wrote {n} bytes of a {}-byte entry",
-                            h.size
-                        );
-                        assert_eq!(st.size, n);
-                        tmp
-                    })
+                root.write_temp(p, &tmp_name, data, h.mode, h.mtime, false).map(|(tmp, st, n)| {
+                    assert_eq!(n, h.size, "write_temp wrote {n} bytes of a {}-byte entry", h.size);
+                    assert_eq!(st.size, n);
+                    tmp
+                })
             } else {
-                root.symlink_temp(
-                    p,
-                    &tmp_name,
-                    h.link_target.as_deref().unwrap_or("x".as_ref()),
-                    h.mtime,
-                )
+                root.symlink_temp(p, &tmp_name, h.link_target.as_deref().unwrap_or("x".as_ref()), h.mtime)
             };
             match staged {
                 Ok(tmp) => {
@@ -212,10 +167,7 @@ fn apply_entry(
                     match root.rename(&tmp, p) {
                         Ok(()) => {
                             sb.assert_inside(p);
-                            let st = root
-                                .lstat(p)
-                                .expect("lstat after rename")
-                                .expect("renamed entry exists");
+                            let st = root.lstat(p).expect("lstat after rename").expect("renamed entry exists");
                             let want = if h.kind == EntryKind::File {
                                 cs_safe_fs::FileKind::File
                             } else {
@@ -225,8 +177,7 @@ fn apply_entry(
                         }
                         Err(e) => {
                             assert!(acceptable(&e));
-                            root.remove_file(&tmp)
-                                .expect("removing a temp that could not be renamed");
+                            root.remove_file(&tmp).expect("removing a temp that could not be renamed");
                         }
                     }
                 }
@@ -254,11 +205,7 @@ pub fn apply_stream(stream: &[u8]) -> usize {
     snapshot(&sb.root_path, Path::new("/nonexistent"), &mut inside);
     for p in inside.keys() {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        assert!(
-            !name.starts_with(".cs-fuzz-tmp-"),
-            "temp left behind: {}",
-            p.display()
-        );
+        assert!(!name.starts_with(".cs-fuzz-tmp-"), "temp left behind: {}", p.display());
     }
     seq
 }

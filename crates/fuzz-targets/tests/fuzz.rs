@@ -52,14 +52,12 @@ fn path_string() -> BoxedStrategy<String> {
         prop_oneof![8 => Just(""), 1 => Just("/"), 1 => Just("/.")],
     )
         .prop_map(|(lead, comps, trail)| format!("{lead}{}{trail}", comps.join("/")));
-    let long = (
-        vec(250usize..=256, 15..=17),
-        prop_oneof![Just(""), Just("/a"), Just("/"), Just("/..")],
-    )
-        .prop_map(|(lens, tail)| {
+    let long = (vec(250usize..=256, 15..=17), prop_oneof![Just(""), Just("/a"), Just("/"), Just("/..")]).prop_map(
+        |(lens, tail)| {
             let comps: Vec<String> = lens.iter().map(|&n| "y".repeat(n)).collect();
             format!("{}{tail}", comps.join("/"))
-        });
+        },
+    );
     prop_oneof![10 => joined, 1 => long, 1 => ".{0,12}"].boxed()
 }
 
@@ -183,26 +181,11 @@ enum SServer {
     HeldListOk,
     DeleteReport(SDeleteReport),
     DeletesForYou(Vec<String>),
-    WritesApplied {
-        applied: u64,
-        unchanged: u64,
-        conflicts: Vec<String>,
-        refused: Vec<(String, String)>,
-    },
-    WritesFollow {
-        stream: u32,
-        cursor: SCursor,
-    },
-    Committed {
-        cursor: SCursor,
-    },
-    Pong {
-        sent_ms: u64,
-    },
-    Error {
-        code: String,
-        message: String,
-    },
+    WritesApplied { applied: u64, unchanged: u64, conflicts: Vec<String>, refused: Vec<(String, String)> },
+    WritesFollow { stream: u32, cursor: SCursor },
+    Committed { cursor: SCursor },
+    Pong { sent_ms: u64 },
+    Error { code: String, message: String },
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -212,13 +195,7 @@ struct SEnvelope<T> {
 }
 
 fn num() -> impl Strategy<Value = u64> {
-    prop_oneof![
-        Just(0u64),
-        Just(1),
-        Just(u64::MAX),
-        Just(u32::MAX as u64 + 1),
-        any::<u64>()
-    ]
+    prop_oneof![Just(0u64), Just(1), Just(u64::MAX), Just(u32::MAX as u64 + 1), any::<u64>()]
 }
 
 fn paths() -> impl Strategy<Value = Vec<String>> {
@@ -234,39 +211,13 @@ fn client_id() -> impl Strategy<Value = String> {
 }
 
 fn client_msg() -> impl Strategy<Value = SClient> {
-    let hello = (
-        client_id(),
-        any::<u32>(),
-        proptest::option::of(cursor()),
-        any::<[u8; 32]>(),
-        num(),
-        paths(),
-        paths(),
-    )
-        .prop_map(
-            |(client, protocol, cursor, held_digest, held_count, held_added, held_removed)| {
-                SClient::Hello(SHello {
-                    client,
-                    protocol,
-                    cursor,
-                    held_digest,
-                    held_count,
-                    held_added,
-                    held_removed,
-                })
-            },
-        );
+    let hello = (client_id(), any::<u32>(), proptest::option::of(cursor()), any::<[u8; 32]>(), num(), paths(), paths())
+        .prop_map(|(client, protocol, cursor, held_digest, held_count, held_added, held_removed)| {
+            SClient::Hello(SHello { client, protocol, cursor, held_digest, held_count, held_added, held_removed })
+        });
     let commit = (num(), paths(), paths(), any::<[u8; 32]>(), paths()).prop_map(
         |(round_id, added, removed, digest, not_applied)| {
-            SClient::Commit(SCommit {
-                round_id,
-                held: SHeldDelta {
-                    added,
-                    removed,
-                    digest,
-                },
-                not_applied,
-            })
+            SClient::Commit(SCommit { round_id, held: SHeldDelta { added, removed, digest }, not_applied })
         },
     );
     prop_oneof![
@@ -300,30 +251,19 @@ fn server_msg() -> impl Strategy<Value = SServer> {
     prop_oneof![
         any::<bool>().prop_map(SServer::WasCommitted),
         (any::<bool>(), any::<bool>()).prop_map(|(need_held_list, cursor_unknown)| {
-            SServer::HelloReply(SHelloReply {
-                need_held_list,
-                cursor_unknown,
-            })
+            SServer::HelloReply(SHelloReply { need_held_list, cursor_unknown })
         }),
         Just(SServer::HeldListOk),
-        (paths(), paths(), refused()).prop_map(|(deleted, kept, refused)| SServer::DeleteReport(
-            SDeleteReport {
-                deleted,
-                kept,
-                refused
-            }
-        )),
+        (paths(), paths(), refused()).prop_map(|(deleted, kept, refused)| SServer::DeleteReport(SDeleteReport {
+            deleted,
+            kept,
+            refused
+        })),
         paths().prop_map(SServer::DeletesForYou),
         (num(), num(), paths(), refused()).prop_map(|(applied, unchanged, conflicts, refused)| {
-            SServer::WritesApplied {
-                applied,
-                unchanged,
-                conflicts,
-                refused,
-            }
+            SServer::WritesApplied { applied, unchanged, conflicts, refused }
         }),
-        (any::<u32>(), cursor())
-            .prop_map(|(stream, cursor)| SServer::WritesFollow { stream, cursor }),
+        (any::<u32>(), cursor()).prop_map(|(stream, cursor)| SServer::WritesFollow { stream, cursor }),
         cursor().prop_map(|cursor| SServer::Committed { cursor }),
         num().prop_map(|sent_ms| SServer::Pong { sent_ms }),
         (code, ".{0,20}").prop_map(|(code, message)| SServer::Error { code, message }),
@@ -333,19 +273,12 @@ fn server_msg() -> impl Strategy<Value = SServer> {
 fn control<T: Serialize>(id: u64, body: T, named: bool) -> Vec<u8> {
     let env = SEnvelope { id, body };
     let mut b = vec![0u8];
-    b.extend(if named {
-        rmp_serde::to_vec_named(&env).unwrap()
-    } else {
-        rmp_serde::to_vec(&env).unwrap()
-    });
+    b.extend(if named { rmp_serde::to_vec_named(&env).unwrap() } else { rmp_serde::to_vec(&env).unwrap() });
     b
 }
 
 fn stream_frame() -> impl Strategy<Value = Vec<u8>> {
-    let payload = prop_oneof![
-        vec(any::<u8>(), 0..16),
-        (1018usize..=1030).prop_map(|n| vec![7u8; n])
-    ];
+    let payload = prop_oneof![vec(any::<u8>(), 0..16), (1018usize..=1030).prop_map(|n| vec![7u8; n])];
     let reason = prop_oneof![
         ".{0,16}".prop_map(String::into_bytes),
         (1020usize..=1028).prop_map(|n| vec![b'r'; n]),
@@ -353,14 +286,8 @@ fn stream_frame() -> impl Strategy<Value = Vec<u8>> {
         vec(any::<u8>(), 0..8),
     ];
     let status = prop_oneof![Just(0u8), Just(1u8), any::<u8>()];
-    (
-        prop_oneof![4 => 1u8..=2, 1 => any::<u8>()],
-        any::<u32>(),
-        payload,
-        status,
-        reason,
-    )
-        .prop_map(|(tag, stream, payload, status, reason)| {
+    (prop_oneof![4 => 1u8..=2, 1 => any::<u8>()], any::<u32>(), payload, status, reason).prop_map(
+        |(tag, stream, payload, status, reason)| {
             let mut b = vec![tag];
             b.extend_from_slice(&stream.to_le_bytes());
             if tag == 2 {
@@ -370,14 +297,13 @@ fn stream_frame() -> impl Strategy<Value = Vec<u8>> {
                 b.extend_from_slice(&payload);
             }
             b
-        })
+        },
+    )
 }
 
 fn frame_input() -> impl Strategy<Value = Vec<u8>> {
-    let client =
-        (num(), client_msg(), any::<bool>()).prop_map(|(id, m, named)| control(id, m, named));
-    let server =
-        (num(), server_msg(), any::<bool>()).prop_map(|(id, m, named)| control(id, m, named));
+    let client = (num(), client_msg(), any::<bool>()).prop_map(|(id, m, named)| control(id, m, named));
+    let server = (num(), server_msg(), any::<bool>()).prop_map(|(id, m, named)| control(id, m, named));
     let structured = prop_oneof![4 => client, 4 => server, 2 => stream_frame()];
     prop_oneof![
         8 => (structured, mutations()).prop_map(|(b, m)| mutate(b, &m)),
@@ -577,10 +503,7 @@ fn split_path(p: &[u8], use_prefix: bool) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// An entry with optional extension headers before it.
-fn tar_entry(
-    path: BoxedStrategy<String>,
-    link: BoxedStrategy<String>,
-) -> impl Strategy<Value = Vec<u8>> {
+fn tar_entry(path: BoxedStrategy<String>, link: BoxedStrategy<String>) -> impl Strategy<Value = Vec<u8>> {
     let typeflag = prop_oneof![
         16 => Just(b'0'), 8 => Just(b'5'), 6 => Just(b'2'), 2 => Just(b'\0'),
         1 => prop_oneof![Just(b'1'), Just(b'3'), Just(b'4'), Just(b'6'), Just(b'7'), Just(b'S'), Just(b'V'), Just(b'N'), any::<u8>()]
@@ -618,10 +541,7 @@ fn tar_entry(
     (exts, header).prop_map(
         |(
             exts,
-            (
-                (typeflag, path, link, use_prefix, data, size_override),
-                (mode, mtime, magic, good_checksum, pokes),
-            ),
+            ((typeflag, path, link, use_prefix, data, size_override), (mode, mtime, magic, good_checksum, pokes)),
         )| {
             let mut out = Vec::new();
             for (t, d) in &exts {
@@ -643,11 +563,7 @@ fn tar_entry(
             let (name, prefix) = split_path(path.as_bytes(), use_prefix);
             // Directories and symlinks carry no data (a size override still
             // gives them a declared size, which must be refused).
-            let data = if matches!(typeflag, b'5' | b'2') {
-                Vec::new()
-            } else {
-                data
-            };
+            let data = if matches!(typeflag, b'5' | b'2') { Vec::new() } else { data };
             let size = size_override.unwrap_or(Num::Octal(data.len() as u64));
             let e = GenEntry {
                 typeflag,
@@ -725,12 +641,7 @@ fn packed_raw() -> impl Strategy<Value = Vec<u8>> {
                     &mut &data[..],
                 ),
                 1 => w.append_dir(&cs_tarstream::EntryHeader::dir(path, 0o755, mtime)),
-                _ => w.append_symlink(&cs_tarstream::EntryHeader::symlink(
-                    path,
-                    0o777,
-                    mtime,
-                    "t".repeat(linklen),
-                )),
+                _ => w.append_symlink(&cs_tarstream::EntryHeader::symlink(path, 0o777, mtime, "t".repeat(linklen))),
             };
         }
         let (bytes, _) = w.finish().unwrap();
@@ -820,25 +731,14 @@ fn fuzz_tar_apply_bounded() {
 #[test]
 fn driver_reports_a_planted_bug() {
     fn buggy(data: &[u8]) {
-        assert!(
-            !data.windows(2).any(|w| w == b".."),
-            "found the planted bug"
-        );
+        assert!(!data.windows(2).any(|w| w == b".."), "found the planted bug");
     }
     // Bytes biased towards '.' and '/', so the bug is hit at once; not
     // relpath_input(): its long-path branch has a floor of ~3,800 bytes
     // (15 components of 250+), below which no shrink is possible, so a run
     // that hit it first could never shrink to the essence.
     let planted_input = vec(prop_oneof![Just(b'.'), Just(b'/'), any::<u8>()], 0..64);
-    let res = quietly(|| {
-        drive_for(
-            "planted",
-            planted_input,
-            buggy,
-            1_000_000,
-            std::time::Duration::from_secs(60),
-        )
-    });
+    let res = quietly(|| drive_for("planted", planted_input, buggy, 1_000_000, std::time::Duration::from_secs(60)));
     let msg = match res {
         Ok(_) => panic!("the driver missed the planted bug"),
         Err(msg) => msg,
@@ -865,27 +765,18 @@ fn sandbox_detects_an_escape() {
     // And a successful op whose result is not inside is noticed too.
     std::os::unix::fs::symlink("..", sb.root_path.join("sub").join("esc")).unwrap();
     let p = cs_protocol::RelPath::new("sub/esc/bait").unwrap();
-    assert!(
-        quietly(|| sb.assert_inside(&p)).is_err(),
-        "a path through a symlink passed as inside"
-    );
+    assert!(quietly(|| sb.assert_inside(&p)).is_err(), "a path through a symlink passed as inside");
 }
 
 // ---- the generators reach deep ---------------------------------------------
 
 fn sample(strategy: impl Strategy<Value = Vec<u8>>, n: usize) -> Vec<Vec<u8>> {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    (0..n)
-        .map(|_| strategy.new_tree(&mut runner).unwrap().current())
-        .collect()
+    (0..n).map(|_| strategy.new_tree(&mut runner).unwrap().current()).collect()
 }
 
 fn variant<E: std::fmt::Debug>(e: &E) -> String {
-    format!("{e:?}")
-        .split([' ', '(', '{'])
-        .next()
-        .unwrap_or("")
-        .to_string()
+    format!("{e:?}").split([' ', '(', '{']).next().unwrap_or("").to_string()
 }
 
 /// Hand-made tar streams get past the first header often, are accepted
@@ -907,10 +798,7 @@ fn tar_generator_reaches_deep() {
     }
     eprintln!("tar reach: {ok} accepted, {visited} visited an entry, refusals {refusals:?}");
     assert!(ok >= 300, "only {ok} of 3000 streams accepted");
-    assert!(
-        visited >= 600,
-        "only {visited} of 3000 streams reached the visitor"
-    );
+    assert!(visited >= 600, "only {visited} of 3000 streams reached the visitor");
     assert!(refusals.len() >= 6, "refusals not varied: {refusals:?}");
 }
 
@@ -924,10 +812,9 @@ fn frame_generator_reaches_deep() {
     for b in sample(frame_input(), 3000) {
         let c = Frame::<ClientMsg>::decode_with(&b, &cs_fuzz_targets::frame::SMALL_LIMITS);
         let s = Frame::<ServerMsg>::decode_with(&b, &cs_fuzz_targets::frame::SMALL_LIMITS);
-        for r in [
-            c.as_ref().map(|f| matches!(f, Frame::Control(_))),
-            s.as_ref().map(|f| matches!(f, Frame::Control(_))),
-        ] {
+        for r in
+            [c.as_ref().map(|f| matches!(f, Frame::Control(_))), s.as_ref().map(|f| matches!(f, Frame::Control(_)))]
+        {
             match r {
                 Ok(is_control) => {
                     ok += 1;
@@ -938,10 +825,7 @@ fn frame_generator_reaches_deep() {
         }
     }
     eprintln!("frame reach: {ok} decoded ({control_ok} control), refusals {refusals:?}");
-    assert!(
-        control_ok >= 300,
-        "only {control_ok} control frames decoded"
-    );
+    assert!(control_ok >= 300, "only {control_ok} control frames decoded");
     assert!(refusals.len() >= 6, "refusals not varied: {refusals:?}");
 }
 
@@ -958,8 +842,5 @@ fn apply_generator_reaches_deep() {
         streams_applied += usize::from(n > 0);
     }
     eprintln!("apply reach: {applied} entries in {streams_applied} of 300 streams");
-    assert!(
-        streams_applied >= 100,
-        "only {streams_applied} of 300 streams reached the apply"
-    );
+    assert!(streams_applied >= 100, "only {streams_applied} of 300 streams reached the apply");
 }

@@ -15,11 +15,8 @@ fn saved_inputs_pass() {
         let Ok(entries) = std::fs::read_dir(dir.join(name)) else {
             continue;
         };
-        let mut files: Vec<_> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "bin"))
-            .collect();
+        let mut files: Vec<_> =
+            entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "bin")).collect();
         files.sort();
         for f in files {
             let data = std::fs::read(&f).unwrap();
@@ -40,18 +37,11 @@ fn seeds_pass() {
         target(b"a/b");
         target(&[0u8; 1024]);
     }
-    let frame = cs_wire::Frame::control(
-        1,
-        cs_wire::ClientMsg::Deletes(vec![cs_protocol::RelPath::new("a/b").unwrap()]),
-    );
+    let frame =
+        cs_wire::Frame::control(1, cs_wire::ClientMsg::Deletes(vec![cs_protocol::RelPath::new("a/b").unwrap()]));
     cs_fuzz_targets::fuzz_frame(&frame.encode().unwrap());
     let mut w = cs_tarstream::PackWriter::new(Vec::new(), 1).unwrap();
-    let h = cs_tarstream::EntryHeader::file(
-        cs_protocol::RelPath::new("d/f").unwrap(),
-        0o644,
-        Default::default(),
-        2,
-    );
+    let h = cs_tarstream::EntryHeader::file(cs_protocol::RelPath::new("d/f").unwrap(), 0o644, Default::default(), 2);
     w.append_file(&h, &mut &b"hi"[..]).unwrap();
     let (stream, _) = w.finish().unwrap();
     cs_fuzz_targets::fuzz_tar(&stream);

@@ -119,7 +119,8 @@ fn recover(
         // The immutable attribute also forbids moving entries out: lift it for the move.
         let immutable = guard == Guard::Immutable;
         if immutable {
-            set_immutable(dir, false).map_err(|e| format!("clear the immutable attribute of {}: {e}", merged.display()))?;
+            set_immutable(dir, false)
+                .map_err(|e| format!("clear the immutable attribute of {}: {e}", merged.display()))?;
         }
         let r = recovery.get_or_insert_with(|| Recovery {
             at_ms: now_ms(),
@@ -134,7 +135,8 @@ fn recover(
         }
         let errors = mover.errors;
         if immutable {
-            set_immutable(dir, true).map_err(|e| format!("set the immutable attribute of {} again: {e}", merged.display()))?;
+            set_immutable(dir, true)
+                .map_err(|e| format!("set the immutable attribute of {} again: {e}", merged.display()))?;
         }
         if !errors.is_empty() {
             return Err(format!(
@@ -245,19 +247,17 @@ impl Mover<'_> {
                     self.place_in_recovery_dir(rel);
                 }
             }
-            Ok(md) if md.is_dir() && src_md.is_dir() && !is_meta(rel) => {
-                match list(&src) {
-                    Ok(names) => {
-                        for n in names {
-                            self.place(&rel.join(n));
-                        }
-                        if let Err(e) = fs::remove_dir(&src) {
-                            self.errors.push(format!("remove the emptied {}: {e}", src.display()));
-                        }
+            Ok(md) if md.is_dir() && src_md.is_dir() && !is_meta(rel) => match list(&src) {
+                Ok(names) => {
+                    for n in names {
+                        self.place(&rel.join(n));
                     }
-                    Err(e) => self.errors.push(e),
+                    if let Err(e) = fs::remove_dir(&src) {
+                        self.errors.push(format!("remove the emptied {}: {e}", src.display()));
+                    }
                 }
-            }
+                Err(e) => self.errors.push(e),
+            },
             _ => self.place_in_recovery_dir(rel),
         }
     }

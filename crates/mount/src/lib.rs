@@ -30,6 +30,6 @@ pub use local_only::{prepare_local_only, prepare_local_only_owned, DEFAULT_LOCAL
 pub use lower::{LowerKind, LowerSpec};
 pub use sshfs::{shell_quote, sshfs_command, DataCache, SshfsOptions, SshfsTarget, DEFAULT_STALENESS};
 pub use supervisor::{
-    AcceptEmptyLower, CheckNow, LowerState, LowerStatus, MountConfig, MountPointState, MountState, MountSupervisor, Observe,
-    Shutdown, SyncAllowed, UnionState, UnionStatus,
+    AcceptEmptyLower, CheckNow, LowerState, LowerStatus, MountConfig, MountPointState, MountState, MountSupervisor,
+    Observe, Shutdown, SyncAllowed, UnionState, UnionStatus,
 };

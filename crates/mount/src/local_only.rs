@@ -41,8 +41,11 @@ pub fn prepare_local_only_owned(
         }
         let dir = upper.join(rel.as_path());
         // The missing ones among the directory and its ancestors below `upper`.
-        let created: Vec<std::path::PathBuf> =
-            dir.ancestors().take_while(|a| *a != upper && std::fs::symlink_metadata(a).is_err()).map(|a| a.to_path_buf()).collect();
+        let created: Vec<std::path::PathBuf> = dir
+            .ancestors()
+            .take_while(|a| *a != upper && std::fs::symlink_metadata(a).is_err())
+            .map(|a| a.to_path_buf())
+            .collect();
         std::fs::create_dir_all(&dir).map_err(|e| MountError::io("create local-only directory", &dir, e))?;
         if let Some((uid, gid)) = owner {
             for d in created.iter().chain(std::iter::once(&dir)) {
@@ -52,12 +55,14 @@ pub fn prepare_local_only_owned(
         }
         let md = std::fs::symlink_metadata(&dir).map_err(|e| MountError::io("check local-only directory", &dir, e))?;
         if !md.is_dir() {
-            return Err(MountError::Config(format!("local-only path {}: not a directory in the upper layer", dir.display())));
+            return Err(MountError::Config(format!(
+                "local-only path {}: not a directory in the upper layer",
+                dir.display()
+            )));
         }
         // Any marker (either layout, file or directory) already hides the lower entry.
-        let has_marker = Layout::ALL
-            .into_iter()
-            .any(|l| std::fs::symlink_metadata(upper.join(l.marker_path(&rel))).is_ok());
+        let has_marker =
+            Layout::ALL.into_iter().any(|l| std::fs::symlink_metadata(upper.join(l.marker_path(&rel))).is_ok());
         if !has_marker {
             cs_union::create_dir_whiteout(upper, layout, &rel)?;
         }

@@ -88,11 +88,8 @@ impl Plant {
                 }
                 Err(e) => {
                     self.lower_failure = Some(e.clone());
-                    let health = if mounted(&s.lower_mountpoint) {
-                        LowerHealth::Error(e)
-                    } else {
-                        LowerHealth::Missing(e)
-                    };
+                    let health =
+                        if mounted(&s.lower_mountpoint) { LowerHealth::Error(e) } else { LowerHealth::Missing(e) };
                     return LowerReport { health, pid: None, latency: None, has_entries: None };
                 }
             }

@@ -208,8 +208,7 @@ pub fn sshfs_command(target: &SshfsTarget, mountpoint: &Path, opts: &SshfsOption
 
 /// `s` as one word for `sh`: unchanged if it is made of safe characters, else single-quoted.
 pub fn shell_quote(s: &str) -> String {
-    let safe = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&b));
+    let safe = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&b));
     if safe {
         s.to_string()
     } else {

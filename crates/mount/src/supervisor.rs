@@ -528,7 +528,9 @@ impl MountSupervisor {
         if status != self.state.lower.state {
             match &r.health {
                 LowerHealth::Ok => tracing::info!(?status, "lower healthy"),
-                LowerHealth::Missing(e) | LowerHealth::Error(e) => tracing::warn!(?status, error = %e, "lower unhealthy"),
+                LowerHealth::Missing(e) | LowerHealth::Error(e) => {
+                    tracing::warn!(?status, error = %e, "lower unhealthy")
+                }
             }
         }
         self.set_lower_status(status);
@@ -739,8 +741,8 @@ impl Handler<Shutdown> for MountSupervisor {
         self.shutdown_requested = true;
         self.update_rail();
         self.poll(ctx);
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| Err(MountError::Unavailable("stopped during shutdown".into())))
-        })
+        Box::pin(
+            async move { rx.await.unwrap_or_else(|_| Err(MountError::Unavailable("stopped during shutdown".into()))) },
+        )
     }
 }

@@ -96,7 +96,12 @@ async fn observe(a: &Addr<MountSupervisor>) -> MountState {
 }
 
 /// Polls the state every 20 ms until `pred` holds; panics with the last state after `t`.
-async fn wait_state(a: &Addr<MountSupervisor>, t: Duration, what: &str, pred: impl Fn(&MountState) -> bool) -> MountState {
+async fn wait_state(
+    a: &Addr<MountSupervisor>,
+    t: Duration,
+    what: &str,
+    pred: impl Fn(&MountState) -> bool,
+) -> MountState {
     let deadline = Instant::now() + t;
     loop {
         let s = observe(a).await;

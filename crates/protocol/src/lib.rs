@@ -9,8 +9,8 @@ mod relpath;
 mod round;
 
 pub use meta::{ClientId, ClientIdError, Cursor, EntryKind, HeldDigest, Timestamp};
-pub use round::{CommitRequest, DeleteReport, HeldDelta, Hello, HelloReply};
 pub use relpath::{Escaped, PathError, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
+pub use round::{CommitRequest, DeleteReport, HeldDelta, Hello, HelloReply};
 
 /// Bumped on any incompatible change of the messages or tar conventions.
 /// 2: tar streams may carry withdraw markers (busy files, issue 8).

@@ -133,12 +133,7 @@ impl RelPath {
 
     /// Every proper ancestor, nearest first (`a/b/c` gives `a/b`, `a`).
     pub fn ancestors(&self) -> impl Iterator<Item = RelPath> + '_ {
-        self.0
-            .iter()
-            .enumerate()
-            .rev()
-            .filter(|&(_, &b)| b == b'/')
-            .map(|(i, _)| RelPath(self.0[..i].to_vec()))
+        self.0.iter().enumerate().rev().filter(|&(_, &b)| b == b'/').map(|(i, _)| RelPath(self.0[..i].to_vec()))
     }
 
     /// `self/name`, validated.
@@ -162,9 +157,7 @@ impl RelPath {
     /// True if `self` is `other` or lies below it (component-wise).
     pub fn starts_with(&self, other: &RelPath) -> bool {
         self.0 == other.0
-            || (self.0.len() > other.0.len()
-                && self.0.starts_with(&other.0)
-                && self.0[other.0.len()] == b'/')
+            || (self.0.len() > other.0.len() && self.0.starts_with(&other.0) && self.0[other.0.len()] == b'/')
     }
 
     /// The path shown to people, escaped (same as `Display`).
@@ -406,7 +399,9 @@ mod tests {
             by_path: std::collections::BTreeMap<RelPath, u64>,
         }
         let paths = [latin1.clone(), rp("a")];
-        let file = rmp_serde::to_vec_named(&NewOut { paths: &paths, by_path: [(latin1.clone(), 1)].into_iter().collect() }).unwrap();
+        let file =
+            rmp_serde::to_vec_named(&NewOut { paths: &paths, by_path: [(latin1.clone(), 1)].into_iter().collect() })
+                .unwrap();
         let got: NewState = rmp_serde::from_slice(&file).unwrap();
         assert_eq!(got.paths, paths);
         assert_eq!(got.by_path.get(&latin1), Some(&1));
@@ -414,10 +409,7 @@ mod tests {
 
     #[test]
     fn ordering_keeps_directories_before_descendants() {
-        let mut v: Vec<RelPath> = ["a b", "a/b", "a", "a/b/c", "b"]
-            .iter()
-            .map(|s| RelPath::new(*s).unwrap())
-            .collect();
+        let mut v: Vec<RelPath> = ["a b", "a/b", "a", "a/b/c", "b"].iter().map(|s| RelPath::new(*s).unwrap()).collect();
         v.push(RelPath::new(&b"a/\xe9"[..]).unwrap());
         v.sort();
         let got: Vec<String> = v.iter().map(|p| p.to_string()).collect();

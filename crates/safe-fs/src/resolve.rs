@@ -14,8 +14,7 @@ use rustix::io::Errno;
 
 /// Stay beneath the starting directory and refuse every symlink. No
 /// `NO_XDEV`: the tree may legitimately contain mount points.
-const RESOLVE: ResolveFlags =
-    ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
 
 /// Set once `openat2` has returned `ENOSYS` (kernel before 5.6, or a seccomp
 /// filter that does not know it).
@@ -108,13 +107,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn root(dir: &std::path::Path) -> OwnedFd {
-        openat(
-            rustix::fs::CWD,
-            dir,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap()
+        openat(rustix::fs::CWD, dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).unwrap()
     }
 
     /// Both implementations must agree on every case.

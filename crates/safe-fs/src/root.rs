@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use cs_protocol::{Escaped, RelPath, Timestamp};
 use rustix::fs::{
-    chownat, fchmod, fchown, fcntl_getfl, fcntl_setfl, fstat, fsync, futimens, mkdirat, openat, readlinkat,
-    renameat, renameat_with, statat, statx, symlinkat, unlinkat, utimensat, AtFlags, Dir, FileType,
-    Gid, Mode, OFlags, RenameFlags, StatxAttributes, StatxFlags, Timespec, Timestamps, Uid, UTIME_OMIT,
+    chownat, fchmod, fchown, fcntl_getfl, fcntl_setfl, fstat, fsync, futimens, mkdirat, openat, readlinkat, renameat,
+    renameat_with, statat, statx, symlinkat, unlinkat, utimensat, AtFlags, Dir, FileType, Gid, Mode, OFlags,
+    RenameFlags, StatxAttributes, StatxFlags, Timespec, Timestamps, Uid, UTIME_OMIT,
 };
 use rustix::io::Errno;
 
@@ -135,7 +135,13 @@ impl SafeRoot {
 
     /// Gives the entry `name` of `dir` (just created by us; `path` for
     /// messages) to the owner, if there is one. Never follows a symlink.
-    fn own_at<N: rustix::path::Arg>(&self, op: &'static str, path: impl fmt::Display, dir: BorrowedFd<'_>, name: N) -> Result<(), FsError> {
+    fn own_at<N: rustix::path::Arg>(
+        &self,
+        op: &'static str,
+        path: impl fmt::Display,
+        dir: BorrowedFd<'_>,
+        name: N,
+    ) -> Result<(), FsError> {
         let Some(o) = self.owner else { return Ok(()) };
         chownat(dir, name, Some(Uid::from_raw(o.uid)), Some(Gid::from_raw(o.gid)), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| self.owner_err(op, path, o, e))
@@ -178,7 +184,13 @@ impl SafeRoot {
 
     /// Opens the directory `dir` (None: the root) with `flags`, refusing
     /// symlinks everywhere including `dir` itself. `path` is for messages.
-    fn open_dir(&self, op: &'static str, dir: Option<&OsStr>, flags: OFlags, path: impl fmt::Display) -> Result<DirFd<'_>, FsError> {
+    fn open_dir(
+        &self,
+        op: &'static str,
+        dir: Option<&OsStr>,
+        flags: OFlags,
+        path: impl fmt::Display,
+    ) -> Result<DirFd<'_>, FsError> {
         match dir {
             None if flags == OFlags::PATH | OFlags::DIRECTORY => Ok(DirFd::Root(self.fd.as_fd())),
             dir => open_beneath(self.fd.as_fd(), dir.unwrap_or(OsStr::new(".")), flags)
@@ -277,9 +289,7 @@ impl SafeRoot {
         let sa = self.lstat(a)?.ok_or_else(|| self.not_found(OP, a))?;
         let sb = self.lstat(b)?.ok_or_else(|| self.not_found(OP, b))?;
         match (sa.kind, sb.kind) {
-            (FileKind::Symlink, FileKind::Symlink) => {
-                Ok(self.read_link_raw(OP, a)? == self.read_link_raw(OP, b)?)
-            }
+            (FileKind::Symlink, FileKind::Symlink) => Ok(self.read_link_raw(OP, a)? == self.read_link_raw(OP, b)?),
             (FileKind::File, FileKind::File) => {
                 if sa.size != sb.size {
                     return Ok(false);
@@ -564,7 +574,13 @@ impl SafeRoot {
 
     /// Empties directory `name` in `parent` (`p` beneath the root), then
     /// removes it.
-    fn remove_tree_at(&self, op: &'static str, p: &RelPath, parent: BorrowedFd<'_>, name: &OsStr) -> Result<(), FsError> {
+    fn remove_tree_at(
+        &self,
+        op: &'static str,
+        p: &RelPath,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Result<(), FsError> {
         struct Frame {
             fd: OwnedFd,
             /// Name in the parent frame's directory.
@@ -616,7 +632,8 @@ impl SafeRoot {
                 Ok(child) => stack.push(child),
                 Err((Errno::NOENT, _)) => {}
                 // Replaced by a non-directory (or a symlink) meanwhile: unlink that.
-                Err((Errno::NOTDIR | Errno::LOOP, rel)) => match unlinkat(&frame.fd, name.as_c_str(), AtFlags::empty()) {
+                Err((Errno::NOTDIR | Errno::LOOP, rel)) => match unlinkat(&frame.fd, name.as_c_str(), AtFlags::empty())
+                {
                     Ok(()) | Err(Errno::NOENT) => {}
                     Err(e) => return Err(self.io(op, &rel, e)),
                 },

@@ -263,9 +263,7 @@ impl Mount {
     fn tmpfs(at: &std::path::Path) -> Option<Mount> {
         let target = std::ffi::CString::new(at.as_os_str().as_encoded_bytes()).ok()?;
         // SAFETY: NUL-terminated strings that outlive the call; no data argument.
-        let r = unsafe {
-            libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null())
-        };
+        let r = unsafe { libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) };
         (r == 0).then_some(Mount(target))
     }
 }

@@ -35,7 +35,8 @@ fn created_entries_get_the_owner_and_existing_ones_keep_theirs() {
 
     root.create_dir(&rp("d"), 0o755).unwrap();
     root.create_dir_all(&rp("old/a/b"), 0o755).unwrap();
-    let (tmp, st, _) = root.write_temp(&rp("d/f"), ".t1", &mut &b"data"[..], 0o640, ts(1_700_000_000, 5), false).unwrap();
+    let (tmp, st, _) =
+        root.write_temp(&rp("d/f"), ".t1", &mut &b"data"[..], 0o640, ts(1_700_000_000, 5), false).unwrap();
     root.rename(&tmp, &rp("d/f")).unwrap();
     let ltmp = root.symlink_temp(&rp("d/l"), ".t2", "f", ts(1_700_000_000, 0)).unwrap();
     root.rename(&ltmp, &rp("d/l")).unwrap();
@@ -81,7 +82,12 @@ fn owner_error_is_typed_and_leaves_no_temp() {
             .args(["--exact", "owner_error_is_typed_and_leaves_no_temp", "--nocapture"])
             .output();
         match out {
-            Ok(o) => assert!(o.status.success(), "as nobody: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+            Ok(o) => assert!(
+                o.status.success(),
+                "as nobody: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
             Err(e) => eprintln!("skipped: setpriv not available: {e}"),
         }
         return;

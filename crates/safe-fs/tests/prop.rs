@@ -8,8 +8,21 @@ use cs_safe_fs::RelPath;
 use proptest::prelude::*;
 
 fn component() -> impl Strategy<Value = String> {
-    prop::sample::select(vec!["evil", "evil2", "outside", "victim.txt", "sub", "deeper", "d", "inner", "f", "file", "link_to_victim", "new"])
-        .prop_map(str::to_string)
+    prop::sample::select(vec![
+        "evil",
+        "evil2",
+        "outside",
+        "victim.txt",
+        "sub",
+        "deeper",
+        "d",
+        "inner",
+        "f",
+        "file",
+        "link_to_victim",
+        "new",
+    ])
+    .prop_map(str::to_string)
 }
 
 fn path() -> impl Strategy<Value = RelPath> {

@@ -80,8 +80,7 @@ fn write_temp_preserves_content_mode_and_nanosecond_mtime() {
 #[test]
 fn write_temp_special_modes_and_top_level() {
     let (t, root) = setup();
-    let (tmp, st, n) =
-        root.write_temp(&rp("top"), "tmp1", &mut &b""[..], 0o4751, ts(0, 0), false).unwrap();
+    let (tmp, st, n) = root.write_temp(&rp("top"), "tmp1", &mut &b""[..], 0o4751, ts(0, 0), false).unwrap();
     assert_eq!((tmp.to_str().unwrap(), n, st.size), ("tmp1", 0, 0));
     // fchmod is not subject to the umask; root may set setuid.
     assert_eq!(st.mode, 0o4751);
@@ -315,10 +314,7 @@ fn rename_replaces_files_symlinks_and_empty_dirs() {
     // ... but not over a non-empty one.
     std::fs::create_dir_all(p.join("src2")).unwrap();
     let err = root.rename(&rp("src2"), &rp("d")).unwrap_err();
-    assert!(
-        matches!(err.io_kind(), Some(ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists)),
-        "{err:?}"
-    );
+    assert!(matches!(err.io_kind(), Some(ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists)), "{err:?}");
     assert!(root.rename(&rp("missing"), &rp("x")).unwrap_err().is_not_found());
 }
 

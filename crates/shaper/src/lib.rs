@@ -339,10 +339,11 @@ impl std::fmt::Debug for Shaper {
 impl Shaper {
     /// Starts a link with no routes yet.
     pub fn start(cfg: LinkConfig) -> Result<Shaper, ShaperError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ShaperError::Io { op: "build runtime for", addr: "shaper".into(), source: e })?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| ShaperError::Io {
+            op: "build runtime for",
+            addr: "shaper".into(),
+            source: e,
+        })?;
         let handle = rt.handle().clone();
         let (stop, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -379,11 +380,18 @@ impl Shaper {
 
     /// Like [`Shaper::route`] on a given address.
     pub fn route_on(&self, listen: SocketAddr, target: SocketAddr) -> Result<SocketAddr, ShaperError> {
-        let l = std::net::TcpListener::bind(listen)
-            .map_err(|e| ShaperError::Io { op: "bind", addr: listen.to_string(), source: e })?;
-        l.set_nonblocking(true)
-            .map_err(|e| ShaperError::Io { op: "set nonblocking", addr: listen.to_string(), source: e })?;
-        let addr = l.local_addr().map_err(|e| ShaperError::Io { op: "local_addr", addr: listen.to_string(), source: e })?;
+        let l = std::net::TcpListener::bind(listen).map_err(|e| ShaperError::Io {
+            op: "bind",
+            addr: listen.to_string(),
+            source: e,
+        })?;
+        l.set_nonblocking(true).map_err(|e| ShaperError::Io {
+            op: "set nonblocking",
+            addr: listen.to_string(),
+            source: e,
+        })?;
+        let addr =
+            l.local_addr().map_err(|e| ShaperError::Io { op: "local_addr", addr: listen.to_string(), source: e })?;
         let counters = Arc::new(RouteCounters::default());
         let (ok_tx, ok_rx) = std::sync::mpsc::channel();
         let link = Arc::clone(&self.link);

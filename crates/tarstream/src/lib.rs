@@ -158,14 +158,7 @@ impl EntryHeader {
 
     /// A symlink header.
     pub fn symlink(path: RelPath, mode: u32, mtime: Timestamp, target: impl Into<OsString>) -> Self {
-        EntryHeader {
-            path,
-            kind: EntryKind::Symlink,
-            mode,
-            mtime,
-            size: 0,
-            link_target: Some(target.into()),
-        }
+        EntryHeader { path, kind: EntryKind::Symlink, mode, mtime, size: 0, link_target: Some(target.into()) }
     }
 }
 

@@ -41,22 +41,13 @@ fn decimal_digits(mut n: usize) -> usize {
 pub(crate) fn parse_records(mut data: &[u8]) -> Result<Vec<(&str, &[u8])>, String> {
     let mut out = Vec::new();
     while !data.is_empty() {
-        let sp = data
-            .iter()
-            .take(21)
-            .position(|&b| b == b' ')
-            .ok_or("PAX record length is not followed by a space")?;
+        let sp = data.iter().take(21).position(|&b| b == b' ').ok_or("PAX record length is not followed by a space")?;
         let digits = &data[..sp];
         if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-            return Err(format!(
-                "PAX record length {:?} is not a decimal number",
-                String::from_utf8_lossy(digits)
-            ));
+            return Err(format!("PAX record length {:?} is not a decimal number", String::from_utf8_lossy(digits)));
         }
-        let len: usize = std::str::from_utf8(digits)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or("PAX record length overflows")?;
+        let len: usize =
+            std::str::from_utf8(digits).ok().and_then(|s| s.parse().ok()).ok_or("PAX record length overflows")?;
         if len > data.len() {
             return Err(format!(
                 "PAX record claims {len} bytes but only {} remain in the extension header",
@@ -158,14 +149,10 @@ pub(crate) fn parse_numeric(field: &[u8]) -> Result<i64, String> {
         return Ok(v as i64);
     }
     let start = field.iter().position(|&b| b != b' ').unwrap_or(field.len());
-    let digits_end = field[start..]
-        .iter()
-        .position(|&b| !(b'0'..=b'7').contains(&b))
-        .map_or(field.len(), |i| start + i);
+    let digits_end =
+        field[start..].iter().position(|&b| !(b'0'..=b'7').contains(&b)).map_or(field.len(), |i| start + i);
     let digits = &field[start..digits_end];
-    let bad = || {
-        format!("numeric field {:?} is not octal", String::from_utf8_lossy(field).trim_end_matches('\0'))
-    };
+    let bad = || format!("numeric field {:?} is not octal", String::from_utf8_lossy(field).trim_end_matches('\0'));
     if digits.is_empty() || !field[digits_end..].iter().all(|&b| b == 0 || b == b' ') {
         return Err(bad());
     }
@@ -210,17 +197,14 @@ mod tests {
 
     #[test]
     fn records_parse_strictly() {
-        assert_eq!(
-            parse_records(b"8 a=bcd\n12 path=x=y\n").unwrap(),
-            vec![("a", &b"bcd"[..]), ("path", &b"x=y"[..])]
-        );
+        assert_eq!(parse_records(b"8 a=bcd\n12 path=x=y\n").unwrap(), vec![("a", &b"bcd"[..]), ("path", &b"x=y"[..])]);
         for bad in [
-            &b"10 a=bcd\n"[..],  // length too long for the data
-            b"7 a=bcd\n",        // length cuts the record: no newline at its end
-            b"x a=b\n",          // not a number
-            b"6 =bc\n",          // empty keyword
-            b"5 ab\n",           // no '='
-            b"3 \n",             // too short
+            &b"10 a=bcd\n"[..], // length too long for the data
+            b"7 a=bcd\n",       // length cuts the record: no newline at its end
+            b"x a=b\n",         // not a number
+            b"6 =bc\n",         // empty keyword
+            b"5 ab\n",          // no '='
+            b"3 \n",            // too short
             b"99999999999999999999999 a=b\n",
             b"1234567890123456789012",
         ] {

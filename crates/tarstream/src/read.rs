@@ -20,8 +20,8 @@ use crate::error::{TarError, VisitError};
 use crate::pax::{self, BLOCK};
 use crate::write::pad_len;
 use crate::{
-    EntryHeader, Limits, MAX_EXTENSION_HEADERS, MAX_LINK_TARGET_LEN, MAX_TRAILING_ZEROS,
-    WINDOW_LOG_MAX, WITHDRAW_TYPEFLAG,
+    EntryHeader, Limits, MAX_EXTENSION_HEADERS, MAX_LINK_TARGET_LEN, MAX_TRAILING_ZEROS, WINDOW_LOG_MAX,
+    WITHDRAW_TYPEFLAG,
 };
 
 /// What [`unpack_events`] hands its visitor.
@@ -96,9 +96,7 @@ impl SrcError {
             SrcError::Io(source) => TarError::Io { index, path, source },
             SrcError::Compression(source) => TarError::Compression { index, path, source },
             SrcError::Truncated => TarError::Truncated { index, path, during },
-            SrcError::Ratio(limit) => {
-                TarError::LimitExceeded { index, path, what: "decompression ratio", limit }
-            }
+            SrcError::Ratio(limit) => TarError::LimitExceeded { index, path, what: "decompression ratio", limit },
         }
     }
 
@@ -106,9 +104,7 @@ impl SrcError {
     fn to_io(&self) -> io::Error {
         match self {
             SrcError::Io(e) | SrcError::Compression(e) => io::Error::new(e.kind(), e.to_string()),
-            SrcError::Truncated => {
-                io::Error::new(io::ErrorKind::UnexpectedEof, "tar stream truncated in entry data")
-            }
+            SrcError::Truncated => io::Error::new(io::ErrorKind::UnexpectedEof, "tar stream truncated in entry data"),
             SrcError::Ratio(_) => io::Error::other("tar stream exceeds the decompression ratio limit"),
         }
     }
@@ -147,9 +143,7 @@ impl<R: Read> Source<R> {
             }
         };
         self.produced += n as u64;
-        if self.produced > self.grace
-            && self.produced > self.max_ratio.saturating_mul(self.consumed())
-        {
+        if self.produced > self.grace && self.produced > self.max_ratio.saturating_mul(self.consumed()) {
             return Err(SrcError::Ratio(self.max_ratio));
         }
         Ok(n)
@@ -282,8 +276,7 @@ pub fn unpack_events<R: Read>(
     let buffered = BufReader::with_capacity(zstd::zstd_safe::DCtx::in_size(), counting);
     let mut dec = zstd::stream::read::Decoder::with_buffer(buffered).map_err(comp)?.single_frame();
     dec.window_log_max(WINDOW_LOG_MAX).map_err(comp)?;
-    let mut src =
-        Source { dec, produced: 0, max_ratio: limits.max_ratio, grace: limits.ratio_grace_bytes };
+    let mut src = Source { dec, produced: 0, max_ratio: limits.max_ratio, grace: limits.ratio_grace_bytes };
 
     let mut stats = UnpackStats::default();
     let mut scratch = vec![0u8; 64 << 10];
@@ -316,24 +309,18 @@ pub fn unpack_events<R: Read>(
         }
         let magic = &block[257..265];
         if magic != b"ustar\x0000" && magic != b"ustar  \0" {
-            return Err(malformed(format!(
-                "not a ustar/GNU header (magic {:?})",
-                String::from_utf8_lossy(magic)
-            )));
+            return Err(malformed(format!("not a ustar/GNU header (magic {:?})", String::from_utf8_lossy(magic))));
         }
         let header = tar::Header::from_byte_slice(&block);
         let typeflag = block[156];
-        let size_field = pax::parse_numeric(&header.as_old().size)
-            .map_err(|e| malformed(format!("size field: {e}")))?;
-        let size_field = u64::try_from(size_field)
-            .map_err(|_| malformed(format!("negative size {size_field}")))?;
+        let size_field =
+            pax::parse_numeric(&header.as_old().size).map_err(|e| malformed(format!("size field: {e}")))?;
+        let size_field = u64::try_from(size_field).map_err(|_| malformed(format!("negative size {size_field}")))?;
 
         if matches!(typeflag, b'x' | b'g' | b'L' | b'K') {
             pending.count += 1;
             if pending.count > MAX_EXTENSION_HEADERS {
-                return Err(malformed(format!(
-                    "more than {MAX_EXTENSION_HEADERS} extension headers in a row"
-                )));
+                return Err(malformed(format!("more than {MAX_EXTENSION_HEADERS} extension headers in a row")));
             }
             if size_field > limits.max_pax_bytes {
                 return Err(TarError::LimitExceeded {
@@ -348,8 +335,7 @@ pub fn unpack_events<R: Read>(
             if !src.read_full(&mut data).map_err(|e| e.at(index, hint.clone(), during))? {
                 return Err(SrcError::Truncated.at(index, hint, during));
             }
-            src.skip(pad_len(size_field) as u64, &mut scratch)
-                .map_err(|e| e.at(index, hint.clone(), during))?;
+            src.skip(pad_len(size_field) as u64, &mut scratch).map_err(|e| e.at(index, hint.clone(), during))?;
             match typeflag {
                 b'x' | b'g' => {
                     let records = pax::parse_records(&data).map_err(malformed)?;
@@ -362,7 +348,9 @@ pub fn unpack_events<R: Read>(
                                 "mtime" => pending.pax_mtime = value,
                                 // Paths are taken as bytes either way; any
                                 // other character set would need converting.
-                                "hdrcharset" if !matches!(value.as_deref(), Some(b"BINARY" | b"ISO-IR 10646 2000 UTF-8")) => {
+                                "hdrcharset"
+                                    if !matches!(value.as_deref(), Some(b"BINARY" | b"ISO-IR 10646 2000 UTF-8")) =>
+                                {
                                     return Err(malformed(format!(
                                         "unsupported PAX hdrcharset {:?}",
                                         String::from_utf8_lossy(value.as_deref().unwrap_or_default())
@@ -396,25 +384,21 @@ pub fn unpack_events<R: Read>(
         };
         // Escaped (as RelPath shows), for messages.
         let lossy = Escaped(&raw_path).to_string();
-        let malformed = |reason: String| TarError::Malformed {
-            index,
-            path: Some(lossy.clone()),
-            reason,
-        };
+        let malformed = |reason: String| TarError::Malformed { index, path: Some(lossy.clone()), reason };
         if typeflag == WITHDRAW_TYPEFLAG {
-            let path = parse_path(raw_path, EntryKind::File)
-                .map_err(|source| TarError::BadPath { index, raw: lossy.clone(), source })?;
+            let path = parse_path(raw_path, EntryKind::File).map_err(|source| TarError::BadPath {
+                index,
+                raw: lossy.clone(),
+                source,
+            })?;
             if pending.gnu_sparse || pending.pax_size.is_some() || size_field != 0 {
                 return Err(malformed("withdraw marker with data or a size".into()));
             }
             if last_file.take().as_ref() != Some(&path) {
-                return Err(malformed(
-                    "withdraw marker that does not follow the entry of that file".into(),
-                ));
+                return Err(malformed("withdraw marker that does not follow the entry of that file".into()));
             }
             let withdrawn = index - 1; // a file entry was visited: index >= 1
-            visit(Event::Withdraw(&path))
-                .map_err(|source| TarError::Visit { index: withdrawn, path, source })?;
+            visit(Event::Withdraw(&path)).map_err(|source| TarError::Visit { index: withdrawn, path, source })?;
             stats.withdrawn += 1;
             pending = Pending::default();
             continue;
@@ -423,13 +407,7 @@ pub fn unpack_events<R: Read>(
             b'0' | b'\0' => EntryKind::File,
             b'5' => EntryKind::Dir,
             b'2' => EntryKind::Symlink,
-            other => {
-                return Err(TarError::UnsupportedType {
-                    index,
-                    path: lossy,
-                    kind: type_name(other),
-                })
-            }
+            other => return Err(TarError::UnsupportedType { index, path: lossy, kind: type_name(other) }),
         };
         if pending.gnu_sparse {
             return Err(TarError::UnsupportedType {
@@ -446,31 +424,26 @@ pub fn unpack_events<R: Read>(
                 limit: limits.max_entries,
             });
         }
-        let path = parse_path(raw_path, kind)
-            .map_err(|source| TarError::BadPath { index, raw: lossy.clone(), source })?;
+        let path =
+            parse_path(raw_path, kind).map_err(|source| TarError::BadPath { index, raw: lossy.clone(), source })?;
         let size = match &pending.pax_size {
             Some(s) => std::str::from_utf8(s)
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    malformed(format!("bad PAX size {:?}", String::from_utf8_lossy(s)))
-                })?,
+                .ok_or_else(|| malformed(format!("bad PAX size {:?}", String::from_utf8_lossy(s))))?,
             None => size_field,
         };
         if kind != EntryKind::File && size != 0 {
             return Err(malformed(format!("{kind:?} entry with non-zero size {size}")));
         }
-        let mode = pax::parse_numeric(&header.as_old().mode)
-            .map_err(|e| malformed(format!("mode field: {e}")))?;
+        let mode = pax::parse_numeric(&header.as_old().mode).map_err(|e| malformed(format!("mode field: {e}")))?;
         let mode = (mode as u32) & 0o7777;
         let mtime = match &pending.pax_mtime {
-            Some(m) => pax::parse_time(m).ok_or_else(|| {
-                malformed(format!("bad PAX mtime {:?}", String::from_utf8_lossy(m)))
-            })?,
+            Some(m) => pax::parse_time(m)
+                .ok_or_else(|| malformed(format!("bad PAX mtime {:?}", String::from_utf8_lossy(m))))?,
             None => Timestamp::new(
-                pax::parse_numeric(&header.as_old().mtime)
-                    .map_err(|e| malformed(format!("mtime field: {e}")))?,
+                pax::parse_numeric(&header.as_old().mtime).map_err(|e| malformed(format!("mtime field: {e}")))?,
                 0,
             ),
         };
@@ -479,11 +452,8 @@ pub fn unpack_events<R: Read>(
                 (Some(p), _) | (None, Some(p)) => p.clone(),
                 (None, None) => trim_nul(&header.as_old().linkname).to_vec(),
             };
-            let bad = |reason: &str| TarError::BadLinkTarget {
-                index,
-                path: path.to_string(),
-                reason: reason.to_string(),
-            };
+            let bad =
+                |reason: &str| TarError::BadLinkTarget { index, path: path.to_string(), reason: reason.to_string() };
             if raw.is_empty() {
                 return Err(bad("empty target"));
             }

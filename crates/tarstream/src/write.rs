@@ -297,11 +297,7 @@ impl<W: Write> PackWriter<W> {
     /// Copies exactly `h.size` bytes (plus block padding). The outer `Err` is
     /// a stream failure; the inner result reports a source problem after
     /// which the stream is still consistent.
-    fn copy_data(
-        &mut self,
-        h: &EntryHeader,
-        data: &mut dyn Read,
-    ) -> Result<Result<(), TarError>, TarError> {
+    fn copy_data(&mut self, h: &EntryHeader, data: &mut dyn Read) -> Result<Result<(), TarError>, TarError> {
         if self.buf.is_empty() {
             self.buf = vec![0; COPY_BUF];
         }
@@ -312,11 +308,7 @@ impl<W: Write> PackWriter<W> {
             let want = (h.size - done).min(COPY_BUF as u64) as usize;
             match data.read(&mut self.buf[..want]) {
                 Ok(0) => {
-                    problem = Some(TarError::SourceChanged {
-                        path: h.path.clone(),
-                        declared: h.size,
-                        got: done,
-                    });
+                    problem = Some(TarError::SourceChanged { path: h.path.clone(), declared: h.size, got: done });
                     break;
                 }
                 Ok(n) => {
@@ -346,11 +338,8 @@ impl<W: Write> PackWriter<W> {
                 match data.read(&mut probe) {
                     Ok(0) => break,
                     Ok(_) => {
-                        problem = Some(TarError::SourceChanged {
-                            path: h.path.clone(),
-                            declared: h.size,
-                            got: h.size + 1,
-                        });
+                        problem =
+                            Some(TarError::SourceChanged { path: h.path.clone(), declared: h.size, got: h.size + 1 });
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

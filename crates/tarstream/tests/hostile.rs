@@ -61,15 +61,9 @@ fn path_traversal_and_absolute_paths_are_refused() {
 #[test]
 fn directory_gets_only_one_slash_stripped() {
     let raw = ok_first().entry(b'5', "a//", 0, "").end();
-    assert!(matches!(
-        expect_refused(&raw),
-        TarError::BadPath { source: PathError::NotNormalised(_), .. }
-    ));
+    assert!(matches!(expect_refused(&raw), TarError::BadPath { source: PathError::NotNormalised(_), .. }));
     let raw = ok_first().entry(b'0', "file/", 0, "").end();
-    assert!(matches!(
-        expect_refused(&raw),
-        TarError::BadPath { source: PathError::NotNormalised(_), .. }
-    ));
+    assert!(matches!(expect_refused(&raw), TarError::BadPath { source: PathError::NotNormalised(_), .. }));
     let raw = ok_first().entry(b'5', "/", 0, "").end();
     assert!(matches!(expect_refused(&raw), TarError::BadPath { .. }));
 }
@@ -123,7 +117,8 @@ fn byte_paths_are_accepted_and_still_validated() {
     let long = [&b"\xe9"[..]; 300].concat();
     let raw = ok_first().pax(b'x', &[("hdrcharset", b"BINARY"), ("path", &long)]).entry(b'0', "x", 0, "").end();
     assert!(matches!(expect_refused(&raw), TarError::BadPath { source: PathError::ComponentTooLong { .. }, .. }));
-    let raw = ok_first().pax(b'x', &[("hdrcharset", b"ISO-8859-1"), ("path", b"caf\xe9")]).entry(b'0', "x", 0, "").end();
+    let raw =
+        ok_first().pax(b'x', &[("hdrcharset", b"ISO-8859-1"), ("path", b"caf\xe9")]).entry(b'0', "x", 0, "").end();
     assert!(matches!(expect_refused(&raw), TarError::Malformed { reason, .. } if reason.contains("hdrcharset")));
 }
 
@@ -210,10 +205,7 @@ fn huge_size_followed_by_eof_is_truncation() {
     .unwrap_err();
     assert!(read_failed);
     assert_eq!(seen, ["ok", "big"]);
-    assert!(
-        matches!(&err, TarError::Truncated { index: 1, path: Some(p), .. } if p == "big"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, TarError::Truncated { index: 1, path: Some(p), .. } if p == "big"), "{err:?}");
     // A visitor that ignores the failure changes nothing.
     let (_, res) = visited_paths(&raw.zstd(), &Limits::default());
     assert!(matches!(res, Err(TarError::Truncated { .. })), "{res:?}");
@@ -270,7 +262,9 @@ fn bad_checksum_is_refused() {
     let mut h = Raw::header(b'0', b"x", &Raw::octal_size(0), b"");
     h[0] = b'y'; // change the name after the checksum was computed
     let raw = ok_first().block(h).end();
-    assert!(matches!(expect_refused(&raw), TarError::Malformed { index: 1, reason, .. } if reason.contains("checksum")));
+    assert!(
+        matches!(expect_refused(&raw), TarError::Malformed { index: 1, reason, .. } if reason.contains("checksum"))
+    );
 }
 
 #[test]

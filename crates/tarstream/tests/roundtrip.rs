@@ -5,9 +5,7 @@ mod common;
 use std::io::Read;
 
 use common::*;
-use cs_tarstream::{
-    unpack, EntryHeader, EntryKind, Limits, PackWriter, RelPath, TarError, Timestamp,
-};
+use cs_tarstream::{unpack, EntryHeader, EntryKind, Limits, PackWriter, RelPath, TarError, Timestamp};
 use proptest::prelude::*;
 
 fn long_path(total: usize) -> String {
@@ -212,12 +210,7 @@ fn shrunk_and_grown_sources_are_reported_and_the_stream_stays_usable() {
     let datas: Vec<(&str, &[u8])> = got.iter().map(|(h, d)| (h.path.to_str().unwrap(), &d[..])).collect();
     assert_eq!(
         datas,
-        vec![
-            ("shrank", &b"abc\0\0\0\0\0\0\0"[..]),
-            ("grew", b"ab"),
-            ("eio", b"qq\0\0\0"),
-            ("fine", b"ok")
-        ]
+        vec![("shrank", &b"abc\0\0\0\0\0\0\0"[..]), ("grew", b"ab"), ("eio", b"qq\0\0\0"), ("fine", b"ok")]
     );
 }
 
@@ -380,12 +373,8 @@ fn gnu_format_from_the_tar_crate_is_read() {
 }
 
 fn arb_component() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-z0-9._-]{1,12}",
-        "[a-zA-Zéü日本😀 ]{1,6}",
-        Just("x".repeat(255)),
-    ]
-    .prop_filter("not . or ..", |c| c != "." && c != "..")
+    prop_oneof!["[a-z0-9._-]{1,12}", "[a-zA-Zéü日本😀 ]{1,6}", Just("x".repeat(255)),]
+        .prop_filter("not . or ..", |c| c != "." && c != "..")
 }
 
 fn arb_entry() -> impl Strategy<Value = (EntryHeader, Vec<u8>)> {
@@ -395,12 +384,13 @@ fn arb_entry() -> impl Strategy<Value = (EntryHeader, Vec<u8>)> {
     let mtime = (prop_oneof![-5_000_000_000i64..5_000_000_000, any::<i64>()], 0u32..1_000_000_000)
         .prop_map(|(s, n)| Timestamp::new(s, n));
     let target = "[^\u{0}]{1,300}";
-    (path, 0u32..0o10000, mtime, 0u8..3, prop::collection::vec(any::<u8>(), 0..3000), target)
-        .prop_map(|(path, mode, mtime, kind, data, target)| match kind {
+    (path, 0u32..0o10000, mtime, 0u8..3, prop::collection::vec(any::<u8>(), 0..3000), target).prop_map(
+        |(path, mode, mtime, kind, data, target)| match kind {
             0 => (EntryHeader::file(path, mode, mtime, data.len() as u64), data),
             1 => (EntryHeader::dir(path, mode, mtime), vec![]),
             _ => (EntryHeader::symlink(path, mode, mtime, target), vec![]),
-        })
+        },
+    )
 }
 
 proptest! {
@@ -416,11 +406,8 @@ proptest! {
 
 #[test]
 fn kinds_are_reported() {
-    let entries = vec![
-        fe("f", 0o644, (1, 0), vec![]),
-        (dir("d", 0o755, (1, 0)), vec![]),
-        (symlink("s", "f", (1, 0)), vec![]),
-    ];
+    let entries =
+        vec![fe("f", 0o644, (1, 0), vec![]), (dir("d", 0o755, (1, 0)), vec![]), (symlink("s", "f", (1, 0)), vec![])];
     let kinds: Vec<EntryKind> =
         unpack_all(&pack(&entries), &Limits::default()).unwrap().iter().map(|(h, _)| h.kind).collect();
     assert_eq!(kinds, [EntryKind::File, EntryKind::Dir, EntryKind::Symlink]);

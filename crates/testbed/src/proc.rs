@@ -115,12 +115,7 @@ pub(crate) fn unmount(path: &Path, lazy: bool) -> std::io::Result<()> {
     }
     let mut last = String::new();
     for prog in ["fusermount3", "fusermount"] {
-        match Command::new(prog)
-            .arg(if lazy { "-uz" } else { "-u" })
-            .arg(path)
-            .stdin(Stdio::null())
-            .output()
-        {
+        match Command::new(prog).arg(if lazy { "-uz" } else { "-u" }).arg(path).stdin(Stdio::null()).output() {
             Ok(o) if o.status.success() => return Ok(()),
             Ok(o) => last = format!("{prog}: {}", String::from_utf8_lossy(&o.stderr).trim()),
             Err(e) => last = format!("{prog}: {e}"),

@@ -51,9 +51,7 @@ impl DelayProxy {
     pub fn start(listen: SocketAddr, target: SocketAddr, one_way_delay: Duration) -> Result<DelayProxy> {
         let std_listener =
             std::net::TcpListener::bind(listen).map_err(|e| TestbedError::io("bind proxy", listen.to_string(), e))?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| TestbedError::io("set nonblocking", listen.to_string(), e))?;
+        std_listener.set_nonblocking(true).map_err(|e| TestbedError::io("set nonblocking", listen.to_string(), e))?;
         let addr = std_listener.local_addr().map_err(|e| TestbedError::io("local_addr", listen.to_string(), e))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -107,12 +105,7 @@ impl Drop for DelayProxy {
     }
 }
 
-async fn serve(
-    listener: TcpListener,
-    target: SocketAddr,
-    delay: Duration,
-    mut cmd: mpsc::UnboundedReceiver<Cmd>,
-) {
+async fn serve(listener: TcpListener, target: SocketAddr, delay: Duration, mut cmd: mpsc::UnboundedReceiver<Cmd>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {

@@ -70,7 +70,9 @@ fn proxy_pipelines_instead_of_serialising() {
     let sender = std::thread::spawn(move || {
         let mut sent = Vec::new();
         for i in 0..n {
-            std::thread::sleep((start + Duration::from_millis(10 * i as u64)).saturating_duration_since(Instant::now()));
+            std::thread::sleep(
+                (start + Duration::from_millis(10 * i as u64)).saturating_duration_since(Instant::now()),
+            );
             sent.push(start.elapsed());
             w.write_all(&[i as u8]).unwrap();
         }

@@ -21,33 +21,19 @@ pub enum UnionError {
 
     /// A [`crate::Whiteout`] whose `marker` does not match its `layout` and `path`.
     #[error("{op} {}: marker does not belong to the whiteout (expected {})", marker.display(), expected.display())]
-    MarkerMismatch {
-        op: &'static str,
-        marker: PathBuf,
-        expected: PathBuf,
-    },
+    MarkerMismatch { op: &'static str, marker: PathBuf, expected: PathBuf },
 
     /// No union binary on `PATH`.
-    #[error(
-        "find unionfs-fuse: neither `unionfs-fuse` nor `unionfs` is an executable in PATH={path:?}"
-    )]
+    #[error("find unionfs-fuse: neither `unionfs-fuse` nor `unionfs` is an executable in PATH={path:?}")]
     BinaryNotFound { path: String },
 
     /// Running the union binary (not the mount itself) failed.
     #[error("{op} {}: {detail}", binary.display())]
-    Command {
-        op: &'static str,
-        binary: PathBuf,
-        detail: String,
-    },
+    Command { op: &'static str, binary: PathBuf, detail: String },
 
     /// Mounting failed, or the mount's process misbehaved.
     #[error("{op} {}: {detail}", merged.display())]
-    Mount {
-        op: &'static str,
-        merged: PathBuf,
-        detail: String,
-    },
+    Mount { op: &'static str, merged: PathBuf, detail: String },
 
     /// Probing the layout did not show a recognisable whiteout.
     #[error("probe whiteout layout in {}: {detail}", scratch.display())]
@@ -56,10 +42,6 @@ pub enum UnionError {
 
 impl UnionError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        UnionError::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        UnionError::Io { op, path: path.into(), source }
     }
 }

@@ -15,6 +15,6 @@ mod whiteout;
 pub use error::UnionError;
 pub use mount::{access_options, is_mounted, MountGuard, UnionfsFuse};
 pub use whiteout::{
-    create_dir_whiteout, create_whiteout, is_hidden, is_meta_path, list_whiteouts, remove_whiteout,
-    remove_whiteout_at, Layout, Whiteout, WhiteoutScan, HIDE_SUFFIX,
+    create_dir_whiteout, create_whiteout, is_hidden, is_meta_path, list_whiteouts, remove_whiteout, remove_whiteout_at,
+    Layout, Whiteout, WhiteoutScan, HIDE_SUFFIX,
 };

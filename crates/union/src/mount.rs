@@ -40,9 +40,7 @@ impl UnionfsFuse {
                 }
             }
         }
-        Err(UnionError::BinaryNotFound {
-            path: path.to_string_lossy().into_owned(),
-        })
+        Err(UnionError::BinaryNotFound { path: path.to_string_lossy().into_owned() })
     }
 
     /// The version the binary reports (`1.0` for Debian's), from `--version`.
@@ -52,39 +50,20 @@ impl UnionfsFuse {
             .arg("--version")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| UnionError::Command {
-                op,
-                binary: self.binary.clone(),
-                detail: e.to_string(),
-            })?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text.lines()
-            .find_map(parse_version_line)
-            .ok_or_else(|| UnionError::Command {
-                op,
-                binary: self.binary.clone(),
-                detail: format!(
-                    "no `unionfs-fuse version` line in output ({}): {text:?}",
-                    out.status
-                ),
-            })
+            .map_err(|e| UnionError::Command { op, binary: self.binary.clone(), detail: e.to_string() })?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        text.lines().find_map(parse_version_line).ok_or_else(|| UnionError::Command {
+            op,
+            binary: self.binary.clone(),
+            detail: format!("no `unionfs-fuse version` line in output ({}): {text:?}", out.status),
+        })
     }
 
     /// `BINARY -f -o cow,ACCESS[,EXTRA] UPPER=RW:LOWER=RO MERGED`: copy-on-write, upper
     /// writable over lower read-only, in the foreground (the process is the mount's lifetime;
     /// its exit is the mount's death), ACCESS being [`access_options`]. Paths are passed as given; they must not contain `:` or `=`
     /// (unionfs-fuse's branch syntax has no escaping; [`MountGuard::mount`] checks this).
-    pub fn mount_command(
-        &self,
-        upper: &Path,
-        lower: &Path,
-        merged: &Path,
-        extra_opts: &[String],
-    ) -> Command {
+    pub fn mount_command(&self, upper: &Path, lower: &Path, merged: &Path, extra_opts: &[String]) -> Command {
         let mut opts = String::from("cow");
         for o in access_options().iter().chain(extra_opts) {
             opts.push(',');
@@ -104,15 +83,10 @@ impl UnionfsFuse {
     /// directory is removed afterwards (only once unmounted).
     pub fn probe_layout(&self, scratch: &Path) -> Result<Layout, UnionError> {
         static N: AtomicU64 = AtomicU64::new(0);
-        let dir = scratch.join(format!(
-            "unionfs-probe-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = scratch.join(format!("unionfs-probe-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
         let (upper, lower, merged) = (dir.join("upper"), dir.join("lower"), dir.join("merged"));
         for d in [&upper, &lower, &merged] {
-            std::fs::create_dir_all(d)
-                .map_err(|e| UnionError::io("probe layout: create dir", d, e))?;
+            std::fs::create_dir_all(d).map_err(|e| UnionError::io("probe layout: create dir", d, e))?;
         }
         let probe = "probe-file";
         let lower_file = lower.join(probe);
@@ -124,18 +98,11 @@ impl UnionfsFuse {
             let merged_file = merged.join(probe);
             let removed = std::fs::remove_file(&merged_file);
             guard.unmount()?;
-            removed.map_err(|e| {
-                UnionError::io("probe layout: delete through the union", &merged_file, e)
-            })?;
+            removed.map_err(|e| UnionError::io("probe layout: delete through the union", &merged_file, e))?;
 
             let scan = list_whiteouts(&upper)?;
             let want = RelPath::new(probe).expect("a valid path");
-            let found: Vec<Layout> = scan
-                .whiteouts
-                .iter()
-                .filter(|w| w.path == want)
-                .map(|w| w.layout)
-                .collect();
+            let found: Vec<Layout> = scan.whiteouts.iter().filter(|w| w.path == want).map(|w| w.layout).collect();
             match found.as_slice() {
                 [layout] => Ok(*layout),
                 _ => Err(UnionError::Probe {
@@ -150,9 +117,8 @@ impl UnionfsFuse {
             }
         })();
         // Never delete recursively through a live mount.
-        let still_mounted = std::fs::canonicalize(&dir)
-            .map(|d| is_mounted(&d.join("merged")).unwrap_or(true))
-            .unwrap_or(true);
+        let still_mounted =
+            std::fs::canonicalize(&dir).map(|d| is_mounted(&d.join("merged")).unwrap_or(true)).unwrap_or(true);
         if still_mounted {
             tracing::warn!(dir = %dir.display(), "probe union still mounted; leaving its directory");
             return result;
@@ -189,9 +155,7 @@ fn parse_version_line(line: &str) -> Option<String> {
 }
 
 fn is_executable(p: &Path) -> bool {
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Relative paths of everything below `root`, for error messages.
@@ -228,10 +192,7 @@ pub struct MountGuard {
 
 impl std::fmt::Debug for MountGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MountGuard")
-            .field("merged", &self.merged)
-            .field("pid", &self.pid())
-            .finish()
+        f.debug_struct("MountGuard").field("merged", &self.merged).field("pid", &self.pid()).finish()
     }
 }
 
@@ -247,37 +208,22 @@ impl MountGuard {
         extra_opts: &[String],
     ) -> Result<Self, UnionError> {
         let op = "mount union at";
-        let canon = |p: &Path| {
-            std::fs::canonicalize(p).map_err(|e| UnionError::io("mount union: resolve", p, e))
-        };
+        let canon = |p: &Path| std::fs::canonicalize(p).map_err(|e| UnionError::io("mount union: resolve", p, e));
         let (upper, lower, merged) = (canon(upper)?, canon(lower)?, canon(merged)?);
         for b in [&upper, &lower] {
-            if b.as_os_str()
-                .as_bytes()
-                .iter()
-                .any(|c| matches!(c, b':' | b'='))
-            {
+            if b.as_os_str().as_bytes().iter().any(|c| matches!(c, b':' | b'=')) {
                 return Err(UnionError::Mount {
                     op,
                     merged,
-                    detail: format!(
-                        "branch {} contains `:` or `=`, which unionfs-fuse cannot parse",
-                        b.display()
-                    ),
+                    detail: format!("branch {} contains `:` or `=`, which unionfs-fuse cannot parse", b.display()),
                 });
             }
         }
         if is_mounted(&merged)? {
-            return Err(UnionError::Mount {
-                op,
-                merged,
-                detail: "something is already mounted there".into(),
-            });
+            return Err(UnionError::Mount { op, merged, detail: "something is already mounted there".into() });
         }
         let mut cmd = u.mount_command(&upper, &lower, &merged, extra_opts);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| UnionError::Mount {
             op,
             merged: merged.clone(),
@@ -303,14 +249,7 @@ impl MountGuard {
                 }
             })
         });
-        let mut guard = MountGuard {
-            merged,
-            child: Some(child),
-            stderr,
-            stderr_thread,
-            exited: None,
-            done: false,
-        };
+        let mut guard = MountGuard { merged, child: Some(child), stderr, stderr_thread, exited: None, done: false };
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
             match is_mounted(&guard.merged) {
@@ -325,27 +264,13 @@ impl MountGuard {
                 if let Some(t) = guard.stderr_thread.take() {
                     let _ = t.join(); // the pipe is closed: collect all of stderr
                 }
-                let detail = format!(
-                    "{} exited with {status} before mounting: {}",
-                    u.binary.display(),
-                    guard.stderr_tail()
-                );
-                return Err(UnionError::Mount {
-                    op,
-                    merged: guard.merged.clone(),
-                    detail,
-                });
+                let detail =
+                    format!("{} exited with {status} before mounting: {}", u.binary.display(), guard.stderr_tail());
+                return Err(UnionError::Mount { op, merged: guard.merged.clone(), detail });
             }
             if Instant::now() > deadline {
-                let detail = format!(
-                    "not mounted after {MOUNT_TIMEOUT:?}: {}",
-                    guard.stderr_tail()
-                );
-                return Err(UnionError::Mount {
-                    op,
-                    merged: guard.merged.clone(),
-                    detail,
-                });
+                let detail = format!("not mounted after {MOUNT_TIMEOUT:?}: {}", guard.stderr_tail());
+                return Err(UnionError::Mount { op, merged: guard.merged.clone(), detail });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -412,9 +337,7 @@ impl MountGuard {
         if let Some(mut child) = self.child.take() {
             let pid = child.id();
             if !wait_timeout(&mut child, EXIT_GRACE) {
-                errors.push(format!(
-                    "process {pid} did not exit after unmount; sent SIGTERM"
-                ));
+                errors.push(format!("process {pid} did not exit after unmount; sent SIGTERM"));
                 // SAFETY: kill(2) on our own unreaped child: the pid cannot have been reused.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
                 if !wait_timeout(&mut child, Duration::from_secs(2)) {
@@ -443,11 +366,7 @@ impl MountGuard {
             if !tail.is_empty() {
                 errors.push(format!("union stderr: {tail}"));
             }
-            Err(UnionError::Mount {
-                op: "unmount union at",
-                merged: self.merged.clone(),
-                detail: errors.join("; "),
-            })
+            Err(UnionError::Mount { op: "unmount union at", merged: self.merged.clone(), detail: errors.join("; ") })
         }
     }
 }
@@ -486,26 +405,16 @@ fn unmount_path(merged: &Path) -> Result<(), String> {
         if root {
             match umount2(merged, if lazy { libc::MNT_DETACH } else { 0 }) {
                 Ok(()) => return Ok(()),
-                Err(e) => errs.push(format!(
-                    "umount2{}: {e}",
-                    if lazy { "(MNT_DETACH)" } else { "" }
-                )),
+                Err(e) => errs.push(format!("umount2{}: {e}", if lazy { "(MNT_DETACH)" } else { "" })),
             }
         } else {
             for prog in ["fusermount3", "fusermount"] {
                 let flag = if lazy { "-uz" } else { "-u" };
-                match Command::new(prog)
-                    .arg(flag)
-                    .arg(merged)
-                    .stdin(Stdio::null())
-                    .output()
-                {
+                match Command::new(prog).arg(flag).arg(merged).stdin(Stdio::null()).output() {
                     Ok(o) if o.status.success() => return Ok(()),
-                    Ok(o) => errs.push(format!(
-                        "{prog} {flag}: {} {}",
-                        o.status,
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    )),
+                    Ok(o) => {
+                        errs.push(format!("{prog} {flag}: {} {}", o.status, String::from_utf8_lossy(&o.stderr).trim()))
+                    }
                     Err(e) => errs.push(format!("{prog} {flag}: {e}")),
                 }
             }
@@ -527,14 +436,11 @@ fn umount2(p: &Path, flags: libc::c_int) -> std::io::Result<()> {
 
 /// True if `/proc/self/mountinfo` lists `merged` (already canonical) as a mount point.
 pub fn is_mounted(merged: &Path) -> Result<bool, UnionError> {
-    let info = std::fs::read("/proc/self/mountinfo")
-        .map_err(|e| UnionError::io("read mount table for", merged, e))?;
+    let info = std::fs::read("/proc/self/mountinfo").map_err(|e| UnionError::io("read mount table for", merged, e))?;
     let want = merged.as_os_str().as_bytes();
-    Ok(info.split(|&b| b == b'\n').any(|line| {
-        line.split(|&b| b == b' ')
-            .nth(4)
-            .is_some_and(|mp| unescape_mountinfo(mp) == want)
-    }))
+    Ok(info
+        .split(|&b| b == b'\n')
+        .any(|line| line.split(|&b| b == b' ').nth(4).is_some_and(|mp| unescape_mountinfo(mp) == want)))
 }
 
 /// Undoes the kernel's octal escaping (`\040` for space etc.) of a mountinfo field.
@@ -542,15 +448,8 @@ fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
-        if field[i] == b'\\'
-            && i + 4 <= field.len()
-            && field[i + 1..i + 4]
-                .iter()
-                .all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (field[i + 1] - b'0') as u32 * 64
-                + (field[i + 2] - b'0') as u32 * 8
-                + (field[i + 3] - b'0') as u32;
+        if field[i] == b'\\' && i + 4 <= field.len() && field[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (field[i + 1] - b'0') as u32 * 64 + (field[i + 2] - b'0') as u32 * 8 + (field[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -574,32 +473,16 @@ mod tests {
 
     #[test]
     fn version_line() {
-        assert_eq!(
-            parse_version_line("unionfs-fuse version: 1.0").as_deref(),
-            Some("1.0")
-        );
-        assert_eq!(
-            parse_version_line("unionfs-fuse version 3.3").as_deref(),
-            Some("3.3")
-        );
+        assert_eq!(parse_version_line("unionfs-fuse version: 1.0").as_deref(), Some("1.0"));
+        assert_eq!(parse_version_line("unionfs-fuse version 3.3").as_deref(), Some("3.3"));
         assert_eq!(parse_version_line("FUSE library version: 2.9.9"), None);
     }
 
     #[test]
     fn command_line() {
-        let u = UnionfsFuse {
-            binary: "/usr/bin/unionfs-fuse".into(),
-        };
-        let cmd = u.mount_command(
-            Path::new("/u"),
-            Path::new("/l"),
-            Path::new("/m"),
-            &["hide_meta_files".into()],
-        );
-        let args: Vec<_> = cmd
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let u = UnionfsFuse { binary: "/usr/bin/unionfs-fuse".into() };
+        let cmd = u.mount_command(Path::new("/u"), Path::new("/l"), Path::new("/m"), &["hide_meta_files".into()]);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         let opts = format!("cow,{},hide_meta_files", access_options().join(","));
         assert_eq!(args, ["-f", "-o", opts.as_str(), "/u=RW:/l=RO", "/m"]);
         assert!(opts.contains("default_permissions"));

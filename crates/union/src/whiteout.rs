@@ -121,8 +121,7 @@ pub fn is_meta_path(path: &RelPath) -> bool {
 /// meta directory, a missing `upper`) abort the scan, since a partial list would look
 /// like "nothing deleted".
 pub fn list_whiteouts(upper: &Path) -> Result<WhiteoutScan, UnionError> {
-    fs::metadata(upper)
-        .map_err(|e| UnionError::io("list whiteouts: stat upper layer", upper, e))?;
+    fs::metadata(upper).map_err(|e| UnionError::io("list whiteouts: stat upper layer", upper, e))?;
     let mut scan = WhiteoutScan::default();
     for layout in Layout::ALL {
         let root = upper.join(layout.meta_dir());
@@ -139,16 +138,9 @@ pub fn list_whiteouts(upper: &Path) -> Result<WhiteoutScan, UnionError> {
             }
             Ok(_) => {}
         }
-        walk(
-            layout,
-            &root,
-            Path::new(layout.meta_dir()),
-            &mut Vec::new(),
-            &mut scan,
-        )?;
+        walk(layout, &root, Path::new(layout.meta_dir()), &mut Vec::new(), &mut scan)?;
     }
-    scan.whiteouts
-        .sort_by(|a, b| a.path.cmp(&b.path).then(a.layout.cmp(&b.layout)));
+    scan.whiteouts.sort_by(|a, b| a.path.cmp(&b.path).then(a.layout.cmp(&b.layout)));
     scan.problems.sort();
     Ok(scan)
 }
@@ -179,15 +171,12 @@ fn walk(
     prefix: &mut Vec<OsString>,
     scan: &mut WhiteoutScan,
 ) -> Result<(), UnionError> {
-    let rd =
-        fs::read_dir(abs).map_err(|e| UnionError::io("list whiteouts: read meta dir", abs, e))?;
+    let rd = fs::read_dir(abs).map_err(|e| UnionError::io("list whiteouts: read meta dir", abs, e))?;
     for entry in rd {
         let entry = entry.map_err(|e| UnionError::io("list whiteouts: read meta dir", abs, e))?;
         let name = entry.file_name();
         let entry_rel = rel.join(&name);
-        let ft = entry
-            .file_type()
-            .map_err(|e| UnionError::io("list whiteouts: stat meta entry", entry.path(), e))?;
+        let ft = entry.file_type().map_err(|e| UnionError::io("list whiteouts: stat meta entry", entry.path(), e))?;
         let mut is_marker = false;
         if let Some(stem) = name.as_bytes().strip_suffix(HIDE_SUFFIX.as_bytes()) {
             is_marker = true;
@@ -204,16 +193,10 @@ fn walk(
                 }
                 p.extend_from_slice(stem);
                 match RelPath::new(p) {
-                    Ok(path) => scan.whiteouts.push(Whiteout {
-                        path,
-                        layout,
-                        marker: entry_rel.clone(),
-                        is_dir: ft.is_dir(),
-                    }),
-                    Err(e) => scan.problems.push(format!(
-                        "{}: invalid hidden path: {e}; ignored",
-                        entry_rel.display()
-                    )),
+                    Ok(path) => {
+                        scan.whiteouts.push(Whiteout { path, layout, marker: entry_rel.clone(), is_dir: ft.is_dir() })
+                    }
+                    Err(e) => scan.problems.push(format!("{}: invalid hidden path: {e}; ignored", entry_rel.display())),
                 }
             }
         }
@@ -230,8 +213,7 @@ fn walk(
             } else {
                 "not a whiteout marker (no _HIDDEN~ suffix)"
             };
-            scan.problems
-                .push(format!("{}: {what}; ignored", entry_rel.display()));
+            scan.problems.push(format!("{}: {what}; ignored", entry_rel.display()));
         }
     }
     Ok(())
@@ -273,11 +255,7 @@ pub fn create_dir_whiteout(upper: &Path, layout: Layout, path: &RelPath) -> Resu
 pub fn remove_whiteout(upper: &Path, w: &Whiteout) -> Result<(), UnionError> {
     let expected = w.layout.marker_path(&w.path);
     if w.marker != expected {
-        return Err(UnionError::MarkerMismatch {
-            op: "remove whiteout",
-            marker: w.marker.clone(),
-            expected,
-        });
+        return Err(UnionError::MarkerMismatch { op: "remove whiteout", marker: w.marker.clone(), expected });
     }
     remove_marker(upper, w.layout, &w.path).map(|_| ())
 }
@@ -296,9 +274,7 @@ pub fn remove_whiteout_at(upper: &Path, path: &RelPath) -> Result<bool, UnionErr
 fn marker_location(layout: Layout, path: &RelPath) -> (Vec<&OsStr>, OsString) {
     let mut dirs = vec![OsStr::new(layout.meta_dir())];
     let comps: Vec<&OsStr> = path.components().collect();
-    let (last, parents) = comps
-        .split_last()
-        .expect("a RelPath has at least one component");
+    let (last, parents) = comps.split_last().expect("a RelPath has at least one component");
     dirs.extend_from_slice(parents);
     (dirs, OsString::from_vec([last.as_bytes(), HIDE_SUFFIX.as_bytes()].concat()))
 }
@@ -318,8 +294,7 @@ fn open_chain(
     op: &'static str,
 ) -> Result<Option<Vec<OwnedFd>>, UnionError> {
     let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let root = rfs::openat(CWD, upper, dir_flags, Mode::empty())
-        .map_err(|e| UnionError::io(op, upper, errno_io(e)))?;
+    let root = rfs::openat(CWD, upper, dir_flags, Mode::empty()).map_err(|e| UnionError::io(op, upper, errno_io(e)))?;
     let mut chain = vec![root];
     let mut abs = upper.to_path_buf();
     for &d in dirs {
@@ -337,8 +312,7 @@ fn open_chain(
             Ok(fd) => {
                 if let (true, Some(mode)) = (created, create) {
                     // unionfs-fuse runs with umask 0: the mode is exact.
-                    rfs::fchmod(&fd, Mode::from_raw_mode(mode))
-                        .map_err(|e| UnionError::io(op, &abs, errno_io(e)))?;
+                    rfs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| UnionError::io(op, &abs, errno_io(e)))?;
                 }
                 chain.push(fd)
             }
@@ -359,20 +333,10 @@ fn open_chain(
     Ok(Some(chain))
 }
 
-fn create_marker(
-    upper: &Path,
-    layout: Layout,
-    path: &RelPath,
-    is_dir: bool,
-) -> Result<(), UnionError> {
-    let op = if is_dir {
-        "create directory whiteout"
-    } else {
-        "create whiteout"
-    };
+fn create_marker(upper: &Path, layout: Layout, path: &RelPath, is_dir: bool) -> Result<(), UnionError> {
+    let op = if is_dir { "create directory whiteout" } else { "create whiteout" };
     let (dirs, name) = marker_location(layout, path);
-    let chain = open_chain(upper, &dirs, Some(META_DIR_MODE), op)?
-        .expect("open_chain creates missing directories");
+    let chain = open_chain(upper, &dirs, Some(META_DIR_MODE), op)?.expect("open_chain creates missing directories");
     let dir = chain.last().expect("chain is never empty");
     let abs = upper.join(layout.marker_path(path));
     match rfs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
@@ -394,8 +358,7 @@ fn create_marker(
         (fd, m)
     } else {
         let m = Mode::from_raw_mode(FILE_MARKER_MODE);
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         (rfs::openat(dir, name.as_os_str(), flags, m), m)
     };
     match res {
@@ -420,11 +383,8 @@ fn remove_marker(upper: &Path, layout: Layout, path: &RelPath) -> Result<bool, U
         Err(Errno::NOENT | Errno::NAMETOOLONG) => return Ok(false),
         Err(e) => return Err(UnionError::io(op, abs, errno_io(e))),
     };
-    let flags = if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-        AtFlags::REMOVEDIR
-    } else {
-        AtFlags::empty()
-    };
+    let flags =
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory { AtFlags::REMOVEDIR } else { AtFlags::empty() };
     match rfs::unlinkat(dir, name.as_os_str(), flags) {
         Ok(()) => {}
         Err(Errno::NOENT) => return Ok(false),
@@ -466,10 +426,7 @@ mod tests {
     }
 
     fn paths(scan: &WhiteoutScan) -> Vec<(String, Layout, bool)> {
-        scan.whiteouts
-            .iter()
-            .map(|w| (w.path.to_string(), w.layout, w.is_dir))
-            .collect()
+        scan.whiteouts.iter().map(|w| (w.path.to_string(), w.layout, w.is_dir)).collect()
     }
 
     #[test]
@@ -478,10 +435,7 @@ mod tests {
         assert_eq!(Layout::Unionfs2.meta_dir(), ".unionfs");
         assert_eq!(Layout::from_meta_dir(".unionfs"), Some(Layout::Unionfs2));
         assert_eq!(Layout::from_meta_dir("x"), None);
-        assert_eq!(
-            Layout::UnionfsFuse1.marker_path(&rp("a/b c")),
-            PathBuf::from(".unionfs-fuse/a/b c_HIDDEN~")
-        );
+        assert_eq!(Layout::UnionfsFuse1.marker_path(&rp("a/b c")), PathBuf::from(".unionfs-fuse/a/b c_HIDDEN~"));
         assert!(is_meta_path(&rp(".unionfs-fuse")));
         assert!(is_meta_path(&rp(".unionfs/a/b_HIDDEN~")));
         assert!(!is_meta_path(&rp(".unionfsx")));
@@ -516,10 +470,7 @@ mod tests {
             assert_eq!(mode(&meta.join("f_HIDDEN~")), 0o600);
             assert_eq!(fs::metadata(meta.join("f_HIDDEN~")).unwrap().len(), 0);
             assert_eq!(mode(&meta.join("d_HIDDEN~")), 0o700);
-            assert!(
-                !up.join("a").exists(),
-                "nothing is created in the data tree"
-            );
+            assert!(!up.join("a").exists(), "nothing is created in the data tree");
 
             let scan = list_whiteouts(up).unwrap();
             assert_eq!(scan.problems, Vec::<String>::new());
@@ -533,10 +484,7 @@ mod tests {
                 ]
             );
             let w = &scan.whiteouts[0];
-            assert_eq!(
-                w.marker,
-                PathBuf::from(layout.meta_dir()).join("a/b/c_HIDDEN~")
-            );
+            assert_eq!(w.marker, PathBuf::from(layout.meta_dir()).join("a/b/c_HIDDEN~"));
 
             for (p, hidden) in [
                 ("f", true),
@@ -606,11 +554,7 @@ mod tests {
         create_whiteout(up, Layout::Unionfs2, &rp("d")).unwrap();
         let scan = list_whiteouts(up).unwrap();
         assert_eq!(scan.whiteouts.len(), 9);
-        let roots: Vec<_> = scan
-            .roots()
-            .iter()
-            .map(|w| (w.path.to_string(), w.layout))
-            .collect();
+        let roots: Vec<_> = scan.roots().iter().map(|w| (w.path.to_string(), w.layout)).collect();
         assert_eq!(
             roots,
             vec![
@@ -634,11 +578,7 @@ mod tests {
         fs::write(meta.join("no-suffix"), b"").unwrap();
         fs::write(meta.join(OsStr::from_bytes(b"bad\xff_HIDDEN~")), b"").unwrap();
         fs::create_dir(meta.join(OsStr::from_bytes(b"dir\xfe"))).unwrap();
-        fs::write(
-            meta.join(OsStr::from_bytes(b"dir\xfe")).join("x_HIDDEN~"),
-            b"",
-        )
-        .unwrap();
+        fs::write(meta.join(OsStr::from_bytes(b"dir\xfe")).join("x_HIDDEN~"), b"").unwrap();
         fs::write(meta.join("_HIDDEN~"), b"").unwrap();
         fs::write(meta.join("sub/.._HIDDEN~"), b"").unwrap();
         fs::write(meta.join("._HIDDEN~"), b"").unwrap();
@@ -752,18 +692,12 @@ mod tests {
         assert!(remove_whiteout_at(up, &rp("y")).is_err());
         assert!(is_hidden(up, &rp("y_HIDDEN~/c")));
         assert!(remove_whiteout_at(up, &rp("y_HIDDEN~/c")).unwrap());
-        assert!(
-            is_hidden(up, &rp("y")),
-            "the marker-named mirror dir is not pruned"
-        );
+        assert!(is_hidden(up, &rp("y")), "the marker-named mirror dir is not pruned");
     }
 
     fn arb_path() -> impl Strategy<Value = String> {
-        prop::collection::vec(
-            prop::sample::select(vec!["a", "b", "c d", "é", "x_HIDDEN", ".h", "b\\x"]),
-            1..4,
-        )
-        .prop_map(|v| v.join("/"))
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "c d", "é", "x_HIDDEN", ".h", "b\\x"]), 1..4)
+            .prop_map(|v| v.join("/"))
     }
 
     proptest! {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use cs_protocol::RelPath;
 use cs_union::{
-    create_dir_whiteout, create_whiteout, is_hidden, is_mounted, list_whiteouts, remove_whiteout,
-    remove_whiteout_at, Layout, MountGuard, UnionError, UnionfsFuse, WhiteoutScan,
+    create_dir_whiteout, create_whiteout, is_hidden, is_mounted, list_whiteouts, remove_whiteout, remove_whiteout_at,
+    Layout, MountGuard, UnionError, UnionfsFuse, WhiteoutScan,
 };
 
 /// The union binary; panics naming what is missing when it or /dev/fuse is absent. (An
@@ -56,20 +56,11 @@ struct Fx {
 impl Fx {
     fn new() -> Fx {
         let t = tempfile::tempdir().unwrap();
-        let (upper, lower, merged) = (
-            t.path().join("upper"),
-            t.path().join("lower"),
-            t.path().join("merged"),
-        );
+        let (upper, lower, merged) = (t.path().join("upper"), t.path().join("lower"), t.path().join("merged"));
         for d in [&upper, &lower, &merged] {
             fs::create_dir(d).unwrap();
         }
-        Fx {
-            _t: t,
-            upper,
-            lower,
-            merged,
-        }
+        Fx { _t: t, upper, lower, merged }
     }
 
     /// Lower content from a list: `dir/` for directories, else a file holding its own name.
@@ -115,10 +106,7 @@ fn hidden(scan: &WhiteoutScan, layout: Layout) -> Vec<(String, bool)> {
         assert_eq!(w.layout, layout, "{w:?}");
         assert_eq!(w.marker, layout.marker_path(&w.path));
     }
-    scan.whiteouts
-        .iter()
-        .map(|w| (w.path.to_string(), w.is_dir))
-        .collect()
+    scan.whiteouts.iter().map(|w| (w.path.to_string(), w.is_dir)).collect()
 }
 
 fn v(items: &[(&str, bool)]) -> Vec<(String, bool)> {
@@ -130,12 +118,7 @@ fn tree(root: &Path, skip_meta: bool) -> BTreeMap<String, (char, u32, u64)> {
     fn go(root: &Path, dir: &Path, skip_meta: bool, out: &mut BTreeMap<String, (char, u32, u64)>) {
         for e in fs::read_dir(dir).unwrap() {
             let e = e.unwrap();
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
+            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
             if skip_meta && Layout::ALL.iter().any(|l| rel == l.meta_dir()) {
                 continue;
             }
@@ -187,27 +170,15 @@ fn version_and_probe() {
     assert!(!version.is_empty());
     let t = tempfile::tempdir().unwrap();
     let probed = u.probe_layout(t.path()).expect("probe");
-    eprintln!(
-        "{} version {version}: layout {probed:?}",
-        u.binary.display()
-    );
+    eprintln!("{} version {version}: layout {probed:?}", u.binary.display());
     assert_eq!(probed, layout(&u));
     if version == "1.0" {
         // Debian's 1.0 (the version deployed) uses `.unionfs-fuse`.
         assert_eq!(probed, Layout::UnionfsFuse1);
-    } else if version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse::<u32>().ok())
-        .is_some_and(|m| m >= 2)
-    {
+    } else if version.split('.').next().and_then(|m| m.parse::<u32>().ok()).is_some_and(|m| m >= 2) {
         assert_eq!(probed, Layout::Unionfs2);
     }
-    assert_eq!(
-        fs::read_dir(t.path()).unwrap().count(),
-        0,
-        "probe cleans up after itself"
-    );
+    assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0, "probe cleans up after itself");
 }
 
 // ---------------------------------------------------------------- scenarios
@@ -223,11 +194,7 @@ fn delete_lower_files() {
     });
     assert_eq!(hidden(&scan, l), v(&[("d/e/g", false), ("f", false)]));
     // Nothing but the meta tree in upper: mirror dirs only under the meta dir.
-    assert!(
-        tree(&fx.upper, true).is_empty(),
-        "{:?}",
-        tree(&fx.upper, true)
-    );
+    assert!(tree(&fx.upper, true).is_empty(), "{:?}", tree(&fx.upper, true));
     let meta = tree(&fx.upper.join(l.meta_dir()), false);
     assert_eq!(meta["d"].0, 'd');
     assert_eq!(meta["d/e/g_HIDDEN~"], ('f', 0o600, 0));
@@ -284,11 +251,7 @@ fn rename_lower_file() {
     let scan = fx.run(&u, |m| fs::rename(m.join("d/f"), m.join("d/g")).unwrap());
     assert_eq!(hidden(&scan, l), v(&[("d/f", false)]));
     assert_eq!(names(&tree(&fx.upper, true)), ["d", "d/g"]);
-    assert_eq!(
-        fs::metadata(fx.u("d/g")).unwrap().mtime(),
-        lower_mtime,
-        "copy keeps the mtime"
-    );
+    assert_eq!(fs::metadata(fx.u("d/g")).unwrap().mtime(), lower_mtime, "copy keeps the mtime");
 }
 
 #[test]
@@ -298,10 +261,7 @@ fn rename_lower_dir_copies_the_tree_up() {
     let fx = Fx::with_lower(&["d/f", "d/e/g", "d/empty/"]);
     let scan = fx.run(&u, |m| fs::rename(m.join("d"), m.join("d2")).unwrap());
     assert_eq!(hidden(&scan, l), v(&[("d", true)]));
-    assert_eq!(
-        names(&tree(&fx.upper, true)),
-        ["d2", "d2/e", "d2/e/g", "d2/empty", "d2/f"]
-    );
+    assert_eq!(names(&tree(&fx.upper, true)), ["d2", "d2/e", "d2/e/g", "d2/empty", "d2/f"]);
 }
 
 #[test]
@@ -312,16 +272,11 @@ fn rename_dir_present_in_both_layers() {
     let g = fx.mount(&u, &[]);
     fs::write(fx.m("d/c"), b"c").unwrap(); // creates UPPER/d
     fs::rename(fx.m("d"), fx.m("d2")).unwrap();
-    let mut seen: Vec<String> = fs::read_dir(fx.m("d2"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let mut seen: Vec<String> =
+        fs::read_dir(fx.m("d2")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     seen.sort();
     g.unmount().unwrap();
-    assert_eq!(
-        hidden(&list_whiteouts(&fx.upper).unwrap(), l),
-        v(&[("d", true)])
-    );
+    assert_eq!(hidden(&list_whiteouts(&fx.upper).unwrap(), l), v(&[("d", true)]));
     if l == Layout::UnionfsFuse1 {
         // unionfs-fuse 1.0 renames only the upper directory: lower-only children are lost
         // from the merged view (see docs/unionfs-notes.md).
@@ -335,9 +290,7 @@ fn rename_dir_present_in_both_layers() {
 fn recreating_over_a_whiteout() {
     let Some(u) = union() else { return };
     let l = layout(&u);
-    let fx = Fx::with_lower(&[
-        "d/f", "d/e/g", "top", "x/", "s", "h", "r", "p", "t/e/g", "k",
-    ]);
+    let fx = Fx::with_lower(&["d/f", "d/e/g", "top", "x/", "s", "h", "r", "p", "t/e/g", "k"]);
     let g = fx.mount(&u, &[]);
     let m = |p: &str| fx.m(p);
     // Non-directories created over a marker remove it.
@@ -372,14 +325,7 @@ fn recreating_over_a_whiteout() {
     let scan = list_whiteouts(&fx.upper).unwrap();
     assert_eq!(
         hidden(&scan, l),
-        v(&[
-            ("d/e", true),
-            ("d/e/g", false),
-            ("k", false),
-            ("t/e", true),
-            ("t/e/g", false),
-            ("x", true)
-        ])
+        v(&[("d/e", true), ("d/e/g", false), ("k", false), ("t/e", true), ("t/e/g", false), ("x", true)])
     );
 }
 
@@ -392,17 +338,11 @@ fn mkdir_over_a_dir_whiteout_is_opaque() {
     fs::rename(fx.m("d"), fx.m("d2")).unwrap();
     fs::create_dir(fx.m("d")).unwrap();
     fs::write(fx.m("d/new"), b"n").unwrap();
-    let seen: Vec<_> = fs::read_dir(fx.m("d"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let seen: Vec<_> = fs::read_dir(fx.m("d")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(seen, ["new"]);
     assert!(!exists(&fx.m("d/a")));
     g.unmount().unwrap();
-    assert_eq!(
-        hidden(&list_whiteouts(&fx.upper).unwrap(), l),
-        v(&[("d", true)])
-    );
+    assert_eq!(hidden(&list_whiteouts(&fx.upper).unwrap(), l), v(&[("d", true)]));
     assert!(fx.u("d/new").is_file());
 }
 
@@ -411,12 +351,7 @@ fn modify_lower_file_copies_up_with_lower_modes() {
     let Some(u) = union() else { return };
     let l = layout(&u);
     let fx = Fx::with_lower(&["a/b/c/f"]);
-    for (p, mode) in [
-        ("a", 0o750),
-        ("a/b", 0o711),
-        ("a/b/c", 0o700),
-        ("a/b/c/f", 0o640),
-    ] {
+    for (p, mode) in [("a", 0o750), ("a/b", 0o711), ("a/b/c", 0o700), ("a/b/c/f", 0o640)] {
         fs::set_permissions(fx.lower.join(p), fs::Permissions::from_mode(mode)).unwrap();
     }
     let owned = rustix::process::geteuid().is_root();
@@ -425,12 +360,7 @@ fn modify_lower_file_copies_up_with_lower_modes() {
     }
     let scan = fx.run(&u, |m| {
         use std::io::Write;
-        fs::OpenOptions::new()
-            .append(true)
-            .open(m.join("a/b/c/f"))
-            .unwrap()
-            .write_all(b"more")
-            .unwrap();
+        fs::OpenOptions::new().append(true).open(m.join("a/b/c/f")).unwrap().write_all(b"more").unwrap();
     });
     assert_eq!(hidden(&scan, l), v(&[]));
     let t = tree(&fx.upper, true);
@@ -450,9 +380,7 @@ fn chmod_lower_file_copies_up() {
     let fx = Fx::with_lower(&["a/f"]);
     let mtime = fs::metadata(fx.lower.join("a/f")).unwrap().mtime() - 5000;
     set_mtime(&fx.lower.join("a/f"), mtime);
-    let scan = fx.run(&u, |m| {
-        fs::set_permissions(m.join("a/f"), fs::Permissions::from_mode(0o600)).unwrap()
-    });
+    let scan = fx.run(&u, |m| fs::set_permissions(m.join("a/f"), fs::Permissions::from_mode(0o600)).unwrap());
     assert_eq!(hidden(&scan, l), v(&[]));
     let md = fs::metadata(fx.u("a/f")).unwrap();
     assert_eq!(md.permissions().mode() & 0o7777, 0o600);
@@ -473,10 +401,7 @@ fn delete_in_both_layers_and_upper_only() {
         fs::write(m.join("dd/x"), b"changed").unwrap();
         fs::remove_dir_all(m.join("dd")).unwrap();
     });
-    assert_eq!(
-        hidden(&scan, l),
-        v(&[("dd", true), ("dd/x", false), ("f", false)])
-    );
+    assert_eq!(hidden(&scan, l), v(&[("dd", true), ("dd/x", false), ("f", false)]));
     assert!(tree(&fx.upper, true).is_empty());
 }
 
@@ -499,10 +424,7 @@ fn deleting_an_open_file_goes_through_fuse_hidden() {
     }
     assert!(upper_names().is_empty(), "{:?}", upper_names());
     g.unmount().unwrap();
-    assert_eq!(
-        hidden(&list_whiteouts(&fx.upper).unwrap(), l),
-        v(&[("f", false)])
-    );
+    assert_eq!(hidden(&list_whiteouts(&fx.upper).unwrap(), l), v(&[("f", false)]));
 }
 
 #[test]
@@ -513,10 +435,7 @@ fn hide_meta_files_keeps_the_layout() {
     let g = fx.mount(&u, &["hide_meta_files"]);
     fs::remove_file(fx.m("f")).unwrap();
     fs::remove_dir_all(fx.m("d")).unwrap();
-    let root: Vec<_> = fs::read_dir(&fx.merged)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let root: Vec<_> = fs::read_dir(&fx.merged).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(root.is_empty(), "meta dir hidden from readdir: {root:?}");
     g.unmount().unwrap();
     assert_eq!(
@@ -528,9 +447,7 @@ fn hide_meta_files_keeps_the_layout() {
 // ---------------------------------------------------------------- emulation fidelity
 
 /// Lower content shared by the fidelity tests.
-const LOWER: &[&str] = &[
-    "f", "d/a", "d/e/b", "d/e/f/c", "d/empty/", "x/", "n/m/o", "keep", "k/l",
-];
+const LOWER: &[&str] = &["f", "d/a", "d/e/b", "d/e/f/c", "d/empty/", "x/", "n/m/o", "keep", "k/l"];
 
 /// Deletes through the real union and, separately, writes the same markers with
 /// create_whiteout/create_dir_whiteout: the meta trees (types, modes, sizes) must be identical.
@@ -559,10 +476,7 @@ fn emulated_markers_are_byte_for_byte_the_real_ones() {
     create_whiteout(&emu.upper, l, &rp("n/m/o")).unwrap();
 
     assert_eq!(tree(&emu.upper, false), tree(&real.upper, false));
-    assert_eq!(
-        list_whiteouts(&emu.upper).unwrap().whiteouts,
-        list_whiteouts(&real.upper).unwrap().whiteouts
-    );
+    assert_eq!(list_whiteouts(&emu.upper).unwrap().whiteouts, list_whiteouts(&real.upper).unwrap().whiteouts);
 
     // Mounted, both show the same merged view.
     let merged_view = |fx: &Fx| {
@@ -597,21 +511,10 @@ fn created_whiteouts_hide_and_removed_ones_unhide() {
     assert!(!is_hidden(&fx.upper, &rp("e/h")));
 
     let scan = list_whiteouts(&fx.upper).unwrap();
-    assert_eq!(
-        hidden(&scan, l),
-        v(&[("d", true), ("e/g", false), ("f", false)])
-    );
-    let f = scan
-        .whiteouts
-        .iter()
-        .find(|w| w.path.to_str() == Some("f"))
-        .unwrap();
+    assert_eq!(hidden(&scan, l), v(&[("d", true), ("e/g", false), ("f", false)]));
+    let f = scan.whiteouts.iter().find(|w| w.path.to_str() == Some("f")).unwrap();
     remove_whiteout(&fx.upper, f).unwrap();
-    assert_eq!(
-        fs::read(fx.m("f")).unwrap(),
-        b"f",
-        "visible immediately, while mounted"
-    );
+    assert_eq!(fs::read(fx.m("f")).unwrap(), b"f", "visible immediately, while mounted");
     assert!(remove_whiteout_at(&fx.upper, &rp("d")).unwrap());
     assert_eq!(fs::read(fx.m("d/y/z")).unwrap(), b"d/y/z");
     assert!(remove_whiteout_at(&fx.upper, &rp("e/g")).unwrap());
@@ -633,20 +536,13 @@ fn removing_real_markers_restores_the_lower_tree() {
     fs::remove_file(fx.m("top")).unwrap();
     assert!(names(&tree(&fx.merged, true)).is_empty());
     let scan = list_whiteouts(&fx.upper).unwrap();
-    let d = scan
-        .whiteouts
-        .iter()
-        .find(|w| w.path.to_str() == Some("d"))
-        .unwrap();
+    let d = scan.whiteouts.iter().find(|w| w.path.to_str() == Some("d")).unwrap();
     remove_whiteout(&fx.upper, d).unwrap();
     assert_eq!(names(&tree(&fx.merged, true)), ["d"]);
     for w in &scan.whiteouts {
         remove_whiteout(&fx.upper, w).unwrap();
     }
-    assert_eq!(
-        names(&tree(&fx.merged, true)),
-        ["d", "d/a", "d/e", "d/e/b", "d/h", "top"]
-    );
+    assert_eq!(names(&tree(&fx.merged, true)), ["d", "d/a", "d/e", "d/e/b", "d/h", "top"]);
     g.unmount().unwrap();
     assert_eq!(list_whiteouts(&fx.upper).unwrap(), WhiteoutScan::default());
 }
@@ -665,10 +561,7 @@ fn mount_guard_lifecycle() {
     assert_eq!(g.merged(), merged);
     drop(g);
     assert!(!is_mounted(&merged).unwrap(), "Drop unmounts");
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "Drop reaps the process"
-    );
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "Drop reaps the process");
 
     // Mounting twice at the same place is refused.
     let g = fx.mount(&u, &[]);
@@ -696,10 +589,7 @@ fn mount_guard_detects_and_cleans_up_a_dead_union() {
     };
     assert!(!status.success());
     assert_eq!(g.pid(), None, "no pid once the process is gone");
-    assert!(
-        is_mounted(&merged).unwrap(),
-        "a dead union leaves its mount behind"
-    );
+    assert!(is_mounted(&merged).unwrap(), "a dead union leaves its mount behind");
     g.unmount().expect("unmount a dead union");
     assert!(!is_mounted(&merged).unwrap());
 }
@@ -708,34 +598,19 @@ fn mount_guard_detects_and_cleans_up_a_dead_union() {
 fn mount_errors_name_the_problem() {
     let Some(u) = union() else { return };
     let fx = Fx::new();
-    let err =
-        MountGuard::mount(&u, &fx.upper, &fx.lower.join("missing"), &fx.merged, &[]).unwrap_err();
-    assert!(
-        matches!(err, UnionError::Io { .. }) && err.to_string().contains("missing"),
-        "{err}"
-    );
+    let err = MountGuard::mount(&u, &fx.upper, &fx.lower.join("missing"), &fx.merged, &[]).unwrap_err();
+    assert!(matches!(err, UnionError::Io { .. }) && err.to_string().contains("missing"), "{err}");
     let colon = fx.lower.join("a:b");
     fs::create_dir(&colon).unwrap();
     let err = MountGuard::mount(&u, &fx.upper, &colon, &fx.merged, &[]).unwrap_err();
     assert!(err.to_string().contains("a:b"), "{err}");
-    let err = MountGuard::mount(
-        &u,
-        &fx.upper,
-        &fx.lower,
-        &fx.merged,
-        &["no_such_option".into()],
-    )
-    .unwrap_err();
+    let err = MountGuard::mount(&u, &fx.upper, &fx.lower, &fx.merged, &["no_such_option".into()]).unwrap_err();
     assert!(matches!(err, UnionError::Mount { .. }), "{err}");
-    assert!(
-        err.to_string().contains("no_such_option"),
-        "stderr is reported: {err}"
-    );
+    assert!(err.to_string().contains("no_such_option"), "stderr is reported: {err}");
     assert!(!is_mounted(&fs::canonicalize(&fx.merged).unwrap()).unwrap());
 }
 
 fn set_mtime(p: &Path, secs: i64) {
     let f = fs::File::options().write(true).open(p).unwrap();
-    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs as u64))
-        .unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs as u64)).unwrap();
 }

@@ -24,7 +24,9 @@ const MAX_FILE_BYTES: u64 = 16 << 20;
 pub enum TokenFileError {
     #[error("cannot read token file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("token file {path} has mode {mode:04o}, which lets the group or others read it; fix with `chmod 600 {path}`")]
+    #[error(
+        "token file {path} has mode {mode:04o}, which lets the group or others read it; fix with `chmod 600 {path}`"
+    )]
     Permissions { path: PathBuf, mode: u32 },
     #[error("token file {path} is not a regular file")]
     NotAFile { path: PathBuf },
@@ -119,12 +121,7 @@ impl TokenStore {
             let (id, token) = match fields[..] {
                 [id, token] => (id, token),
                 [_] => return Err(bad("expected `CLIENT-ID TOKEN`, found only one field".into())),
-                _ => {
-                    return Err(bad(format!(
-                        "expected `CLIENT-ID TOKEN`, found {} fields",
-                        fields.len()
-                    )))
-                }
+                _ => return Err(bad(format!("expected `CLIENT-ID TOKEN`, found {} fields", fields.len()))),
             };
             let id = ClientId::new(id).map_err(|e| bad(e.to_string()))?;
             check_token(token).map_err(bad)?;
@@ -165,7 +162,10 @@ impl TokenStore {
             if let Some(j) = entries.iter().position(|(_, other)| *other == d) {
                 return Err((
                     Some(line),
-                    format!("client {id} has the same token as client {} (line {}): each client needs its own", entries[j].0, origin[j]),
+                    format!(
+                        "client {id} has the same token as client {} (line {}): each client needs its own",
+                        entries[j].0, origin[j]
+                    ),
                 ));
             }
             entries.push((id, d));
@@ -254,7 +254,11 @@ mod tests {
     #[test]
     fn load_parses_comments_and_blank_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "# clients\n\ngpu-1  0123456789abcdef0123\n  # indented comment\ngpu-2\t0123456789abcdef0124\n", 0o600);
+        let p = write(
+            dir.path(),
+            "# clients\n\ngpu-1  0123456789abcdef0123\n  # indented comment\ngpu-2\t0123456789abcdef0124\n",
+            0o600,
+        );
         let store = TokenStore::load(&p).unwrap();
         assert_eq!(store.len(), 2);
         assert_eq!(store.authenticate("0123456789abcdef0124"), Some(id("gpu-2")));

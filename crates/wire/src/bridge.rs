@@ -62,10 +62,7 @@ pub struct ChunkWriter {
 }
 
 fn gone() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::BrokenPipe,
-        "the stream's receiver is gone (connection lost or stream abandoned)",
-    )
+    io::Error::new(io::ErrorKind::BrokenPipe, "the stream's receiver is gone (connection lost or stream abandoned)")
 }
 
 impl ChunkWriter {
@@ -130,9 +127,7 @@ impl Drop for ChunkWriter {
             // Never block in drop (it may run in an async context): if the
             // channel is full, dropping the sender closes it, and a closed
             // channel without an end item is an abort for every consumer.
-            let _ = self
-                .tx
-                .try_send(StreamItem::End(StreamEnd::Abort("writer dropped before finishing".into())));
+            let _ = self.tx.try_send(StreamItem::End(StreamEnd::Abort("writer dropped before finishing".into())));
         }
     }
 }

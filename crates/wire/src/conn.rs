@@ -89,9 +89,7 @@ where
     loop {
         match stream.next().await {
             None => return Ok(None),
-            Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => {
-                return Ok(None)
-            }
+            Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => return Ok(None),
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(Message::Binary(b))) => return Frame::decode_bytes(b, limits).map(Some),
             Some(Ok(Message::Text(t))) => return Err(WireError::TextMessage { len: t.len() }),
@@ -239,11 +237,7 @@ where
     /// (that is the flow control). If `tx`'s receiver is gone, the rest of
     /// the stream is read and dropped. Any other frame before the end is a
     /// [`WireError::Protocol`] error; on every error `tx` gets an abort.
-    pub async fn recv_stream(
-        &mut self,
-        stream: u32,
-        tx: &mpsc::Sender<StreamItem>,
-    ) -> Result<StreamEnd, WireError> {
+    pub async fn recv_stream(&mut self, stream: u32, tx: &mpsc::Sender<StreamItem>) -> Result<StreamEnd, WireError> {
         recv_stream_items::<_, In>(&mut self.ws, stream, tx, &self.limits).await
     }
 
@@ -254,9 +248,7 @@ where
             Ok(()) | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {}
             Err(e) => return Err(e.into()),
         }
-        let drain = async {
-            while let Some(Ok(_)) = self.ws.next().await {}
-        };
+        let drain = async { while let Some(Ok(_)) = self.ws.next().await {} };
         let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
         Ok(())
     }
@@ -316,11 +308,7 @@ where
     }
 
     /// See [`WsConn::recv_stream`].
-    pub async fn recv_stream(
-        &mut self,
-        stream: u32,
-        tx: &mpsc::Sender<StreamItem>,
-    ) -> Result<StreamEnd, WireError> {
+    pub async fn recv_stream(&mut self, stream: u32, tx: &mpsc::Sender<StreamItem>) -> Result<StreamEnd, WireError> {
         recv_stream_items::<_, In>(&mut self.stream, stream, tx, &self.limits).await
     }
 }
@@ -530,16 +518,18 @@ pub async fn connect(
     extra_ca: Option<&Path>,
     limits: WireLimits,
 ) -> Result<ClientConn, WireError> {
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| WireError::Config(format!("bad broker URL {url:?}: {e}")))?;
+    let mut request =
+        url.into_client_request().map_err(|e| WireError::Config(format!("bad broker URL {url:?}: {e}")))?;
     let scheme = request.uri().scheme_str().unwrap_or("").to_ascii_lowercase();
     let host = request.uri().host().unwrap_or("").to_owned();
     let connector = match scheme.as_str() {
         "wss" => Connector::Rustls(Arc::new(client_tls_config(extra_ca)?)),
         "ws" => {
             if !is_loopback(&host) {
-                tracing::warn!(url, "plain ws:// to a non-loopback host: the token and data travel unencrypted; use wss://");
+                tracing::warn!(
+                    url,
+                    "plain ws:// to a non-loopback host: the token and data travel unencrypted; use wss://"
+                );
             }
             Connector::Plain
         }

@@ -53,7 +53,9 @@ pub enum WireError {
     Truncated { what: &'static str, need: usize, got: usize },
     #[error("{what} of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { what: &'static str, size: usize, limit: usize },
-    #[error("websocket message exceeds the limit of {limit} bytes (announced {size} bytes); the connection is dropped")]
+    #[error(
+        "websocket message exceeds the limit of {limit} bytes (announced {size} bytes); the connection is dropped"
+    )]
     MessageTooLarge { size: usize, limit: usize },
     #[error("malformed control message{}: {detail}", req(.id))]
     Malformed { id: Option<u64>, detail: String },
@@ -119,9 +121,7 @@ impl WireError {
     pub fn error_code(&self) -> ErrorCode {
         match self {
             WireError::TooLarge { .. } | WireError::MessageTooLarge { .. } => ErrorCode::TooLarge,
-            WireError::Unauthorized(_) | WireError::Rejected { status: 401 } => {
-                ErrorCode::Unauthorized
-            }
+            WireError::Unauthorized(_) | WireError::Rejected { status: 401 } => ErrorCode::Unauthorized,
             WireError::Encode { .. }
             | WireError::Io(_)
             | WireError::Tls(_)
@@ -143,9 +143,7 @@ impl From<tungstenite::Error> for WireError {
                 WireError::MessageTooLarge { size, limit: max_size }
             }
             tungstenite::Error::Io(io) => WireError::Io(io),
-            tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-                WireError::Closed
-            }
+            tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => WireError::Closed,
             tungstenite::Error::Http(resp) => WireError::Rejected { status: resp.status().as_u16() },
             other => WireError::WebSocket(Box::new(other)),
         }

@@ -108,17 +108,11 @@ impl<T: Serialize> Frame<T> {
             Frame::Control(env) => {
                 let mut buf = Vec::with_capacity(64);
                 buf.push(TAG_CONTROL);
-                rmp_serde::encode::write_named(&mut buf, env).map_err(|e| WireError::Encode {
-                    what: "control message",
-                    detail: e.to_string(),
-                })?;
+                rmp_serde::encode::write_named(&mut buf, env)
+                    .map_err(|e| WireError::Encode { what: "control message", detail: e.to_string() })?;
                 let size = buf.len() - 1;
                 if size > limits.max_message_bytes {
-                    return Err(WireError::TooLarge {
-                        what: "control message",
-                        size,
-                        limit: limits.max_message_bytes,
-                    });
+                    return Err(WireError::TooLarge { what: "control message", size, limit: limits.max_message_bytes });
                 }
                 Ok(Bytes::from(buf))
             }
@@ -202,21 +196,13 @@ fn decode_inner<T: DeserializeOwned>(
             let stream = stream_id(rest, "stream chunk", 5)?;
             let size = rest.len() - 4;
             if size > limits.max_chunk_bytes {
-                return Err(WireError::TooLarge {
-                    what: "stream chunk",
-                    size,
-                    limit: limits.max_chunk_bytes,
-                });
+                return Err(WireError::TooLarge { what: "stream chunk", size, limit: limits.max_chunk_bytes });
             }
             Ok(Frame::Chunk { stream, data: data(5..) })
         }
         TAG_END => {
             let stream = stream_id(rest, "stream end", 6)?;
-            let status = *rest.get(4).ok_or(WireError::Truncated {
-                what: "stream end",
-                need: 6,
-                got: bytes.len(),
-            })?;
+            let status = *rest.get(4).ok_or(WireError::Truncated { what: "stream end", need: 6, got: bytes.len() })?;
             let reason = &rest[5..];
             if reason.len() > MAX_REASON_BYTES {
                 return Err(WireError::TooLarge {
@@ -486,7 +472,10 @@ mod tests {
     fn limits_on_both_sides() {
         let limits = WireLimits { max_message_bytes: 100, max_chunk_bytes: 10 };
         let big = Frame::<ClientMsg>::Chunk { stream: 1, data: Bytes::from(vec![0; 11]) };
-        assert!(matches!(big.encode_with(&limits), Err(WireError::TooLarge { what: "stream chunk", size: 11, limit: 10 })));
+        assert!(matches!(
+            big.encode_with(&limits),
+            Err(WireError::TooLarge { what: "stream chunk", size: 11, limit: 10 })
+        ));
         let bytes = big.encode().unwrap();
         assert!(matches!(Frame::<ClientMsg>::decode_with(&bytes, &limits), Err(WireError::TooLarge { .. })));
 

@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-async fn echo_server() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Result<cs_protocol::ClientId, WireError>>) {
+async fn echo_server(
+) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Result<cs_protocol::ClientId, WireError>>) {
     spawn_server(WireLimits::default(), Duration::from_secs(5), |client, mut conn| async move {
         while let Ok(Some(Frame::Control(Envelope { id, body: ClientMsg::Ping { .. } }))) = conn.recv().await {
             // Answer with the authenticated id's length, so the client can tell who it is.

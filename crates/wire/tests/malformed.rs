@@ -88,8 +88,12 @@ async fn malformed_frames_are_specific_errors_and_the_broker_keeps_serving() {
         (Message::binary(vec![1, 0, 0]), "truncated stream chunk frame", ErrorCode::BadRequest, 0),
         (Message::binary(vec![]), "empty websocket message", ErrorCode::BadRequest, 0),
         (Message::binary(unknown), "unknown control message (request 9)", ErrorCode::BadRequest, 9),
-        (Message::binary(vec![1, 0, 0, 0, 0].into_iter().chain(vec![0; 256 * 1024 + 1]).collect::<Vec<u8>>()),
-         "stream chunk of 262145 bytes exceeds the limit", ErrorCode::TooLarge, 0),
+        (
+            Message::binary(vec![1, 0, 0, 0, 0].into_iter().chain(vec![0; 256 * 1024 + 1]).collect::<Vec<u8>>()),
+            "stream chunk of 262145 bytes exceeds the limit",
+            ErrorCode::TooLarge,
+            0,
+        ),
     ];
     for (msg, needle, code, id) in cases {
         ws.send(msg).await.unwrap();

@@ -67,7 +67,9 @@ fn step3_payload() -> Vec<u8> {
 fn reply(msg: &ClientMsg) -> ServerMsg {
     match msg {
         ClientMsg::WasCommitted { round_id } => ServerMsg::WasCommitted(*round_id == 77),
-        ClientMsg::Hello(h) => ServerMsg::HelloReply(HelloReply { need_held_list: h.held_count == 3, cursor_unknown: false }),
+        ClientMsg::Hello(h) => {
+            ServerMsg::HelloReply(HelloReply { need_held_list: h.held_count == 3, cursor_unknown: false })
+        }
         ClientMsg::HeldList(_) => ServerMsg::HeldListOk,
         ClientMsg::Deletes(paths) => ServerMsg::DeleteReport(DeleteReport {
             deleted: paths.clone(),
@@ -76,7 +78,9 @@ fn reply(msg: &ClientMsg) -> ServerMsg {
         }),
         ClientMsg::AskDeletes => ServerMsg::DeletesForYou(vec![p("p-deleted")]),
         ClientMsg::SendWrites { .. } => unreachable!("answered after the stream"),
-        ClientMsg::AskWrites { stream } => ServerMsg::WritesFollow { stream: *stream, cursor: Cursor { epoch: 5, seq: 10 } },
+        ClientMsg::AskWrites { stream } => {
+            ServerMsg::WritesFollow { stream: *stream, cursor: Cursor { epoch: 5, seq: 10 } }
+        }
         ClientMsg::Commit(c) => ServerMsg::Committed { cursor: Cursor { epoch: 5, seq: c.round_id } },
         ClientMsg::Ping { sent_ms } if *sent_ms >= 1000 => {
             ServerMsg::Error { code: CODES[(*sent_ms - 1000) as usize], message: format!("code {sent_ms}") }

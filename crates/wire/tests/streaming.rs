@@ -42,7 +42,8 @@ async fn fifty_mib_arrive_byte_identical_with_bounded_memory() {
         let meter = reader_meter.clone();
         let result_tx = result_tx.clone();
         async move {
-            let Some(Frame::Control(Envelope { id, body: ClientMsg::SendWrites { stream } })) = conn.recv().await.unwrap()
+            let Some(Frame::Control(Envelope { id, body: ClientMsg::SendWrites { stream } })) =
+                conn.recv().await.unwrap()
             else {
                 panic!("expected SendWrites")
             };
@@ -69,9 +70,12 @@ async fn fifty_mib_arrive_byte_identical_with_bounded_memory() {
             });
             assert_eq!(conn.recv_stream(stream, &tx).await.unwrap(), StreamEnd::Ok);
             let got = reader.await.unwrap();
-            conn.send_msg(id, ServerMsg::WritesApplied { applied: 0, unchanged: 0, conflicts: vec![], refused: vec![] })
-                .await
-                .unwrap();
+            conn.send_msg(
+                id,
+                ServerMsg::WritesApplied { applied: 0, unchanged: 0, conflicts: vec![], refused: vec![] },
+            )
+            .await
+            .unwrap();
             result_tx.lock().unwrap().take().unwrap().send(got).unwrap();
         }
     })
@@ -101,7 +105,12 @@ async fn fifty_mib_arrive_byte_identical_with_bounded_memory() {
     assert_eq!(total, LEN as u64);
     assert_eq!(hash, expected, "the stream arrived byte-identical");
     let peak = meter.peak.load(Ordering::SeqCst) as usize;
-    eprintln!("peak in flight: {:.1} MiB of {} MiB ({} chunks of 256 KiB)", peak as f64 / MIB as f64, LEN / MIB, peak / max);
+    eprintln!(
+        "peak in flight: {:.1} MiB of {} MiB ({} chunks of 256 KiB)",
+        peak as f64 / MIB as f64,
+        LEN / MIB,
+        peak / max
+    );
     // Two channels of 8 chunks (4 MiB), the tasks' and websocket's buffers,
     // and the kernel's loopback socket buffers: far less than the stream.
     assert!(peak < 24 * MIB, "peak in flight {peak} bytes: memory is not bounded");
@@ -109,12 +118,15 @@ async fn fifty_mib_arrive_byte_identical_with_bounded_memory() {
 
 /// Server side of the cut-stream tests: reads stream 1 into a ChunkReader
 /// and reports what the reader saw.
-async fn cut_stream_server() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<(std::io::Result<usize>, Result<StreamEnd, String>)>) {
+async fn cut_stream_server(
+) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<(std::io::Result<usize>, Result<StreamEnd, String>)>) {
     let (rep_tx, rep_rx) = tokio::sync::mpsc::unbounded_channel();
     let (addr, _accepted) = spawn_server(WireLimits::default(), Duration::from_secs(5), move |_c, mut conn| {
         let rep_tx = rep_tx.clone();
         async move {
-            let Some(Frame::Control(Envelope { body: ClientMsg::SendWrites { stream }, .. })) = conn.recv().await.unwrap() else {
+            let Some(Frame::Control(Envelope { body: ClientMsg::SendWrites { stream }, .. })) =
+                conn.recv().await.unwrap()
+            else {
                 panic!()
             };
             let (tx, rx) = stream_channel(DEFAULT_STREAM_CHANNEL);

@@ -240,7 +240,9 @@ impl TestClient {
             Ok(Err(e)) => Err(e.into()),
             Ok(Ok(None)) => Err(ClientError::Wire(WireError::Closed)),
             Ok(Ok(Some(Frame::Control(env)))) => Ok((env.id, env.body)),
-            Ok(Ok(Some(other))) => Err(ClientError::Unexpected(format!("expected a control message, got {}", other.describe()))),
+            Ok(Ok(Some(other))) => {
+                Err(ClientError::Unexpected(format!("expected a control message, got {}", other.describe())))
+            }
         }
     }
 
@@ -269,7 +271,9 @@ impl TestClient {
                 ServerMsg::WasCommitted(b) => b,
                 other => return Self::unexpected("WasCommitted", other),
             };
-            self.blocking(move |c, _| c.resolve_pending(committed)).await.map_err(|e| ClientError::Engine(e.to_string()))?;
+            self.blocking(move |c, _| c.resolve_pending(committed))
+                .await
+                .map_err(|e| ClientError::Engine(e.to_string()))?;
         }
         Ok(())
     }

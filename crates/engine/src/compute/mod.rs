@@ -23,7 +23,6 @@ use crate::busy::{self, BusyFile, BusyOutcome, BusyPolicy, BusyTable};
 use crate::sig::{held_digest, Sig};
 use crate::{state, temp_name, EngineError, PathFilter};
 
-
 /// Settings of one compute server's sync engine.
 #[derive(Debug, Clone)]
 pub struct ComputeConfig {
@@ -471,8 +470,14 @@ impl ComputeSide {
                 r.problems.push(format!("{p}: became a special file, not synced"));
                 continue;
             };
-            let mut header =
-                EntryHeader { path: p.clone(), kind: sig.kind, mode: st.mode, mtime: st.mtime, size: 0, link_target: None };
+            let mut header = EntryHeader {
+                path: p.clone(),
+                kind: sig.kind,
+                mode: st.mode,
+                mtime: st.mtime,
+                size: 0,
+                link_target: None,
+            };
             match sig.kind {
                 EntryKind::Dir => tar.append_dir(&header)?,
                 EntryKind::Symlink => {
@@ -500,7 +505,8 @@ impl ComputeSide {
                         None
                     };
                     let snapshot = scratch.as_deref().map(|name| (&self.cfg.busy, name));
-                    let packed = busy::pack_file(&mut tar, &self.upper, p, f, header, r.known.get(p).copied(), snapshot)?;
+                    let packed =
+                        busy::pack_file(&mut tar, &self.upper, p, f, header, r.known.get(p).copied(), snapshot)?;
                     match busy::note(&mut r.busy, p, &packed) {
                         Some(s) => sig = s,
                         None => continue,
@@ -537,7 +543,9 @@ impl ComputeSide {
                 // copy (if any: the entry may have been skipped) is its.
                 cs_tarstream::Event::Withdraw(path) => {
                     if let Some(st) = staged.take_if(|st| &st.target == path) {
-                        self.upper.remove_file(&st.tmp).map_err(|e| Box::new(EngineError::from(e)) as cs_tarstream::VisitError)?;
+                        self.upper
+                            .remove_file(&st.tmp)
+                            .map_err(|e| Box::new(EngineError::from(e)) as cs_tarstream::VisitError)?;
                     }
                     report.withdrawn.push(path.clone());
                     return Ok(());
@@ -663,7 +671,12 @@ impl ComputeSide {
         self.record_applied(r, &target, report)
     }
 
-    fn record_applied(&mut self, r: &mut ComputeRound, p: &RelPath, report: &mut ApplyReport) -> Result<(), EngineError> {
+    fn record_applied(
+        &mut self,
+        r: &mut ComputeRound,
+        p: &RelPath,
+        report: &mut ApplyReport,
+    ) -> Result<(), EngineError> {
         let Some(sig) = self.upper.lstat(p)?.and_then(|s| Sig::of(&s)) else {
             return Ok(());
         };
@@ -678,7 +691,8 @@ impl ComputeSide {
     /// everything below it is safe on P: sent or received this round and not
     /// touched since. Returns whether `p` is gone.
     fn clear_dir(&mut self, r: &mut ComputeRound, p: &RelPath) -> Result<bool, EngineError> {
-        let below: Vec<RelPath> = r.known.range(p.clone()..).skip(1).take_while(|(q, _)| q.starts_with(p)).map(|(q, _)| q.clone()).collect();
+        let below: Vec<RelPath> =
+            r.known.range(p.clone()..).skip(1).take_while(|(q, _)| q.starts_with(p)).map(|(q, _)| q.clone()).collect();
         for q in &below {
             let now = self.upper.lstat(q)?.and_then(|s| Sig::of(&s));
             if now.is_none() || now != r.next.get(q).copied() {

@@ -72,7 +72,10 @@ fn walk(root: &Path, dir: Option<&RelPath>, filter: &PathFilter, scan: &mut Uppe
             continue;
         }
         let Some(sig) = Sig::of(&Stat::from_metadata(&md)) else {
-            scan.problems.push(format!("{}: not a file, directory or symlink, not synced", Escaped(ent.path().as_os_str().as_bytes())));
+            scan.problems.push(format!(
+                "{}: not a file, directory or symlink, not synced",
+                Escaped(ent.path().as_os_str().as_bytes())
+            ));
             continue;
         };
         if sig.kind == EntryKind::Dir {

@@ -148,7 +148,8 @@ impl Journal {
     /// where it looked (with everything the journal has below a directory
     /// that is gone or no longer a directory).
     pub fn merge_partial(&mut self, part: Partial, scan_began: u64) -> usize {
-        let listed: HashSet<&[u8]> = part.listed.iter().map(|d| d.as_ref().map_or(&b""[..], |p| p.as_bytes())).collect();
+        let listed: HashSet<&[u8]> =
+            part.listed.iter().map(|d| d.as_ref().map_or(&b""[..], |p| p.as_bytes())).collect();
         let walked: HashSet<&[u8]> = part.walked.iter().map(|p| p.as_bytes()).collect();
         let covered = |p: &RelPath| {
             let s = p.as_bytes();
@@ -263,7 +264,9 @@ fn stat_synced(home: &Path, rel: &RelPath, filter: &PathFilter) -> Result<Option
     let abs = home.join(rel.as_path());
     let md = match std::fs::symlink_metadata(&abs) {
         Ok(m) => m,
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => return Ok(None),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return Ok(None)
+        }
         Err(e) => return Err(EngineError::io("stat", &abs, e)),
     };
     if !filter.is_synced(rel, md.is_dir()) {
@@ -297,7 +300,12 @@ fn walk(
 }
 
 /// The synced entries directly in `dir`.
-fn list(root: &Path, dir: Option<&RelPath>, filter: &PathFilter, seen: &mut HashMap<RelPath, Sig>) -> Result<(), EngineError> {
+fn list(
+    root: &Path,
+    dir: Option<&RelPath>,
+    filter: &PathFilter,
+    seen: &mut HashMap<RelPath, Sig>,
+) -> Result<(), EngineError> {
     list_into(root, dir, filter, seen, &mut Vec::new())
 }
 
@@ -314,7 +322,10 @@ fn list_into(
     };
     let rd = match std::fs::read_dir(&abs) {
         Ok(rd) => rd,
-        Err(e) if dir.is_some() && matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+        Err(e)
+            if dir.is_some()
+                && matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) =>
+        {
             return Ok(())
         }
         Err(e) => return Err(EngineError::io("list directory", &abs, e)),
@@ -355,7 +366,14 @@ mod tests {
     use cs_protocol::Timestamp;
 
     fn file(size: u64) -> Sig {
-        Sig { kind: EntryKind::File, mode: 0o644, size, mtime: Timestamp::new(1, 0), ctime: Timestamp::new(1, 0), ino: 7 }
+        Sig {
+            kind: EntryKind::File,
+            mode: 0o644,
+            size,
+            mtime: Timestamp::new(1, 0),
+            ctime: Timestamp::new(1, 0),
+            ino: 7,
+        }
     }
 
     fn rel(s: &str) -> RelPath {

@@ -5,13 +5,13 @@ mod journal;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use std::io::{Read, Write};
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::PathBuf;
 
 use cs_protocol::{
     ClientId, CommitRequest, Cursor, DeleteReport, EntryKind, Hello, HelloReply, RelPath, PROTOCOL_VERSION,
@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 pub use journal::{Journal, JournalEntry, JOURNAL_VERSION};
 
-use crate::compute::Interrupted;
 use crate::busy::{self, BusyFile, BusyOutcome, BusyPolicy, BusyTable, Packed};
+use crate::compute::Interrupted;
 use crate::sig::{held_digest, Sig};
 use crate::{state, temp_name, EngineError, PathFilter};
 
@@ -348,7 +348,8 @@ impl ProjectSide {
             return Ok(());
         };
         let mut changes = hw.drain();
-        let full = started.is_none_or(|t| t.elapsed() >= self.cfg.full_rescan_every) || changes.overflow || !hw.complete();
+        let full =
+            started.is_none_or(|t| t.elapsed() >= self.cfg.full_rescan_every) || changes.overflow || !hw.complete();
         if changes.overflow {
             tracing::info!("inotify queue overflowed: rescanning the whole home");
         }
@@ -365,8 +366,9 @@ impl ProjectSide {
             }
             w.last_full = Some(Instant::now());
         } else {
-            let part =
-                Journal::scan_partial(home, &self.cfg.filter, &changes.dirty, &changes.appeared, &mut |d| hw.watch(home, d))?;
+            let part = Journal::scan_partial(home, &self.cfg.filter, &changes.dirty, &changes.appeared, &mut |d| {
+                hw.watch(home, d)
+            })?;
             let mut j = lock(&self.journal);
             j.journal.merge_partial(part, began);
             for dir in &changes.moved {
@@ -543,7 +545,9 @@ impl ProjectSide {
                 // is its, and goes.
                 cs_tarstream::Event::Withdraw(path) => {
                     if let Some(st) = staged.take_if(|st| &st.entry == path) {
-                        self.home.remove_file(&st.tmp).map_err(|e| Box::new(EngineError::from(e)) as cs_tarstream::VisitError)?;
+                        self.home
+                            .remove_file(&st.tmp)
+                            .map_err(|e| Box::new(EngineError::from(e)) as cs_tarstream::VisitError)?;
                     }
                     report.withdrawn.push(path.clone());
                     return Ok(());
@@ -762,13 +766,16 @@ impl ProjectSide {
     /// `NAME.conflict-<client>-<UTC time>` beside `p`, not yet taken.
     fn conflict_name(&self, p: &RelPath, client: &ClientId) -> Result<RelPath, EngineError> {
         let stamp = time::OffsetDateTime::now_utc()
-            .format(time::macros::format_description!("[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"))
+            .format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second].[subsecond digits:3]Z"
+            ))
             .unwrap_or_else(|_| "unknown-time".into());
         for n in 0..1000u32 {
             let suffix = if n == 0 { String::new() } else { format!("-{n}") };
             let tail = format!("{}{stamp}{suffix}", crate::conflict_prefix("", client));
             let name = fit_name(p.file_name(), &tail);
-            let candidate = p.with_file_name(&name).map_err(|e| EngineError::Entry { path: p.clone(), reason: e.to_string() })?;
+            let candidate =
+                p.with_file_name(&name).map_err(|e| EngineError::Entry { path: p.clone(), reason: e.to_string() })?;
             if self.home.lstat(&candidate)?.is_none() {
                 return Ok(candidate);
             }
@@ -777,7 +784,12 @@ impl ProjectSide {
     }
 
     /// An earlier conflict copy of `p` by this client with the same content as `tmp`.
-    fn find_conflict_copy(&self, p: &RelPath, client: &ClientId, tmp: &RelPath) -> Result<Option<RelPath>, EngineError> {
+    fn find_conflict_copy(
+        &self,
+        p: &RelPath,
+        client: &ClientId,
+        tmp: &RelPath,
+    ) -> Result<Option<RelPath>, EngineError> {
         let prefix = fit_name(p.file_name(), &crate::conflict_prefix("", client));
         let names = match self.home.read_dir(p.parent().as_ref()) {
             Ok(n) => n,
@@ -832,7 +844,8 @@ impl ProjectSide {
                 }
             };
             let Some(kind) = crate::sig::entry_kind(st.kind) else { continue };
-            let mut header = EntryHeader { path: p.clone(), kind, mode: st.mode, mtime: st.mtime, size: 0, link_target: None };
+            let mut header =
+                EntryHeader { path: p.clone(), kind, mode: st.mode, mtime: st.mtime, size: 0, link_target: None };
             match kind {
                 EntryKind::Dir => tar.append_dir(&header)?,
                 EntryKind::Symlink => {
@@ -980,6 +993,8 @@ fn check_against_full_scan(j: &Journal, home: &std::path::Path, filter: &PathFil
     } else {
         diffs.sort();
         tracing::error!("incremental journal differs from a full scan: {diffs:?}");
-        Err(EngineError::Protocol(format!("CS_JOURNAL_CHECK: the incremental journal differs from a full scan: {diffs:?}")))
+        Err(EngineError::Protocol(format!(
+            "CS_JOURNAL_CHECK: the incremental journal differs from a full scan: {diffs:?}"
+        )))
     }
 }

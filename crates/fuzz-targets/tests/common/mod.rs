@@ -12,10 +12,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 /// Seconds each target runs: `CS_FUZZ_SECS`, default 10.
 pub fn budget() -> Duration {
-    let secs = std::env::var("CS_FUZZ_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or(10.0);
+    let secs = std::env::var("CS_FUZZ_SECS").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(10.0);
     Duration::from_secs_f64(secs.max(0.0))
 }
 
@@ -61,9 +58,7 @@ pub fn fails(target: fn(&[u8]), input: &[u8]) -> Option<String> {
 fn seed() -> u64 {
     match std::env::var("CS_FUZZ_SEED") {
         Ok(s) => s.parse().expect("CS_FUZZ_SEED must be a u64"),
-        Err(_) => SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
+        Err(_) => SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64),
     }
 }
 
@@ -88,35 +83,19 @@ where
     // The case count caps a default run; a longer budget scales it.
     let budget = budget();
     let scale = (budget.as_secs_f64() / 10.0).max(1.0);
-    drive_for(
-        name,
-        strategy,
-        target,
-        (max_cases as f64 * scale) as u64,
-        budget,
-    )
+    drive_for(name, strategy, target, (max_cases as f64 * scale) as u64, budget)
 }
 
 /// [`drive`] with an explicit time budget.
-pub fn drive_for<S>(
-    name: &str,
-    strategy: S,
-    target: fn(&[u8]),
-    max_cases: u64,
-    budget: Duration,
-) -> u64
+pub fn drive_for<S>(name: &str, strategy: S, target: fn(&[u8]), max_cases: u64, budget: Duration) -> u64
 where
     S: Strategy<Value = Vec<u8>>,
 {
     let seed = seed();
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
-    let config = Config {
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner =
-        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &key));
+    let config = Config { failure_persistence: None, ..Config::default() };
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &key));
     let start = Instant::now();
     let mut cases = 0u64;
     let mut bytes = 0usize;
@@ -168,9 +147,6 @@ where
             String::from_utf8_lossy(shown),
         );
     }
-    eprintln!(
-        "fuzz {name}: {cases} cases, {bytes} input bytes in {:.1}s (seed {seed})",
-        start.elapsed().as_secs_f64()
-    );
+    eprintln!("fuzz {name}: {cases} cases, {bytes} input bytes in {:.1}s (seed {seed})", start.elapsed().as_secs_f64());
     cases
 }

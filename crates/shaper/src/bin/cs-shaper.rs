@@ -108,7 +108,9 @@ fn main() -> Result<()> {
                     shaper.set_config(c);
                 }
                 ["bandwidth", "off"] => shaper.set_config(LinkConfig { bandwidth: None, ..shaper.config() }),
-                ["bandwidth", v] => shaper.set_config(LinkConfig { bandwidth: Some(parse_rate(v)?), ..shaper.config() }),
+                ["bandwidth", v] => {
+                    shaper.set_config(LinkConfig { bandwidth: Some(parse_rate(v)?), ..shaper.config() })
+                }
                 ["stats"] => {
                     let s = shaper.stats();
                     for r in &s.routes {

@@ -4,9 +4,7 @@
 use std::io::{Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use cs_tarstream::{
-    unpack, EntryHeader, EntryKind, Limits, PackWriter, RelPath, TarError, Timestamp,
-};
+use cs_tarstream::{unpack, EntryHeader, EntryKind, Limits, PackWriter, RelPath, TarError, Timestamp};
 
 pub fn rp(s: &str) -> RelPath {
     RelPath::new(s).unwrap()
@@ -46,10 +44,7 @@ pub fn pack(entries: &[(EntryHeader, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Unpacks everything, reading each entry's data fully.
-pub fn unpack_all(
-    bytes: &[u8],
-    limits: &Limits,
-) -> Result<Vec<(EntryHeader, Vec<u8>)>, TarError> {
+pub fn unpack_all(bytes: &[u8], limits: &Limits) -> Result<Vec<(EntryHeader, Vec<u8>)>, TarError> {
     let mut got = Vec::new();
     unpack(bytes, limits, |h, r| {
         let mut data = Vec::new();
@@ -206,9 +201,7 @@ pub struct PipeWriter {
 impl Write for PipeWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = buf.len().min(16 << 10);
-        self.tx
-            .send(buf[..n].to_vec())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        self.tx.send(buf[..n].to_vec()).map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -35,3 +35,9 @@ if [[ ! -e /dev/fuse ]]; then
     exit 1
 fi
 command -v cargo >/dev/null || { echo "install-deps: cargo not found: install Rust (rustup) first" >&2; exit 1; }
+# The lint gate of .ci/run (cargo fmt --check, cargo clippy -D warnings).
+if command -v rustup >/dev/null; then
+    for c in rustfmt clippy; do
+        rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null
+    done
+fi

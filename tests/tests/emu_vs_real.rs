@@ -138,7 +138,9 @@ fn seed(v: &PlainDir) {
     v.symlink("../a", &rp("d/l")).unwrap();
 }
 
-type Step = (&'static str, Box<dyn Fn(&dyn View) -> io::Result<()>>);
+/// One operation on a view, replayed on both.
+type Op = Box<dyn Fn(&dyn View) -> io::Result<()>>;
+type Step = (&'static str, Op);
 
 fn step(what: &'static str, f: impl Fn(&dyn View) -> io::Result<()> + 'static) -> Step {
     (what, Box::new(f))
@@ -376,7 +378,7 @@ fn random_lower(rng: &mut Rng) -> Vec<(String, u32)> {
 
 /// One operation of the property test's generator, on a random path; `None` when its
 /// preconditions do not hold in the (emulated) merged view.
-fn random_op(rng: &mut Rng, v: &dyn View, tag: &mut u32) -> Option<(String, Box<dyn Fn(&dyn View) -> io::Result<()>>)> {
+fn random_op(rng: &mut Rng, v: &dyn View, tag: &mut u32) -> Option<(String, Op)> {
     let kind = |p: &str| v.kind(&rp(p));
     let parents_ok = |p: &str| rp(p).ancestors().all(|a| matches!(v.kind(&a), None | Some(Kind::Dir)));
     let parent_is_dir = |p: &str| rp(p).parent().is_none_or(|d| v.kind(&d) == Some(Kind::Dir));

@@ -340,7 +340,7 @@ impl Writer {
         let mut c = self.counts.lock().unwrap();
         c.ops += 1;
         *c.by_kind.entry(kind).or_default() += 1;
-        let audit = c.ops % 50 == 0;
+        let audit = c.ops.is_multiple_of(50);
         match res {
             Ok(bytes) => {
                 c.bytes += bytes;

@@ -54,7 +54,7 @@ pub(crate) fn sweep_stale_temps(root: &std::path::Path) -> usize {
                 dirs.push(ent.path());
             } else if let Some(rest) = name.strip_prefix(".csa-tmp-") {
                 // .csa-tmp-<client>-<pid>-<seq>; the client id may hold dashes.
-                let pid = rest.rsplitn(3, '-').nth(1);
+                let pid = rest.rsplit('-').nth(1);
                 if pid.is_some_and(|pid| pid != me) && std::fs::remove_file(ent.path()).is_ok() {
                     removed += 1;
                 }
@@ -87,24 +87,6 @@ pub fn conflict_prefix(name: &str, client: &ClientId) -> String {
     format!("{name}.conflict-{client}-")
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn stale_temps_of_other_processes_go_ours_stay() {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
-        let ours = format!(".csa-tmp-gpu-1-{}-3", std::process::id());
-        for name in ["a/b/.csa-tmp-gpu-1-999999999-0", "a/.csa-tmp-x-1-2", &ours, "a/b/keep.txt", ".csa-tmp-odd"] {
-            std::fs::write(t.path().join(name), b"x").unwrap();
-        }
-        assert_eq!(super::sweep_stale_temps(t.path()), 2);
-        assert!(t.path().join(&ours).exists());
-        assert!(t.path().join("a/b/keep.txt").exists());
-        assert!(!t.path().join("a/b/.csa-tmp-gpu-1-999999999-0").exists());
-        assert!(t.path().join(".csa-tmp-odd").exists(), "not our name format: left alone");
-    }
-}
-
 /// A random-enough 64-bit id (round ids, journal epochs): unique, not secret.
 pub(crate) fn random_u64() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,4 +103,22 @@ pub(crate) fn random_u64() -> u64 {
 /// with itself (never with the other side's clock).
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stale_temps_of_other_processes_go_ours_stay() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
+        let ours = format!(".csa-tmp-gpu-1-{}-3", std::process::id());
+        for name in ["a/b/.csa-tmp-gpu-1-999999999-0", "a/.csa-tmp-x-1-2", &ours, "a/b/keep.txt", ".csa-tmp-odd"] {
+            std::fs::write(t.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(super::sweep_stale_temps(t.path()), 2);
+        assert!(t.path().join(&ours).exists());
+        assert!(t.path().join("a/b/keep.txt").exists());
+        assert!(!t.path().join("a/b/.csa-tmp-gpu-1-999999999-0").exists());
+        assert!(t.path().join(".csa-tmp-odd").exists(), "not our name format: left alone");
+    }
 }

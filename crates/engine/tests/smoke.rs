@@ -166,7 +166,7 @@ fn tombstones_are_pruned_once_every_client_has_seen_them() {
 #[test]
 fn whiteouts_of_deleted_paths_stay_for_the_grace_period() {
     use cs_union::{create_whiteout, is_hidden, Layout};
-    let mut s = setup();
+    let s = setup();
     for f in ["gone", "kept"] {
         fs::write(s.home.join(f), b"p").unwrap();
     }
@@ -211,7 +211,7 @@ fn whiteouts_of_deleted_paths_stay_for_the_grace_period() {
 #[test]
 fn a_path_recreated_during_the_grace_is_deleted_again_on_project() {
     use cs_union::{create_whiteout, Layout};
-    let mut s = setup();
+    let s = setup();
     fs::write(s.home.join("f"), b"p").unwrap();
     let mut cfg = s.c.config().clone();
     cfg.whiteout_grace = std::time::Duration::from_secs(3600);

@@ -653,7 +653,7 @@ impl SafeRoot {
         const OP: &str = "rename";
         let (fd1, n1) = self.parent(OP, from)?;
         let (fd2, n2) = self.parent(OP, to)?;
-        renameat(&fd1, n1, &fd2, n2).map_err(|e| self.io(OP, &format!("{from} -> {to}"), e))
+        renameat(&fd1, n1, &fd2, n2).map_err(|e| self.io(OP, format!("{from} -> {to}"), e))
     }
 
     /// `renameat2(from, to, RENAME_NOREPLACE)`: fails with
@@ -662,8 +662,7 @@ impl SafeRoot {
         const OP: &str = "rename_noreplace";
         let (fd1, n1) = self.parent(OP, from)?;
         let (fd2, n2) = self.parent(OP, to)?;
-        renameat_with(&fd1, n1, &fd2, n2, RenameFlags::NOREPLACE)
-            .map_err(|e| self.io(OP, &format!("{from} -> {to}"), e))
+        renameat_with(&fd1, n1, &fd2, n2, RenameFlags::NOREPLACE).map_err(|e| self.io(OP, format!("{from} -> {to}"), e))
     }
 }
 

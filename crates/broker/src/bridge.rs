@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use cs_actors::Heartbeat;
+use cs_supervision::Heartbeat;
 use cs_wire::{StreamEnd, StreamItem};
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use cs_actors::{ExitStatus, MAILBOX_CAPACITY};
 use cs_protocol::ClientId;
+use cs_supervision::{ExitStatus, MAILBOX_CAPACITY};
 use cs_wire::{
     AuthFailure, ErrorCode, Frame, ServerConn, ServerMsg, TlsAcceptorConfig, TokenStore, WireError, WireLimits,
 };

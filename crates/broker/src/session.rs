@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use cs_actors::{ExitStatus, Heartbeat, MAILBOX_CAPACITY};
 use cs_engine::{EngineError, ProjectRound, ProjectSide};
 use cs_protocol::{ClientId, CommitRequest, Hello, PROTOCOL_VERSION};
+use cs_supervision::{ExitStatus, Heartbeat, MAILBOX_CAPACITY};
 use cs_wire::{
     ClientMsg, ErrorCode, Frame, ServerMsg, StreamEnd, StreamItem, WireError, WireLimits, WsReceiver, WsSender,
 };
@@ -449,7 +449,7 @@ impl Session {
                     move |p, _| p.was_committed(&client, round_id),
                     move |act, ctx, _, r| match r {
                         Ok(b) => act.reply(ctx, id, ServerMsg::WasCommitted(b)),
-                        Err(e) => act.error(ctx, id, code_of(&e), cs_actors::error_chain(&e)),
+                        Err(e) => act.error(ctx, id, code_of(&e), cs_supervision::error_chain(&e)),
                     },
                 );
             }
@@ -488,7 +488,7 @@ impl Session {
                             ctx,
                             id,
                             code_of(&e),
-                            format!("step 1 (deletes): {}", cs_actors::error_chain(&e)),
+                            format!("step 1 (deletes): {}", cs_supervision::error_chain(&e)),
                         ),
                     },
                 );
@@ -552,7 +552,7 @@ impl Session {
                                     ctx,
                                     id,
                                     code_of(&e),
-                                    format!("step 3 (writes to the project): {}", cs_actors::error_chain(&e)),
+                                    format!("step 3 (writes to the project): {}", cs_supervision::error_chain(&e)),
                                 )
                             }
                         }
@@ -600,7 +600,7 @@ impl Session {
                             ctx,
                             id,
                             code_of(&e),
-                            format!("step 4 (writes to the client): {}", cs_actors::error_chain(&e)),
+                            format!("step 4 (writes to the client): {}", cs_supervision::error_chain(&e)),
                         ),
                     },
                 );
@@ -642,7 +642,7 @@ impl Session {
                     act.round = Some(OpenRound { round: Some(round), started, need_held_list: reply.need_held_list });
                     act.reply(ctx, id, ServerMsg::HelloReply(reply));
                 }
-                Err(e) => act.fail_round(ctx, id, code_of(&e), format!("hello: {}", cs_actors::error_chain(&e))),
+                Err(e) => act.fail_round(ctx, id, code_of(&e), format!("hello: {}", cs_supervision::error_chain(&e))),
             },
         );
     }
@@ -676,7 +676,7 @@ impl Session {
                 }
                 Err(e) => {
                     act.rounds_failed += 1;
-                    act.fail_round(ctx, id, code_of(&e), format!("step 5 (commit): {}", cs_actors::error_chain(&e)))
+                    act.fail_round(ctx, id, code_of(&e), format!("step 5 (commit): {}", cs_supervision::error_chain(&e)))
                 }
             },
         );

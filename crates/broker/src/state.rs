@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use cs_actors::ExitStatus;
+use cs_supervision::ExitStatus;
 use serde::Serialize;
 
 /// How many ended sessions [`BrokerState::ended`] keeps.

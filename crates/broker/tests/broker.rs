@@ -429,7 +429,7 @@ async fn an_idle_client_is_dropped_after_the_idle_timeout() {
     let s = wait_for(&b, ROUND, "c1's session to end", |s| s.sessions.len() == 1).await;
     assert_eq!(s.sessions[0].client, "c2");
     let ended = s.ended.iter().find(|e| e.client == "c1").expect("c1's end is recorded");
-    assert!(matches!(&ended.exit, cs_actors::ExitStatus::Failure(r) if r.contains("idle")), "{ended:?}");
+    assert!(matches!(&ended.exit, cs_supervision::ExitStatus::Failure(r) if r.contains("idle")), "{ended:?}");
     busy.round_within(ROUND).await;
 
     // A client silent in the middle of its step-3 stream is idle too; its

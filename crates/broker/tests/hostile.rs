@@ -152,7 +152,7 @@ async fn another_clients_identity_is_refused_while_the_others_round() {
     assert_eq!(impostors.len(), 2, "{:?}", s.ended);
     assert!(impostors
         .iter()
-        .all(|e| matches!(&e.exit, cs_actors::ExitStatus::Failure(r) if r.contains("hello names client"))));
+        .all(|e| matches!(&e.exit, cs_supervision::ExitStatus::Failure(r) if r.contains("hello names client"))));
 
     // c1's round goes on where it was, untouched.
     c1.step3().await.unwrap();
@@ -644,7 +644,10 @@ async fn oversized_and_lying_msgpack_frames_are_answered_or_closed() {
     assert!(growth < 64 << 20, "RSS grew by {} MiB", growth >> 20);
     let s = wait_for(&b, ROUND, "c3's session to end", |s| s.sessions.len() == 1).await;
     let ended = s.ended.iter().find(|e| e.client == "c3").expect("c3's end is recorded");
-    assert!(matches!(&ended.exit, cs_actors::ExitStatus::Failure(r) if r.contains("exceeds the limit")), "{ended:?}");
+    assert!(
+        matches!(&ended.exit, cs_supervision::ExitStatus::Failure(r) if r.contains("exceeds the limit")),
+        "{ended:?}"
+    );
 
     good_round(&p, &mut c1, "after").await;
     let mut c3 = TestClient::with_conn("c3", connect_with(b.local_addr, token("c3"), limits).await.unwrap());
@@ -695,7 +698,7 @@ async fn silent_connections_are_dropped_after_their_timeouts() {
     assert!(started.elapsed() >= idle_timeout.mul_f32(0.9));
     let s = wait_for(&b, ROUND, "c2's session to end", |s| s.sessions.iter().all(|x| x.client != "c2")).await;
     let ended = s.ended.iter().find(|e| e.client == "c2").expect("c2's end is recorded");
-    assert!(matches!(&ended.exit, cs_actors::ExitStatus::Failure(r) if r.contains("idle")), "{ended:?}");
+    assert!(matches!(&ended.exit, cs_supervision::ExitStatus::Failure(r) if r.contains("idle")), "{ended:?}");
 
     let mut c4 = TestClient::new(b.local_addr, "c4").await;
     good_round(&p, &mut c4, "after").await;

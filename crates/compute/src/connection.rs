@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use async_trait::async_trait;
-use cs_actors::MAILBOX_CAPACITY;
+use cs_supervision::MAILBOX_CAPACITY;
 use cs_wire::{
     stream_channel, ChunkReader, ChunkWriter, ClientMsg, Frame, ServerMsg, StreamEnd, StreamItem, WireLimits,
     DEFAULT_STREAM_CHANNEL,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use cs_actors::{Heartbeat, MAILBOX_CAPACITY};
+use cs_supervision::{Heartbeat, MAILBOX_CAPACITY};
 use rand::Rng;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -143,7 +143,7 @@ impl Coordinator {
                 }
                 Err(e) => {
                     act.stats.failed += 1;
-                    let msg = cs_actors::error_chain(&e);
+                    let msg = cs_supervision::error_chain(&e);
                     tracing::warn!(error = %msg, "round failed; it will be retried");
                     act.stats.last_error = Some(msg.clone());
                     act.apply(Event::Failed(msg), ctx);

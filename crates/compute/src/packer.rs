@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix::prelude::*;
-use cs_actors::{Heartbeat, MAILBOX_CAPACITY};
 use cs_engine::{ApplyReport, ComputeRound, ComputeSide, EngineError};
 use cs_protocol::{CommitRequest, Cursor, DeleteReport, Hello, RelPath};
+use cs_supervision::{Heartbeat, MAILBOX_CAPACITY};
 use cs_tarstream::PackStats;
 use serde::Serialize;
 

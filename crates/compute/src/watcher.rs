@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use cs_actors::MAILBOX_CAPACITY;
+use cs_supervision::MAILBOX_CAPACITY;
 use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
 

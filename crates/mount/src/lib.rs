@@ -2,7 +2,7 @@
 //!
 //! A compute server's home is a unionfs-fuse copy-on-write union: upper = local disk, lower =
 //! the project's home over sshfs. [`MountSupervisor`] (an actix actor following the
-//! `cs-actors` conventions) mounts the lower ([`LowerSpec`]: adopt an existing mount, or run a
+//! `cs-supervision` conventions) mounts the lower ([`LowerSpec`]: adopt an existing mount, or run a
 //! command such as the one [`sshfs_command`] builds), makes the local-only directories opaque
 //! ([`prepare_local_only`]), guards the union's bare mount point and recovers what was written
 //! into it while the union was down ([`Guard`], [`Recovery`]; module `bare`), mounts the union,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use cs_actors::{ExitStatus, Heartbeat, MAILBOX_CAPACITY};
+use cs_supervision::{ExitStatus, Heartbeat, MAILBOX_CAPACITY};
 use cs_union::{Layout, UnionfsFuse};
 use serde::Serialize;
 use tokio::sync::oneshot;

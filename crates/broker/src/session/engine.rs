@@ -1,0 +1,435 @@
+//! The engine calls: each request of a round becomes a call of
+//! [`ProjectSide`] on a thread of its own, with the round moved there and
+//! back, under the client's lock; its answer goes back to the client.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use cs_engine::{EngineError, ProjectRound, ProjectSide};
+use cs_protocol::{CommitRequest, Hello, PROTOCOL_VERSION};
+use cs_supervision::ExitStatus;
+use cs_wire::{ClientMsg, ErrorCode, ServerMsg};
+use tokio::sync::oneshot;
+
+use super::io::{routes, Outgoing};
+use super::{unix_ms, Inbound, OpenRound, Session};
+use crate::bridge::{SlotReader, SlotWriter, TarWork};
+use crate::state::RoundStep;
+
+/// Counts one engine call in [`Shared::engine_calls`] while it lives.
+struct EngineCall(Arc<AtomicUsize>);
+
+impl EngineCall {
+    fn new(calls: &Arc<AtomicUsize>) -> Self {
+        calls.fetch_add(1, Ordering::SeqCst);
+        EngineCall(calls.clone())
+    }
+}
+
+impl Drop for EngineCall {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Session {
+    /// Checks that `msg` may come now; `Err` is the reason it may not.
+    fn check_order(&self, msg: &ClientMsg) -> Result<(), String> {
+        let open = self.round.as_ref();
+        let want = |steps: &[RoundStep], what: &str| -> Result<(), String> {
+            if open.is_some() && steps.contains(&self.step) {
+                Ok(())
+            } else if open.is_none() {
+                Err(format!("{what} without an open round: send Hello first"))
+            } else {
+                Err(format!("{what} out of order: the round is at step {}", self.step.label()))
+            }
+        };
+        match msg {
+            ClientMsg::WasCommitted { .. } | ClientMsg::Hello(_) | ClientMsg::Ping { .. } => Ok(()),
+            ClientMsg::HeldList(_) => want(&[RoundStep::Hello], "HeldList (only right after Hello)"),
+            ClientMsg::Deletes(_) => {
+                want(&[RoundStep::Hello], "Deletes (step 1, after Hello)")?;
+                if open.is_some_and(|r| r.need_held_list) {
+                    return Err("Deletes before HeldList: the hello reply asked for the full held list".into());
+                }
+                Ok(())
+            }
+            ClientMsg::AskDeletes => want(&[RoundStep::Deletes], "AskDeletes (step 2, after Deletes)"),
+            ClientMsg::SendWrites { .. } => {
+                want(&[RoundStep::DeletesForClient], "SendWrites (step 3, after AskDeletes)")
+            }
+            ClientMsg::AskWrites { .. } => want(&[RoundStep::WritesIn], "AskWrites (step 4, after SendWrites)"),
+            ClientMsg::Commit(_) => want(&[RoundStep::WritesOut], "Commit (step 5, after AskWrites)"),
+        }
+    }
+
+    pub(super) fn dispatch(&mut self, ctx: &mut Context<Self>, req: Inbound) {
+        let Inbound { id, msg, stream } = req;
+        // A fresh cancel flag for the step this request starts.
+        self.cancel = Arc::new(AtomicBool::new(false));
+        self.current_id = id;
+        self.streaming = matches!(msg, ClientMsg::SendWrites { .. } | ClientMsg::AskWrites { .. });
+        if let Err(reason) = self.check_order(&msg) {
+            // `stream` (a refused SendWrites) is dropped: its chunks are discarded.
+            self.error(ctx, id, ErrorCode::BadRequest, reason);
+            return;
+        }
+        match msg {
+            ClientMsg::Ping { sent_ms } => self.reply(ctx, id, ServerMsg::Pong { sent_ms }),
+            ClientMsg::WasCommitted { round_id } => {
+                let client = self.client.clone();
+                self.engine(
+                    ctx,
+                    None,
+                    move |p, _| p.was_committed(&client, round_id),
+                    move |act, ctx, _, r| match r {
+                        Ok(b) => act.reply(ctx, id, ServerMsg::WasCommitted(b)),
+                        Err(e) => act.error(ctx, id, code_of(&e), cs_supervision::error_chain(&e)),
+                    },
+                );
+            }
+            ClientMsg::Hello(hello) => self.hello(ctx, id, hello),
+            ClientMsg::HeldList(paths) => {
+                let round = self.take_round();
+                self.engine(
+                    ctx,
+                    round,
+                    move |p, r| {
+                        p.set_held_list(r.as_mut().expect("round"), paths);
+                        Ok::<_, EngineError>(())
+                    },
+                    move |act, ctx, round, _| {
+                        act.put_round(round);
+                        if let Some(o) = act.round.as_mut() {
+                            o.need_held_list = false;
+                        }
+                        act.reply(ctx, id, ServerMsg::HeldListOk);
+                    },
+                );
+            }
+            ClientMsg::Deletes(paths) => {
+                self.step = RoundStep::Deletes;
+                let round = self.take_round();
+                self.engine(
+                    ctx,
+                    round,
+                    move |p, r| p.apply_deletes(r.as_mut().expect("round"), &paths),
+                    move |act, ctx, round, res| match res {
+                        Ok(report) => {
+                            act.put_round(round);
+                            act.reply(ctx, id, ServerMsg::DeleteReport(report));
+                        }
+                        Err(e) => act.fail_round(
+                            ctx,
+                            id,
+                            code_of(&e),
+                            format!("step 1 (deletes): {}", cs_supervision::error_chain(&e)),
+                        ),
+                    },
+                );
+            }
+            ClientMsg::AskDeletes => {
+                self.step = RoundStep::DeletesForClient;
+                let round = self.take_round();
+                self.engine(
+                    ctx,
+                    round,
+                    move |p, r| Ok::<_, EngineError>(p.deletes_for_client(r.as_mut().expect("round"))),
+                    move |act, ctx, round, res| {
+                        act.put_round(round);
+                        if let Ok(paths) = res {
+                            act.reply(ctx, id, ServerMsg::DeletesForYou(paths));
+                        }
+                    },
+                );
+            }
+            ClientMsg::SendWrites { stream: sid } => {
+                let Some(rx) = stream else {
+                    self.fail_round(ctx, id, ErrorCode::Internal, "the stream of SendWrites was not set up".into());
+                    return;
+                };
+                self.step = RoundStep::WritesIn;
+                let round = self.take_round();
+                let work = self.tar_work();
+                self.engine(
+                    ctx,
+                    round,
+                    move |p, r| {
+                        let mut reader = SlotReader::new(rx, work);
+                        let res = p.apply_writes(r.as_mut().expect("round"), &mut reader, None);
+                        (res, reader.bytes)
+                    },
+                    move |act, ctx, round, (res, bytes)| {
+                        act.bytes_in += bytes;
+                        match res {
+                            Ok(report) => {
+                                act.put_round(round);
+                                let entries =
+                                    report.applied + report.unchanged + report.conflicts.len() + report.refused.len();
+                                act.entries_in += entries as u64;
+                                act.conflicts_total += report.conflicts.len() as u64;
+                                act.reply(ctx, id, writes_applied(report));
+                            }
+                            Err(e) => {
+                                // The rest of the stream (if any) is dropped
+                                // quietly: unless its end frame came already,
+                                // its remaining frames are discarded, not
+                                // answered as frames of an unknown stream (a
+                                // stray answer would put the client's next
+                                // request out of step).
+                                routes(&act.routes).discard(sid);
+                                act.fail_round(
+                                    ctx,
+                                    id,
+                                    code_of(&e),
+                                    format!("step 3 (writes to the project): {}", cs_supervision::error_chain(&e)),
+                                )
+                            }
+                        }
+                    },
+                );
+            }
+            ClientMsg::AskWrites { stream: sid } => {
+                self.step = RoundStep::WritesOut;
+                let (tx, rx) = cs_wire::stream_channel(cs_wire::DEFAULT_STREAM_CHANNEL);
+                let Some(out) = self.out.clone() else { return };
+                // The stream goes before anything queued after it: its chunks,
+                // its end, then (below) WritesFollow with the cursor.
+                if out.try_send(Outgoing::Stream { stream: sid, rx }).is_err() {
+                    self.end(ctx, ExitStatus::Failure("the client does not read its answers".into()));
+                    return;
+                }
+                let round = self.take_round();
+                let work = self.tar_work();
+                let max_chunk = self.shared.limits.max_chunk_bytes;
+                self.engine(
+                    ctx,
+                    round,
+                    move |p, r| {
+                        let mut writer = SlotWriter::new(tx, max_chunk, work);
+                        if let Err(e) = writer.start() {
+                            writer.abort(&e.to_string());
+                            return Err(EngineError::Protocol(format!("step 4 not started: {e}")));
+                        }
+                        match p.pack_changes(r.as_mut().expect("round"), writer) {
+                            Ok((writer, stats, cursor)) => match writer.finish() {
+                                Ok(()) => Ok((stats, cursor)),
+                                Err(e) => Err(EngineError::Protocol(format!("stream to the client: {e}"))),
+                            },
+                            Err(e) => Err(e),
+                        }
+                    },
+                    move |act, ctx, round, res| match res {
+                        Ok((stats, cursor)) => {
+                            act.put_round(round);
+                            act.entries_out += stats.entries;
+                            act.bytes_out += stats.compressed_bytes;
+                            act.reply(ctx, id, ServerMsg::WritesFollow { stream: sid, cursor });
+                        }
+                        Err(e) => act.fail_round(
+                            ctx,
+                            id,
+                            code_of(&e),
+                            format!("step 4 (writes to the client): {}", cs_supervision::error_chain(&e)),
+                        ),
+                    },
+                );
+            }
+            ClientMsg::Commit(req) => self.commit(ctx, id, req),
+        }
+    }
+
+    fn hello(&mut self, ctx: &mut Context<Self>, id: u64, hello: Hello) {
+        if hello.client != self.client {
+            let message =
+                format!("hello names client {} but this connection authenticated as {}", hello.client, self.client);
+            self.error(ctx, id, ErrorCode::Unauthorized, message.clone());
+            self.refused = Some("hello_other_client");
+            self.end(ctx, ExitStatus::Failure(message));
+            return;
+        }
+        if hello.protocol != PROTOCOL_VERSION {
+            self.fail_round(
+                ctx,
+                id,
+                ErrorCode::ProtocolVersion,
+                format!("client speaks protocol {}, this broker {PROTOCOL_VERSION}", hello.protocol),
+            );
+            return;
+        }
+        if self.round.take().is_some() {
+            tracing::info!(client = %self.client, "hello during a round: the round restarts");
+            self.rounds_failed += 1;
+        }
+        self.step = RoundStep::Hello;
+        let started = Instant::now();
+        self.engine(
+            ctx,
+            None,
+            move |p, _| p.begin_round(&hello),
+            move |act, ctx, _, res| match res {
+                Ok((round, reply)) => {
+                    act.round = Some(OpenRound { round: Some(round), started, need_held_list: reply.need_held_list });
+                    act.reply(ctx, id, ServerMsg::HelloReply(reply));
+                }
+                Err(e) => act.fail_round(ctx, id, code_of(&e), format!("hello: {}", cs_supervision::error_chain(&e))),
+            },
+        );
+    }
+
+    fn commit(&mut self, ctx: &mut Context<Self>, id: u64, req: CommitRequest) {
+        self.step = RoundStep::Commit;
+        let Some(open) = self.round.take() else { return };
+        let started = open.started;
+        let round = open.round;
+        let client = self.client.clone();
+        self.engine(
+            ctx,
+            None,
+            move |p, _| match round {
+                Some(r) => p.commit(r, &req).map(|cursor| (cursor, p.busy_files(&client))),
+                None => Err(EngineError::Protocol("no round to commit".into())),
+            },
+            move |act, ctx, _, res| match res {
+                Ok((cursor, busy)) => {
+                    act.snapshots_sent += busy.iter().filter(|b| b.snapshot_sent).count() as u64;
+                    act.deferred = crate::state::DeferredFiles {
+                        count: busy.len() as u64,
+                        files: busy.into_iter().take(10).collect(),
+                    };
+                    act.step = RoundStep::Idle;
+                    act.rounds_committed += 1;
+                    act.last_round_unix_ms = Some(unix_ms());
+                    act.last_round_duration_ms = Some(started.elapsed().as_millis() as u64);
+                    tracing::info!(client = %act.client, ?cursor, ms = started.elapsed().as_millis() as u64, "round committed");
+                    act.reply(ctx, id, ServerMsg::Committed { cursor });
+                }
+                Err(e) => {
+                    act.rounds_failed += 1;
+                    act.fail_round(ctx, id, code_of(&e), format!("step 5 (commit): {}", cs_supervision::error_chain(&e)))
+                }
+            },
+        );
+    }
+
+    fn take_round(&mut self) -> Option<ProjectRound> {
+        self.round.as_mut().and_then(|o| o.round.take())
+    }
+
+    fn put_round(&mut self, round: Option<ProjectRound>) {
+        if let Some(o) = self.round.as_mut() {
+            o.round = round;
+        }
+    }
+
+    fn tar_work(&self) -> TarWork {
+        TarWork::new(self.shared.tar.clone(), self.cancel.clone(), self.heartbeat.clone(), self.activity.clone())
+            // A stream silent for this long ends the session anyway.
+            .with_silence_limit(self.shared.idle_timeout)
+    }
+
+    /// Runs `work` on a blocking thread with the round (moved there and
+    /// back), under this client's lock; then `then` on the actor. While it
+    /// runs, requests wait in the queue.
+    fn engine<T, W, F>(&mut self, ctx: &mut Context<Self>, round: Option<ProjectRound>, work: W, then: F)
+    where
+        T: Send + 'static,
+        W: FnOnce(&ProjectSide, &mut Option<ProjectRound>) -> T + Send + 'static,
+        F: FnOnce(&mut Self, &mut Context<Self>, Option<ProjectRound>, T) + 'static,
+    {
+        self.busy = true;
+        self.heartbeat.beat();
+        let project = self.shared.project.clone();
+        let lock = self.client_lock.clone();
+        let calls = self.shared.engine_calls.clone();
+        let fut = async move {
+            let guard = lock.lock_owned().await;
+            let call = EngineCall::new(&calls);
+            let (done, result) = oneshot::channel();
+            // A thread of its own, not `spawn_blocking`: the runtime's
+            // shutdown waits for its blocking tasks, so one stuck call would
+            // keep the broker from exiting on SIGTERM (shutdown waits for
+            // calls in flight, bounded, then the process exits).
+            std::thread::Builder::new()
+                .name("cs-broker-engine".into())
+                .spawn(move || {
+                    // Held until the call returns, even if the session is gone.
+                    let _guard = guard;
+                    let _call = call;
+                    let mut round = round;
+                    let out = work(&project, &mut round);
+                    let _ = done.send((round, out));
+                })
+                .map_err(|e| format!("cannot start an engine thread: {e}"))?;
+            result.await.map_err(|_| "the engine call panicked".to_string())
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.busy = false;
+            act.streaming = false;
+            act.heartbeat.beat();
+            act.activity.touch();
+            match res {
+                Ok((round, out)) => then(act, ctx, round, out),
+                Err(e) => {
+                    tracing::error!(client = %act.client, "engine call failed: {e}");
+                    act.round = None;
+                    act.step = RoundStep::Idle;
+                    act.rounds_failed += 1;
+                    act.last_error = Some(format!("internal error: {e}"));
+                    let id = act.current_id;
+                    act.reply(
+                        ctx,
+                        id,
+                        ServerMsg::Error { code: ErrorCode::Internal, message: format!("internal error: {e}") },
+                    );
+                }
+            }
+            act.next_queued(ctx);
+        }));
+    }
+}
+
+/// Step 3's answer.
+fn writes_applied(report: cs_engine::WriteReport) -> ServerMsg {
+    ServerMsg::WritesApplied {
+        applied: report.applied as u64,
+        unchanged: report.unchanged as u64,
+        conflicts: report.conflicts,
+        refused: report.refused,
+    }
+}
+
+/// The error code to report an engine failure with.
+fn code_of(e: &EngineError) -> ErrorCode {
+    if caused_by_this_machine(e) {
+        return ErrorCode::Internal;
+    }
+    match e {
+        EngineError::Tar(_) | EngineError::Protocol(_) | EngineError::Entry { .. } => ErrorCode::BadRequest,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// An error of P's own disk or resources (full, read-only, I/O error, out
+/// of descriptors) somewhere in the chain: not the client's fault even when
+/// it surfaced while reading the client's tar stream.
+fn caused_by_this_machine(e: &EngineError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.raw_os_error(),
+                Some(
+                    libc::ENOSPC | libc::EDQUOT | libc::EIO | libc::EROFS | libc::ENOMEM | libc::EMFILE | libc::ENFILE
+                )
+            ) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}

@@ -14,7 +14,7 @@ use cs_wire::{ClientMsg, ErrorCode, ServerMsg};
 use tokio::sync::oneshot;
 
 use super::io::{routes, Outgoing};
-use super::{unix_ms, Inbound, OpenRound, Session};
+use super::{Inbound, Session};
 use crate::bridge::{SlotReader, SlotWriter, TarWork};
 use crate::state::RoundStep;
 
@@ -37,14 +37,15 @@ impl Drop for EngineCall {
 impl Session {
     /// Checks that `msg` may come now; `Err` is the reason it may not.
     fn check_order(&self, msg: &ClientMsg) -> Result<(), String> {
-        let open = self.round.as_ref();
+        let open = self.phase.is_open();
+        let step = self.phase.step();
         let want = |steps: &[RoundStep], what: &str| -> Result<(), String> {
-            if open.is_some() && steps.contains(&self.step) {
+            if open && steps.contains(&step) {
                 Ok(())
-            } else if open.is_none() {
+            } else if !open {
                 Err(format!("{what} without an open round: send Hello first"))
             } else {
-                Err(format!("{what} out of order: the round is at step {}", self.step.label()))
+                Err(format!("{what} out of order: the round is at step {}", step.label()))
             }
         };
         match msg {
@@ -52,7 +53,7 @@ impl Session {
             ClientMsg::HeldList(_) => want(&[RoundStep::Hello], "HeldList (only right after Hello)"),
             ClientMsg::Deletes(_) => {
                 want(&[RoundStep::Hello], "Deletes (step 1, after Hello)")?;
-                if open.is_some_and(|r| r.need_held_list) {
+                if self.phase.need_held_list() {
                     return Err("Deletes before HeldList: the hello reply asked for the full held list".into());
                 }
                 Ok(())
@@ -83,9 +84,8 @@ impl Session {
                 let client = self.client.clone();
                 self.engine(
                     ctx,
-                    None,
-                    move |p, _| p.was_committed(&client, round_id),
-                    move |act, ctx, _, r| match r {
+                    move |p| p.was_committed(&client, round_id),
+                    move |act, ctx, r| match r {
                         Ok(b) => act.reply(ctx, id, ServerMsg::WasCommitted(b)),
                         Err(e) => act.error(ctx, id, code_of(&e), cs_supervision::error_chain(&e)),
                     },
@@ -93,35 +93,23 @@ impl Session {
             }
             ClientMsg::Hello(hello) => self.hello(ctx, id, hello),
             ClientMsg::HeldList(paths) => {
-                let round = self.take_round();
-                self.engine(
+                self.engine_on_round(
                     ctx,
-                    round,
-                    move |p, r| {
-                        p.set_held_list(r.as_mut().expect("round"), paths);
-                        Ok::<_, EngineError>(())
-                    },
-                    move |act, ctx, round, _| {
-                        act.put_round(round);
-                        if let Some(o) = act.round.as_mut() {
-                            o.need_held_list = false;
-                        }
+                    RoundStep::Hello,
+                    move |p, r| p.set_held_list(r, paths),
+                    move |act, ctx, ()| {
+                        act.phase.held_list_received();
                         act.reply(ctx, id, ServerMsg::HeldListOk);
                     },
                 );
             }
             ClientMsg::Deletes(paths) => {
-                self.step = RoundStep::Deletes;
-                let round = self.take_round();
-                self.engine(
+                self.engine_on_round(
                     ctx,
-                    round,
-                    move |p, r| p.apply_deletes(r.as_mut().expect("round"), &paths),
-                    move |act, ctx, round, res| match res {
-                        Ok(report) => {
-                            act.put_round(round);
-                            act.reply(ctx, id, ServerMsg::DeleteReport(report));
-                        }
+                    RoundStep::Deletes,
+                    move |p, r| p.apply_deletes(r, &paths),
+                    move |act, ctx, res| match res {
+                        Ok(report) => act.reply(ctx, id, ServerMsg::DeleteReport(report)),
                         Err(e) => act.fail_round(
                             ctx,
                             id,
@@ -132,18 +120,11 @@ impl Session {
                 );
             }
             ClientMsg::AskDeletes => {
-                self.step = RoundStep::DeletesForClient;
-                let round = self.take_round();
-                self.engine(
+                self.engine_on_round(
                     ctx,
-                    round,
-                    move |p, r| Ok::<_, EngineError>(p.deletes_for_client(r.as_mut().expect("round"))),
-                    move |act, ctx, round, res| {
-                        act.put_round(round);
-                        if let Ok(paths) = res {
-                            act.reply(ctx, id, ServerMsg::DeletesForYou(paths));
-                        }
-                    },
+                    RoundStep::DeletesForClient,
+                    move |p, r| p.deletes_for_client(r),
+                    move |act, ctx, paths| act.reply(ctx, id, ServerMsg::DeletesForYou(paths)),
                 );
             }
             ClientMsg::SendWrites { stream: sid } => {
@@ -151,26 +132,20 @@ impl Session {
                     self.fail_round(ctx, id, ErrorCode::Internal, "the stream of SendWrites was not set up".into());
                     return;
                 };
-                self.step = RoundStep::WritesIn;
-                let round = self.take_round();
                 let work = self.tar_work();
-                self.engine(
+                self.engine_on_round(
                     ctx,
-                    round,
+                    RoundStep::WritesIn,
                     move |p, r| {
                         let mut reader = SlotReader::new(rx, work);
-                        let res = p.apply_writes(r.as_mut().expect("round"), &mut reader, None);
+                        let res = p.apply_writes(r, &mut reader, None);
                         (res, reader.bytes)
                     },
-                    move |act, ctx, round, (res, bytes)| {
-                        act.bytes_in += bytes;
+                    move |act, ctx, (res, bytes)| {
+                        act.stats.bytes_in += bytes;
                         match res {
                             Ok(report) => {
-                                act.put_round(round);
-                                let entries =
-                                    report.applied + report.unchanged + report.conflicts.len() + report.refused.len();
-                                act.entries_in += entries as u64;
-                                act.conflicts_total += report.conflicts.len() as u64;
+                                act.stats.writes_in(&report);
                                 act.reply(ctx, id, writes_applied(report));
                             }
                             Err(e) => {
@@ -193,7 +168,6 @@ impl Session {
                 );
             }
             ClientMsg::AskWrites { stream: sid } => {
-                self.step = RoundStep::WritesOut;
                 let (tx, rx) = cs_wire::stream_channel(cs_wire::DEFAULT_STREAM_CHANNEL);
                 let Some(out) = self.out.clone() else { return };
                 // The stream goes before anything queued after it: its chunks,
@@ -202,19 +176,18 @@ impl Session {
                     self.end(ctx, ExitStatus::Failure("the client does not read its answers".into()));
                     return;
                 }
-                let round = self.take_round();
                 let work = self.tar_work();
                 let max_chunk = self.shared.limits.max_chunk_bytes;
-                self.engine(
+                self.engine_on_round(
                     ctx,
-                    round,
+                    RoundStep::WritesOut,
                     move |p, r| {
                         let mut writer = SlotWriter::new(tx, max_chunk, work);
                         if let Err(e) = writer.start() {
                             writer.abort(&e.to_string());
                             return Err(EngineError::Protocol(format!("step 4 not started: {e}")));
                         }
-                        match p.pack_changes(r.as_mut().expect("round"), writer) {
+                        match p.pack_changes(r, writer) {
                             Ok((writer, stats, cursor)) => match writer.finish() {
                                 Ok(()) => Ok((stats, cursor)),
                                 Err(e) => Err(EngineError::Protocol(format!("stream to the client: {e}"))),
@@ -222,11 +195,9 @@ impl Session {
                             Err(e) => Err(e),
                         }
                     },
-                    move |act, ctx, round, res| match res {
+                    move |act, ctx, res| match res {
                         Ok((stats, cursor)) => {
-                            act.put_round(round);
-                            act.entries_out += stats.entries;
-                            act.bytes_out += stats.compressed_bytes;
+                            act.stats.writes_out(stats.entries, stats.compressed_bytes);
                             act.reply(ctx, id, ServerMsg::WritesFollow { stream: sid, cursor });
                         }
                         Err(e) => act.fail_round(
@@ -260,19 +231,17 @@ impl Session {
             );
             return;
         }
-        if self.round.take().is_some() {
+        if self.phase.begin() {
             tracing::info!(client = %self.client, "hello during a round: the round restarts");
-            self.rounds_failed += 1;
+            self.stats.rounds_failed += 1;
         }
-        self.step = RoundStep::Hello;
         let started = Instant::now();
         self.engine(
             ctx,
-            None,
-            move |p, _| p.begin_round(&hello),
-            move |act, ctx, _, res| match res {
+            move |p| p.begin_round(&hello),
+            move |act, ctx, res| match res {
                 Ok((round, reply)) => {
-                    act.round = Some(OpenRound { round: Some(round), started, need_held_list: reply.need_held_list });
+                    act.phase.opened(round, started, reply.need_held_list);
                     act.reply(ctx, id, ServerMsg::HelloReply(reply));
                 }
                 Err(e) => act.fail_round(ctx, id, code_of(&e), format!("hello: {}", cs_supervision::error_chain(&e))),
@@ -281,48 +250,29 @@ impl Session {
     }
 
     fn commit(&mut self, ctx: &mut Context<Self>, id: u64, req: CommitRequest) {
-        self.step = RoundStep::Commit;
-        let Some(open) = self.round.take() else { return };
-        let started = open.started;
-        let round = open.round;
+        let started = self.phase.started();
+        let round = match self.phase.lend(RoundStep::Commit) {
+            Ok(round) => round,
+            Err(e) => return self.error(ctx, id, ErrorCode::BadRequest, e.to_string()),
+        };
+        let started = started.unwrap_or_else(Instant::now);
         let client = self.client.clone();
         self.engine(
             ctx,
-            None,
-            move |p, _| match round {
-                Some(r) => p.commit(r, &req).map(|cursor| (cursor, p.busy_files(&client))),
-                None => Err(EngineError::Protocol("no round to commit".into())),
-            },
-            move |act, ctx, _, res| match res {
+            move |p| p.commit(round, &req).map(|cursor| (cursor, p.busy_files(&client))),
+            move |act, ctx, res| match res {
                 Ok((cursor, busy)) => {
-                    act.snapshots_sent += busy.iter().filter(|b| b.snapshot_sent).count() as u64;
-                    act.deferred = crate::state::DeferredFiles {
-                        count: busy.len() as u64,
-                        files: busy.into_iter().take(10).collect(),
-                    };
-                    act.step = RoundStep::Idle;
-                    act.rounds_committed += 1;
-                    act.last_round_unix_ms = Some(unix_ms());
-                    act.last_round_duration_ms = Some(started.elapsed().as_millis() as u64);
+                    act.stats.committed(started, busy);
+                    act.phase.end_round();
                     tracing::info!(client = %act.client, ?cursor, ms = started.elapsed().as_millis() as u64, "round committed");
                     act.reply(ctx, id, ServerMsg::Committed { cursor });
                 }
+                // The round was consumed: `fail_round` counts it failed.
                 Err(e) => {
-                    act.rounds_failed += 1;
                     act.fail_round(ctx, id, code_of(&e), format!("step 5 (commit): {}", cs_supervision::error_chain(&e)))
                 }
             },
         );
-    }
-
-    fn take_round(&mut self) -> Option<ProjectRound> {
-        self.round.as_mut().and_then(|o| o.round.take())
-    }
-
-    fn put_round(&mut self, round: Option<ProjectRound>) {
-        if let Some(o) = self.round.as_mut() {
-            o.round = round;
-        }
     }
 
     fn tar_work(&self) -> TarWork {
@@ -331,14 +281,44 @@ impl Session {
             .with_silence_limit(self.shared.idle_timeout)
     }
 
-    /// Runs `work` on a blocking thread with the round (moved there and
-    /// back), under this client's lock; then `then` on the actor. While it
-    /// runs, requests wait in the queue.
-    fn engine<T, W, F>(&mut self, ctx: &mut Context<Self>, round: Option<ProjectRound>, work: W, then: F)
+    /// Runs step `step` of the open round: `work` borrows the round on an
+    /// engine thread (see [`Session::engine`]), which gives it back to the
+    /// phase before `then` runs. Without a round to lend, the client is
+    /// answered an error, and nothing runs.
+    fn engine_on_round<T, W, F>(&mut self, ctx: &mut Context<Self>, step: RoundStep, work: W, then: F)
     where
         T: Send + 'static,
-        W: FnOnce(&ProjectSide, &mut Option<ProjectRound>) -> T + Send + 'static,
-        F: FnOnce(&mut Self, &mut Context<Self>, Option<ProjectRound>, T) + 'static,
+        W: FnOnce(&ProjectSide, &mut ProjectRound) -> T + Send + 'static,
+        F: FnOnce(&mut Self, &mut Context<Self>, T) + 'static,
+    {
+        let mut round = match self.phase.lend(step) {
+            Ok(round) => round,
+            Err(e) => {
+                let id = self.current_id;
+                return self.error(ctx, id, ErrorCode::BadRequest, e.to_string());
+            }
+        };
+        self.engine(
+            ctx,
+            move |p| {
+                let out = work(p, &mut round);
+                (round, out)
+            },
+            move |act, ctx, (round, out)| {
+                act.phase.give_back(round);
+                then(act, ctx, out)
+            },
+        );
+    }
+
+    /// Runs `work` on a thread of its own (what it needs, such as the
+    /// round, moved there and back), under this client's lock; then `then`
+    /// on the actor. While it runs, requests wait in the queue.
+    fn engine<T, W, F>(&mut self, ctx: &mut Context<Self>, work: W, then: F)
+    where
+        T: Send + 'static,
+        W: FnOnce(&ProjectSide) -> T + Send + 'static,
+        F: FnOnce(&mut Self, &mut Context<Self>, T) + 'static,
     {
         self.busy = true;
         self.heartbeat.beat();
@@ -359,9 +339,7 @@ impl Session {
                     // Held until the call returns, even if the session is gone.
                     let _guard = guard;
                     let _call = call;
-                    let mut round = round;
-                    let out = work(&project, &mut round);
-                    let _ = done.send((round, out));
+                    let _ = done.send(work(&project));
                 })
                 .map_err(|e| format!("cannot start an engine thread: {e}"))?;
             result.await.map_err(|_| "the engine call panicked".to_string())
@@ -372,13 +350,13 @@ impl Session {
             act.heartbeat.beat();
             act.activity.touch();
             match res {
-                Ok((round, out)) => then(act, ctx, round, out),
+                Ok(out) => then(act, ctx, out),
                 Err(e) => {
+                    // The round (if one was lent) is lost with the call.
                     tracing::error!(client = %act.client, "engine call failed: {e}");
-                    act.round = None;
-                    act.step = RoundStep::Idle;
-                    act.rounds_failed += 1;
-                    act.last_error = Some(format!("internal error: {e}"));
+                    act.phase.end_round();
+                    act.stats.rounds_failed += 1;
+                    act.stats.last_error = Some(format!("internal error: {e}"));
                     let id = act.current_id;
                     act.reply(
                         ctx,

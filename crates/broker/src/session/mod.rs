@@ -11,12 +11,17 @@
 //! answering `Observe`, `Ping` and the idle check. Requests are handled one
 //! at a time, in order; one that arrives while a step runs waits in a short
 //! queue (a `Hello` there cancels the running step: the round restarts).
+//!
+//! The actor owns and wires four parts: [`phase`] (the round and its step:
+//! a step borrows the round from it), [`io`] (the reader and writer tasks),
+//! [`engine`] (each request as an engine call) and [`stats`] (the counters,
+//! and the state `status` shows).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use cs_engine::{ProjectRound, ProjectSide};
@@ -27,13 +32,17 @@ use tokio::sync::{mpsc, watch};
 
 use crate::bridge::{Activity, TarSlots};
 use crate::broker::{Broker, SessionEnded};
-use crate::state::{RoundStep, SessionState};
+use crate::state::SessionState;
 use crate::BoxedIo;
 
 mod engine;
 mod io;
+mod phase;
+mod stats;
 
 use io::{read_loop, routes, write_loop, Outgoing, SharedRoutes};
+use phase::Phase;
+use stats::Stats;
 
 /// Requests that may wait while a step runs; more is a misbehaving client.
 const QUEUE_LIMIT: usize = 8;
@@ -95,13 +104,6 @@ pub(crate) struct StopSession {
     pub status: ExitStatus,
 }
 
-struct OpenRound {
-    /// `None` while a step runs with it on a blocking thread.
-    round: Option<ProjectRound>,
-    started: Instant,
-    need_held_list: bool,
-}
-
 pub struct Session {
     client: ClientId,
     peer: SocketAddr,
@@ -130,26 +132,14 @@ pub struct Session {
     current_id: u64,
     streaming: bool,
     queue: VecDeque<Inbound>,
-    step: RoundStep,
-    round: Option<OpenRound>,
+    /// The round, and where it is.
+    phase: Phase<ProjectRound>,
     /// Closing: nothing more is handled.
     closing: bool,
     /// Set when the session ends as a refusal (counted by the broker).
     refused: Option<&'static str>,
     exit: Option<ExitStatus>,
-    // Counters.
-    rounds_committed: u64,
-    rounds_failed: u64,
-    last_round_unix_ms: Option<u64>,
-    last_round_duration_ms: Option<u64>,
-    entries_in: u64,
-    entries_out: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    conflicts_total: u64,
-    last_error: Option<String>,
-    deferred: crate::state::DeferredFiles,
-    snapshots_sent: u64,
+    stats: Stats,
 }
 
 pub(crate) struct SessionParts {
@@ -196,49 +186,13 @@ impl Session {
                 current_id: 0,
                 streaming: false,
                 queue: VecDeque::new(),
-                step: RoundStep::Idle,
-                round: None,
+                phase: Phase::Idle,
                 closing: false,
                 refused: None,
                 exit: None,
-                rounds_committed: 0,
-                rounds_failed: 0,
-                last_round_unix_ms: None,
-                last_round_duration_ms: None,
-                entries_in: 0,
-                entries_out: 0,
-                bytes_in: 0,
-                bytes_out: 0,
-                conflicts_total: 0,
-                last_error: None,
-                deferred: Default::default(),
-                snapshots_sent: 0,
+                stats: Stats::default(),
             }
         })
-    }
-
-    fn snapshot(&self) -> SessionState {
-        SessionState {
-            client: self.client.to_string(),
-            peer: self.peer,
-            connected_since_unix_ms: self.connected_since,
-            step: self.step,
-            busy: self.busy,
-            rounds_committed: self.rounds_committed,
-            rounds_failed: self.rounds_failed,
-            last_round_unix_ms: self.last_round_unix_ms,
-            last_round_duration_ms: self.last_round_duration_ms,
-            entries_in: self.entries_in,
-            entries_out: self.entries_out,
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            conflicts_total: self.conflicts_total,
-            last_error: self.last_error.clone(),
-            heartbeat_beats: self.heartbeat.beats(),
-            heartbeat_silent_ms: self.heartbeat.since_last().as_millis() as u64,
-            deferred: self.deferred.clone(),
-            snapshots_sent: self.snapshots_sent,
-        }
     }
 
     /// Queues a frame for the writer task. The queue is bounded; a client
@@ -263,16 +217,15 @@ impl Session {
     /// Answers an error; the session goes on.
     fn error(&mut self, ctx: &mut Context<Self>, id: u64, code: ErrorCode, message: String) {
         tracing::warn!(client = %self.client, peer = %self.peer, request = id, ?code, "{message}");
-        self.last_error = Some(format!("{code}: {message}"));
+        self.stats.last_error = Some(format!("{code}: {message}"));
         self.reply(ctx, id, ServerMsg::Error { code, message });
     }
 
     /// A step failed: the round is abandoned, nothing of it is committed.
     fn fail_round(&mut self, ctx: &mut Context<Self>, id: u64, code: ErrorCode, message: String) {
-        if self.round.take().is_some() {
-            self.rounds_failed += 1;
+        if self.phase.end_round() {
+            self.stats.rounds_failed += 1;
         }
-        self.step = RoundStep::Idle;
         self.error(ctx, id, code, format!("{message} (the round is abandoned: nothing of it was committed)"));
     }
 
@@ -286,7 +239,7 @@ impl Session {
         match &status {
             ExitStatus::Failure(reason) => {
                 tracing::info!(client = %self.client, peer = %self.peer, "session closed: {reason}");
-                self.last_error.get_or_insert_with(|| reason.clone());
+                self.stats.last_error.get_or_insert_with(|| reason.clone());
             }
             _ => tracing::info!(client = %self.client, peer = %self.peer, ?status, "session closed"),
         }
@@ -424,7 +377,7 @@ impl Handler<BadFrame> for Session {
             return;
         }
         tracing::warn!(client = %self.client, peer = %self.peer, "bad frame: {}", msg.reason);
-        self.last_error = Some(format!("{}: {}", msg.code, msg.reason));
+        self.stats.last_error = Some(format!("{}: {}", msg.code, msg.reason));
         self.reply(ctx, msg.id.unwrap_or(0), ServerMsg::Error { code: msg.code, message: msg.reason });
     }
 }

@@ -12,6 +12,7 @@ pub mod compute;
 pub mod driver;
 mod error;
 mod filter;
+mod lookahead;
 pub mod project;
 pub mod sig;
 mod state;

@@ -20,6 +20,8 @@ pub use manifest::{AppliedLog, Manifest, MANIFEST_VERSION};
 pub use scan::{scan_upper, UpperScan};
 
 use crate::busy::{self, BusyFile, BusyOutcome, BusyPolicy, BusyTable};
+pub use crate::lookahead::Interrupted;
+use crate::lookahead::{self, LookAhead};
 use crate::sig::{held_digest, Sig};
 use crate::{state, temp_name, EngineError, PathFilter};
 
@@ -137,6 +139,50 @@ pub struct ApplyReport {
     /// Entries P withdrew from its stream (they changed on P while being
     /// packed): discarded here, P sends them in a later round.
     pub withdrawn: Vec<RelPath>,
+}
+
+/// Step 4 under way on C: what the look-ahead loop needs of C.
+struct WritesOut<'a> {
+    side: &'a mut ComputeSide,
+    r: &'a mut ComputeRound,
+    report: ApplyReport,
+    failpoint_hit: bool,
+}
+
+impl LookAhead for WritesOut<'_> {
+    type Staged = Staged;
+
+    fn entry_path(st: &Staged) -> &RelPath {
+        &st.target
+    }
+
+    fn apply_entry(&mut self, h: &EntryHeader, data: &mut dyn Read) -> Result<Option<Staged>, EngineError> {
+        self.side.apply_entry(self.r, h, data, &mut self.report)
+    }
+
+    fn finalize(&mut self, st: Staged) -> Result<(), EngineError> {
+        self.side.finalize(self.r, st, &mut self.report)
+    }
+
+    fn discard(&mut self, st: Staged) -> Result<(), EngineError> {
+        Ok(self.side.upper.remove_file(&st.tmp)?)
+    }
+
+    // P found that file changed while it packed it: the staged copy (if
+    // any: the entry may have been skipped) was its, and went.
+    fn withdrawn(&mut self, path: &RelPath) {
+        self.report.withdrawn.push(path.clone());
+    }
+
+    // Fault tests (cs-failpoint): part of the stream is in place, this
+    // entry's data and the rest of the stream not read yet.
+    fn before_entry(&mut self) -> Result<(), EngineError> {
+        if !self.failpoint_hit && self.report.applied > 0 {
+            self.failpoint_hit = true;
+            cs_failpoint::hit("mid-writes-to-compute").map_err(|e| EngineError::Protocol(e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 impl ComputeSide {
@@ -522,66 +568,18 @@ impl ComputeSide {
 
     /// Step 4: applies P's tar stream to the upper layer, each entry
     /// atomically, and only where the local entry is still what this round
-    /// last saw. `stop_after` aborts after that many entries (fault tests).
+    /// last saw, through the look-ahead loop (see [`lookahead`]).
+    /// `stop_after` aborts after that many entries (fault tests).
     pub fn apply_writes<R: Read>(
         &mut self,
         r: &mut ComputeRound,
         input: R,
         stop_after: Option<usize>,
     ) -> Result<ApplyReport, EngineError> {
-        let mut report = ApplyReport::default();
         let limits = self.cfg.limits.clone();
-        let mut seen = 0usize;
-        // As on P: a file is renamed into place only once the stream has
-        // gone on intact past it.
-        let mut staged: Option<Staged> = None;
-        let mut failpoint_hit = false;
-        let result = cs_tarstream::unpack_events(input, &limits, |ev| {
-            let (h, data) = match ev {
-                cs_tarstream::Event::Entry(h, data) => (h, data),
-                // P found that file changed while it packed it: the staged
-                // copy (if any: the entry may have been skipped) is its.
-                cs_tarstream::Event::Withdraw(path) => {
-                    if let Some(st) = staged.take_if(|st| &st.target == path) {
-                        self.upper
-                            .remove_file(&st.tmp)
-                            .map_err(|e| Box::new(EngineError::from(e)) as cs_tarstream::VisitError)?;
-                    }
-                    report.withdrawn.push(path.clone());
-                    return Ok(());
-                }
-            };
-            if stop_after.is_some_and(|n| seen >= n) {
-                return Err(Box::new(Interrupted));
-            }
-            seen += 1;
-            let step = (|| {
-                if let Some(st) = staged.take() {
-                    self.finalize(r, st, &mut report)?;
-                }
-                // Fault tests (cs-failpoint): part of the stream is in place, this entry's
-                // data and the rest of the stream not read yet.
-                if !failpoint_hit && report.applied > 0 {
-                    failpoint_hit = true;
-                    cs_failpoint::hit("mid-writes-to-compute").map_err(|e| EngineError::Protocol(e.to_string()))?;
-                }
-                staged = self.apply_entry(r, h, data, &mut report)?;
-                Ok::<(), EngineError>(())
-            })();
-            step.map_err(|e| Box::new(e) as cs_tarstream::VisitError)
-        });
-        let outcome = match result {
-            Ok(_) => match staged.take() {
-                Some(st) => self.finalize(r, st, &mut report),
-                None => Ok(()),
-            },
-            Err(e) => {
-                if let Some(st) = staged.take() {
-                    let _ = self.upper.remove_file(&st.tmp);
-                }
-                Err(e.into())
-            }
-        };
+        let mut step = WritesOut { side: self, r, report: ApplyReport::default(), failpoint_hit: false };
+        let outcome = lookahead::apply_stream(&mut step, input, &limits, stop_after);
+        let report = step.report;
         r.not_applied.extend(report.not_applied.iter().cloned());
         outcome.map(|()| report)
     }
@@ -761,8 +759,3 @@ fn hidden_roots<'a>(sorted: impl Iterator<Item = &'a RelPath>) -> Vec<RelPath> {
     }
     out
 }
-
-/// The visitor's way of stopping a stream on purpose (fault injection).
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted on purpose")]
-pub struct Interrupted;

@@ -11,70 +11,57 @@ use cs_safe_fs::FsError;
 use cs_tarstream::EntryHeader;
 
 use super::{lock, ProjectRound, ProjectSide, WriteReport};
-use crate::compute::Interrupted;
+use crate::lookahead::{self, LookAhead};
 use crate::{temp_name, EngineError};
+
+/// Step 3 under way: what the look-ahead loop needs of P.
+struct WritesIn<'a> {
+    side: &'a ProjectSide,
+    r: &'a mut ProjectRound,
+    /// Client trees moved beside P's file or symlink that displaced them.
+    redirects: Vec<(RelPath, RelPath)>,
+    report: WriteReport,
+}
+
+impl LookAhead for WritesIn<'_> {
+    type Staged = Staged;
+
+    fn entry_path(st: &Staged) -> &RelPath {
+        &st.entry
+    }
+
+    fn apply_entry(&mut self, h: &EntryHeader, data: &mut dyn Read) -> Result<Option<Staged>, EngineError> {
+        self.side.apply_entry(self.r, h, data, &mut self.redirects, &mut self.report)
+    }
+
+    fn finalize(&mut self, st: Staged) -> Result<(), EngineError> {
+        self.side.finalize(self.r, st, &mut self.report)
+    }
+
+    fn discard(&mut self, st: Staged) -> Result<(), EngineError> {
+        Ok(self.side.home.remove_file(&st.tmp)?)
+    }
+
+    // The client found that file changed while it packed it: the staged
+    // copy (if any: the entry may have been refused) is its, and went.
+    fn withdrawn(&mut self, path: &RelPath) {
+        self.report.withdrawn.push(path.clone());
+    }
+}
 
 impl ProjectSide {
     /// Step 3: applies the client's tar stream, each entry atomically, with
-    /// the conflict rule. `stop_after` aborts after that many entries.
+    /// the conflict rule, through the look-ahead loop (see [`lookahead`]).
+    /// `stop_after` aborts after that many entries.
     pub fn apply_writes<R: Read>(
         &self,
         r: &mut ProjectRound,
         input: R,
         stop_after: Option<usize>,
     ) -> Result<WriteReport, EngineError> {
-        let mut report = WriteReport::default();
-        let mut redirects: Vec<(RelPath, RelPath)> = Vec::new();
-        let limits = self.cfg.limits.clone();
-        let mut seen = 0usize;
-        // A file entry is renamed into place only once the next header (or
-        // the end of the stream) has been read intact: an entry the sender
-        // found torn is followed by a withdraw marker (or a cut stream), and
-        // is then discarded.
-        let mut staged: Option<Staged> = None;
-        let result = cs_tarstream::unpack_events(input, &limits, |ev| {
-            let (h, data) = match ev {
-                cs_tarstream::Event::Entry(h, data) => (h, data),
-                // The client found that file changed while it packed it:
-                // the staged copy (if any: the entry may have been refused)
-                // is its, and goes.
-                cs_tarstream::Event::Withdraw(path) => {
-                    if let Some(st) = staged.take_if(|st| &st.entry == path) {
-                        self.home
-                            .remove_file(&st.tmp)
-                            .map_err(|e| Box::new(EngineError::from(e)) as cs_tarstream::VisitError)?;
-                    }
-                    report.withdrawn.push(path.clone());
-                    return Ok(());
-                }
-            };
-            if stop_after.is_some_and(|n| seen >= n) {
-                return Err(Box::new(Interrupted));
-            }
-            seen += 1;
-            let step = (|| {
-                if let Some(st) = staged.take() {
-                    self.finalize(r, st, &mut report)?;
-                }
-                staged = self.apply_entry(r, h, data, &mut redirects, &mut report)?;
-                Ok::<(), EngineError>(())
-            })();
-            step.map_err(|e| Box::new(e) as cs_tarstream::VisitError)
-        });
-        match result {
-            Ok(_) => {
-                if let Some(st) = staged.take() {
-                    self.finalize(r, st, &mut report)?;
-                }
-                Ok(report)
-            }
-            Err(e) => {
-                if let Some(st) = staged.take() {
-                    let _ = self.home.remove_file(&st.tmp);
-                }
-                Err(e.into())
-            }
-        }
+        let mut step = WritesIn { side: self, r, redirects: Vec::new(), report: WriteReport::default() };
+        lookahead::apply_stream(&mut step, input, &self.cfg.limits, stop_after)?;
+        Ok(step.report)
     }
 
     fn apply_entry(

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+use cs_proc::stop_child;
+use rustix::process::{Pid, Signal};
+
 use crate::util::{children_of, is_mounted, poll, start_time};
 
 /// Asks a control socket one JSON line and reads the answer.
@@ -24,23 +27,6 @@ pub fn ask(sock: &Path, req: &str, timeout: Duration) -> Result<Value> {
         .read_line(&mut line)
         .with_context(|| format!("no answer on {} within {timeout:?}", sock.display()))?;
     serde_json::from_str(&line).with_context(|| format!("bad answer {line:?}"))
-}
-
-fn stop_process(child: &mut Child, grace: Duration) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    // SAFETY: kill(2) on our own unreaped child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let end = Instant::now() + grace;
-    while Instant::now() < end {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// `cs-actor project` on a home.
@@ -117,7 +103,7 @@ impl Broker {
             if ok && matches!(child.try_wait(), Ok(None)) {
                 return Ok(Broker { child, sock, listen, log });
             }
-            stop_process(&mut child, Duration::from_secs(5));
+            stop_child(&mut child, Duration::from_secs(5));
             last = crate::util::tail(&log, 2000);
         }
         bail!("the broker did not start: {last}")
@@ -128,13 +114,13 @@ impl Broker {
     }
 
     pub fn stop(mut self) {
-        stop_process(&mut self.child, Duration::from_secs(20));
+        stop_child(&mut self.child, Duration::from_secs(20));
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        stop_process(&mut self.child, Duration::from_secs(20));
+        stop_child(&mut self.child, Duration::from_secs(20));
     }
 }
 
@@ -270,7 +256,7 @@ impl Compute {
     pub fn shutdown(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         let kids: Vec<(u32, Option<u64>)> = children_of(child.id()).into_iter().map(|p| (p, start_time(p))).collect();
-        stop_process(&mut child, Duration::from_secs(60));
+        stop_child(&mut child, Duration::from_secs(60));
         for m in [&self.merged, &self.lower] {
             if is_mounted(m) {
                 let _ = cs_testbed::lazy_unmount(m);
@@ -283,8 +269,10 @@ impl Compute {
         for (pid, started) in kids {
             // Only the very process that was our child's child (same pid and start time).
             if started.is_some() && start_time(pid) == started {
-                // SAFETY: kill(2) by pid on a process we caused (sshfs, union), checked above.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                // A process we caused (sshfs, union), checked above.
+                if let Some(pid) = Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(pid, Signal::TERM);
+                }
             }
         }
     }

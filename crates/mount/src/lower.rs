@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::util::{mounted, unmount_if_mounted, wait_timeout, OutputTail};
+use cs_proc::{wait_timeout, OutputTail};
+use rustix::process::{Pid, Signal};
+
+use crate::util::{mounted, unmount_if_mounted};
 
 /// How the lower layer (the project's home) gets mounted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +50,9 @@ pub enum LowerKind {
     Command,
 }
 
+/// How much of the lower command's stderr is kept for error messages.
+const STDERR_TAIL: usize = 8 * 1024;
+
 /// A lower mounted by running its command.
 pub(crate) struct LowerProc {
     /// The command's process while it runs in the foreground.
@@ -72,7 +78,7 @@ impl LowerProc {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot run /bin/sh -c {script:?}: {e}"))?;
-        let stderr = OutputTail::collect(child.stderr.take());
+        let stderr = OutputTail::collect(child.stderr.take(), STDERR_TAIL);
         let mut p = LowerProc { child: Some(child), stderr, mountpoint: mountpoint.to_path_buf(), exited: None };
         let deadline = Instant::now() + timeout;
         loop {
@@ -137,13 +143,12 @@ impl LowerProc {
         if let Some(mut c) = self.child.take() {
             // sshfs exits by itself once unmounted.
             if wait_timeout(&mut c, Duration::from_secs(3)).is_none() {
-                let pgid = c.id() as libc::pid_t;
-                // SAFETY: kill(2) of the process group led by our own unreaped child (it was
-                // started with process_group(0)), so the id cannot have been reused.
-                unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                // The process group led by our own unreaped child (it was started with
+                // process_group(0)), so the id cannot have been reused.
+                let pgid = Pid::from_child(&c);
+                let _ = rustix::process::kill_process_group(pgid, Signal::TERM);
                 if wait_timeout(&mut c, Duration::from_secs(2)).is_none() {
-                    // SAFETY: as above, still unreaped.
-                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                    let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
                     let _ = c.wait();
                 }
             }

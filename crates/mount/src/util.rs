@@ -1,111 +1,13 @@
-//! Small process and mount helpers.
+//! Small mount helpers (the process ones are in cs-proc).
 
-use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::MountError;
-
-/// How much of a child's stderr is kept for error messages.
-const TAIL: usize = 8 * 1024;
-
-/// The last bytes a child wrote to stderr, collected by a thread (the pipe never fills).
-pub(crate) struct OutputTail {
-    buf: Arc<Mutex<Vec<u8>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl OutputTail {
-    pub(crate) fn collect(pipe: Option<ChildStderr>) -> Self {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let thread = pipe.map(|mut pipe| {
-            let buf = Arc::clone(&buf);
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
-                    b.extend_from_slice(&chunk[..n]);
-                    if b.len() > TAIL {
-                        let cut = b.len() - TAIL;
-                        b.drain(..cut);
-                    }
-                }
-            })
-        });
-        OutputTail { buf, thread }
-    }
-
-    pub(crate) fn text(&self) -> String {
-        String::from_utf8_lossy(&self.buf.lock().unwrap_or_else(|p| p.into_inner())).trim().to_string()
-    }
-
-    /// Joins the reader once the pipe's writers are all gone. A daemonised grandchild may keep
-    /// the pipe open, so this only joins a finished thread and never blocks.
-    pub(crate) fn finish_if_done(&mut self) {
-        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-        }
-    }
-}
-
-/// Polls `child` until it exits or `t` passes; `Some(status)` if it exited (and was reaped).
-pub(crate) fn wait_timeout(child: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + t;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// True if `/proc/self/mountinfo` lists `p` (canonical) as a mount point.
 pub(crate) fn mounted(p: &Path) -> bool {
     cs_union::is_mounted(p).unwrap_or(false)
-}
-
-/// Unmounts `path` (`umount2` as root, else `fusermount3 -u`/`fusermount -u`); with `lazy`,
-/// detaches it (`MNT_DETACH` / `-uz`), which works on a busy or dead FUSE mount.
-pub(crate) fn unmount(path: &Path, lazy: bool) -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| "path contains NUL".to_string())?;
-        let flags = if lazy { libc::MNT_DETACH } else { 0 };
-        // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-        if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-            return Ok(());
-        }
-        return Err(format!(
-            "umount2{} {}: {}",
-            if lazy { "(MNT_DETACH)" } else { "" },
-            path.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    let mut errs = Vec::new();
-    for prog in ["fusermount3", "fusermount"] {
-        let flag = if lazy { "-uz" } else { "-u" };
-        match Command::new(prog).arg(flag).arg(path).stdin(Stdio::null()).output() {
-            Ok(o) if o.status.success() => return Ok(()),
-            Ok(o) => errs.push(format!("{prog} {flag}: {}", String::from_utf8_lossy(&o.stderr).trim())),
-            Err(e) => errs.push(format!("{prog} {flag}: {e}")),
-        }
-    }
-    Err(errs.join("; "))
 }
 
 /// Unmounts `path` if it is mounted: normally, else lazily.
@@ -113,11 +15,7 @@ pub(crate) fn unmount_if_mounted(path: &Path) -> Result<(), String> {
     if !mounted(path) {
         return Ok(());
     }
-    let first = match unmount(path, false) {
-        Ok(()) => return Ok(()),
-        Err(e) => e,
-    };
-    unmount(path, true).map_err(|e| format!("{first}; {e}"))
+    cs_proc::unmount_or_detach(path).map_err(|e| e.to_string())
 }
 
 /// Milliseconds since the Unix epoch (for "since" fields of the observable state).

@@ -11,13 +11,12 @@
 //! Everything started here is stopped by its guard's `Drop`, by pid, and mounts are unmounted.
 
 mod error;
-mod proc;
 mod proxy;
 mod sshd;
 mod sshfs;
 
+pub use cs_proc::{lazy_unmount, wait_until};
 pub use error::TestbedError;
-pub use proc::{lazy_unmount, wait_until};
 pub use proxy::DelayProxy;
 pub use sshd::{current_user, Sshd};
 pub use sshfs::{sshfs_mount, SshfsMount};

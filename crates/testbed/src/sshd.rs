@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proc::{stop_child, OutputTail};
+use cs_proc::{children_of, is_zombie, stop_child, OutputTail};
+use rustix::process::{Pid, Signal};
+
 use crate::{Result, TestbedError};
 
 pub(crate) const SSHD: &str = "/usr/sbin/sshd";
@@ -14,6 +16,8 @@ pub(crate) const SSHD: &str = "/usr/sbin/sshd";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at a free port (another process may grab the one we found before sshd binds it).
 const PORT_ATTEMPTS: usize = 5;
+/// How much of a child's stderr is kept.
+const STDERR_TAIL: usize = 16 * 1024;
 
 /// A running `sshd -D -e` (our child) that accepts only the key it generated.
 pub struct Sshd {
@@ -81,7 +85,7 @@ impl Sshd {
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|e| TestbedError::io("run", SSHD, e))?;
-            let stderr = OutputTail::collect(child.stderr.take());
+            let stderr = OutputTail::collect(child.stderr.take(), STDERR_TAIL);
             let mut sshd = Sshd { child, stderr, port, identity: identity.clone(), dir: dir.clone() };
             match sshd.wait_ready() {
                 Ok(()) => return Ok(sshd),
@@ -182,37 +186,16 @@ impl Drop for Sshd {
         let live = || children_of(listener).into_iter().filter(|&p| !is_zombie(p)).collect::<Vec<_>>();
         crate::wait_until(Duration::from_secs(1), || live().is_empty());
         for pid in live() {
-            // SAFETY: kill(2) by pid of a child of our (running, so not yet reaped) sshd: one of
-            // the sessions we caused; its pid cannot have been reused while unreaped.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            // A child of our (running, so not yet reaping it) sshd: one of the sessions we
+            // caused; its pid cannot have been reused while unreaped.
+            if let Some(pid) = Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, Signal::TERM);
+            }
         }
         crate::wait_until(Duration::from_secs(2), || live().is_empty());
         stop_child(&mut self.child, Duration::from_secs(3));
         self.stderr.finish();
     }
-}
-
-/// True if `pid` has exited but is not reaped yet (or is gone).
-fn is_zombie(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) == Some("Z"),
-        Err(_) => true,
-    }
-}
-
-/// Pids whose parent is `pid` (from `/proc/*/stat`).
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
-    rd.flatten()
-        .filter_map(|e| {
-            let child: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // "pid (comm) state ppid ...": comm may contain spaces and parentheses.
-            let after = &stat[stat.rfind(')')? + 1..];
-            let ppid: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == pid).then_some(child)
-        })
-        .collect()
 }
 
 fn keygen(path: &Path) -> Result<()> {

@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proc::{stop_child, unmount, wait_timeout, OutputTail};
 use crate::{Result, TestbedError};
+use cs_proc::{stop_child, unmount, unmount_or_detach, wait_timeout, OutputTail};
 
 /// How long sshfs gets to connect and mount.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How much of sshfs's stderr is kept.
+const STDERR_TAIL: usize = 16 * 1024;
 
 /// A running `sshfs -f` (our child). Dropping it unmounts and stops the process by pid.
 pub struct SshfsMount {
@@ -69,7 +71,7 @@ pub fn sshfs_mount(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| TestbedError::io("run sshfs at", &mountpoint, e))?;
-    let stderr = OutputTail::collect(child.stderr.take());
+    let stderr = OutputTail::collect(child.stderr.take(), STDERR_TAIL);
     let mut m = SshfsMount { child: Some(child), stderr, mountpoint, args };
     let deadline = Instant::now() + MOUNT_TIMEOUT;
     loop {
@@ -124,13 +126,13 @@ impl SshfsMount {
     fn shutdown(&mut self) -> Result<()> {
         let mut err = None;
         if cs_union::is_mounted(&self.mountpoint).unwrap_or(false) {
-            if let Err(e) = unmount(&self.mountpoint, false).or_else(|_| unmount(&self.mountpoint, true)) {
-                err = Some(format!("unmount {}: {e}", self.mountpoint.display()));
+            if let Err(e) = unmount_or_detach(&self.mountpoint) {
+                err = Some(e.to_string());
             }
         }
         if let Some(mut c) = self.child.take() {
             // sshfs exits by itself once unmounted.
-            if !wait_timeout(&mut c, Duration::from_secs(3)) {
+            if wait_timeout(&mut c, Duration::from_secs(3)).is_none() {
                 stop_child(&mut c, Duration::from_secs(2));
             }
         }

@@ -1,16 +1,14 @@
 //! The real union: finding the binary, mounting it in the foreground, probing its layout.
 
 use std::ffi::OsString;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use cs_proc::{stop_child, unmount_or_detach, wait_timeout, OutputTail};
 use cs_protocol::RelPath;
 
 use crate::{list_whiteouts, Layout, UnionError};
@@ -184,8 +182,7 @@ fn list_tree(root: &Path) -> Vec<String> {
 pub struct MountGuard {
     merged: PathBuf,
     child: Option<Child>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    stderr_thread: Option<JoinHandle<()>>,
+    stderr: OutputTail,
     exited: Option<ExitStatus>,
     done: bool,
 }
@@ -229,27 +226,8 @@ impl MountGuard {
             merged: merged.clone(),
             detail: format!("cannot run {}: {e}", u.binary.display()),
         })?;
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stderr_thread = child.stderr.take().map(|mut pipe| {
-            let buf = Arc::clone(&stderr);
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 4096];
-                loop {
-                    match pipe.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
-                            b.extend_from_slice(&chunk[..n]);
-                            if b.len() > STDERR_TAIL {
-                                let cut = b.len() - STDERR_TAIL;
-                                b.drain(..cut);
-                            }
-                        }
-                    }
-                }
-            })
-        });
-        let mut guard = MountGuard { merged, child: Some(child), stderr, stderr_thread, exited: None, done: false };
+        let stderr = OutputTail::collect(child.stderr.take(), STDERR_TAIL);
+        let mut guard = MountGuard { merged, child: Some(child), stderr, exited: None, done: false };
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         loop {
             match is_mounted(&guard.merged) {
@@ -261,9 +239,7 @@ impl MountGuard {
                 Err(e) => return Err(e), // guard's Drop cleans up
             }
             if let Some(status) = guard.try_wait()? {
-                if let Some(t) = guard.stderr_thread.take() {
-                    let _ = t.join(); // the pipe is closed: collect all of stderr
-                }
+                guard.stderr.finish(); // the pipe is closed: collect all of stderr
                 let detail =
                     format!("{} exited with {status} before mounting: {}", u.binary.display(), guard.stderr_tail());
                 return Err(UnionError::Mount { op, merged: guard.merged.clone(), detail });
@@ -309,8 +285,7 @@ impl MountGuard {
 
     /// The last bytes the process wrote to stderr.
     pub fn stderr_tail(&self) -> String {
-        let b = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
-        String::from_utf8_lossy(&b).trim().to_string()
+        self.stderr.text()
     }
 
     /// Unmounts, waits for the process to exit (signalling it if needed) and reports any
@@ -327,8 +302,8 @@ impl MountGuard {
         let mut errors = Vec::new();
         match is_mounted(&self.merged) {
             Ok(true) => {
-                if let Err(e) = unmount_path(&self.merged) {
-                    errors.push(e);
+                if let Err(e) = unmount_or_detach(&self.merged) {
+                    errors.push(e.to_string());
                 }
             }
             Ok(false) => {}
@@ -336,23 +311,16 @@ impl MountGuard {
         }
         if let Some(mut child) = self.child.take() {
             let pid = child.id();
-            if !wait_timeout(&mut child, EXIT_GRACE) {
+            if wait_timeout(&mut child, EXIT_GRACE).is_none() {
                 errors.push(format!("process {pid} did not exit after unmount; sent SIGTERM"));
-                // SAFETY: kill(2) on our own unreaped child: the pid cannot have been reused.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-                if !wait_timeout(&mut child, Duration::from_secs(2)) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
+                stop_child(&mut child, Duration::from_secs(2));
             }
         }
-        if let Some(t) = self.stderr_thread.take() {
-            let _ = t.join();
-        }
+        self.stderr.finish();
         // A process that died before unmounting leaves a dead mount: try once more.
         if is_mounted(&self.merged).unwrap_or(false) {
-            if let Err(e) = unmount_path(&self.merged) {
-                errors.push(e);
+            if let Err(e) = unmount_or_detach(&self.merged) {
+                errors.push(e.to_string());
             }
             if is_mounted(&self.merged).unwrap_or(true) {
                 errors.push("still mounted".into());
@@ -377,60 +345,6 @@ impl Drop for MountGuard {
             tracing::warn!(error = %e, "cleaning up union mount");
             eprintln!("cs-union: {e}");
         }
-    }
-}
-
-/// Polls `child` until it exits or `t` passes; true if it exited (and was reaped).
-fn wait_timeout(child: &mut Child, t: Duration) -> bool {
-    let deadline = Instant::now() + t;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return true,
-            Ok(None) => {}
-            Err(_) => return false,
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Unmounts `merged`: `umount2` when root, else `fusermount3 -u` / `fusermount -u`; if that
-/// fails, lazily (`MNT_DETACH` / `-uz`).
-fn unmount_path(merged: &Path) -> Result<(), String> {
-    let root = rustix::process::geteuid().is_root();
-    let mut errs = Vec::new();
-    for lazy in [false, true] {
-        if root {
-            match umount2(merged, if lazy { libc::MNT_DETACH } else { 0 }) {
-                Ok(()) => return Ok(()),
-                Err(e) => errs.push(format!("umount2{}: {e}", if lazy { "(MNT_DETACH)" } else { "" })),
-            }
-        } else {
-            for prog in ["fusermount3", "fusermount"] {
-                let flag = if lazy { "-uz" } else { "-u" };
-                match Command::new(prog).arg(flag).arg(merged).stdin(Stdio::null()).output() {
-                    Ok(o) if o.status.success() => return Ok(()),
-                    Ok(o) => {
-                        errs.push(format!("{prog} {flag}: {} {}", o.status, String::from_utf8_lossy(&o.stderr).trim()))
-                    }
-                    Err(e) => errs.push(format!("{prog} {flag}: {e}")),
-                }
-            }
-        }
-    }
-    Err(errs.join("; "))
-}
-
-fn umount2(p: &Path, flags: libc::c_int) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 

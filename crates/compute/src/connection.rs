@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use async_trait::async_trait;
+use cs_supervision::Backoff;
 use cs_supervision::MAILBOX_CAPACITY;
 use cs_wire::{
     stream_channel, ChunkReader, ChunkWriter, ClientMsg, Frame, ServerMsg, StreamEnd, StreamItem, WireLimits,
     DEFAULT_STREAM_CHANNEL,
 };
-use rand::Rng;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -348,9 +348,7 @@ impl Connection {
         self.generation += 1;
         self.state.failed_attempts += 1;
         self.state.last_error = Some(why);
-        let n = self.state.failed_attempts.min(16);
-        let base = self.cfg.backoff_min.saturating_mul(1 << (n - 1).min(10)).min(self.cfg.backoff_max);
-        let delay = base.mul_f64(rand::rng().random_range(0.5..1.0));
+        let delay = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max).jittered(self.state.failed_attempts);
         self.state.state = "backoff";
         self.next_attempt = Some(Instant::now() + delay);
         ctx.run_later(delay, |act, ctx| act.connect(ctx));

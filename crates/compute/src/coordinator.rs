@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use cs_supervision::{Heartbeat, MAILBOX_CAPACITY};
-use rand::Rng;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -85,10 +84,8 @@ impl Coordinator {
             match action {
                 Action::StartRound { round } => self.start_round(round, ctx),
                 Action::ScheduleRetry(delay) => {
-                    // ±20% jitter, so that clients cut off together do not
-                    // come back together.
-                    let jitter = rand::rng().random_range(0.8..1.2);
-                    let delay = delay.mul_f64(jitter);
+                    // Jitter, so that clients cut off together do not come back together.
+                    let delay = cs_supervision::backoff::spread(delay);
                     self.retry_at = Some(Instant::now() + delay);
                     ctx.run_later(delay, |act, ctx| act.apply(Event::BackoffElapsed, ctx));
                 }

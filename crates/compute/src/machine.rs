@@ -113,25 +113,8 @@ pub enum Action {
     RefuseWaiters(String),
 }
 
-/// Retry delays: doubling from `min` up to `max`.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { min: Duration::from_secs(1), max: Duration::from_secs(60) }
-    }
-}
-
-impl Backoff {
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
-        self.min.saturating_mul(factor).min(self.max)
-    }
-}
+/// Retry delays: the one rule of cs-supervision.
+pub use cs_supervision::Backoff;
 
 /// The coordinator's whole decision logic. `last_round` is the number of
 /// the last round started (the next one is `last_round + 1`).

@@ -13,7 +13,9 @@ use tokio::sync::oneshot;
 use crate::bare::{Guard, Prepared, Recovery};
 use crate::lower::LowerKind;
 use crate::plant::{LowerHealth, LowerReport, Plant, Settings, UnionReport};
-use crate::util::{backoff, now_ms, resolve_dir, Jitter};
+use cs_supervision::Backoff;
+
+use crate::util::{now_ms, resolve_dir};
 use crate::{LowerSpec, MountError, DEFAULT_LOCAL_ONLY};
 
 /// What the supervisor mounts and how it watches it.
@@ -211,8 +213,7 @@ enum Outcome {
 pub struct MountSupervisor {
     s: Arc<Settings>,
     health_interval: Duration,
-    backoff_min: Duration,
-    backoff_max: Duration,
+    backoff: Backoff,
     /// `None` while an operation runs on a worker thread.
     plant: Option<Plant>,
     state: MountState,
@@ -231,7 +232,6 @@ pub struct MountSupervisor {
     shutdown_waiters: Vec<oneshot::Sender<Result<MountState, MountError>>>,
     shutdown_requested: bool,
     shut: bool,
-    jitter: Jitter,
     heartbeat: Heartbeat,
 }
 
@@ -321,8 +321,7 @@ impl MountSupervisor {
                 lower_mount_timeout: cfg.lower_mount_timeout,
             }),
             health_interval: cfg.health_interval,
-            backoff_min: cfg.backoff_min,
-            backoff_max: cfg.backoff_max,
+            backoff: Backoff::new(cfg.backoff_min, cfg.backoff_max),
             plant: Some(Plant::default()),
             state,
             lower_ever_up: false,
@@ -339,7 +338,6 @@ impl MountSupervisor {
             shutdown_waiters: Vec::new(),
             shutdown_requested: false,
             shut: false,
-            jitter: Jitter::new(),
             heartbeat: Heartbeat::new(),
         })
     }
@@ -391,7 +389,7 @@ impl MountSupervisor {
             if self.shut {
                 ctx.stop();
             } else {
-                ctx.run_later(self.backoff_min, |act, ctx| act.poll(ctx));
+                ctx.run_later(self.backoff.min, |act, ctx| act.poll(ctx));
             }
             return;
         }
@@ -407,7 +405,7 @@ impl MountSupervisor {
                     if act.shut {
                         ctx.stop();
                     } else {
-                        ctx.run_later(act.backoff_min, |act, ctx| act.poll(ctx));
+                        ctx.run_later(act.backoff.min, |act, ctx| act.poll(ctx));
                     }
                 }
             }
@@ -575,14 +573,16 @@ impl MountSupervisor {
 
     fn schedule_lower(&mut self, ctx: &mut Context<Self>) {
         self.state.lower.failed_attempts = self.lower_failures;
-        let d = backoff(self.backoff_min, self.backoff_max, self.lower_failures, &mut self.jitter);
+        // The first retry after a loss waits `min`: retry number = failures so far + 1.
+        let d = self.backoff.jittered(self.lower_failures + 1);
         self.lower_next = Instant::now() + d;
         ctx.run_later(d, |act, ctx| act.poll(ctx));
     }
 
     fn schedule_union(&mut self, ctx: &mut Context<Self>) {
         self.state.union.failed_attempts = self.union_failures;
-        let d = backoff(self.backoff_min, self.backoff_max, self.union_failures, &mut self.jitter);
+        // The first retry after a loss waits `min`: retry number = failures so far + 1.
+        let d = self.backoff.jittered(self.union_failures + 1);
         self.union_next = Instant::now() + d;
         ctx.run_later(d, |act, ctx| act.poll(ctx));
     }

@@ -11,6 +11,8 @@
 //! - **Heartbeat.** An actor doing long work records progress on its
 //!   [`Heartbeat`] (every entry packed, every file applied). A supervisor
 //!   compares heartbeats over time to tell *busy* (progress) from *stuck*.
+//! - **Backoff.** An actor retrying after failures waits by [`Backoff`] (one doubling rule,
+//!   one jitter rule).
 //! - **Exit status.** An actor that stops says why, with an [`ExitStatus`]
 //!   kept in its observable state.
 
@@ -21,6 +23,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use actix;
+pub use backoff::Backoff;
+
+pub mod backoff;
 
 /// Mailbox capacity of every actor unless it has a reason for another.
 pub const MAILBOX_CAPACITY: usize = 64;

@@ -1,26 +1,19 @@
-//! The tar streams' side of a session: blocking `Read`/`Write` adapters over
-//! the stream channels of `cs-wire` that hold a slot of the global tar bound
-//! only while they have work, never while they wait for the network.
-//!
-//! `cs-wire`'s [`cs_wire::ChunkReader`]/[`cs_wire::ChunkWriter`] have the
-//! same stream semantics (EOF only after an end-ok item, a cut channel is an
-//! error), but block inside without telling; these adapters first try
-//! without blocking, and give their slot back before they block. So a client
-//! that stalls in the middle of its stream holds no slot, and the bound
-//! (`max_concurrent_tar`) limits CPU and disk work, not connections.
+//! The tar streams' side of a session: `cs-wire`'s bridges
+//! ([`cs_wire::ChunkReader`]/[`cs_wire::ChunkWriter`]) with [`TarWork`] as
+//! their hook, which holds a slot of the global tar bound only while they
+//! have work, never while they wait for the network, and bounds every wait
+//! (cancel flag, silence limit). So a client that stalls in the middle of
+//! its stream holds no slot, and the bound (`max_concurrent_tar`) limits CPU
+//! and disk work, not connections.
 
 use std::future::Future;
-use std::io::{self, Read, Write};
-use std::pin::pin;
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use cs_supervision::Heartbeat;
-use cs_wire::{StreamEnd, StreamItem};
-use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
+use cs_wire::{ChunkReader, ChunkWriter, StreamHook};
 
 /// How often a blocked stream wait looks at its step's cancel flag.
 const CANCEL_CHECK: Duration = Duration::from_millis(100);
@@ -103,43 +96,11 @@ impl TarWork {
         self.silence = silence;
         self
     }
+}
 
-    /// Waits for `fut` (a channel operation) on this blocking thread. Never
-    /// blocks for ever, whoever still holds the channel's other end: a set
-    /// cancel flag (the session ended, or a new hello) is seen within
-    /// `CANCEL_CHECK`, and `silence` without the channel moving is an error.
-    fn wait<F: Future>(&self, fut: F) -> io::Result<F::Output> {
-        struct Unpark(std::thread::Thread);
-        impl Wake for Unpark {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-            fn wake_by_ref(self: &Arc<Self>) {
-                self.0.unpark();
-            }
-        }
-        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        let mut fut = pin!(fut);
-        let deadline = Instant::now() + self.silence;
-        loop {
-            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-                return Ok(v);
-            }
-            self.check()?;
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the stream did not move for {} ms: given up", self.silence.as_millis()),
-                ));
-            }
-            std::thread::park_timeout((deadline - now).min(CANCEL_CHECK));
-        }
-    }
-
-    /// Takes a slot (blocking) unless one is held already.
-    pub fn working(&mut self) -> io::Result<()> {
+impl StreamHook for TarWork {
+    /// Takes a slot (blocking, cancellable) unless one is held already.
+    fn working(&mut self) -> io::Result<()> {
         if self.slot.is_none() {
             self.slot = Some(self.slots.acquire(&self.cancel).ok_or_else(cancelled)?);
         }
@@ -147,7 +108,7 @@ impl TarWork {
     }
 
     /// Gives the slot back (before waiting for the network).
-    pub fn waiting(&mut self) {
+    fn waiting(&mut self) {
         self.slot = None;
     }
 
@@ -162,6 +123,28 @@ impl TarWork {
     fn progress(&self) {
         self.heartbeat.beat();
         self.activity.touch();
+    }
+
+    /// Never blocks for ever, whoever still holds the channel's other end: a
+    /// set cancel flag (the session ended, or a new hello) is seen within
+    /// `CANCEL_CHECK`, and `silence` without the channel moving is an error.
+    fn wait<F: Future>(&mut self, fut: F) -> io::Result<F::Output> {
+        let deadline = Instant::now() + self.silence;
+        cs_wire::park_on(fut, || {
+            self.check()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the stream did not move for {} ms: given up", self.silence.as_millis()),
+                ));
+            }
+            Ok((deadline - now).min(CANCEL_CHECK))
+        })
+    }
+
+    fn unfinished_reason(&self) -> &str {
+        "the project side failed while packing"
     }
 }
 
@@ -197,197 +180,20 @@ impl Activity {
     }
 }
 
-enum ReadState {
-    Open,
-    Done,
-    Failed(io::ErrorKind, String),
-}
-
-/// Step 3: `Read` from the client's stream channel. EOF only after the
-/// client's end-ok frame; an abort or a cut channel is an error.
-pub struct SlotReader {
-    rx: mpsc::Receiver<StreamItem>,
-    cur: Bytes,
-    state: ReadState,
-    work: TarWork,
-    /// Compressed bytes received.
-    pub bytes: u64,
-}
-
-impl SlotReader {
-    pub fn new(rx: mpsc::Receiver<StreamItem>, work: TarWork) -> Self {
-        SlotReader { rx, cur: Bytes::new(), state: ReadState::Open, work, bytes: 0 }
-    }
-
-    fn next_item(&mut self) -> io::Result<Option<StreamItem>> {
-        match self.rx.try_recv() {
-            Ok(item) => Ok(Some(item)),
-            Err(TryRecvError::Disconnected) => Ok(None),
-            Err(TryRecvError::Empty) => {
-                self.work.waiting();
-                // Bounded and cancellable (not `blocking_recv`): a sender
-                // left open somewhere cannot keep this call for ever.
-                self.work.wait(self.rx.recv())
-            }
-        }
-    }
-}
-
-impl Read for SlotReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
-        }
-        loop {
-            self.work.check()?;
-            if !self.cur.is_empty() {
-                self.work.working()?;
-                let n = out.len().min(self.cur.len());
-                out[..n].copy_from_slice(&self.cur.split_to(n));
-                return Ok(n);
-            }
-            match &self.state {
-                ReadState::Done => {
-                    self.work.working()?;
-                    return Ok(0);
-                }
-                ReadState::Failed(kind, msg) => return Err(io::Error::new(*kind, msg.clone())),
-                ReadState::Open => {}
-            }
-            let item = match self.next_item() {
-                Ok(item) => item,
-                Err(e) => {
-                    self.state = ReadState::Failed(e.kind(), e.to_string());
-                    return Err(e);
-                }
-            };
-            self.state = match item {
-                Some(StreamItem::Chunk(b)) => {
-                    self.bytes += b.len() as u64;
-                    self.work.progress();
-                    self.cur = b;
-                    ReadState::Open
-                }
-                Some(StreamItem::End(StreamEnd::Ok)) => ReadState::Done,
-                Some(StreamItem::End(StreamEnd::Abort(reason))) => ReadState::Failed(
-                    io::ErrorKind::ConnectionAborted,
-                    format!("the client aborted its stream: {reason}"),
-                ),
-                None => ReadState::Failed(
-                    io::ErrorKind::UnexpectedEof,
-                    "stream cut before its end (connection lost, or the step was cancelled)".into(),
-                ),
-            };
-        }
-    }
-}
+/// Step 3: `Read` from the client's stream channel, holding a slot only
+/// while it has data to hand out.
+pub type SlotReader = ChunkReader<TarWork>;
 
 /// Step 4: `Write` into the stream channel the session's writer task
-/// forwards to the client, in chunks of at most `max_chunk` bytes. Nothing
-/// is complete before [`SlotWriter::finish`]; dropped unfinished, it ends
-/// the stream as aborted.
-pub struct SlotWriter {
-    tx: Option<mpsc::Sender<StreamItem>>,
-    buf: BytesMut,
-    max_chunk: usize,
-    work: TarWork,
-}
-
-fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the client's connection is gone")
-}
-
-impl SlotWriter {
-    pub fn new(tx: mpsc::Sender<StreamItem>, max_chunk: usize, work: TarWork) -> Self {
-        let max_chunk = max_chunk.max(1);
-        SlotWriter { tx: Some(tx), buf: BytesMut::with_capacity(max_chunk), max_chunk, work }
-    }
-
-    /// Takes a slot before packing starts.
-    pub fn start(&mut self) -> io::Result<()> {
-        self.work.working()
-    }
-
-    fn send(&mut self, item: StreamItem) -> io::Result<()> {
-        let tx = self.tx.as_ref().ok_or_else(gone)?;
-        match tx.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(gone()),
-            Err(TrySendError::Full(item)) => {
-                self.work.waiting();
-                // Bounded and cancellable (not `blocking_send`): a receiver
-                // left open somewhere cannot keep this call for ever.
-                self.work.wait(tx.send(item))?.map_err(|_| gone())?;
-                self.work.check()?;
-                self.work.working()
-            }
-        }
-    }
-
-    fn send_buf(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        self.work.check()?;
-        let chunk = self.buf.split().freeze();
-        self.buf.reserve(self.max_chunk);
-        self.send(StreamItem::Chunk(chunk))?;
-        self.work.progress();
-        Ok(())
-    }
-
-    /// Sends the rest and the end-ok item: only now is the stream complete.
-    pub fn finish(mut self) -> io::Result<()> {
-        self.send_buf()?;
-        self.send(StreamItem::End(StreamEnd::Ok))?;
-        self.tx = None;
-        Ok(())
-    }
-
-    /// Ends the stream as failed, with `reason`.
-    pub fn abort(mut self, reason: &str) {
-        self.buf.clear();
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.try_send(StreamItem::End(StreamEnd::Abort(reason.to_owned())));
-        }
-    }
-}
-
-impl Write for SlotWriter {
-    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
-        if self.tx.is_none() {
-            return Err(io::Error::other("write after the stream ended"));
-        }
-        let n = data.len();
-        while !data.is_empty() {
-            let take = (self.max_chunk - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buf.len() == self.max_chunk {
-                self.send_buf()?;
-            }
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.send_buf()
-    }
-}
-
-impl Drop for SlotWriter {
-    fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            // Never block here; a full channel is closed by dropping the
-            // sender, which the forwarding task sends as an abort too.
-            let _ = tx.try_send(StreamItem::End(StreamEnd::Abort("the project side failed while packing".into())));
-        }
-    }
-}
+/// forwards to the client, holding a slot only while it packs.
+pub type SlotWriter = ChunkWriter<TarWork>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use cs_wire::{StreamEnd, StreamItem};
+    use std::io::{Read, Write};
 
     fn work(slots: &Arc<TarSlots>) -> TarWork {
         TarWork::new(slots.clone(), Arc::new(AtomicBool::new(false)), Heartbeat::new(), Activity::default())
@@ -401,7 +207,7 @@ mod tests {
             let w = work(&slots);
             move || {
                 let mut out = Vec::new();
-                SlotReader::new(rx, w).read_to_end(&mut out).map(|_| out)
+                SlotReader::with_hook(rx, w).read_to_end(&mut out).map(|_| out)
             }
         });
         tx.blocking_send(StreamItem::Chunk(Bytes::from_static(b"abc"))).unwrap();
@@ -424,7 +230,7 @@ mod tests {
         tx.try_send(StreamItem::Chunk(Bytes::from_static(b"abc"))).unwrap();
         drop(tx);
         let mut out = Vec::new();
-        let e = SlotReader::new(rx, work(&slots)).read_to_end(&mut out).unwrap_err();
+        let e = SlotReader::with_hook(rx, work(&slots)).read_to_end(&mut out).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 
@@ -435,7 +241,7 @@ mod tests {
         let writer = std::thread::spawn({
             let w = work(&slots);
             move || {
-                let mut sw = SlotWriter::new(tx, 4, w);
+                let mut sw = SlotWriter::with_hook(tx, 4, w);
                 sw.start()?;
                 sw.write_all(b"0123456789ab")?;
                 sw.finish()
@@ -467,7 +273,7 @@ mod tests {
         let t = std::thread::spawn(move || {
             let mut out = Vec::new();
             // `read_to_end` retries `Interrupted`: the cancel must be another kind.
-            SlotReader::new(rx, w).read_to_end(&mut out).unwrap_err()
+            SlotReader::with_hook(rx, w).read_to_end(&mut out).unwrap_err()
         });
         tx.blocking_send(StreamItem::Chunk(Bytes::from_static(b"abc"))).unwrap();
         std::thread::sleep(Duration::from_millis(50));
@@ -486,11 +292,11 @@ mod tests {
         let (_tx, rx) = cs_wire::stream_channel(4);
         let w = work(&slots).with_silence_limit(Duration::from_millis(200));
         let mut out = Vec::new();
-        let e = SlotReader::new(rx, w).read_to_end(&mut out).unwrap_err();
+        let e = SlotReader::with_hook(rx, w).read_to_end(&mut out).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
 
         let (tx, _rx) = cs_wire::stream_channel(1);
-        let mut sw = SlotWriter::new(tx, 4, work(&slots).with_silence_limit(Duration::from_millis(200)));
+        let mut sw = SlotWriter::with_hook(tx, 4, work(&slots).with_silence_limit(Duration::from_millis(200)));
         sw.start().unwrap();
         let e = sw.write_all(b"0123456789ab").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
@@ -505,7 +311,7 @@ mod tests {
         let cancel = Arc::new(AtomicBool::new(false));
         let w = TarWork::new(slots.clone(), cancel.clone(), Heartbeat::new(), Activity::default());
         let t = std::thread::spawn(move || {
-            let mut sw = SlotWriter::new(tx, 4, w);
+            let mut sw = SlotWriter::with_hook(tx, 4, w);
             sw.start().unwrap();
             // `write_all` retries `Interrupted`: the cancel must be another kind.
             // (So does zstd's writer, which the packer writes through.)

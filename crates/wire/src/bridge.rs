@@ -6,8 +6,8 @@
 //! tar → ChunkWriter ─mpsc(N)→ send_stream ─websocket/TCP─→ recv_stream ─mpsc(N)→ ChunkReader → untar
 //! ```
 //!
-//! **Flow control is the bounded channels.** [`ChunkWriter`] blocks in
-//! `blocking_send` while its channel holds N chunks; the task that forwards
+//! **Flow control is the bounded channels.** [`ChunkWriter`] blocks
+//! while its channel holds N chunks; the task that forwards
 //! them blocks while the websocket cannot take more (TCP backpressure); on
 //! the receiving side, `recv_stream` stops reading the socket while the
 //! [`ChunkReader`]'s channel is full, so a slow reader stops the socket
@@ -23,13 +23,24 @@
 //! channel, which every consumer treats as an abort); an abort or a closed
 //! channel is an `io::Error` for the reader.
 //!
+//! **A hook says what a user adds around the waits.** Both bridges take a
+//! [`StreamHook`] (by default [`Plain`]: block until the channel moves). The
+//! broker's hook holds a slot of its global tar bound only while a bridge has
+//! work, gives it back before the bridge blocks on the network, and bounds
+//! every wait (cancel flag, silence limit); see `cs_broker::TarWork`.
+//!
 //! Both bridges block: use them on blocking threads (`spawn_blocking`,
-//! `std::thread`), never inside an async task (tokio panics there).
+//! `std::thread`), never inside an async task.
 
+use std::future::Future;
 use std::io::{self, Read, Write};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 
 use crate::frame::StreamEnd;
 
@@ -52,13 +63,77 @@ pub fn stream_channel(capacity: usize) -> (mpsc::Sender<StreamItem>, mpsc::Recei
     mpsc::channel(capacity.max(1))
 }
 
+/// What a bridge does around its work and its waits. Every method has a
+/// default that does nothing extra ([`Plain`]).
+pub trait StreamHook {
+    /// Called before the bridge works on data (hands out a chunk or EOF,
+    /// starts packing, resumes after a wait): e.g. take a slot.
+    fn working(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Called before the bridge blocks on its channel: e.g. give a slot back.
+    fn waiting(&mut self) {}
+
+    /// Called before each step: an error ends the stream (e.g. cancelled).
+    /// Not `Interrupted`, which `read_exact`/`write_all` retry for ever.
+    fn check(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// A chunk moved through the bridge.
+    fn progress(&self) {}
+
+    /// Waits for `fut` (a channel operation) on this blocking thread. The
+    /// default waits as long as it takes.
+    fn wait<F: Future>(&mut self, fut: F) -> io::Result<F::Output> {
+        park_on(fut, || Ok(Duration::from_secs(60)))
+    }
+
+    /// The abort reason a writer dropped before `finish` sends.
+    fn unfinished_reason(&self) -> &str {
+        "writer dropped before finishing"
+    }
+}
+
+/// The hook that adds nothing: the bridges block until their channel moves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+impl StreamHook for Plain {}
+
+/// Polls `fut` on this thread until it is ready, parking in between (its
+/// waker unparks the thread). After each pending poll `between` runs: it
+/// fails the wait, or says how long to park at most before polling again.
+pub fn park_on<F: Future>(fut: F, mut between: impl FnMut() -> io::Result<Duration>) -> io::Result<F::Output> {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return Ok(v);
+        }
+        std::thread::park_timeout(between()?);
+    }
+}
+
 /// `std::io::Write` into a stream channel, in chunks of at most
 /// `max_chunk_bytes`. See the module documentation.
-pub struct ChunkWriter {
+pub struct ChunkWriter<H: StreamHook = Plain> {
     tx: mpsc::Sender<StreamItem>,
     buf: BytesMut,
     max_chunk: usize,
     done: bool,
+    hook: H,
 }
 
 fn gone() -> io::Error {
@@ -67,17 +142,47 @@ fn gone() -> io::Error {
 
 impl ChunkWriter {
     pub fn new(tx: mpsc::Sender<StreamItem>, max_chunk_bytes: usize) -> Self {
+        Self::with_hook(tx, max_chunk_bytes, Plain)
+    }
+}
+
+impl<H: StreamHook> ChunkWriter<H> {
+    pub fn with_hook(tx: mpsc::Sender<StreamItem>, max_chunk_bytes: usize, hook: H) -> Self {
         let max_chunk = max_chunk_bytes.max(1);
-        ChunkWriter { tx, buf: BytesMut::with_capacity(max_chunk), max_chunk, done: false }
+        ChunkWriter { tx, buf: BytesMut::with_capacity(max_chunk), max_chunk, done: false, hook }
+    }
+
+    /// Tells the hook that work starts (the broker takes a tar slot before
+    /// packing).
+    pub fn start(&mut self) -> io::Result<()> {
+        self.hook.working()
+    }
+
+    /// Sends `item` now if the channel has room, else waits (through the
+    /// hook) for room.
+    fn send(&mut self, item: StreamItem) -> io::Result<()> {
+        match self.tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(gone()),
+            Err(TrySendError::Full(item)) => {
+                self.hook.waiting();
+                self.hook.wait(self.tx.send(item))?.map_err(|_| gone())?;
+                self.hook.check()?;
+                self.hook.working()
+            }
+        }
     }
 
     fn send_buf(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.hook.check()?;
         let chunk = self.buf.split().freeze();
         self.buf.reserve(self.max_chunk);
-        self.tx.blocking_send(StreamItem::Chunk(chunk)).map_err(|_| gone())
+        self.send(StreamItem::Chunk(chunk))?;
+        self.hook.progress();
+        Ok(())
     }
 
     /// Sends what is buffered and the end of the stream: only now may the
@@ -85,7 +190,7 @@ impl ChunkWriter {
     pub fn finish(mut self) -> io::Result<()> {
         self.send_buf()?;
         self.done = true;
-        self.tx.blocking_send(StreamItem::End(StreamEnd::Ok)).map_err(|_| gone())
+        self.send(StreamItem::End(StreamEnd::Ok))
     }
 
     /// Ends the stream as failed: the receiver discards it and gets an
@@ -93,11 +198,11 @@ impl ChunkWriter {
     pub fn abort(mut self, reason: &str) -> io::Result<()> {
         self.done = true;
         self.buf.clear();
-        self.tx.blocking_send(StreamItem::End(StreamEnd::Abort(reason.to_owned()))).map_err(|_| gone())
+        self.send(StreamItem::End(StreamEnd::Abort(reason.to_owned())))
     }
 }
 
-impl Write for ChunkWriter {
+impl<H: StreamHook> Write for ChunkWriter<H> {
     fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
         if self.done {
             return Err(io::Error::other("write after the stream ended"));
@@ -121,13 +226,14 @@ impl Write for ChunkWriter {
     }
 }
 
-impl Drop for ChunkWriter {
+impl<H: StreamHook> Drop for ChunkWriter<H> {
     fn drop(&mut self) {
         if !self.done {
             // Never block in drop (it may run in an async context): if the
             // channel is full, dropping the sender closes it, and a closed
             // channel without an end item is an abort for every consumer.
-            let _ = self.tx.try_send(StreamItem::End(StreamEnd::Abort("writer dropped before finishing".into())));
+            let reason = self.hook.unfinished_reason().to_owned();
+            let _ = self.tx.try_send(StreamItem::End(StreamEnd::Abort(reason)));
         }
     }
 }
@@ -141,15 +247,42 @@ enum ReadState {
 /// `std::io::Read` from a stream channel. EOF only after the end-ok item;
 /// an abort or a channel closed before the end is an `io::Error` (and stays
 /// one on every later read).
-pub struct ChunkReader {
+pub struct ChunkReader<H: StreamHook = Plain> {
     rx: mpsc::Receiver<StreamItem>,
     cur: Bytes,
     state: ReadState,
+    hook: H,
+    /// Bytes received so far.
+    bytes: u64,
 }
 
 impl ChunkReader {
     pub fn new(rx: mpsc::Receiver<StreamItem>) -> Self {
-        ChunkReader { rx, cur: Bytes::new(), state: ReadState::Open }
+        Self::with_hook(rx, Plain)
+    }
+}
+
+impl<H: StreamHook> ChunkReader<H> {
+    pub fn with_hook(rx: mpsc::Receiver<StreamItem>, hook: H) -> Self {
+        ChunkReader { rx, cur: Bytes::new(), state: ReadState::Open, hook, bytes: 0 }
+    }
+
+    /// Bytes received so far (whether read yet or not).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The next item, now if there is one, else after a wait (through the
+    /// hook); `None` if the channel closed.
+    fn next_item(&mut self) -> io::Result<Option<StreamItem>> {
+        match self.rx.try_recv() {
+            Ok(item) => Ok(Some(item)),
+            Err(TryRecvError::Disconnected) => Ok(None),
+            Err(TryRecvError::Empty) => {
+                self.hook.waiting();
+                self.hook.wait(self.rx.recv())
+            }
+        }
     }
 
     /// True once the end-ok item was received (everything before it may
@@ -159,24 +292,38 @@ impl ChunkReader {
     }
 }
 
-impl Read for ChunkReader {
+impl<H: StreamHook> Read for ChunkReader<H> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if out.is_empty() {
             return Ok(0);
         }
         loop {
+            self.hook.check()?;
             if !self.cur.is_empty() {
+                self.hook.working()?;
                 let n = out.len().min(self.cur.len());
                 out[..n].copy_from_slice(&self.cur.split_to(n));
                 return Ok(n);
             }
             match &self.state {
-                ReadState::Done => return Ok(0),
+                ReadState::Done => {
+                    self.hook.working()?;
+                    return Ok(0);
+                }
                 ReadState::Failed(kind, msg) => return Err(io::Error::new(*kind, msg.clone())),
                 ReadState::Open => {}
             }
-            self.state = match self.rx.blocking_recv() {
+            let item = match self.next_item() {
+                Ok(item) => item,
+                Err(e) => {
+                    self.state = ReadState::Failed(e.kind(), e.to_string());
+                    return Err(e);
+                }
+            };
+            self.state = match item {
                 Some(StreamItem::Chunk(b)) => {
+                    self.bytes += b.len() as u64;
+                    self.hook.progress();
                     self.cur = b;
                     ReadState::Open
                 }

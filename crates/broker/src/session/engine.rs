@@ -137,9 +137,9 @@ impl Session {
                     ctx,
                     RoundStep::WritesIn,
                     move |p, r| {
-                        let mut reader = SlotReader::new(rx, work);
+                        let mut reader = SlotReader::with_hook(rx, work);
                         let res = p.apply_writes(r, &mut reader, None);
-                        (res, reader.bytes)
+                        (res, reader.bytes())
                     },
                     move |act, ctx, (res, bytes)| {
                         act.stats.bytes_in += bytes;
@@ -182,9 +182,9 @@ impl Session {
                     ctx,
                     RoundStep::WritesOut,
                     move |p, r| {
-                        let mut writer = SlotWriter::new(tx, max_chunk, work);
+                        let mut writer = SlotWriter::with_hook(tx, max_chunk, work);
                         if let Err(e) = writer.start() {
-                            writer.abort(&e.to_string());
+                            let _ = writer.abort(&e.to_string());
                             return Err(EngineError::Protocol(format!("step 4 not started: {e}")));
                         }
                         match p.pack_changes(r, writer) {

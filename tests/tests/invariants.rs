@@ -4,7 +4,7 @@
 //! `cs_engine::driver::run_round` between an emulated union and P's home.
 
 use cs_engine::driver::{Cut, RoundReport};
-use cs_engine::{PathFilter, DEFAULT_EXCLUDED, DEFAULT_LOCAL_ONLY};
+use cs_engine::{default_local_only, PathFilter, DEFAULT_EXCLUDED};
 use cs_protocol::{RelPath, Timestamp};
 use cs_tests::fixture::World;
 use cs_tests::rp;
@@ -685,7 +685,8 @@ fn fuse_hidden_files_are_never_synced() {
 
 #[test]
 fn configured_local_only_and_excluded_patterns() {
-    let local: Vec<&str> = DEFAULT_LOCAL_ONLY.iter().copied().chain(["/big/"]).collect();
+    let defaults = default_local_only();
+    let local: Vec<&str> = defaults.iter().map(String::as_str).chain(["/big/"]).collect();
     let excluded: Vec<&str> = DEFAULT_EXCLUDED.iter().copied().chain(["*.o"]).collect();
     let mut w = World::with_filter(PathFilter::new(&local, &excluded).unwrap());
     w.c().put(&rp("big/data"), b"local").unwrap();

@@ -131,10 +131,8 @@ impl BrokerConfig {
 
     /// The engine's path filter for these settings.
     pub fn filter(&self) -> Result<cs_engine::PathFilter, cs_engine::EngineError> {
-        let local: Vec<&str> = match &self.local_only {
-            Some(v) => v.iter().map(String::as_str).collect(),
-            None => cs_engine::DEFAULT_LOCAL_ONLY.to_vec(),
-        };
+        let defaults = cs_engine::default_local_only();
+        let local: Vec<&str> = self.local_only.as_ref().unwrap_or(&defaults).iter().map(String::as_str).collect();
         let excluded: Vec<&str> = match &self.excluded {
             Some(v) => v.iter().map(String::as_str).collect(),
             None => cs_engine::DEFAULT_EXCLUDED.to_vec(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use cs_compute::coordinator::SetRail;
 use cs_compute::service::{ComputeService, ServiceConfig};
-use cs_engine::{PathFilter, DEFAULT_EXCLUDED, DEFAULT_LOCAL_ONLY};
+use cs_engine::{default_local_only, PathFilter, DEFAULT_EXCLUDED};
 use cs_mount::{LowerSpec, MountConfig, MountSupervisor};
 use cs_protocol::ClientId;
 
@@ -27,9 +27,15 @@ fn need<T>(v: Option<T>, flag: &str) -> Result<T> {
 }
 
 fn filter(local_only: Option<Vec<String>>) -> Result<PathFilter> {
-    let local: Vec<String> = local_only.unwrap_or_else(|| DEFAULT_LOCAL_ONLY.iter().map(|s| s.to_string()).collect());
+    let local: Vec<String> = local_only.unwrap_or_else(default_local_only);
     let local_refs: Vec<&str> = local.iter().map(String::as_str).collect();
     Ok(PathFilter::new(&local_refs, DEFAULT_EXCLUDED)?)
+}
+
+/// The mount's form of local-only patterns: the union's opaque directories are plain names
+/// under the home (`/scratch/` → `scratch`).
+fn mount_local_only(patterns: &[String]) -> Vec<String> {
+    patterns.iter().map(|p| p.trim_matches('/').to_string()).collect()
 }
 
 /// Waits for SIGTERM or Ctrl-C.
@@ -88,8 +94,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
     actix_rt::System::new().block_on(async move {
         let mut mcfg = MountConfig::new(lower, &upper, &merged);
         if let Some(l) = local_only {
-            // The union's opaque directories are plain names under the home.
-            mcfg.local_only = l.iter().map(|p| p.trim_matches('/').to_string()).collect();
+            mcfg.local_only = mount_local_only(&l);
         }
         mcfg.local_only_owner = owner.map(|o| (o.uid, o.gid));
         let mount = actix::Actor::start(MountSupervisor::new(mcfg).context("mount supervisor")?);
@@ -267,4 +272,23 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
         control.abort();
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without configuration the filter keeps out of rounds exactly the directories the mount
+    /// makes opaque: the two defaults are one list.
+    #[test]
+    fn default_local_only_of_the_filter_and_the_mount_agree() {
+        let filter = filter(None).expect("default filter");
+        let mount = MountConfig::new(cs_mount::LowerSpec::Adopt("/l".into()), "/u", "/m");
+        assert_eq!(mount_local_only(filter.local_only_patterns()), mount.local_only);
+        for dir in &mount.local_only {
+            let p = cs_protocol::RelPath::new(dir.as_str()).expect("a valid path");
+            assert!(filter.is_local_only(&p, true), "{dir}");
+            assert!(!filter.is_local_only(&cs_protocol::RelPath::new(format!("src/{dir}")).expect("path"), true));
+        }
+    }
 }

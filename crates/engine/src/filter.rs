@@ -6,8 +6,11 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 use crate::EngineError;
 
-/// Local-only by default: caches and scratch space that belong on fast local disk.
-pub const DEFAULT_LOCAL_ONLY: &[&str] = &["/scratch/", "/.local/", "/.cache/"];
+/// The local-only patterns by default: [`cs_protocol::LOCAL_ONLY_DEFAULTS`] as directories
+/// anchored at the synced root (`/scratch/`).
+pub fn default_local_only() -> Vec<String> {
+    cs_protocol::LOCAL_ONLY_DEFAULTS.iter().map(|name| format!("/{name}/")).collect()
+}
 /// Excluded by default: the union's meta directories, cs-actor's own state and
 /// staging area, the temporary files an atomic apply leaves for an instant,
 /// and the `.fuse_hidden*` files FUSE keeps for deleted files still open.
@@ -68,7 +71,9 @@ impl PathFilter {
 
 impl Default for PathFilter {
     fn default() -> Self {
-        PathFilter::new(DEFAULT_LOCAL_ONLY, DEFAULT_EXCLUDED).expect("default patterns are valid")
+        let local = default_local_only();
+        let local: Vec<&str> = local.iter().map(String::as_str).collect();
+        PathFilter::new(&local, DEFAULT_EXCLUDED).expect("default patterns are valid")
     }
 }
 

@@ -21,7 +21,7 @@ pub use busy::{BusyFile, BusyPolicy, DEFAULT_SNAPSHOT_AFTER, DEFAULT_SNAPSHOT_MA
 pub use compute::{ApplyReport, ComputeConfig, ComputeRound, ComputeSide};
 pub use cs_safe_fs::Owner;
 pub use error::EngineError;
-pub use filter::{PathFilter, DEFAULT_EXCLUDED, DEFAULT_LOCAL_ONLY};
+pub use filter::{default_local_only, PathFilter, DEFAULT_EXCLUDED};
 pub use project::{ProjectConfig, ProjectRound, ProjectSide, WriteReport, DEFAULT_FULL_RESCAN_EVERY};
 
 use cs_protocol::ClientId;

@@ -7,8 +7,9 @@ use cs_union::Layout;
 
 use crate::MountError;
 
-/// cs-actor's default local-only paths (the engine's `PathFilter` keeps them out of rounds).
-pub const DEFAULT_LOCAL_ONLY: [&str; 3] = ["scratch", ".local", ".cache"];
+/// cs-actor's default local-only paths, as the mount takes them (bare names): the one list of
+/// [`cs_protocol::LOCAL_ONLY_DEFAULTS`] (the engine's `PathFilter` keeps the same out of rounds).
+pub const DEFAULT_LOCAL_ONLY: [&str; 3] = cs_protocol::LOCAL_ONLY_DEFAULTS;
 
 /// Makes each of `paths` (relative to the home, e.g. `"scratch"`, `"a/b"`) an opaque directory
 /// of the union: the directory is created in `upper` together with a *directory* whiteout

@@ -118,8 +118,7 @@ pub fn measure(
         }
         // Flush what earlier runs left in flight (this disk discards on every unlink; the
         // previous run's cleanup would otherwise slow this one down).
-        // SAFETY: sync(2) has no preconditions.
-        unsafe { libc::sync() };
+        rustix::fs::sync();
         let run_start = Instant::now();
         let deadline = Instant::now() + lim.run_timeout;
         let out = f(r, deadline);

@@ -241,7 +241,7 @@ fn run(cli: Cli) -> Result<usize> {
     let skip_test = |t: &str| missing.iter().any(|(w, _)| w == t);
     let only = |t: &str| tests.contains(t) && !skip_test(t);
     let bin = if setups.contains("cs-actor") { find_cs_actor(cli.cs_actor.clone())? } else { PathBuf::new() };
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         eprintln!("cs-bench: not root: FUSE mounts may need user_allow_other; resident-memory peaks cannot be reset");
     }
 

@@ -31,6 +31,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cs_shaper::{LinkConfig, Shaper};
 use cs_testbed::Sshd;
+use rustix::io::Errno;
 use serde_json::Value;
 
 use crate::gen::Rng;
@@ -546,7 +547,7 @@ impl Writer {
                 loop {
                     match std::fs::remove_dir_all(root.join(&rel)) {
                         Ok(()) => break,
-                        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) && tries < 30 && !stopped() => {
+                        Err(e) if Errno::from_io_error(&e) == Some(Errno::NOTEMPTY) && tries < 30 && !stopped() => {
                             tries += 1;
                             std::thread::sleep(Duration::from_secs(1));
                         }
@@ -597,7 +598,7 @@ impl Writer {
                     }
                     // unionfs-fuse refuses to rename a directory that exists in the lower layer
                     // (EXDEV: `mv` would copy); what a user's `mv` does then is not ours to test.
-                    Err(e) if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::ENOSYS) => {
+                    Err(e) if matches!(Errno::from_io_error(&e), Some(Errno::XDEV | Errno::NOSYS)) => {
                         self.counts.lock().unwrap().refused_dir_renames += 1;
                         if !root.join(&from).is_dir() || root.join(&to).exists() {
                             bail!("rename {from} → {to} refused ({e}) but changed something");

@@ -64,8 +64,10 @@ pub fn run_until(cmd: &mut Command, log: &Path, deadline: Instant) -> Result<End
             Err(_) if left > Duration::from_millis(200) && !stopped() => continue,
             Err(_) => {
                 let ran = start.elapsed();
-                // SAFETY: kill(2) on the process group we created for our own (unreaped) child.
-                unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+                // The process group we created for our own (unreaped) child.
+                if let Some(pgid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+                }
                 let _ = waiter.join();
                 if stopped() {
                     bail!("interrupted");

@@ -49,8 +49,7 @@ pub fn of_path(path: &Path) -> Result<Owner> {
 
 /// The effective uid and gid of this process.
 pub fn process_ids() -> (u32, u32) {
-    // SAFETY: geteuid and getegid cannot fail and touch no memory.
-    unsafe { (libc::geteuid(), libc::getegid()) }
+    (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw())
 }
 
 /// What the engine is given: `None` when `owner` is the process itself (the

@@ -266,8 +266,7 @@ fn fire(s: &Spec, name: &str) -> Fired {
     eprintln!("cs-failpoint: {name} fired (hit {k}): {action}");
     match action {
         Action::Kill => {
-            // SAFETY: kill(2) on our own pid.
-            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
             // The signal is delivered before kill(2) returns to a single-threaded caller;
             // other threads may run a moment longer: never go on.
             loop {

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use cs_protocol::RelPath;
 use cs_union::Layout;
 use rustix::fs::IFlags;
+use rustix::io::Errno;
 use serde::Serialize;
 
 use crate::util::{mounted, now_ms};
@@ -160,7 +161,7 @@ fn recover(
 pub fn unguard_mount_point(merged: &Path) -> Result<(), String> {
     let dir = open_bare(merged)?;
     match set_immutable(&dir, false) {
-        Err(e) if e.raw_os_error() != Some(libc::ENOTTY) && e.raw_os_error() != Some(libc::EOPNOTSUPP) => {
+        Err(e) if !matches!(Errno::from_io_error(&e), Some(Errno::NOTTY | Errno::OPNOTSUPP)) => {
             Err(format!("clear the immutable attribute of {}: {e}", merged.display()))
         }
         _ => Ok(()),
@@ -274,7 +275,7 @@ impl Mover<'_> {
             return true;
         }
         match fs::symlink_metadata(self.lower.join(rel)) {
-            Err(e) => e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR),
+            Err(e) => e.kind() == io::ErrorKind::NotFound || Errno::from_io_error(&e) == Some(Errno::NOTDIR),
             Ok(_) => false,
         }
     }
@@ -346,7 +347,7 @@ fn new_recovery_dir(upper: &Path) -> Result<PathBuf, String> {
 /// then the removal of the source.
 fn move_entry(src: &Path, dst: &Path) -> io::Result<()> {
     match fs::rename(src, dst) {
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+        Err(e) if Errno::from_io_error(&e) == Some(Errno::XDEV) => {
             copy_tree(src, dst)?;
             let md = fs::symlink_metadata(src)?;
             if md.is_dir() {
@@ -442,7 +443,7 @@ mod tests {
         assert_eq!((r.moved_into_upper, r.moved_into_recovery_dir), (4, 3), "{r:?}");
         if p.guard == Guard::Immutable {
             let e = fs::write(m.join("after.txt"), "x").unwrap_err();
-            assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+            assert_eq!(Errno::from_io_error(&e), Some(Errno::PERM));
         }
         unguard(&m);
     }

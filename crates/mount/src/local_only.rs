@@ -94,7 +94,7 @@ mod tests {
     fn local_only_dirs_and_their_new_parents_belong_to_the_owner() {
         use std::os::unix::fs::MetadataExt;
         // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: not root, cannot give directories away");
             return;
         }

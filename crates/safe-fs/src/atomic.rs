@@ -72,7 +72,7 @@ fn create_temp(dir: &Path, name: &OsString) -> io::Result<(PathBuf, File)> {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32)
             .open(&tmp)
         {
             Ok(f) => return Ok((tmp, f)),

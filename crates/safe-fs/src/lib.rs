@@ -81,10 +81,10 @@ pub enum FileKind {
 impl FileKind {
     /// The kind encoded in the `S_IFMT` bits of an `st_mode`.
     pub fn from_mode(st_mode: u32) -> FileKind {
-        match st_mode & libc::S_IFMT {
-            libc::S_IFREG => FileKind::File,
-            libc::S_IFDIR => FileKind::Dir,
-            libc::S_IFLNK => FileKind::Symlink,
+        match rustix::fs::FileType::from_raw_mode(st_mode) {
+            rustix::fs::FileType::RegularFile => FileKind::File,
+            rustix::fs::FileType::Directory => FileKind::Dir,
+            rustix::fs::FileType::Symlink => FileKind::Symlink,
             _ => FileKind::Other,
         }
     }

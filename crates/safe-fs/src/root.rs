@@ -765,8 +765,7 @@ fn fchmodat2_nofollow(dirfd: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<
         if r == 0 {
             return Ok(());
         }
-        let raw = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-        Err(Errno::from_raw_os_error(raw))
+        Err(Errno::from_io_error(&io::Error::last_os_error()).unwrap_or(Errno::IO))
     }
     #[cfg(not(all(
         any(

@@ -5,50 +5,55 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use cs_supervision::ExitStatus;
+use cs_wire::Step;
 use serde::Serialize;
 
 /// How many ended sessions [`BrokerState::ended`] keeps.
 pub const ENDED_KEPT: usize = 16;
 
-/// Where a session's current round is. A step is entered when its request
-/// arrives and stays the current one until the next request (or until the
-/// round ends: committed → `idle`, failed → `idle` with `last_error`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RoundStep {
+/// Where a session's current round is: idle, or a step of the round's one
+/// definition ([`cs_wire::Step`]). A step is entered when its request arrives and
+/// stays the current one until the next request (or until the round ends:
+/// committed → `idle`, failed → `idle` with `last_error`). Shown by `status` as
+/// its label: idle, hello, 1 … 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundStep(Option<Step>);
+
+// The session's names for the points of a round (its code and its tests read
+// them like the variants of an enum); the order itself is `Step`'s.
+#[allow(non_upper_case_globals)]
+impl RoundStep {
     /// No round open.
-    Idle,
+    pub const Idle: RoundStep = RoundStep(None);
     /// Hello answered (and the held list, if asked for).
-    Hello,
+    pub const Hello: RoundStep = RoundStep(Some(Step::Hello));
     /// Step 1: deletes C → P.
-    #[serde(rename = "1")]
-    Deletes,
+    pub const Deletes: RoundStep = RoundStep(Some(Step::DeletesToProject));
     /// Step 2: deletes P → C.
-    #[serde(rename = "2")]
-    DeletesForClient,
+    pub const DeletesForClient: RoundStep = RoundStep(Some(Step::DeletesToCompute));
     /// Step 3: writes C → P.
-    #[serde(rename = "3")]
-    WritesIn,
+    pub const WritesIn: RoundStep = RoundStep(Some(Step::WritesToProject));
     /// Step 4: writes P → C.
-    #[serde(rename = "4")]
-    WritesOut,
+    pub const WritesOut: RoundStep = RoundStep(Some(Step::WritesToCompute));
     /// Step 5: commit.
-    #[serde(rename = "5")]
-    Commit,
+    pub const Commit: RoundStep = RoundStep(Some(Step::Commit));
 }
 
 impl RoundStep {
+    /// The step, `None` when idle.
+    pub fn step(self) -> Option<Step> {
+        self.0
+    }
+
     /// The label printed by `status`: idle, hello, 1 … 5.
     pub fn label(self) -> &'static str {
-        match self {
-            RoundStep::Idle => "idle",
-            RoundStep::Hello => "hello",
-            RoundStep::Deletes => "1",
-            RoundStep::DeletesForClient => "2",
-            RoundStep::WritesIn => "3",
-            RoundStep::WritesOut => "4",
-            RoundStep::Commit => "5",
-        }
+        self.0.map_or("idle", Step::label)
+    }
+}
+
+impl Serialize for RoundStep {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.label())
     }
 }
 

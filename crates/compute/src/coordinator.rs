@@ -104,6 +104,8 @@ impl Coordinator {
                         let _ = tx.send(Err(reason.clone()));
                     }
                 }
+                // The round's code walks `Step::ALL`: this is a bug, not a condition to handle.
+                Action::StepRefused(e) => tracing::error!("round step refused: {e}"),
             }
         }
     }

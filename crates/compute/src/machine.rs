@@ -2,8 +2,8 @@
 //! transition function, with no I/O, so every rule is unit-tested.
 //!
 //! ```text
-//!            Trigger                 StepStarted(s)
-//!   Idle ─────────────► Running{step} ─────────────► Running{s}
+//!            Trigger                 StepStarted(step.next())
+//!   Idle ─────────────► Running{step} ─────────────► Running{next}
 //!    ▲  ▲                  │       │
 //!    │  │     Committed    │       │ Failed(e)
 //!    │  └──────────────────┘       ▼
@@ -12,48 +12,16 @@
 //!   Paused ◄──── Pause(reason) ────┘ (from Idle or Backoff; a running
 //!                                     round finishes first)
 //! ```
+//!
+//! A `StepStarted` out of the order of [`Step`] (anything but the next step) leaves
+//! the phase unchanged and yields [`Action::StepRefused`].
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-/// The steps of a round, in order (see docs/protocol.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    /// Settle a commit interrupted by a crash (ask P about a pending round).
-    Resolve,
-    Hello,
-    DeletesToProject,
-    DeletesToCompute,
-    WritesToProject,
-    WritesToCompute,
-    Commit,
-}
-
-impl Step {
-    pub const ALL: [Step; 7] = [
-        Step::Resolve,
-        Step::Hello,
-        Step::DeletesToProject,
-        Step::DeletesToCompute,
-        Step::WritesToProject,
-        Step::WritesToCompute,
-        Step::Commit,
-    ];
-
-    /// The step's number in the contract (1 to 5; 0 for the preamble).
-    pub fn number(self) -> u8 {
-        match self {
-            Step::Resolve | Step::Hello => 0,
-            Step::DeletesToProject => 1,
-            Step::DeletesToCompute => 2,
-            Step::WritesToProject => 3,
-            Step::WritesToCompute => 4,
-            Step::Commit => 5,
-        }
-    }
-}
+/// The steps of a round: their one definition, shared with the broker.
+pub use cs_wire::Step;
 
 /// Why a round starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -111,6 +79,9 @@ pub enum Action {
     Finished { round: u64, result: Result<(), String> },
     /// Answer every waiting `sync --wait` caller with an error now.
     RefuseWaiters(String),
+    /// A `StepStarted` out of the order of [`Step`] was refused (the phase is
+    /// unchanged): a bug of the round's code, to be logged loudly.
+    StepRefused(cs_wire::OrderError),
 }
 
 /// Retry delays: the one rule of cs-supervision.
@@ -132,8 +103,13 @@ pub fn transition(phase: &Phase, event: Event, last_round: u64, backoff: &Backof
         (Running { round, step, attempt, pause_after, .. }, Event::Trigger(_)) => {
             (Running { round, step, attempt, again: true, pause_after }, vec![])
         }
-        (Running { round, attempt, again, pause_after, .. }, Event::StepStarted(step)) => {
-            (Running { round, step, attempt, again, pause_after }, vec![])
+        // Only the next step of the sequence may start; anything else leaves the round
+        // where it is, and says so.
+        (Running { round, step: at, attempt, again, pause_after }, Event::StepStarted(step)) => {
+            match at.may_start(step) {
+                Ok(()) => (Running { round, step, attempt, again, pause_after }, vec![]),
+                Err(e) => (phase.clone(), vec![Action::StepRefused(e)]),
+            }
         }
         (Running { round, again, pause_after, .. }, Event::Committed) => {
             let done = Action::Finished { round, result: Ok(()) };
@@ -209,13 +185,57 @@ mod tests {
     }
 
     #[test]
-    fn steps_advance_and_commit_returns_to_idle() {
-        let (p, a) = run(running(5, Step::Resolve), Event::StepStarted(Step::WritesToProject));
-        assert_eq!(p, running(5, Step::WritesToProject));
-        assert!(a.is_empty());
+    fn steps_advance_in_order_and_commit_returns_to_idle() {
+        // The coordinator first reports the step the round starts in.
+        let (mut p, a) = run(running(5, Step::Resolve), Event::StepStarted(Step::Resolve));
+        assert_eq!((&p, a), (&running(5, Step::Resolve), vec![]));
+        for step in &Step::ALL[1..] {
+            let (next, a) = run(p, Event::StepStarted(*step));
+            assert_eq!((&next, a), (&running(5, *step), vec![]));
+            p = next;
+        }
         let (p, a) = run(p, Event::Committed);
         assert_eq!(p, Phase::Idle);
         assert_eq!(a, vec![Action::Finished { round: 5, result: Ok(()) }]);
+    }
+
+    #[test]
+    fn out_of_order_steps_are_refused_and_the_round_stays_where_it_is() {
+        for at in Step::ALL {
+            for step in Step::ALL {
+                if step == at || at.next() == Some(step) {
+                    continue;
+                }
+                let phase = running(5, at);
+                let (p, a) = run(phase.clone(), Event::StepStarted(step));
+                assert_eq!(p, phase, "{step:?} after {at:?}");
+                let [Action::StepRefused(e)] = &a[..] else { panic!("{step:?} after {at:?}: {a:?}") };
+                assert!(e.to_string().contains(&format!("at step {}", at.label())), "{e}");
+            }
+        }
+        // The round goes on from where it was.
+        let (p, _) = run(running(5, Step::Resolve), Event::StepStarted(Step::WritesToProject));
+        assert_eq!(run(p, Event::StepStarted(Step::Hello)).0, running(5, Step::Hello));
+    }
+
+    #[test]
+    fn status_names_of_the_steps_are_unchanged() {
+        let names: Vec<String> = Step::ALL.iter().map(|s| serde_json::to_value(s).expect("json").to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "\"resolve\"",
+                "\"hello\"",
+                "\"deletes_to_project\"",
+                "\"deletes_to_compute\"",
+                "\"writes_to_project\"",
+                "\"writes_to_compute\"",
+                "\"commit\""
+            ]
+        );
+        for s in Step::ALL {
+            assert_eq!(serde_json::to_value(s).expect("json"), serde_json::json!(s.name()));
+        }
     }
 
     #[test]

@@ -60,10 +60,13 @@ pub enum PackerError {
     NoRound,
     #[error("the packer's worker thread died: {0}")]
     Worker(String),
+    #[error("the packer handed its engine back (Close): no step can run")]
+    Closed,
 }
 
 pub struct Packer {
-    engine: Arc<tokio::sync::Mutex<Engine>>,
+    /// `None` once handed back by [`Close`].
+    engine: Arc<tokio::sync::Mutex<Option<Engine>>>,
     state: Arc<Mutex<(PackerState, Option<Instant>)>>,
     heartbeat: Heartbeat,
 }
@@ -71,7 +74,7 @@ pub struct Packer {
 impl Packer {
     pub fn new(side: ComputeSide) -> Self {
         Packer {
-            engine: Arc::new(tokio::sync::Mutex::new(Engine { side, round: None })),
+            engine: Arc::new(tokio::sync::Mutex::new(Some(Engine { side, round: None }))),
             state: Arc::new(Mutex::new((PackerState::default(), None))),
             heartbeat: Heartbeat::new(),
         }
@@ -89,13 +92,14 @@ impl Packer {
         Box::pin(async move {
             let result = tokio::task::spawn_blocking(move || {
                 let mut guard = engine.blocking_lock();
+                let Some(engine) = guard.as_mut() else { return Err(PackerError::Closed) };
                 {
                     let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
                     s.0.busy = Some(op);
                     s.1 = Some(Instant::now());
                 }
                 hb.beat();
-                let r = f(&mut guard);
+                let r = f(engine);
                 hb.beat();
                 let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
                 s.0.busy = None;
@@ -186,6 +190,20 @@ impl Handler<Begin> for Packer {
             e.round = Some(round);
             Ok(hello)
         })
+    }
+}
+
+/// Hand the compute side back; the packer runs no step after. For processes that
+/// keep the side across rounds and start a packer per round (the in-memory link's
+/// users: the tests and the demo).
+#[derive(Message)]
+#[rtype(result = "Result<ComputeSide, PackerError>")]
+pub struct Close;
+impl Handler<Close> for Packer {
+    type Result = ResponseFuture<Result<ComputeSide, PackerError>>;
+    fn handle(&mut self, _: Close, _: &mut Self::Context) -> Self::Result {
+        let engine = self.engine.clone();
+        Box::pin(async move { engine.lock().await.take().map(|e| e.side).ok_or(PackerError::Closed) })
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use actix::Addr;
 use async_trait::async_trait;
-use cs_protocol::RelPath;
+use cs_protocol::{Cursor, RelPath};
 use cs_wire::{ClientMsg, ServerMsg};
 use serde::Serialize;
 
@@ -84,6 +84,9 @@ pub struct RoundSummary {
     pub started_unix_ms: u64,
     pub duration_ms: u64,
     pub steps: Vec<StepStat>,
+    /// Paths deleted on the project (step 1) and on the compute side (step 2).
+    pub deletes_to_project: u64,
+    pub deletes_to_compute: u64,
     pub kept_on_project: Vec<RelPath>,
     pub kept_on_compute: Vec<RelPath>,
     pub conflicts: Vec<RelPath>,
@@ -147,8 +150,46 @@ pub async fn run(
     Ok(clock.summary)
 }
 
+/// Walks the round's steps in their one order ([`Step::ALL`]), each with its request.
 async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) -> Result<(), RoundError> {
-    clock.step(Step::Resolve);
+    // Step 4's cursor, committed by step 5.
+    let mut cursor = None;
+    for step in Step::ALL {
+        clock.step(step);
+        match step {
+            Step::Resolve => resolve(packer, link).await?,
+            Step::Hello => {
+                hello(packer, link).await?;
+                failpoint("after-hello").await?;
+            }
+            Step::DeletesToProject => {
+                deletes_to_project(packer, link, clock).await?;
+                failpoint("after-deletes-to-project").await?;
+            }
+            Step::DeletesToCompute => {
+                deletes_to_compute(packer, link, clock).await?;
+                failpoint("after-deletes-to-compute").await?;
+            }
+            Step::WritesToProject => {
+                writes_to_project(packer, link, clock).await?;
+                failpoint("after-writes-to-project").await?;
+            }
+            Step::WritesToCompute => {
+                cursor = Some(writes_to_compute(packer, link, clock).await?);
+                failpoint("after-writes-to-compute").await?;
+            }
+            Step::Commit => {
+                let cursor = cursor
+                    .ok_or_else(|| RoundError::Unexpected { step, got: "no cursor: step 4 did not run".into() })?;
+                commit(packer, link, cursor).await?;
+                clock.close(0, 0);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn resolve(packer: &Addr<Packer>, link: &dyn Link) -> Result<(), RoundError> {
     if let Some(round_id) = packer.send(packer::PendingRound).await?? {
         let committed = match link.request(ClientMsg::WasCommitted { round_id }).await? {
             ServerMsg::WasCommitted(b) => b,
@@ -156,8 +197,10 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
         };
         packer.send(packer::ResolvePending { committed_on_project: committed }).await??;
     }
+    Ok(())
+}
 
-    clock.step(Step::Hello);
+async fn hello(packer: &Addr<Packer>, link: &dyn Link) -> Result<(), RoundError> {
     let hello = packer.send(packer::Begin).await??;
     let reply = match link.request(ClientMsg::Hello(hello)).await? {
         ServerMsg::HelloReply(r) => r,
@@ -170,32 +213,37 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
             other => return Err(unexpected(Step::Hello, other)),
         }
     }
-    failpoint("after-hello").await?;
+    Ok(())
+}
 
-    clock.step(Step::DeletesToProject);
+async fn deletes_to_project(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) -> Result<(), RoundError> {
     let deletes = packer.send(packer::DeletesToSend).await??;
     let report = match link.request(ClientMsg::Deletes(deletes.clone())).await? {
         ServerMsg::DeleteReport(r) => r,
         other => return Err(unexpected(Step::DeletesToProject, other)),
     };
     packer.send(packer::FinishDeletes { sent: deletes.clone(), report: report.clone() }).await??;
+    clock.summary.deletes_to_project = report.deleted.len() as u64;
     clock.summary.kept_on_project = report.kept;
     clock.summary.refused.extend(report.refused);
     clock.close(deletes.len() as u64, 0);
-    failpoint("after-deletes-to-project").await?;
+    Ok(())
+}
 
-    clock.step(Step::DeletesToCompute);
+async fn deletes_to_compute(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) -> Result<(), RoundError> {
     let gone = match link.request(ClientMsg::AskDeletes).await? {
         ServerMsg::DeletesForYou(g) => g,
         other => return Err(unexpected(Step::DeletesToCompute, other)),
     };
     let n = gone.len() as u64;
     let report = packer.send(packer::ApplyDeletes(gone)).await??;
+    clock.summary.deletes_to_compute = report.deleted.len() as u64;
     clock.summary.kept_on_compute = report.kept;
     clock.close(n, 0);
-    failpoint("after-deletes-to-compute").await?;
+    Ok(())
+}
 
-    clock.step(Step::WritesToProject);
+async fn writes_to_project(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) -> Result<(), RoundError> {
     let stream = link.next_stream();
     let out = link.outbound(stream).await?;
     let send = async {
@@ -215,9 +263,14 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
         other => return Err(unexpected(Step::WritesToProject, other)),
     }
     clock.close(stats.entries, stats.compressed_bytes);
-    failpoint("after-writes-to-project").await?;
+    Ok(())
+}
 
-    clock.step(Step::WritesToCompute);
+async fn writes_to_compute(
+    packer: &Addr<Packer>,
+    link: &dyn Link,
+    clock: &mut Clock<'_>,
+) -> Result<Cursor, RoundError> {
     let stream = link.next_stream();
     let input = link.inbound(stream).await?;
     let ask = async {
@@ -238,9 +291,10 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
     };
     clock.summary.not_applied = applied.not_applied.clone();
     clock.close(applied.applied as u64, applied.bytes);
-    failpoint("after-writes-to-compute").await?;
+    Ok(cursor)
+}
 
-    clock.step(Step::Commit);
+async fn commit(packer: &Addr<Packer>, link: &dyn Link, cursor: Cursor) -> Result<(), RoundError> {
     let req = packer.send(packer::PrepareCommit(cursor)).await??;
     failpoint("before-commit-request").await?;
     match link.request(ClientMsg::Commit(req)).await? {
@@ -250,6 +304,5 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
     failpoint("after-project-commit").await?;
     packer.send(packer::Commit).await??;
     failpoint("after-commit").await?;
-    clock.close(0, 0);
     Ok(())
 }

@@ -9,7 +9,9 @@
 //! - [`conn`]: [`accept`] / [`accept_tls`] on the broker, [`connect`] on the
 //!   compute server, and the [`WsConn`] they give;
 //! - [`bridge`]: [`ChunkWriter`] / [`ChunkReader`], blocking `std::io`
-//!   adapters with bounded memory for the tar streams.
+//!   adapters with bounded memory for the tar streams;
+//! - [`steps`]: the round's steps ([`Step`]) in order, defined once, and which
+//!   request may come at each point ([`RoundAt`]).
 
 pub mod auth;
 pub mod bridge;
@@ -17,6 +19,7 @@ pub mod conn;
 pub mod error;
 pub mod frame;
 pub mod messages;
+pub mod steps;
 
 pub use auth::{read_token_file, TokenFileError, TokenStore, MIN_TOKEN_LEN};
 pub use bridge::{
@@ -26,6 +29,7 @@ pub use conn::{accept, accept_tls, connect, ClientConn, ServerConn, TlsAcceptorC
 pub use error::{AuthFailure, WireError};
 pub use frame::{Frame, StreamEnd, WireLimits, MAX_REASON_BYTES};
 pub use messages::{ClientMsg, Envelope, ErrorCode, ServerMsg};
+pub use steps::{OrderError, RoundAt, Step};
 
 /// Re-exported so that callers name the same stream types.
 pub use tokio_tungstenite::MaybeTlsStream;

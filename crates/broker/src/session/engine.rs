@@ -35,36 +35,14 @@ impl Drop for EngineCall {
 }
 
 impl Session {
-    /// Checks that `msg` may come now; `Err` is the reason it may not.
+    /// Checks that `msg` may come now (the order is `cs_wire::Step`'s); `Err` is the
+    /// reason it may not.
     fn check_order(&self, msg: &ClientMsg) -> Result<(), String> {
-        let open = self.phase.is_open();
-        let step = self.phase.step();
-        let want = |steps: &[RoundStep], what: &str| -> Result<(), String> {
-            if open && steps.contains(&step) {
-                Ok(())
-            } else if !open {
-                Err(format!("{what} without an open round: send Hello first"))
-            } else {
-                Err(format!("{what} out of order: the round is at step {}", step.label()))
-            }
+        let at = match (self.phase.is_open(), self.phase.step().step()) {
+            (true, Some(step)) => cs_wire::RoundAt::Open { step, held_list_due: self.phase.need_held_list() },
+            _ => cs_wire::RoundAt::Closed,
         };
-        match msg {
-            ClientMsg::WasCommitted { .. } | ClientMsg::Hello(_) | ClientMsg::Ping { .. } => Ok(()),
-            ClientMsg::HeldList(_) => want(&[RoundStep::Hello], "HeldList (only right after Hello)"),
-            ClientMsg::Deletes(_) => {
-                want(&[RoundStep::Hello], "Deletes (step 1, after Hello)")?;
-                if self.phase.need_held_list() {
-                    return Err("Deletes before HeldList: the hello reply asked for the full held list".into());
-                }
-                Ok(())
-            }
-            ClientMsg::AskDeletes => want(&[RoundStep::Deletes], "AskDeletes (step 2, after Deletes)"),
-            ClientMsg::SendWrites { .. } => {
-                want(&[RoundStep::DeletesForClient], "SendWrites (step 3, after AskDeletes)")
-            }
-            ClientMsg::AskWrites { .. } => want(&[RoundStep::WritesIn], "AskWrites (step 4, after SendWrites)"),
-            ClientMsg::Commit(_) => want(&[RoundStep::WritesOut], "Commit (step 5, after AskWrites)"),
-        }
+        at.admit(msg).map_err(|e| e.to_string())
     }
 
     pub(super) fn dispatch(&mut self, ctx: &mut Context<Self>, req: Inbound) {

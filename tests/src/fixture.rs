@@ -5,17 +5,75 @@
 //! `ROOT/home`, `ROOT/p_state`, `ROOT/<client>/upper`, `ROOT/<client>/state`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use cs_engine::driver::{run_round, Cut, DriverError, RoundReport};
+pub use cs_compute::local::Cut;
+use cs_compute::round::RoundSummary;
 use cs_engine::{ComputeConfig, ComputeSide, PathFilter, ProjectConfig, ProjectSide};
-use cs_protocol::ClientId;
+use cs_protocol::{ClientId, Cursor, RelPath};
 use cs_union::{MountGuard, UnionError, UnionfsFuse};
+use cs_wire::Step;
 use tempfile::TempDir;
 
 use crate::tree::Tree;
 use crate::union_emu::{EmuUnion, Layout};
 use crate::view::{PlainDir, View};
+
+/// What one round did, as both ends saw it.
+#[derive(Debug, Clone, Default)]
+pub struct RoundReport {
+    pub deletes_to_project: usize,
+    pub kept_on_project: Vec<RelPath>,
+    pub deletes_to_compute: usize,
+    pub kept_on_compute: Vec<RelPath>,
+    pub sent_to_project: usize,
+    pub bytes_to_project: u64,
+    pub conflicts: Vec<RelPath>,
+    pub sent_to_compute: usize,
+    pub bytes_to_compute: u64,
+    pub skipped_on_compute: Vec<RelPath>,
+    pub cursor: Cursor,
+    /// What the compute side's scan could not sync.
+    pub problems: Vec<String>,
+}
+
+impl RoundReport {
+    fn new(c: &RoundSummary, p: &cs_compute::local::ProjectRecord, problems: Vec<String>) -> Self {
+        let step3 = c.steps.iter().find(|s| s.step == Step::WritesToProject);
+        RoundReport {
+            deletes_to_project: c.deletes_to_project as usize,
+            kept_on_project: c.kept_on_project.clone(),
+            deletes_to_compute: c.deletes_to_compute as usize,
+            kept_on_compute: c.kept_on_compute.clone(),
+            sent_to_project: step3.map_or(0, |s| s.entries as usize),
+            bytes_to_project: step3.map_or(0, |s| s.bytes),
+            conflicts: c.conflicts.clone(),
+            sent_to_compute: p.sent_entries as usize,
+            bytes_to_compute: p.sent_bytes,
+            skipped_on_compute: c.not_applied.clone(),
+            cursor: p.cursor,
+            problems,
+        }
+    }
+}
+
+/// Why a round did not commit.
+#[derive(Debug)]
+pub enum RoundFailed {
+    /// Cut on purpose, there.
+    Cut(Cut),
+    Error(String),
+}
+
+impl std::fmt::Display for RoundFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoundFailed::Cut(at) => write!(f, "round cut on purpose at {at:?}"),
+            RoundFailed::Error(e) => f.write_str(e),
+        }
+    }
+}
 
 /// One compute server.
 pub struct Client {
@@ -44,7 +102,7 @@ pub struct World {
     pub home: PathBuf,
     pub p_state: PathBuf,
     pub filter: PathFilter,
-    project: Option<ProjectSide>,
+    project: Option<Arc<ProjectSide>>,
     clients: Vec<Client>,
     _tmp: TempDir,
 }
@@ -97,7 +155,7 @@ impl World {
             std::fs::create_dir(d).expect("mkdir");
         }
         let mut w = World { root, home, p_state, filter, project: None, clients: Vec::new(), _tmp: tmp };
-        w.project = Some(w.open_project());
+        w.project = Some(Arc::new(w.open_project()));
         w.add_client("c1", layout);
         w
     }
@@ -210,11 +268,19 @@ impl World {
         PlainDir::new(&self.home, "P home")
     }
 
-    /// One round of client `i`, cut at `cut` if given.
-    pub fn try_round_of(&mut self, i: usize, cut: Option<Cut>) -> Result<RoundReport, DriverError> {
-        let c = self.clients[i].side.as_mut().expect("compute side open");
-        let p = self.project.as_mut().expect("project side open");
-        run_round(c, p, cut)
+    /// One round of client `i`, cut at `cut` if given: the round the compute service
+    /// ships (`cs_compute::round` on its packer actor) over the in-memory link to P.
+    pub fn try_round_of(&mut self, i: usize, cut: Option<Cut>) -> Result<RoundReport, RoundFailed> {
+        let c = self.clients[i].side.take().expect("compute side open");
+        let p = self.project.clone().expect("project side open");
+        let (c, project, result) = cs_compute::local::run_round(c, p, cut);
+        self.clients[i].side = Some(c);
+        match (result, project.cut) {
+            (Err(_), Some(at)) => Err(RoundFailed::Cut(at)),
+            (Err(e), None) => Err(RoundFailed::Error(cs_supervision::error_chain(&e))),
+            (Ok(_), Some(at)) => Err(RoundFailed::Error(format!("the round went on after the cut {at:?}"))),
+            (Ok((summary, problems)), None) => Ok(RoundReport::new(&summary, &project, problems)),
+        }
     }
 
     /// A full round of client 0; panics if it fails.
@@ -234,7 +300,7 @@ impl World {
 
     pub fn round_cut_of(&mut self, i: usize, cut: Cut) {
         match self.try_round_of(i, Some(cut)) {
-            Err(DriverError::Cut(at)) if at == cut => {}
+            Err(RoundFailed::Cut(at)) if at == cut => {}
             Err(e) => panic!("round cut at {cut:?} failed otherwise: {e}"),
             Ok(r) => panic!("round meant to be cut at {cut:?} completed: {r:?}"),
         }
@@ -246,7 +312,7 @@ impl World {
         for c in &mut self.clients {
             c.side = None;
         }
-        self.project = Some(self.open_project());
+        self.project = Some(Arc::new(self.open_project()));
         for i in 0..self.clients.len() {
             self.clients[i].side = Some(self.open_compute(i));
         }

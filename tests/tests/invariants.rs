@@ -1,12 +1,13 @@
 //! One test per invariant of shared/design/sync-spec.md ("Invariants"), named
 //! after it, plus the user operations the spec's words imply (renames, chmod,
 //! symlinks, type changes). Each drives whole rounds through
-//! `cs_engine::driver::run_round` between an emulated union and P's home.
+//! the compute service's round (`cs_compute::round` on its packer actor, over the
+//! in-memory link `cs_compute::local` to P's engine) between an emulated union and P's home.
 
-use cs_engine::driver::{Cut, RoundReport};
 use cs_engine::{default_local_only, PathFilter, DEFAULT_EXCLUDED};
 use cs_protocol::{RelPath, Timestamp};
 use cs_tests::fixture::World;
+use cs_tests::fixture::{Cut, RoundReport};
 use cs_tests::rp;
 use cs_tests::union_emu::Layout;
 use cs_tests::view::{now, Kind, View};

@@ -24,9 +24,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use cs_engine::driver::{Cut, DriverError, RoundReport};
 use cs_protocol::{RelPath, Timestamp};
 use cs_tests::fixture::World;
+use cs_tests::fixture::{Cut, RoundFailed, RoundReport};
 use cs_tests::union_emu::Layout;
 use cs_tests::view::{Kind, PlainDir, View};
 use cs_union::UnionfsFuse;
@@ -456,7 +456,7 @@ impl Run {
                 }
                 self.w.converged().map_err(|d| self.fail(format!("not converged after a completed round: {d}")))
             }
-            Err(DriverError::Cut(at)) if Some(at) == cut => {
+            Err(RoundFailed::Cut(at)) if Some(at) == cut => {
                 self.log.push(format!("{label}: cut"));
                 Ok(())
             }

@@ -8,55 +8,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cs_compute::local::Cut;
-use cs_compute::round::RoundSummary;
+pub use cs_compute::local::{Cut, RoundReport};
 use cs_engine::{ComputeConfig, ComputeSide, PathFilter, ProjectConfig, ProjectSide};
-use cs_protocol::{ClientId, Cursor, RelPath};
+use cs_protocol::ClientId;
 use cs_union::{MountGuard, UnionError, UnionfsFuse};
-use cs_wire::Step;
 use tempfile::TempDir;
 
 use crate::tree::Tree;
 use crate::union_emu::{EmuUnion, Layout};
 use crate::view::{PlainDir, View};
-
-/// What one round did, as both ends saw it.
-#[derive(Debug, Clone, Default)]
-pub struct RoundReport {
-    pub deletes_to_project: usize,
-    pub kept_on_project: Vec<RelPath>,
-    pub deletes_to_compute: usize,
-    pub kept_on_compute: Vec<RelPath>,
-    pub sent_to_project: usize,
-    pub bytes_to_project: u64,
-    pub conflicts: Vec<RelPath>,
-    pub sent_to_compute: usize,
-    pub bytes_to_compute: u64,
-    pub skipped_on_compute: Vec<RelPath>,
-    pub cursor: Cursor,
-    /// What the compute side's scan could not sync.
-    pub problems: Vec<String>,
-}
-
-impl RoundReport {
-    fn new(c: &RoundSummary, p: &cs_compute::local::ProjectRecord, problems: Vec<String>) -> Self {
-        let step3 = c.steps.iter().find(|s| s.step == Step::WritesToProject);
-        RoundReport {
-            deletes_to_project: c.deletes_to_project as usize,
-            kept_on_project: c.kept_on_project.clone(),
-            deletes_to_compute: c.deletes_to_compute as usize,
-            kept_on_compute: c.kept_on_compute.clone(),
-            sent_to_project: step3.map_or(0, |s| s.entries as usize),
-            bytes_to_project: step3.map_or(0, |s| s.bytes),
-            conflicts: c.conflicts.clone(),
-            sent_to_compute: p.sent_entries as usize,
-            bytes_to_compute: p.sent_bytes,
-            skipped_on_compute: c.not_applied.clone(),
-            cursor: p.cursor,
-            problems,
-        }
-    }
-}
 
 /// Why a round did not commit.
 #[derive(Debug)]
@@ -279,7 +239,7 @@ impl World {
             (Err(_), Some(at)) => Err(RoundFailed::Cut(at)),
             (Err(e), None) => Err(RoundFailed::Error(cs_supervision::error_chain(&e))),
             (Ok(_), Some(at)) => Err(RoundFailed::Error(format!("the round went on after the cut {at:?}"))),
-            (Ok((summary, problems)), None) => Ok(RoundReport::new(&summary, &project, problems)),
+            (Ok(report), None) => Ok(report),
         }
     }
 

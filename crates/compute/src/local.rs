@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use actix::Actor;
 use async_trait::async_trait;
 use cs_engine::{ComputeSide, EngineError, ProjectRound, ProjectSide};
-use cs_protocol::{ClientId, Cursor, EntryKind};
+use cs_protocol::{ClientId, Cursor, EntryKind, RelPath};
 use cs_tarstream::{EntryHeader, Limits, PackWriter};
 use cs_wire::{ClientMsg, ErrorCode, RoundAt, ServerMsg, Step};
 
@@ -53,6 +53,44 @@ pub struct ProjectRecord {
     pub cursor: Cursor,
     /// The cut that fired, if any.
     pub cut: Option<Cut>,
+}
+
+/// What one round did, as both ends saw it.
+#[derive(Debug, Clone, Default)]
+pub struct RoundReport {
+    pub deletes_to_project: usize,
+    pub kept_on_project: Vec<RelPath>,
+    pub deletes_to_compute: usize,
+    pub kept_on_compute: Vec<RelPath>,
+    pub sent_to_project: usize,
+    pub bytes_to_project: u64,
+    pub conflicts: Vec<RelPath>,
+    pub sent_to_compute: usize,
+    pub bytes_to_compute: u64,
+    pub skipped_on_compute: Vec<RelPath>,
+    pub cursor: Cursor,
+    /// What the compute side's scan could not sync.
+    pub problems: Vec<String>,
+}
+
+impl RoundReport {
+    fn new(c: &RoundSummary, p: &ProjectRecord, problems: Vec<String>) -> Self {
+        let step3 = c.steps.iter().find(|s| s.step == Step::WritesToProject);
+        RoundReport {
+            deletes_to_project: c.deletes_to_project as usize,
+            kept_on_project: c.kept_on_project.clone(),
+            deletes_to_compute: c.deletes_to_compute as usize,
+            kept_on_compute: c.kept_on_compute.clone(),
+            sent_to_project: step3.map_or(0, |s| s.entries as usize),
+            bytes_to_project: step3.map_or(0, |s| s.bytes),
+            conflicts: c.conflicts.clone(),
+            sent_to_compute: p.sent_entries as usize,
+            bytes_to_compute: p.sent_bytes,
+            skipped_on_compute: c.not_applied.clone(),
+            cursor: p.cursor,
+            problems,
+        }
+    }
 }
 
 struct Project {
@@ -395,13 +433,12 @@ impl Link for LocalLink {
 
 /// One round of `side` against `project` through the shipped round ([`round::run`] on a
 /// [`Packer`]), in an actix system of its own. The side is handed back whatever happens,
-/// with what the project end saw and, if the round committed, its summary and the scan's
-/// problems.
+/// with what the project end saw and, if the round committed, the report of both ends.
 pub fn run_round(
     side: ComputeSide,
     project: Arc<ProjectSide>,
     cut: Option<Cut>,
-) -> (ComputeSide, ProjectRecord, Result<(RoundSummary, Vec<String>), RoundError>) {
+) -> (ComputeSide, ProjectRecord, Result<RoundReport, RoundError>) {
     let client = side.config().client.clone();
     let system = actix::System::new();
     system.block_on(async move {
@@ -415,6 +452,8 @@ pub fn run_round(
             Ok(Err(e)) => panic!("the packer did not hand its compute side back: {e}"),
             Err(e) => panic!("the packer did not hand its compute side back: {e}"),
         };
-        (side, link.record(), result.map(|summary| (summary, problems)))
+        let record = link.record();
+        let report = result.map(|summary| RoundReport::new(&summary, &record, problems));
+        (side, record, report)
     })
 }

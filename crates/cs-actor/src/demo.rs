@@ -6,9 +6,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use cs_engine::driver::{run_round, RoundReport};
+use cs_compute::local::RoundReport;
 use cs_engine::{ComputeConfig, ComputeSide, ProjectConfig, ProjectSide};
 use cs_protocol::{ClientId, RelPath};
 
@@ -36,10 +37,10 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     write(&home, "notes/old.txt", "to be deleted on the compute server\n")?;
 
     let id = ClientId::new("gpu-1")?;
-    let mut c = ComputeSide::open(ComputeConfig::new(id, upper.clone(), root.join("compute-state")))?;
-    let p = ProjectSide::open(ProjectConfig::new(home.clone(), root.join("project-state")))?;
-    let round = |what: &str, c: &mut ComputeSide, p: &ProjectSide| -> Result<RoundReport> {
-        let r = run_round(c, p, None).context("round failed")?;
+    let mut c = Some(ComputeSide::open(ComputeConfig::new(id, upper.clone(), root.join("compute-state")))?);
+    let p = Arc::new(ProjectSide::open(ProjectConfig::new(home.clone(), root.join("project-state")))?);
+    let round = |what: &str, c: &mut Option<ComputeSide>, p: &Arc<ProjectSide>| -> Result<RoundReport> {
+        let r = run_round(c, p).context("round failed")?;
         println!("{what}\n  {}", report_line(&r));
         Ok(r)
     };
@@ -72,6 +73,15 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
     round("round 6: idle", &mut c, &p)?;
     println!("\ndone: both trees are left in {} for you to inspect", root.display());
     Ok(())
+}
+
+/// One round through the compute service's round code over the in-memory link
+/// (`cs_compute::local`); `c` is taken for the round and put back.
+pub fn run_round(c: &mut Option<ComputeSide>, p: &Arc<ProjectSide>) -> Result<RoundReport> {
+    let side = c.take().context("the compute side was lost by an earlier round")?;
+    let (side, _, report) = cs_compute::local::run_round(side, p.clone(), None);
+    *c = Some(side);
+    Ok(report?)
 }
 
 pub fn report_line(r: &RoundReport) -> String {

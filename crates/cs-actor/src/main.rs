@@ -10,7 +10,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use cs_engine::driver::run_round;
 use cs_engine::{ComputeConfig, ComputeSide, ProjectConfig, ProjectSide};
 use cs_protocol::ClientId;
 
@@ -144,12 +143,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo { dir } => demo::run(dir),
         Command::Round { upper, home, compute_state, project_state, id } => {
             let id = ClientId::new(id)?;
-            let mut c = ComputeSide::open(ComputeConfig::new(id, upper.clone(), compute_state))
+            let c = ComputeSide::open(ComputeConfig::new(id, upper.clone(), compute_state))
                 .with_context(|| format!("opening the compute side on {}", upper.display()))?;
             let p = ProjectSide::open(ProjectConfig::new(home.clone(), project_state))
                 .with_context(|| format!("opening the project side on {}", home.display()))?;
-            let r =
-                run_round(&mut c, &p, None).context("sync round failed; nothing of it was committed, run it again")?;
+            let r = demo::run_round(&mut Some(c), &std::sync::Arc::new(p))
+                .context("sync round failed; nothing of it was committed, run it again")?;
             println!("{}", demo::report_line(&r));
             Ok(())
         }

@@ -201,10 +201,9 @@ impl LocalLink {
         ServerMsg::Error { code: ErrorCode::Internal, message }
     }
 
+    /// The round is at `step` (1 to 5; admitted, so no held list is due).
     fn enter(&self, step: Step) {
-        let mut p = self.lock();
-        let held_list_due = matches!(p.at, RoundAt::Open { held_list_due: true, .. }) && step == Step::Hello;
-        p.at = RoundAt::Open { step, held_list_due };
+        self.lock().at = RoundAt::Open { step, held_list_due: false };
     }
 
     async fn answer(&self, msg: ClientMsg) -> Result<ServerMsg, RoundError> {
@@ -290,15 +289,15 @@ impl LocalLink {
                     .engine(move |p, r| {
                         let r = r.as_mut().ok_or_else(no_round)?;
                         match stop {
-                            None => p.pack_changes(r, out).map(|(_, stats, cursor)| (stats, cursor, false)),
+                            None => p.pack_changes(r, out).map(|(_, stats, cursor)| (stats, cursor)),
                             Some(n) => pack_cut_after(p, r, out, n),
                         }
                     })
                     .await?;
                 match r {
-                    Ok((stats, cursor, cut)) => {
+                    Ok((stats, cursor)) => {
+                        // Cut in the stream, or (a stream shorter than the cut) right after it.
                         if let Some(after_entries) = stop {
-                            let _ = cut; // Cut in the stream, or after a stream shorter than the cut.
                             self.lock().round = None;
                             self.cut_if(Cut::InStep4 { after_entries })?;
                         }
@@ -349,21 +348,21 @@ fn pack_cut_after(
     r: &mut ProjectRound,
     out: PipeWriter,
     n: usize,
-) -> Result<(cs_tarstream::PackStats, Cursor, bool), EngineError> {
+) -> Result<(cs_tarstream::PackStats, Cursor), EngineError> {
     let (relay_in, packed) = std::io::pipe().map_err(|e| EngineError::Protocol(format!("step-4 relay: {e}")))?;
     let relay = std::thread::spawn(move || relay_entries(relay_in, out, n));
     let packed = p.pack_changes(r, packed).map(|(w, stats, cursor)| {
         drop(w);
         (stats, cursor)
     });
-    let cut = relay.join().map_err(|_| EngineError::Protocol("the step-4 relay panicked".into()))?;
-    packed.map(|(stats, cursor)| (stats, cursor, cut))
+    relay.join().map_err(|_| EngineError::Protocol("the step-4 relay panicked".into()))?;
+    packed
 }
 
 /// Copies the first `n` entries of the tar stream on `input` to a new stream on `out`;
-/// finishes it if there were no more, else drops it unfinished. True if it cut.
-fn relay_entries(input: PipeReader, out: PipeWriter, n: usize) -> bool {
-    let Ok(mut tar) = PackWriter::new(out, 1) else { return true };
+/// finishes it if there were no more, else drops it unfinished.
+fn relay_entries(input: PipeReader, out: PipeWriter, n: usize) {
+    let Ok(mut tar) = PackWriter::new(out, 1) else { return };
     let mut seen = 0usize;
     let mut last_file: Option<EntryHeader> = None;
     let result = cs_tarstream::unpack_events(input, &Limits::default(), |ev| {
@@ -390,9 +389,9 @@ fn relay_entries(input: PipeReader, out: PipeWriter, n: usize) -> bool {
         }
         Ok(())
     });
-    match result {
-        Ok(_) => tar.finish().is_err(),
-        Err(_) => true, // `tar` dropped unfinished: C's stream is aborted.
+    // On a cut, `tar` is dropped unfinished: C's stream is aborted.
+    if result.is_ok() {
+        let _ = tar.finish();
     }
 }
 

@@ -1,7 +1,9 @@
 //! Runs a whole round between a [`ComputeSide`] and a [`ProjectSide`] in one
 //! process: the tar streams go through OS pipes between two threads, exactly
-//! as they would be streamed over a socket. Used by the tests, which can cut
-//! a round at any point, and by the demo.
+//! as they would be streamed over a socket. Used by this crate's own tests
+//! only (they cannot depend on cs-compute): the invariant suite, the property
+//! test and the demo run the shipped round, `cs_compute::round`, over
+//! `cs_compute::local`.
 
 use std::thread;
 

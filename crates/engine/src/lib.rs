@@ -3,8 +3,9 @@
 //! [`ComputeSide`] owns the compute server's upper layer and manifest;
 //! [`ProjectSide`] owns the project's home, its change journal and one index
 //! per client. Each step of a round is a method on the side that performs it;
-//! [`driver::run_round`] chains them in one process (tests, demo), and the
-//! services chain the same methods over a websocket. See docs/protocol.md for
+//! the services chain them over a websocket in the order of `cs_wire::Step`
+//! (`cs_compute::round`); [`driver::run_round`] chains them in one process for
+//! this crate's own tests. See docs/protocol.md for
 //! the contract and docs/architecture.md for the map.
 
 pub mod busy;

@@ -456,3 +456,28 @@ pub fn run_round(
         (side, record, report)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use cs_engine::ProjectConfig;
+
+    use super::*;
+
+    /// The project end checks the order as the broker does: with the same type.
+    #[actix_rt::test]
+    async fn requests_out_of_order_are_refused_by_the_project_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (home, state) = (dir.path().join("home"), dir.path().join("state"));
+        for d in [&home, &state] {
+            std::fs::create_dir(d).expect("mkdir");
+        }
+        let side = Arc::new(ProjectSide::open(ProjectConfig::new(home, state)).expect("project side"));
+        let link = LocalLink::new(side, ClientId::new("c1").expect("id"), None);
+        match link.request(ClientMsg::AskDeletes).await {
+            Ok(ServerMsg::Error { code: ErrorCode::BadRequest, message }) => {
+                assert!(message.contains("(step 2)") && message.contains("send Hello first"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -7,9 +7,10 @@ use std::time::Instant;
 use actix::Addr;
 use async_trait::async_trait;
 use cs_protocol::RelPath;
-use cs_wire::{ClientMsg, ServerMsg};
+use cs_wire::{ClientMsg, ErrorCode, ServerMsg};
 use serde::Serialize;
 
+use crate::connection::LinkError;
 use crate::machine::Step;
 use crate::packer::{self, Packer, PackerError};
 
@@ -45,10 +46,11 @@ pub enum RoundError {
     Packer(#[from] PackerError),
     #[error("the packer actor is gone: {0}")]
     Mailbox(#[from] actix::MailboxError),
+    /// The broker's [`ServerMsg::Error`], its code kept for the retry policy (see `failure`).
     #[error("the project refused {step:?}: {code}: {message}")]
-    Refused { step: Step, code: String, message: String },
-    #[error("connection to the project: {0}")]
-    Link(String),
+    Refused { step: Step, code: ErrorCode, message: String },
+    #[error("connection to the project")]
+    Link(#[from] LinkError),
     #[error("the project answered {got} to {step:?}")]
     Unexpected { step: Step, got: String },
     #[error("{0}")]
@@ -93,7 +95,7 @@ pub struct RoundSummary {
 
 fn unexpected(step: Step, got: ServerMsg) -> RoundError {
     match got {
-        ServerMsg::Error { code, message } => RoundError::Refused { step, code: format!("{code:?}"), message },
+        ServerMsg::Error { code, message } => RoundError::Refused { step, code, message },
         other => RoundError::Unexpected { step, got: format!("{other:?}").chars().take(200).collect() },
     }
 }

@@ -51,8 +51,9 @@ pub enum RoundError {
     Refused { step: Step, code: ErrorCode, message: String },
     #[error("connection to the project")]
     Link(#[from] LinkError),
-    #[error("the project answered {got} to {step:?}")]
-    Unexpected { step: Step, got: String },
+    /// An answer that does not fit the request (a bug on one side).
+    #[error("the project answered {} to {step:?}", brief(got))]
+    Unexpected { step: Step, got: Box<ServerMsg> },
     #[error("{0}")]
     Failpoint(#[from] cs_failpoint::FailpointError),
 }
@@ -96,8 +97,13 @@ pub struct RoundSummary {
 fn unexpected(step: Step, got: ServerMsg) -> RoundError {
     match got {
         ServerMsg::Error { code, message } => RoundError::Refused { step, code, message },
-        other => RoundError::Unexpected { step, got: format!("{other:?}").chars().take(200).collect() },
+        other => RoundError::Unexpected { step, got: Box::new(other) },
     }
+}
+
+/// An unexpected answer as shown in an error: its start (it may carry long path lists).
+fn brief(msg: &ServerMsg) -> String {
+    format!("{msg:?}").chars().take(200).collect()
 }
 
 struct Clock<'a> {

@@ -484,7 +484,7 @@ fn a_refused_token_stops_retrying_and_sync_wait_says_so() {
     // The way out: the right token and a restart.
     let p = bed.computes[i].proc.as_mut().expect("compute process");
     assert!(p.stop(Duration::from_secs(45)), "the stopped service did not exit on SIGTERM");
-    bed.set_token(i, &bed.token("gpu-1").to_string());
+    bed.set_token(i, bed.token("gpu-1"));
     bed.restart_compute(i, &ComputeOpts::default());
     bed.sync_wait();
     assert_eq!(read(&bed.home, "new.txt"), "a change the watcher reports\n");

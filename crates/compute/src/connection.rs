@@ -18,13 +18,40 @@ use async_trait::async_trait;
 use cs_supervision::Backoff;
 use cs_supervision::MAILBOX_CAPACITY;
 use cs_wire::{
-    stream_channel, ChunkReader, ChunkWriter, ClientMsg, Frame, ServerMsg, StreamEnd, StreamItem, WireLimits,
-    DEFAULT_STREAM_CHANNEL,
+    stream_channel, ChunkReader, ChunkWriter, ClientMsg, Frame, ServerMsg, StreamEnd, StreamItem, WireError,
+    WireLimits, DEFAULT_STREAM_CHANNEL,
 };
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::failure::{classify_wire, Verdict};
 use crate::round::{Link, OutStream, RoundError};
+
+/// How long one connection attempt may take (TCP, TLS, websocket upgrade).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why a request to the broker got no answer. The wire's error is kept (shared: every
+/// request waiting on a connection learns the same cause) so that the retry policy can
+/// tell a refused token from a network that is down.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    /// No connection now; `last` is why the last attempt failed or the last connection ended.
+    #[error("not connected to the broker")]
+    NotConnected {
+        #[source]
+        last: Option<Arc<WireError>>,
+    },
+    #[error("connection to the broker lost")]
+    Lost(#[source] Arc<WireError>),
+    #[error("no answer from the broker within {0:?}")]
+    NoAnswer(Duration),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    /// The in-memory link of the tests and the demo (`crate::local`): a pipe failed or a
+    /// fault was injected on purpose.
+    #[error("in-memory link: {0}")]
+    InMemory(String),
+}
 
 #[derive(Debug, Clone)]
 pub struct ConnectionConfig {
@@ -57,7 +84,8 @@ impl ConnectionConfig {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConnectionState {
     pub url: String,
-    /// connecting, connected or backoff.
+    /// connecting, connected, backoff, or stopped (the broker refused us for a reason that
+    /// retrying cannot fix, such as the token: the next round, e.g. `cs-actor sync`, tries once more).
     pub state: &'static str,
     pub connected_for_ms: Option<u64>,
     pub rtt_ms: Option<f64>,
@@ -74,7 +102,7 @@ enum WriterCmd {
     Stream(u32, mpsc::Receiver<StreamItem>),
 }
 
-type Answer = oneshot::Sender<Result<ServerMsg, String>>;
+type Answer = oneshot::Sender<Result<ServerMsg, LinkError>>;
 
 /// What the round and the actor share: the writer, requests waiting for an
 /// answer, stream routes.
@@ -92,6 +120,14 @@ struct Shared {
     /// Tar streams under way: pings wait behind a stream on the one
     /// connection, so they are not sent (nor judged) meanwhile.
     active_streams: AtomicU32,
+    /// Why the last attempt failed or the last connection ended (None while connected).
+    down: Mutex<Option<Arc<WireError>>>,
+    /// The last failure was permanent: the actor waits for `wake` instead of a timer.
+    stopped: std::sync::atomic::AtomicBool,
+    /// A round wants the stopped connection tried once more.
+    wake: Notify,
+    /// An attempt ended (connected or failed): rounds waiting on `wake` look again.
+    settled: Notify,
 }
 
 impl Shared {
@@ -100,13 +136,14 @@ impl Shared {
     }
 
     /// The connection is gone: every waiter learns it now.
-    fn fail_all(&self, why: &str) {
+    fn fail_all(&self, why: LinkError) {
         *Self::lock(&self.writer) = None;
         for (_, tx) in Self::lock(&self.pending).drain() {
-            let _ = tx.send(Err(why.to_string()));
+            let _ = tx.send(Err(why.clone()));
         }
+        let reason = cs_supervision::error_chain(&why);
         for (_, tx) in Self::lock(&self.inbound).drain() {
-            let _ = tx.try_send(StreamItem::End(StreamEnd::Abort(why.to_string())));
+            let _ = tx.try_send(StreamItem::End(StreamEnd::Abort(reason.clone())));
         }
         Self::lock(&self.outbound).clear();
         self.active_streams.store(0, Ordering::Relaxed);
@@ -119,6 +156,32 @@ pub struct LinkHandle {
     shared: Arc<Shared>,
     limits: WireLimits,
     timeout: Duration,
+}
+
+impl LinkHandle {
+    /// The writer of the live connection. None: if the connection stopped after a permanent
+    /// failure, a round is asking, so it is tried once more and its outcome awaited; otherwise
+    /// (backing off) the round fails at once with the last cause.
+    async fn writer(&self) -> Result<mpsc::Sender<WriterCmd>, LinkError> {
+        if let Some(w) = Shared::lock(&self.shared.writer).clone() {
+            return Ok(w);
+        }
+        if self.shared.stopped.load(Ordering::Relaxed) {
+            let settled = self.shared.settled.notified();
+            self.shared.wake.notify_one();
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(5), settled).await;
+        }
+        let writer = Shared::lock(&self.shared.writer).clone();
+        writer.ok_or_else(|| LinkError::NotConnected { last: Shared::lock(&self.shared.down).clone() })
+    }
+
+    /// The request's connection went away under it: why, as far as known.
+    fn lost(&self) -> LinkError {
+        match Shared::lock(&self.shared.down).clone() {
+            Some(why) => LinkError::Lost(why),
+            None => LinkError::Lost(Arc::new(WireError::Closed)),
+        }
+    }
 }
 
 struct ChunkOut(ChunkWriter, Arc<Shared>);
@@ -144,9 +207,7 @@ impl OutStream for ChunkOut {
 impl Link for LinkHandle {
     async fn request(&self, msg: ClientMsg) -> Result<ServerMsg, RoundError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let writer = Shared::lock(&self.shared.writer)
-            .clone()
-            .ok_or_else(|| RoundError::Link("not connected to the broker".into()))?;
+        let writer = self.writer().await?;
         let (tx, rx) = oneshot::channel();
         Shared::lock(&self.shared.pending).insert(id, tx);
         // An upload's chunks follow its request on the same ordered queue.
@@ -165,15 +226,15 @@ impl Link for LinkHandle {
         };
         if send.await.is_none() {
             Shared::lock(&self.shared.pending).remove(&id);
-            return Err(RoundError::Link("connection to the broker lost".into()));
+            return Err(self.lost().into());
         }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(Ok(answer))) => Ok(answer),
-            Ok(Ok(Err(why))) => Err(RoundError::Link(why)),
-            Ok(Err(_)) => Err(RoundError::Link("connection to the broker lost".into())),
+            Ok(Ok(Err(why))) => Err(why.into()),
+            Ok(Err(_)) => Err(self.lost().into()),
             Err(_) => {
                 Shared::lock(&self.shared.pending).remove(&id);
-                Err(RoundError::Link(format!("no answer from the broker within {:?}", self.timeout)))
+                Err(LinkError::NoAnswer(self.timeout).into())
             }
         }
     }
@@ -242,16 +303,18 @@ impl Connection {
         let cfg = self.cfg.clone();
         let fut = async move {
             tokio::time::timeout(
-                Duration::from_secs(20),
+                CONNECT_TIMEOUT,
                 cs_wire::connect(&cfg.url, &cfg.token, cfg.extra_ca.as_deref(), cfg.limits),
             )
             .await
-            .map_err(|_| "connecting timed out after 20 s".to_string())?
-            .map_err(|e| e.to_string())
+            .unwrap_or(Err(WireError::Timeout { what: "connecting", after: CONNECT_TIMEOUT }))
         };
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(conn) => act.connected(conn, ctx),
-            Err(e) => act.lost(e, ctx),
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            match res {
+                Ok(conn) => act.connected(conn, ctx),
+                Err(e) => act.lost(Arc::new(e), ctx),
+            }
+            act.shared.settled.notify_waiters();
         }));
     }
 
@@ -265,6 +328,8 @@ impl Connection {
         self.state.state = "connected";
         self.state.failed_attempts = 0;
         self.connected_at = Some(Instant::now());
+        *Shared::lock(&self.shared.down) = None;
+        self.shared.stopped.store(false, Ordering::Relaxed);
         let (mut sender, mut receiver) = conn.split();
         let (wtx, mut wrx) = mpsc::channel::<WriterCmd>(64);
         *Shared::lock(&self.shared.writer) = Some(wtx);
@@ -282,22 +347,22 @@ impl Connection {
                     }
                 };
                 if let Err(e) = r {
-                    return format!("sending to the broker: {e}");
+                    return e;
                 }
             }
-            "closed".to_string()
+            WireError::Closed
         };
         // Reader: answers to their waiters, chunks to their streams.
         let reader = async move {
             loop {
                 let frame = match receiver.recv().await {
                     Ok(Some(f)) => f,
-                    Ok(None) => return "the broker closed the connection".to_string(),
+                    Ok(None) => return WireError::Closed,
                     Err(e) if !e.is_fatal() => {
                         tracing::warn!(error = %e, "bad frame from the broker; ignored");
                         continue;
                     }
-                    Err(e) => return format!("receiving from the broker: {e}"),
+                    Err(e) => return e,
                 };
                 match frame {
                     Frame::Control(env) => {
@@ -335,19 +400,38 @@ impl Connection {
         };
         ctx.spawn(both.into_actor(self).map(move |why, act, ctx| {
             if act.generation == generation {
-                act.lost(why, ctx);
+                act.lost(Arc::new(why), ctx);
             }
         }));
     }
 
-    fn lost(&mut self, why: String, ctx: &mut Context<Self>) {
+    /// The attempt failed or the connection ended: reconnect after a backoff, or, when the
+    /// broker refused us for a reason retrying cannot fix (the token, say), stop and wait
+    /// until a round asks for one more try ([`LinkHandle::writer`]).
+    fn lost(&mut self, why: Arc<WireError>, ctx: &mut Context<Self>) {
+        let text = cs_supervision::error_chain(why.as_ref());
         if self.connected_at.take().is_some() {
-            tracing::warn!(reason = %why, "connection to the broker lost");
+            tracing::warn!(reason = %text, "connection to the broker lost");
         }
-        self.shared.fail_all(&why);
+        *Shared::lock(&self.shared.down) = Some(why.clone());
+        self.shared.fail_all(LinkError::Lost(why.clone()));
         self.generation += 1;
         self.state.failed_attempts += 1;
-        self.state.last_error = Some(why);
+        self.state.last_error = Some(text.clone());
+        if let Verdict::Permanent(what_to_do) = classify_wire(&why) {
+            tracing::error!(reason = %text, "the broker refused this client: not reconnecting ({what_to_do})");
+            self.state.state = "stopped";
+            self.next_attempt = None;
+            self.shared.stopped.store(true, Ordering::Relaxed);
+            let (shared, generation) = (self.shared.clone(), self.generation);
+            let woken = async move { shared.wake.notified().await };
+            ctx.spawn(woken.into_actor(self).map(move |(), act, ctx| {
+                if act.generation == generation {
+                    act.connect(ctx);
+                }
+            }));
+            return;
+        }
         let delay = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max).jittered(self.state.failed_attempts);
         self.state.state = "backoff";
         self.next_attempt = Some(Instant::now() + delay);
@@ -365,14 +449,17 @@ impl Connection {
             let ping = link.request(ClientMsg::Ping { sent_ms: now_us() });
             match tokio::time::timeout(timeout, ping).await {
                 Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no pong within {timeout:?}")),
+                // Lost or not connected: the reader or writer task reports it.
+                Ok(Err(RoundError::Link(LinkError::NoAnswer(_)))) | Err(_) => {
+                    Some(WireError::Timeout { what: "waiting for a pong", after: timeout })
+                }
+                Ok(Err(_)) => None,
             }
         };
         ctx.spawn(fut.into_actor(self).map(move |dead, act, ctx| {
             if let Some(why) = dead {
                 if act.generation == generation && act.connected_at.is_some() {
-                    act.lost(why, ctx);
+                    act.lost(Arc::new(why), ctx);
                 }
             }
         }));
@@ -423,7 +510,7 @@ impl Handler<Disconnect> for Connection {
     type Result = ();
     fn handle(&mut self, _: Disconnect, ctx: &mut Self::Context) {
         self.generation += 1;
-        self.shared.fail_all("shutting down");
+        self.shared.fail_all(LinkError::ShuttingDown);
         ctx.stop();
     }
 }

@@ -10,13 +10,14 @@ use cs_supervision::{Heartbeat, MAILBOX_CAPACITY};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::failure::Failure;
 use crate::machine::{transition, Action, Backoff, Event, Phase, Step, Trigger};
 use crate::packer::Packer;
 use crate::round::{self, Link, RoundSummary};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CoordinatorState {
-    /// idle, running, backoff or paused.
+    /// idle, running, backoff, paused or stopped (a permanent failure: see `stopped`).
     pub phase: &'static str,
     /// The step of the round in flight.
     pub step: Option<Step>,
@@ -30,12 +31,24 @@ pub struct CoordinatorState {
     pub retries: u32,
     pub next_retry_in_ms: Option<u64>,
     pub paused_reason: Option<String>,
+    /// Why rounds stopped being retried, and what to do (phase `stopped`).
+    pub stopped: Option<StoppedView>,
     pub last_error: Option<String>,
     pub last_committed: Option<RoundSummary>,
     pub conflicts_total: u64,
     pub interval_ms: u64,
     pub heartbeat_beats: u64,
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoppedView {
+    pub reason: String,
+    pub what_to_do: Option<String>,
+    pub since_unix_ms: u64,
+}
+
+/// The answer to a `sync --wait` caller: the round that committed, or why not.
+pub type WaitResult = Result<u64, Failure>;
 
 pub struct Coordinator {
     phase: Phase,
@@ -44,8 +57,10 @@ pub struct Coordinator {
     interval: Duration,
     packer: Addr<Packer>,
     link: Arc<dyn Link>,
-    waiters: Vec<(u64, oneshot::Sender<Result<u64, String>>)>,
+    waiters: Vec<(u64, oneshot::Sender<WaitResult>)>,
     round_started: Option<Instant>,
+    /// When the phase became `Stopped` (unix ms).
+    stopped_since: Option<u64>,
     retry_at: Option<Instant>,
     stats: Stats,
     heartbeat: Heartbeat,
@@ -71,6 +86,7 @@ impl Coordinator {
             link,
             waiters: Vec::new(),
             round_started: None,
+            stopped_since: None,
             retry_at: None,
             stats: Stats::default(),
             heartbeat: Heartbeat::new(),
@@ -79,6 +95,21 @@ impl Coordinator {
 
     fn apply(&mut self, event: Event, ctx: &mut Context<Self>) {
         let (phase, actions) = transition(&self.phase, event, self.last_round, &self.backoff);
+        match (&self.phase, &phase) {
+            (Phase::Stopped { .. }, Phase::Stopped { .. }) => {}
+            (_, Phase::Stopped { failure }) => {
+                self.stopped_since = Some(unix_ms());
+                tracing::error!(
+                    error = %failure.message,
+                    what_to_do = failure.what_to_do.as_deref().unwrap_or(""),
+                    "round failed for a reason retrying cannot fix: rounds stop until `cs-actor sync` or a restart"
+                );
+            }
+            _ => {}
+        }
+        if !matches!(phase, Phase::Stopped { .. }) {
+            self.stopped_since = None;
+        }
         self.phase = phase;
         for action in actions {
             match action {
@@ -142,10 +173,12 @@ impl Coordinator {
                 }
                 Err(e) => {
                     act.stats.failed += 1;
-                    let msg = cs_supervision::error_chain(&e);
-                    tracing::warn!(error = %msg, "round failed; it will be retried");
-                    act.stats.last_error = Some(msg.clone());
-                    act.apply(Event::Failed(msg), ctx);
+                    let failure = Failure::of(&e);
+                    if !failure.is_permanent() {
+                        tracing::warn!(error = %failure.message, "round failed; it will be retried");
+                    }
+                    act.stats.last_error = Some(failure.message.clone());
+                    act.apply(Event::Failed(failure), ctx);
                 }
             }
         }));
@@ -176,12 +209,12 @@ impl Handler<TriggerRound> for Coordinator {
 /// `cs-actor sync [--wait]`: a round that starts after this request; with
 /// `wait`, the answer comes when it committed (Ok(round)) or failed.
 #[derive(Message)]
-#[rtype(result = "Result<u64, String>")]
+#[rtype(result = "WaitResult")]
 pub struct SyncNow {
     pub wait: bool,
 }
 impl Handler<SyncNow> for Coordinator {
-    type Result = ResponseFuture<Result<u64, String>>;
+    type Result = ResponseFuture<WaitResult>;
     fn handle(&mut self, m: SyncNow, ctx: &mut Self::Context) -> Self::Result {
         let want = self.last_round + 1;
         let rx = if m.wait {
@@ -195,7 +228,7 @@ impl Handler<SyncNow> for Coordinator {
         Box::pin(async move {
             match rx {
                 None => Ok(want),
-                Some(rx) => rx.await.unwrap_or_else(|_| Err("the service is shutting down".into())),
+                Some(rx) => rx.await.unwrap_or_else(|_| Err(Failure::transient("the service is shutting down"))),
             }
         })
     }
@@ -247,6 +280,15 @@ impl Handler<Observe> for Coordinator {
             Phase::Running { step, attempt, .. } => ("running", Some(*step), *attempt, None),
             Phase::Backoff { attempt, .. } => ("backoff", None, *attempt, None),
             Phase::Paused { reason } => ("paused", None, 0, Some(reason.clone())),
+            Phase::Stopped { .. } => ("stopped", None, 0, None),
+        };
+        let stopped = match &self.phase {
+            Phase::Stopped { failure } => Some(StoppedView {
+                reason: failure.message.clone(),
+                what_to_do: failure.what_to_do.clone(),
+                since_unix_ms: self.stopped_since.unwrap_or(0),
+            }),
+            _ => None,
         };
         MessageResult(CoordinatorState {
             phase,
@@ -262,6 +304,7 @@ impl Handler<Observe> for Coordinator {
                 .filter(|_| phase == "backoff")
                 .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
             paused_reason,
+            stopped,
             last_error: self.stats.last_error.clone(),
             last_committed: self.stats.last_committed.clone(),
             conflicts_total: self.stats.conflicts,
@@ -269,4 +312,8 @@ impl Handler<Observe> for Coordinator {
             heartbeat_beats: self.heartbeat.beats(),
         })
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

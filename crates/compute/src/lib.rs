@@ -1,6 +1,7 @@
 //! The compute-server service (see docs/architecture.md).
 pub mod connection;
 pub mod coordinator;
+pub mod failure;
 pub mod local;
 pub mod machine;
 pub mod packer;

@@ -21,6 +21,8 @@ use cs_protocol::{ClientId, Cursor, EntryKind, RelPath};
 use cs_tarstream::{EntryHeader, Limits, PackWriter};
 use cs_wire::{ClientMsg, ErrorCode, RoundAt, ServerMsg, Step};
 
+use crate::connection::LinkError;
+
 use crate::packer::{self, Packer};
 use crate::round::{self, Link, OutStream, RoundError, RoundSummary};
 
@@ -129,7 +131,7 @@ impl OutStream for PipeOut {
 }
 
 fn link_error(e: impl std::fmt::Display) -> RoundError {
-    RoundError::Link(e.to_string())
+    RoundError::Link(LinkError::InMemory(e.to_string()))
 }
 
 impl LocalLink {
@@ -162,7 +164,7 @@ impl LocalLink {
     fn cut_if(&self, cut: Cut) -> Result<(), RoundError> {
         if self.cut == Some(cut) {
             self.lock().record.cut = Some(cut);
-            return Err(RoundError::Link(format!("round cut on purpose at {cut:?}")));
+            return Err(RoundError::Link(LinkError::InMemory(format!("round cut on purpose at {cut:?}"))));
         }
         Ok(())
     }

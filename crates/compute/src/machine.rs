@@ -5,16 +5,20 @@
 //!            Trigger                 StepStarted(step.next())
 //!   Idle ─────────────► Running{step} ─────────────► Running{next}
 //!    ▲  ▲                  │       │
-//!    │  │     Committed    │       │ Failed(e)
-//!    │  └──────────────────┘       ▼
-//!    │                          Backoff{attempt} ──BackoffElapsed──► Running
-//!    │ Resume                      │ (on-demand Trigger starts at once)
-//!   Paused ◄──── Pause(reason) ────┘ (from Idle or Backoff; a running
-//!                                     round finishes first)
+//!    │  │     Committed    │       │ Failed(e)      Failed(e), e permanent
+//!    │  └──────────────────┘       ▼                ───────────────────────► Stopped{failure}
+//!    │                          Backoff{attempt} ──BackoffElapsed──► Running      │
+//!    │ Resume                      │ (on-demand Trigger starts at once)          │ on-demand Trigger:
+//!   Paused ◄──── Pause(reason) ────┘ (from Idle, Backoff or Stopped; a running   │ one more try
+//!                                     round finishes first)                       ▼ (Running)
 //! ```
 //!
 //! A `StepStarted` out of the order of [`Step`] (anything but the next step) leaves
 //! the phase unchanged and yields [`Action::StepRefused`].
+//!
+//! The retry policy: a [`Failure`] is classified by `failure::classify` (the
+//! class is decided there, from the typed error); here a transient one backs
+//! off and retries, a permanent one stops until a person asks again.
 
 use std::time::Duration;
 
@@ -22,6 +26,8 @@ use serde::Serialize;
 
 /// The steps of a round: their one definition, shared with the broker.
 pub use cs_wire::Step;
+
+use crate::failure::Failure;
 
 /// Why a round starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,6 +61,11 @@ pub enum Phase {
     Paused {
         reason: String,
     },
+    /// A permanent failure: no retry by timer or by change events; an on-demand trigger
+    /// (`cs-actor sync`) tries once more, a restart starts afresh.
+    Stopped {
+        failure: Failure,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +73,7 @@ pub enum Event {
     Trigger(Trigger),
     StepStarted(Step),
     Committed,
-    Failed(String),
+    Failed(Failure),
     BackoffElapsed,
     /// The mount supervisor's safety rail is up.
     Pause(String),
@@ -76,9 +87,9 @@ pub enum Action {
     /// Arm a timer that delivers `BackoffElapsed` after this long (before jitter).
     ScheduleRetry(Duration),
     /// Answer the `sync --wait` callers waiting for rounds up to `round`.
-    Finished { round: u64, result: Result<(), String> },
+    Finished { round: u64, result: Result<(), Failure> },
     /// Answer every waiting `sync --wait` caller with an error now.
-    RefuseWaiters(String),
+    RefuseWaiters(Failure),
     /// A `StepStarted` out of the order of [`Step`] was refused (the phase is
     /// unchanged): a bug of the round's code, to be logged loudly.
     StepRefused(cs_wire::OrderError),
@@ -129,9 +140,12 @@ pub fn transition(phase: &Phase, event: Event, last_round: u64, backoff: &Backof
             let done = Action::Finished { round, result: Err(e.clone()) };
             match pause_after {
                 Some(reason) => (Paused { reason: reason.clone() }, vec![done, Action::RefuseWaiters(paused(&reason))]),
+                // Retrying cannot help: stop, and answer the callers waiting for a later round too.
+                None if e.is_permanent() => (Stopped { failure: e.clone() }, vec![done, Action::RefuseWaiters(e)]),
                 None => {
                     let attempt = attempt + 1;
-                    (Backoff { attempt, last_error: e }, vec![done, Action::ScheduleRetry(backoff.delay(attempt))])
+                    let last_error = e.message;
+                    (Backoff { attempt, last_error }, vec![done, Action::ScheduleRetry(backoff.delay(attempt))])
                 }
             }
         }
@@ -145,7 +159,10 @@ pub fn transition(phase: &Phase, event: Event, last_round: u64, backoff: &Backof
         | (Backoff { attempt, .. }, Event::Trigger(Trigger::OnDemand)) => start_attempt(last_round + 1, attempt),
         // A retry after a failure that fails again backs off longer.
         (Backoff { .. }, Event::Trigger(_)) => (phase.clone(), vec![]),
-        (Idle | Backoff { .. }, Event::Pause(reason)) => {
+        // Stopped: only a person's request tries again (the user may have fixed the cause).
+        (Stopped { .. }, Event::Trigger(Trigger::OnDemand)) => start(last_round + 1),
+        (Stopped { .. }, Event::Trigger(_)) => (phase.clone(), vec![]),
+        (Idle | Backoff { .. } | Stopped { .. }, Event::Pause(reason)) => {
             (Paused { reason: reason.clone() }, vec![Action::RefuseWaiters(paused(&reason))])
         }
         (Paused { reason }, Event::Trigger(Trigger::OnDemand)) => {
@@ -158,8 +175,8 @@ pub fn transition(phase: &Phase, event: Event, last_round: u64, backoff: &Backof
     }
 }
 
-fn paused(reason: &str) -> String {
-    format!("syncing is paused: {reason}")
+fn paused(reason: &str) -> Failure {
+    Failure::transient(format!("syncing is paused: {reason}"))
 }
 
 #[cfg(test)]
@@ -248,14 +265,12 @@ mod tests {
 
     #[test]
     fn failure_backs_off_then_retries() {
-        let (p, a) = run(running(5, Step::WritesToCompute), Event::Failed("connection reset".into()));
+        let reset = Failure::transient("connection reset");
+        let (p, a) = run(running(5, Step::WritesToCompute), Event::Failed(reset.clone()));
         assert_eq!(p, Phase::Backoff { attempt: 1, last_error: "connection reset".into() });
         assert_eq!(
             a,
-            vec![
-                Action::Finished { round: 5, result: Err("connection reset".into()) },
-                Action::ScheduleRetry(Duration::from_secs(1))
-            ]
+            vec![Action::Finished { round: 5, result: Err(reset) }, Action::ScheduleRetry(Duration::from_secs(1))]
         );
         // Timer and upper-layer triggers wait for the backoff; on demand does not.
         assert_eq!(run(p.clone(), Event::Trigger(Trigger::Timer)).0, p);
@@ -271,14 +286,18 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         // The attempt count survives the retry, so a second failure waits longer.
         let (p, _) = transition(&Phase::Backoff { attempt: 3, last_error: "x".into() }, Event::BackoffElapsed, 4, &b);
-        let (p, a) = transition(&p, Event::Failed("y".into()), 5, &b);
+        let (p, a) = transition(&p, Event::Failed(Failure::transient("y")), 5, &b);
         assert_eq!(p, Phase::Backoff { attempt: 4, last_error: "y".into() });
         assert_eq!(a[1], Action::ScheduleRetry(Duration::from_secs(8)));
         // A commit starts the count afresh.
         let (p, _) = transition(&p, Event::BackoffElapsed, 5, &b);
         let (p, _) = transition(&p, Event::Committed, 6, &b);
-        let (_, a) =
-            transition(&transition(&p, Event::Trigger(Trigger::Timer), 6, &b).0, Event::Failed("z".into()), 7, &b);
+        let (_, a) = transition(
+            &transition(&p, Event::Trigger(Trigger::Timer), 6, &b).0,
+            Event::Failed(Failure::transient("z")),
+            7,
+            &b,
+        );
         assert_eq!(a[1], Action::ScheduleRetry(Duration::from_secs(1)));
     }
 
@@ -286,7 +305,7 @@ mod tests {
     fn safety_rail_pauses_and_resume_restarts() {
         let (p, a) = run(Phase::Idle, Event::Pause("lower mount missing".into()));
         assert_eq!(p, Phase::Paused { reason: "lower mount missing".into() });
-        assert_eq!(a, vec![Action::RefuseWaiters("syncing is paused: lower mount missing".into())]);
+        assert_eq!(a, vec![Action::RefuseWaiters(Failure::transient("syncing is paused: lower mount missing"))]);
         // Triggers do nothing while paused; on-demand callers are told why.
         assert_eq!(run(p.clone(), Event::Trigger(Trigger::Timer)), (p.clone(), vec![]));
         assert_eq!(run(p.clone(), Event::Trigger(Trigger::OnDemand)).1, a);
@@ -300,6 +319,50 @@ mod tests {
         let (p, a) = run(p, Event::Committed);
         assert_eq!(p, Phase::Paused { reason: "lower empty".into() });
         assert_eq!(a[0], Action::Finished { round: 5, result: Ok(()) });
+    }
+
+    fn unauthorized() -> Failure {
+        Failure::permanent("HTTP status 401", "check --token-file")
+    }
+
+    #[test]
+    fn a_permanent_failure_stops_retrying_and_answers_every_waiter() {
+        let (p, a) = run(running(5, Step::Hello), Event::Failed(unauthorized()));
+        assert_eq!(p, Phase::Stopped { failure: unauthorized() });
+        assert_eq!(
+            a,
+            vec![Action::Finished { round: 5, result: Err(unauthorized()) }, Action::RefuseWaiters(unauthorized())],
+            "no retry is scheduled; callers waiting for later rounds learn it too"
+        );
+        // After a transient failure first: the backoff's retry fails permanently, and stops.
+        let (p, _) = run(running(5, Step::Resolve), Event::Failed(Failure::transient("not connected yet")));
+        let (p, _) = run(p, Event::BackoffElapsed);
+        let (p, a) = run(p, Event::Failed(unauthorized()));
+        assert_eq!(p, Phase::Stopped { failure: unauthorized() });
+        assert!(!a.iter().any(|a| matches!(a, Action::ScheduleRetry(_))), "{a:?}");
+    }
+
+    #[test]
+    fn stopped_ignores_timers_and_changes_but_a_person_can_try_again() {
+        let stopped = Phase::Stopped { failure: unauthorized() };
+        for ev in [
+            Event::Trigger(Trigger::Timer),
+            Event::Trigger(Trigger::UpperChanged),
+            Event::BackoffElapsed,
+            Event::Committed,
+            Event::Resume,
+        ] {
+            assert_eq!(run(stopped.clone(), ev.clone()), (stopped.clone(), vec![]), "{ev:?}");
+        }
+        // `cs-actor sync`: one more try, as a fresh round.
+        let (p, a) = run(stopped.clone(), Event::Trigger(Trigger::OnDemand));
+        assert_eq!((p.clone(), a), (running(5, Step::Resolve), vec![Action::StartRound { round: 5 }]));
+        // It fails the same way: stopped again, at once.
+        assert_eq!(run(p.clone(), Event::Failed(unauthorized())).0, stopped);
+        // It succeeds: back to normal.
+        assert_eq!(run(p, Event::Committed).0, Phase::Idle);
+        // The safety rail still wins.
+        assert_eq!(run(stopped, Event::Pause("lower empty".into())).0, Phase::Paused { reason: "lower empty".into() });
     }
 
     #[test]

@@ -281,7 +281,7 @@ impl Handler<PackChanges> for Packer {
             let out = crate::progress::MeteredOut::new(m.0, "writes to project (compressed)");
             let out = MidStreamFailpoint { inner: out, hit: false };
             let (w, stats) = side.pack_changes(r, &paths, out)?;
-            w.inner.into_inner().finish().map_err(|e| EngineError::Protocol(format!("stream to the project: {e}")))?;
+            w.inner.into_inner().finish().map_err(|source| EngineError::Stream { peer: "project", source })?;
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
             s.0.entries_packed += stats.entries;
             s.0.bytes_packed += stats.payload_bytes;

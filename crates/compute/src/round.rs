@@ -7,9 +7,10 @@ use std::time::Instant;
 use actix::Addr;
 use async_trait::async_trait;
 use cs_protocol::{Cursor, RelPath};
-use cs_wire::{ClientMsg, ServerMsg};
+use cs_wire::{ClientMsg, ErrorCode, ServerMsg};
 use serde::Serialize;
 
+use crate::connection::LinkError;
 use crate::machine::Step;
 use crate::packer::{self, Packer, PackerError};
 
@@ -45,12 +46,17 @@ pub enum RoundError {
     Packer(#[from] PackerError),
     #[error("the packer actor is gone: {0}")]
     Mailbox(#[from] actix::MailboxError),
+    /// The broker's [`ServerMsg::Error`], its code kept for the retry policy (see `failure`).
     #[error("the project refused {step:?}: {code}: {message}")]
-    Refused { step: Step, code: String, message: String },
-    #[error("connection to the project: {0}")]
-    Link(String),
-    #[error("the project answered {got} to {step:?}")]
-    Unexpected { step: Step, got: String },
+    Refused { step: Step, code: ErrorCode, message: String },
+    #[error("connection to the project")]
+    Link(#[from] LinkError),
+    /// An answer that does not fit the request (a bug on one side).
+    #[error("the project answered {} to {step:?}", brief(got))]
+    Unexpected { step: Step, got: Box<ServerMsg> },
+    /// The round's own code broke the step order (a bug, never input).
+    #[error("the round's steps ran out of order: {0}")]
+    OutOfOrder(&'static str),
     #[error("{0}")]
     Failpoint(#[from] cs_failpoint::FailpointError),
 }
@@ -96,9 +102,14 @@ pub struct RoundSummary {
 
 fn unexpected(step: Step, got: ServerMsg) -> RoundError {
     match got {
-        ServerMsg::Error { code, message } => RoundError::Refused { step, code: format!("{code:?}"), message },
-        other => RoundError::Unexpected { step, got: format!("{other:?}").chars().take(200).collect() },
+        ServerMsg::Error { code, message } => RoundError::Refused { step, code, message },
+        other => RoundError::Unexpected { step, got: Box::new(other) },
     }
+}
+
+/// An unexpected answer as shown in an error: its start (it may carry long path lists).
+fn brief(msg: &ServerMsg) -> String {
+    format!("{msg:?}").chars().take(200).collect()
 }
 
 struct Clock<'a> {
@@ -179,8 +190,7 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
                 failpoint("after-writes-to-compute").await?;
             }
             Step::Commit => {
-                let cursor = cursor
-                    .ok_or_else(|| RoundError::Unexpected { step, got: "no cursor: step 4 did not run".into() })?;
+                let cursor = cursor.ok_or(RoundError::OutOfOrder("commit without the cursor of step 4"))?;
                 commit(packer, link, cursor).await?;
                 clock.close(0, 0);
             }

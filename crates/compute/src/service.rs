@@ -121,7 +121,8 @@ impl ComputeService {
                     Request::Status => Response::status(me.status().await),
                     Request::Sync { wait } => match me.coordinator.send(SyncNow { wait }).await {
                         Ok(Ok(round)) => Response::round(round),
-                        Ok(Err(e)) => Response::error(e),
+                        Ok(Err(e)) if e.is_permanent() => Response::permanent_error(e.to_string()),
+                        Ok(Err(e)) => Response::error(e.to_string()),
                         Err(e) => Response::error(format!("the coordinator is gone: {e}")),
                     },
                     Request::AcceptEmptyLower => match &me.mounts {

@@ -4,7 +4,8 @@
 //! One JSON object per line each way over a unix socket (mode 0600, so only
 //! the service's user can ask). A request is `{"cmd":"status"}` or
 //! `{"cmd":"sync","wait":true}`; the answer is `{"ok":true,"status":{…}}`,
-//! `{"ok":true,"round":N}` or `{"ok":false,"error":"…"}`. The status object
+//! `{"ok":true,"round":N}` or `{"ok":false,"error":"…"}` (with `"permanent":true`
+//! when retrying cannot help: the service stopped trying). The status object
 //! is the service's observable state, documented in docs/operations.md.
 
 use std::future::Future;
@@ -39,20 +40,28 @@ pub struct Response {
     pub round: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// The error will not pass by itself (a refused token, a protocol version mismatch):
+    /// the service stopped retrying. `cs-actor sync --wait` exits with its own code then.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub permanent: bool,
 }
 
 impl Response {
     pub fn status(v: serde_json::Value) -> Self {
-        Response { ok: true, status: Some(v), round: None, error: None }
+        Response { ok: true, status: Some(v), round: None, error: None, permanent: false }
     }
     pub fn round(n: u64) -> Self {
-        Response { ok: true, status: None, round: Some(n), error: None }
+        Response { ok: true, status: None, round: Some(n), error: None, permanent: false }
     }
     pub fn done() -> Self {
-        Response { ok: true, status: None, round: None, error: None }
+        Response { ok: true, status: None, round: None, error: None, permanent: false }
     }
     pub fn error(e: impl Into<String>) -> Self {
-        Response { ok: false, status: None, round: None, error: Some(e.into()) }
+        Response { ok: false, status: None, round: None, error: Some(e.into()), permanent: false }
+    }
+    /// An error that retrying cannot fix.
+    pub fn permanent_error(e: impl Into<String>) -> Self {
+        Response { permanent: true, ..Response::error(e) }
     }
 }
 
@@ -164,7 +173,10 @@ mod tests {
         assert_eq!(r.status.unwrap()["phase"], "idle");
         assert_eq!(ask(&sock, &Request::Sync { wait: true }).await.unwrap().round, Some(7));
         let r = ask(&sock, &Request::Sync { wait: false }).await.unwrap();
-        assert!(!r.ok && r.error.as_deref() == Some("nope"));
+        assert!(!r.ok && r.error.as_deref() == Some("nope") && !r.permanent);
+        let line = serde_json::to_string(&Response::permanent_error("401")).unwrap();
+        assert_eq!(line, r#"{"ok":false,"error":"401","permanent":true}"#);
+        assert!(serde_json::from_str::<Response>(&line).unwrap().permanent);
         // A garbage line gets an error answer, not a dropped connection.
         let mut s = UnixStream::connect(&sock).await.unwrap();
         s.write_all(b"{not json\n").await.unwrap();

@@ -43,7 +43,9 @@ enum Command {
     },
     /// Ask the running compute service for a round now.
     Sync {
-        /// Return only when the round committed (exit 0) or failed (exit 1, with the reason).
+        /// Return only when the round committed (exit 0) or failed: exit 1 when the failure can pass
+        /// (the service retries it), exit 2 when it cannot (the service stopped trying; the message
+        /// says what to fix). See docs/operations.md, *Exit codes*.
         #[arg(long)]
         wait: bool,
         /// The service's control socket.
@@ -104,7 +106,31 @@ fn main() {
         .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("cs-actor: error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit_code(&e));
+    }
+}
+
+/// Exit status of a failed command (docs/operations.md, *Exit codes*).
+const EXIT_FAILED: i32 = 1;
+const EXIT_PERMANENT: i32 = 2;
+
+/// A round failed for a reason retrying cannot fix: the service stopped trying.
+#[derive(Debug)]
+struct PermanentFailure(String);
+
+impl std::fmt::Display for PermanentFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "round failed, and the service stopped retrying: {}", self.0)
+    }
+}
+
+impl std::error::Error for PermanentFailure {}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<PermanentFailure>().is_some() {
+        EXIT_PERMANENT
+    } else {
+        EXIT_FAILED
     }
 }
 
@@ -125,6 +151,9 @@ fn run(cli: Cli) -> Result<()> {
             match (r.ok, r.round) {
                 (true, Some(n)) if wait => println!("round {n} committed"),
                 (true, Some(n)) => println!("round {n} requested"),
+                _ if r.permanent => {
+                    return Err(PermanentFailure(r.error.unwrap_or_else(|| "no reason given".into())).into())
+                }
                 _ => anyhow::bail!("round failed: {}", r.error.unwrap_or_else(|| "no reason given".into())),
             }
             Ok(())

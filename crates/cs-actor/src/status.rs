@@ -83,9 +83,13 @@ fn render_compute(st: &Value, out: &mut String) {
             ms(&r["next_retry_in_ms"])
         ),
         "paused" => format!("PAUSED: {}", s(&r["paused_reason"])),
+        "stopped" => format!("STOPPED, not retrying: {}", s(&r["stopped"]["reason"])),
         other => format!("{other}, {} rounds committed, every {}", s(&r["rounds_committed"]), ms(&r["interval_ms"])),
     };
     out.push_str(&format!("compute server {}: {head}\n", s(&st["client"])));
+    if let Some(todo) = r["stopped"]["what_to_do"].as_str() {
+        out.push_str(&format!("  what to do  {todo}\n"));
+    }
     let m = &st["mounts"];
     if !m.is_null() {
         out.push_str(&format!(
@@ -268,6 +272,22 @@ mod tests {
         assert!(!text.contains("SAFETY RAIL"), "{text}");
         assert!(!text.contains("deferred"), "{text}");
         assert!(!text.contains("recovered") && !text.contains("guard"), "{text}");
+    }
+
+    #[test]
+    fn compute_view_says_a_stopped_service_and_what_to_do() {
+        let st = json!({
+            "service": "compute", "client": "gpu-1",
+            "connection": {"state": "stopped", "last_error": "HTTP status 401"},
+            "round": {"phase": "stopped", "rounds_failed": 2,
+                      "stopped": {"reason": "connection to the project: HTTP status 401",
+                                  "what_to_do": "the broker refused the token: check --token-file",
+                                  "since_unix_ms": 1}},
+            "packer": {}, "watcher": {"pending_events": 0}
+        });
+        let text = render(&st);
+        assert!(text.contains("gpu-1: STOPPED, not retrying: connection to the project: HTTP status 401"), "{text}");
+        assert!(text.contains("what to do  the broker refused the token: check --token-file"), "{text}");
     }
 
     #[test]

@@ -423,6 +423,74 @@ fn broker_restart_scenario(check_temporaries: bool) {
     bed.finish();
 }
 
+/// A wrong token is a permanent failure: the broker answers HTTP 401 at the websocket upgrade
+/// every time. The service must stop retrying (no more rounds, no more connection attempts,
+/// whatever triggers arrive), say so in status with what to do, and `sync --wait` must fail
+/// with the permanent-failure exit code (2) naming the token. A restart with the right token
+/// recovers. (The transient counterpart, a broker stopped then started, is
+/// `broker_restart_mid_round_retries_and_commits`.)
+#[test]
+fn a_refused_token_stops_retrying_and_sync_wait_says_so() {
+    if !tools() {
+        return;
+    }
+    let mut bed = Bed::new("bad-token");
+    put(&bed.home, "README", "synced once the token is right\n");
+    bed.start_broker();
+    let i = bed.add_compute("gpu-1");
+    bed.set_token(i, &"0badc0de".repeat(6));
+    bed.spawn_compute(i, &ComputeOpts::default());
+
+    let stopped = poll(Duration::from_secs(90), Duration::from_millis(200), || {
+        let st = bed.c().status().ok()?;
+        (st["round"]["phase"] == "stopped").then_some(st)
+    });
+    let Some(st) = stopped else {
+        let st = bed.c().status();
+        bed.fail(&format!("the service did not stop retrying after the broker refused its token: {st:?}"))
+    };
+    eprintln!("stopped: {}", st["round"]);
+    let r = &st["round"];
+    assert!(r["stopped"]["reason"].as_str().is_some_and(|s| s.contains("401")), "{st}");
+    assert!(r["stopped"]["what_to_do"].as_str().is_some_and(|s| s.contains("--token-file")), "{st}");
+    assert!(r["stopped"]["since_unix_ms"].as_u64().is_some_and(|t| t > 0), "{st}");
+    assert_eq!(st["connection"]["state"], "stopped", "{st}");
+    let human = cli(&["status", "--control-socket", &bed.c().sock.display().to_string()], Duration::from_secs(20));
+    assert!(human.stdout.contains("STOPPED") && human.stdout.contains("check --token-file"), "{}", human.describe());
+
+    // Nothing retries by itself: not the backoff, not the connection, not a change in the home.
+    let counts = |st: &serde_json::Value| {
+        (st["round"]["rounds_failed"].as_u64().unwrap_or(0), st["connection"]["failed_attempts"].as_u64().unwrap_or(0))
+    };
+    let before = counts(&st);
+    put(&bed.merged(), "new.txt", "a change the watcher reports\n");
+    std::thread::sleep(Duration::from_secs(6));
+    let st = bed.compute_status();
+    assert_eq!(counts(&st), before, "attempts went on after a permanent failure: {st}");
+    assert_eq!(st["round"]["phase"], "stopped", "{st}");
+
+    // `sync --wait` tries once more, fails at once with the permanent code, naming the token.
+    let out =
+        cli(&["sync", "--wait", "--control-socket", &bed.c().sock.display().to_string()], Duration::from_secs(60));
+    eprintln!("sync --wait: {}", out.describe());
+    assert_eq!(out.status.and_then(|s| s.code()), Some(2), "{}", out.describe());
+    assert!(out.stderr.contains("token"), "{}", out.describe());
+    assert!(out.took < Duration::from_secs(30), "sync --wait took {:?}", out.took);
+    let st = bed.compute_status();
+    assert_eq!(st["round"]["phase"], "stopped", "{st}");
+    assert_eq!(counts(&st).0, before.0 + 1, "`sync` should try exactly once more: {st}");
+    assert!(!exists(&bed.home, "new.txt"), "a round committed with a refused token");
+
+    // The way out: the right token and a restart.
+    let p = bed.computes[i].proc.as_mut().expect("compute process");
+    assert!(p.stop(Duration::from_secs(45)), "the stopped service did not exit on SIGTERM");
+    bed.set_token(i, bed.token("gpu-1"));
+    bed.restart_compute(i, &ComputeOpts::default());
+    bed.sync_wait();
+    assert_eq!(read(&bed.home, "new.txt"), "a change the watcher reports\n");
+    bed.finish();
+}
+
 #[test]
 fn union_killed_is_remounted_and_reported() {
     if !tools() {

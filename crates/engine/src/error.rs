@@ -39,6 +39,26 @@ pub enum EngineError {
     #[error("protocol violation: {0}")]
     Protocol(String),
 
+    /// Writing or closing a tar stream to the other side failed (its connection went away,
+    /// or it aborted the stream): an I/O error of the transport, not of a file.
+    #[error("stream to the {peer}: {source}")]
+    Stream {
+        peer: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("encoding {what}: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: rmp_serde::encode::Error,
+    },
+
+    /// A fault test's failpoint fired (see `cs_failpoint`).
+    #[error(transparent)]
+    Failpoint(#[from] cs_failpoint::FailpointError),
+
     #[error("entry {path}: {reason}")]
     Entry { path: RelPath, reason: String },
 }

@@ -163,12 +163,12 @@ impl Session {
                         let mut writer = SlotWriter::with_hook(tx, max_chunk, work);
                         if let Err(e) = writer.start() {
                             let _ = writer.abort(&e.to_string());
-                            return Err(EngineError::Protocol(format!("step 4 not started: {e}")));
+                            return Err(EngineError::Stream { peer: "client", source: e });
                         }
                         match p.pack_changes(r, writer) {
                             Ok((writer, stats, cursor)) => match writer.finish() {
                                 Ok(()) => Ok((stats, cursor)),
-                                Err(e) => Err(EngineError::Protocol(format!("stream to the client: {e}"))),
+                                Err(source) => Err(EngineError::Stream { peer: "client", source }),
                             },
                             Err(e) => Err(e),
                         }

@@ -675,6 +675,14 @@ impl Bed {
 
     /// [`Bed::start_compute`] with more flags, environment variables or another broker URL.
     pub fn start_compute_opts(&mut self, id: &str, opts: &ComputeOpts) -> usize {
+        let i = self.add_compute(id);
+        self.run_compute(i, opts);
+        i
+    }
+
+    /// Compute server `id`'s directories and token file (its token from the table), not started:
+    /// [`Bed::spawn_compute`] starts it.
+    pub fn add_compute(&mut self, id: &str) -> usize {
         let dir = self.root.join(id);
         let c = Compute {
             id: id.to_string(),
@@ -692,9 +700,12 @@ impl Bed {
         }
         write_secret(&c.token_file, &format!("{}\n", self.token(id)));
         self.computes.push(c);
-        let i = self.computes.len() - 1;
-        self.run_compute(i, opts);
-        i
+        self.computes.len() - 1
+    }
+
+    /// Replaces compute server `i`'s token file (read when its service starts).
+    pub fn set_token(&self, i: usize, token: &str) {
+        write_secret(&self.computes[i].token_file, &format!("{token}\n"));
     }
 
     /// Starts compute server `i` again on the same directories (its upper layer, state, mount

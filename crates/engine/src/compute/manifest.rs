@@ -71,7 +71,7 @@ impl AppliedLog {
             self.file = Some(f);
         }
         let rec = rmp_serde::to_vec(&AppliedRecord { path: path.clone(), sig })
-            .map_err(|e| EngineError::Protocol(format!("encode applied record: {e}")))?;
+            .map_err(|source| EngineError::Encode { what: "applied record", source })?;
         let mut buf = (rec.len() as u32).to_le_bytes().to_vec();
         buf.extend_from_slice(&rec);
         let f = self.file.as_mut().expect("opened above");

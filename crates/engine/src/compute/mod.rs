@@ -179,7 +179,7 @@ impl LookAhead for WritesOut<'_> {
     fn before_entry(&mut self) -> Result<(), EngineError> {
         if !self.failpoint_hit && self.report.applied > 0 {
             self.failpoint_hit = true;
-            cs_failpoint::hit("mid-writes-to-compute").map_err(|e| EngineError::Protocol(e.to_string()))?;
+            cs_failpoint::hit("mid-writes-to-compute")?;
         }
         Ok(())
     }

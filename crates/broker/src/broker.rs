@@ -329,11 +329,13 @@ pub(crate) async fn accept_loop(a: Acceptor) {
         };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: too many connections being set up");
-            // `try_send`: only a statistics counter. Under a flood of
-            // connections, losing a count is better than stalling accept.
-            if a.broker.try_send(Refused { reason: "busy" }).is_err() {
-                tracing::debug!("refusal not counted: the broker's mailbox is full");
-            }
+            // `send().await` in a task of its own: the count is status (and
+            // a flood fills the broker's mailbox: `try_send` lost counts),
+            // so wait for room, without stalling the accept loop.
+            let broker = a.broker.clone();
+            actix_rt::spawn(async move {
+                let _ = broker.send(Refused { reason: "busy" }).await;
+            });
             actix_rt::spawn(refuse_http_503(stream, a.tls.is_some()));
             continue;
         };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use cs_protocol::ClientId;
-use cs_supervision::{ExitStatus, MAILBOX_CAPACITY};
+use cs_supervision::{ExitStatus, Heartbeat, Observable, ObserveExt, Watchdog};
 use cs_wire::{
     AuthFailure, ErrorCode, Frame, ServerConn, ServerMsg, TlsAcceptorConfig, TokenStore, WireError, WireLimits,
 };
@@ -16,7 +16,7 @@ use futures_util::future::join_all;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::session::{ObserveSession, Session, SessionParts, Shared, StopSession};
+use crate::session::{Session, SessionParts, Shared, StopSession};
 use crate::state::{BrokerState, EndedSession, ENDED_KEPT};
 use crate::BoxedIo;
 
@@ -27,10 +27,10 @@ const OBSERVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// calls in flight to return.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Observe message of the broker.
+/// The addresses of the sessions, to observe them (see `BrokerHandle::observe`).
 #[derive(Message)]
-#[rtype(result = "BrokerState")]
-pub struct Observe;
+#[rtype(result = "Vec<Addr<Session>>")]
+pub struct SessionAddrs;
 
 /// Stops accepting, ends every session (each round in flight is
 /// abandoned: nothing of it commits), then stops the broker.
@@ -83,10 +83,18 @@ pub struct Broker {
     refused: BTreeMap<String, u64>,
     ended: std::collections::VecDeque<EndedSession>,
     accept_task: Option<tokio::task::JoinHandle<()>>,
+    /// Watches each session's heartbeat.
+    watchdog: Watchdog,
 }
 
 impl Broker {
-    pub(crate) fn new(local_addr: SocketAddr, tls: bool, max_connections: usize, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(
+        local_addr: SocketAddr,
+        tls: bool,
+        max_connections: usize,
+        shared: Arc<Shared>,
+        watchdog: Watchdog,
+    ) -> Self {
         Broker {
             local_addr,
             tls,
@@ -99,6 +107,7 @@ impl Broker {
             refused: BTreeMap::new(),
             ended: Default::default(),
             accept_task: None,
+            watchdog,
         }
     }
 
@@ -114,8 +123,7 @@ impl Broker {
 impl Actor for Broker {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+    fn started(&mut self, _: &mut Context<Self>) {
         tracing::info!(listen = %self.local_addr, tls = self.tls, "broker started");
     }
 
@@ -143,8 +151,15 @@ impl Handler<Connected> for Broker {
         }
         if let Some(old) = self.sessions.remove(&client) {
             tracing::info!(%client, %peer, "new connection of a connected client: it replaces the old session");
-            old.addr.do_send(StopSession {
+            // `send().await`, off the broker: the old session must stop
+            // (two sessions of one client would both hold its lock in
+            // turn), so wait for room in its mailbox rather than drop or
+            // overfill it; an error means it already stopped.
+            let stop = old.addr.send(StopSession {
                 status: ExitStatus::Failure("replaced by a new connection of the same client".into()),
+            });
+            actix_rt::spawn(async move {
+                let _ = stop.await;
             });
         }
         self.accepted += 1;
@@ -152,6 +167,8 @@ impl Handler<Connected> for Broker {
         let conn_id = self.next_conn;
         let client_lock = self.client_locks.entry(client.clone()).or_default().clone();
         let (sender, receiver) = conn.split();
+        let heartbeat = Heartbeat::new();
+        self.watchdog.watch(format!("session {client}"), heartbeat.clone());
         let addr = Session::start(SessionParts {
             client: client.clone(),
             peer,
@@ -161,6 +178,7 @@ impl Handler<Connected> for Broker {
             client_lock,
             sender,
             receiver,
+            heartbeat,
         });
         self.sessions.insert(client, SessionEntry { conn_id, addr });
     }
@@ -209,11 +227,13 @@ impl Handler<SessionEnded> for Broker {
     }
 }
 
-impl Handler<Observe> for Broker {
-    type Result = ResponseFuture<BrokerState>;
+impl Observable for Broker {
+    type State = BrokerState;
 
-    fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> Self::Result {
-        let mut state = BrokerState {
+    /// The broker's own state; `BrokerHandle::observe` adds the sessions'
+    /// and the watchdog's.
+    fn observe(&self) -> BrokerState {
+        BrokerState {
             listen: self.local_addr,
             tls: self.tls,
             max_connections: self.max_connections,
@@ -223,16 +243,30 @@ impl Handler<Observe> for Broker {
             refused: self.refused.clone(),
             sessions: Vec::new(),
             ended: self.ended.iter().cloned().collect(),
-        };
-        let addrs: Vec<Addr<Session>> = self.sessions.values().map(|s| s.addr.clone()).collect();
-        Box::pin(async move {
-            let answers =
-                join_all(addrs.iter().map(|a| tokio::time::timeout(OBSERVE_TIMEOUT, a.send(ObserveSession)))).await;
-            state.sessions = answers.into_iter().filter_map(|a| a.ok().and_then(|r| r.ok())).collect();
-            state.sessions.sort_by(|a, b| a.client.cmp(&b.client));
-            state
-        })
+            watchdog: None,
+        }
     }
+}
+cs_supervision::observable!(Broker);
+
+impl Handler<SessionAddrs> for Broker {
+    type Result = MessageResult<SessionAddrs>;
+    fn handle(&mut self, _: SessionAddrs, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.sessions.values().map(|s| s.addr.clone()).collect())
+    }
+}
+
+/// The broker's state with every session's (a session that does not answer
+/// within [`OBSERVE_TIMEOUT`], its mailbox full, is left out; the watchdog
+/// shows whether it is stuck) and the watchdog's report.
+pub(crate) async fn observe_all(broker: &Addr<Broker>, watchdog: &Watchdog) -> Result<BrokerState, MailboxError> {
+    let mut state = broker.observe().await?;
+    let addrs = broker.send(SessionAddrs).await?;
+    let answers = join_all(addrs.iter().map(|a| tokio::time::timeout(OBSERVE_TIMEOUT, a.observe()))).await;
+    state.sessions = answers.into_iter().filter_map(|a| a.ok().and_then(|r| r.ok())).collect();
+    state.sessions.sort_by(|a, b| a.client.cmp(&b.client));
+    state.watchdog = Some(watchdog.report());
+    Ok(state)
 }
 
 impl Handler<Shutdown> for Broker {
@@ -295,7 +329,13 @@ pub(crate) async fn accept_loop(a: Acceptor) {
         };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection refused: too many connections being set up");
-            a.broker.do_send(Refused { reason: "busy" });
+            // `send().await` in a task of its own: the count is status (and
+            // a flood fills the broker's mailbox: `try_send` lost counts),
+            // so wait for room, without stalling the accept loop.
+            let broker = a.broker.clone();
+            actix_rt::spawn(async move {
+                let _ = broker.send(Refused { reason: "busy" }).await;
+            });
             actix_rt::spawn(refuse_http_503(stream, a.tls.is_some()));
             continue;
         };
@@ -306,12 +346,20 @@ pub(crate) async fn accept_loop(a: Acceptor) {
             match result {
                 Ok((client, conn)) => {
                     tracing::info!(%peer, %client, "connection authenticated");
-                    a.broker.do_send(Connected { client, peer, conn });
+                    // `send().await`: a connection must not be lost; this
+                    // setup task waits for room (backpressure on accepts, as
+                    // its permit was already released). An error means the
+                    // broker stopped: the connection closes with it.
+                    if a.broker.send(Connected { client, peer, conn }).await.is_err() {
+                        tracing::warn!(%peer, "the broker stopped: connection dropped");
+                    }
                 }
                 Err(e) => {
                     let reason = refusal_reason(&e);
                     tracing::warn!(%peer, reason, "connection refused: {e}");
-                    a.broker.do_send(Refused { reason });
+                    // `send().await`: a counter, but this task has nothing
+                    // else to do, so it may as well wait for room.
+                    let _ = a.broker.send(Refused { reason }).await;
                 }
             }
         });

@@ -69,10 +69,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 pub use bridge::{Activity, SlotReader, SlotWriter, TarSlots, TarWork};
-pub use broker::{Broker, Observe, Shutdown};
+pub use broker::{Broker, SessionAddrs, Shutdown};
 pub use config::{duration, BrokerConfig, TlsFiles};
-pub use session::{ObserveSession, Session};
+pub use session::Session;
 pub use state::{BrokerState, EndedSession, RoundStep, SessionState, ENDED_KEPT};
+
+/// How often the watchdog looks for stuck sessions (to log them).
+const WATCHDOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The byte stream under a session's websocket: plain TCP or TLS over TCP.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -111,14 +114,16 @@ pub enum BrokerError {
 #[derive(Clone)]
 pub struct BrokerHandle {
     pub addr: Addr<Broker>,
+    /// Reads the sessions' heartbeats.
+    pub watchdog: cs_supervision::Watchdog,
     /// The address actually listened on (the port, when `listen` had port 0).
     pub local_addr: SocketAddr,
 }
 
 impl BrokerHandle {
-    /// The broker's observable state.
+    /// The broker's observable state, with its sessions' and the watchdog's.
     pub async fn observe(&self) -> Result<BrokerState, MailboxError> {
-        self.addr.send(Observe).await
+        broker::observe_all(&self.addr, &self.watchdog).await
     }
 
     /// Stops accepting, ends every session, stops the broker.
@@ -179,7 +184,9 @@ pub async fn run(cfg: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         engine_calls: Default::default(),
     });
     let tls_on = tls.is_some();
-    let addr = Broker::create(|ctx| {
+    let watchdog = cs_supervision::Watchdog::from_env();
+    let broker_watchdog = watchdog.clone();
+    let addr = cs_supervision::spawn_with(cs_supervision::MAILBOX_CAPACITY, |ctx| {
         let broker = ctx.address();
         let task = actix_rt::spawn(broker::accept_loop(broker::Acceptor {
             listener,
@@ -190,9 +197,10 @@ pub async fn run(cfg: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
             max_pending: cfg.max_connections,
             broker,
         }));
-        let mut b = Broker::new(local_addr, tls_on, cfg.max_connections, shared);
+        let mut b = Broker::new(local_addr, tls_on, cfg.max_connections, shared, broker_watchdog);
         b.set_accept_task(task);
         b
     });
-    Ok(BrokerHandle { addr, local_addr })
+    watchdog.spawn_monitor(WATCHDOG_EVERY);
+    Ok(BrokerHandle { addr, watchdog, local_addr })
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use cs_supervision::ExitStatus;
+use cs_supervision::{ExitStatus, WatchdogReport};
 use cs_wire::Step;
 use serde::Serialize;
 
@@ -127,4 +127,7 @@ pub struct BrokerState {
     pub sessions: Vec<SessionState>,
     /// The last sessions that ended (at most [`ENDED_KEPT`]), latest last.
     pub ended: Vec<EndedSession>,
+    /// The sessions' health (`BrokerHandle::observe` fills it in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<WatchdogReport>,
 }

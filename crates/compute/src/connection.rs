@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use async_trait::async_trait;
-use cs_supervision::Backoff;
-use cs_supervision::MAILBOX_CAPACITY;
+use cs_supervision::{Backoff, Observable};
 use cs_wire::{
     stream_channel, ChunkReader, ChunkWriter, ClientMsg, Frame, ServerMsg, StreamEnd, StreamItem, WireError,
     WireLimits, DEFAULT_STREAM_CHANNEL,
@@ -476,19 +475,14 @@ fn now_us() -> u64 {
 impl Actor for Connection {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         self.connect(ctx);
         ctx.run_interval(self.cfg.ping_interval, |act, ctx| act.ping(ctx));
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "ConnectionState")]
-pub struct Observe;
-
-impl Handler<Observe> for Connection {
-    type Result = MessageResult<Observe>;
-    fn handle(&mut self, _: Observe, _: &mut Self::Context) -> Self::Result {
+impl Observable for Connection {
+    type State = ConnectionState;
+    fn observe(&self) -> ConnectionState {
         let mut s = self.state.clone();
         s.connected_for_ms = self.connected_at.map(|t| t.elapsed().as_millis() as u64);
         let rtt = self.shared.rtt_us.load(Ordering::Relaxed);
@@ -497,9 +491,10 @@ impl Handler<Observe> for Connection {
             self.next_attempt.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64);
         s.bytes_sent = self.shared.bytes_sent.load(Ordering::Relaxed);
         s.bytes_received = self.shared.bytes_received.load(Ordering::Relaxed);
-        MessageResult(s)
+        s
     }
 }
+cs_supervision::observable!(Connection);
 
 /// Close the connection (shutdown).
 #[derive(Message)]

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use cs_supervision::{Heartbeat, MAILBOX_CAPACITY};
+use cs_supervision::heartbeat::BusyGuard;
+use cs_supervision::{Heartbeat, Observable};
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::failure::Failure;
 use crate::machine::{transition, Action, Backoff, Event, Phase, Step, Trigger};
@@ -64,6 +65,10 @@ pub struct Coordinator {
     retry_at: Option<Instant>,
     stats: Stats,
     heartbeat: Heartbeat,
+    /// Held while a round runs: the watchdog's "busy".
+    busy: Option<BusyGuard>,
+    /// The safety rail, pushed by the mount supervisor (see `with_rail`).
+    rail: Option<watch::Receiver<Option<String>>>,
 }
 
 #[derive(Default)]
@@ -76,7 +81,15 @@ struct Stats {
 }
 
 impl Coordinator {
-    pub fn new(packer: Addr<Packer>, link: Arc<dyn Link>, interval: Duration, backoff: Backoff) -> Self {
+    /// `heartbeat` is the round's: busy while a round runs, beaten at each
+    /// step (and by the packer as it streams).
+    pub fn new(
+        packer: Addr<Packer>,
+        link: Arc<dyn Link>,
+        interval: Duration,
+        backoff: Backoff,
+        heartbeat: Heartbeat,
+    ) -> Self {
         Coordinator {
             phase: Phase::Idle,
             last_round: 0,
@@ -89,8 +102,23 @@ impl Coordinator {
             stopped_since: None,
             retry_at: None,
             stats: Stats::default(),
-            heartbeat: Heartbeat::new(),
+            heartbeat,
+            busy: None,
+            rail: None,
         }
+    }
+
+    /// Follows the mount supervisor's safety rail: every change is applied
+    /// as it is published (`SetRail`), none is polled for.
+    pub fn with_rail(mut self, rail: watch::Receiver<Option<String>>) -> Self {
+        self.rail = Some(rail);
+        self
+    }
+
+    /// The heartbeat the watchdog reads: busy while a round runs, a beat
+    /// per step.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
     }
 
     fn apply(&mut self, event: Event, ctx: &mut Context<Self>) {
@@ -145,6 +173,7 @@ impl Coordinator {
         self.last_round = round;
         self.round_started = Some(Instant::now());
         self.retry_at = None;
+        self.busy = Some(self.heartbeat.busy());
         let packer = self.packer.clone();
         let link = self.link.clone();
         let me = ctx.address();
@@ -152,12 +181,17 @@ impl Coordinator {
         let fut = async move {
             let progress = move |s: Step| {
                 hb.beat();
+                // `do_send` on purpose: at most one message per step (a
+                // handful per round) to the coordinator itself, so the
+                // bound holds by construction, and the machine must see
+                // every step (`try_send` could drop one).
                 me.do_send(StepStarted(s));
             };
             round::run(round, &packer, link.as_ref(), &progress).await
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.round_started = None;
+            act.busy = None;
             match result {
                 Ok(summary) => {
                     act.stats.committed += 1;
@@ -188,7 +222,9 @@ impl Coordinator {
 impl Actor for Coordinator {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        if let Some(rail) = self.rail.take() {
+            ctx.add_stream(rail_changes(rail));
+        }
         ctx.run_interval(self.interval, |act, ctx| act.apply(Event::Trigger(Trigger::Timer), ctx));
         // A first round at start-up: catch up with what happened while down.
         self.apply(Event::Trigger(Trigger::Timer), ctx);
@@ -244,6 +280,26 @@ impl Handler<StepStarted> for Coordinator {
     }
 }
 
+/// The rail's value now, then each change, until the mount supervisor is gone.
+fn rail_changes(rail: watch::Receiver<Option<String>>) -> impl Stream<Item = SetRail> {
+    futures_util::stream::unfold((rail, true), |(mut rail, first)| async move {
+        if !first && rail.changed().await.is_err() {
+            return None;
+        }
+        let now = rail.borrow_and_update().clone();
+        Some((SetRail(now), (rail, false)))
+    })
+}
+
+impl StreamHandler<SetRail> for Coordinator {
+    fn handle(&mut self, m: SetRail, ctx: &mut Self::Context) {
+        self.set_rail(m, ctx);
+    }
+
+    /// The mount supervisor stopped (shutdown): keep the last rail.
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
 /// The safety rail: the mount supervisor says whether rounds may run.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -251,6 +307,12 @@ pub struct SetRail(pub Option<String>);
 impl Handler<SetRail> for Coordinator {
     type Result = ();
     fn handle(&mut self, m: SetRail, ctx: &mut Self::Context) {
+        self.set_rail(m, ctx);
+    }
+}
+
+impl Coordinator {
+    fn set_rail(&mut self, m: SetRail, ctx: &mut Context<Self>) {
         let paused = matches!(self.phase, Phase::Paused { .. })
             || matches!(self.phase, Phase::Running { pause_after: Some(_), .. });
         match m.0 {
@@ -269,12 +331,9 @@ impl Handler<SetRail> for Coordinator {
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "CoordinatorState")]
-pub struct Observe;
-impl Handler<Observe> for Coordinator {
-    type Result = MessageResult<Observe>;
-    fn handle(&mut self, _: Observe, _: &mut Self::Context) -> Self::Result {
+impl Observable for Coordinator {
+    type State = CoordinatorState;
+    fn observe(&self) -> CoordinatorState {
         let (phase, step, retries, paused_reason) = match &self.phase {
             Phase::Idle => ("idle", None, 0, None),
             Phase::Running { step, attempt, .. } => ("running", Some(*step), *attempt, None),
@@ -290,7 +349,7 @@ impl Handler<Observe> for Coordinator {
             }),
             _ => None,
         };
-        MessageResult(CoordinatorState {
+        CoordinatorState {
             phase,
             step,
             step_number: step.map(Step::number),
@@ -310,10 +369,12 @@ impl Handler<Observe> for Coordinator {
             conflicts_total: self.stats.conflicts,
             interval_ms: self.interval.as_millis() as u64,
             heartbeat_beats: self.heartbeat.beats(),
-        })
+        }
     }
 }
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+cs_supervision::observable!(Coordinator);

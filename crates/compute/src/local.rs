@@ -14,12 +14,13 @@ use std::io::{PipeReader, PipeWriter, Read, Write};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use actix::Actor;
 use async_trait::async_trait;
 use cs_engine::{ComputeSide, EngineError, ProjectRound, ProjectSide};
 use cs_protocol::{ClientId, Cursor, EntryKind, RelPath};
 use cs_tarstream::{EntryHeader, Limits, PackWriter};
 use cs_wire::{ClientMsg, ErrorCode, RoundAt, ServerMsg, Step};
+
+use cs_supervision::ObserveExt;
 
 use crate::connection::LinkError;
 
@@ -443,10 +444,10 @@ pub fn run_round(
     let client = side.config().client.clone();
     let system = actix::System::new();
     system.block_on(async move {
-        let packer = Packer::new(side).start();
+        let packer = cs_supervision::spawn(Packer::new(side));
         let link = LocalLink::new(project, client, cut);
         let result = round::run(1, &packer, &link, &|_| {}).await;
-        let problems = packer.send(packer::Observe).await.map(|s| s.scan_problems).unwrap_or_default();
+        let problems = packer.observe().await.map(|s| s.scan_problems).unwrap_or_default();
         let side = match packer.send(packer::Close).await {
             Ok(Ok(side)) => side,
             // The packer is ours and alive until here: losing the side is a bug of this module.

@@ -10,7 +10,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use cs_engine::{ApplyReport, ComputeRound, ComputeSide, EngineError};
 use cs_protocol::{CommitRequest, Cursor, DeleteReport, Hello, RelPath};
-use cs_supervision::{Heartbeat, MAILBOX_CAPACITY};
+use cs_supervision::{Heartbeat, Observable};
 use cs_tarstream::PackStats;
 use serde::Serialize;
 
@@ -69,6 +69,9 @@ pub struct Packer {
     engine: Arc<tokio::sync::Mutex<Option<Engine>>>,
     state: Arc<Mutex<(PackerState, Option<Instant>)>>,
     heartbeat: Heartbeat,
+    /// Beaten with the packer's own on every chunk streamed: the round
+    /// waiting on the packer progresses as the packer does.
+    round_heartbeat: Option<Heartbeat>,
 }
 
 impl Packer {
@@ -77,7 +80,26 @@ impl Packer {
             engine: Arc::new(tokio::sync::Mutex::new(Some(Engine { side, round: None }))),
             state: Arc::new(Mutex::new((PackerState::default(), None))),
             heartbeat: Heartbeat::new(),
+            round_heartbeat: None,
         }
+    }
+
+    /// Also beats `round` (the coordinator's heartbeat) on streaming progress.
+    pub fn with_round_heartbeat(mut self, round: Heartbeat) -> Self {
+        self.round_heartbeat = Some(round);
+        self
+    }
+
+    /// The heartbeat the watchdog reads: busy during an operation, a beat per
+    /// chunk streamed.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.heartbeat.clone()
+    }
+
+    fn beating<T>(&self, inner: T) -> Beating<T> {
+        let mut beats = vec![self.heartbeat.clone()];
+        beats.extend(self.round_heartbeat.clone());
+        Beating { inner, beats }
     }
 
     /// Runs `f` on a blocking thread with the engine locked.
@@ -98,9 +120,9 @@ impl Packer {
                     s.0.busy = Some(op);
                     s.1 = Some(Instant::now());
                 }
-                hb.beat();
+                let busy = hb.busy();
                 let r = f(engine);
-                hb.beat();
+                drop(busy);
                 let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
                 s.0.busy = None;
                 s.1 = None;
@@ -132,25 +154,18 @@ impl Packer {
 
 impl Actor for Packer {
     type Context = Context<Self>;
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-    }
 }
 
-/// Observable state.
-#[derive(Message)]
-#[rtype(result = "PackerState")]
-pub struct Observe;
-
-impl Handler<Observe> for Packer {
-    type Result = MessageResult<Observe>;
-    fn handle(&mut self, _: Observe, _: &mut Self::Context) -> Self::Result {
+impl Observable for Packer {
+    type State = PackerState;
+    fn observe(&self) -> PackerState {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = s.0.clone();
         out.busy_for_ms = s.1.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0);
-        MessageResult(out)
+        out
     }
 }
+cs_supervision::observable!(Packer);
 
 /// The round id of a commit interrupted by a crash, if any.
 #[derive(Message)]
@@ -276,12 +291,13 @@ impl Handler<PackChanges> for Packer {
     type Result = ResponseFuture<Result<PackStats, PackerError>>;
     fn handle(&mut self, m: PackChanges, _: &mut Self::Context) -> Self::Result {
         let state = self.counters();
+        let out = self.beating(m.0);
         self.with_round("pack", move |side, r| {
             let paths = side.changes_to_send(r);
-            let out = crate::progress::MeteredOut::new(m.0, "writes to project (compressed)");
+            let out = crate::progress::MeteredOut::new(out, "writes to project (compressed)");
             let out = MidStreamFailpoint { inner: out, hit: false };
             let (w, stats) = side.pack_changes(r, &paths, out)?;
-            w.inner.into_inner().finish().map_err(|source| EngineError::Stream { peer: "project", source })?;
+            w.inner.into_inner().inner.finish().map_err(|source| EngineError::Stream { peer: "project", source })?;
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
             s.0.entries_packed += stats.entries;
             s.0.bytes_packed += stats.payload_bytes;
@@ -315,6 +331,38 @@ impl<W: std::io::Write> std::io::Write for MidStreamFailpoint<W> {
     }
 }
 
+/// A stream that beats heartbeats on every read or write: progress for the
+/// watchdog while a long pack or apply runs.
+struct Beating<T> {
+    inner: T,
+    beats: Vec<Heartbeat>,
+}
+
+impl<T> Beating<T> {
+    fn beat(&self) {
+        self.beats.iter().for_each(Heartbeat::beat);
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Beating<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.beat();
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Beating<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.beat();
+        Ok(n)
+    }
+}
+
 /// Step 4: apply P's stream read from `reader`.
 #[derive(Message)]
 #[rtype(result = "Result<ApplyReport, PackerError>")]
@@ -323,8 +371,9 @@ impl Handler<ApplyWrites> for Packer {
     type Result = ResponseFuture<Result<ApplyReport, PackerError>>;
     fn handle(&mut self, m: ApplyWrites, _: &mut Self::Context) -> Self::Result {
         let state = self.counters();
+        let input = self.beating(m.0);
         self.with_round("apply", move |side, r| {
-            let input = crate::progress::MeteredIn::new(m.0, "writes from project (compressed)");
+            let input = crate::progress::MeteredIn::new(input, "writes from project (compressed)");
             let report = side.apply_writes(r, input, None)?;
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
             s.0.entries_applied += report.applied as u64;

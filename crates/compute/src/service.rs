@@ -9,14 +9,20 @@ use actix::prelude::*;
 use cs_control::{Request, Response};
 use cs_engine::{ComputeConfig, ComputeSide, PathFilter};
 use cs_protocol::ClientId;
+use cs_supervision::{Heartbeat, ObserveExt, Watchdog};
 use cs_wire::WireLimits;
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::connection::{Connection, ConnectionConfig};
-use crate::coordinator::{self, Coordinator, SyncNow};
+use crate::coordinator::{Coordinator, SyncNow};
 use crate::machine::Backoff;
-use crate::packer::{self, Packer};
-use crate::watcher::{self, UpperWatcher};
+use crate::packer::Packer;
+use crate::watcher::UpperWatcher;
+
+/// How often the watchdog looks for stuck actors (to log them; status reads
+/// it on demand).
+const WATCHDOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything the compute service needs to run.
 #[derive(Debug, Clone)]
@@ -65,6 +71,8 @@ pub struct ComputeService {
     pub watcher: Addr<UpperWatcher>,
     /// The mount supervisor's status and controls, when it runs.
     pub mounts: Option<MountHooks>,
+    /// Reads the actors' heartbeats: `watchdog` in the status.
+    pub watchdog: Watchdog,
 }
 
 /// Produces one section of the status object.
@@ -77,6 +85,11 @@ pub struct MountHooks {
     pub status: StatusFn,
     /// Lift the "lower empty" safety rail (`cs-actor accept-empty-lower`).
     pub accept_empty_lower: Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<(), String>> + Send + Sync>,
+    /// The safety rail as the mount supervisor publishes it: `Some(reason)`
+    /// while rounds may not run. The coordinator follows every change.
+    pub rail: watch::Receiver<Option<String>>,
+    /// The mount supervisor's heartbeat, for the watchdog.
+    pub heartbeat: Heartbeat,
 }
 
 impl ComputeService {
@@ -98,16 +111,28 @@ impl ComputeService {
         engine_cfg.owner = cfg.owner;
         engine_cfg.busy = cfg.busy.clone();
         let side = ComputeSide::open(engine_cfg)?;
-        let packer = Packer::new(side).start();
+        let watchdog = Watchdog::from_env();
+        let round_heartbeat = Heartbeat::new();
+        let packer = Packer::new(side).with_round_heartbeat(round_heartbeat.clone());
+        watchdog.watch("packer", packer.heartbeat());
+        let packer = cs_supervision::spawn(packer);
         let mut conn_cfg = ConnectionConfig::new(cfg.server_url.clone(), cfg.token.clone());
         conn_cfg.extra_ca = cfg.extra_ca.clone();
         conn_cfg.limits = cfg.limits;
         let connection_actor = Connection::new(conn_cfg);
         let link = Arc::new(connection_actor.link());
-        let connection = connection_actor.start();
-        let coordinator = Coordinator::new(packer.clone(), link, cfg.interval, cfg.backoff).start();
-        let watcher = UpperWatcher::new(cfg.upper.clone(), cfg.debounce, coordinator.clone()).start();
-        let service = ComputeService { client: cfg.client.clone(), coordinator, packer, connection, watcher, mounts };
+        let connection = cs_supervision::spawn(connection_actor);
+        let mut coordinator = Coordinator::new(packer.clone(), link, cfg.interval, cfg.backoff, round_heartbeat);
+        watchdog.watch("round", coordinator.heartbeat());
+        if let Some(m) = &mounts {
+            coordinator = coordinator.with_rail(m.rail.clone());
+            watchdog.watch("mounts", m.heartbeat.clone());
+        }
+        let coordinator = cs_supervision::spawn(coordinator);
+        let watcher = cs_supervision::spawn(UpperWatcher::new(cfg.upper.clone(), cfg.debounce, coordinator.clone()));
+        watchdog.spawn_monitor(WATCHDOG_EVERY);
+        let service =
+            ComputeService { client: cfg.client.clone(), coordinator, packer, connection, watcher, mounts, watchdog };
         let control = service.serve_control(&cfg.control_socket)?;
         Ok((service, control))
     }
@@ -140,10 +165,10 @@ impl ComputeService {
 
     /// The observable state of every actor: what `cs-actor status` prints.
     pub async fn status(&self) -> serde_json::Value {
-        let round = self.coordinator.send(coordinator::Observe).await.ok();
-        let packer = self.packer.send(packer::Observe).await.ok();
-        let connection = self.connection.send(crate::connection::Observe).await.ok();
-        let watcher = self.watcher.send(watcher::Observe).await.ok();
+        let round = self.coordinator.observe().await.ok();
+        let packer = self.packer.observe().await.ok();
+        let connection = self.connection.observe().await.ok();
+        let watcher = self.watcher.observe().await.ok();
         let mounts = match &self.mounts {
             Some(m) => (m.status)().await,
             None => serde_json::Value::Null,
@@ -156,6 +181,7 @@ impl ComputeService {
             "round": round,
             "packer": packer,
             "watcher": watcher,
+            "watchdog": self.watchdog.report(),
         })
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use cs_supervision::MAILBOX_CAPACITY;
+use cs_supervision::Observable;
 use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
 
@@ -54,7 +54,6 @@ impl Actor for UpperWatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         let addr = ctx.address();
         let handler = move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
@@ -101,20 +100,24 @@ impl Handler<Changed> for UpperWatcher {
             ctx.run_later(self.debounce, |act, _| {
                 act.first_pending = None;
                 act.state.pending_events = 0;
-                act.state.triggers_sent += 1;
-                act.coordinator.do_send(TriggerRound(Trigger::UpperChanged));
+                // `try_send`: a trigger coalesces. If the coordinator's
+                // mailbox is full, a trigger is already queued or a round
+                // is about to run and will see these changes (and the
+                // periodic round catches anything else): dropping is right,
+                // waiting would only pile up triggers.
+                match act.coordinator.try_send(TriggerRound(Trigger::UpperChanged)) {
+                    Ok(()) => act.state.triggers_sent += 1,
+                    Err(e) => tracing::debug!("round trigger dropped (coalesced): {e}"),
+                }
             });
         }
     }
 }
 
-#[derive(Message)]
-#[rtype(result = "WatcherState")]
-pub struct Observe;
-
-impl Handler<Observe> for UpperWatcher {
-    type Result = MessageResult<Observe>;
-    fn handle(&mut self, _: Observe, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.state.clone())
+impl Observable for UpperWatcher {
+    type State = WatcherState;
+    fn observe(&self) -> WatcherState {
+        self.state.clone()
     }
 }
+cs_supervision::observable!(UpperWatcher);

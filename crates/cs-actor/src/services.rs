@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use cs_compute::coordinator::SetRail;
 use cs_compute::service::{ComputeService, ServiceConfig};
 use cs_engine::{default_local_only, PathFilter, DEFAULT_EXCLUDED};
 use cs_mount::{LowerSpec, MountConfig, MountSupervisor};
 use cs_protocol::ClientId;
+use cs_supervision::ObserveExt;
 
 use crate::config::{ComputeArgs, ProjectArgs};
 
@@ -97,7 +97,9 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             mcfg.local_only = mount_local_only(&l);
         }
         mcfg.local_only_owner = owner.map(|o| (o.uid, o.gid));
-        let mount = actix::Actor::start(MountSupervisor::new(mcfg).context("mount supervisor")?);
+        let supervisor = MountSupervisor::new(mcfg).context("mount supervisor")?;
+        let (rail, mount_heartbeat) = (supervisor.rail(), supervisor.heartbeat());
+        let mount = cs_supervision::spawn(supervisor);
         wait_for_union(&mount).await?;
         if let Some(o) = owner {
             warn_if_lower_not_owned(&lower_mountpoint, o);
@@ -125,7 +127,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
         let mount_status: cs_compute::service::StatusFn = Arc::new(move || {
             let m = m.clone();
             Box::pin(async move {
-                match m.send(cs_mount::Observe).await {
+                match m.observe().await {
                     Ok(st) => serde_json::to_value(st).unwrap_or_default(),
                     Err(_) => serde_json::Value::Null,
                 }
@@ -140,22 +142,18 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
                 m.send(cs_mount::AcceptEmptyLower).await.map_err(|e| format!("the mount supervisor is gone: {e}"))
             })
         });
-        let hooks = cs_compute::service::MountHooks { status: mount_status, accept_empty_lower };
+        // The safety rail is pushed: the coordinator follows `rail` and
+        // pauses while the mounts are unsafe.
+        let hooks = cs_compute::service::MountHooks {
+            status: mount_status,
+            accept_empty_lower,
+            rail,
+            heartbeat: mount_heartbeat,
+        };
         let (svc, control) = ComputeService::start(cfg, Some(hooks))?;
-        // The safety rail: the coordinator pauses while the mounts are unsafe.
-        let (m, coord) = (mount.clone(), svc.coordinator.clone());
-        let rail = tokio::spawn(async move {
-            loop {
-                if let Ok(st) = m.send(cs_mount::Observe).await {
-                    coord.do_send(SetRail(st.rail));
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
         tracing::info!("compute service running");
         stop_signal().await;
         tracing::info!("stopping: a last round, then unmount");
-        rail.abort();
         svc.shutdown(Duration::from_secs(30)).await;
         control.abort();
         match mount.send(cs_mount::Shutdown).await {
@@ -187,7 +185,7 @@ fn warn_if_lower_not_owned(lower: &std::path::Path, o: cs_engine::Owner) {
 async fn wait_for_union(mount: &actix::Addr<MountSupervisor>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let st = mount.send(cs_mount::Observe).await.context("mount supervisor")?;
+        let st = mount.observe().await.context("mount supervisor")?;
         if st.union.state == cs_mount::UnionStatus::Mounted {
             return Ok(());
         }
@@ -244,12 +242,12 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
     actix_rt::System::new().block_on(async move {
         let broker = cs_broker::run(cfg).await?;
         tracing::info!(listen = %broker.local_addr, "project broker running");
-        let handle = broker.addr.clone();
+        let handle = broker.clone();
         let handler: cs_control::Handler = Arc::new(move |req| {
             let handle = handle.clone();
             Box::pin(async move {
                 match req {
-                    cs_control::Request::Status => match handle.send(cs_broker::Observe).await {
+                    cs_control::Request::Status => match handle.observe().await {
                         Ok(st) => cs_control::Response::status(serde_json::json!({
                             "service": "project",
                             "broker": st,

@@ -151,6 +151,7 @@ fn render_compute(st: &Value, out: &mut String) {
     if let Some(line) = deferred_line(&st["packer"]) {
         out.push_str(&line);
     }
+    out.push_str(&watchdog_lines(&st["watchdog"]));
     for (what, v) in
         [("round", &r["last_error"]), ("connection", &c["last_error"]), ("packer", &st["packer"]["last_error"])]
     {
@@ -158,6 +159,35 @@ fn render_compute(st: &Value, out: &mut String) {
             out.push_str(&format!("  last error  {what}: {}\n", s(v)));
         }
     }
+}
+
+/// The watchdog: each actor's health on one line, then one line per stuck
+/// actor (busy without progress for longer than the threshold).
+fn watchdog_lines(w: &Value) -> String {
+    let Some(actors) = w["actors"].as_object() else { return String::new() };
+    if actors.is_empty() {
+        return String::new();
+    }
+    let health: Vec<String> = actors
+        .iter()
+        .map(|(name, a)| match a["health"].as_str() {
+            Some("stuck") => format!("{name} STUCK"),
+            _ => format!("{name} {}", s(&a["health"])),
+        })
+        .collect();
+    let mut out = format!(
+        "  actors      {}
+",
+        health.join(", ")
+    );
+    for (name, a) in actors.iter().filter(|(_, a)| a["health"] == "stuck") {
+        out.push_str(&format!(
+            "  STUCK       {name}: busy without progress for {} (threshold {}); see docs/operations.md\n",
+            ms(&a["silent_ms"]),
+            ms(&w["stuck_after_ms"])
+        ));
+    }
+    out
 }
 
 /// Busy files: `packer.deferred` (or a broker session's `deferred`).
@@ -241,6 +271,7 @@ fn render_project(st: &Value, out: &mut String) {
             out.push_str(&format!("  refused connections: {}\n", parts.join(", ")));
         }
     }
+    out.push_str(&watchdog_lines(&b["watchdog"]));
 }
 
 #[cfg(test)]
@@ -288,6 +319,26 @@ mod tests {
         let text = render(&st);
         assert!(text.contains("gpu-1: STOPPED, not retrying: connection to the project: HTTP status 401"), "{text}");
         assert!(text.contains("what to do  the broker refused the token: check --token-file"), "{text}");
+    }
+
+    #[test]
+    fn compute_and_project_views_show_a_stuck_actor() {
+        let watchdog = json!({"stuck_after_ms": 2000, "stuck": ["round"], "actors": {
+            "mounts": {"health": "idle", "silent_ms": 10, "beats": 4},
+            "packer": {"health": "busy", "silent_ms": 5, "beats": 9},
+            "round": {"health": "stuck", "silent_ms": 4500, "beats": 3}}});
+        let st = json!({
+            "service": "compute", "client": "gpu-1", "connection": {}, "round": {"phase": "running"},
+            "packer": {}, "watcher": {}, "watchdog": watchdog
+        });
+        let text = render(&st);
+        assert!(text.contains("actors      mounts idle, packer busy, round STUCK"), "{text}");
+        assert!(text.contains("STUCK       round: busy without progress for 4.5 s (threshold 2.0 s)"), "{text}");
+        let st = json!({"service": "project", "broker": {"listen": "0.0.0.0:1", "sessions": [], "watchdog": {
+            "stuck_after_ms": 120000, "stuck": [], "actors": {"session gpu-1": {"health": "busy", "silent_ms": 1}}}}});
+        let text = render(&st);
+        assert!(text.contains("actors      session gpu-1 busy"), "{text}");
+        assert!(!text.contains("STUCK"), "{text}");
     }
 
     #[test]

@@ -420,3 +420,50 @@ fn bad_failpoint_spec_refuses_to_start() {
     );
     bed.finish();
 }
+
+/// The watchdog, on a real hang: a round stalls after the hello (`sleep` failpoint) with a
+/// short threshold (`CS_STUCK_AFTER`); status (JSON and human view) shows the round stuck and
+/// for how long, then, once the round resumes and commits, no longer stuck.
+#[test]
+fn stalled_round_shows_stuck_in_status_then_recovers() {
+    if !tools() {
+        return;
+    }
+    let mut bed = Bed::new("faults-stuck");
+    put(&bed.home, "README", "a round that hangs\n");
+    bed.start_broker();
+    // Hit 1 is the start-up round; the second round stalls for 8 s after the hello.
+    let env = [("CS_FAILPOINTS", "after-hello=2*sleep(8000)"), ("CS_STUCK_AFTER", "1.5")];
+    bed.start_compute_opts("gpu-1", &ComputeOpts { env: &env, ..Default::default() });
+    let committed0 = bed.compute_status()["round"]["rounds_committed"].as_u64().unwrap_or(0);
+    request_round(&bed);
+    let stuck = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let st = bed.c().status().ok()?;
+        let round = &st["watchdog"]["actors"]["round"];
+        (round["health"] == "stuck" && st["round"]["phase"] == "running").then_some(st)
+    });
+    let Some(st) = stuck else { bed.fail("the stalled round was not shown stuck within 30 s") };
+    let w = &st["watchdog"];
+    assert_eq!(w["stuck_after_ms"], 1500, "{w}");
+    assert!(w["stuck"].as_array().is_some_and(|a| a.iter().any(|n| n == "round")), "{w}");
+    assert!(w["actors"]["round"]["silent_ms"].as_u64().unwrap_or(0) > 1500, "{w}");
+    // Only the stalled actor is stuck.
+    assert_ne!(w["actors"]["packer"]["health"], "stuck", "{w}");
+    let sock = bed.c().sock.display().to_string();
+    let human = cli(&["status", "--control-socket", &sock], Duration::from_secs(20));
+    assert!(human.stdout.contains("round STUCK"), "{}", human.describe());
+    assert!(human.stdout.contains("STUCK       round: busy without progress for"), "{}", human.describe());
+    // It resumes: the round commits, nothing is stuck any more.
+    let recovered = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        let st = bed.c().status().ok()?;
+        let done = st["round"]["rounds_committed"].as_u64().unwrap_or(0) > committed0
+            && st["watchdog"]["stuck"].as_array().is_some_and(|a| a.is_empty())
+            && st["watchdog"]["actors"]["round"]["health"] != "stuck";
+        done.then_some(())
+    });
+    if recovered.is_none() {
+        bed.fail("the round did not recover (commit, not stuck) within 60 s of the stall");
+    }
+    assert_eq!(fired_count(&bed, "after-hello"), 1, "the stall fired once");
+    bed.finish();
+}

@@ -31,5 +31,5 @@ pub use lower::{LowerKind, LowerSpec};
 pub use sshfs::{shell_quote, sshfs_command, DataCache, SshfsOptions, SshfsTarget, DEFAULT_STALENESS};
 pub use supervisor::{
     AcceptEmptyLower, CheckNow, LowerState, LowerStatus, MountConfig, MountPointState, MountState, MountSupervisor,
-    Observe, Shutdown, SyncAllowed, UnionState, UnionStatus,
+    Shutdown, SyncAllowed, UnionState, UnionStatus,
 };

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use cs_supervision::{ExitStatus, Heartbeat, MAILBOX_CAPACITY};
+use cs_supervision::{ExitStatus, Heartbeat, Observable};
 use cs_union::{Layout, UnionfsFuse};
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::bare::{Guard, Prepared, Recovery};
 use crate::lower::LowerKind;
@@ -168,11 +168,6 @@ pub enum UnionStatus {
     Unmounted,
 }
 
-/// A snapshot of the observable state.
-#[derive(Message)]
-#[rtype(result = "MountState")]
-pub struct Observe;
-
 /// May a sync round run now? `false` while the safety rail is up.
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -209,7 +204,7 @@ enum Outcome {
     Shutdown(Result<(), String>),
 }
 
-/// See the crate docs. Create with [`MountSupervisor::new`], start with `.start()`.
+/// See the crate docs. Create with [`MountSupervisor::new`], start with `cs_supervision::spawn`.
 pub struct MountSupervisor {
     s: Arc<Settings>,
     health_interval: Duration,
@@ -233,6 +228,8 @@ pub struct MountSupervisor {
     shutdown_requested: bool,
     shut: bool,
     heartbeat: Heartbeat,
+    /// Publishes `state.rail` on every change (see [`MountSupervisor::rail`]).
+    rail: watch::Sender<Option<String>>,
 }
 
 impl MountSupervisor {
@@ -339,12 +336,20 @@ impl MountSupervisor {
             shutdown_requested: false,
             shut: false,
             heartbeat: Heartbeat::new(),
+            rail: watch::Sender::new(Some("lower not checked yet".into())),
         })
     }
 
-    /// Beats once per finished operation (mount, check, shutdown).
+    /// Busy while an operation (mount, check, shutdown) runs on its worker
+    /// thread; beats when one starts and ends.
     pub fn heartbeat(&self) -> Heartbeat {
         self.heartbeat.clone()
+    }
+
+    /// The safety rail, pushed on every change: `Some(reason)` while sync
+    /// rounds may not run. The coordinator follows it (no polling).
+    pub fn rail(&self) -> watch::Receiver<Option<String>> {
+        self.rail.subscribe()
     }
 
     /// Starts the next operation if none is running: shutdown, a due lower mount, a due
@@ -393,8 +398,9 @@ impl MountSupervisor {
             }
             return;
         }
+        let busy = self.heartbeat.busy();
         ctx.spawn(rx.into_actor(self).map(|res, act, ctx| {
-            act.heartbeat.beat();
+            drop(busy);
             match res {
                 Ok((plant, out)) => {
                     act.plant = Some(plant);
@@ -633,6 +639,11 @@ impl MountSupervisor {
             }
             _ => {}
         }
+        self.rail.send_if_modified(|published| {
+            let changed = *published != reason;
+            published.clone_from(&reason);
+            changed
+        });
         self.state.rail = reason;
     }
 
@@ -667,7 +678,6 @@ impl Actor for MountSupervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         ctx.run_interval(self.health_interval, |act, ctx| {
             act.check_due = true;
             act.poll(ctx);
@@ -688,16 +698,17 @@ impl Actor for MountSupervisor {
     }
 }
 
-impl Handler<Observe> for MountSupervisor {
-    type Result = MessageResult<Observe>;
-    fn handle(&mut self, _: Observe, _: &mut Self::Context) -> Self::Result {
+impl Observable for MountSupervisor {
+    type State = MountState;
+    fn observe(&self) -> MountState {
         let mut s = self.state.clone();
         if let Some(pid) = self.plant.as_ref().and_then(|p| p.union_pid()) {
             s.union.pid = Some(pid);
         }
-        MessageResult(s)
+        s
     }
 }
+cs_supervision::observable!(MountSupervisor);
 
 impl Handler<SyncAllowed> for MountSupervisor {
     type Result = bool;

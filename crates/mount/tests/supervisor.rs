@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use cs_mount::{
     sshfs_command, AcceptEmptyLower, CheckNow, LowerSpec, LowerStatus, MountConfig, MountState, MountSupervisor,
-    Observe, Shutdown, SshfsOptions, SshfsTarget, SyncAllowed, UnionStatus,
+    Shutdown, SshfsOptions, SshfsTarget, SyncAllowed, UnionStatus,
 };
+use cs_supervision::ObserveExt;
 use cs_testbed::{current_user, real_tools_available, sshfs_mount, DelayProxy, Sshd};
 
 struct Fx {
@@ -92,7 +93,7 @@ fn run<F: Future>(f: impl FnOnce() -> F) -> F::Output {
 }
 
 async fn observe(a: &Addr<MountSupervisor>) -> MountState {
-    a.send(Observe).await.unwrap()
+    a.observe().await.unwrap()
 }
 
 /// Polls the state every 20 ms until `pred` holds; panics with the last state after `t`.

@@ -1,24 +1,38 @@
 //! The conventions every cs-actor actor follows, after quickwit's
-//! `quickwit-actors`, on actix:
+//! `quickwit-actors` and Alice Ryhl's "Actors with Tokio", on actix. They
+//! are code, not prose:
 //!
-//! - **Observable state.** Each actor defines a `Clone + Serialize` state
-//!   struct and answers an `Observe` message (its own, typed) with a snapshot
-//!   of it. That snapshot is exactly what `cs-actor status` prints and what
-//!   tests assert on; nothing else about an actor's insides is public.
-//! - **Bounded mailbox.** Each actor sets its mailbox capacity in `started`
-//!   (`ctx.set_mailbox_capacity(MAILBOX_CAPACITY)`), so a flood of messages
-//!   applies backpressure to senders instead of growing memory.
-//! - **Heartbeat.** An actor doing long work records progress on its
-//!   [`Heartbeat`] (every entry packed, every file applied). A supervisor
-//!   compares heartbeats over time to tell *busy* (progress) from *stuck*.
+//! - **Observable state** ([`observe`]). Each actor implements
+//!   [`Observable`]: a `Clone + Serialize` state and a snapshot of it. The
+//!   one generic message [`Observe<A>`] asks for it ([`observable!`] writes
+//!   the handler, [`ObserveExt::observe`] sends it). That snapshot is exactly
+//!   what `cs-actor status` prints and what tests assert on.
+//! - **Bounded mailbox.** Actors are started with [`spawn`] (or
+//!   [`spawn_with`]), which sets the mailbox capacity ([`MAILBOX_CAPACITY`]
+//!   unless the actor says otherwise), so a flood of messages sent with
+//!   `send().await` or `try_send` applies backpressure instead of growing
+//!   memory. `do_send` ignores the bound: product code uses it only where
+//!   the number of messages is bounded by construction (said at the call).
+//! - **Heartbeat** ([`heartbeat`]). An actor doing long work marks itself
+//!   busy ([`Heartbeat::busy`]) and records progress with
+//!   [`Heartbeat::beat`] (every step, every entry).
+//! - **Watchdog** ([`watchdog`]). Each service registers its actors'
+//!   heartbeats with a [`Watchdog`], which tells *idle*, *busy* (progress)
+//!   and *stuck* (busy, no progress for longer than its threshold) apart,
+//!   logs when an actor gets stuck or recovers, and is shown by
+//!   `cs-actor status`.
 //! - **Backoff.** An actor retrying after failures waits by [`Backoff`] (one doubling rule,
 //!   one jitter rule).
 //! - **Exit status.** An actor that stops says why, with an [`ExitStatus`]
 //!   kept in its observable state.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+pub mod heartbeat;
+pub mod observe;
+pub mod watchdog;
+
+pub use heartbeat::{Health, Heartbeat};
+pub use observe::{spawn, spawn_with, Observable, Observe, ObserveExt};
+pub use watchdog::{ActorHealth, Watchdog, WatchdogReport, DEFAULT_STUCK_AFTER, STUCK_AFTER_ENV};
 
 use serde::Serialize;
 
@@ -40,64 +54,6 @@ pub enum ExitStatus {
     Quit,
     /// Stopped on an error, with the reason.
     Failure(String),
-}
-
-/// Progress counter shared between an actor and whoever watches it.
-#[derive(Debug, Clone)]
-pub struct Heartbeat {
-    beats: Arc<AtomicU64>,
-    started: Instant,
-    last_beat_ms: Arc<AtomicU64>,
-}
-
-impl Default for Heartbeat {
-    fn default() -> Self {
-        Heartbeat {
-            beats: Arc::new(AtomicU64::new(0)),
-            started: Instant::now(),
-            last_beat_ms: Arc::new(AtomicU64::new(0)),
-        }
-    }
-}
-
-impl Heartbeat {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Records one unit of progress.
-    pub fn beat(&self) {
-        self.beats.fetch_add(1, Ordering::Relaxed);
-        self.last_beat_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    pub fn beats(&self) -> u64 {
-        self.beats.load(Ordering::Relaxed)
-    }
-
-    /// Time since the last beat (or since creation, if none yet).
-    pub fn since_last(&self) -> Duration {
-        let last = Duration::from_millis(self.last_beat_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(last)
-    }
-
-    /// Busy actors that have not beaten for `stuck_after` are stuck.
-    pub fn health(&self, busy: bool, stuck_after: Duration) -> Health {
-        match (busy, self.since_last() > stuck_after) {
-            (false, _) => Health::Idle,
-            (true, false) => Health::Busy,
-            (true, true) => Health::Stuck { silent_ms: self.since_last().as_millis() as u64 },
-        }
-    }
-}
-
-/// What a supervisor concludes from a heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Health {
-    Idle,
-    Busy,
-    Stuck { silent_ms: u64 },
 }
 
 /// `e` and its sources as one line, "outer: inner: innermost", for the
@@ -122,17 +78,6 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn heartbeat_tells_busy_from_stuck() {
-        let hb = Heartbeat::new();
-        assert_eq!(hb.health(false, Duration::ZERO), Health::Idle);
-        hb.beat();
-        assert_eq!(hb.health(true, Duration::from_secs(60)), Health::Busy);
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(matches!(hb.health(true, Duration::from_millis(5)), Health::Stuck { silent_ms } if silent_ms >= 5));
-        assert_eq!(hb.beats(), 1);
-    }
 
     #[derive(Debug, thiserror::Error)]
     enum Outer {

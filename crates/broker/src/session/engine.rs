@@ -299,11 +299,12 @@ impl Session {
         F: FnOnce(&mut Self, &mut Context<Self>, T) + 'static,
     {
         self.busy = true;
-        self.heartbeat.beat();
+        let busy = self.heartbeat.busy();
         let project = self.shared.project.clone();
         let lock = self.client_lock.clone();
         let calls = self.shared.engine_calls.clone();
         let fut = async move {
+            let _busy = busy;
             let guard = lock.lock_owned().await;
             let call = EngineCall::new(&calls);
             let (done, result) = oneshot::channel();

@@ -186,7 +186,9 @@ pub(super) async fn read_loop(
             }
         }
     };
-    addr.do_send(ConnectionLost { reason });
+    // `send().await`: the session must learn that its connection is gone;
+    // this task waits for room. An error means the session already stopped.
+    let _ = addr.send(ConnectionLost { reason }).await;
 }
 
 /// Forwards step 4's stream chunk by chunk up to its end.
@@ -257,7 +259,8 @@ pub(super) async fn write_loop(
         }
         Err(e) => {
             tracing::debug!(client = %client, "writer: {e}");
-            addr.do_send(ConnectionLost { reason: Some(format!("sending: {e}")) });
+            // As in the reader: wait for room, never drop it.
+            let _ = addr.send(ConnectionLost { reason: Some(format!("sending: {e}")) }).await;
         }
     }
 }

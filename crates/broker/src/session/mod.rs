@@ -8,7 +8,7 @@
 //!
 //! The actor itself never blocks: every engine call runs on a blocking
 //! thread, with the round moved there and back, while the actor keeps
-//! answering `Observe`, `Ping` and the idle check. Requests are handled one
+//! answering `Observe<Session>`, `Ping` and the idle check. Requests are handled one
 //! at a time, in order; one that arrives while a step runs waits in a short
 //! queue (a `Hello` there cancels the running step: the round restarts).
 //!
@@ -26,7 +26,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use cs_engine::{ProjectRound, ProjectSide};
 use cs_protocol::ClientId;
-use cs_supervision::{ExitStatus, Heartbeat, MAILBOX_CAPACITY};
+use cs_supervision::{ExitStatus, Heartbeat, Observable};
 use cs_wire::{ClientMsg, ErrorCode, Frame, ServerMsg, StreamItem, WireLimits, WsReceiver, WsSender};
 use tokio::sync::{mpsc, watch};
 
@@ -92,11 +92,6 @@ pub(crate) struct ConnectionLost {
     reason: Option<String>,
 }
 
-/// Observe message of a session.
-#[derive(Message)]
-#[rtype(result = "SessionState")]
-pub struct ObserveSession;
-
 /// Ends a session (replaced by a new connection of its client, shutdown).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -151,18 +146,20 @@ pub(crate) struct SessionParts {
     pub client_lock: Arc<tokio::sync::Mutex<()>>,
     pub sender: WsSender<BoxedIo, ServerMsg>,
     pub receiver: WsReceiver<BoxedIo, ClientMsg>,
+    /// Busy during engine calls, beaten per entry: the broker's watchdog reads it.
+    pub heartbeat: Heartbeat,
 }
 
 impl Session {
     /// Starts the session's actor and its reader and writer tasks.
     pub(crate) fn start(parts: SessionParts) -> Addr<Session> {
-        let SessionParts { client, peer, conn_id, broker, shared, client_lock, sender, receiver } = parts;
+        let SessionParts { client, peer, conn_id, broker, shared, client_lock, sender, receiver, heartbeat } = parts;
         let (out_tx, out_rx) = mpsc::channel(OUTGOING_CAPACITY);
         let routes: SharedRoutes = Arc::default();
         let activity = Activity::default();
         activity.touch();
         let (alive, ended) = watch::channel(());
-        Session::create(move |ctx| {
+        cs_supervision::spawn_with(cs_supervision::MAILBOX_CAPACITY, move |ctx| {
             let addr = ctx.address();
             let reader = actix_rt::spawn(read_loop(receiver, addr.clone(), routes.clone(), activity.clone()));
             let writer = actix_rt::spawn(write_loop(sender, out_rx, ended, addr, activity.clone(), client.clone()));
@@ -177,7 +174,7 @@ impl Session {
                 out: Some(out_tx),
                 routes,
                 activity,
-                heartbeat: Heartbeat::new(),
+                heartbeat,
                 reader: Some(reader),
                 writer: Some(writer),
                 alive: Some(alive),
@@ -310,7 +307,6 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         let idle = self.shared.idle_timeout;
         let every = (idle / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
         ctx.run_interval(every, move |act, ctx| {
@@ -345,12 +341,20 @@ impl Actor for Session {
                 w.abort();
             });
         }
-        self.broker.do_send(SessionEnded {
+        // `send().await` off the actor (it is stopping): the broker must
+        // learn that the session ended (it frees the client's slot), so wait
+        // for room rather than drop; an error means the broker stopped.
+        let ended = self.broker.send(SessionEnded {
             client: self.client.clone(),
             peer: self.peer,
             conn_id: self.conn_id,
             exit: self.exit.clone().unwrap_or(ExitStatus::Quit),
             refused: self.refused,
+        });
+        actix_rt::spawn(async move {
+            if ended.await.is_err() {
+                tracing::debug!("session ended after the broker stopped");
+            }
         });
     }
 }
@@ -392,12 +396,13 @@ impl Handler<ConnectionLost> for Session {
     }
 }
 
-impl Handler<ObserveSession> for Session {
-    type Result = MessageResult<ObserveSession>;
-    fn handle(&mut self, _: ObserveSession, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.snapshot())
+impl Observable for Session {
+    type State = SessionState;
+    fn observe(&self) -> SessionState {
+        self.snapshot()
     }
 }
+cs_supervision::observable!(Session);
 
 impl Handler<StopSession> for Session {
     type Result = ();

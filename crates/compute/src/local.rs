@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use cs_engine::{ComputeSide, EngineError, ProjectRound, ProjectSide};
-use cs_protocol::{ClientId, Cursor, EntryKind, RelPath};
+use cs_protocol::{ClientId, Cursor, EntryKind};
 use cs_tarstream::{EntryHeader, Limits, PackWriter};
 use cs_wire::{ClientMsg, ErrorCode, RoundAt, ServerMsg, Step};
 
@@ -58,41 +58,26 @@ pub struct ProjectRecord {
     pub cut: Option<Cut>,
 }
 
-/// What one round did, as both ends saw it.
-#[derive(Debug, Clone, Default)]
-pub struct RoundReport {
-    pub deletes_to_project: usize,
-    pub kept_on_project: Vec<RelPath>,
-    pub deletes_to_compute: usize,
-    pub kept_on_compute: Vec<RelPath>,
-    pub sent_to_project: usize,
-    pub bytes_to_project: u64,
-    pub conflicts: Vec<RelPath>,
-    pub sent_to_compute: usize,
-    pub bytes_to_compute: u64,
-    pub skipped_on_compute: Vec<RelPath>,
-    pub cursor: Cursor,
-    /// What the compute side's scan could not sync.
-    pub problems: Vec<String>,
-}
+/// What one round did, as both ends saw it: the engine's own report type, so the engine's
+/// step-level tests and the tests of the shipped round read the same fields.
+pub use cs_engine::driver::RoundReport;
 
-impl RoundReport {
-    fn new(c: &RoundSummary, p: &ProjectRecord, problems: Vec<String>) -> Self {
-        let step3 = c.steps.iter().find(|s| s.step == Step::WritesToProject);
-        RoundReport {
-            deletes_to_project: c.deletes_to_project as usize,
-            kept_on_project: c.kept_on_project.clone(),
-            deletes_to_compute: c.deletes_to_compute as usize,
-            kept_on_compute: c.kept_on_compute.clone(),
-            sent_to_project: step3.map_or(0, |s| s.entries as usize),
-            bytes_to_project: step3.map_or(0, |s| s.bytes),
-            conflicts: c.conflicts.clone(),
-            sent_to_compute: p.sent_entries as usize,
-            bytes_to_compute: p.sent_bytes,
-            skipped_on_compute: c.not_applied.clone(),
-            cursor: p.cursor,
-            problems,
-        }
+/// The report of a committed round, from the compute end's summary and the project end's record.
+fn report(c: &RoundSummary, p: &ProjectRecord, problems: Vec<String>) -> RoundReport {
+    let step3 = c.steps.iter().find(|s| s.step == Step::WritesToProject);
+    RoundReport {
+        deletes_to_project: c.deletes_to_project as usize,
+        kept_on_project: c.kept_on_project.clone(),
+        deletes_to_compute: c.deletes_to_compute as usize,
+        kept_on_compute: c.kept_on_compute.clone(),
+        sent_to_project: step3.map_or(0, |s| s.entries as usize),
+        bytes_to_project: step3.map_or(0, |s| s.bytes),
+        conflicts: c.conflicts.clone(),
+        sent_to_compute: p.sent_entries as usize,
+        bytes_to_compute: p.sent_bytes,
+        skipped_on_compute: c.not_applied.clone(),
+        cursor: p.cursor,
+        problems,
     }
 }
 
@@ -455,7 +440,7 @@ pub fn run_round(
             Err(e) => panic!("the packer did not hand its compute side back: {e}"),
         };
         let record = link.record();
-        let report = result.map(|summary| RoundReport::new(&summary, &record, problems));
+        let report = result.map(|summary| report(&summary, &record, problems));
         (side, record, report)
     })
 }

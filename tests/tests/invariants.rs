@@ -484,16 +484,10 @@ fn world_with_work_in_every_step() -> World {
     w
 }
 
-#[test]
-fn idempotent_retry_at_every_cut_point() {
-    let mut reference = world_with_work_in_every_step();
-    let r = reference.round();
-    assert!(r.deletes_to_project >= 2 && r.deletes_to_compute >= 2, "the scenario must exercise step 1 and 2: {r:?}");
-    assert!(r.sent_to_project >= 3 && r.sent_to_compute >= 3, "the scenario must exercise step 3 and 4: {r:?}");
-    reference.assert_converged();
-    let (want_p, want_c) = (reference.p_tree(), reference.c_tree());
-    assert_no_conflict_copies(&reference, "reference run");
-
+/// Cuts the every-step scenario at each cut point, with and without a crash of both sides
+/// after the cut, then runs `check` on the world; every failing case is reported, not just
+/// the first.
+fn every_cut_then(check: impl Fn(World)) {
     let mut failures = Vec::new();
     for cut in ALL_CUTS {
         for crash in [false, true] {
@@ -504,14 +498,7 @@ fn idempotent_retry_at_every_cut_point() {
                 if crash {
                     w.crash_and_reopen();
                 }
-                let r = w.round();
-                assert!(r.conflicts.is_empty(), "retry reported conflicts: {r:?}");
-                w.p_tree().assert_same(&want_p, "P home after retry", "P home after the uninterrupted round");
-                w.c_tree().assert_same(&want_c, "C view after retry", "C view after the uninterrupted round");
-                assert_no_conflict_copies(&w, "after retry");
-                let temps = w.leftover_temp_files();
-                assert!(temps.is_empty(), "temporary files left behind: {temps:?}");
-                assert_idle(&w.round(), "round after the retry");
+                check(w);
             }));
             if let Err(e) = outcome {
                 let msg =
@@ -530,52 +517,51 @@ fn idempotent_retry_at_every_cut_point() {
 }
 
 #[test]
+fn idempotent_retry_at_every_cut_point() {
+    let mut reference = world_with_work_in_every_step();
+    let r = reference.round();
+    assert!(r.deletes_to_project >= 2 && r.deletes_to_compute >= 2, "the scenario must exercise step 1 and 2: {r:?}");
+    assert!(r.sent_to_project >= 3 && r.sent_to_compute >= 3, "the scenario must exercise step 3 and 4: {r:?}");
+    reference.assert_converged();
+    let (want_p, want_c) = (reference.p_tree(), reference.c_tree());
+    assert_no_conflict_copies(&reference, "reference run");
+
+    every_cut_then(|mut w| {
+        let r = w.round();
+        assert!(r.conflicts.is_empty(), "retry reported conflicts: {r:?}");
+        w.p_tree().assert_same(&want_p, "P home after retry", "P home after the uninterrupted round");
+        w.c_tree().assert_same(&want_c, "C view after retry", "C view after the uninterrupted round");
+        assert_no_conflict_copies(&w, "after retry");
+        let temps = w.leftover_temp_files();
+        assert!(temps.is_empty(), "temporary files left behind: {temps:?}");
+        assert_idle(&w.round(), "round after the retry");
+    });
+}
+
+#[test]
 fn retry_after_a_cut_sees_changes_made_in_between() {
     // The user keeps working while a round is cut: the retry (after a crash
     // or not) must still converge and carry every later change.
-    let mut failures = Vec::new();
-    for cut in ALL_CUTS {
-        for crash in [false, true] {
-            let case = format!("cut {cut:?}{}", if crash { " + crash of both sides" } else { "" });
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut w = world_with_work_in_every_step();
-                w.round_cut(cut);
-                if crash {
-                    w.crash_and_reopen();
-                }
-                w.p().write(&rp("held2"), b"held2 by P, again").unwrap();
-                w.p().append(&rp("held3"), b" and more").unwrap();
-                w.c().write(&rp("held4"), b"held4 by C, later").unwrap();
-                w.c().put(&rp("nd/new4"), b"new4 by C").unwrap();
-                w.p().put(&rp("pd/p_new"), b"p_new by P").unwrap();
-                let r = w.round();
-                w.assert_converged();
-                assert_eq!(text(w.c(), "held2"), "held2 by P, again");
-                assert_eq!(text(w.c(), "held3"), "held3 by P and more");
-                assert_eq!(text(&w.p(), "nd/new4"), "new4 by C");
-                assert_eq!(text(w.c(), "pd/p_new"), "p_new by P");
-                // held4: P changed it in the cut round's history, C changed it after:
-                // a conflict unless step 4 had already brought P's version to C.
-                let copies = conflict_copies(&w, "held4");
-                let c_version_kept = text(&w.p(), "held4") == "held4 by C, later"
-                    || copies.iter().any(|(_, c)| c == "held4 by C, later");
-                assert!(c_version_kept, "C's later write to held4 lost: {copies:?}, report {r:?}");
-                assert_idle(&w.round(), "round after the retry");
-            }));
-            if let Err(e) = outcome {
-                let msg =
-                    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
-                failures.push(format!("{case}: {}", msg.unwrap_or_default()));
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cut cases failed:\n{}",
-        failures.len(),
-        ALL_CUTS.len() * 2,
-        failures.join("\n")
-    );
+    every_cut_then(|mut w| {
+        w.p().write(&rp("held2"), b"held2 by P, again").unwrap();
+        w.p().append(&rp("held3"), b" and more").unwrap();
+        w.c().write(&rp("held4"), b"held4 by C, later").unwrap();
+        w.c().put(&rp("nd/new4"), b"new4 by C").unwrap();
+        w.p().put(&rp("pd/p_new"), b"p_new by P").unwrap();
+        let r = w.round();
+        w.assert_converged();
+        assert_eq!(text(w.c(), "held2"), "held2 by P, again");
+        assert_eq!(text(w.c(), "held3"), "held3 by P and more");
+        assert_eq!(text(&w.p(), "nd/new4"), "new4 by C");
+        assert_eq!(text(w.c(), "pd/p_new"), "p_new by P");
+        // held4: P changed it in the cut round's history, C changed it after:
+        // a conflict unless step 4 had already brought P's version to C.
+        let copies = conflict_copies(&w, "held4");
+        let c_version_kept =
+            text(&w.p(), "held4") == "held4 by C, later" || copies.iter().any(|(_, c)| c == "held4 by C, later");
+        assert!(c_version_kept, "C's later write to held4 lost: {copies:?}, report {r:?}");
+        assert_idle(&w.round(), "round after the retry");
+    });
 }
 
 // ------------------------------------------------------------------- isolation

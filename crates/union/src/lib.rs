@@ -10,6 +10,7 @@
 
 mod error;
 mod mount;
+pub mod overlay;
 mod whiteout;
 
 pub use error::UnionError;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what cs-actor, its tests and its bench need on Debian (run as
 # root), so that the README's two commands pass on a fresh machine:
-# - the services: the union (unionfs-fuse), the network filesystem (sshfs,
+# - the services: the union (unionfs-fuse; fuse-overlayfs is a candidate the
+#   bench measures beside it), the network filesystem (sshfs,
 #   fuse3) and an sshd for the loopback test bed;
 # - the tests' user side and the bench's workloads and rivals: git, make and a
 #   C compiler (W1), python3 with pip (W3, pip installs as a user), rsync,
@@ -12,7 +13,7 @@
 set -euo pipefail
 
 packages=(
-    unionfs-fuse sshfs fuse3 openssh-server openssh-client
+    unionfs-fuse sshfs fuse3 openssh-server openssh-client fuse-overlayfs
     git make gcc libc6-dev python3 python3-pip rsync unison zstd tar
     passwd util-linux e2fsprogs procps
 )

@@ -216,6 +216,10 @@ impl Env {
 pub enum Kind {
     Local,
     UnionLocal,
+    /// Kernel overlayfs over a local lower (a candidate union: docs/union.md).
+    OverlayLocal,
+    /// fuse-overlayfs over a local lower (a candidate union: docs/union.md).
+    FuseOverlayfsLocal,
     Sshfs,
     CsActor,
 }
@@ -225,6 +229,8 @@ impl Kind {
         match self {
             Kind::Local => "local",
             Kind::UnionLocal => "union-local",
+            Kind::OverlayLocal => "overlay-local",
+            Kind::FuseOverlayfsLocal => "fuse-overlayfs-local",
             Kind::Sshfs => "sshfs",
             Kind::CsActor => "cs-actor",
         }
@@ -266,7 +272,9 @@ impl View<'_> {
     /// upper layer.
     pub fn cleanup(&self, rel: &str) -> Result<()> {
         match self.kind {
-            Kind::Local | Kind::UnionLocal => remove_tree(&self.view.join(rel)),
+            Kind::Local | Kind::UnionLocal | Kind::OverlayLocal | Kind::FuseOverlayfsLocal => {
+                remove_tree(&self.view.join(rel))
+            }
             Kind::Sshfs => remove_tree(&self.project.join(rel)),
             Kind::CsActor => {
                 self.settle()?;

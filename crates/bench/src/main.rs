@@ -30,7 +30,8 @@ use sync::{Pair, Test, Tool, Way};
 use util::{copy_tree, peak_rss_kib, remove_tree, reset_peak_rss, rss_kib, which};
 
 const ALL_TESTS: [&str; 8] = ["W1", "W2", "W3", "W4", "W5", "S1", "S2", "S3"];
-const ALL_SETUPS: [&str; 7] = ["local", "union-local", "sshfs", "cs-actor", "rsync", "tar", "unison"];
+const ALL_SETUPS: [&str; 9] =
+    ["local", "union-local", "overlay-local", "fuse-overlayfs-local", "sshfs", "cs-actor", "rsync", "tar", "unison"];
 
 /// The slow-link bench (see docs/benchmarks.md).
 #[derive(Parser, Debug)]
@@ -54,7 +55,8 @@ struct Cli {
     /// Only these tests (comma-separated): W1 … W5, S1, S2, S3.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
-    /// Only these setups: local, union-local, sshfs, cs-actor, rsync, tar, unison.
+    /// Only these setups: local, union-local (unionfs-fuse), overlay-local (kernel overlayfs),
+    /// fuse-overlayfs-local, sshfs, cs-actor, rsync, tar, unison.
     #[arg(long, value_delimiter = ',')]
     setups: Option<Vec<String>>,
     /// Bandwidth cap of the shaped link, bytes per second each way (default: none).
@@ -150,6 +152,9 @@ fn check_tools(tests: &BTreeSet<String>, setups: &BTreeSet<String>) -> Vec<(Stri
     if setups.contains("union-local") || setups.contains("cs-actor") {
         need("the union", &["unionfs-fuse"]);
     }
+    if setups.contains("fuse-overlayfs-local") {
+        need("fuse-overlayfs", &["fuse-overlayfs"]);
+    }
     if tests.contains("W1") {
         need("W1", &["make", "cc"]);
     }
@@ -234,6 +239,9 @@ fn run(cli: Cli) -> Result<usize> {
                 setups.remove("union-local");
                 setups.remove("cs-actor");
             }
+            "fuse-overlayfs" => {
+                setups.remove("fuse-overlayfs-local");
+            }
             "the testbed" => bail!("cannot run at all: {} missing", progs.join(", ")),
             _ => {}
         }
@@ -260,6 +268,7 @@ fn run(cli: Cli) -> Result<usize> {
     res.meta.tools = vec![
         ("sshfs".into(), util::version_line("sshfs", "--version", "SSHFS version").replace("SSHFS version ", "")),
         ("unionfs-fuse".into(), unionfs_version()),
+        ("fuse-overlayfs".into(), util::FuseOverlayfs::version()),
         ("OpenSSH".into(), util::version("ssh", "-V")),
         ("rsync".into(), util::version("rsync", "--version").split_whitespace().nth(2).unwrap_or("?").to_string()),
         ("unison".into(), util::version("unison", "-version").replace("unison version ", "")),
@@ -308,6 +317,27 @@ fn run(cli: Cli) -> Result<usize> {
     eprintln!("{} cs-bench: done", util::clock());
     r?;
     Ok(res.errors().len())
+}
+
+/// Lower (a copy of the template), upper, work and merged directories below `d`, with the
+/// local-only directories made opaque in the upper layer, as cs-actor prepares them.
+fn overlay_dirs(d: &Path, template: &Path, setup_log: &Path) -> Result<cs_union::overlay::Overlay> {
+    let ov = cs_union::overlay::Overlay {
+        upper: d.join("upper"),
+        lower: d.join("lower"),
+        work: d.join("work"),
+        merged: d.join("merged"),
+        extra: Vec::new(),
+    };
+    copy_tree(template, &ov.lower, setup_log)?;
+    std::fs::create_dir_all(&ov.upper)?;
+    std::fs::create_dir_all(&ov.merged)?;
+    for name in cs_mount::DEFAULT_LOCAL_ONLY {
+        let rel =
+            cs_protocol::RelPath::new(name.as_bytes()).map_err(|e| anyhow::anyhow!("local-only name {name:?}: {e}"))?;
+        cs_union::overlay::create_opaque_dir(&ov.upper, &rel)?;
+    }
+    Ok(ov)
 }
 
 fn unionfs_version() -> String {
@@ -448,6 +478,44 @@ fn bench_all(
             view: merged.clone(),
             project: lower.clone(),
             upper: Some(upper.clone()),
+            compute: None,
+        };
+        let r = workloads(&env, res, lim, &v, u64::MAX, only);
+        guard.unmount()?;
+        r?;
+        remove_tree(&d)?;
+    }
+    if w_any && setups.contains("overlay-local") && !cs_union::overlay::kernel_has_overlay() {
+        let msg = "overlay-local needs overlayfs in the kernel (/proc/filesystems): skipped".to_string();
+        eprintln!("{} cs-bench: {msg}", util::clock());
+        res.notes.push(msg);
+    } else if w_any && setups.contains("overlay-local") {
+        eprintln!("{} cs-bench: kernel overlayfs over a local lower", util::clock());
+        let d = root.join("overlay-local");
+        let ov = overlay_dirs(&d, &template, &setup_log)?;
+        let guard = ov.mount()?;
+        let v = View {
+            kind: Kind::OverlayLocal,
+            view: ov.merged.clone(),
+            project: ov.lower.clone(),
+            upper: None,
+            compute: None,
+        };
+        let r = workloads(&env, res, lim, &v, u64::MAX, only);
+        guard.unmount()?;
+        r?;
+        remove_tree(&d)?;
+    }
+    if w_any && setups.contains("fuse-overlayfs-local") {
+        eprintln!("{} cs-bench: fuse-overlayfs over a local lower", util::clock());
+        let d = root.join("fuse-overlayfs-local");
+        let ov = overlay_dirs(&d, &template, &setup_log)?;
+        let guard = util::FuseOverlayfs::mount(&ov)?;
+        let v = View {
+            kind: Kind::FuseOverlayfsLocal,
+            view: ov.merged.clone(),
+            project: ov.lower.clone(),
+            upper: None,
             compute: None,
         };
         let r = workloads(&env, res, lim, &v, u64::MAX, only);

@@ -119,7 +119,8 @@ pub struct Entry {
     /// "W1" … "W5", "S1 C→P", …
     pub test: String,
     pub rtt_ms: u64,
-    /// "local", "union-local", "sshfs", "cs-actor", "rsync", "tar", "unison".
+    /// "local", "union-local", "overlay-local", "fuse-overlayfs-local", "sshfs", "cs-actor",
+    /// "rsync", "tar", "unison".
     pub column: String,
     pub cell: Cell,
 }
@@ -234,6 +235,44 @@ impl Results {
         v
     }
 
+    /// The union alone, one column per backend, over the same local lower: the measurement
+    /// docs/union.md chooses on. Printed only when a candidate besides unionfs-fuse ran.
+    fn union_backends_table(&self, o: &mut String) {
+        const BACKENDS: [(&str, &str); 3] = [
+            ("union-local", "unionfs-fuse"),
+            ("overlay-local", "kernel overlayfs"),
+            ("fuse-overlayfs-local", "fuse-overlayfs"),
+        ];
+        let rtt = u64::MAX;
+        let ran = |col: &str| WORKLOADS.iter().any(|(w, _)| self.cell(w, rtt, col).is_some());
+        if !ran("overlay-local") && !ran("fuse-overlayfs-local") {
+            return;
+        }
+        o.push_str("\n### The union over a local lower, by backend: seconds, median (min–max), and / local disk\n\n");
+        o.push_str("| workload | local disk |");
+        for (_, name) in BACKENDS {
+            o.push_str(&format!(" {name} | / local |"));
+        }
+        o.push_str("\n|---|---|");
+        o.push_str(&"---|---|".repeat(BACKENDS.len()));
+        o.push('\n');
+        for (w, desc) in WORKLOADS {
+            if self.cell(w, rtt, "local").is_none() {
+                continue;
+            }
+            let local = self.val(w, rtt, "local");
+            o.push_str(&format!("| {w} {desc} | {} |", self.cell_text(w, rtt, "local")));
+            for (col, _) in BACKENDS {
+                o.push_str(&format!(
+                    " {} | {} |",
+                    self.cell_text(w, rtt, col),
+                    self.ratio_text(self.val(w, rtt, col), local)
+                ));
+            }
+            o.push('\n');
+        }
+    }
+
     fn val(&self, test: &str, rtt: u64, col: &str) -> Option<(f64, Bound)> {
         self.cell(test, rtt, col).and_then(|c| c.value())
     }
@@ -312,6 +351,8 @@ impl Results {
                 ));
             }
         }
+
+        self.union_backends_table(&mut o);
 
         o.push_str("\n### S1, S2: time to convergence, seconds, median (min–max)\n\n");
         o.push_str("| test | RTT | cs-actor | rsync -a | tar \\| zstd \\| ssh | unison | cs-actor / rsync | wire bytes cs-actor / rsync |\n");

@@ -374,3 +374,57 @@ pub fn work_dir(dir: Option<&Path>, prefix: &str) -> Result<(PathBuf, Option<tem
     }
     Ok((root, tmp))
 }
+
+/// fuse-overlayfs mounted over an [`cs_union::overlay::Overlay`]'s directories, in the
+/// foreground as our child: a measured candidate union only (docs/union.md), not a backend.
+pub struct FuseOverlayfs {
+    child: std::process::Child,
+    merged: PathBuf,
+}
+
+impl FuseOverlayfs {
+    pub fn version() -> String {
+        version_line("fuse-overlayfs", "--version", "fuse-overlayfs")
+    }
+
+    pub fn mount(ov: &cs_union::overlay::Overlay) -> Result<Self> {
+        std::fs::create_dir_all(&ov.work)?;
+        let opts = format!("{},allow_other", ov.options()?);
+        let child = Command::new("fuse-overlayfs")
+            .args(["-f", "-o", &opts])
+            .arg(&ov.merged)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start fuse-overlayfs")?;
+        let mut me = FuseOverlayfs { child, merged: ov.merged.clone() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cs_union::is_mounted(&me.merged)? {
+            if let Some(st) = me.child.try_wait()? {
+                bail!("fuse-overlayfs exited before mounting {}: {st}", me.merged.display());
+            }
+            if Instant::now() > deadline {
+                bail!("fuse-overlayfs did not mount {} within 10 s", me.merged.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(me)
+    }
+
+    pub fn unmount(mut self) -> Result<()> {
+        cs_proc::unmount_or_detach(&self.merged).map_err(|e| anyhow!("unmount {}: {e}", self.merged.display()))?;
+        if cs_proc::wait_timeout(&mut self.child, Duration::from_secs(5)).is_none() {
+            cs_proc::stop_child(&mut self.child, Duration::from_secs(2));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FuseOverlayfs {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = cs_proc::unmount_or_detach(&self.merged);
+            cs_proc::stop_child(&mut self.child, Duration::from_secs(2));
+        }
+    }
+}

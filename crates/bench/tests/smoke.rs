@@ -31,7 +31,7 @@ fn quick_bench_completes_and_prints_the_table() {
     // bench's output and an empty column here.
     cs_testbed::require_programs(
         "the bench smoke test",
-        &["git", "make", "cc", "python3", "rsync", "unison", "tar", "zstd", "bash", "find"],
+        &["git", "make", "cc", "python3", "rsync", "unison", "tar", "zstd", "bash", "find", "fuse-overlayfs"],
     );
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_cs-bench"));
     let cs_actor = cs_actor_next_to(&bench);
@@ -60,6 +60,7 @@ fn quick_bench_completes_and_prints_the_table() {
         "| workload | RTT | local disk | union, local lower | raw sshfs | cs-actor |",
         "| W1 ",
         "| W5 ",
+        "### The union over a local lower, by backend",
         "| test | RTT | cs-actor | rsync -a |",
         "S1 1000 × 4 KiB, compute → project",
         "### S3",
@@ -73,7 +74,9 @@ fn quick_bench_completes_and_prints_the_table() {
     // Every cell has at least one sample.
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let entries = v["entries"].as_array().unwrap();
-    for col in ["local", "union-local", "sshfs", "cs-actor", "rsync", "tar", "unison"] {
+    for col in
+        ["local", "union-local", "overlay-local", "fuse-overlayfs-local", "sshfs", "cs-actor", "rsync", "tar", "unison"]
+    {
         assert!(entries.iter().any(|e| e["column"] == col), "no {col} cell");
     }
     for e in entries {

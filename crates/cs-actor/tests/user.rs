@@ -27,32 +27,7 @@ const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// The account `name`, created if missing.
 fn account(name: &str) -> Account {
-    for attempt in 0..50 {
-        if let Some(a) = lookup(name) {
-            return a;
-        }
-        let mut c = Command::new("useradd");
-        c.args(["--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name]);
-        let out = run(c, Duration::from_secs(30));
-        // 9: created meanwhile by another test binary; 1 and 10: the passwd or group file is
-        // locked (another useradd is at it): again, a little later.
-        match out.status.and_then(|s| s.code()) {
-            Some(0) | Some(9) => continue,
-            Some(1) | Some(10) => std::thread::sleep(Duration::from_millis(100 + 50 * attempt)),
-            _ => panic!("useradd {name}: {}", out.describe()),
-        }
-    }
-    panic!("could not create account {name}");
-}
-
-fn lookup(name: &str) -> Option<Account> {
-    let id = |flag: &str| {
-        let mut c = Command::new("id");
-        c.args([flag, name]);
-        let out = run(c, Duration::from_secs(10));
-        out.ok().then(|| out.stdout.trim().parse::<u32>().ok()).flatten()
-    };
-    Some(Account { name: name.to_string(), uid: id("-u")?, gid: id("-g")? })
+    cs_testbed::system_account(name).unwrap_or_else(|e| panic!("account {name}: {e}"))
 }
 
 /// `sh -c script` as `who` (no supplementary groups), `HOME=home`, a clean environment.

@@ -7,14 +7,17 @@
 //!   no artificial throughput limit). It runs on its own thread and runtime, so synchronous
 //!   tests can use it.
 //! - [`sshfs_mount`]: an sshfs mount in the foreground (`-f`, our child, pid known).
+//! - [`system_account`]: an unprivileged account of the machine, created if missing.
 //!
 //! Everything started here is stopped by its guard's `Drop`, by pid, and mounts are unmounted.
 
+mod account;
 mod error;
 mod proxy;
 mod sshd;
 mod sshfs;
 
+pub use account::{lookup, system_account, Account};
 pub use cs_proc::{lazy_unmount, wait_until};
 pub use error::TestbedError;
 pub use proxy::DelayProxy;

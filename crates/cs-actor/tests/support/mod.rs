@@ -466,12 +466,7 @@ pub struct ComputeOpts<'a> {
 }
 
 /// An account of this machine (tests/user.rs acts as one).
-#[derive(Debug, Clone)]
-pub struct Account {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-}
+pub use cs_testbed::Account;
 
 /// One compute server: its directories and its `cs-actor compute` process.
 pub struct Compute {

@@ -3,8 +3,8 @@
 //! Every mount is undone by its guard's `Drop`, also when a test panics.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
+use cs_union::overlay::Overlay;
 use cs_union::{MountGuard, UnionfsFuse};
 
 use super::observe::{populate, prepare_root};
@@ -15,7 +15,7 @@ use super::observe::{populate, prepare_root};
 pub enum Backend {
     /// unionfs-fuse as cs-actor mounts it (`cs_union::MountGuard`, `cow` + `access_options()`).
     UnionfsFuse,
-    /// Kernel overlayfs, `mount -t overlay` with upper and workdir on the same local filesystem,
+    /// Kernel overlayfs (`cs_union::overlay`), upper and work dir on the same local filesystem,
     /// default options.
     Overlay,
     /// Kernel overlayfs with `redirect_dir=on` (a lower directory can be renamed: the upper
@@ -47,7 +47,7 @@ impl Backend {
 /// One target, ready for a scenario: `root()` is where the operations happen.
 pub struct Target {
     root: PathBuf,
-    // Held for its `Drop` (a `MountGuard` or an `OverlayGuard`); declared before `_dir`: the
+    // Held for its `Drop` (a `MountGuard` or an `overlay::OverlayGuard`); declared before `_dir`: the
     // mount goes before its directories are removed.
     _mount: Option<Box<dyn std::any::Any>>,
     _dir: tempfile::TempDir,
@@ -83,9 +83,13 @@ impl Target {
                 });
                 Box::new(MountGuard::mount(&bin, &upper, &lower, &merged, &[]).expect("mount unionfs-fuse"))
             }
-            Backend::Overlay => Box::new(OverlayGuard::mount(&lower, &upper, &work, &merged, "")),
-            Backend::OverlayRedirect => {
-                Box::new(OverlayGuard::mount(&lower, &upper, &work, &merged, ",redirect_dir=on,index=on"))
+            Backend::Overlay | Backend::OverlayRedirect => {
+                let extra = match backend {
+                    Backend::OverlayRedirect => vec!["redirect_dir=on".into(), "index=on".into()],
+                    _ => Vec::new(),
+                };
+                let o = Overlay { upper: upper.clone(), lower: lower.clone(), work, merged: merged.clone(), extra };
+                Box::new(o.mount().expect("mount overlayfs"))
             }
         };
         Target { root: merged, _mount: Some(mount), _dir: dir }
@@ -99,42 +103,4 @@ fn scratch() -> tempfile::TempDir {
     let dir = tempfile::Builder::new().prefix("cs-posix-").tempdir_in(&base).unwrap();
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     dir
-}
-
-/// A kernel overlayfs mount, unmounted on drop.
-struct OverlayGuard {
-    merged: PathBuf,
-}
-
-impl OverlayGuard {
-    /// `extra` is appended to the options as is (empty, or starting with a comma).
-    fn mount(lower: &Path, upper: &Path, work: &Path, merged: &Path, extra: &str) -> OverlayGuard {
-        let (l, u, w) = (lower.display(), upper.display(), work.display());
-        let opts = format!("lowerdir={l},upperdir={u},workdir={w}{extra}");
-        let out = Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(merged)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run mount(8)");
-        assert!(
-            out.status.success(),
-            "mount -t overlay -o {opts} {}: {} {}",
-            merged.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        OverlayGuard { merged: merged.to_path_buf() }
-    }
-}
-
-impl Drop for OverlayGuard {
-    fn drop(&mut self) {
-        let ok = Command::new("umount").arg(&self.merged).stdin(Stdio::null()).status().is_ok_and(|s| s.success());
-        if !ok {
-            if let Err(e) = cs_testbed::lazy_unmount(&self.merged) {
-                eprintln!("unmounting overlay at {}: {e}", self.merged.display());
-            }
-        }
-    }
 }

@@ -402,6 +402,9 @@ impl Connection {
                 act.lost(Arc::new(why), ctx);
             }
         }));
+        // Measure the round trip now rather than at the first periodic ping, so that status
+        // knows it as soon as it says connected.
+        self.ping(ctx);
     }
 
     /// The attempt failed or the connection ended: reconnect after a backoff, or, when the

@@ -12,9 +12,11 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::failure::Failure;
-use crate::machine::{transition, Action, Backoff, Event, Phase, Step, Trigger};
+use crate::machine::{transition, Action, Backoff, Event, PauseBy, Phase, Step, Trigger};
 use crate::packer::Packer;
+use crate::pause::{self, OperatorPause, PauseFileError};
 use crate::round::{self, Link, RoundSummary};
+use crate::watcher::ChangeCount;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CoordinatorState {
@@ -31,7 +33,11 @@ pub struct CoordinatorState {
     /// Failed attempts of the current round so far.
     pub retries: u32,
     pub next_retry_in_ms: Option<u64>,
+    /// Phase `paused`: every reason holding (the operator's, the safety rail's).
     pub paused_reason: Option<String>,
+    /// `cs-actor pause`, until `cs-actor resume` (it survives restarts): the reason and
+    /// since when. Set as soon as asked, while a round in flight finishes.
+    pub operator_pause: Option<OperatorPause>,
     /// Why rounds stopped being retried, and what to do (phase `stopped`).
     pub stopped: Option<StoppedView>,
     pub last_error: Option<String>,
@@ -69,6 +75,11 @@ pub struct Coordinator {
     busy: Option<BusyGuard>,
     /// The safety rail, pushed by the mount supervisor (see `with_rail`).
     rail: Option<watch::Receiver<Option<String>>>,
+    /// The operator's pause and the file that keeps it (see `with_operator_pause`).
+    operator_pause: Option<OperatorPause>,
+    pause_file: Option<std::path::PathBuf>,
+    /// Upper-layer change events: a round starting takes those seen so far.
+    changes: Option<ChangeCount>,
 }
 
 #[derive(Default)]
@@ -105,7 +116,23 @@ impl Coordinator {
             heartbeat,
             busy: None,
             rail: None,
+            operator_pause: None,
+            pause_file: None,
+            changes: None,
         }
+    }
+
+    /// Keeps the operator's pause in `file` (`pause::load` read it at start-up: `current`).
+    pub fn with_operator_pause(mut self, file: std::path::PathBuf, current: Option<OperatorPause>) -> Self {
+        self.pause_file = Some(file);
+        self.operator_pause = current;
+        self
+    }
+
+    /// Marks the watcher's events as taken each time a round starts (its scan sees them).
+    pub fn with_change_count(mut self, changes: ChangeCount) -> Self {
+        self.changes = Some(changes);
+        self
     }
 
     /// Follows the mount supervisor's safety rail: every change is applied
@@ -174,6 +201,9 @@ impl Coordinator {
         self.round_started = Some(Instant::now());
         self.retry_at = None;
         self.busy = Some(self.heartbeat.busy());
+        if let Some(c) = &self.changes {
+            c.take();
+        }
         let packer = self.packer.clone();
         let link = self.link.clone();
         let me = ctx.address();
@@ -224,6 +254,14 @@ impl Actor for Coordinator {
     fn started(&mut self, ctx: &mut Self::Context) {
         if let Some(rail) = self.rail.take() {
             ctx.add_stream(rail_changes(rail));
+        }
+        // Paused before the restart: stay paused, before any round starts.
+        if let Some(p) = self.operator_pause.clone() {
+            tracing::warn!(
+                reason = p.reason.as_deref().unwrap_or(""),
+                "syncing paused by the operator (`cs-actor resume` resumes)"
+            );
+            self.apply(Event::Pause { by: PauseBy::Operator, reason: p.reason.unwrap_or_default() }, ctx);
         }
         ctx.run_interval(self.interval, |act, ctx| act.apply(Event::Trigger(Trigger::Timer), ctx));
         // A first round at start-up: catch up with what happened while down.
@@ -313,21 +351,63 @@ impl Handler<SetRail> for Coordinator {
 
 impl Coordinator {
     fn set_rail(&mut self, m: SetRail, ctx: &mut Context<Self>) {
-        let paused = matches!(self.phase, Phase::Paused { .. })
-            || matches!(self.phase, Phase::Running { pause_after: Some(_), .. });
+        let held = self.phase.pauses().holds(PauseBy::Rail);
         match m.0 {
             Some(reason) => {
-                if !paused {
+                if !held {
                     tracing::warn!(reason = %reason, "safety rail up: syncing paused");
                 }
-                self.apply(Event::Pause(reason), ctx)
+                self.apply(Event::Pause { by: PauseBy::Rail, reason }, ctx)
             }
-            None if paused => {
+            None if held => {
                 tracing::info!("safety rail down: syncing resumes");
-                self.apply(Event::Resume, ctx)
+                self.apply(Event::Resume(PauseBy::Rail), ctx)
             }
             None => {}
         }
+    }
+}
+
+/// `cs-actor pause [--reason TEXT]`: no round starts until `ResumeSyncing` (a round in
+/// flight finishes). Persisted first: an error leaves nothing changed. Pausing again keeps
+/// the first `since` and takes the new reason.
+#[derive(Message)]
+#[rtype(result = "Result<OperatorPause, PauseFileError>")]
+pub struct PauseSyncing {
+    pub reason: Option<String>,
+}
+impl Handler<PauseSyncing> for Coordinator {
+    type Result = Result<OperatorPause, PauseFileError>;
+    fn handle(&mut self, m: PauseSyncing, ctx: &mut Self::Context) -> Self::Result {
+        let since_unix_ms = self.operator_pause.as_ref().map_or_else(unix_ms, |p| p.since_unix_ms);
+        let p = OperatorPause { reason: m.reason.filter(|r| !r.is_empty()), since_unix_ms };
+        if let Some(file) = &self.pause_file {
+            pause::save(file, &p)?;
+        }
+        tracing::warn!(reason = p.reason.as_deref().unwrap_or(""), "syncing paused by the operator");
+        self.operator_pause = Some(p.clone());
+        self.apply(Event::Pause { by: PauseBy::Operator, reason: p.reason.clone().unwrap_or_default() }, ctx);
+        Ok(p)
+    }
+}
+
+/// `cs-actor resume`: lifts the operator's pause (not the safety rail's); answers whether
+/// there was one.
+#[derive(Message)]
+#[rtype(result = "Result<bool, PauseFileError>")]
+pub struct ResumeSyncing;
+impl Handler<ResumeSyncing> for Coordinator {
+    type Result = Result<bool, PauseFileError>;
+    fn handle(&mut self, _: ResumeSyncing, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(file) = &self.pause_file {
+            pause::clear(file)?;
+        }
+        let was = self.operator_pause.take().is_some();
+        if was {
+            tracing::info!("the operator resumed syncing");
+        }
+        self.apply(Event::Resume(PauseBy::Operator), ctx);
+        Ok(was)
     }
 }
 
@@ -338,7 +418,7 @@ impl Observable for Coordinator {
             Phase::Idle => ("idle", None, 0, None),
             Phase::Running { step, attempt, .. } => ("running", Some(*step), *attempt, None),
             Phase::Backoff { attempt, .. } => ("backoff", None, *attempt, None),
-            Phase::Paused { reason } => ("paused", None, 0, Some(reason.clone())),
+            Phase::Paused { pauses } => ("paused", None, 0, Some(pauses.describe())),
             Phase::Stopped { .. } => ("stopped", None, 0, None),
         };
         let stopped = match &self.phase {
@@ -363,6 +443,7 @@ impl Observable for Coordinator {
                 .filter(|_| phase == "backoff")
                 .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
             paused_reason,
+            operator_pause: self.operator_pause.clone(),
             stopped,
             last_error: self.stats.last_error.clone(),
             last_committed: self.stats.last_committed.clone(),

@@ -5,6 +5,7 @@ pub mod failure;
 pub mod local;
 pub mod machine;
 pub mod packer;
+pub mod pause;
 pub mod progress;
 pub mod round;
 pub mod service;

@@ -15,10 +15,10 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::connection::{Connection, ConnectionConfig};
-use crate::coordinator::{Coordinator, SyncNow};
+use crate::coordinator::{Coordinator, PauseSyncing, ResumeSyncing, SyncNow};
 use crate::machine::Backoff;
 use crate::packer::Packer;
-use crate::watcher::UpperWatcher;
+use crate::watcher::{ChangeCount, UpperWatcher};
 
 /// How often the watchdog looks for stuck actors (to log them; status reads
 /// it on demand).
@@ -59,6 +59,8 @@ pub enum ServiceError {
     Control(#[from] cs_control::ControlError),
     #[error("{0}; refusing to start")]
     Failpoints(#[from] cs_failpoint::SpecError),
+    #[error(transparent)]
+    Pause(#[from] crate::pause::PauseFileError),
 }
 
 /// The running service's actors.
@@ -111,6 +113,9 @@ impl ComputeService {
         engine_cfg.owner = cfg.owner;
         engine_cfg.busy = cfg.busy.clone();
         let side = ComputeSide::open(engine_cfg)?;
+        // `cs-actor pause` before a restart still holds.
+        let pause_file = crate::pause::path_in(&cfg.state_dir);
+        let paused = crate::pause::load(&pause_file)?;
         let watchdog = Watchdog::from_env();
         let round_heartbeat = Heartbeat::new();
         let packer = Packer::new(side).with_round_heartbeat(round_heartbeat.clone());
@@ -122,14 +127,18 @@ impl ComputeService {
         let connection_actor = Connection::new(conn_cfg);
         let link = Arc::new(connection_actor.link());
         let connection = cs_supervision::spawn(connection_actor);
-        let mut coordinator = Coordinator::new(packer.clone(), link, cfg.interval, cfg.backoff, round_heartbeat);
+        let changes = ChangeCount::default();
+        let mut coordinator = Coordinator::new(packer.clone(), link, cfg.interval, cfg.backoff, round_heartbeat)
+            .with_operator_pause(pause_file, paused)
+            .with_change_count(changes.clone());
         watchdog.watch("round", coordinator.heartbeat());
         if let Some(m) = &mounts {
             coordinator = coordinator.with_rail(m.rail.clone());
             watchdog.watch("mounts", m.heartbeat.clone());
         }
         let coordinator = cs_supervision::spawn(coordinator);
-        let watcher = cs_supervision::spawn(UpperWatcher::new(cfg.upper.clone(), cfg.debounce, coordinator.clone()));
+        let watcher =
+            cs_supervision::spawn(UpperWatcher::new(cfg.upper.clone(), cfg.debounce, coordinator.clone(), changes));
         watchdog.spawn_monitor(WATCHDOG_EVERY);
         let service =
             ComputeService { client: cfg.client.clone(), coordinator, packer, connection, watcher, mounts, watchdog };
@@ -148,6 +157,20 @@ impl ComputeService {
                         Ok(Ok(round)) => Response::round(round),
                         Ok(Err(e)) if e.is_permanent() => Response::permanent_error(e.to_string()),
                         Ok(Err(e)) => Response::error(e.to_string()),
+                        Err(e) => Response::error(format!("the coordinator is gone: {e}")),
+                    },
+                    Request::Pause { reason } => match me.coordinator.send(PauseSyncing { reason }).await {
+                        Ok(Ok(p)) => Response::done_with(format!(
+                            "syncing paused{}: no round starts until `cs-actor resume` (a round in flight finishes)",
+                            p.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                        )),
+                        Ok(Err(e)) => Response::error(format!("not paused: {e}")),
+                        Err(e) => Response::error(format!("the coordinator is gone: {e}")),
+                    },
+                    Request::Resume => match me.coordinator.send(ResumeSyncing).await {
+                        Ok(Ok(true)) => Response::done_with("syncing resumed: a round starts now"),
+                        Ok(Ok(false)) => Response::done_with("syncing was not paused by `cs-actor pause`"),
+                        Ok(Err(e)) => Response::error(format!("still paused: {e}")),
                         Err(e) => Response::error(format!("the coordinator is gone: {e}")),
                     },
                     Request::AcceptEmptyLower => match &me.mounts {

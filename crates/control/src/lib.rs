@@ -28,6 +28,13 @@ pub enum Request {
     /// The lower layer is empty on purpose (the project was emptied): lift
     /// the safety rail that paused syncing.
     AcceptEmptyLower,
+    /// `cs-actor pause`: no round starts until `resume` (kept across restarts).
+    Pause {
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// `cs-actor resume`: lift the operator's pause.
+    Resume,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,20 +51,27 @@ pub struct Response {
     /// the service stopped retrying. `cs-actor sync --wait` exits with its own code then.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub permanent: bool,
+    /// What a request that changed something did, for the person who asked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub message: Option<String>,
 }
 
 impl Response {
     pub fn status(v: serde_json::Value) -> Self {
-        Response { ok: true, status: Some(v), round: None, error: None, permanent: false }
+        Response { status: Some(v), ..Response::done() }
     }
     pub fn round(n: u64) -> Self {
-        Response { ok: true, status: None, round: Some(n), error: None, permanent: false }
+        Response { round: Some(n), ..Response::done() }
     }
     pub fn done() -> Self {
-        Response { ok: true, status: None, round: None, error: None, permanent: false }
+        Response { ok: true, status: None, round: None, error: None, permanent: false, message: None }
+    }
+    /// Done, saying what was done.
+    pub fn done_with(message: impl Into<String>) -> Self {
+        Response { message: Some(message.into()), ..Response::done() }
     }
     pub fn error(e: impl Into<String>) -> Self {
-        Response { ok: false, status: None, round: None, error: Some(e.into()), permanent: false }
+        Response { ok: false, error: Some(e.into()), ..Response::done() }
     }
     /// An error that retrying cannot fix.
     pub fn permanent_error(e: impl Into<String>) -> Self {
@@ -161,7 +175,8 @@ mod tests {
                             Response::error("nope")
                         }
                     }
-                    Request::AcceptEmptyLower => Response::done(),
+                    Request::AcceptEmptyLower | Request::Resume => Response::done(),
+                    Request::Pause { reason } => Response::done_with(format!("paused: {reason:?}")),
                 }
             })
         });
@@ -183,6 +198,12 @@ mod tests {
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).await.unwrap();
         assert!(line.contains("\"ok\":false") && line.contains("bad request"), "{line}");
+        let r = ask(&sock, &Request::Pause { reason: Some("maintenance".into()) }).await.unwrap();
+        assert_eq!(r.message.as_deref(), Some("paused: Some(\"maintenance\")"));
+        // A pause without a reason: the field may be left out.
+        let req: Request = serde_json::from_str(r#"{"cmd":"pause"}"#).unwrap();
+        assert_eq!(req, Request::Pause { reason: None });
+        assert!(ask(&sock, &Request::Resume).await.unwrap().ok);
         task.abort();
         let missing = ask(&dir.path().join("nope.sock"), &Request::Status).await.unwrap_err().to_string();
         assert!(missing.contains("is the service running"), "{missing}");

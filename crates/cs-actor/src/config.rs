@@ -66,7 +66,7 @@ mergeable! {
         #[arg(long)]
         pub lower_mountpoint: Option<PathBuf>,
         /// Control socket for `cs-actor status` and `cs-actor sync`
-        /// (default /run/cs-actor/compute.sock).
+        /// (default $CS_ACTOR_RUNTIME_DIR/compute.sock, /run/cs-actor/compute.sock without it).
         #[arg(long)]
         pub control_socket: Option<PathBuf>,
         /// Seconds between timer rounds (default 10).
@@ -124,7 +124,8 @@ mergeable! {
         /// TLS private key (PEM).
         #[arg(long, requires = "tls_cert")]
         pub tls_key: Option<PathBuf>,
-        /// Control socket for `cs-actor status` (default /run/cs-actor/project.sock).
+        /// Control socket for `cs-actor status` (default $CS_ACTOR_RUNTIME_DIR/project.sock,
+        /// /run/cs-actor/project.sock without it).
         #[arg(long)]
         pub control_socket: Option<PathBuf>,
         /// Paths never synced, beyond the defaults.

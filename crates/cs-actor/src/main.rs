@@ -48,18 +48,36 @@ enum Command {
         /// says what to fix). See docs/operations.md, *Exit codes*.
         #[arg(long)]
         wait: bool,
-        /// The service's control socket.
-        #[arg(long, default_value = services::DEFAULT_COMPUTE_SOCKET)]
-        control_socket: PathBuf,
+        /// The service's control socket [default: $CS_ACTOR_RUNTIME_DIR/compute.sock, else
+        /// /run/cs-actor/compute.sock].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
+    /// Pause syncing on this compute server: no round starts (timer, changes, `sync`) until
+    /// `cs-actor resume`, across restarts of the service. The union keeps working; changes wait.
+    Pause {
+        /// Why, shown by `cs-actor status` and to `sync --wait` callers.
+        #[arg(long)]
+        reason: Option<String>,
+        /// The compute service's control socket [default: as for `sync`].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
+    /// Lift `cs-actor pause`: a round starts at once (unless the safety rail also holds).
+    Resume {
+        /// The compute service's control socket [default: as for `sync`].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
     },
     /// The project really is empty: lift the safety rail that paused syncing
     /// when the lower layer came back empty after holding files.
     AcceptEmptyLower {
-        /// The compute service's control socket.
-        #[arg(long, default_value = services::DEFAULT_COMPUTE_SOCKET)]
-        control_socket: PathBuf,
+        /// The compute service's control socket [default: as for `sync`].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
     },
-    /// Show what the running service is doing.
+    /// Show what the running service is doing: without --control-socket, whichever of the
+    /// compute service and the broker runs here (both if both).
     Status {
         /// The stable JSON form (see docs/operations.md).
         #[arg(long)]
@@ -67,9 +85,10 @@ enum Command {
         /// Refresh every second.
         #[arg(long)]
         watch: bool,
-        /// The service's control socket (compute: STATE/control.sock; project: see `cs-actor project --help`).
-        #[arg(long, default_value = services::DEFAULT_COMPUTE_SOCKET)]
-        control_socket: PathBuf,
+        /// One service's control socket [default: both of $CS_ACTOR_RUNTIME_DIR/compute.sock and
+        /// …/project.sock that answer, the directory being /run/cs-actor when the variable is unset].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
     },
     /// Build a demo project and compute-server upper layer, then show rounds
     /// carrying writes, deletes and a conflict both ways (in one process).
@@ -147,6 +166,7 @@ fn run(cli: Cli) -> Result<()> {
             services::run_project(args)
         }
         Command::Sync { wait, control_socket } => services::runtime()?.block_on(async {
+            let control_socket = control_socket.unwrap_or_else(services::default_compute_socket);
             let r = cs_control::ask(&control_socket, &cs_control::Request::Sync { wait }).await?;
             match (r.ok, r.round) {
                 (true, Some(n)) if wait => println!("round {n} committed"),
@@ -158,7 +178,26 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }),
+        Command::Pause { reason, control_socket } => services::runtime()?.block_on(async {
+            let socket = control_socket.unwrap_or_else(services::default_compute_socket);
+            let r = cs_control::ask(&socket, &cs_control::Request::Pause { reason }).await?;
+            if !r.ok {
+                anyhow::bail!("{}", r.error.unwrap_or_else(|| "no reason given".into()));
+            }
+            println!("{}", r.message.unwrap_or_else(|| "syncing paused".into()));
+            Ok(())
+        }),
+        Command::Resume { control_socket } => services::runtime()?.block_on(async {
+            let socket = control_socket.unwrap_or_else(services::default_compute_socket);
+            let r = cs_control::ask(&socket, &cs_control::Request::Resume).await?;
+            if !r.ok {
+                anyhow::bail!("{}", r.error.unwrap_or_else(|| "no reason given".into()));
+            }
+            println!("{}", r.message.unwrap_or_else(|| "syncing resumed".into()));
+            Ok(())
+        }),
         Command::AcceptEmptyLower { control_socket } => services::runtime()?.block_on(async {
+            let control_socket = control_socket.unwrap_or_else(services::default_compute_socket);
             let r = cs_control::ask(&control_socket, &cs_control::Request::AcceptEmptyLower).await?;
             if !r.ok {
                 anyhow::bail!("not accepted: {}", r.error.unwrap_or_else(|| "no reason given".into()));
@@ -167,7 +206,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }),
         Command::Status { json, watch, control_socket } => {
-            services::runtime()?.block_on(status::run(&control_socket, json, watch))
+            services::runtime()?.block_on(status::run(control_socket.as_deref(), json, watch))
         }
         Command::Demo { dir } => demo::run(dir),
         Command::Round { upper, home, compute_state, project_state, id } => {

@@ -14,8 +14,27 @@ use cs_supervision::ObserveExt;
 
 use crate::config::{ComputeArgs, ProjectArgs};
 
-pub const DEFAULT_COMPUTE_SOCKET: &str = "/run/cs-actor/compute.sock";
-pub const DEFAULT_PROJECT_SOCKET: &str = "/run/cs-actor/project.sock";
+/// The environment variable that moves the default control sockets (the services' and the
+/// client commands' alike): `$CS_ACTOR_RUNTIME_DIR/compute.sock`, `…/project.sock`.
+pub const RUNTIME_DIR_ENV: &str = "CS_ACTOR_RUNTIME_DIR";
+/// Where the control sockets are by default (systemd's `RuntimeDirectory=cs-actor`).
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/cs-actor";
+
+fn runtime_dir() -> PathBuf {
+    std::env::var_os(RUNTIME_DIR_ENV)
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR), PathBuf::from)
+}
+
+/// The compute service's control socket when `--control-socket` is not given.
+pub fn default_compute_socket() -> PathBuf {
+    runtime_dir().join("compute.sock")
+}
+
+/// The broker's control socket when `--control-socket` is not given.
+pub fn default_project_socket() -> PathBuf {
+    runtime_dir().join("project.sock")
+}
 
 /// A small runtime for the client commands (`sync`, `status`).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -80,7 +99,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
     };
     let local_only = a.local_only.clone();
     let filter = filter(a.local_only)?;
-    let control_socket = a.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_COMPUTE_SOCKET));
+    let control_socket = a.control_socket.unwrap_or_else(default_compute_socket);
     for d in [&upper, &state, &merged] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -215,7 +234,7 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
     let listen: std::net::SocketAddr = need(a.listen, "listen")?.parse().context("--listen must be IP:PORT")?;
     let tokens = need(a.tokens, "tokens")?;
     let state = a.state.unwrap_or_else(|| home.join(".cs-actor/broker"));
-    let control_socket = a.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_PROJECT_SOCKET));
+    let control_socket = a.control_socket.unwrap_or_else(default_project_socket);
     let owner = match &a.user {
         Some(name) => crate::owner::effective(crate::owner::lookup(name)?, &format!("--user {name}"))?,
         None => {
@@ -259,6 +278,10 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
                     ),
                     cs_control::Request::Sync { .. } => cs_control::Response::error(
                         "rounds are driven by the compute servers: run `cs-actor sync` there",
+                    ),
+                    // The broker only answers rounds: pausing the compute servers stops them.
+                    cs_control::Request::Pause { .. } | cs_control::Request::Resume => cs_control::Response::error(
+                        "rounds are driven by the compute servers: run `cs-actor pause`/`resume` on each of them",
                     ),
                 }
             })

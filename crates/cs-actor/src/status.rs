@@ -1,32 +1,70 @@
 //! `cs-actor status`: the service's observable state, as a compact table or
 //! as the raw JSON (stable, documented in docs/operations.md).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use cs_control::{ask, Request};
 use serde_json::Value;
 
-pub async fn run(socket: &Path, json: bool, watch: bool) -> Result<()> {
+use crate::services::{default_compute_socket, default_project_socket};
+
+/// `socket`: the one service to ask; `None`: every service running here at its default socket
+/// (the compute service's, then the broker's), at least one of which must answer.
+pub async fn run(socket: Option<&Path>, json: bool, watch: bool) -> Result<()> {
     loop {
-        let resp = ask(socket, &Request::Status).await?;
-        let Some(status) = resp.status.filter(|_| resp.ok) else {
-            bail!("the service answered: {}", resp.error.unwrap_or_else(|| "no status".into()));
+        let statuses = match socket {
+            Some(s) => vec![status_of(s).await?],
+            None => running_here().await?,
         };
         if watch {
             print!("\x1b[2J\x1b[H");
         }
-        if json {
-            println!("{}", serde_json::to_string_pretty(&status)?);
-        } else {
-            print!("{}", render(&status));
+        for (i, status) in statuses.iter().enumerate() {
+            if json {
+                println!("{}", serde_json::to_string_pretty(status)?);
+            } else {
+                if i > 0 {
+                    println!();
+                }
+                print!("{}", render(status));
+            }
         }
         if !watch {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+async fn status_of(socket: &Path) -> Result<Value> {
+    let resp = ask(socket, &Request::Status).await?;
+    match resp.status.filter(|_| resp.ok) {
+        Some(status) => Ok(status),
+        None => bail!("the service answered: {}", resp.error.unwrap_or_else(|| "no status".into())),
+    }
+}
+
+/// The status of each service whose default control socket answers.
+async fn running_here() -> Result<Vec<Value>> {
+    let sockets: [PathBuf; 2] = [default_compute_socket(), default_project_socket()];
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for s in &sockets {
+        match status_of(s).await {
+            Ok(st) => found.push(st),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if found.is_empty() {
+        return Err(anyhow!(
+            "no cs-actor service answers at the default control sockets (give --control-socket, or set {}):\n  {}",
+            crate::services::RUNTIME_DIR_ENV,
+            errors.join("\n  ")
+        ));
+    }
+    Ok(found)
 }
 
 fn s(v: &Value) -> String {
@@ -43,6 +81,20 @@ fn ms(v: &Value) -> String {
         Some(x) => format!("{x:.1} ms"),
         None => "-".into(),
     }
+}
+
+/// How long ago `since` (unix ms, this machine's clock) was, e.g. `3.5 min`.
+fn ago(since_unix_ms: u64, now_unix_ms: u64) -> String {
+    let secs = now_unix_ms.saturating_sub(since_unix_ms) as f64 / 1000.0;
+    match secs {
+        s if s >= 7200.0 => format!("{:.1} h", s / 3600.0),
+        s if s >= 120.0 => format!("{:.1} min", s / 60.0),
+        s => format!("{s:.0} s"),
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn bytes(n: u64) -> String {
@@ -90,6 +142,15 @@ fn render_compute(st: &Value, out: &mut String) {
     if let Some(todo) = r["stopped"]["what_to_do"].as_str() {
         out.push_str(&format!("  what to do  {todo}\n"));
     }
+    if let Some(p) = r["operator_pause"].as_object() {
+        let since = p.get("since_unix_ms").and_then(Value::as_u64).unwrap_or(0);
+        out.push_str(&format!(
+            "  paused      by the operator{} for {}{}; `cs-actor resume` resumes syncing\n",
+            p.get("reason").and_then(Value::as_str).map(|r| format!(" ({r})")).unwrap_or_default(),
+            ago(since, unix_ms_now()),
+            if phase == "running" { ", once the round in flight ends" } else { "" },
+        ));
+    }
     let m = &st["mounts"];
     if !m.is_null() {
         out.push_str(&format!(
@@ -106,11 +167,12 @@ fn render_compute(st: &Value, out: &mut String) {
         render_mount_point(&m["mount_point"], out);
     }
     let c = &st["connection"];
+    // The round trip is known once connected (measured at once, then every few seconds).
+    let rtt = if c["rtt_ms"].is_number() { format!(" rtt {}", ms(&c["rtt_ms"])) } else { String::new() };
     out.push_str(&format!(
-        "  connection  {} {} rtt {}, reconnects {}, in {} out {}\n",
+        "  connection  {} {}{rtt}, reconnects {}, in {} out {}\n",
         s(&c["state"]),
         s(&c["url"]),
-        ms(&c["rtt_ms"]),
         s(&c["reconnects"]),
         bytes(c["bytes_received"].as_u64().unwrap_or(0)),
         bytes(c["bytes_sent"].as_u64().unwrap_or(0)),
@@ -143,7 +205,7 @@ fn render_compute(st: &Value, out: &mut String) {
         ));
     }
     out.push_str(&format!(
-        "  local       {} change events pending; rounds failed {}, conflicts total {}\n",
+        "  local       {} change events pending (since the last round started); rounds failed {}, conflicts total {}\n",
         s(&st["watcher"]["pending_events"]),
         s(&r["rounds_failed"]),
         s(&r["conflicts_total"])
@@ -303,6 +365,56 @@ mod tests {
         assert!(!text.contains("SAFETY RAIL"), "{text}");
         assert!(!text.contains("deferred"), "{text}");
         assert!(!text.contains("recovered") && !text.contains("guard"), "{text}");
+    }
+
+    #[test]
+    fn compute_view_shows_known_fields_and_no_placeholder() {
+        // Connected with a measured round trip, idle, no event left after the last round.
+        let st = json!({
+            "service": "compute", "client": "gpu-1",
+            "connection": {"state": "connected", "url": "ws://127.0.0.1:1", "rtt_ms": 0.3, "reconnects": 0},
+            "round": {"phase": "idle", "rounds_committed": 3, "interval_ms": 5000, "rounds_failed": 0, "conflicts_total": 0},
+            "packer": {}, "watcher": {"pending_events": 0, "events_total": 8}
+        });
+        let text = render(&st);
+        assert!(text.contains("connected ws://127.0.0.1:1 rtt 0.3 ms, reconnects 0"), "{text}");
+        assert!(text.contains("local       0 change events pending"), "{text}");
+        assert!(!text.contains(" - ") && !text.contains(" -,") && !text.contains(" -\n"), "{text}");
+        // Not connected: the round trip is not known, and not shown as `-`.
+        let st = json!({"service": "compute", "client": "gpu-1",
+            "connection": {"state": "backoff", "url": "ws://127.0.0.1:1", "rtt_ms": null, "reconnects": 1},
+            "round": {"phase": "idle"}, "packer": {}, "watcher": {"pending_events": 2}});
+        let text = render(&st);
+        assert!(text.contains("backoff ws://127.0.0.1:1, reconnects 1"), "{text}");
+        assert!(!text.contains("rtt"), "{text}");
+    }
+
+    #[test]
+    fn compute_view_says_who_paused_since_when_and_how_to_resume() {
+        let since = unix_ms_now() - 300_000;
+        let st = json!({
+            "service": "compute", "client": "gpu-1", "connection": {"state": "connected"},
+            "round": {"phase": "paused", "paused_reason": "by the operator: disk swap; lower mount missing",
+                      "operator_pause": {"reason": "disk swap", "since_unix_ms": since}},
+            "packer": {}, "watcher": {"pending_events": 4}
+        });
+        let text = render(&st);
+        assert!(text.contains("gpu-1: PAUSED: by the operator: disk swap; lower mount missing"), "{text}");
+        assert!(
+            text.contains("paused      by the operator (disk swap) for 5.0 min; `cs-actor resume` resumes syncing"),
+            "{text}"
+        );
+        assert!(text.contains("4 change events pending"), "{text}");
+        // Asked during a round: it finishes first.
+        let st = json!({
+            "service": "compute", "client": "gpu-1", "connection": {},
+            "round": {"phase": "running", "round": 3, "step": "hello", "step_number": 0, "running_for_ms": 10,
+                      "operator_pause": {"reason": null, "since_unix_ms": unix_ms_now()}},
+            "packer": {}, "watcher": {}
+        });
+        let text = render(&st);
+        assert!(text.contains("paused      by the operator for 0 s, once the round in flight ends"), "{text}");
+        assert_eq!(ago(0, 3 * 3600 * 1000), "3.0 h");
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
     for d in [&upper, &state, &merged] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    // A corrupt pause file stops the start-up here, before anything is mounted (the service
+    // reads it again when it starts its actors).
+    cs_compute::pause::load(&cs_compute::pause::path_in(&state))?;
     // The union shows the upper layer's root as the merged view's root: the user's home.
     if let Some(o) = owner {
         std::os::unix::fs::lchown(&upper, Some(o.uid), Some(o.gid))

@@ -196,6 +196,16 @@ impl World {
         i
     }
 
+    /// P's engine side (status, as the broker reads it).
+    pub fn project(&self) -> &ProjectSide {
+        self.project.as_deref().expect("project side open")
+    }
+
+    /// Client `i`'s engine side, between rounds.
+    pub fn compute(&self, i: usize) -> &ComputeSide {
+        self.clients[i].side.as_ref().expect("compute side open")
+    }
+
     /// Client 0's merged view.
     pub fn c(&self) -> &EmuUnion {
         &self.clients[0].union

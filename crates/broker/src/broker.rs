@@ -243,6 +243,7 @@ impl Observable for Broker {
             refused: self.refused.clone(),
             sessions: Vec::new(),
             ended: self.ended.iter().cloned().collect(),
+            ignore: self.shared.project.ignore_status(),
             watchdog: None,
         }
     }

@@ -127,6 +127,9 @@ pub struct BrokerState {
     pub sessions: Vec<SessionState>,
     /// The last sessions that ended (at most [`ENDED_KEPT`]), latest last.
     pub ended: Vec<EndedSession>,
+    /// The home's `.csignore`: patterns in force, and why the file is not
+    /// in force if it is not (file and line).
+    pub ignore: cs_engine::project::IgnoreStatus,
     /// The sessions' health (`BrokerHandle::observe` fills it in).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watchdog: Option<WatchdogReport>,

@@ -39,7 +39,38 @@ pub struct PackerState {
     pub deferred: DeferredFiles,
     /// Snapshots of busy files sent since the service started.
     pub snapshots_sent: u64,
+    /// What the `.csignore` rules keep out of rounds, as of the last scan.
+    pub ignored: IgnoredPaths,
 }
+
+/// The `ignored` section of the packer's status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IgnoredPaths {
+    /// Upper-layer entries the rules keep out (a directory counts once:
+    /// the scan does not enter it).
+    pub count: u64,
+    /// The first few (sorted).
+    pub paths: Vec<String>,
+    /// Patterns in the rules in force (the project's `.csignore`).
+    pub patterns: u64,
+    /// Why the project's `.csignore` is not in force, if it is not.
+    pub error: Option<String>,
+}
+
+impl IgnoredPaths {
+    fn of(side: &ComputeSide, round: &ComputeRound) -> Self {
+        let ignored = round.ignored();
+        IgnoredPaths {
+            count: ignored.len() as u64,
+            paths: ignored.iter().take(IGNORED_SHOWN).map(|p| p.to_string()).collect(),
+            patterns: side.filter().ignore_rules().patterns() as u64,
+            error: side.ignore_error().map(str::to_owned),
+        }
+    }
+}
+
+/// How many ignored paths the status names.
+const IGNORED_SHOWN: usize = 10;
 
 /// The `deferred` section of the packer's status.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -201,9 +232,31 @@ impl Handler<Begin> for Packer {
         self.run("scan", move |e| {
             e.round = None;
             let (round, hello) = e.side.begin_round()?;
-            state.lock().unwrap_or_else(|e| e.into_inner()).0.scan_problems = round.problems.clone();
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            s.0.scan_problems = round.problems.clone();
+            s.0.ignored = IgnoredPaths::of(&e.side, &round);
+            drop(s);
             e.round = Some(round);
             Ok(hello)
+        })
+    }
+}
+
+/// P answered the hello: take its `.csignore` rules for the round.
+#[derive(Message)]
+#[rtype(result = "Result<(), PackerError>")]
+pub struct HelloAnswered(pub cs_protocol::HelloReply);
+impl Handler<HelloAnswered> for Packer {
+    type Result = ResponseFuture<Result<(), PackerError>>;
+    fn handle(&mut self, m: HelloAnswered, _: &mut Self::Context) -> Self::Result {
+        let state = self.counters();
+        self.run("ignore rules", move |e| {
+            let round = e.round.as_mut().ok_or(PackerError::NoRound)?;
+            e.side.hello_answered(round, &m.0)?;
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            s.0.scan_problems = round.problems.clone();
+            s.0.ignored = IgnoredPaths::of(&e.side, round);
+            Ok(())
         })
     }
 }

@@ -216,6 +216,8 @@ async fn hello(packer: &Addr<Packer>, link: &dyn Link) -> Result<(), RoundError>
         ServerMsg::HelloReply(r) => r,
         other => return Err(unexpected(Step::Hello, other)),
     };
+    // P's `.csignore` rules: this round's (a rescan if they changed).
+    packer.send(packer::HelloAnswered(reply.clone())).await??;
     if reply.need_held_list {
         let list = packer.send(packer::HeldList).await??;
         match link.request(ClientMsg::HeldList(list)).await? {

@@ -1,5 +1,6 @@
 //! cs-actor: the command line. It only wires the library crates together.
 
+mod check_ignore;
 mod config;
 mod demo;
 mod owner;
@@ -90,6 +91,18 @@ enum Command {
         #[arg(long)]
         control_socket: Option<PathBuf>,
     },
+    /// Which rule of the home's `.csignore` decides each path, as `git check-ignore -v -n`
+    /// prints it: `.csignore:LINE:PATTERN<TAB>PATH`, `::<TAB>PATH` when none matches.
+    /// Exit 0 if a path is ignored, 1 if none is, 128 on an error (a bad `.csignore`).
+    CheckIgnore {
+        /// The home whose root holds `.csignore` (default: $HOME).
+        #[arg(long, env = "HOME")]
+        home: PathBuf,
+        /// Paths, absolute or relative to the current directory (a trailing `/` or an existing
+        /// directory is checked as a directory).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Build a demo project and compute-server upper layer, then show rounds
     /// carrying writes, deletes and a conflict both ways (in one process).
     Demo {
@@ -132,6 +145,8 @@ fn main() {
 /// Exit status of a failed command (docs/operations.md, *Exit codes*).
 const EXIT_FAILED: i32 = 1;
 const EXIT_PERMANENT: i32 = 2;
+/// `check-ignore` could not read the rules (as `git check-ignore`'s fatal errors).
+const EXIT_CHECK_IGNORE_ERROR: i32 = 128;
 
 /// A round failed for a reason retrying cannot fix: the service stopped trying.
 #[derive(Debug)]
@@ -145,9 +160,23 @@ impl std::fmt::Display for PermanentFailure {
 
 impl std::error::Error for PermanentFailure {}
 
+/// `check-ignore` failed (not "not ignored", which is exit 1).
+#[derive(Debug)]
+struct CheckIgnoreFailed(String);
+
+impl std::fmt::Display for CheckIgnoreFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckIgnoreFailed {}
+
 fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<PermanentFailure>().is_some() {
         EXIT_PERMANENT
+    } else if e.downcast_ref::<CheckIgnoreFailed>().is_some() {
+        EXIT_CHECK_IGNORE_ERROR
     } else {
         EXIT_FAILED
     }
@@ -207,6 +236,17 @@ fn run(cli: Cli) -> Result<()> {
         }),
         Command::Status { json, watch, control_socket } => {
             services::runtime()?.block_on(status::run(control_socket.as_deref(), json, watch))
+        }
+        Command::CheckIgnore { home, paths } => {
+            let cwd = std::env::current_dir().context("the current directory")?;
+            let v = check_ignore::check(&home, &cwd, &paths).map_err(|e| CheckIgnoreFailed(format!("{e:#}")))?;
+            for line in &v.lines {
+                println!("{line}");
+            }
+            if !v.any_ignored {
+                std::process::exit(EXIT_FAILED);
+            }
+            Ok(())
         }
         Command::Demo { dir } => demo::run(dir),
         Command::Round { upper, home, compute_state, project_state, id } => {

@@ -213,6 +213,7 @@ fn render_compute(st: &Value, out: &mut String) {
     if let Some(line) = deferred_line(&st["packer"]) {
         out.push_str(&line);
     }
+    out.push_str(&ignored_lines(&st["packer"]["ignored"]));
     out.push_str(&watchdog_lines(&st["watchdog"]));
     for (what, v) in
         [("round", &r["last_error"]), ("connection", &c["last_error"]), ("packer", &st["packer"]["last_error"])]
@@ -248,6 +249,29 @@ fn watchdog_lines(w: &Value) -> String {
             ms(&a["silent_ms"]),
             ms(&w["stuck_after_ms"])
         ));
+    }
+    out
+}
+
+/// `.csignore`: what it keeps out of rounds (compute: `packer.ignored`;
+/// project: `broker.ignore`, patterns and error only), and why the file is
+/// not in force if it is not.
+fn ignored_lines(ig: &Value) -> String {
+    let mut out = String::new();
+    let patterns = ig["patterns"].as_u64().unwrap_or(0);
+    if patterns > 0 || ig["count"].as_u64().is_some_and(|n| n > 0) {
+        out.push_str(&format!("  ignored     .csignore: {patterns} pattern(s)"));
+        if let Some(count) = ig["count"].as_u64() {
+            let paths: Vec<String> = ig["paths"].as_array().into_iter().flatten().map(s).collect();
+            let more = count.saturating_sub(paths.len() as u64);
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            let names = if paths.is_empty() { String::new() } else { format!(": {}{more}", paths.join(", ")) };
+            out.push_str(&format!(", {count} path(s) kept apart{names}"));
+        }
+        out.push('\n');
+    }
+    if let Some(e) = ig["error"].as_str() {
+        out.push_str(&format!("  IGNORE RULES NOT IN FORCE: {e} (the last good rules apply; fix the file)\n"));
     }
     out
 }
@@ -333,6 +357,7 @@ fn render_project(st: &Value, out: &mut String) {
             out.push_str(&format!("  refused connections: {}\n", parts.join(", ")));
         }
     }
+    out.push_str(&ignored_lines(&b["ignore"]));
     out.push_str(&watchdog_lines(&b["watchdog"]));
 }
 
@@ -340,6 +365,29 @@ fn render_project(st: &Value, out: &mut String) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn ignore_rules_show_with_their_count_and_error() {
+        let st = json!({
+            "service": "compute", "client": "gpu-1", "round": {"phase": "idle"}, "connection": {},
+            "packer": {"ignored": {"count": 12, "patterns": 3, "error": "/home/u/.csignore line 4: bad",
+                                   "paths": ["node_modules", "src/__pycache__"]}},
+        });
+        let text = render(&st);
+        assert!(
+            text.contains(
+                "ignored     .csignore: 3 pattern(s), 12 path(s) kept apart: node_modules, src/__pycache__ and 10 more"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("IGNORE RULES NOT IN FORCE: /home/u/.csignore line 4: bad"), "{text}");
+        let st = json!({"service": "project", "broker": {"sessions": [], "ignore": {"patterns": 2, "error": null}}});
+        let text = render(&st);
+        assert!(text.contains("ignored     .csignore: 2 pattern(s)\n"), "{text}");
+        assert!(!text.contains("NOT IN FORCE"), "{text}");
+        let st = json!({"service": "project", "broker": {"sessions": [], "ignore": {"patterns": 0, "error": null}}});
+        assert!(!render(&st).contains("ignored"));
+    }
 
     #[test]
     fn compute_view_shows_the_round_the_mounts_and_errors() {

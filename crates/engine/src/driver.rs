@@ -75,6 +75,7 @@ pub fn run_round(c: &mut ComputeSide, p: &ProjectSide, cut: Option<Cut>) -> Resu
     }
     let (mut cr, hello) = c.begin_round()?;
     let (mut pr, reply) = p.begin_round(&hello)?;
+    c.hello_answered(&mut cr, &reply)?;
     if reply.need_held_list {
         p.set_held_list(&mut pr, c.held_list());
     }

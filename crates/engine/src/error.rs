@@ -8,6 +8,12 @@ pub enum EngineError {
     #[error("invalid {set} pattern {pattern:?}: {reason}")]
     Pattern { set: &'static str, pattern: String, reason: String },
 
+    /// The project's `.csignore` cannot be used and no earlier rules are
+    /// known: no round runs until it is fixed (a round without the rules
+    /// would sync what they keep apart).
+    #[error(transparent)]
+    Ignore(#[from] crate::IgnoreError),
+
     #[error(transparent)]
     Fs(#[from] cs_safe_fs::FsError),
 

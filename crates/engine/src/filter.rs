@@ -1,10 +1,13 @@
 //! Which paths a round touches: local-only paths (C keeps them, P never
-//! sees them) and excluded paths (never synced in either direction).
+//! sees them), excluded paths (never synced in either direction) and the
+//! paths `.csignore` ignores (never synced; each side keeps its own).
+
+use std::sync::Arc;
 
 use cs_protocol::RelPath;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
-use crate::EngineError;
+use crate::{EngineError, IgnoreRules};
 
 /// The local-only patterns by default: [`cs_protocol::LOCAL_ONLY_DEFAULTS`] as directories
 /// anchored at the synced root (`/scratch/`).
@@ -24,6 +27,9 @@ pub struct PathFilter {
     excluded: Gitignore,
     local_only_patterns: Vec<String>,
     excluded_patterns: Vec<String>,
+    /// The `.csignore` rules of the round (empty unless set with
+    /// [`PathFilter::with_ignore`]).
+    ignore: Arc<IgnoreRules>,
 }
 
 impl std::fmt::Debug for PathFilter {
@@ -31,6 +37,7 @@ impl std::fmt::Debug for PathFilter {
         f.debug_struct("PathFilter")
             .field("local_only", &self.local_only_patterns)
             .field("excluded", &self.excluded_patterns)
+            .field("ignore", &self.ignore.text())
             .finish()
     }
 }
@@ -42,7 +49,17 @@ impl PathFilter {
             excluded: build("excluded", excluded)?,
             local_only_patterns: local_only.iter().map(|s| s.to_string()).collect(),
             excluded_patterns: excluded.iter().map(|s| s.to_string()).collect(),
+            ignore: Arc::default(),
         })
+    }
+
+    /// This filter with `rules` as its `.csignore` rules (replacing any).
+    pub fn with_ignore(&self, rules: Arc<IgnoreRules>) -> PathFilter {
+        PathFilter { ignore: rules, ..self.clone() }
+    }
+
+    pub fn ignore_rules(&self) -> &Arc<IgnoreRules> {
+        &self.ignore
     }
 
     pub fn local_only_patterns(&self) -> &[String] {
@@ -63,9 +80,14 @@ impl PathFilter {
         self.excluded.matched_path_or_any_parents(p.as_path(), is_dir).is_ignore()
     }
 
-    /// Neither local-only nor excluded: the round carries it.
+    /// Matched by the `.csignore` rules: never synced, each side keeps its own.
+    pub fn is_ignored(&self, p: &RelPath, is_dir: bool) -> bool {
+        self.ignore.is_ignored(p, is_dir)
+    }
+
+    /// Neither local-only nor excluded nor ignored: the round carries it.
     pub fn is_synced(&self, p: &RelPath, is_dir: bool) -> bool {
-        !self.is_excluded(p, is_dir) && !self.is_local_only(p, is_dir)
+        !self.is_excluded(p, is_dir) && !self.is_local_only(p, is_dir) && !self.is_ignored(p, is_dir)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod compute;
 pub mod driver;
 mod error;
 mod filter;
+mod ignore_rules;
 mod lookahead;
 pub mod project;
 pub mod sig;
@@ -23,6 +24,7 @@ pub use compute::{ApplyReport, ComputeConfig, ComputeRound, ComputeSide};
 pub use cs_safe_fs::Owner;
 pub use error::EngineError;
 pub use filter::{default_local_only, PathFilter, DEFAULT_EXCLUDED};
+pub use ignore_rules::{IgnoreError, IgnoreRules, RuleMatch, IGNORE_FILE, IGNORE_FILE_MAX};
 pub use project::{ProjectConfig, ProjectRound, ProjectSide, WriteReport, DEFAULT_FULL_RESCAN_EVERY};
 
 use cs_protocol::ClientId;

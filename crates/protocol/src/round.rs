@@ -38,6 +38,15 @@ pub struct HelloReply {
     /// The client's cursor is from another journal epoch (P lost or reset its
     /// journal): this round treats every P file as changed, conservatively.
     pub cursor_unknown: bool,
+    /// The text of the project's `.csignore` rules in force for this round
+    /// (empty: none). C applies exactly these, so both sides skip the same
+    /// paths (docs/protocol.md, *Ignore rules*).
+    #[serde(default)]
+    pub ignore_rules: String,
+    /// Why the project's current `.csignore` is not in force (unreadable,
+    /// bad pattern: file and line), if so; the rules above are the last good ones.
+    #[serde(default)]
+    pub ignore_error: Option<String>,
 }
 
 /// Outcome of a batch of deletes (step 1 on P, step 2 on C).

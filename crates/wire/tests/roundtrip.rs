@@ -67,9 +67,12 @@ fn step3_payload() -> Vec<u8> {
 fn reply(msg: &ClientMsg) -> ServerMsg {
     match msg {
         ClientMsg::WasCommitted { round_id } => ServerMsg::WasCommitted(*round_id == 77),
-        ClientMsg::Hello(h) => {
-            ServerMsg::HelloReply(HelloReply { need_held_list: h.held_count == 3, cursor_unknown: false })
-        }
+        ClientMsg::Hello(h) => ServerMsg::HelloReply(HelloReply {
+            need_held_list: h.held_count == 3,
+            cursor_unknown: false,
+            ignore_rules: "node_modules/\n".into(),
+            ignore_error: None,
+        }),
         ClientMsg::HeldList(_) => ServerMsg::HeldListOk,
         ClientMsg::Deletes(paths) => ServerMsg::DeleteReport(DeleteReport {
             deleted: paths.clone(),

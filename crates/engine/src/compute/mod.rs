@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cs_protocol::{
-    ClientId, CommitRequest, Cursor, DeleteReport, EntryKind, HeldDelta, Hello, RelPath, PROTOCOL_VERSION,
+    ClientId, CommitRequest, Cursor, DeleteReport, EntryKind, HeldDelta, Hello, HelloReply, RelPath, PROTOCOL_VERSION,
 };
 use cs_safe_fs::SafeRoot;
 use cs_tarstream::{EntryHeader, Limits, PackStats, PackWriter};
@@ -23,7 +23,7 @@ use crate::busy::{self, BusyFile, BusyOutcome, BusyPolicy, BusyTable};
 pub use crate::lookahead::Interrupted;
 use crate::lookahead::{self, LookAhead};
 use crate::sig::{held_digest, Sig};
-use crate::{state, temp_name, EngineError, PathFilter};
+use crate::{state, temp_name, EngineError, IgnoreRules, PathFilter};
 
 /// Settings of one compute server's sync engine.
 #[derive(Debug, Clone)]
@@ -69,6 +69,12 @@ impl ComputeConfig {
 /// The compute side: committed state plus the means to run rounds.
 pub struct ComputeSide {
     cfg: ComputeConfig,
+    /// The configured filter with the `.csignore` rules P sent last (see
+    /// [`ComputeSide::hello_answered`]): what every step goes by.
+    filter: PathFilter,
+    /// Why the project's `.csignore` is not in force, as P (or this side,
+    /// failing to parse what P sent) said at the last hello.
+    ignore_error: Option<String>,
     upper: SafeRoot,
     manifest: Manifest,
     /// Round id of a manifest written at step 5 whose commit on P is not
@@ -127,6 +133,8 @@ struct PendingCommit {
 const MANIFEST_FILE: &str = "manifest.msgpack";
 const PENDING_FILE: &str = "manifest.pending.msgpack";
 const RETIRED_FILE: &str = "retired-whiteouts.msgpack";
+/// The text of the `.csignore` rules P sent last: the next scan goes by them.
+const IGNORE_RULES_FILE: &str = "csignore.in-force";
 
 /// What step 4 did on C.
 #[derive(Debug, Default, Clone)]
@@ -185,6 +193,14 @@ impl LookAhead for WritesOut<'_> {
     }
 }
 
+impl ComputeRound {
+    /// The upper-layer entries the `.csignore` rules keep out of this
+    /// round (a directory once, not what it holds).
+    pub fn ignored(&self) -> &[RelPath] {
+        &self.scan.ignored
+    }
+}
+
 impl ComputeSide {
     pub fn open(cfg: ComputeConfig) -> Result<Self, EngineError> {
         state::ensure_dir(&cfg.state_dir)?;
@@ -193,7 +209,55 @@ impl ComputeSide {
         let manifest = Manifest::load(&cfg.state_dir.join(MANIFEST_FILE))?;
         let pending = state::load::<PendingCommit>(&cfg.state_dir.join(PENDING_FILE))?.map(|p| p.round_id);
         let retired = state::load::<BTreeMap<RelPath, u64>>(&cfg.state_dir.join(RETIRED_FILE))?.unwrap_or_default();
-        Ok(ComputeSide { cfg, upper, manifest, pending, tmp_seq: 0, retired, busy: BusyTable::default() })
+        let filter = cfg.filter.with_ignore(std::sync::Arc::new(load_ignore_rules(&cfg.state_dir)));
+        Ok(ComputeSide {
+            cfg,
+            filter,
+            ignore_error: None,
+            upper,
+            manifest,
+            pending,
+            tmp_seq: 0,
+            retired,
+            busy: BusyTable::default(),
+        })
+    }
+
+    /// The filter every step goes by: the configured one with the
+    /// `.csignore` rules in force.
+    pub fn filter(&self) -> &PathFilter {
+        &self.filter
+    }
+
+    /// Why the project's `.csignore` is not in force, if it is not (status).
+    pub fn ignore_error(&self) -> Option<&str> {
+        self.ignore_error.as_deref()
+    }
+
+    /// After P answered the hello: its `.csignore` rules are this round's.
+    /// If they differ from those the scan went by, the new ones are kept
+    /// for later rounds and the round is opened again on a fresh scan (the
+    /// hello's view of the held set differs from it only on paths both
+    /// sides now ignore, which neither side deletes or writes). Rules that
+    /// do not parse here leave the last ones in force, reported.
+    pub fn hello_answered(&mut self, r: &mut ComputeRound, reply: &HelloReply) -> Result<(), EngineError> {
+        self.ignore_error = reply.ignore_error.clone();
+        if reply.ignore_rules == self.filter.ignore_rules().text() {
+            return Ok(());
+        }
+        let rules = match IgnoreRules::parse("the project's .csignore", reply.ignore_rules.as_bytes()) {
+            Ok(rules) => rules,
+            Err(e) => {
+                tracing::warn!(error = %e, "the project's ignore rules do not parse here: the last ones stay");
+                self.ignore_error = Some(e.to_string());
+                return Ok(());
+            }
+        };
+        cs_safe_fs::write_atomic(&self.cfg.state_dir.join(IGNORE_RULES_FILE), rules.text().as_bytes())?;
+        tracing::info!(patterns = rules.patterns(), "new .csignore rules from the project");
+        self.filter = self.cfg.filter.with_ignore(std::sync::Arc::new(rules));
+        *r = self.open_round(r.round_id)?.0;
+        Ok(())
     }
 
     pub fn config(&self) -> &ComputeConfig {
@@ -253,7 +317,12 @@ impl ComputeSide {
                 "a previous round's commit is unresolved: call resolve_pending first".into(),
             ));
         }
-        let scan = scan_upper(&self.cfg.upper, &self.cfg.filter)?;
+        self.open_round(crate::random_u64())
+    }
+
+    /// Scans the upper layer with the filter in force: round `round_id`.
+    fn open_round(&self, round_id: u64) -> Result<(ComputeRound, Hello), EngineError> {
+        let scan = scan_upper(&self.cfg.upper, &self.filter)?;
         // What P has at a retired path, C has not seen: P is told, and keeps
         // it from C's deletes and writes there. That includes a path whose
         // marker the union removed since (the user made a file there, not
@@ -321,7 +390,7 @@ impl ComputeSide {
             not_applied: BTreeSet::new(),
             applied_log: AppliedLog::new(self.applied_log_path()),
             sent_log: AppliedLog::new(self.sent_log_path()),
-            round_id: crate::random_u64(),
+            round_id,
             retired_gone,
             problems,
             busy: BTreeMap::new(),
@@ -356,9 +425,10 @@ impl ComputeSide {
         if !r.known.is_empty() {
             // A path that the filter now keeps local (the configuration
             // changed since it was synced) is not deleted on P either.
-            let gone = r.base.iter().filter(|(p, sig)| {
-                !r.known.contains_key(*p) && self.cfg.filter.is_synced(p, sig.kind == EntryKind::Dir)
-            });
+            let gone = r
+                .base
+                .iter()
+                .filter(|(p, sig)| !r.known.contains_key(*p) && self.filter.is_synced(p, sig.kind == EntryKind::Dir));
             out.extend(gone.map(|(p, _)| p.clone()));
         }
         out.sort();
@@ -440,7 +510,7 @@ impl ComputeSide {
         paths.dedup();
         // Deepest first, so that a directory is emptied before it is removed.
         for p in paths.into_iter().rev() {
-            if !self.cfg.filter.is_synced(p, false) {
+            if !self.filter.is_synced(p, false) {
                 report.refused.push((p.clone(), "not a synced path on this compute server".into()));
                 continue;
             }
@@ -457,6 +527,11 @@ impl ComputeSide {
                 report.deleted.push(p.clone());
                 continue;
             };
+            // A directory an ignore rule names (`node_modules/`) is C's own.
+            if !self.filter.is_synced(p, current.kind == EntryKind::Dir) {
+                report.refused.push((p.clone(), "not a synced path on this compute server".into()));
+                continue;
+            }
             if r.base.get(p) != Some(&current) {
                 report.kept.push(p.clone());
                 continue;
@@ -593,7 +668,7 @@ impl ComputeSide {
     ) -> Result<Option<Staged>, EngineError> {
         let h = &*crate::without_setid(h);
         let p = &h.path;
-        if !self.cfg.filter.is_synced(p, h.kind == EntryKind::Dir) {
+        if !self.filter.is_synced(p, h.kind == EntryKind::Dir) {
             r.problems.push(format!("{p}: P sent a path that is not synced here; ignored"));
             return Ok(None);
         }
@@ -747,6 +822,25 @@ impl ComputeSide {
     pub fn busy_files(&self) -> Vec<BusyFile> {
         self.busy.files()
     }
+}
+
+/// The `.csignore` rules P sent last, kept in `state_dir`; none at first. A
+/// file that does not parse (damaged) counts as none: the next hello
+/// answer brings the rules again before the round acts on anything.
+fn load_ignore_rules(state_dir: &std::path::Path) -> IgnoreRules {
+    let path = state_dir.join(IGNORE_RULES_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return IgnoreRules::default(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignore rules unreadable, none until the next hello");
+            return IgnoreRules::default();
+        }
+    };
+    IgnoreRules::parse(&path.display().to_string(), &bytes).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ignore rules unusable, none until the next hello");
+        IgnoreRules::default()
+    })
 }
 
 /// The paths of `sorted` not below another of them.

@@ -22,11 +22,15 @@ pub struct UpperScan {
     /// whiteout markers), each naming its path. They are reported, never
     /// silently dropped.
     pub problems: Vec<String>,
+    /// Entries the `.csignore` rules keep out of the round, sorted; a
+    /// directory counts once (the scan does not enter it).
+    pub ignored: Vec<RelPath>,
 }
 
 pub fn scan_upper(upper: &Path, filter: &PathFilter) -> Result<UpperScan, EngineError> {
     let mut scan = UpperScan::default();
     walk(upper, None, filter, &mut scan)?;
+    scan.ignored.sort();
     let ws = cs_union::list_whiteouts(upper)?;
     scan.problems.extend(ws.problems);
     scan.whiteouts = ws.whiteouts.into_iter().filter(|w| filter.is_synced(&w.path, w.is_dir)).collect();
@@ -69,6 +73,9 @@ fn walk(root: &Path, dir: Option<&RelPath>, filter: &PathFilter, scan: &mut Uppe
         };
         let is_dir = md.is_dir();
         if !filter.is_synced(&path, is_dir) {
+            if !filter.is_excluded(&path, is_dir) && !filter.is_local_only(&path, is_dir) {
+                scan.ignored.push(path);
+            }
             continue;
         }
         let Some(sig) = Sig::of(&Stat::from_metadata(&md)) else {

@@ -74,8 +74,13 @@ impl ProjectSide {
     ) -> Result<Option<Staged>, EngineError> {
         let h = &*crate::without_setid(h);
         let is_dir = h.kind == EntryKind::Dir;
-        if !self.cfg.filter.is_synced(&h.path, is_dir) {
-            report.refused.push((h.path.clone(), "excluded or local-only path".into()));
+        if !r.filter.is_synced(&h.path, is_dir) {
+            let why = if r.filter.is_ignored(&h.path, is_dir) {
+                "ignored by .csignore"
+            } else {
+                "excluded or local-only path"
+            };
+            report.refused.push((h.path.clone(), why.into()));
             return Ok(None);
         }
         r.held.insert(h.path.clone());

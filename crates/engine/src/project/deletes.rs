@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use cs_protocol::{DeleteReport, EntryKind, RelPath};
 
 use super::{lock, ProjectRound, ProjectSide};
-use crate::EngineError;
+use crate::{EngineError, PathFilter};
 
 impl ProjectSide {
     /// Step 1: the client deleted these paths. Each is deleted unless P
@@ -23,8 +23,8 @@ impl ProjectSide {
                 continue;
             }
             done.push(p);
-            if !self.cfg.filter.is_synced(p, false) {
-                report.refused.push((p.clone(), "excluded or local-only path".into()));
+            if !r.filter.is_synced(p, false) {
+                report.refused.push((p.clone(), "excluded, local-only or ignored path".into()));
                 continue;
             }
             // Whatever happens on P, the client no longer holds it. What it
@@ -51,19 +51,25 @@ impl ProjectSide {
     /// stale or repeated delete must not remove them (issue 8).
     fn delete_tree(&self, r: &ProjectRound, p: &RelPath, report: &mut DeleteReport) -> Result<bool, EngineError> {
         let Some(actual) = self.lstat_sig(p)? else { return Ok(true) };
+        // Ignored by the round's rules or by newer ones (the file changed
+        // since the hello): P's copy stays.
+        let is_dir = actual.kind == EntryKind::Dir;
+        if !r.filter.is_synced(p, is_dir) || !self.journal_filter().is_synced(p, is_dir) {
+            return Ok(false);
+        }
         let held = r.held.contains(p);
         if held && actual.kind != EntryKind::Dir {
             return Ok(false);
         }
         if actual.kind == EntryKind::Dir {
             let mut all_gone = true;
-            for (name, _) in self.home.read_dir(Some(p))? {
+            for (name, kind) in self.home.read_dir(Some(p))? {
                 let child = p.join(&name).map_err(|e| EngineError::BadName {
                     dir: self.cfg.home.join(p.as_path()),
                     name: cs_protocol::Escaped(name.as_bytes()).to_string(),
                     source: e,
                 })?;
-                if !self.cfg.filter.is_synced(&child, false) {
+                if !r.filter.is_synced(&child, kind == cs_safe_fs::FileKind::Dir) {
                     all_gone = false;
                     continue;
                 }
@@ -95,10 +101,19 @@ impl ProjectSide {
         Ok(true)
     }
 
-    /// Step 2: the paths the client holds that no longer exist on P.
+    /// Step 2: the paths the client holds that no longer exist on P. Not
+    /// those ignored by the round's rules or by the journal's (a path that
+    /// became ignored leaves the journal as if deleted; it is not): the
+    /// client keeps its copy.
     pub fn deletes_for_client(&self, r: &mut ProjectRound) -> Vec<RelPath> {
         let j = lock(&self.journal);
-        let gone: Vec<RelPath> = r.held.iter().filter(|p| !j.journal.is_live(p)).cloned().collect();
+        let synced = |f: &PathFilter, p: &RelPath| f.is_synced(p, false) && f.is_synced(p, true);
+        let gone: Vec<RelPath> = r
+            .held
+            .iter()
+            .filter(|p| !j.journal.is_live(p) && synced(&r.filter, p) && synced(&j.filter, p))
+            .cloned()
+            .collect();
         drop(j);
         for p in &gone {
             r.held.remove(p);

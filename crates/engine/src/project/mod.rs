@@ -4,6 +4,7 @@
 
 mod apply;
 mod deletes;
+mod ignore;
 mod journal;
 mod pack;
 mod watch;
@@ -11,7 +12,7 @@ mod watch;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cs_protocol::{ClientId, CommitRequest, Cursor, Hello, HelloReply, RelPath, PROTOCOL_VERSION};
@@ -19,6 +20,7 @@ use cs_safe_fs::{FsError, SafeRoot};
 use cs_tarstream::Limits;
 use serde::{Deserialize, Serialize};
 
+pub use ignore::IgnoreStatus;
 pub use journal::{Journal, JournalEntry, JOURNAL_VERSION};
 
 use crate::busy::{BusyFile, BusyOutcome, BusyPolicy, BusyTable};
@@ -109,6 +111,8 @@ pub struct ProjectSide {
     watch: Mutex<Watch>,
     /// Each client's busy files of step 4 (in memory, see `busy`).
     busy: Mutex<HashMap<ClientId, BusyTable>>,
+    /// The `.csignore` rules in force (see `ignore`).
+    ignore: Mutex<ignore::IgnoreState>,
 }
 
 struct Watch {
@@ -121,6 +125,10 @@ struct Watch {
 struct JournalState {
     journal: Journal,
     saved_seq: Option<u64>,
+    /// The filter of the journal's last refresh: a path it does not sync
+    /// may be a tombstone only because it became ignored, so no round
+    /// deletes it on the strength of the journal, whatever its own rules.
+    filter: Arc<PathFilter>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,6 +140,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One client's round in flight on P. Dropping it abandons the round.
 pub struct ProjectRound {
     client: ClientId,
+    /// The configured filter with the `.csignore` rules read at this
+    /// round's hello (and sent to the client): the round's steps go by it.
+    filter: Arc<PathFilter>,
     /// The client's cursor, if it belongs to this journal. `None` means the
     /// client's view of P is unknown: every P entry counts as changed.
     base: Option<u64>,
@@ -201,28 +212,41 @@ impl ProjectSide {
             }
             None => (Journal::new(), None),
         };
+        let filter = Arc::new(cfg.filter.clone());
         Ok(ProjectSide {
             cfg,
             home,
-            journal: Mutex::new(JournalState { journal, saved_seq: saved }),
+            journal: Mutex::new(JournalState { journal, saved_seq: saved, filter }),
             clients: Mutex::new(HashMap::new()),
             apply_lock: Mutex::new(()),
             tmp_seq: AtomicU64::new(0),
             watch: Mutex::new(Watch { home: watch::HomeWatch::new(), last_full: None }),
             busy: Mutex::new(HashMap::new()),
+            ignore: Mutex::new(ignore::IgnoreState::default()),
         })
         .inspect(|p| {
+            let st = p.initial_ignore();
+            if let Some(f) = &st.in_force {
+                lock(&p.journal).filter = f.clone();
+            }
+            *lock(&p.ignore) = st;
             // Watch now, so that directory moves before the first hello
             // count; that hello rescans in full anyway.
+            let filter = p.journal_filter();
             let mut w = lock(&p.watch);
             if let Some(hw) = w.home.as_mut() {
-                let _ = Journal::scan(&p.cfg.home, &p.cfg.filter, &mut |d| hw.watch(&p.cfg.home, d));
+                let _ = Journal::scan(&p.cfg.home, &filter, &mut |d| hw.watch(&p.cfg.home, d));
             }
         })
     }
 
     pub fn config(&self) -> &ProjectConfig {
         &self.cfg
+    }
+
+    /// The filter of the journal's last refresh (see [`JournalState::filter`]).
+    fn journal_filter(&self) -> Arc<PathFilter> {
+        lock(&self.journal).filter.clone()
     }
 
     /// P's current journal position (what a round starting now would see).
@@ -297,13 +321,19 @@ impl ProjectSide {
                 hello.client, hello.protocol
             )));
         }
-        self.refresh_journal()?;
+        let filter = self.refresh_journal()?;
         let base = lock(&self.journal).journal.position(hello.cursor);
         let st = self.client_state(&hello.client)?;
         let need_held_list = st.needs_full_list || held_digest(st.held.iter()) != hello.held_digest;
-        let reply = HelloReply { need_held_list, cursor_unknown: hello.cursor.is_some() && base.is_none() };
+        let reply = HelloReply {
+            need_held_list,
+            cursor_unknown: hello.cursor.is_some() && base.is_none(),
+            ignore_rules: filter.ignore_rules().text().to_owned(),
+            ignore_error: self.ignore_error(),
+        };
         let mut round = ProjectRound {
             client: hello.client.clone(),
+            filter,
             base,
             index_base: st.held.clone(),
             held: BTreeSet::new(),
@@ -332,18 +362,23 @@ impl ProjectSide {
     /// Brings the journal up to date with the home: where inotify saw
     /// changes, or everywhere when its events are incomplete or a full
     /// rescan is due. The walk holds the watch, not the journal: other
-    /// clients' applies go on meanwhile.
-    fn refresh_journal(&self) -> Result<(), EngineError> {
+    /// clients' applies go on meanwhile. Returns the filter it went by, with
+    /// the `.csignore` rules read now; rules that changed make it a full
+    /// rescan.
+    fn refresh_journal(&self) -> Result<Arc<PathFilter>, EngineError> {
         let mut w = lock(&self.watch);
         let w = &mut *w;
         let home = &self.cfg.home;
-        let started = w.last_full.take();
+        let (filter, rules_changed) = self.reload_ignore()?;
+        let started = w.last_full.take().filter(|_| !rules_changed);
         // What rounds record while the scan runs is newer than the scan.
         let began = lock(&self.journal).journal.seq;
         let Some(hw) = w.home.as_mut() else {
-            let seen = Journal::scan(home, &self.cfg.filter, &mut |_| {})?;
-            lock(&self.journal).journal.merge(seen, began);
-            return Ok(());
+            let seen = Journal::scan(home, &filter, &mut |_| {})?;
+            let mut j = lock(&self.journal);
+            j.journal.merge(seen, began);
+            j.filter = filter.clone();
+            return Ok(filter);
         };
         let mut changes = hw.drain();
         let full =
@@ -354,9 +389,10 @@ impl ProjectSide {
         if full {
             let queued = hw.reset();
             changes.moved.extend(queued.moved);
-            let seen = Journal::scan(home, &self.cfg.filter, &mut |d| hw.watch(home, d))?;
+            let seen = Journal::scan(home, &filter, &mut |d| hw.watch(home, d))?;
             let mut j = lock(&self.journal);
             j.journal.merge(seen, began);
+            j.filter = filter.clone();
             // After the merge, which leaves alone what was recorded since
             // the scan began (these records included).
             for dir in &changes.moved {
@@ -364,20 +400,19 @@ impl ProjectSide {
             }
             w.last_full = Some(Instant::now());
         } else {
-            let part = Journal::scan_partial(home, &self.cfg.filter, &changes.dirty, &changes.appeared, &mut |d| {
-                hw.watch(home, d)
-            })?;
+            let part =
+                Journal::scan_partial(home, &filter, &changes.dirty, &changes.appeared, &mut |d| hw.watch(home, d))?;
             let mut j = lock(&self.journal);
             j.journal.merge_partial(part, began);
             for dir in &changes.moved {
                 j.journal.touch_tree(dir);
             }
             if std::env::var_os("CS_JOURNAL_CHECK").is_some() {
-                check_against_full_scan(&j.journal, home, &self.cfg.filter)?;
+                check_against_full_scan(&j.journal, home, &filter)?;
             }
             w.last_full = started;
         }
-        Ok(())
+        Ok(filter)
     }
 
     /// The client's full held list, when [`HelloReply::need_held_list`].

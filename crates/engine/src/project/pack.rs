@@ -35,7 +35,7 @@ impl ProjectSide {
                     (None, Some(_)) => true,
                     (Some(b), Some(e)) => e.seq > b,
                 };
-            if !send || !self.cfg.filter.is_synced(&p, false) {
+            if !send {
                 continue;
             }
             let st = match self.home.lstat(&p) {
@@ -47,6 +47,10 @@ impl ProjectSide {
                 }
             };
             let Some(kind) = crate::sig::entry_kind(st.kind) else { continue };
+            // Ignored (or local-only, excluded): the client keeps its own.
+            if !r.filter.is_synced(&p, kind == EntryKind::Dir) {
+                continue;
+            }
             let mut header =
                 EntryHeader { path: p.clone(), kind, mode: st.mode, mtime: st.mtime, size: 0, link_target: None };
             match kind {

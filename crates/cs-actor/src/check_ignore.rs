@@ -84,7 +84,7 @@ mod tests {
         assert!(check(h, h, &["build/node_modules/".into()]).unwrap().any_ignored);
         assert!(!check(h, h, &["node_modules".into()]).unwrap().any_ignored, "a file of that name");
         assert!(check(h, h, &["/elsewhere/x".into()]).is_err());
-        std::fs::write(h.join(IGNORE_FILE), "ok\nbad[\n").unwrap();
+        std::fs::write(h.join(IGNORE_FILE), "ok\na{b\n").unwrap();
         let e = format!("{:#}", check(h, h, &["x".into()]).err().unwrap());
         assert!(e.contains(".csignore line 2"), "{e}");
     }

@@ -107,7 +107,9 @@ impl ProjectSide {
     /// client keeps its copy.
     pub fn deletes_for_client(&self, r: &mut ProjectRound) -> Vec<RelPath> {
         let j = lock(&self.journal);
-        let synced = |f: &PathFilter, p: &RelPath| f.is_synced(p, false) && f.is_synced(p, true);
+        // A tombstone has no kind: a path an ignore rule matches as a file or
+        // as a directory stays.
+        let synced = |f: &PathFilter, p: &RelPath| f.is_synced(p, false) && !f.is_ignored(p, true);
         let gone: Vec<RelPath> = r
             .held
             .iter()

@@ -80,6 +80,8 @@ pub struct Coordinator {
     pause_file: Option<std::path::PathBuf>,
     /// Upper-layer change events: a round starting takes those seen so far.
     changes: Option<ChangeCount>,
+    /// Round outcomes for `/metrics`, recorded where `stats` counts them.
+    metrics: Option<Arc<cs_metrics::ComputeMetrics>>,
 }
 
 #[derive(Default)]
@@ -119,6 +121,7 @@ impl Coordinator {
             operator_pause: None,
             pause_file: None,
             changes: None,
+            metrics: None,
         }
     }
 
@@ -132,6 +135,12 @@ impl Coordinator {
     /// Marks the watcher's events as taken each time a round starts (its scan sees them).
     pub fn with_change_count(mut self, changes: ChangeCount) -> Self {
         self.changes = Some(changes);
+        self
+    }
+
+    /// Records each round's outcome on `metrics` too.
+    pub fn with_metrics(mut self, metrics: Arc<cs_metrics::ComputeMetrics>) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -226,6 +235,9 @@ impl Coordinator {
                 Ok(summary) => {
                     act.stats.committed += 1;
                     act.stats.conflicts += summary.conflicts.len() as u64;
+                    if let Some(m) = &act.metrics {
+                        record_committed(m, &summary);
+                    }
                     tracing::info!(
                         round = summary.round,
                         ms = summary.duration_ms,
@@ -238,6 +250,9 @@ impl Coordinator {
                 Err(e) => {
                     act.stats.failed += 1;
                     let failure = Failure::of(&e);
+                    if let Some(m) = &act.metrics {
+                        m.round_failed(failure.class.name(), crate::failure::kind(&e));
+                    }
                     if !failure.is_permanent() {
                         tracing::warn!(error = %failure.message, "round failed; it will be retried");
                     }
@@ -246,6 +261,27 @@ impl Coordinator {
                 }
             }
         }));
+    }
+}
+
+/// A committed round's duration, steps and conflicts, as metrics.
+fn record_committed(metrics: &cs_metrics::ComputeMetrics, summary: &RoundSummary) {
+    let steps = summary.steps.iter().map(|s| cs_metrics::StepRecord {
+        step: s.step.name(),
+        direction: direction(s.step),
+        seconds: s.ms as f64 / 1000.0,
+        entries: s.entries,
+        bytes: s.bytes,
+    });
+    metrics.round_committed(summary.duration_ms as f64 / 1000.0, steps, summary.conflicts.len() as u64);
+}
+
+/// Which way a step carries entries (the metrics' `direction` label).
+fn direction(step: Step) -> Option<&'static str> {
+    match step {
+        Step::DeletesToProject | Step::WritesToProject => Some("to_project"),
+        Step::DeletesToCompute | Step::WritesToCompute => Some("to_compute"),
+        Step::Resolve | Step::Hello | Step::Commit => None,
     }
 }
 

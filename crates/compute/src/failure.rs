@@ -106,6 +106,30 @@ pub fn classify(e: &RoundError) -> Verdict {
     }
 }
 
+/// The kind of error that failed a round, for the metrics (`cs_compute_rounds_failed_total`'s
+/// `kind` label): which part of the round gave up.
+pub fn kind(e: &RoundError) -> &'static str {
+    match e {
+        RoundError::Link(_) => "link",
+        RoundError::Refused { .. } => "refused",
+        RoundError::Packer(_) => "packer",
+        RoundError::Mailbox(_) => "mailbox",
+        RoundError::Unexpected { .. } => "unexpected",
+        RoundError::OutOfOrder(_) => "out_of_order",
+        RoundError::Failpoint(_) => "failpoint",
+    }
+}
+
+impl FailureClass {
+    /// Its status name (`transient`, `permanent`), also the metrics' `class` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureClass::Transient => "transient",
+            FailureClass::Permanent => "permanent",
+        }
+    }
+}
+
 /// A connection failure: permanent when the broker refused who we are (at the
 /// websocket upgrade) or the settings cannot work; the network itself is transient.
 pub fn classify_link(e: &LinkError) -> Verdict {
@@ -213,6 +237,13 @@ mod tests {
         let f = Failure::of(&e);
         assert!(f.message.contains("not connected to the broker"), "{}", f.message);
         assert!(f.message.to_lowercase().contains("connection refused"), "{}", f.message);
+    }
+
+    #[test]
+    fn class_names_are_the_status_names() {
+        for c in [FailureClass::Transient, FailureClass::Permanent] {
+            assert_eq!(serde_json::to_value(c).expect("json"), serde_json::json!(c.name()));
+        }
     }
 
     #[test]

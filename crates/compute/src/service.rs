@@ -75,6 +75,8 @@ pub struct ComputeService {
     pub mounts: Option<MountHooks>,
     /// Reads the actors' heartbeats: `watchdog` in the status.
     pub watchdog: Watchdog,
+    /// Round outcomes recorded by the coordinator, for `/metrics`.
+    pub metrics: Arc<cs_metrics::ComputeMetrics>,
 }
 
 /// Produces one section of the status object.
@@ -128,9 +130,11 @@ impl ComputeService {
         let link = Arc::new(connection_actor.link());
         let connection = cs_supervision::spawn(connection_actor);
         let changes = ChangeCount::default();
+        let metrics = Arc::new(cs_metrics::ComputeMetrics::new());
         let mut coordinator = Coordinator::new(packer.clone(), link, cfg.interval, cfg.backoff, round_heartbeat)
             .with_operator_pause(pause_file, paused)
-            .with_change_count(changes.clone());
+            .with_change_count(changes.clone())
+            .with_metrics(metrics.clone());
         watchdog.watch("round", coordinator.heartbeat());
         if let Some(m) = &mounts {
             coordinator = coordinator.with_rail(m.rail.clone());
@@ -140,8 +144,16 @@ impl ComputeService {
         let watcher =
             cs_supervision::spawn(UpperWatcher::new(cfg.upper.clone(), cfg.debounce, coordinator.clone(), changes));
         watchdog.spawn_monitor(WATCHDOG_EVERY);
-        let service =
-            ComputeService { client: cfg.client.clone(), coordinator, packer, connection, watcher, mounts, watchdog };
+        let service = ComputeService {
+            client: cfg.client.clone(),
+            coordinator,
+            packer,
+            connection,
+            watcher,
+            mounts,
+            watchdog,
+            metrics,
+        };
         let control = service.serve_control(&cfg.control_socket)?;
         Ok((service, control))
     }

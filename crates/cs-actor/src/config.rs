@@ -96,6 +96,10 @@ mergeable! {
         /// it stops changing.
         #[arg(long)]
         pub snapshot_max_mib: Option<u64>,
+        /// Serve Prometheus metrics at http://ADDR/metrics, e.g.
+        /// 127.0.0.1:9781 (default: off).
+        #[arg(long, value_name = "ADDR")]
+        pub metrics_listen: Option<String>,
     }
 }
 
@@ -142,6 +146,10 @@ mergeable! {
         /// As for `cs-actor compute` (default 1024).
         #[arg(long)]
         pub snapshot_max_mib: Option<u64>,
+        /// Serve Prometheus metrics at http://ADDR/metrics, e.g.
+        /// 127.0.0.1:9780 (default: off).
+        #[arg(long, value_name = "ADDR")]
+        pub metrics_listen: Option<String>,
     }
 }
 

@@ -3,6 +3,7 @@
 mod check_ignore;
 mod config;
 mod demo;
+mod metrics;
 mod owner;
 mod services;
 mod status;

@@ -112,6 +112,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             .with_context(|| format!("giving the upper layer {} to uid {} gid {}", upper.display(), o.uid, o.gid))?;
     }
     let lower_mountpoint = lower.mountpoint().to_path_buf();
+    let metrics_listen = crate::metrics::listen_addr(a.metrics_listen.as_deref())?;
 
     actix_rt::System::new().block_on(async move {
         let mut mcfg = MountConfig::new(lower, &upper, &merged);
@@ -173,6 +174,8 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             heartbeat: mount_heartbeat,
         };
         let (svc, control) = ComputeService::start(cfg, Some(hooks))?;
+        let _metrics =
+            metrics_listen.map(|addr| crate::metrics::serve_compute(addr, &svc, mount.clone())).transpose()?;
         tracing::info!("compute service running");
         stop_signal().await;
         tracing::info!("stopping: a last round, then unmount");
@@ -238,6 +241,7 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
     let tokens = need(a.tokens, "tokens")?;
     let state = a.state.unwrap_or_else(|| home.join(".cs-actor/broker"));
     let control_socket = a.control_socket.unwrap_or_else(default_project_socket);
+    let metrics_listen = crate::metrics::listen_addr(a.metrics_listen.as_deref())?;
     let owner = match &a.user {
         Some(name) => crate::owner::effective(crate::owner::lookup(name)?, &format!("--user {name}"))?,
         None => {
@@ -264,6 +268,7 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
     actix_rt::System::new().block_on(async move {
         let broker = cs_broker::run(cfg).await?;
         tracing::info!(listen = %broker.local_addr, "project broker running");
+        let _metrics = metrics_listen.map(|addr| crate::metrics::serve_project(addr, broker.clone())).transpose()?;
         let handle = broker.clone();
         let handler: cs_control::Handler = Arc::new(move |req| {
             let handle = handle.clone();

@@ -500,6 +500,8 @@ pub struct Bed {
     pub project_sock: PathBuf,
     /// `--user NAME` for the broker (default: the owner of the home).
     pub broker_user: Option<String>,
+    /// More flags for the broker.
+    pub broker_extra: Vec<String>,
     broker_runs: u32,
     pub computes: Vec<Compute>,
     finished: bool,
@@ -543,6 +545,7 @@ impl Bed {
             tokens,
             broker: None,
             broker_user: None,
+            broker_extra: Vec::new(),
             broker_runs: 0,
             computes: Vec::new(),
             root,
@@ -591,6 +594,7 @@ impl Bed {
             if let Some(u) = &self.broker_user {
                 cmd.args(["--user", u]);
             }
+            cmd.args(&self.broker_extra);
             let mut p = Proc::spawn("broker", cmd, &log);
             let ready = poll(Duration::from_secs(30), Duration::from_millis(100), || {
                 if p.exited().is_some() {

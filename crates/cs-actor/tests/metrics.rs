@@ -25,6 +25,22 @@ fn get(port: u16, path: &str) -> Result<(u16, String), String> {
     Ok((status, body.to_owned()))
 }
 
+/// A websocket upgrade to the broker with bearer `token`; returns the answer's status line.
+fn upgrade_with_token(port: u16, token: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the broker");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    )
+    .expect("send the upgrade");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+}
+
 /// The samples of a scrape, checked: it parses and every sample is a metric of the catalog.
 fn scrape(bed: &Bed, port: u16) -> Vec<Sample> {
     let (status, body) = poll(Duration::from_secs(30), Duration::from_millis(200), || get(port, "/metrics").ok())
@@ -110,6 +126,15 @@ fn both_services_serve_metrics_that_parse_and_move_with_rounds() {
     for doc in catalog::PROCESS {
         assert!(names(&broker_after).contains(doc.name), "the broker does not serve {}", doc.name);
     }
+
+    // A connection with a token the broker does not know: refused, and counted by reason.
+    let refused = [("reason", "unknown_token")];
+    assert_eq!(value(&broker_after, "cs_broker_connections_refused_total", &refused), 0.0);
+    let answer = upgrade_with_token(bed.broker_port, "not-a-token");
+    let counted = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        (value(&scrape(&bed, broker_port), "cs_broker_connections_refused_total", &refused) == 1.0).then_some(())
+    });
+    assert!(counted.is_some(), "the refused connection (answered {answer:?}) is not counted");
 
     // Only /metrics is served.
     assert_eq!(get(compute_port, "/").map(|(s, _)| s), Ok(404));

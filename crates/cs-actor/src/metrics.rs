@@ -36,6 +36,7 @@ async fn compute_snapshot(svc: &ComputeService, mount: &Addr<MountSupervisor>) -
     if let Ok(round) = svc.coordinator.observe().await {
         s.phase = round.phase.to_owned();
         s.retries = round.retries;
+        s.operator_paused_since_unix_ms = round.operator_pause.map(|p| p.since_unix_ms);
     }
     if let Ok(packer) = svc.packer.observe().await {
         s.deferred_files = packer.deferred.count;

@@ -78,8 +78,9 @@ fn both_services_serve_metrics_that_parse_and_move_with_rounds() {
 
     let before = scrape(&bed, compute_port);
     let served = names(&before);
-    // Before any failure, and before the first websocket pong, these two have no sample yet.
-    let later = [catalog::ROUNDS_FAILED.name, catalog::RTT.name];
+    // Before any failure, before the first websocket pong and while not paused, these have no
+    // sample yet.
+    let later = [catalog::ROUNDS_FAILED.name, catalog::RTT.name, catalog::PAUSED_SINCE.name];
     for doc in catalog::COMPUTE.iter().chain(catalog::PROCESS).filter(|d| !later.contains(&d.name)) {
         assert!(served.contains(doc.name), "the compute service does not serve {}", doc.name);
     }
@@ -87,6 +88,7 @@ fn both_services_serve_metrics_that_parse_and_move_with_rounds() {
     assert!(committed >= 1.0, "a round committed already");
     assert_eq!(value(&before, "cs_compute_connected", &[]), 1.0);
     assert_eq!(value(&before, "cs_compute_round_phase", &[("phase", "idle")]), 1.0);
+    assert_eq!(value(&before, "cs_compute_paused_by_operator", &[]), 0.0);
     for layer in ["lower", "union"] {
         assert_eq!(value(&before, "cs_compute_mount_up", &[("layer", layer)]), 1.0, "{layer}");
     }

@@ -89,6 +89,20 @@ metric!(
 );
 // The compute service: read from the actors' status at each scrape.
 metric!(
+    PAUSED_BY_OPERATOR,
+    "cs_compute_paused_by_operator",
+    Gauge,
+    [],
+    "1 while `cs-actor pause` holds rounds (the reason is in `cs-actor status`)."
+);
+metric!(
+    PAUSED_SINCE,
+    "cs_compute_paused_since_seconds",
+    Gauge,
+    [],
+    "Unix time at which the operator's pause began (present only while paused)."
+);
+metric!(
     ROUND_PHASE,
     "cs_compute_round_phase",
     Gauge,
@@ -229,6 +243,8 @@ pub const COMPUTE: &[MetricDoc] = &[
     STEP_BYTES,
     CONFLICTS,
     ROUND_PHASE,
+    PAUSED_BY_OPERATOR,
+    PAUSED_SINCE,
     ROUND_RETRIES,
     DEFERRED_FILES,
     CONNECTED,

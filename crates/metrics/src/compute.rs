@@ -40,6 +40,8 @@ pub struct StepRecord {
 pub struct ComputeSnapshot {
     /// The coordinator's phase (idle, running, backoff, paused, stopped).
     pub phase: String,
+    /// Unix ms at which `cs-actor pause` began, while it holds.
+    pub operator_paused_since_unix_ms: Option<u64>,
     pub retries: u32,
     pub deferred_files: u64,
     pub connected: bool,
@@ -166,6 +168,11 @@ impl Collector for ComputeStatus {
         let phase_values: Vec<(Labels, Value)> =
             phases.iter().map(|p| (vec![("phase", p.to_string())], Value::Level(flag(*p == s.phase)))).collect();
         encode::samples(&mut enc, &c::ROUND_PHASE, &phase_values)?;
+        let paused_since = s.operator_paused_since_unix_ms;
+        encode::gauge(&mut enc, &c::PAUSED_BY_OPERATOR, flag(paused_since.is_some()))?;
+        if let Some(ms) = paused_since {
+            encode::gauge(&mut enc, &c::PAUSED_SINCE, ms as f64 / 1000.0)?;
+        }
         encode::gauge(&mut enc, &c::ROUND_RETRIES, f64::from(s.retries))?;
         encode::gauge(&mut enc, &c::DEFERRED_FILES, s.deferred_files as f64)?;
         encode::gauge(&mut enc, &c::CONNECTED, flag(s.connected))?;

@@ -14,7 +14,8 @@ fn compute_text() -> String {
     m.round_committed(1.5, [step("hello", None), step("writes_to_project", Some("to_project"))], 1);
     m.round_failed("transient", "link");
     m.render(ComputeSnapshot {
-        phase: "idle".into(),
+        phase: "paused".into(),
+        operator_paused_since_unix_ms: Some(1_700_000_000_000),
         rtt_seconds: Some(0.002),
         mounts: Some(MountSnapshot { lower_up: true, union_up: true, ..Default::default() }),
         ..Default::default()

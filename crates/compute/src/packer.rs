@@ -41,6 +41,9 @@ pub struct PackerState {
     pub snapshots_sent: u64,
     /// What the `.csignore` rules keep out of rounds, as of the last scan.
     pub ignored: IgnoredPaths,
+    /// Step 3 or 4 in flight: entries and file bytes done so far, of the totals where known
+    /// (step 3: from the scan; step 4: none, the project announces no totals). Else null.
+    pub progress: Option<cs_engine::ProgressSnapshot>,
 }
 
 /// The `ignored` section of the packer's status.
@@ -103,11 +106,14 @@ pub struct Packer {
     /// Beaten with the packer's own on every chunk streamed: the round
     /// waiting on the packer progresses as the packer does.
     round_heartbeat: Option<Heartbeat>,
+    /// The engine's counters of the step in flight, read without its lock.
+    progress: cs_engine::Progress,
 }
 
 impl Packer {
     pub fn new(side: ComputeSide) -> Self {
         Packer {
+            progress: side.progress(),
             engine: Arc::new(tokio::sync::Mutex::new(Some(Engine { side, round: None }))),
             state: Arc::new(Mutex::new((PackerState::default(), None))),
             heartbeat: Heartbeat::new(),
@@ -193,6 +199,7 @@ impl Observable for Packer {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = s.0.clone();
         out.busy_for_ms = s.1.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0);
+        out.progress = self.progress.snapshot();
         out
     }
 }
@@ -345,7 +352,9 @@ impl Handler<PackChanges> for Packer {
     fn handle(&mut self, m: PackChanges, _: &mut Self::Context) -> Self::Result {
         let state = self.counters();
         let out = self.beating(m.0);
+        let progress = StepEnds(self.progress.clone());
         self.with_round("pack", move |side, r| {
+            let _progress = progress;
             let paths = side.changes_to_send(r);
             let out = crate::progress::MeteredOut::new(out, "writes to project (compressed)");
             let out = MidStreamFailpoint { inner: out, hit: false };
@@ -381,6 +390,15 @@ impl<W: std::io::Write> std::io::Write for MidStreamFailpoint<W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Ends the step's progress when dropped: the step returned, whichever way.
+struct StepEnds(cs_engine::Progress);
+
+impl Drop for StepEnds {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 
@@ -425,7 +443,9 @@ impl Handler<ApplyWrites> for Packer {
     fn handle(&mut self, m: ApplyWrites, _: &mut Self::Context) -> Self::Result {
         let state = self.counters();
         let input = self.beating(m.0);
+        let progress = StepEnds(self.progress.clone());
         self.with_round("apply", move |side, r| {
+            let _progress = progress;
             let input = crate::progress::MeteredIn::new(input, "writes from project (compressed)");
             let report = side.apply_writes(r, input, None)?;
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());

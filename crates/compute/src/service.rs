@@ -49,6 +49,9 @@ pub struct ServiceConfig {
     pub busy: cs_engine::BusyPolicy,
     pub backoff: Backoff,
     pub limits: WireLimits,
+    /// How the service was set up (paths, URL), shown as it is in the status's `setup`
+    /// section: what `cs-actor doctor` checks when it finds the service running.
+    pub setup: serde_json::Value,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +80,8 @@ pub struct ComputeService {
     pub watchdog: Watchdog,
     /// Round outcomes recorded by the coordinator, for `/metrics`.
     pub metrics: Arc<cs_metrics::ComputeMetrics>,
+    /// The status's `setup` section (see [`ServiceConfig::setup`]).
+    pub setup: serde_json::Value,
 }
 
 /// Produces one section of the status object.
@@ -153,6 +158,7 @@ impl ComputeService {
             mounts,
             watchdog,
             metrics,
+            setup: cfg.setup.clone(),
         };
         let control = service.serve_control(&cfg.control_socket)?;
         Ok((service, control))
@@ -217,6 +223,7 @@ impl ComputeService {
             "packer": packer,
             "watcher": watcher,
             "watchdog": self.watchdog.report(),
+            "setup": self.setup,
         })
     }
 

@@ -4,7 +4,9 @@ mod check_ignore;
 mod config;
 mod demo;
 mod metrics;
+mod doctor;
 mod owner;
+mod progress;
 mod services;
 mod status;
 
@@ -104,6 +106,18 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Check what syncing needs on this machine (FUSE, packages, inotify, disk, tokens, the
+    /// broker, TLS), one line per check with a fix; exit 1 when something blocks syncing.
+    /// Finds the running service at the default control sockets unless told.
+    Doctor {
+        /// The compute service's or the broker's config file (checks it, running or not).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The running service's control socket [default: those of $CS_ACTOR_RUNTIME_DIR/compute.sock
+        /// and …/project.sock that answer, the directory being /run/cs-actor when the variable is unset].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
     /// Build a demo project and compute-server upper layer, then show rounds
     /// carrying writes, deletes and a conflict both ways (in one process).
     Demo {
@@ -197,7 +211,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Sync { wait, control_socket } => services::runtime()?.block_on(async {
             let control_socket = control_socket.unwrap_or_else(services::default_compute_socket);
-            let r = cs_control::ask(&control_socket, &cs_control::Request::Sync { wait }).await?;
+            let request = cs_control::Request::Sync { wait };
+            let ask = cs_control::ask(&control_socket, &request);
+            // While waiting, the round's progress (a bar on a terminal, plain lines otherwise).
+            let r = if wait { progress::while_waiting(&control_socket, ask).await? } else { ask.await? };
             match (r.ok, r.round) {
                 (true, Some(n)) if wait => println!("round {n} committed"),
                 (true, Some(n)) => println!("round {n} requested"),
@@ -245,6 +262,13 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{line}");
             }
             if !v.any_ignored {
+                std::process::exit(EXIT_FAILED);
+            }
+            Ok(())
+        }
+        Command::Doctor { config, control_socket } => {
+            let healthy = services::runtime()?.block_on(doctor::run(config.as_deref(), control_socket.as_deref()))?;
+            if !healthy {
                 std::process::exit(EXIT_FAILED);
             }
             Ok(())

@@ -113,6 +113,19 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
     }
     let lower_mountpoint = lower.mountpoint().to_path_buf();
     let metrics_listen = crate::metrics::listen_addr(a.metrics_listen.as_deref())?;
+    let setup = serde_json::json!({
+        "server": server,
+        "token_file": token_file,
+        "ca": a.ca,
+        "upper": upper,
+        "merged": merged,
+        "state": state,
+        "lower_mountpoint": lower_mountpoint,
+        "lower_mount_cmd": match &lower {
+            LowerSpec::Command { cmd, .. } => Some(cmd.as_str()),
+            LowerSpec::Adopt(_) => None,
+        },
+    });
 
     actix_rt::System::new().block_on(async move {
         let mut mcfg = MountConfig::new(lower, &upper, &merged);
@@ -145,6 +158,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             busy: busy_policy(a.snapshot_after, a.snapshot_max_mib),
             backoff: Default::default(),
             limits: Default::default(),
+            setup,
         };
         let m = mount.clone();
         let mount_status: cs_compute::service::StatusFn = Arc::new(move || {
@@ -248,6 +262,13 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
             crate::owner::effective(crate::owner::of_path(&home)?, &format!("the owner of --home {}", home.display()))?
         }
     };
+    let setup = serde_json::json!({
+        "home": home,
+        "tokens": tokens,
+        "listen": listen.to_string(),
+        "state": state,
+        "tls_cert": a.tls_cert,
+    });
     let mut cfg = cs_broker::BrokerConfig::new(home, state, listen, tokens);
     cfg.owner = owner;
     cfg.local_only = a.local_only;
@@ -270,14 +291,17 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
         tracing::info!(listen = %broker.local_addr, "project broker running");
         let _metrics = metrics_listen.map(|addr| crate::metrics::serve_project(addr, broker.clone())).transpose()?;
         let handle = broker.clone();
+        let setup = Arc::new(setup);
         let handler: cs_control::Handler = Arc::new(move |req| {
             let handle = handle.clone();
+            let setup = setup.clone();
             Box::pin(async move {
                 match req {
                     cs_control::Request::Status => match handle.observe().await {
                         Ok(st) => cs_control::Response::status(serde_json::json!({
                             "service": "project",
                             "broker": st,
+                            "setup": *setup,
                         })),
                         Err(e) => cs_control::Response::error(format!("the broker is gone: {e}")),
                     },

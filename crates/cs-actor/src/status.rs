@@ -139,6 +139,7 @@ fn render_compute(st: &Value, out: &mut String) {
         other => format!("{other}, {} rounds committed, every {}", s(&r["rounds_committed"]), ms(&r["interval_ms"])),
     };
     out.push_str(&format!("compute server {}: {head}\n", s(&st["client"])));
+    out.push_str(&crate::progress::status_line(st));
     if let Some(todo) = r["stopped"]["what_to_do"].as_str() {
         out.push_str(&format!("  what to do  {todo}\n"));
     }

@@ -17,6 +17,7 @@ use cs_safe_fs::{SafeRoot, Stat};
 use cs_tarstream::{EntryHeader, PackWriter, TarError};
 use serde::Serialize;
 
+use crate::progress::Progress;
 use crate::sig::Sig;
 use crate::EngineError;
 
@@ -90,6 +91,8 @@ pub enum Packed {
 /// the signature the round saw; `snapshot` asks for a snapshot instead of
 /// the live file (see [`BusyTable::wants_snapshot`]), with the name of the
 /// scratch file should the filesystem lack `O_TMPFILE`.
+// Each argument is one fact of this file's packing; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_file<W: Write>(
     tar: &mut PackWriter<W>,
     root: &SafeRoot,
@@ -98,6 +101,7 @@ pub(crate) fn pack_file<W: Write>(
     mut header: EntryHeader,
     expected: Option<Sig>,
     snapshot: Option<(&BusyPolicy, &str)>,
+    progress: Option<&Progress>,
 ) -> Result<Packed, EngineError> {
     let before = fstat_sig(&f, root, p)?;
     header.kind = EntryKind::File;
@@ -114,6 +118,7 @@ pub(crate) fn pack_file<W: Write>(
                     file,
                     bytes,
                     Packed::Snapshot { sig: before, exact, bytes, reflinked },
+                    progress,
                 );
             }
             Ok(Snap::Deferred(reason)) => return Ok(Packed::Deferred(reason)),
@@ -128,7 +133,11 @@ pub(crate) fn pack_file<W: Write>(
     if expected.is_some_and(|e| e != before) {
         return defer(DeferReason::ChangedSinceScan);
     }
-    let torn = match tar.append_file(&header, &mut f) {
+    let appended = match progress {
+        Some(progress) => tar.append_file(&header, &mut progress.counting(&mut f)),
+        None => tar.append_file(&header, &mut f),
+    };
+    let torn = match appended {
         Ok(()) => (fstat_sig(&f, root, p)? != before).then_some(DeferReason::ChangedWhileRead),
         Err(TarError::SourceChanged { .. }) => Some(DeferReason::ChangedWhileRead),
         Err(TarError::SourceRead { source, .. }) => Some(DeferReason::ReadError(source.to_string())),
@@ -194,9 +203,14 @@ fn pack_snapshot<W: Write>(
     mut snap: std::fs::File,
     bytes: u64,
     done: Packed,
+    progress: Option<&Progress>,
 ) -> Result<Packed, EngineError> {
     header.size = bytes;
-    match tar.append_file(&header, &mut snap) {
+    let appended = match progress {
+        Some(progress) => tar.append_file(&header, &mut progress.counting(&mut snap)),
+        None => tar.append_file(&header, &mut snap),
+    };
+    match appended {
         Ok(()) => Ok(done),
         // Nobody else writes the private copy: only a failing disk gets here.
         Err(TarError::SourceChanged { .. }) => {

@@ -15,6 +15,7 @@ mod error;
 mod filter;
 mod ignore_rules;
 mod lookahead;
+pub mod progress;
 pub mod project;
 pub mod sig;
 mod state;
@@ -25,6 +26,7 @@ pub use cs_safe_fs::Owner;
 pub use error::EngineError;
 pub use filter::{default_local_only, PathFilter, DEFAULT_EXCLUDED};
 pub use ignore_rules::{IgnoreError, IgnoreRules, RuleMatch, IGNORE_FILE, IGNORE_FILE_MAX};
+pub use progress::{Progress, ProgressSnapshot};
 pub use project::{ProjectConfig, ProjectRound, ProjectSide, WriteReport, DEFAULT_FULL_RESCAN_EVERY};
 
 use cs_protocol::ClientId;

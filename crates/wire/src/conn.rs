@@ -499,6 +499,23 @@ fn client_tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, Wi
         .with_no_client_auth())
 }
 
+/// The TLS handshake a `wss://` connection makes, alone, over `stream` (connected to the broker):
+/// the server's certificate chain, leaf first, once it verified against the same roots as
+/// [`connect`] (the system's plus `extra_ca`). For `cs-actor doctor`, which reports validity
+/// and expiry without a token.
+pub async fn tls_peer_certificates(
+    stream: TcpStream,
+    host: &str,
+    extra_ca: Option<&Path>,
+) -> Result<Vec<CertificateDer<'static>>, WireError> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls_config(extra_ca)?));
+    let name = rustls_pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
+        .map_err(|e| WireError::Config(format!("bad broker host {host:?}: {e}")))?;
+    let tls = connector.connect(name, stream).await.map_err(|e| WireError::Tls(e.to_string()))?;
+    let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    Ok(certs.iter().map(|c| c.clone().into_owned()).collect())
+}
+
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())

@@ -25,7 +25,10 @@ pub use auth::{read_token_file, TokenFileError, TokenStore, MIN_TOKEN_LEN};
 pub use bridge::{
     park_on, stream_channel, ChunkReader, ChunkWriter, Plain, StreamHook, StreamItem, DEFAULT_STREAM_CHANNEL,
 };
-pub use conn::{accept, accept_tls, connect, ClientConn, ServerConn, TlsAcceptorConfig, WsConn, WsReceiver, WsSender};
+pub use conn::{
+    accept, accept_tls, connect, tls_peer_certificates, ClientConn, ServerConn, TlsAcceptorConfig, WsConn, WsReceiver,
+    WsSender,
+};
 pub use error::{AuthFailure, WireError};
 pub use frame::{Frame, StreamEnd, WireLimits, MAX_REASON_BYTES};
 pub use messages::{ClientMsg, Envelope, ErrorCode, ServerMsg};

@@ -22,6 +22,7 @@ pub use scan::{scan_upper, UpperScan};
 use crate::busy::{self, BusyFile, BusyOutcome, BusyPolicy, BusyTable};
 pub use crate::lookahead::Interrupted;
 use crate::lookahead::{self, LookAhead};
+use crate::progress::Progress;
 use crate::sig::{held_digest, Sig};
 use crate::{state, temp_name, EngineError, IgnoreRules, PathFilter};
 
@@ -88,6 +89,8 @@ pub struct ComputeSide {
     /// memory: after a restart a busy file waits `snapshot_after` rounds
     /// again for its next snapshot).
     busy: BusyTable,
+    /// The step in flight (3 or 4), for the status.
+    progress: Progress,
 }
 
 /// The in-memory state of one round on C. Dropping it abandons the round:
@@ -220,6 +223,7 @@ impl ComputeSide {
             tmp_seq: 0,
             retired,
             busy: BusyTable::default(),
+            progress: Progress::new(),
         })
     }
 
@@ -567,6 +571,12 @@ impl ComputeSide {
         r.known.iter().filter(|(p, s)| r.next.get(*p) != Some(*s)).map(|(p, _)| p.clone()).collect()
     }
 
+    /// The step in flight's counters (steps 3 and 4), for a status reader on
+    /// another thread; whoever runs the step ends it ([`Progress::end`]).
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
     /// Step 3: packs `paths` into a compressed tar stream written to `w`.
     pub fn pack_changes<W: Write>(
         &mut self,
@@ -574,8 +584,13 @@ impl ComputeSide {
         paths: &[RelPath],
         w: W,
     ) -> Result<(W, PackStats), EngineError> {
+        // The totals as the scan saw them: files that grow meanwhile may carry more.
+        let bytes_total = paths.iter().filter_map(|p| r.known.get(p)).map(|s| s.size).sum();
+        self.progress.begin(3, Some(paths.len() as u64), Some(bytes_total));
         let mut tar = PackWriter::new(w, self.cfg.zstd_level)?;
         for p in paths {
+            // Counted when taken up: every `continue` below is an entry done with too.
+            self.progress.entry_done();
             let Some(st) = self.upper.lstat(p)? else {
                 // Gone since the scan: deleted (or renamed away) through the
                 // merged view during the round. `next` keeps what it had: a
@@ -626,8 +641,16 @@ impl ComputeSide {
                         None
                     };
                     let snapshot = scratch.as_deref().map(|name| (&self.cfg.busy, name));
-                    let packed =
-                        busy::pack_file(&mut tar, &self.upper, p, f, header, r.known.get(p).copied(), snapshot)?;
+                    let packed = busy::pack_file(
+                        &mut tar,
+                        &self.upper,
+                        p,
+                        f,
+                        header,
+                        r.known.get(p).copied(),
+                        snapshot,
+                        Some(&self.progress),
+                    )?;
                     match busy::note(&mut r.busy, p, &packed) {
                         Some(s) => sig = s,
                         None => continue,
@@ -652,6 +675,8 @@ impl ComputeSide {
         stop_after: Option<usize>,
     ) -> Result<ApplyReport, EngineError> {
         let limits = self.cfg.limits.clone();
+        // The project announces no totals before its stream: done so far only.
+        self.progress.begin(4, None, None);
         let mut step = WritesOut { side: self, r, report: ApplyReport::default(), failpoint_hit: false };
         let outcome = lookahead::apply_stream(&mut step, input, &limits, stop_after);
         let report = step.report;
@@ -666,6 +691,7 @@ impl ComputeSide {
         data: &mut dyn Read,
         report: &mut ApplyReport,
     ) -> Result<Option<Staged>, EngineError> {
+        self.progress.entry_done();
         let h = &*crate::without_setid(h);
         let p = &h.path;
         if !self.filter.is_synced(p, h.kind == EntryKind::Dir) {
@@ -709,7 +735,8 @@ impl ComputeSide {
         self.tmp_seq += 1;
         let tmp_name = temp_name(&self.cfg.client, self.tmp_seq);
         let written = if h.kind == EntryKind::File {
-            self.upper.write_temp(p, &tmp_name, data, h.mode, h.mtime, false).map(|(tmp, _, n)| {
+            let mut data = self.progress.counting(data);
+            self.upper.write_temp(p, &tmp_name, &mut data, h.mode, h.mtime, false).map(|(tmp, _, n)| {
                 report.bytes += n;
                 tmp
             })

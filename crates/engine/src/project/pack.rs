@@ -76,7 +76,7 @@ impl ProjectSide {
                         .is_some_and(|t| t.wants_snapshot(&p, &self.cfg.busy))
                         .then(|| temp_name(&r.client, self.tmp_seq.fetch_add(1, Ordering::Relaxed)));
                     let snapshot = scratch.as_deref().map(|name| (&self.cfg.busy, name));
-                    let packed = busy::pack_file(&mut tar, &self.home, &p, f, header, expected, snapshot)?;
+                    let packed = busy::pack_file(&mut tar, &self.home, &p, f, header, expected, snapshot, None)?;
                     busy::note(&mut r.busy, &p, &packed);
                     match packed {
                         Packed::Whole(_) | Packed::Snapshot { exact: true, .. } => {}

@@ -41,8 +41,9 @@ pub struct PackerState {
     pub snapshots_sent: u64,
     /// What the `.csignore` rules keep out of rounds, as of the last scan.
     pub ignored: IgnoredPaths,
-    /// Step 3 or 4 in flight: entries and file bytes done so far, of the totals where known
-    /// (step 3: from the scan; step 4: none, the project announces no totals). Else null.
+    /// The last step that streamed (3 or 4): entries and file bytes done so far, of the totals
+    /// where known (step 3: from the scan; step 4: none, the project announces no totals);
+    /// `streaming` false once the packer is done with it. Null before the first.
     pub progress: Option<cs_engine::ProgressSnapshot>,
 }
 
@@ -393,7 +394,7 @@ impl<W: std::io::Write> std::io::Write for MidStreamFailpoint<W> {
     }
 }
 
-/// Ends the step's progress when dropped: the step returned, whichever way.
+/// Ends the step's progress when dropped (the step returned, whichever way): its counts stay, final.
 struct StepEnds(cs_engine::Progress);
 
 impl Drop for StepEnds {

@@ -528,7 +528,8 @@ async fn broker_from_compute(url: &str, ca: Option<&Path>, status: Option<&Value
     let live = status
         .and_then(|st| {
             let c = &st["connection"];
-            Some(format!("; the service's websocket: {}, rtt {} ms", c["state"].as_str()?, c["rtt_ms"]))
+            let rtt = c["rtt_ms"].as_f64().map_or("not measured yet".to_string(), |r| format!("{r:.1} ms"));
+            Some(format!("; the service's websocket: {}, rtt {rtt}", c["state"].as_str()?))
         })
         .unwrap_or_default();
     let (stream, elapsed) = match tcp_connect(&host, port).await {

@@ -34,6 +34,8 @@ pub struct Counts {
     pub bytes_done: u64,
     pub bytes_total: Option<u64>,
     pub elapsed_ms: u64,
+    /// False once this side is done with the step (the other side may still receive or apply).
+    pub streaming: bool,
 }
 
 impl Counts {
@@ -64,6 +66,7 @@ pub fn of_status(st: &Value) -> Option<View> {
         bytes_done: p["bytes_done"].as_u64().unwrap_or(0),
         bytes_total: p["bytes_total"].as_u64(),
         elapsed_ms: p["elapsed_ms"].as_u64().unwrap_or(0),
+        streaming: p["streaming"].as_bool().unwrap_or(true),
     });
     Some(View {
         round: r["round"].as_u64().unwrap_or(0),
@@ -78,11 +81,16 @@ fn head(v: &View) -> String {
     format!("round {} step {}/5 ({})", v.round, v.step_number, v.step)
 }
 
-/// `12 of 300 files` (or `12 files` without a total).
+/// `12 of 300 entries` (files, directories, symlinks; `12 entries` without a total), and whether the other side has it all.
 fn files(c: &Counts) -> String {
-    match c.entries_total {
-        Some(t) => format!("{} of {t} files", c.entries_done),
-        None => format!("{} files", c.entries_done),
+    let files = match c.entries_total {
+        Some(t) => format!("{} of {t} entries", c.entries_done),
+        None => format!("{} entries", c.entries_done),
+    };
+    if c.streaming {
+        files
+    } else {
+        format!("{files} (all read, the other side finishing)")
     }
 }
 
@@ -93,7 +101,7 @@ pub fn line(v: &View) -> String {
         Some(t) => format!("{} of {}", human_bytes(c.bytes_done), human_bytes(t)),
         None => human_bytes(c.bytes_done),
     };
-    let eta = c.eta_secs().map(|s| format!(", ETA {s} s")).unwrap_or_default();
+    let eta = c.eta_secs().filter(|_| c.streaming).map(|s| format!(", ETA {s} s")).unwrap_or_default();
     format!("{}: {}, {bytes}, {}/s{eta}", head(v), files(c), human_bytes(c.rate() as u64))
 }
 
@@ -149,6 +157,10 @@ enum Shown {
 impl Shown {
     fn bar() -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}") {
+            bar.set_style(style);
+        }
+        bar.set_message("waiting for the round to start");
         bar.enable_steady_tick(Duration::from_millis(200));
         Shown::Bar { bar, step: None }
     }
@@ -162,9 +174,9 @@ impl Shown {
                     *step = Some(this);
                     bar.reset();
                     let template = if total.is_some() {
-                        "{spinner} {msg} [{bar:24}] {binary_bytes} of {binary_total_bytes}, {binary_bytes_per_sec}, ETA {eta}"
+                        "{spinner} {msg}, {binary_bytes} of {binary_total_bytes} [{bar:20}] {binary_bytes_per_sec}, ETA {eta}"
                     } else {
-                        "{spinner} {msg} {binary_bytes}, {binary_bytes_per_sec}"
+                        "{spinner} {msg}, {binary_bytes}, {binary_bytes_per_sec}"
                     };
                     bar.set_style(
                         ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -214,7 +226,7 @@ mod tests {
         let v = of_status(&st).unwrap();
         assert_eq!(
             line(&v),
-            "round 7 step 3/5 (writes_to_project): 2 of 5 files, 1.0 GiB of 3.0 GiB, 102.4 MiB/s, ETA 20 s"
+            "round 7 step 3/5 (writes_to_project): 2 of 5 entries, 1.0 GiB of 3.0 GiB, 102.4 MiB/s, ETA 20 s"
         );
         assert!(status_line(&st).starts_with("  progress    round 7 step 3/5"));
     }
@@ -224,7 +236,18 @@ mod tests {
         let st = json!({"round": {"phase": "running", "round": 7, "step": "writes_to_compute", "step_number": 4},
             "packer": {"progress": {"step": 4, "entries_done": 3, "entries_total": null,
                                     "bytes_done": 2048, "bytes_total": null, "elapsed_ms": 1000}}});
-        assert_eq!(line(&of_status(&st).unwrap()), "round 7 step 4/5 (writes_to_compute): 3 files, 2.0 KiB, 2.0 KiB/s");
+        assert_eq!(
+            line(&of_status(&st).unwrap()),
+            "round 7 step 4/5 (writes_to_compute): 3 entries, 2.0 KiB, 2.0 KiB/s"
+        );
+        // Read to the end, waiting for the other side: final counts, no ETA.
+        let st = json!({"round": {"phase": "running", "round": 7, "step": "writes_to_project", "step_number": 3},
+            "packer": {"progress": {"step": 3, "entries_done": 5, "entries_total": 5, "streaming": false,
+                                    "bytes_done": 4096, "bytes_total": 4096, "elapsed_ms": 1000}}});
+        assert_eq!(
+            line(&of_status(&st).unwrap()),
+            "round 7 step 3/5 (writes_to_project): 5 of 5 entries (all read, the other side finishing), 4.0 KiB of 4.0 KiB, 4.0 KiB/s"
+        );
         // The packer's counts of another step are not this step's.
         let st = json!({"round": {"phase": "running", "round": 7, "step": "commit", "step_number": 5},
             "packer": {"progress": {"step": 4, "entries_done": 3, "bytes_done": 1, "elapsed_ms": 1}}});

@@ -1,4 +1,4 @@
-//! Progress of the step in flight, readable from another thread while the
+//! Progress of the step in flight (or the last one), readable from another thread while the
 //! step runs: entries and file bytes done, and the totals where the step
 //! knows them up front (step 3 from the scan; step 4 does not: the project
 //! announces no count before its stream).
@@ -31,6 +31,8 @@ struct StepHead {
     entries_total: Option<u64>,
     bytes_total: Option<u64>,
     started: Instant,
+    /// When the engine was done with the step (its stream may still be on the way).
+    ended: Option<Instant>,
 }
 
 /// One reading of the step in flight (the `progress` section of the status).
@@ -43,7 +45,11 @@ pub struct ProgressSnapshot {
     /// File content bytes (uncompressed) read so far.
     pub bytes_done: u64,
     pub bytes_total: Option<u64>,
+    /// Since the step started, until the engine was done with it.
     pub elapsed_ms: u64,
+    /// False once the engine is done with the step: the counts are final (the other side may
+    /// still be receiving or applying).
+    pub streaming: bool,
 }
 
 impl Progress {
@@ -55,12 +61,15 @@ impl Progress {
     pub fn begin(&self, step: u8, entries_total: Option<u64>, bytes_total: Option<u64>) {
         self.0.entries.store(0, Ordering::Relaxed);
         self.0.bytes.store(0, Ordering::Relaxed);
-        *self.head() = Some(StepHead { step, entries_total, bytes_total, started: Instant::now() });
+        *self.head() = Some(StepHead { step, entries_total, bytes_total, started: Instant::now(), ended: None });
     }
 
-    /// The step ended (committed to its result or failed): nothing in flight.
+    /// The engine is done with the step (whichever way): the counts stay, final, until the
+    /// next step begins.
     pub fn end(&self) {
-        *self.head() = None;
+        if let Some(head) = self.head().as_mut() {
+            head.ended.get_or_insert_with(Instant::now);
+        }
     }
 
     pub fn entry_done(&self) {
@@ -85,7 +94,8 @@ impl Progress {
             entries_total: head.entries_total,
             bytes_done: self.0.bytes.load(Ordering::Relaxed),
             bytes_total: head.bytes_total,
-            elapsed_ms: head.started.elapsed().as_millis() as u64,
+            elapsed_ms: head.ended.unwrap_or_else(Instant::now).duration_since(head.started).as_millis() as u64,
+            streaming: head.ended.is_none(),
         })
     }
 
@@ -127,8 +137,13 @@ mod tests {
         );
         p.begin(4, None, None);
         let s = p.snapshot().unwrap();
-        assert_eq!((s.step, s.entries_done, s.bytes_done, s.bytes_total), (4, 0, 0, None));
+        assert_eq!((s.step, s.entries_done, s.bytes_done, s.bytes_total, s.streaming), (4, 0, 0, None, true));
+        p.add_bytes(7);
         p.end();
-        assert_eq!(p.snapshot(), None);
+        let s = p.snapshot().unwrap();
+        assert_eq!((s.step, s.bytes_done, s.streaming), (4, 7, false));
+        // Ended, the elapsed time stops.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(p.snapshot().unwrap().elapsed_ms, s.elapsed_ms);
     }
 }

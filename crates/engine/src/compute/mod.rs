@@ -585,7 +585,8 @@ impl ComputeSide {
         w: W,
     ) -> Result<(W, PackStats), EngineError> {
         // The totals as the scan saw them: files that grow meanwhile may carry more.
-        let bytes_total = paths.iter().filter_map(|p| r.known.get(p)).map(|s| s.size).sum();
+        let bytes_total =
+            paths.iter().filter_map(|p| r.known.get(p)).filter(|s| s.kind == EntryKind::File).map(|s| s.size).sum();
         self.progress.begin(3, Some(paths.len() as u64), Some(bytes_total));
         let mut tar = PackWriter::new(w, self.cfg.zstd_level)?;
         for p in paths {

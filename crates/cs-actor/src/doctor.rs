@@ -390,8 +390,7 @@ fn program_of(pkg: &str) -> Option<&'static str> {
 }
 
 fn in_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file() || d.join(program).exists()))
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 // ---- inotify ----

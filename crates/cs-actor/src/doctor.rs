@@ -679,6 +679,19 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_file_is_read_for_its_expiry() {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("broker.crt");
+        std::fs::write(&pem, ck.cert.pem()).unwrap();
+        let c = cert_file(&pem);
+        assert_eq!(c.level, Level::Pass, "{c}");
+        assert!(c.detail.contains("days left"), "{c}");
+        std::fs::write(&pem, "not a certificate").unwrap();
+        assert_eq!(cert_file(&pem).level, Level::Fail);
+    }
+
+    #[test]
     fn broker_urls() {
         assert_eq!(broker_address("ws://127.0.0.1:7780"), Some((false, "127.0.0.1".into(), 7780)));
         assert_eq!(broker_address("wss://p.example/x"), Some((true, "p.example".into(), 443)));

@@ -142,3 +142,21 @@ async fn a_silent_tls_client_is_dropped_after_hello_timeout() {
         other => panic!("{other:?}"),
     }
 }
+
+/// What `cs-actor doctor` asks of a wss:// broker: the handshake alone, with the service's trust.
+#[tokio::test]
+async fn the_tls_handshake_alone_gives_the_verified_chain() {
+    use rustls_pki_types::pem::PemObject;
+    let files = self_signed();
+    let tls = TlsAcceptorConfig::from_pem(&files.cert, &files.key).unwrap();
+    let (addr, _accepted) = tls_server(tls, Duration::from_secs(5)).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let chain = tls_peer_certificates(tcp, "127.0.0.1", Some(&files.cert)).await.unwrap();
+    let pem = std::fs::read(&files.cert).unwrap();
+    let expected = rustls_pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+    assert_eq!(chain.first().map(|c| c.as_ref()), Some(expected.as_ref()));
+    // Without the extra CA the certificate is unknown: the doctor reports the handshake's error.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let e = tls_peer_certificates(tcp, "127.0.0.1", None).await.unwrap_err();
+    assert!(matches!(e, WireError::Tls(_)), "{e}");
+}

@@ -247,6 +247,13 @@ fn compute_service(status: Option<&Value>, socket: &Path) -> Check {
     match phase {
         "stopped" => Check::new("service", Level::Fail, format!("rounds stopped: {}", r["stopped"]["reason"]))
             .fix(r["stopped"]["what_to_do"].as_str().unwrap_or("see docs/operations.md").to_string()),
+        // Paused on purpose: syncing resumes when the operator says so.
+        "paused" if st["mounts"]["rail"].is_null() && !r["operator_pause"].is_null() => Check::new(
+            "service",
+            Level::Warn,
+            format!("paused by the operator: {}", r["paused_reason"].as_str().unwrap_or("no reason given")),
+        )
+        .fix("cs-actor resume, when syncing should go on"),
         "paused" => {
             let why = st["mounts"]["rail"].as_str().or(r["paused_reason"].as_str()).unwrap_or("paused").to_string();
             Check::new("service", Level::Fail, format!("rounds paused: {why}"))

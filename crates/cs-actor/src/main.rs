@@ -3,8 +3,8 @@
 mod check_ignore;
 mod config;
 mod demo;
-mod metrics;
 mod doctor;
+mod metrics;
 mod owner;
 mod progress;
 mod services;

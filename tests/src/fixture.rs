@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use cs_compute::local::{Cut, RoundReport};
-use cs_engine::{ComputeConfig, ComputeSide, PathFilter, ProjectConfig, ProjectSide};
+use cs_engine::{ComputeConfig, ComputeSide, PathFilter, ProjectConfig, ProjectSide, PullPolicy};
 use cs_protocol::ClientId;
 use cs_union::{MountGuard, UnionError, UnionfsFuse};
 use tempfile::TempDir;
@@ -45,6 +45,7 @@ pub struct Client {
     real: Option<RealUnion>,
     pub state: PathBuf,
     whiteout_grace: Duration,
+    pull: PullPolicy,
     side: Option<ComputeSide>,
 }
 
@@ -167,6 +168,13 @@ impl World {
         self.crash_and_reopen_client(i);
     }
 
+    /// Client `i`'s pull policy (the product's default unless set).
+    /// Reopens its compute side.
+    pub fn set_pull(&mut self, i: usize, pull: PullPolicy) {
+        self.clients[i].pull = pull;
+        self.crash_and_reopen_client(i);
+    }
+
     /// Whiteouts client `i` keeps for their grace period.
     pub fn retired_whiteouts_of(&self, i: usize) -> usize {
         self.clients[i].side.as_ref().map_or(0, |s| s.retired_whiteouts())
@@ -177,6 +185,8 @@ impl World {
         let mut cfg = ComputeConfig::new(c.id.clone(), c.union.upper.clone(), c.state.clone());
         cfg.filter = self.filter.clone();
         cfg.whiteout_grace = c.whiteout_grace;
+        cfg.pull = c.pull;
+        cfg.whiteout_layout = c.union.layout;
         ComputeSide::open(cfg).unwrap_or_else(|e| panic!("open ComputeSide {}: {e}", c.id))
     }
 
@@ -190,7 +200,15 @@ impl World {
         let union = EmuUnion::new(upper, self.home.clone(), layout, Box::new(self.filter.clone()))
             .with_name(format!("{name}'s merged view"));
         let id = ClientId::new(name).expect("client id");
-        self.clients.push(Client { id, union, real: None, state, whiteout_grace: Duration::ZERO, side: None });
+        self.clients.push(Client {
+            id,
+            union,
+            real: None,
+            state,
+            whiteout_grace: Duration::ZERO,
+            pull: cs_engine::DEFAULT_PULL,
+            side: None,
+        });
         let i = self.clients.len() - 1;
         self.clients[i].side = Some(self.open_compute(i));
         i

@@ -711,6 +711,8 @@ fn no_echo() {
 #[test]
 fn idle_round_ships_nothing() {
     let mut w = World::new();
+    // P's files C does not hold stay on P (the pull policy `Held`).
+    w.set_pull(0, cs_engine::PullPolicy::Held);
     assert_idle(&w.round(), "first round of an empty world");
     for i in 0..20 {
         w.p().put(&rp(&format!("p/{i}")), b"p").unwrap();
@@ -975,4 +977,120 @@ fn any_name_syncs_like_the_others() {
     assert_eq!(w.p().read(&r.conflicts[0]).unwrap(), b"C long 2");
     w.assert_converged();
     assert_idle(&w.round(), "at the end");
+}
+
+// ------------------------------------------------------------ pull policy
+// docs/protocol.md, steps 2 and 4: with `PullPolicy::Changed` (the default)
+// P's changes to what C does not hold arrive through the round, into C's
+// upper layer, and its deletions are hidden by retired whiteouts, so that
+// the merged view shows them at commit whatever the lower's caches hold.
+
+/// A whiteout grace as in production (the lower may cache).
+const GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+#[test]
+fn pull_changed_brings_p_changes_into_the_upper_layer_without_echo() {
+    let mut w = World::new();
+    w.p().put(&rp("old"), b"p old").unwrap();
+    w.p().put(&rp("lib/kept"), b"p kept").unwrap();
+    let r = w.round();
+    // A new client (no cursor): the lower shows P's state, nothing is copied.
+    assert_eq!(r.sent_to_compute, 0, "a first round pulled P's files: {r:?}");
+    assert!(!w.c().upper_has(&rp("old")) && !w.c().upper_has(&rp("lib")));
+
+    w.p().write(&rp("old"), b"p old, changed").unwrap();
+    w.p().put(&rp("lib/sub/new"), b"p new").unwrap();
+    w.p().symlink("old", &rp("link")).unwrap();
+    w.c().put(&rp("mine"), b"c mine").unwrap();
+    let r = w.round();
+    for p in ["old", "lib", "lib/sub", "lib/sub/new", "link"] {
+        assert!(w.c().upper_has(&rp(p)), "{p} not pulled into the upper layer: {r:?}");
+    }
+    assert_eq!(text(w.c(), "old"), "p old, changed");
+    assert_eq!(text(w.c(), "lib/sub/new"), "p new");
+    assert!(!w.c().upper_has(&rp("lib/kept")), "an unchanged file was pulled");
+    // C's own write is not sent back (no echo), and nothing is twice.
+    let again = w.round();
+    assert_idle(&again, "the round after a pull");
+    w.c().write(&rp("lib/sub/new"), b"c edit").unwrap();
+    let r = w.round();
+    assert_eq!(r.sent_to_compute, 0, "C's edit of a pulled file came back: {r:?}");
+    assert_eq!(text(&w.p(), "lib/sub/new"), "c edit");
+    assert_idle(&w.round(), "idle after C's edit");
+    w.assert_converged();
+    assert_no_conflict_copies(&w, "pull");
+}
+
+#[test]
+fn pull_changed_hides_p_deletions_behind_retired_whiteouts() {
+    let mut w = World::new();
+    w.set_whiteout_grace(0, GRACE);
+    w.p().put(&rp("a"), b"p a").unwrap();
+    w.p().put(&rp("d/b"), b"p b").unwrap();
+    w.p().put(&rp("d/e/c"), b"p c").unwrap();
+    w.c().put(&rp("held"), b"c held").unwrap();
+    w.round();
+    assert_eq!(w.retired_whiteouts_of(0), 0);
+
+    w.p().remove_file(&rp("a")).unwrap();
+    w.p().remove_dir_all(&rp("d")).unwrap();
+    w.p().remove_file(&rp("held")).unwrap();
+    let r = w.round();
+    for p in ["a", "d", "d/e/c", "held"] {
+        assert!(w.c().is_hidden(&rp(p)), "{p}: no whiteout hides P's deletion: {r:?}");
+    }
+    assert!(!w.c().upper_has(&rp("held")));
+    // One whiteout for `d`, none below it.
+    assert_eq!(w.retired_whiteouts_of(0), 3, "markers: {:?}", w.c().whiteout_markers());
+    w.assert_converged();
+    // Retired: never sent back to P as C's deletions.
+    w.p().put(&rp("a"), b"p a again").unwrap();
+    w.p().put(&rp("d/new"), b"p d/new").unwrap();
+    let r = w.round();
+    assert_eq!(r.deletes_to_project, 0, "{r:?}");
+    // What P makes again at a hidden path arrives through the round.
+    assert_eq!(text(w.c(), "a"), "p a again");
+    assert_eq!(text(w.c(), "d/new"), "p d/new");
+    w.assert_converged();
+    assert_no_conflict_copies(&w, "P re-created hidden paths");
+    // After the grace the whiteouts go; nothing moves.
+    w.set_whiteout_grace(0, std::time::Duration::ZERO);
+    w.round();
+    assert_eq!(w.retired_whiteouts_of(0), 0);
+    assert_idle(&w.round(), "after the grace");
+    w.assert_converged();
+}
+
+#[test]
+fn pull_changed_respects_the_size_cap() {
+    let mut w = World::new();
+    w.set_pull(0, cs_engine::PullPolicy::Changed { max_file_size: Some(10) });
+    w.round();
+    w.p().put(&rp("small"), b"12345").unwrap();
+    w.p().put(&rp("exact"), b"1234567890").unwrap();
+    w.p().put(&rp("big/file"), &[b'x'; 100]).unwrap();
+    w.p().symlink("big/file", &rp("link")).unwrap();
+    let r = w.round();
+    for p in ["small", "exact", "link", "big"] {
+        assert!(w.c().upper_has(&rp(p)), "{p} not pulled: {r:?}");
+    }
+    assert!(!w.c().upper_has(&rp("big/file")), "a file above the cap was pulled");
+    // It shows through the lower all the same.
+    w.assert_converged();
+    assert_idle(&w.round(), "the file above the cap is not retried");
+}
+
+#[test]
+fn pull_held_sends_only_what_c_holds() {
+    let mut w = World::new();
+    w.set_whiteout_grace(0, GRACE);
+    w.set_pull(0, cs_engine::PullPolicy::Held);
+    w.p().put(&rp("gone"), b"p").unwrap();
+    w.round();
+    w.p().put(&rp("new"), b"p new").unwrap();
+    w.p().remove_file(&rp("gone")).unwrap();
+    let r = w.round();
+    assert_eq!((r.sent_to_compute, r.deletes_to_compute), (0, 0), "{r:?}");
+    assert!(!w.c().upper_has(&rp("new")) && !w.c().is_hidden(&rp("gone")));
+    w.assert_converged();
 }

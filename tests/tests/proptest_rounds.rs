@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use cs_engine::PullPolicy;
 use cs_protocol::{RelPath, Timestamp};
 use cs_tests::fixture::World;
 use cs_tests::fixture::{Cut, RoundFailed, RoundReport};
@@ -160,13 +161,15 @@ struct Script {
     /// C keeps the whiteouts of deletions P confirmed (as production does,
     /// for the lower's caches) until the quiet rounds at the end.
     grace: bool,
+    /// C's pull policy (docs/protocol.md, steps 2 and 4).
+    pull: PullPolicy,
     ops: Vec<Op>,
 }
 
 impl fmt::Debug for Script {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let grace = if self.grace { ", whiteout grace" } else { "" };
-        writeln!(f, "layout {:?}{grace}, {} ops:", self.layout, self.ops.len())?;
+        writeln!(f, "layout {:?}{grace}, pull {:?}, {} ops:", self.layout, self.pull, self.ops.len())?;
         for (i, op) in self.ops.iter().enumerate() {
             writeln!(f, "  {i:>2}. {op:?}")?;
         }
@@ -225,17 +228,33 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Both policies; the cap at 8 bytes (a tag's size) so that written files
+/// fall on both sides of it.
+fn pull() -> impl Strategy<Value = PullPolicy> {
+    prop_oneof![
+        Just(PullPolicy::Held),
+        Just(PullPolicy::Changed { max_file_size: None }),
+        Just(PullPolicy::Changed { max_file_size: Some(8) }),
+    ]
+}
+
 fn script() -> impl Strategy<Value = Script> {
-    (any::<bool>(), prop::collection::vec(op(), 1..40)).prop_map(|(fuse1, ops)| Script {
+    (any::<bool>(), pull(), prop::collection::vec(op(), 1..40)).prop_map(|(fuse1, pull, ops)| Script {
         layout: if fuse1 { Layout::UnionfsFuse1 } else { Layout::Unionfs2 },
         grace: false,
+        pull,
         ops,
     })
 }
 
 /// For the real union: its own layout; with or without a whiteout grace.
 fn real_script(layout: Layout) -> impl Strategy<Value = Script> {
-    (any::<bool>(), prop::collection::vec(op(), 1..40)).prop_map(move |(grace, ops)| Script { layout, grace, ops })
+    (any::<bool>(), pull(), prop::collection::vec(op(), 1..40)).prop_map(move |(grace, pull, ops)| Script {
+        layout,
+        grace,
+        pull,
+        ops,
+    })
 }
 
 // ---------------------------------------------------------------------- runner
@@ -303,6 +322,11 @@ impl Run {
         } else {
             run
         }
+    }
+
+    fn with_pull(mut self, pull: PullPolicy) -> Run {
+        self.w.set_pull(0, pull);
+        self
     }
 
     /// C keeps whiteouts of confirmed deletions (until the quiet rounds).
@@ -524,7 +548,7 @@ proptest! {
         // Every incremental journal refresh is checked against a full scan
         // (a round fails, with the differences, if they disagree).
         std::env::set_var("CS_JOURNAL_CHECK", "1");
-        let mut run = Run::new(s.layout);
+        let mut run = Run::new(s.layout).with_pull(s.pull);
         if let Err(e) = run.run(&s.ops) {
             return Err(TestCaseError::fail(e));
         }
@@ -548,7 +572,7 @@ proptest! {
     #[test]
     fn random_histories_with_a_whiteout_grace(s in grace_script()) {
         std::env::set_var("CS_JOURNAL_CHECK", "1");
-        let mut run = Run::new(s.layout).with_grace();
+        let mut run = Run::new(s.layout).with_pull(s.pull).with_grace();
         if let Err(e) = run.run(&s.ops) {
             return Err(TestCaseError::fail(e));
         }
@@ -589,7 +613,7 @@ fn real_union_histories_converge_and_lose_no_write() {
     let cfg = Config { cases: real_cases(), max_shrink_time: 300_000, failure_persistence: None, ..Config::default() };
     let mut runner = proptest::test_runner::TestRunner::new(cfg);
     let result = runner.run(&real_script(layout), |s| {
-        let mut run = Run::real(&u, s.grace);
+        let mut run = Run::real(&u, s.grace).with_pull(s.pull);
         run.run(&s.ops).map_err(TestCaseError::fail)
     });
     if let Err(e) = result {
@@ -626,7 +650,7 @@ fn real_union_over_sshfs_histories_converge_and_lose_no_write() {
     let cfg = Config { cases: sshfs_cases(), max_shrink_time: 300_000, failure_persistence: None, ..Config::default() };
     let mut runner = proptest::test_runner::TestRunner::new(cfg);
     let result = runner.run(&real_script(layout), |s| {
-        let mut run = Run::real_over(&u, &base, &mirror, s.grace);
+        let mut run = Run::real_over(&u, &base, &mirror, s.grace).with_pull(s.pull);
         run.run(&s.ops).map_err(TestCaseError::fail)
     });
     drop(mount);
@@ -650,11 +674,16 @@ fn s(p: &str) -> String {
     p.to_string()
 }
 
+/// Each counterexample under both pull policies.
+const PULLS: [PullPolicy; 2] = [PullPolicy::Held, cs_engine::DEFAULT_PULL];
+
 fn replay(layout: Layout, ops: Vec<Op>) {
-    let script = Script { layout, grace: false, ops };
-    let mut run = Run::new(layout);
-    if let Err(e) = run.run(&script.ops) {
-        panic!("{script:?}\n{e}");
+    for pull in PULLS {
+        let script = Script { layout, grace: false, pull, ops: ops.clone() };
+        let mut run = Run::new(layout).with_pull(pull);
+        if let Err(e) = run.run(&script.ops) {
+            panic!("{script:?}\n{e}");
+        }
     }
 }
 
@@ -778,10 +807,12 @@ fn counterexample_6_change_back_after_a_cut_round_still_reaches_p() {
 }
 
 fn replay_with_grace(layout: Layout, ops: Vec<Op>) {
-    let script = Script { layout, grace: true, ops };
-    let mut run = Run::new(layout).with_grace();
-    if let Err(e) = run.run(&script.ops) {
-        panic!("{script:?}\n{e}");
+    for pull in PULLS {
+        let script = Script { layout, grace: true, pull, ops: ops.clone() };
+        let mut run = Run::new(layout).with_pull(pull).with_grace();
+        if let Err(e) = run.run(&script.ops) {
+            panic!("{script:?}\n{e}");
+        }
     }
 }
 

@@ -47,6 +47,10 @@ pub struct ServiceConfig {
     pub owner: Option<cs_engine::Owner>,
     /// Files that keep changing: see `cs_engine::BusyPolicy`.
     pub busy: cs_engine::BusyPolicy,
+    /// See `cs_engine::ComputeConfig::pull`.
+    pub pull: cs_engine::PullPolicy,
+    /// See `cs_engine::ComputeConfig::whiteout_layout`: the union's.
+    pub whiteout_layout: cs_engine::WhiteoutLayout,
     pub backoff: Backoff,
     pub limits: WireLimits,
     /// How the service was set up (paths, URL), shown as it is in the status's `setup`
@@ -119,6 +123,8 @@ impl ComputeService {
         engine_cfg.whiteout_grace = cfg.whiteout_grace;
         engine_cfg.owner = cfg.owner;
         engine_cfg.busy = cfg.busy.clone();
+        engine_cfg.pull = cfg.pull;
+        engine_cfg.whiteout_layout = cfg.whiteout_layout;
         let side = ComputeSide::open(engine_cfg)?;
         // `cs-actor pause` before a restart still holds.
         let pause_file = crate::pause::path_in(&cfg.state_dir);

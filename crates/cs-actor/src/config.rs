@@ -100,6 +100,18 @@ mergeable! {
         /// 127.0.0.1:9781 (default: off).
         #[arg(long, value_name = "ADDR")]
         pub metrics_listen: Option<String>,
+        /// Which of the project's changes each round writes into the upper
+        /// layer: `changed` (default: every change since the last round,
+        /// visible when the round commits) or `held` (only the files this
+        /// server holds; the rest shows through the lower, as fresh as its
+        /// caches). See docs/operations.md, "Pull policy".
+        #[arg(long, value_parser = ["held", "changed"])]
+        pub pull: Option<String>,
+        /// With `--pull changed`: larger files are left to the lower layer
+        /// (bytes, default 67108864 = 64 MiB; 0: no file is pulled, only
+        /// directories, symlinks and deletions).
+        #[arg(long)]
+        pub pull_max_file_size: Option<u64>,
     }
 }
 

@@ -97,6 +97,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             None
         }
     };
+    let pull = pull_policy(a.pull.as_deref(), a.pull_max_file_size)?;
     let local_only = a.local_only.clone();
     let filter = filter(a.local_only)?;
     let control_socket = a.control_socket.unwrap_or_else(default_compute_socket);
@@ -136,7 +137,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
         let supervisor = MountSupervisor::new(mcfg).context("mount supervisor")?;
         let (rail, mount_heartbeat) = (supervisor.rail(), supervisor.heartbeat());
         let mount = cs_supervision::spawn(supervisor);
-        wait_for_union(&mount).await?;
+        let whiteout_layout = wait_for_union(&mount).await?;
         if let Some(o) = owner {
             warn_if_lower_not_owned(&lower_mountpoint, o);
         }
@@ -156,6 +157,8 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             whiteout_grace,
             owner,
             busy: busy_policy(a.snapshot_after, a.snapshot_max_mib),
+            pull,
+            whiteout_layout,
             backoff: Default::default(),
             limits: Default::default(),
             setup,
@@ -220,13 +223,15 @@ fn warn_if_lower_not_owned(lower: &std::path::Path, o: cs_engine::Owner) {
     }
 }
 
-/// The union must be up before the engine opens the upper layer.
-async fn wait_for_union(mount: &actix::Addr<MountSupervisor>) -> Result<()> {
+/// The union must be up before the engine opens the upper layer. Returns
+/// the union's whiteout layout (where step 2 writes whiteouts).
+async fn wait_for_union(mount: &actix::Addr<MountSupervisor>) -> Result<cs_engine::WhiteoutLayout> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let st = mount.observe().await.context("mount supervisor")?;
         if st.union.state == cs_mount::UnionStatus::Mounted {
-            return Ok(());
+            let layout = st.union.whiteout_dir.and_then(cs_engine::WhiteoutLayout::from_meta_dir);
+            return layout.context("the mounted union's whiteout layout is unknown");
         }
         if Instant::now() > deadline {
             bail!(
@@ -237,6 +242,18 @@ async fn wait_for_union(mount: &actix::Addr<MountSupervisor>) -> Result<()> {
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `--pull` and `--pull-max-file-size` over the engine's default.
+fn pull_policy(pull: Option<&str>, max_file_size: Option<u64>) -> Result<cs_engine::PullPolicy> {
+    match pull {
+        Some("held") if max_file_size.is_some() => bail!("--pull-max-file-size goes with --pull changed, not held"),
+        Some("held") => Ok(cs_engine::PullPolicy::Held),
+        None | Some("changed") => Ok(cs_engine::PullPolicy::Changed {
+            max_file_size: Some(max_file_size.unwrap_or(cs_engine::DEFAULT_PULL_MAX_FILE_SIZE)),
+        }),
+        Some(other) => bail!("--pull must be `held` or `changed`, not `{other}`"),
     }
 }
 

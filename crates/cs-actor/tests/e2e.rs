@@ -869,3 +869,96 @@ fn an_emptied_project_is_accepted_from_the_command_line() {
     assert!(!out.ok() && out.describe().contains("compute server"), "{}", out.describe());
     bed.finish();
 }
+
+/// Lower caches as long-lived as production's (docs/mount.md: up to ~10 s).
+const PRODUCTION_STALENESS: Duration = Duration::from_secs(10);
+
+/// Visible at commit (sync-spec.md; issue 12's complaint): the project writes
+/// a new file, changes one the compute server has read through the lower,
+/// and deletes two; when `cs-actor sync --wait` returns, the merged view
+/// shows all of it at once (no polling), although the lower's caches, filled
+/// by reading through the merged view right before, still hold the old state
+/// for 10 s. The default pull policy (`changed`) carries P's changes into the
+/// upper layer and hides its deletions with whiteouts.
+#[test]
+fn project_changes_are_visible_when_sync_wait_returns() {
+    if !tools() {
+        return;
+    }
+    let wrong = project_changes_scenario(&[]);
+    assert!(wrong.is_empty(), "stale after `sync --wait`: {wrong:?}");
+}
+
+/// The same with `--pull held`: shows that the test above can fail (the
+/// lower's caches do show the old state after the round). Not a requirement
+/// of the product, so not run by default.
+#[test]
+#[ignore = "demonstration that project_changes_are_visible_when_sync_wait_returns can fail"]
+fn with_pull_held_project_changes_show_late() {
+    if !tools() {
+        return;
+    }
+    let wrong = project_changes_scenario(&["--pull", "held"]);
+    eprintln!("with --pull held: {wrong:?}");
+    assert!(!wrong.is_empty(), "the caches never showed the old state: the test above proves nothing");
+}
+
+/// What the merged view showed wrong right after `sync --wait`.
+fn project_changes_scenario(flags: &[&str]) -> Vec<String> {
+    let mut bed = Bed::new("visible");
+    put(&bed.home, "keep.txt", "old\n");
+    put(&bed.home, "gone.txt", "gone\n");
+    put(&bed.home, "d/gone.txt", "gone too\n");
+    put(&bed.home, "d/other.txt", "other\n");
+    bed.start_broker();
+    let opts = ComputeOpts { extra: flags, lower_cache: Some(PRODUCTION_STALENESS), ..Default::default() };
+    bed.start_compute_opts("gpu-1", &opts);
+    let (h, m) = (bed.home.clone(), bed.merged());
+    let names = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+        v.sort();
+        v
+    };
+    // Fill the caches: names, attributes, data, listings, and "absent".
+    assert_eq!(read(&m, "keep.txt"), "old\n");
+    assert_eq!(read(&m, "gone.txt"), "gone\n");
+    assert_eq!(read(&m, "d/gone.txt"), "gone too\n");
+    assert_eq!(names(&m.join("d")), ["gone.txt", "other.txt"]);
+    assert!(!exists(&m, "new.txt") && !exists(&m, "d/new.txt"));
+    let started = Instant::now();
+    put(&h, "keep.txt", "changed on the project, and longer\n");
+    put(&h, "new.txt", "new\n");
+    put(&h, "d/new.txt", "new in d\n");
+    fs::remove_file(h.join("gone.txt")).unwrap();
+    fs::remove_file(h.join("d/gone.txt")).unwrap();
+    bed.sync_wait();
+    let mut wrong = Vec::new();
+    for (rel, want) in
+        [("keep.txt", "changed on the project, and longer\n"), ("new.txt", "new\n"), ("d/new.txt", "new in d\n")]
+    {
+        match fs::read_to_string(m.join(rel)) {
+            Ok(s) if s == want => {}
+            other => wrong.push(format!("{rel}: {other:?}")),
+        }
+    }
+    for rel in ["gone.txt", "d/gone.txt"] {
+        if exists(&m, rel) {
+            wrong.push(format!("{rel} still shows"));
+        }
+    }
+    let listed = names(&m.join("d"));
+    if listed != ["new.txt", "other.txt"] {
+        wrong.push(format!("d lists {listed:?}"));
+    }
+    // Checked within the caches' lifetime, or the check proves little.
+    let elapsed = started.elapsed();
+    if elapsed >= PRODUCTION_STALENESS {
+        eprintln!("note: checked {elapsed:?} after the project's changes: the lower's caches may have expired");
+    }
+    if flags.is_empty() && wrong.is_empty() {
+        bed.sync_and_converge();
+    }
+    bed.finish();
+    wrong
+}

@@ -30,10 +30,21 @@ pub use progress::{Progress, ProgressSnapshot};
 pub use project::{ProjectConfig, ProjectRound, ProjectSide, WriteReport, DEFAULT_FULL_RESCAN_EVERY};
 
 use cs_protocol::ClientId;
+pub use cs_protocol::PullPolicy;
+pub use cs_union::Layout as WhiteoutLayout;
 
 /// zstd level of the tar streams unless configured: fast, and still a good
 /// ratio on source trees.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// The pull policy unless configured (docs/protocol.md, steps 2 and 4; why
+/// this default: docs/operations.md, "Pull policy"): every change P makes
+/// reaches the merged view when the round commits, files up to 64 MiB
+/// through the round; larger ones through the lower, as before.
+pub const DEFAULT_PULL: PullPolicy = PullPolicy::Changed { max_file_size: Some(DEFAULT_PULL_MAX_FILE_SIZE) };
+
+/// Default per-file cap of [`PullPolicy::Changed`]: 64 MiB.
+pub const DEFAULT_PULL_MAX_FILE_SIZE: u64 = 64 << 20;
 
 /// Name of the temporary file an atomic apply writes beside its target. It
 /// matches the excluded pattern `.csa-tmp-*`, so no scan or round ever

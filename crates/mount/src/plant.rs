@@ -67,6 +67,8 @@ pub(crate) struct UnionReport {
     pub dead: Option<String>,
     pub pid: Option<u32>,
     pub latency: Option<Duration>,
+    /// The whiteout layout the union was mounted with (probed or configured).
+    pub layout: Option<Layout>,
     /// A mount attempt's guard and recovery of the bare mount point (if it got that far).
     pub mount_point: Option<Prepared>,
 }
@@ -193,7 +195,7 @@ impl Plant {
     }
 
     fn check_union(&mut self, s: &Settings) -> UnionReport {
-        let mut r = UnionReport::default();
+        let mut r = UnionReport { layout: self.layout, ..Default::default() };
         let Some(g) = self.union.as_mut() else {
             r.dead = Some("not mounted".into());
             return r;

@@ -140,6 +140,9 @@ pub struct UnionState {
     pub failed_attempts: u32,
     pub last_error: Option<String>,
     pub since_ms: u64,
+    /// The union's whiteout meta directory (`.unionfs-fuse` or `.unionfs`),
+    /// once mounted: where the sync engine writes whiteouts.
+    pub whiteout_dir: Option<&'static str>,
 }
 
 /// The bare mount point (see the `bare` module): how it refuses writes while the union is down,
@@ -287,6 +290,7 @@ impl MountSupervisor {
                 failed_attempts: 0,
                 last_error: None,
                 since_ms: now,
+                whiteout_dir: None,
             },
             mount_point: MountPointState {
                 guard: Guard::Pending,
@@ -547,6 +551,9 @@ impl MountSupervisor {
     fn apply_union(&mut self, r: &UnionReport, ctx: &mut Context<Self>) {
         self.state.union.pid = r.pid;
         self.state.union.latency_ms = r.latency.map(ms);
+        if let Some(l) = r.layout {
+            self.state.union.whiteout_dir = Some(l.meta_dir());
+        }
         match &r.dead {
             None => self.set_union_status(UnionStatus::Mounted),
             Some(e) => {

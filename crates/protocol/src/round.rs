@@ -27,6 +27,28 @@ pub struct Hello {
     /// Roots only (no path below another).
     #[serde(default)]
     pub hidden: Vec<RelPath>,
+    /// Which of P's other changes step 4 (and step 2) carries: see
+    /// [`PullPolicy`]. A client that does not send it gets `Held`, the
+    /// behaviour before the field existed.
+    #[serde(default)]
+    pub pull: PullPolicy,
+}
+
+/// What P sends C beyond the paths C holds in its upper layer (the pull
+/// policy, docs/protocol.md steps 2 and 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Only what C holds: P's other changes reach C's merged view through
+    /// the lower layer, as fresh as its caches.
+    #[default]
+    Held,
+    /// Also every other file, directory and symlink P changed since C's
+    /// cursor (files up to `max_file_size` bytes each, `None`: any size),
+    /// written into C's upper layer, and every path P deleted since then
+    /// (C hides it with a whiteout): visible when the round commits,
+    /// whatever the lower's caches still show.
+    Changed { max_file_size: Option<u64> },
 }
 
 /// P's answer to [`Hello`].

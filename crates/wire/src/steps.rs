@@ -192,6 +192,7 @@ mod tests {
                 held_added: vec![],
                 held_removed: vec![],
                 hidden: vec![],
+                pull: Default::default(),
             }),
             Step::DeletesToProject => ClientMsg::Deletes(vec![RelPath::new("a").expect("path")]),
             Step::DeletesToCompute => ClientMsg::AskDeletes,

@@ -37,6 +37,7 @@ fn requests() -> Vec<ClientMsg> {
             held_added: vec![p("new/from/step4")],
             held_removed: vec![p("gone")],
             hidden: vec![p("deleted/dir")],
+            pull: cs_protocol::PullPolicy::Changed { max_file_size: Some(1 << 26) },
         }),
         ClientMsg::HeldList(vec![p("a"), p("a/b"), p("dir with space/ü")]),
         ClientMsg::Deletes(vec![p("gone.txt")]),

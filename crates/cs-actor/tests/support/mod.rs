@@ -463,6 +463,8 @@ pub struct ComputeOpts<'a> {
     /// The compute user: `--user NAME`, and the lower mount shows the project's files as
     /// this account's (sshfs `-o uid=,gid=`).
     pub user: Option<&'a Account>,
+    /// The lower mount's cache timeouts, when not [`CACHE_TIMEOUT`] (e.g. production's ~10 s).
+    pub lower_cache: Option<Duration>,
 }
 
 /// An account of this machine (tests/user.rs acts as one).
@@ -634,11 +636,12 @@ impl Bed {
     /// The sshfs command line for compute servers: the home over the bed's sshd, with short
     /// cache timeouts.
     pub fn lower_mount_cmd(&self, mountpoint: &Path) -> String {
-        self.lower_mount_cmd_for(mountpoint, None)
+        self.lower_mount_cmd_for(mountpoint, None, CACHE_TIMEOUT)
     }
 
-    /// [`Bed::lower_mount_cmd`], the project's files shown as `user`'s (`-o uid=,gid=`).
-    pub fn lower_mount_cmd_for(&self, mountpoint: &Path, user: Option<&Account>) -> String {
+    /// [`Bed::lower_mount_cmd`], the project's files shown as `user`'s (`-o uid=,gid=`), with
+    /// the caches living `cache`.
+    pub fn lower_mount_cmd_for(&self, mountpoint: &Path, user: Option<&Account>, cache: Duration) -> String {
         let sshd = self.sshd.as_ref().expect("sshd");
         let target = cs_mount::SshfsTarget {
             user: Some(cs_testbed::current_user()),
@@ -649,11 +652,11 @@ impl Bed {
         };
         // Fields set one by one (not through a helper) so that the bound is exactly ours.
         let mut opts = cs_mount::SshfsOptions::sshfs_defaults();
-        opts.entry_timeout = Some(CACHE_TIMEOUT);
-        opts.attr_timeout = Some(CACHE_TIMEOUT);
-        opts.negative_timeout = Some(CACHE_TIMEOUT);
+        opts.entry_timeout = Some(cache);
+        opts.attr_timeout = Some(cache);
+        opts.negative_timeout = Some(cache);
         opts.dir_cache = Some(true);
-        opts.dcache_timeout = Some(CACHE_TIMEOUT);
+        opts.dcache_timeout = Some(cache);
         opts.reconnect = true;
         if let Some(u) = user {
             opts.extra.extend([format!("uid={}", u.uid), format!("gid={}", u.gid)]);
@@ -763,7 +766,7 @@ impl Bed {
             .arg("--state")
             .arg(&c.state)
             .arg("--lower-mount-cmd")
-            .arg(self.lower_mount_cmd_for(&c.lower, opts.user))
+            .arg(self.lower_mount_cmd_for(&c.lower, opts.user, opts.lower_cache.unwrap_or(CACHE_TIMEOUT)))
             .arg("--lower-mountpoint")
             .arg(&c.lower)
             .arg("--control-socket")
@@ -1286,6 +1289,7 @@ async fn stall(url: &str, token: &str, id: &str) -> Result<cs_wire::ClientConn, 
         held_added: Vec::new(),
         held_removed: Vec::new(),
         hidden: Vec::new(),
+        pull: Default::default(),
     };
     conn.send_msg(1, ClientMsg::Hello(hello)).await.map_err(e("send hello"))?;
     match answer(&mut conn, 1).await? {

@@ -14,7 +14,7 @@ use cs_protocol::{
 };
 use cs_safe_fs::SafeRoot;
 use cs_tarstream::{EntryHeader, Limits, PackStats, PackWriter};
-use cs_union::Whiteout;
+use cs_union::{Layout, Whiteout};
 
 pub use manifest::{AppliedLog, Manifest, MANIFEST_VERSION};
 pub use scan::{scan_upper, UpperScan};
@@ -24,7 +24,7 @@ pub use crate::lookahead::Interrupted;
 use crate::lookahead::{self, LookAhead};
 use crate::progress::Progress;
 use crate::sig::{held_digest, Sig};
-use crate::{state, temp_name, EngineError, IgnoreRules, PathFilter};
+use crate::{state, temp_name, EngineError, IgnoreRules, PathFilter, PullPolicy};
 
 /// Settings of one compute server's sync engine.
 #[derive(Debug, Clone)]
@@ -49,6 +49,12 @@ pub struct ComputeConfig {
     pub owner: Option<cs_safe_fs::Owner>,
     /// Files that keep changing: when to send a snapshot (see `busy`).
     pub busy: BusyPolicy,
+    /// Which of P's changes reach the upper layer through the round (sent
+    /// to P in every hello; see [`PullPolicy`]).
+    pub pull: PullPolicy,
+    /// Where the union keeps its whiteouts: step 2 writes them there (see
+    /// [`ComputeSide::apply_deletes`]).
+    pub whiteout_layout: Layout,
 }
 
 impl ComputeConfig {
@@ -63,6 +69,8 @@ impl ComputeConfig {
             whiteout_grace: Duration::ZERO,
             owner: None,
             busy: BusyPolicy::default(),
+            pull: crate::DEFAULT_PULL,
+            whiteout_layout: Layout::UnionfsFuse1,
         }
     }
 }
@@ -383,6 +391,7 @@ impl ComputeSide {
             held_added: next.keys().filter(|p| !committed.contains_key(*p)).cloned().collect(),
             held_removed: committed.keys().filter(|p| !known.contains_key(*p)).cloned().collect(),
             hidden,
+            pull: self.cfg.pull,
         };
         let problems = scan.problems.clone();
         let round = ComputeRound {
@@ -507,6 +516,13 @@ impl ComputeSide {
     /// Step 2: P no longer has these paths. Synced copies that did not change
     /// here are deleted from the upper layer; local edits and new local files
     /// stay (they go to P in step 3: modification wins).
+    ///
+    /// With [`PullPolicy::Changed`] P also names what it deleted that C does
+    /// not hold, which C may still see through the lower's caches; every
+    /// path P deleted that the upper layer no longer has is then hidden by a
+    /// whiteout, retired at once (never sent back to P as C's deletion,
+    /// removed after [`ComputeConfig::whiteout_grace`]), so that the merged
+    /// view shows the deletion when the round commits.
     pub fn apply_deletes(&mut self, r: &mut ComputeRound, paths: &[RelPath]) -> Result<DeleteReport, EngineError> {
         let mut report = DeleteReport::default();
         let mut paths: Vec<&RelPath> = paths.iter().collect();
@@ -562,7 +578,44 @@ impl ComputeSide {
                 report.kept.push(p.clone());
             }
         }
+        if matches!(self.cfg.pull, PullPolicy::Changed { .. }) {
+            self.hide_deleted(r, &report.deleted)?;
+        }
         Ok(report)
+    }
+
+    /// Step 2's whiteouts: each path P deleted that the upper layer does not
+    /// have gets one (unless something already hides it), retired at once.
+    /// Without a grace (a lower without caches) there is nothing to hide.
+    fn hide_deleted(&mut self, r: &mut ComputeRound, deleted: &[RelPath]) -> Result<(), EngineError> {
+        if self.cfg.whiteout_grace.is_zero() {
+            return Ok(());
+        }
+        let now = crate::now_ms();
+        let mut deleted: Vec<&RelPath> = deleted.iter().collect();
+        deleted.sort();
+        let mut roots: Vec<&RelPath> = Vec::new();
+        for p in deleted {
+            // Below a whiteout made here: hidden with it.
+            if roots.last().is_some_and(|root| p.starts_with(root)) {
+                continue;
+            }
+            // The user made something there since (or a kept directory):
+            // it shows, and goes to P by the usual rules.
+            if self.upper.lstat(p)?.is_some() || cs_union::is_hidden(&self.cfg.upper, p) {
+                continue;
+            }
+            cs_union::create_whiteout(&self.cfg.upper, self.cfg.whiteout_layout, p)?;
+            self.retired.insert(p.clone(), now);
+            // A retired whiteout at this path whose marker was gone at the
+            // scan is alive again: the commit must not end it.
+            r.retired_gone.retain(|g| g != p);
+            roots.push(p);
+        }
+        if !roots.is_empty() {
+            self.save_retired()?;
+        }
+        Ok(())
     }
 
     /// Step 3: every upper entry that is new or changed since the last

@@ -3,7 +3,7 @@
 
 use std::os::unix::ffi::OsStrExt;
 
-use cs_protocol::{DeleteReport, EntryKind, RelPath};
+use cs_protocol::{DeleteReport, EntryKind, PullPolicy, RelPath};
 
 use super::{lock, ProjectRound, ProjectSide};
 use crate::{EngineError, PathFilter};
@@ -101,21 +101,36 @@ impl ProjectSide {
         Ok(true)
     }
 
-    /// Step 2: the paths the client holds that no longer exist on P. Not
-    /// those ignored by the round's rules or by the journal's (a path that
-    /// became ignored leaves the journal as if deleted; it is not): the
-    /// client keeps its copy.
+    /// Step 2: the paths the client holds that no longer exist on P; with
+    /// [`PullPolicy::Changed`] also every other path deleted since the
+    /// client's cursor by anyone but this client (the client may still see
+    /// it through the lower's caches, and hides it). A client without a
+    /// known cursor gets no such extra: the lower shows P's current state.
+    /// Not those ignored by the round's rules or by the journal's (a path
+    /// that became ignored leaves the journal as if deleted; it is not):
+    /// the client keeps its copy.
     pub fn deletes_for_client(&self, r: &mut ProjectRound) -> Vec<RelPath> {
         let j = lock(&self.journal);
         // A tombstone has no kind: a path an ignore rule matches as a file or
         // as a directory stays.
         let synced = |f: &PathFilter, p: &RelPath| f.is_synced(p, false) && !f.is_ignored(p, true);
-        let gone: Vec<RelPath> = r
+        let mut gone: Vec<RelPath> = r
             .held
             .iter()
             .filter(|p| !j.journal.is_live(p) && synced(&r.filter, p) && synced(&j.filter, p))
             .cloned()
             .collect();
+        if let (PullPolicy::Changed { .. }, Some(base)) = (r.pull, r.base) {
+            let others = j.journal.entries.iter().filter(|(p, e)| {
+                e.sig.is_none()
+                    && e.seq > base
+                    && e.author.as_ref() != Some(&r.client)
+                    && !r.held.contains(*p)
+                    && synced(&r.filter, p)
+                    && synced(&j.filter, p)
+            });
+            gone.extend(others.map(|(p, _)| p.clone()));
+        }
         drop(j);
         for p in &gone {
             r.held.remove(p);

@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cs_protocol::{ClientId, CommitRequest, Cursor, Hello, HelloReply, RelPath, PROTOCOL_VERSION};
+use cs_protocol::{ClientId, CommitRequest, Cursor, Hello, HelloReply, PullPolicy, RelPath, PROTOCOL_VERSION};
 use cs_safe_fs::{FsError, SafeRoot};
 use cs_tarstream::Limits;
 use serde::{Deserialize, Serialize};
@@ -157,6 +157,8 @@ pub struct ProjectRound {
     /// Paths the client still hides behind whiteouts of deletions P
     /// confirmed (from its hello): what P has there, it has not seen.
     hidden: Vec<RelPath>,
+    /// What steps 2 and 4 send beyond what the client holds (its hello).
+    pull: PullPolicy,
     unseen: BTreeSet<RelPath>,
     /// Paths sent in step 4.
     sent: BTreeSet<RelPath>,
@@ -166,6 +168,11 @@ pub struct ProjectRound {
 }
 
 impl ProjectRound {
+    /// Is `p` at or below a path the client hides behind a whiteout?
+    fn is_hidden(&self, p: &RelPath) -> bool {
+        self.hidden.iter().any(|h| p.starts_with(h))
+    }
+
     /// What the client holds at the start of the round: the index of its
     /// committed manifest, adjusted by what it reported in its hello.
     fn rebuild_held(&mut self) {
@@ -340,6 +347,7 @@ impl ProjectSide {
             held_added: hello.held_added.clone(),
             held_removed: hello.held_removed.clone(),
             hidden: hello.hidden.clone(),
+            pull: hello.pull,
             unseen: st.unseen,
             sent: BTreeSet::new(),
             new_cursor: None,
@@ -432,7 +440,7 @@ impl ProjectSide {
         // until its user made a file there), never held by it: made on P
         // after the deletion and never shown to the client, whatever its
         // cursor says. Its deletes and writes meet it as a change.
-        if actual.is_some() && !r.index_base.contains(p) && r.hidden.iter().any(|h| p.starts_with(h)) {
+        if actual.is_some() && !r.index_base.contains(p) && r.is_hidden(p) {
             return true;
         }
         let j = lock(&self.journal);

@@ -3,7 +3,9 @@
 use std::io::Write;
 use std::sync::atomic::Ordering;
 
-use cs_protocol::{Cursor, EntryKind, RelPath};
+use std::collections::BTreeMap;
+
+use cs_protocol::{Cursor, EntryKind, PullPolicy, RelPath};
 use cs_tarstream::{EntryHeader, PackStats, PackWriter};
 
 use super::{lock, ProjectRound, ProjectSide};
@@ -23,21 +25,8 @@ impl ProjectSide {
         let cursor = lock(&self.journal).journal.cursor();
         r.new_cursor = Some(cursor);
         let mut tar = PackWriter::new(w, self.cfg.zstd_level)?;
-        let held: Vec<RelPath> = r.held.iter().cloned().collect();
-        for p in held {
-            let send = r.unseen.contains(&p)
-                || match (r.base, lock(&self.journal).journal.get(&p).cloned()) {
-                    (_, None) => false,
-                    (_, Some(e)) if e.sig.is_none() => false,
-                    // Never echo the client's own write: it holds exactly
-                    // that, or has changed it and sends it in step 3.
-                    (_, Some(e)) if e.author.as_ref() == Some(&r.client) => false,
-                    (None, Some(_)) => true,
-                    (Some(b), Some(e)) => e.seq > b,
-                };
-            if !send {
-                continue;
-            }
+        let paths = self.step4_paths(r);
+        for (p, why) in paths {
             let st = match self.home.lstat(&p) {
                 Ok(Some(st)) => st,
                 Ok(None) => continue,
@@ -50,6 +39,13 @@ impl ProjectSide {
             // Ignored (or local-only, excluded): the client keeps its own.
             if !r.filter.is_synced(&p, kind == EntryKind::Dir) {
                 continue;
+            }
+            match why {
+                // Its child needs it in the upper layer, as a directory.
+                Why::Parent if kind != EntryKind::Dir => continue,
+                // Above the cap: the client reads it through the lower.
+                Why::Pulled { max_file_size: Some(max) } if kind == EntryKind::File && st.size > max => continue,
+                _ => {}
             }
             let mut header =
                 EntryHeader { path: p.clone(), kind, mode: st.mode, mtime: st.mtime, size: 0, link_target: None };
@@ -94,4 +90,77 @@ impl ProjectSide {
         let (w, stats) = tar.finish()?;
         Ok((w, stats, cursor))
     }
+
+    /// What step 4 considers, in path order (a directory before what it
+    /// holds): the held paths P changed since the cursor, never the
+    /// client's own writes (no echo), plus those it has not applied yet;
+    /// with [`PullPolicy::Changed`] and a known cursor, every other path
+    /// changed since by anyone but this client, those it has not applied,
+    /// and their directories it does not hold (the upper layer needs them
+    /// to write into).
+    fn step4_paths(&self, r: &ProjectRound) -> BTreeMap<RelPath, Why> {
+        let j = lock(&self.journal);
+        let mut out = BTreeMap::new();
+        for p in &r.held {
+            let send = r.unseen.contains(p)
+                || match (r.base, j.journal.get(p)) {
+                    (_, None) => false,
+                    (_, Some(e)) if e.sig.is_none() => false,
+                    // Never echo the client's own write: it holds exactly
+                    // that, or has changed it and sends it in step 3.
+                    (_, Some(e)) if e.author.as_ref() == Some(&r.client) => false,
+                    (None, Some(_)) => true,
+                    (Some(b), Some(e)) => e.seq > b,
+                };
+            if send {
+                out.insert(p.clone(), Why::Held);
+            }
+        }
+        // Without a cursor (a new client, or P's journal lost) the client
+        // sees P's current state through the lower: a first round must not
+        // copy the whole project.
+        let (PullPolicy::Changed { max_file_size }, Some(base)) = (r.pull, r.base) else { return out };
+        let changed = j.journal.entries.iter().filter(|(p, e)| {
+            e.sig.is_some() && e.seq > base && e.author.as_ref() != Some(&r.client) && !r.held.contains(*p)
+        });
+        let mut pulled: Vec<(RelPath, Why)> = Vec::new();
+        for (p, _) in changed {
+            // The client hides what is there (a whiteout in its grace): it
+            // sees P's version only through the round, whatever its size.
+            let cap = if r.is_hidden(p) { None } else { max_file_size };
+            pulled.push((p.clone(), Why::Pulled { max_file_size: cap }));
+        }
+        drop(j);
+        // Not applied by the client: sent again, whatever its size.
+        let unapplied = r.unseen.iter().filter(|p| !r.held.contains(*p));
+        pulled.extend(unapplied.map(|p| (p.clone(), Why::Pulled { max_file_size: None })));
+        for (p, why) in pulled {
+            for a in p.ancestors() {
+                if r.held.contains(&a) || out.contains_key(&a) {
+                    break;
+                }
+                out.insert(a, Why::Parent);
+            }
+            match out.get(&p) {
+                Some(Why::Pulled { max_file_size: None }) => {}
+                _ => {
+                    out.insert(p, why);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Why step 4 considers a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The client holds it, and P changed it (or the client has not
+    /// applied P's version).
+    Held,
+    /// Pulled ([`PullPolicy::Changed`]): the client does not hold it, P
+    /// changed it since the cursor. Files above `max_file_size` are not.
+    Pulled { max_file_size: Option<u64> },
+    /// A directory the client does not hold, above a pulled path.
+    Parent,
 }

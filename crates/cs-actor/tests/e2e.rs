@@ -641,6 +641,7 @@ fn status_json_has_the_documented_fields() {
     assert_eq!(st["client"], "gpu-1");
     assert_eq!(st["mounts"]["lower"]["state"], "mounted", "{st:#}");
     assert_eq!(st["mounts"]["union"]["state"], "mounted", "{st:#}");
+    assert!(matches!(st["mounts"]["union"]["whiteout_dir"].as_str(), Some(".unionfs-fuse" | ".unionfs")), "{st:#}");
     assert_eq!(st["connection"]["state"], "connected", "{st:#}");
     assert!(st["connection"]["rtt_ms"].as_f64().unwrap() >= 0.0);
     assert!(st["round"]["phase"].is_string(), "{st:#}");

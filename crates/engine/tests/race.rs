@@ -154,3 +154,29 @@ fn file_sent_by_an_uncommitted_round_then_deleted_is_deleted_on_project() {
     run_round(&mut s.c, &s.p, None).unwrap();
     assert!(!s.home.join("f").exists(), "deleted on C, still on P");
 }
+
+/// Pull policy `changed` (the default): P's new file at a path C does not
+/// hold is pulled in step 4, but the user made a file there after the scan.
+/// The user's version stays (not applied: the path is no longer absent, as
+/// it was at the scan), and the next round it meets the conflict rule on P:
+/// P's version stays, the user's is kept beside it, and C gets P's.
+#[test]
+fn pulled_file_the_user_made_meanwhile_stays_the_users_then_meets_the_conflict_rule() {
+    let mut s = setup();
+    fs::write(s.upper.join("keep"), b"k").unwrap();
+    run_round(&mut s.c, &s.p, None).unwrap();
+    fs::write(s.home.join("x"), b"project").unwrap();
+    let upper = s.upper.clone();
+    round_with_hook_before_pack(&mut s.c, &s.p, || fs::write(upper.join("x"), b"user").unwrap());
+    assert_eq!(fs::read(s.upper.join("x")).unwrap(), b"user", "the pull overwrote the user's file");
+    run_round(&mut s.c, &s.p, None).unwrap();
+    assert_eq!(fs::read(s.home.join("x")).unwrap(), b"project");
+    let copies: Vec<Vec<u8>> = fs::read_dir(&s.home)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("x.conflict-"))
+        .map(|e| fs::read(e.path()).unwrap())
+        .collect();
+    assert_eq!(copies, [b"user".to_vec()], "the user's version is kept once, beside P's");
+    assert_eq!(fs::read(s.upper.join("x")).unwrap(), b"project");
+}

@@ -11,7 +11,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use cs_engine::driver::{run_round, Cut};
-use cs_engine::{ComputeConfig, ComputeSide, ProjectConfig, ProjectSide};
+use cs_engine::{ComputeConfig, ComputeSide, ProjectConfig, ProjectSide, PullPolicy};
 use cs_protocol::{ClientId, RelPath};
 
 struct Setup {
@@ -23,14 +23,18 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_pulling(PullPolicy::Held)
+}
+
+fn setup_pulling(pull: PullPolicy) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let upper = dir.path().join("upper");
     fs::create_dir_all(&home).unwrap();
     fs::create_dir_all(&upper).unwrap();
-    let c =
-        ComputeSide::open(ComputeConfig::new(ClientId::new("c0").unwrap(), upper.clone(), dir.path().join("cstate")))
-            .unwrap();
+    let mut cfg = ComputeConfig::new(ClientId::new("c0").unwrap(), upper.clone(), dir.path().join("cstate"));
+    cfg.pull = pull;
+    let c = ComputeSide::open(cfg).unwrap();
     let p = ProjectSide::open(ProjectConfig::new(home.clone(), dir.path().join("pstate"))).unwrap();
     Setup { _dir: dir, home, upper, c, p }
 }
@@ -155,14 +159,14 @@ fn file_sent_by_an_uncommitted_round_then_deleted_is_deleted_on_project() {
     assert!(!s.home.join("f").exists(), "deleted on C, still on P");
 }
 
-/// Pull policy `changed` (the default): P's new file at a path C does not
+/// Pull policy `changed` (the compute service's default): P's new file at a path C does not
 /// hold is pulled in step 4, but the user made a file there after the scan.
 /// The user's version stays (not applied: the path is no longer absent, as
 /// it was at the scan), and the next round it meets the conflict rule on P:
 /// P's version stays, the user's is kept beside it, and C gets P's.
 #[test]
 fn pulled_file_the_user_made_meanwhile_stays_the_users_then_meets_the_conflict_rule() {
-    let mut s = setup();
+    let mut s = setup_pulling(cs_engine::DEFAULT_PULL);
     fs::write(s.upper.join("keep"), b"k").unwrap();
     run_round(&mut s.c, &s.p, None).unwrap();
     fs::write(s.home.join("x"), b"project").unwrap();

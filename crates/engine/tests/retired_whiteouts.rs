@@ -93,7 +93,10 @@ fn a_delete_never_removes_what_the_client_holds_below_the_path() {
     fs::create_dir_all(home.join("data")).unwrap();
     fs::write(home.join("data/old"), b"old").unwrap();
     fs::create_dir_all(&upper).unwrap();
-    let cfg = ComputeConfig::new(ClientId::new("c1").unwrap(), upper.clone(), dir.path().join("cstate"));
+    let mut cfg = ComputeConfig::new(ClientId::new("c1").unwrap(), upper.clone(), dir.path().join("cstate"));
+    // P's later file must stay one the client does not hold (with the pull
+    // policy `changed` the round would bring it into the upper layer).
+    cfg.pull = cs_engine::PullPolicy::Held;
     let mut c = ComputeSide::open(cfg).unwrap();
     let p = ProjectSide::open(ProjectConfig::new(home.clone(), dir.path().join("pstate"))).unwrap();
     run_round(&mut c, &p, None).unwrap();

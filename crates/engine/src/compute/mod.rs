@@ -50,7 +50,9 @@ pub struct ComputeConfig {
     /// Files that keep changing: when to send a snapshot (see `busy`).
     pub busy: BusyPolicy,
     /// Which of P's changes reach the upper layer through the round (sent
-    /// to P in every hello; see [`PullPolicy`]).
+    /// to P in every hello; see [`PullPolicy`]). `Held` unless set, as
+    /// the protocol's default; the compute service's default is
+    /// [`crate::DEFAULT_PULL`].
     pub pull: PullPolicy,
     /// Where the union keeps its whiteouts: step 2 writes them there (see
     /// [`ComputeSide::apply_deletes`]).
@@ -69,7 +71,7 @@ impl ComputeConfig {
             whiteout_grace: Duration::ZERO,
             owner: None,
             busy: BusyPolicy::default(),
-            pull: crate::DEFAULT_PULL,
+            pull: PullPolicy::Held,
             whiteout_layout: Layout::UnionfsFuse1,
         }
     }

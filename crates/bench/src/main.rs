@@ -319,6 +319,21 @@ fn run(cli: Cli) -> Result<usize> {
     Ok(res.errors().len())
 }
 
+/// One of the two overlay candidates, mounted.
+enum OverlayMount {
+    Kernel(cs_union::overlay::OverlayGuard),
+    Fuse(util::FuseOverlayfs),
+}
+
+impl OverlayMount {
+    fn unmount(self) -> Result<()> {
+        match self {
+            OverlayMount::Kernel(g) => Ok(g.unmount()?),
+            OverlayMount::Fuse(f) => f.unmount(),
+        }
+    }
+}
+
 /// Lower (a copy of the template), upper, work and merged directories below `d`, with the
 /// local-only directories made opaque in the upper layer, as cs-actor prepares them.
 fn overlay_dirs(d: &Path, template: &Path, setup_log: &Path) -> Result<cs_union::overlay::Overlay> {
@@ -485,41 +500,30 @@ fn bench_all(
         r?;
         remove_tree(&d)?;
     }
-    if w_any && setups.contains("overlay-local") && !cs_union::overlay::kernel_has_overlay() {
-        let msg = "overlay-local needs overlayfs in the kernel (/proc/filesystems): skipped".to_string();
-        eprintln!("{} cs-bench: {msg}", util::clock());
-        res.notes.push(msg);
-    } else if w_any && setups.contains("overlay-local") {
-        eprintln!("{} cs-bench: kernel overlayfs over a local lower", util::clock());
-        let d = root.join("overlay-local");
+    // The overlay candidates: the same directories, only the mount differs.
+    for (setup, kind, what) in [
+        ("overlay-local", Kind::OverlayLocal, "kernel overlayfs"),
+        ("fuse-overlayfs-local", Kind::FuseOverlayfsLocal, "fuse-overlayfs"),
+    ] {
+        if !(w_any && setups.contains(setup)) {
+            continue;
+        }
+        if kind == Kind::OverlayLocal && !cs_union::overlay::kernel_has_overlay() {
+            let msg = format!("{setup} needs overlayfs in the kernel (/proc/filesystems): skipped");
+            eprintln!("{} cs-bench: {msg}", util::clock());
+            res.notes.push(msg);
+            continue;
+        }
+        eprintln!("{} cs-bench: {what} over a local lower", util::clock());
+        let d = root.join(setup);
         let ov = overlay_dirs(&d, &template, &setup_log)?;
-        let guard = ov.mount()?;
-        let v = View {
-            kind: Kind::OverlayLocal,
-            view: ov.merged.clone(),
-            project: ov.lower.clone(),
-            upper: None,
-            compute: None,
+        let mount = match kind {
+            Kind::OverlayLocal => OverlayMount::Kernel(ov.mount()?),
+            _ => OverlayMount::Fuse(util::FuseOverlayfs::mount(&ov)?),
         };
+        let v = View { kind, view: ov.merged.clone(), project: ov.lower.clone(), upper: None, compute: None };
         let r = workloads(&env, res, lim, &v, u64::MAX, only);
-        guard.unmount()?;
-        r?;
-        remove_tree(&d)?;
-    }
-    if w_any && setups.contains("fuse-overlayfs-local") {
-        eprintln!("{} cs-bench: fuse-overlayfs over a local lower", util::clock());
-        let d = root.join("fuse-overlayfs-local");
-        let ov = overlay_dirs(&d, &template, &setup_log)?;
-        let guard = util::FuseOverlayfs::mount(&ov)?;
-        let v = View {
-            kind: Kind::FuseOverlayfsLocal,
-            view: ov.merged.clone(),
-            project: ov.lower.clone(),
-            upper: None,
-            compute: None,
-        };
-        let r = workloads(&env, res, lim, &v, u64::MAX, only);
-        guard.unmount()?;
+        mount.unmount()?;
         r?;
         remove_tree(&d)?;
     }

@@ -225,24 +225,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }),
-        Command::Pause { reason, control_socket } => services::runtime()?.block_on(async {
-            let socket = control_socket.unwrap_or_else(services::default_compute_socket);
-            let r = cs_control::ask(&socket, &cs_control::Request::Pause { reason }).await?;
-            if !r.ok {
-                anyhow::bail!("{}", r.error.unwrap_or_else(|| "no reason given".into()));
-            }
-            println!("{}", r.message.unwrap_or_else(|| "syncing paused".into()));
-            Ok(())
-        }),
-        Command::Resume { control_socket } => services::runtime()?.block_on(async {
-            let socket = control_socket.unwrap_or_else(services::default_compute_socket);
-            let r = cs_control::ask(&socket, &cs_control::Request::Resume).await?;
-            if !r.ok {
-                anyhow::bail!("{}", r.error.unwrap_or_else(|| "no reason given".into()));
-            }
-            println!("{}", r.message.unwrap_or_else(|| "syncing resumed".into()));
-            Ok(())
-        }),
+        Command::Pause { reason, control_socket } => {
+            ask_compute(control_socket, cs_control::Request::Pause { reason }, "syncing paused")
+        }
+        Command::Resume { control_socket } => {
+            ask_compute(control_socket, cs_control::Request::Resume, "syncing resumed")
+        }
         Command::AcceptEmptyLower { control_socket } => services::runtime()?.block_on(async {
             let control_socket = control_socket.unwrap_or_else(services::default_compute_socket);
             let r = cs_control::ask(&control_socket, &cs_control::Request::AcceptEmptyLower).await?;
@@ -286,4 +274,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Sends `req` to the compute service and prints its answer (`done` when it gives none);
+/// a refusal is the error, with the service's reason.
+fn ask_compute(control_socket: Option<PathBuf>, req: cs_control::Request, done: &str) -> anyhow::Result<()> {
+    services::runtime()?.block_on(async {
+        let socket = control_socket.unwrap_or_else(services::default_compute_socket);
+        let r = cs_control::ask(&socket, &req).await?;
+        if !r.ok {
+            anyhow::bail!("{}", r.error.unwrap_or_else(|| "no reason given".into()));
+        }
+        println!("{}", r.message.unwrap_or_else(|| done.into()));
+        Ok(())
+    })
 }

@@ -27,30 +27,8 @@ pub struct View {
     pub counts: Option<Counts>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Counts {
-    pub entries_done: u64,
-    pub entries_total: Option<u64>,
-    pub bytes_done: u64,
-    pub bytes_total: Option<u64>,
-    pub elapsed_ms: u64,
-    /// False once this side is done with the step (the other side may still receive or apply).
-    pub streaming: bool,
-}
-
-impl Counts {
-    /// Bytes per second over the step so far.
-    fn rate(&self) -> f64 {
-        self.bytes_done as f64 * 1000.0 / self.elapsed_ms.max(1) as f64
-    }
-
-    /// Seconds left at the rate so far, when the total is known.
-    fn eta_secs(&self) -> Option<u64> {
-        let left = self.bytes_total?.saturating_sub(self.bytes_done);
-        let rate = self.rate();
-        (rate > 0.0).then(|| (left as f64 / rate).ceil() as u64)
-    }
-}
+/// The step's counts, as the compute service's engine reports them.
+pub type Counts = cs_engine::ProgressSnapshot;
 
 /// The compute service's round in flight, if one runs.
 pub fn of_status(st: &Value) -> Option<View> {
@@ -59,15 +37,10 @@ pub fn of_status(st: &Value) -> Option<View> {
         return None;
     }
     let step_number = r["step_number"].as_u64().unwrap_or(0);
-    let p = &st["packer"]["progress"];
-    let counts = (p["step"].as_u64() == Some(step_number)).then(|| Counts {
-        entries_done: p["entries_done"].as_u64().unwrap_or(0),
-        entries_total: p["entries_total"].as_u64(),
-        bytes_done: p["bytes_done"].as_u64().unwrap_or(0),
-        bytes_total: p["bytes_total"].as_u64(),
-        elapsed_ms: p["elapsed_ms"].as_u64().unwrap_or(0),
-        streaming: p["streaming"].as_bool().unwrap_or(true),
-    });
+    // Another step's counts (or none) are not this step's.
+    let counts = serde_json::from_value::<Counts>(st["packer"]["progress"].clone())
+        .ok()
+        .filter(|c| u64::from(c.step) == step_number);
     Some(View {
         round: r["round"].as_u64().unwrap_or(0),
         step_number,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Shared handle: the engine counts, an observer takes [`snapshot`](Self::snapshot)s.
 #[derive(Clone, Default)]
@@ -36,20 +36,46 @@ struct StepHead {
 }
 
 /// One reading of the step in flight (the `progress` section of the status).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Read back from status JSON by the CLI (`cs-actor sync --wait`, `status`): a field an older
+/// service does not send reads as nothing done yet, still streaming.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgressSnapshot {
     /// The step's number in the contract (3: writes to the project, 4: writes from it).
     pub step: u8,
+    #[serde(default)]
     pub entries_done: u64,
+    #[serde(default)]
     pub entries_total: Option<u64>,
     /// File content bytes (uncompressed) read so far.
+    #[serde(default)]
     pub bytes_done: u64,
+    #[serde(default)]
     pub bytes_total: Option<u64>,
     /// Since the step started, until the engine was done with it.
+    #[serde(default)]
     pub elapsed_ms: u64,
     /// False once the engine is done with the step: the counts are final (the other side may
     /// still be receiving or applying).
+    #[serde(default = "still_streaming")]
     pub streaming: bool,
+}
+
+fn still_streaming() -> bool {
+    true
+}
+
+impl ProgressSnapshot {
+    /// Bytes per second over the step so far.
+    pub fn rate(&self) -> f64 {
+        self.bytes_done as f64 * 1000.0 / self.elapsed_ms.max(1) as f64
+    }
+
+    /// Seconds left at the rate so far, when the total is known.
+    pub fn eta_secs(&self) -> Option<u64> {
+        let left = self.bytes_total?.saturating_sub(self.bytes_done);
+        let rate = self.rate();
+        (rate > 0.0).then(|| (left as f64 / rate).ceil() as u64)
+    }
 }
 
 impl Progress {

@@ -186,7 +186,7 @@ impl World {
         cfg.filter = self.filter.clone();
         cfg.whiteout_grace = c.whiteout_grace;
         cfg.pull = c.pull;
-        cfg.whiteout_layout = c.union.layout;
+        cfg.union = cs_engine::UnionKind::UnionfsFuse(c.union.layout);
         ComputeSide::open(cfg).unwrap_or_else(|e| panic!("open ComputeSide {}: {e}", c.id))
     }
 

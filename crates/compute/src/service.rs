@@ -49,8 +49,8 @@ pub struct ServiceConfig {
     pub busy: cs_engine::BusyPolicy,
     /// See `cs_engine::ComputeConfig::pull`.
     pub pull: cs_engine::PullPolicy,
-    /// See `cs_engine::ComputeConfig::whiteout_layout`: the union's.
-    pub whiteout_layout: cs_engine::WhiteoutLayout,
+    /// See `cs_engine::ComputeConfig::union`: the mounted union's kind.
+    pub union: cs_engine::UnionKind,
     pub backoff: Backoff,
     pub limits: WireLimits,
     /// How the service was set up (paths, URL), shown as it is in the status's `setup`
@@ -124,7 +124,7 @@ impl ComputeService {
         engine_cfg.owner = cfg.owner;
         engine_cfg.busy = cfg.busy.clone();
         engine_cfg.pull = cfg.pull;
-        engine_cfg.whiteout_layout = cfg.whiteout_layout;
+        engine_cfg.union = cfg.union.clone();
         let side = ComputeSide::open(engine_cfg)?;
         // `cs-actor pause` before a restart still holds.
         let pause_file = crate::pause::path_in(&cfg.state_dir);

@@ -137,7 +137,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
         let supervisor = MountSupervisor::new(mcfg).context("mount supervisor")?;
         let (rail, mount_heartbeat) = (supervisor.rail(), supervisor.heartbeat());
         let mount = cs_supervision::spawn(supervisor);
-        let whiteout_layout = wait_for_union(&mount).await?;
+        let union = wait_for_union(&mount).await?;
         if let Some(o) = owner {
             warn_if_lower_not_owned(&lower_mountpoint, o);
         }
@@ -158,7 +158,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             owner,
             busy: busy_policy(a.snapshot_after, a.snapshot_max_mib),
             pull,
-            whiteout_layout,
+            union,
             backoff: Default::default(),
             limits: Default::default(),
             setup,
@@ -224,14 +224,15 @@ fn warn_if_lower_not_owned(lower: &std::path::Path, o: cs_engine::Owner) {
 }
 
 /// The union must be up before the engine opens the upper layer. Returns
-/// the union's whiteout layout (where step 2 writes whiteouts).
-async fn wait_for_union(mount: &actix::Addr<MountSupervisor>) -> Result<cs_engine::WhiteoutLayout> {
+/// the union's kind as the engine needs it (where step 2 writes whiteouts).
+async fn wait_for_union(mount: &actix::Addr<MountSupervisor>) -> Result<cs_engine::UnionKind> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let st = mount.observe().await.context("mount supervisor")?;
         if st.union.state == cs_mount::UnionStatus::Mounted {
             let layout = st.union.whiteout_dir.and_then(cs_engine::WhiteoutLayout::from_meta_dir);
-            return layout.context("the mounted union's whiteout layout is unknown");
+            let layout = layout.context("the mounted union's whiteout layout is unknown")?;
+            return Ok(cs_engine::UnionKind::UnionfsFuse(layout));
         }
         if Instant::now() > deadline {
             bail!(

@@ -54,9 +54,25 @@ pub struct ComputeConfig {
     /// the protocol's default; the compute service's default is
     /// [`crate::DEFAULT_PULL`].
     pub pull: PullPolicy,
-    /// Where the union keeps its whiteouts: step 2 writes them there (see
-    /// [`ComputeSide::apply_deletes`]).
-    pub whiteout_layout: Layout,
+    /// Which union the upper layer belongs to: where the round's changes
+    /// are made and how deletions are hidden (see [`UnionKind`]).
+    pub union: UnionKind,
+}
+
+/// The union the upper layer belongs to, as far as the engine cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnionKind {
+    /// unionfs-fuse looks every path up again in both layers, so the
+    /// engine writes into the upper layer directly, and hides deletions
+    /// with markers in the union's meta directory (this layout).
+    UnionfsFuse(Layout),
+    /// Kernel overlayfs mounted at `merged`. Changing the layers behind
+    /// its back is undefined (its dentry cache is never revalidated
+    /// against the upper layer), so every change the round makes goes
+    /// through the merged view; the upper layer is only read. Its
+    /// markers (whiteouts, opaque directories, redirects) are never
+    /// removed by the engine (docs/union.md).
+    Overlay { merged: PathBuf },
 }
 
 impl ComputeConfig {
@@ -72,7 +88,7 @@ impl ComputeConfig {
             owner: None,
             busy: BusyPolicy::default(),
             pull: PullPolicy::Held,
-            whiteout_layout: Layout::UnionfsFuse1,
+            union: UnionKind::UnionfsFuse(Layout::UnionfsFuse1),
         }
     }
 }
@@ -607,7 +623,10 @@ impl ComputeSide {
             if self.upper.lstat(p)?.is_some() || cs_union::is_hidden(&self.cfg.upper, p) {
                 continue;
             }
-            cs_union::create_whiteout(&self.cfg.upper, self.cfg.whiteout_layout, p)?;
+            let UnionKind::UnionfsFuse(layout) = &self.cfg.union else {
+                unreachable!("overlay backend: not built yet")
+            };
+            cs_union::create_whiteout(&self.cfg.upper, *layout, p)?;
             self.retired.insert(p.clone(), now);
             // A retired whiteout at this path whose marker was gone at the
             // scan is alive again: the commit must not end it.

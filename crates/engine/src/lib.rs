@@ -57,7 +57,9 @@ pub(crate) fn temp_name(client: &ClientId, seq: u64) -> String {
 /// (killed in the middle of an apply): they are excluded from syncing, but
 /// the union would still show them to the user. Files of this process (the
 /// pid in the name) are in flight and stay. Returns how many were removed.
-pub(crate) fn sweep_stale_temps(root: &std::path::Path) -> usize {
+/// `via` is where they are removed: `root` itself, or the merged view of an
+/// overlay whose upper layer `root` is (changed only through it).
+pub(crate) fn sweep_stale_temps(root: &std::path::Path, via: &std::path::Path) -> usize {
     let me = std::process::id().to_string();
     let mut removed = 0;
     let mut dirs = vec![root.to_path_buf()];
@@ -72,7 +74,9 @@ pub(crate) fn sweep_stale_temps(root: &std::path::Path) -> usize {
             } else if let Some(rest) = name.strip_prefix(".csa-tmp-") {
                 // .csa-tmp-<client>-<pid>-<seq>; the client id may hold dashes.
                 let pid = rest.rsplit('-').nth(1);
-                if pid.is_some_and(|pid| pid != me) && std::fs::remove_file(ent.path()).is_ok() {
+                let path = ent.path();
+                let target = path.strip_prefix(root).map(|rel| via.join(rel)).unwrap_or(path);
+                if pid.is_some_and(|pid| pid != me) && std::fs::remove_file(target).is_ok() {
                     removed += 1;
                 }
             }
@@ -132,7 +136,7 @@ mod tests {
         for name in ["a/b/.csa-tmp-gpu-1-999999999-0", "a/.csa-tmp-x-1-2", &ours, "a/b/keep.txt", ".csa-tmp-odd"] {
             std::fs::write(t.path().join(name), b"x").unwrap();
         }
-        assert_eq!(super::sweep_stale_temps(t.path()), 2);
+        assert_eq!(super::sweep_stale_temps(t.path(), t.path()), 2);
         assert!(t.path().join(&ours).exists());
         assert!(t.path().join("a/b/keep.txt").exists());
         assert!(!t.path().join("a/b/.csa-tmp-gpu-1-999999999-0").exists());

@@ -516,6 +516,25 @@ impl SafeRoot {
         rustix::fs::chmod(proc_path.as_str(), mode_bits(mode)).map_err(|e| self.io(op, p, e))
     }
 
+    /// Sets the owner of `p` itself (never a symlink's target) to the owner
+    /// it has: changes nothing but its ctime. On kernel overlayfs that is a
+    /// metadata change, which copies a lower entry (and its directories) up
+    /// into the upper layer; the sync engine does it to keep a moved
+    /// directory's contents once the lower loses them. The leaf is held with
+    /// `O_PATH | O_NOFOLLOW` and changed through that descriptor, so the
+    /// owner read is the owner written back to the same inode (no race with
+    /// a rename in between).
+    pub fn reassert_owner(&self, p: &RelPath) -> Result<(), FsError> {
+        const OP: &str = "reassert_owner";
+        let (dir, name) = self.parent(OP, p)?;
+        let fd = openat(&dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| self.io(OP, p, e))?;
+        let st = fstat(&fd).map_err(|e| self.io(OP, p, e))?;
+        let (uid, gid) = (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid));
+        chownat(&fd, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.io(OP, p, e))
+    }
+
     /// Sets the modification time of `p` itself (a symlink's own mtime for a
     /// symlink: `utimensat(AT_SYMLINK_NOFOLLOW)`); the access time is left
     /// unchanged.

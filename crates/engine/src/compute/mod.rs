@@ -14,10 +14,10 @@ use cs_protocol::{
 };
 use cs_safe_fs::SafeRoot;
 use cs_tarstream::{EntryHeader, Limits, PackStats, PackWriter};
-use cs_union::{Layout, Whiteout};
+use cs_union::Layout;
 
 pub use manifest::{AppliedLog, Manifest, MANIFEST_VERSION};
-pub use scan::{scan_upper, UpperScan};
+pub use scan::{scan_upper, Marker, UpperScan};
 
 use crate::busy::{self, BusyFile, BusyOutcome, BusyPolicy, BusyTable};
 pub use crate::lookahead::Interrupted;
@@ -131,7 +131,12 @@ pub struct ComputeRound {
     known: BTreeMap<RelPath, Sig>,
     /// The manifest this round will commit.
     next: BTreeMap<RelPath, Sig>,
-    whiteouts_sent: Vec<Whiteout>,
+    whiteouts_sent: Vec<Marker>,
+    /// overlayfs's merged view, where this round makes its changes (see
+    /// [`UnionKind::Overlay`]); `None` with unionfs-fuse (the upper layer
+    /// then). Opened per round: a descriptor held across rounds would keep
+    /// a detached overlay alive after the mount supervisor remounted it.
+    merged: Option<SafeRoot>,
     not_applied: BTreeSet<RelPath>,
     applied_log: AppliedLog,
     /// Step 3's entries of the round in flight (same format).
@@ -202,7 +207,7 @@ impl LookAhead for WritesOut<'_> {
     }
 
     fn discard(&mut self, st: Staged) -> Result<(), EngineError> {
-        Ok(self.side.upper.remove_file(&st.tmp)?)
+        Ok(self.r.merged.as_ref().unwrap_or(&self.side.upper).remove_file(&st.tmp)?)
     }
 
     // P found that file changed while it packed it: the staged copy (if
@@ -234,7 +239,10 @@ impl ComputeSide {
     pub fn open(cfg: ComputeConfig) -> Result<Self, EngineError> {
         state::ensure_dir(&cfg.state_dir)?;
         let upper = SafeRoot::open(&cfg.upper)?.with_owner(cfg.owner);
-        crate::sweep_stale_temps(&cfg.upper);
+        match &cfg.union {
+            UnionKind::UnionfsFuse(_) => crate::sweep_stale_temps(&cfg.upper, &cfg.upper),
+            UnionKind::Overlay { merged } => crate::sweep_stale_temps(&cfg.upper, merged),
+        };
         let manifest = Manifest::load(&cfg.state_dir.join(MANIFEST_FILE))?;
         let pending = state::load::<PendingCommit>(&cfg.state_dir.join(PENDING_FILE))?.map(|p| p.round_id);
         let retired = state::load::<BTreeMap<RelPath, u64>>(&cfg.state_dir.join(RETIRED_FILE))?.unwrap_or_default();
@@ -352,7 +360,16 @@ impl ComputeSide {
 
     /// Scans the upper layer with the filter in force: round `round_id`.
     fn open_round(&self, round_id: u64) -> Result<(ComputeRound, Hello), EngineError> {
-        let scan = scan_upper(&self.cfg.upper, &self.filter)?;
+        let merged = match &self.cfg.union {
+            UnionKind::UnionfsFuse(_) => None,
+            UnionKind::Overlay { merged } => Some(SafeRoot::open(merged)?.with_owner(self.cfg.owner)),
+        };
+        let mut scan = scan_upper(&self.cfg.upper, &self.filter, &self.cfg.union)?;
+        if let (Some(m), false) = (&merged, scan.redirects.is_empty()) {
+            if self.copy_up_moved_dirs(m, &scan.redirects)? > 0 {
+                scan = scan_upper(&self.cfg.upper, &self.filter, &self.cfg.union)?;
+            }
+        }
         // What P has at a retired path, C has not seen: P is told, and keeps
         // it from C's deletes and writes there. That includes a path whose
         // marker the union removed since (the user made a file there, not
@@ -418,6 +435,7 @@ impl ComputeSide {
             known,
             next,
             whiteouts_sent: Vec::new(),
+            merged,
             not_applied: BTreeSet::new(),
             applied_log: AppliedLog::new(self.applied_log_path()),
             sent_log: AppliedLog::new(self.sent_log_path()),
@@ -427,6 +445,48 @@ impl ComputeSide {
             busy: BTreeMap::new(),
         };
         Ok((round, hello))
+    }
+
+    /// overlayfs: a directory moved through the merged view (`mv` of a
+    /// directory the lower has, with `redirect_dir=on`) shows the lower's
+    /// content under its old path without copying it. The round sends the
+    /// old path's deletion (its whiteout) and the new path's entries from
+    /// the upper layer; once P has applied the deletion the lower no longer
+    /// has that content, so it is copied up first: each entry below a moved
+    /// directory that the upper layer lacks gets a metadata change through
+    /// the merged view ([`SafeRoot::reassert_owner`]). Returns how many.
+    fn copy_up_moved_dirs(&self, merged: &SafeRoot, moved: &[RelPath]) -> Result<usize, EngineError> {
+        let mut copied = 0;
+        let mut dirs: Vec<RelPath> = moved.to_vec();
+        while let Some(dir) = dirs.pop() {
+            let entries = match merged.read_dir(Some(&dir)) {
+                Ok(e) => e,
+                // Removed or replaced meanwhile: nothing of it to keep.
+                Err(e) if e.is_not_found() || e.io_kind() == Some(std::io::ErrorKind::NotADirectory) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for (name, kind) in entries {
+                let Ok(p) = dir.join(&name) else { continue };
+                let is_dir = kind == cs_safe_fs::FileKind::Dir;
+                if !self.filter.is_synced(&p, is_dir) {
+                    continue;
+                }
+                if self.upper.lstat(&p)?.is_none() {
+                    match merged.reassert_owner(&p) {
+                        Ok(()) => copied += 1,
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if is_dir {
+                    dirs.push(p);
+                }
+            }
+        }
+        if copied > 0 {
+            tracing::info!(copied, moved = moved.len(), "copied up the lower content of moved directories");
+        }
+        Ok(copied)
     }
 
     /// The committed held set, for P when its index does not match.
@@ -472,11 +532,19 @@ impl ComputeSide {
     /// waiting for any grace period (see [`ComputeSide::finish_deletes_reported`]).
     pub fn finish_deletes(&mut self, r: &mut ComputeRound, sent: &[RelPath]) -> Result<(), EngineError> {
         let sent: BTreeSet<&RelPath> = sent.iter().collect();
+        let mut retired = false;
         for w in &r.scan.whiteouts {
             if sent.contains(&w.path) {
-                cs_union::remove_whiteout(&self.cfg.upper, w)?;
+                match &w.unionfs {
+                    Some(marker) => cs_union::remove_whiteout(&self.cfg.upper, marker)?,
+                    // overlayfs's markers stay: retired, never sent again.
+                    None => retired |= self.retired.insert(w.path.clone(), crate::now_ms()).is_none(),
+                }
                 r.whiteouts_sent.push(w.clone());
             }
+        }
+        if retired {
+            self.save_retired()?;
         }
         Ok(())
     }
@@ -499,6 +567,18 @@ impl ComputeSide {
         let deleted: BTreeSet<&RelPath> = report.deleted.iter().collect();
         let mut changed = false;
         for w in &r.scan.whiteouts {
+            let Some(marker) = &w.unionfs else {
+                // overlayfs: removing a whiteout behind its back is undefined,
+                // so every marker sent stays, retired. What P kept comes
+                // back through step 4 (P pulls what C hides, whatever its
+                // size), written over the marker through the merged view.
+                if sent.contains(&w.path) && !self.retired.contains_key(&w.path) {
+                    self.retired.insert(w.path.clone(), now);
+                    changed = true;
+                    r.whiteouts_sent.push(w.clone());
+                }
+                continue;
+            };
             let due = match self.retired.get(&w.path) {
                 Some(&since) => now.saturating_sub(since) >= grace_ms,
                 None if !sent.contains(&w.path) => false,
@@ -511,7 +591,7 @@ impl ComputeSide {
                 }
             };
             if due {
-                cs_union::remove_whiteout(&self.cfg.upper, w)?;
+                cs_union::remove_whiteout(&self.cfg.upper, marker)?;
                 r.whiteouts_sent.push(w.clone());
                 changed |= self.retired.remove(&w.path).is_some();
             }
@@ -552,14 +632,21 @@ impl ComputeSide {
                 report.refused.push((p.clone(), "not a synced path on this compute server".into()));
                 continue;
             }
-            let current = match self.upper.lstat(p) {
-                Ok(st) => st.and_then(|st| Sig::of(&st)),
+            let st = match self.upper.lstat(p) {
+                Ok(st) => st,
                 Err(e) => {
                     report.refused.push((p.clone(), e.to_string()));
                     continue;
                 }
             };
-            let Some(current) = current else {
+            let Some(current) = st.as_ref().and_then(Sig::of) else {
+                // Not in the upper layer. With overlayfs, what the merged
+                // view shows there is the lower's (P's old entry, in sshfs's
+                // caches or in a dentry not revalidated yet): removed through
+                // the merged view, which hides it behind a whiteout.
+                if let (None, Some(merged)) = (&st, &r.merged) {
+                    remove_lower_entry(merged, p);
+                }
                 r.known.remove(p);
                 r.next.remove(p);
                 report.deleted.push(p.clone());
@@ -574,14 +661,15 @@ impl ComputeSide {
                 report.kept.push(p.clone());
                 continue;
             }
+            let writer = r.merged.as_ref().unwrap_or(&self.upper);
             let removed = match current.kind {
-                EntryKind::Dir => match self.upper.remove_dir(p) {
+                EntryKind::Dir => match writer.remove_dir(p) {
                     Ok(()) => true,
                     Err(e) if e.io_kind() == Some(std::io::ErrorKind::DirectoryNotEmpty) => false,
                     Err(e) => return Err(e.into()),
                 },
                 _ => {
-                    self.upper.remove_file(p)?;
+                    writer.remove_file(p)?;
                     true
                 }
             };
@@ -596,10 +684,33 @@ impl ComputeSide {
                 report.kept.push(p.clone());
             }
         }
-        if matches!(self.cfg.pull, PullPolicy::Changed { .. }) {
+        if r.merged.is_some() {
+            self.retire_whiteouts_made(r, &report.deleted)?;
+        } else if matches!(self.cfg.pull, PullPolicy::Changed { .. }) {
             self.hide_deleted(r, &report.deleted)?;
         }
         Ok(report)
+    }
+
+    /// overlayfs, after step 2: a deletion made through the merged view of a
+    /// path the lower still has leaves a whiteout. It is P's deletion, not
+    /// C's: retired at once (never sent back to P).
+    fn retire_whiteouts_made(&mut self, r: &mut ComputeRound, deleted: &[RelPath]) -> Result<(), EngineError> {
+        let now = crate::now_ms();
+        let mut changed = false;
+        for p in deleted {
+            let is_whiteout = std::fs::symlink_metadata(self.cfg.upper.join(p.as_path()))
+                .is_ok_and(|md| scan::is_overlay_whiteout(&md));
+            if is_whiteout && !self.retired.contains_key(p) {
+                self.retired.insert(p.clone(), now);
+                r.retired_gone.retain(|g| g != p);
+                changed = true;
+            }
+        }
+        if changed {
+            self.save_retired()?;
+        }
+        Ok(())
     }
 
     /// Step 2's whiteouts: each path P deleted that the upper layer does not
@@ -623,9 +734,8 @@ impl ComputeSide {
             if self.upper.lstat(p)?.is_some() || cs_union::is_hidden(&self.cfg.upper, p) {
                 continue;
             }
-            let UnionKind::UnionfsFuse(layout) = &self.cfg.union else {
-                unreachable!("overlay backend: not built yet")
-            };
+            // overlayfs deletes through its merged view instead (step 2).
+            let UnionKind::UnionfsFuse(layout) = &self.cfg.union else { return Ok(()) };
             cs_union::create_whiteout(&self.cfg.upper, *layout, p)?;
             self.retired.insert(p.clone(), now);
             // A retired whiteout at this path whose marker was gone at the
@@ -789,11 +899,14 @@ impl ComputeSide {
             match current.map(|s| s.kind) {
                 Some(EntryKind::Dir) => {}
                 Some(_) => {
-                    self.upper.remove_file(p)?;
-                    self.upper.create_dir(p, h.mode)?;
+                    writer(&self.upper, &r.merged).remove_file(p)?;
+                    writer(&self.upper, &r.merged).create_dir(p, h.mode)?;
                 }
+                // The merged view shows the lower's directory: P's mode and
+                // mtime below copy it up.
+                None if r.merged.as_ref().map(|m| clear_lower_entry(m, p, true)).transpose()? == Some(true) => {}
                 None => {
-                    if let Err(e) = self.upper.create_dir(p, h.mode) {
+                    if let Err(e) = writer(&self.upper, &r.merged).create_dir(p, h.mode) {
                         if e.is_not_found() {
                             report.not_applied.push(p.clone());
                             return Ok(None);
@@ -802,8 +915,8 @@ impl ComputeSide {
                     }
                 }
             }
-            self.upper.set_mode(p, h.mode)?;
-            self.upper.set_mtime(p, h.mtime)?;
+            writer(&self.upper, &r.merged).set_mode(p, h.mode)?;
+            writer(&self.upper, &r.merged).set_mtime(p, h.mtime)?;
             self.record_applied(r, p, report)?;
             return Ok(None);
         }
@@ -811,13 +924,15 @@ impl ComputeSide {
         let tmp_name = temp_name(&self.cfg.client, self.tmp_seq);
         let written = if h.kind == EntryKind::File {
             let mut data = self.progress.counting(data);
-            self.upper.write_temp(p, &tmp_name, &mut data, h.mode, h.mtime, false).map(|(tmp, _, n)| {
-                report.bytes += n;
-                tmp
-            })
+            writer(&self.upper, &r.merged).write_temp(p, &tmp_name, &mut data, h.mode, h.mtime, false).map(
+                |(tmp, _, n)| {
+                    report.bytes += n;
+                    tmp
+                },
+            )
         } else {
             let target = h.link_target.as_deref().unwrap_or_default();
-            self.upper.symlink_temp(p, &tmp_name, target, h.mtime)
+            writer(&self.upper, &r.merged).symlink_temp(p, &tmp_name, target, h.mtime)
         };
         match written {
             Ok(tmp) => Ok(Some(Staged { tmp, target: p.clone(), expected })),
@@ -838,11 +953,24 @@ impl ComputeSide {
         let now = self.upper.lstat(&target)?.and_then(|s| Sig::of(&s));
         let clear = now == expected && (now.map(|s| s.kind) != Some(EntryKind::Dir) || self.clear_dir(r, &target)?);
         if !clear {
-            self.upper.remove_file(&tmp)?;
+            writer(&self.upper, &r.merged).remove_file(&tmp)?;
             report.not_applied.push(target);
             return Ok(());
         }
-        self.upper.rename(&tmp, &target)?;
+        if let (None, Some(merged)) = (now, &r.merged) {
+            // The lower's stale entry could not be cleared (a directory the
+            // lower lost but the overlay still caches): P's version waits for
+            // a later round, when the overlay has caught up.
+            let placed = clear_lower_entry(merged, &target, false).and_then(|_| Ok(merged.rename(&tmp, &target)?));
+            if let Err(e) = placed {
+                tracing::warn!(path = %target, error = %e, "P's version not placed in the merged view this round");
+                merged.remove_file(&tmp)?;
+                report.not_applied.push(target);
+                return Ok(());
+            }
+            return self.record_applied(r, &target, report);
+        }
+        writer(&self.upper, &r.merged).rename(&tmp, &target)?;
         self.record_applied(r, &target, report)
     }
 
@@ -874,7 +1002,7 @@ impl ComputeSide {
                 return Ok(false);
             }
         }
-        self.upper.remove_tree(p)?;
+        writer(&self.upper, &r.merged).remove_tree(p)?;
         for q in below {
             r.known.remove(&q);
             r.next.remove(&q);
@@ -943,6 +1071,50 @@ fn load_ignore_rules(state_dir: &std::path::Path) -> IgnoreRules {
         tracing::warn!(error = %e, "ignore rules unusable, none until the next hello");
         IgnoreRules::default()
     })
+}
+
+/// Where a round makes its changes: overlayfs's merged view when the round
+/// has one, else the upper layer (unionfs-fuse).
+fn writer<'a>(upper: &'a SafeRoot, merged: &'a Option<SafeRoot>) -> &'a SafeRoot {
+    merged.as_ref().unwrap_or(upper)
+}
+
+/// overlayfs: P's entry is about to be placed at `p`, where the upper layer
+/// has nothing, but the merged view may still show the lower's older entry
+/// there (sshfs's caches, a dentry not revalidated yet). A lower directory
+/// where P now has a non-directory, or the reverse, is removed through the
+/// merged view first: nothing of it is the user's (the upper layer would
+/// hold it). Returns whether a directory is already there (`want_dir`: P's
+/// is one, which then needs no `mkdir`).
+fn clear_lower_entry(merged: &SafeRoot, p: &RelPath, want_dir: bool) -> Result<bool, EngineError> {
+    let Some(st) = merged.lstat(p)? else { return Ok(false) };
+    let is_dir = st.kind == cs_safe_fs::FileKind::Dir;
+    match (is_dir, want_dir) {
+        (true, true) => return Ok(true),
+        (false, false) => return Ok(false),
+        (true, false) => merged.remove_tree(p)?,
+        (false, true) => merged.remove_file(p)?,
+    }
+    Ok(false)
+}
+
+/// overlayfs, step 2: P deleted `p`, which the upper layer does not have;
+/// the merged view may still show the lower's entry there. Removed through
+/// the merged view (a directory only when empty: what the user made in it
+/// lives in the upper layer and stays). Best effort: what cannot be removed
+/// now is the lower's, gone once the lower shows P's deletion.
+fn remove_lower_entry(merged: &SafeRoot, p: &RelPath) {
+    let removed = match merged.lstat(p) {
+        Ok(Some(st)) if st.kind == cs_safe_fs::FileKind::Dir => merged.remove_dir(p),
+        Ok(Some(_)) => merged.remove_file(p),
+        Ok(None) => return,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = removed {
+        if !e.is_not_found() {
+            tracing::debug!(path = %p, error = %e, "P's deletion not made through the merged view now");
+        }
+    }
 }
 
 /// The paths of `sorted` not below another of them.

@@ -1,23 +1,45 @@
 //! Scanning the upper layer: every synced entry with its signature, and the
-//! union's whiteouts.
+//! union's deletion markers (unionfs-fuse's meta directory, or overlayfs's
+//! whiteouts and opaque directories, found in the same walk).
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use cs_protocol::{EntryKind, Escaped, RelPath};
 use cs_safe_fs::Stat;
+use cs_union::overlay::{OPAQUE_XATTR, REDIRECT_XATTR};
 use cs_union::Whiteout;
 
+use super::UnionKind;
 use crate::sig::Sig;
 use crate::{EngineError, PathFilter};
+
+/// A deletion the union recorded in the upper layer: the lower's entry at
+/// `path` (and below) no longer shows in the merged view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub path: RelPath,
+    /// The deleted entry was a directory, as far as the marker tells
+    /// (unionfs-fuse's directory markers, overlayfs's opaque directories).
+    /// An overlayfs whiteout does not tell.
+    pub is_dir: bool,
+    /// unionfs-fuse's marker, which the engine removes once P has the
+    /// deletion; `None` for overlayfs's, which are never removed.
+    pub unionfs: Option<Whiteout>,
+}
 
 /// The upper layer as seen at the start of a round.
 #[derive(Debug, Default)]
 pub struct UpperScan {
     pub entries: BTreeMap<RelPath, Sig>,
-    /// Whiteouts on synced paths, sorted by path.
-    pub whiteouts: Vec<Whiteout>,
+    /// Deletion markers on synced paths, sorted by path.
+    pub whiteouts: Vec<Marker>,
+    /// overlayfs only: directories moved through the merged view
+    /// (`trusted.overlay.redirect`), whose content partly still lives in
+    /// the lower layer under their old path. Sorted.
+    pub redirects: Vec<RelPath>,
     /// Entries that cannot be synced (sockets, fifos, devices, undecodable
     /// whiteout markers), each naming its path. They are reported, never
     /// silently dropped.
@@ -27,17 +49,52 @@ pub struct UpperScan {
     pub ignored: Vec<RelPath>,
 }
 
-pub fn scan_upper(upper: &Path, filter: &PathFilter) -> Result<UpperScan, EngineError> {
+pub fn scan_upper(upper: &Path, filter: &PathFilter, union: &UnionKind) -> Result<UpperScan, EngineError> {
     let mut scan = UpperScan::default();
-    walk(upper, None, filter, &mut scan)?;
+    let overlay = matches!(union, UnionKind::Overlay { .. });
+    walk(upper, None, filter, overlay, &mut scan)?;
     scan.ignored.sort();
-    let ws = cs_union::list_whiteouts(upper)?;
-    scan.problems.extend(ws.problems);
-    scan.whiteouts = ws.whiteouts.into_iter().filter(|w| filter.is_synced(&w.path, w.is_dir)).collect();
+    if overlay {
+        scan.whiteouts.sort_by(|a, b| a.path.cmp(&b.path));
+        scan.redirects.sort();
+    } else {
+        let ws = cs_union::list_whiteouts(upper)?;
+        scan.problems.extend(ws.problems);
+        scan.whiteouts = ws
+            .whiteouts
+            .into_iter()
+            .filter(|w| filter.is_synced(&w.path, w.is_dir))
+            .map(|w| Marker { path: w.path.clone(), is_dir: w.is_dir, unionfs: Some(w) })
+            .collect();
+    }
     Ok(scan)
 }
 
-fn walk(root: &Path, dir: Option<&RelPath>, filter: &PathFilter, scan: &mut UpperScan) -> Result<(), EngineError> {
+/// overlayfs's whiteout: a character device 0:0.
+pub(crate) fn is_overlay_whiteout(md: &std::fs::Metadata) -> bool {
+    md.file_type().is_char_device() && md.rdev() == 0
+}
+
+/// The first bytes of the overlayfs xattr `name` of the upper directory
+/// `abs` (`None`: it has none). A value longer than the buffer (a long
+/// redirect path) comes back as its first bytes: only its presence counts.
+fn xattr_head(abs: &Path, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
+    let mut buf = [0u8; 256];
+    match rustix::fs::lgetxattr(abs, name, &mut buf) {
+        Ok(n) => Ok(Some(buf[..n].to_vec())),
+        Err(rustix::io::Errno::RANGE) => Ok(Some(buf.to_vec())),
+        Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(EngineError::io("read the overlay xattrs of", abs, e.into())),
+    }
+}
+
+fn walk(
+    root: &Path,
+    dir: Option<&RelPath>,
+    filter: &PathFilter,
+    overlay: bool,
+    scan: &mut UpperScan,
+) -> Result<(), EngineError> {
     let abs = match dir {
         Some(d) => root.join(d.as_path()),
         None => root.to_path_buf(),
@@ -72,6 +129,12 @@ fn walk(root: &Path, dir: Option<&RelPath>, filter: &PathFilter, scan: &mut Uppe
             Err(e) => return Err(EngineError::io("stat", ent.path(), e)),
         };
         let is_dir = md.is_dir();
+        if overlay && is_overlay_whiteout(&md) {
+            if filter.is_synced(&path, false) {
+                scan.whiteouts.push(Marker { path, is_dir: false, unionfs: None });
+            }
+            continue;
+        }
         if !filter.is_synced(&path, is_dir) {
             if !filter.is_excluded(&path, is_dir) && !filter.is_local_only(&path, is_dir) {
                 scan.ignored.push(path);
@@ -86,12 +149,23 @@ fn walk(root: &Path, dir: Option<&RelPath>, filter: &PathFilter, scan: &mut Uppe
             continue;
         };
         if sig.kind == EntryKind::Dir {
+            if overlay {
+                // An opaque directory hides the lower's: as unionfs-fuse's
+                // directory marker beside a directory made again.
+                // ("x" marks a directory holding xattr whiteouts: not opaque.)
+                if xattr_head(&ent.path(), OPAQUE_XATTR)?.as_deref() == Some(b"y") {
+                    scan.whiteouts.push(Marker { path: path.clone(), is_dir: true, unionfs: None });
+                }
+                if xattr_head(&ent.path(), REDIRECT_XATTR)?.is_some() {
+                    scan.redirects.push(path.clone());
+                }
+            }
             subdirs.push(path.clone());
         }
         scan.entries.insert(path, sig);
     }
     for d in subdirs {
-        walk(root, Some(&d), filter, scan)?;
+        walk(root, Some(&d), filter, overlay, scan)?;
     }
     Ok(())
 }

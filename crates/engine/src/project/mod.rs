@@ -204,7 +204,7 @@ impl ProjectSide {
         state::ensure_dir(&cfg.state_dir)?;
         state::ensure_dir(&cfg.state_dir.join("clients"))?;
         let home = SafeRoot::open(&cfg.home)?.with_owner(cfg.owner);
-        crate::sweep_stale_temps(&cfg.home);
+        crate::sweep_stale_temps(&cfg.home, &cfg.home);
         let path = cfg.state_dir.join("journal.msgpack");
         let (journal, saved) = match state::load::<Journal>(&path)? {
             Some(j) if j.version == JOURNAL_VERSION => {

@@ -271,7 +271,10 @@ impl Mover<'_> {
         if cs_union::is_meta_path(&rp) || has_marker(self.upper, &rp) {
             return false;
         }
-        if rp.ancestors().any(|a| has_marker(self.upper, &a)) {
+        // An ancestor hidden by a marker, or an opaque directory of overlayfs (a local-only
+        // directory), hides the lower's entry.
+        let opaque = |a: &RelPath| cs_union::overlay::is_opaque_dir(&self.upper.join(a.as_path())).unwrap_or(false);
+        if rp.ancestors().any(|a| has_marker(self.upper, &a) || opaque(&a)) {
             return true;
         }
         match fs::symlink_metadata(self.lower.join(rel)) {

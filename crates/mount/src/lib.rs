@@ -1,7 +1,7 @@
 //! The compute server's mount supervisor.
 //!
-//! A compute server's home is a unionfs-fuse copy-on-write union: upper = local disk, lower =
-//! the project's home over sshfs. [`MountSupervisor`] (an actix actor following the
+//! A compute server's home is a copy-on-write union ([`UnionBackend`]: unionfs-fuse, or kernel
+//! overlayfs): upper = local disk, lower = the project's home over sshfs. [`MountSupervisor`] (an actix actor following the
 //! `cs-supervision` conventions) mounts the lower ([`LowerSpec`]: adopt an existing mount, or run a
 //! command such as the one [`sshfs_command`] builds), makes the local-only directories opaque
 //! ([`prepare_local_only`]), guards the union's bare mount point and recovers what was written
@@ -14,19 +14,22 @@
 //! The sshfs options, their measured effect and the staleness they cost are in
 //! `docs/mount.md`.
 
+mod backend;
 mod bare;
 mod error;
 mod local_only;
 mod lower;
+mod overlay;
 mod plant;
 mod probe;
 mod sshfs;
 mod supervisor;
 mod util;
 
+pub use backend::{UnionBackend, DEFAULT_OVERLAY_OPTIONS};
 pub use bare::{unguard_mount_point, Guard, Recovery, RECOVERY_PREFIX};
 pub use error::MountError;
-pub use local_only::{prepare_local_only, prepare_local_only_owned, DEFAULT_LOCAL_ONLY};
+pub use local_only::{prepare_local_only, prepare_local_only_opaque, prepare_local_only_owned, DEFAULT_LOCAL_ONLY};
 pub use lower::{LowerKind, LowerSpec};
 pub use sshfs::{shell_quote, sshfs_command, DataCache, SshfsOptions, SshfsTarget, DEFAULT_STALENESS};
 pub use supervisor::{

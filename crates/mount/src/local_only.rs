@@ -35,32 +35,7 @@ pub fn prepare_local_only_owned(
     owner: Option<(u32, u32)>,
 ) -> Result<(), MountError> {
     for p in paths {
-        let rel = RelPath::new(p.trim_end_matches('/'))
-            .map_err(|e| MountError::Config(format!("local-only path {p:?}: {e}")))?;
-        if cs_union::is_meta_path(&rel) {
-            return Err(MountError::Config(format!("local-only path {p:?} is inside the union's metadata")));
-        }
-        let dir = upper.join(rel.as_path());
-        // The missing ones among the directory and its ancestors below `upper`.
-        let created: Vec<std::path::PathBuf> = dir
-            .ancestors()
-            .take_while(|a| *a != upper && std::fs::symlink_metadata(a).is_err())
-            .map(|a| a.to_path_buf())
-            .collect();
-        std::fs::create_dir_all(&dir).map_err(|e| MountError::io("create local-only directory", &dir, e))?;
-        if let Some((uid, gid)) = owner {
-            for d in created.iter().chain(std::iter::once(&dir)) {
-                std::os::unix::fs::lchown(d, Some(uid), Some(gid))
-                    .map_err(|e| MountError::io("give the local-only directory to its user", d, e))?;
-            }
-        }
-        let md = std::fs::symlink_metadata(&dir).map_err(|e| MountError::io("check local-only directory", &dir, e))?;
-        if !md.is_dir() {
-            return Err(MountError::Config(format!(
-                "local-only path {}: not a directory in the upper layer",
-                dir.display()
-            )));
-        }
+        let (rel, _) = create_owned(upper, p, owner)?;
         // Any marker (either layout, file or directory) already hides the lower entry.
         let has_marker =
             Layout::ALL.into_iter().any(|l| std::fs::symlink_metadata(upper.join(l.marker_path(&rel))).is_ok());
@@ -69,6 +44,51 @@ pub fn prepare_local_only_owned(
         }
     }
     Ok(())
+}
+
+/// The same for kernel overlayfs, before it is mounted: each local-only directory is an
+/// opaque upper directory (`trusted.overlay.opaque=y`), which hides the lower's same-named
+/// directory. Idempotent; owned as with [`prepare_local_only_owned`].
+pub fn prepare_local_only_opaque(upper: &Path, paths: &[String], owner: Option<(u32, u32)>) -> Result<(), MountError> {
+    for p in paths {
+        let (rel, dir) = create_owned(upper, p, owner)?;
+        if !cs_union::overlay::is_opaque_dir(&dir)? {
+            cs_union::overlay::create_opaque_dir(upper, &rel)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the local-only directory `p` in `upper` (with its missing ancestors, those given
+/// to `owner`), and checks it is a directory. Returns its relative and full paths.
+fn create_owned(upper: &Path, p: &str, owner: Option<(u32, u32)>) -> Result<(RelPath, std::path::PathBuf), MountError> {
+    let rel =
+        RelPath::new(p.trim_end_matches('/')).map_err(|e| MountError::Config(format!("local-only path {p:?}: {e}")))?;
+    if cs_union::is_meta_path(&rel) {
+        return Err(MountError::Config(format!("local-only path {p:?} is inside the union's metadata")));
+    }
+    let dir = upper.join(rel.as_path());
+    // The missing ones among the directory and its ancestors below `upper`.
+    let created: Vec<std::path::PathBuf> = dir
+        .ancestors()
+        .take_while(|a| *a != upper && std::fs::symlink_metadata(a).is_err())
+        .map(|a| a.to_path_buf())
+        .collect();
+    std::fs::create_dir_all(&dir).map_err(|e| MountError::io("create local-only directory", &dir, e))?;
+    if let Some((uid, gid)) = owner {
+        for d in created.iter().chain(std::iter::once(&dir)) {
+            std::os::unix::fs::lchown(d, Some(uid), Some(gid))
+                .map_err(|e| MountError::io("give the local-only directory to its user", d, e))?;
+        }
+    }
+    let md = std::fs::symlink_metadata(&dir).map_err(|e| MountError::io("check local-only directory", &dir, e))?;
+    if !md.is_dir() {
+        return Err(MountError::Config(format!(
+            "local-only path {}: not a directory in the upper layer",
+            dir.display()
+        )));
+    }
+    Ok((rel, dir))
 }
 
 #[cfg(test)]

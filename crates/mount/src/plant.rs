@@ -9,9 +9,10 @@ use cs_union::{Layout, MountGuard, UnionfsFuse};
 
 use crate::bare::{self, Prepared};
 use crate::lower::LowerProc;
+use crate::overlay::{self, OverlayMount};
 use crate::probe::{PathHealth, Prober};
 use crate::util::{mounted, unmount_if_mounted};
-use crate::{prepare_local_only_owned, LowerSpec};
+use crate::{prepare_local_only_owned, LowerSpec, UnionBackend};
 
 /// What the operations need from the configuration (paths already resolved).
 #[derive(Debug, Clone)]
@@ -27,12 +28,32 @@ pub(crate) struct Settings {
     pub union_binary: Option<UnionfsFuse>,
     pub health_timeout: Duration,
     pub lower_mount_timeout: Duration,
+    pub backend: UnionBackend,
+    /// overlayfs's work directory (on the upper's filesystem, outside it).
+    pub overlay_work: PathBuf,
+    /// overlayfs's options after the three directories.
+    pub overlay_options: Vec<String>,
+}
+
+/// The union as mounted: unionfs-fuse's process, or a kernel overlay.
+enum UnionMount {
+    Fuse(MountGuard),
+    Overlay(OverlayMount),
+}
+
+impl UnionMount {
+    fn unmount(self) -> Result<(), cs_union::UnionError> {
+        match self {
+            UnionMount::Fuse(g) => g.unmount(),
+            UnionMount::Overlay(o) => o.unmount(),
+        }
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct Plant {
     lower: Option<LowerProc>,
-    union: Option<MountGuard>,
+    union: Option<UnionMount>,
     layout: Option<Layout>,
     /// Why the last attempt to run the lower's command failed.
     lower_failure: Option<String>,
@@ -67,8 +88,11 @@ pub(crate) struct UnionReport {
     pub dead: Option<String>,
     pub pid: Option<u32>,
     pub latency: Option<Duration>,
-    /// The whiteout layout the union was mounted with (probed or configured).
+    /// The whiteout layout the union was mounted with (probed or configured; unionfs-fuse only).
     pub layout: Option<Layout>,
+    /// overlayfs: the options in force, and why they differ from the configured ones.
+    pub options: Option<String>,
+    pub options_note: Option<String>,
     /// A mount attempt's guard and recovery of the bare mount point (if it got that far).
     pub mount_point: Option<Prepared>,
 }
@@ -136,6 +160,10 @@ impl Plant {
         if let Some(e) = left {
             return Err(e);
         }
+        if s.backend == UnionBackend::Overlay {
+            self.union = Some(UnionMount::Overlay(overlay::mount(s)?));
+            return Ok(());
+        }
         let bin = match &s.union_binary {
             Some(b) => b.clone(),
             None => UnionfsFuse::find().map_err(|e| e.to_string())?,
@@ -152,7 +180,7 @@ impl Plant {
         prepare_local_only_owned(&s.upper, layout, &s.local_only, s.local_only_owner).map_err(|e| e.to_string())?;
         let guard = MountGuard::mount(&bin, &s.upper, &s.lower_mountpoint, &s.merged, &s.union_extra_opts)
             .map_err(|e| e.to_string())?;
-        self.union = Some(guard);
+        self.union = Some(UnionMount::Fuse(guard));
         Ok(())
     }
 
@@ -196,9 +224,22 @@ impl Plant {
 
     fn check_union(&mut self, s: &Settings) -> UnionReport {
         let mut r = UnionReport { layout: self.layout, ..Default::default() };
-        let Some(g) = self.union.as_mut() else {
-            r.dead = Some("not mounted".into());
-            return r;
+        let g = match self.union.as_mut() {
+            None => {
+                r.dead = Some("not mounted".into());
+                return r;
+            }
+            Some(UnionMount::Overlay(o)) => {
+                r.layout = None;
+                r.options = Some(o.options.clone());
+                r.options_note = o.note.clone();
+                r.dead = o.stale(&s.merged, &s.lower_mountpoint);
+                if r.dead.is_none() {
+                    self.probe_union(s, &mut r);
+                }
+                return r;
+            }
+            Some(UnionMount::Fuse(g)) => g,
         };
         match g.try_wait() {
             Ok(Some(status)) => {
@@ -220,11 +261,16 @@ impl Plant {
             r.dead = Some(format!("{} is no longer mounted", s.merged.display()));
             return r;
         }
+        self.probe_union(s, &mut r);
+        r
+    }
+
+    /// The merged view's root answers `stat` within the timeout.
+    fn probe_union(&self, s: &Settings, r: &mut UnionReport) {
         match self.union_probe.check_dir(&s.merged, false, s.health_timeout) {
             PathHealth::Ok { latency, .. } => r.latency = Some(latency),
             h => r.dead = h.describe(),
         }
-        r
     }
 
     /// Unmounts the union, then the lower if we mounted it (each lazily if busy).
@@ -248,6 +294,9 @@ impl Plant {
     }
 
     pub(crate) fn union_pid(&self) -> Option<u32> {
-        self.union.as_ref().and_then(|g| g.pid())
+        match &self.union {
+            Some(UnionMount::Fuse(g)) => g.pid(),
+            _ => None,
+        }
     }
 }

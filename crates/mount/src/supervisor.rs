@@ -15,8 +15,9 @@ use crate::lower::LowerKind;
 use crate::plant::{LowerHealth, LowerReport, Plant, Settings, UnionReport};
 use cs_supervision::Backoff;
 
+use crate::backend::check_upper_is_for;
 use crate::util::{now_ms, resolve_dir};
-use crate::{LowerSpec, MountError, DEFAULT_LOCAL_ONLY};
+use crate::{LowerSpec, MountError, UnionBackend, DEFAULT_LOCAL_ONLY, DEFAULT_OVERLAY_OPTIONS};
 
 /// What the supervisor mounts and how it watches it.
 #[derive(Debug, Clone)]
@@ -48,6 +49,13 @@ pub struct MountConfig {
     pub backoff_max: Duration,
     /// How long a lower `Command` gets to show up in `/proc/self/mountinfo` (default 30 s).
     pub lower_mount_timeout: Duration,
+    /// The union (default unionfs-fuse).
+    pub backend: UnionBackend,
+    /// overlayfs's work directory: on the upper's filesystem, outside the upper layer
+    /// (default: the sibling `<upper>.overlay-work`).
+    pub overlay_work: Option<PathBuf>,
+    /// overlayfs's options after the directories (default [`DEFAULT_OVERLAY_OPTIONS`]).
+    pub overlay_options: Vec<String>,
 }
 
 impl MountConfig {
@@ -67,6 +75,9 @@ impl MountConfig {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             lower_mount_timeout: Duration::from_secs(30),
+            backend: UnionBackend::UnionfsFuse,
+            overlay_work: None,
+            overlay_options: DEFAULT_OVERLAY_OPTIONS.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -129,9 +140,20 @@ pub enum LowerStatus {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UnionState {
+    /// Which union: `unionfs-fuse` or `overlay`.
+    pub backend: UnionBackend,
     pub merged: PathBuf,
     pub upper: PathBuf,
+    /// overlayfs's work directory (`None` for unionfs-fuse).
+    pub work_dir: Option<PathBuf>,
+    /// overlayfs: the options in force as the kernel lists them (without the directories),
+    /// once mounted; `None` for unionfs-fuse.
+    pub options: Option<String>,
+    /// overlayfs: why the options in force differ from the configured ones (`index=on`
+    /// refused, and the fallback to `index=off`), if they do.
+    pub options_note: Option<String>,
     pub state: UnionStatus,
+    /// The union's process (unionfs-fuse; `None` for overlay, which has none).
     pub pid: Option<u32>,
     pub latency_ms: Option<f64>,
     /// Successful remounts after the first mount.
@@ -140,8 +162,8 @@ pub struct UnionState {
     pub failed_attempts: u32,
     pub last_error: Option<String>,
     pub since_ms: u64,
-    /// The union's whiteout meta directory (`.unionfs-fuse` or `.unionfs`),
-    /// once mounted: where the sync engine writes whiteouts.
+    /// unionfs-fuse's whiteout meta directory (`.unionfs-fuse` or `.unionfs`),
+    /// once mounted: where the sync engine writes whiteouts. `None` for overlay.
     pub whiteout_dir: Option<&'static str>,
 }
 
@@ -256,7 +278,8 @@ impl MountSupervisor {
         let merged = resolve_dir(&cfg.merged, "resolve the union mount point")?;
         let lower_mountpoint = resolve_dir(cfg.lower.mountpoint(), "resolve the lower mount point")?;
         for (what, p) in [("upper", &upper), ("lower", &lower_mountpoint)] {
-            if p.to_string_lossy().contains([':', '=']) {
+            // overlayfs's options are escaped; unionfs-fuse's branch syntax cannot be.
+            if cfg.backend == UnionBackend::UnionfsFuse && p.to_string_lossy().contains([':', '=']) {
                 return Err(MountError::Config(format!(
                     "{what} {} contains `:` or `=`, which unionfs-fuse cannot take in a branch",
                     p.display()
@@ -266,6 +289,11 @@ impl MountSupervisor {
         if merged == upper || merged == lower_mountpoint || upper == lower_mountpoint {
             return Err(MountError::Config("upper, lower and merged must be three different directories".into()));
         }
+        check_upper_is_for(&upper, cfg.backend)?;
+        let overlay_work = match cfg.backend {
+            UnionBackend::Overlay => Some(overlay_work_dir(&cfg, &upper, &merged, &lower_mountpoint)?),
+            UnionBackend::UnionfsFuse => None,
+        };
         let now = now_ms();
         let state = MountState {
             lower: LowerState {
@@ -281,8 +309,12 @@ impl MountSupervisor {
                 since_ms: now,
             },
             union: UnionState {
+                backend: cfg.backend,
                 merged: merged.clone(),
                 upper: upper.clone(),
+                work_dir: overlay_work.clone(),
+                options: None,
+                options_note: None,
                 state: UnionStatus::Starting,
                 pid: None,
                 latency_ms: None,
@@ -320,6 +352,9 @@ impl MountSupervisor {
                 union_binary: cfg.union_binary,
                 health_timeout: cfg.health_timeout,
                 lower_mount_timeout: cfg.lower_mount_timeout,
+                backend: cfg.backend,
+                overlay_work: overlay_work.unwrap_or_default(),
+                overlay_options: cfg.overlay_options,
             }),
             health_interval: cfg.health_interval,
             backoff: Backoff::new(cfg.backoff_min, cfg.backoff_max),
@@ -450,6 +485,12 @@ impl MountSupervisor {
                     if self.lower_ever_up {
                         self.state.lower.remounts += 1;
                         tracing::info!(remounts = self.state.lower.remounts, "lower remounted");
+                        // An overlay pins the old lower: mount it again over the new one now,
+                        // before the next check would find it stale.
+                        if self.s.backend == UnionBackend::Overlay && self.union_ever_up && !self.union_need {
+                            self.union_need = true;
+                            self.union_next = Instant::now();
+                        }
                     }
                     self.lower_ever_up = true;
                     self.lower_need = false;
@@ -555,7 +596,13 @@ impl MountSupervisor {
             self.state.union.whiteout_dir = Some(l.meta_dir());
         }
         match &r.dead {
-            None => self.set_union_status(UnionStatus::Mounted),
+            None => {
+                if r.options.is_some() {
+                    self.state.union.options.clone_from(&r.options);
+                    self.state.union.options_note.clone_from(&r.options_note);
+                }
+                self.set_union_status(UnionStatus::Mounted)
+            }
             Some(e) => {
                 if self.state.union.state != UnionStatus::Dead {
                     tracing::warn!(error = %e, "union dead");
@@ -675,6 +722,45 @@ impl MountSupervisor {
             let _ = w.send(snapshot.clone());
         }
     }
+}
+
+/// overlayfs's work directory: the configured one or `<upper>.overlay-work`, created, and
+/// checked to be on the upper's filesystem and outside the three other directories (the
+/// kernel refuses the mount otherwise, with a less clear message).
+fn overlay_work_dir(
+    cfg: &MountConfig,
+    upper: &std::path::Path,
+    merged: &std::path::Path,
+    lower: &std::path::Path,
+) -> Result<PathBuf, MountError> {
+    use std::os::unix::fs::MetadataExt;
+    let wanted = match &cfg.overlay_work {
+        Some(w) => w.clone(),
+        None => {
+            let mut name = upper.file_name().unwrap_or_default().to_os_string();
+            name.push(".overlay-work");
+            upper.with_file_name(name)
+        }
+    };
+    let work = resolve_dir(&wanted, "resolve the overlay work directory")?;
+    for (what, p) in [("upper layer", upper), ("union mount point", merged), ("lower mount point", lower)] {
+        if work.starts_with(p) || p.starts_with(&work) {
+            return Err(MountError::Config(format!(
+                "the overlay work directory {} must be outside the {what} {} (and not contain it)",
+                work.display(),
+                p.display()
+            )));
+        }
+    }
+    let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).map_err(|e| MountError::io("stat", p, e));
+    if dev(&work)? != dev(upper)? {
+        return Err(MountError::Config(format!(
+            "the overlay work directory {} is not on the filesystem of the upper layer {}: overlayfs needs both on one",
+            work.display(),
+            upper.display()
+        )));
+    }
+    Ok(work)
 }
 
 fn ms(d: Duration) -> f64 {

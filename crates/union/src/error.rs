@@ -35,6 +35,15 @@ pub enum UnionError {
     #[error("{op} {}: {detail}", merged.display())]
     Mount { op: &'static str, merged: PathBuf, detail: String },
 
+    /// The kernel refused to mount overlayfs (`source` holds its errno; the kernel log says why).
+    #[error("mount overlayfs at {} (options {options:?}): {source}; the kernel log (dmesg) says why", merged.display())]
+    OverlayMount {
+        merged: PathBuf,
+        options: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Probing the layout did not show a recognisable whiteout.
     #[error("probe whiteout layout in {}: {detail}", scratch.display())]
     Probe { scratch: PathBuf, detail: String },

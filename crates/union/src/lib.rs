@@ -14,7 +14,7 @@ pub mod overlay;
 mod whiteout;
 
 pub use error::UnionError;
-pub use mount::{access_options, is_mounted, MountGuard, UnionfsFuse};
+pub use mount::{access_options, is_mounted, mount_entry, MountEntry, MountGuard, UnionfsFuse};
 pub use whiteout::{
     create_dir_whiteout, create_whiteout, is_hidden, is_meta_path, list_whiteouts, remove_whiteout, remove_whiteout_at,
     Layout, Whiteout, WhiteoutScan, HIDE_SUFFIX,

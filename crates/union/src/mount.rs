@@ -357,6 +357,42 @@ pub fn is_mounted(merged: &Path) -> Result<bool, UnionError> {
         .any(|line| line.split(|&b| b == b' ').nth(4).is_some_and(|mp| unescape_mountinfo(mp) == want)))
 }
 
+/// One line of `/proc/self/mountinfo`: the mount's id, its filesystem type and its
+/// superblock options (for overlayfs, the options in force: `lowerdir=…,redirect_dir=on,…`;
+/// as the kernel escapes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub mount_id: u64,
+    pub fs_type: String,
+    pub super_options: String,
+}
+
+/// The topmost mount at `path` (already canonical), if any. A new mount at the same place
+/// (a lower remounted) gets a new id, which is how a stale overlay is told apart.
+pub fn mount_entry(path: &Path) -> Result<Option<MountEntry>, UnionError> {
+    let info = std::fs::read("/proc/self/mountinfo").map_err(|e| UnionError::io("read mount table for", path, e))?;
+    Ok(parse_mount_entry(&info, path.as_os_str().as_bytes()))
+}
+
+fn parse_mount_entry(info: &[u8], want: &[u8]) -> Option<MountEntry> {
+    // The last line naming `want` is the topmost mount there.
+    info.split(|&b| b == b'\n').rev().find_map(|line| {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        if fields.get(4).map(|mp| unescape_mountinfo(mp)).as_deref() != Some(want) {
+            return None;
+        }
+        // After the optional fields comes `-`, then the type, the source and the options.
+        let dash = fields.iter().position(|f| *f == b"-")?;
+        let text = |i: usize| fields.get(i).map(|f| String::from_utf8_lossy(&unescape_mountinfo(f)).into_owned());
+        Some(MountEntry {
+            mount_id: std::str::from_utf8(fields[0]).ok()?.parse().ok()?,
+            fs_type: text(dash + 1)?,
+            // Kept escaped: a `,` inside a value is `\054` there, so splitting on `,` is safe.
+            super_options: fields.get(dash + 3).map(|f| String::from_utf8_lossy(f).into_owned()).unwrap_or_default(),
+        })
+    })
+}
+
 /// Undoes the kernel's octal escaping (`\040` for space etc.) of a mountinfo field.
 fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
@@ -383,6 +419,19 @@ mod tests {
         assert_eq!(unescape_mountinfo(br"/tmp/a\040b"), b"/tmp/a b");
         assert_eq!(unescape_mountinfo(br"/x\134y"), b"/x\\y");
         assert_eq!(unescape_mountinfo(br"/x\04"), br"/x\04");
+    }
+
+    #[test]
+    fn mountinfo_entry_is_the_topmost_mount() {
+        let info = b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+            47 22 0:40 / /h\\040x rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w,index=on\n\
+            49 47 0:41 / /h\\040x rw shared:5 - overlay overlay rw,lowerdir=/l2,index=off\n";
+        let e = parse_mount_entry(info, b"/h x").unwrap();
+        assert_eq!(e.mount_id, 49);
+        assert_eq!(e.fs_type, "overlay");
+        assert_eq!(e.super_options, "rw,lowerdir=/l2,index=off");
+        assert_eq!(parse_mount_entry(info, b"/").unwrap().fs_type, "ext4");
+        assert_eq!(parse_mount_entry(info, b"/nope"), None);
     }
 
     #[test]

@@ -80,10 +80,10 @@ impl Overlay {
             detail: "a path contains a NUL byte".into(),
         })?;
         rustix::mount::mount("overlay", &self.merged, "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())
-            .map_err(|e| UnionError::Mount {
-            op,
+            .map_err(|e| UnionError::OverlayMount {
             merged: self.merged.clone(),
-            detail: format!("{} (options {data:?}); the kernel log (dmesg) says why", std::io::Error::from(e)),
+            options: data.to_string_lossy().into_owned(),
+            source: e.into(),
         })?;
         tracing::debug!(merged = %self.merged.display(), "overlayfs mounted");
         Ok(OverlayGuard { merged: self.merged.clone(), done: false })
@@ -145,6 +145,36 @@ pub fn create_opaque_dir(upper: &Path, rel: &RelPath) -> Result<(), UnionError> 
         .map_err(|e| UnionError::io("set trusted.overlay.opaque on", &dir, e.into()))
 }
 
+/// True for what overlayfs writes as a whiteout: a character device 0:0.
+pub fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+/// True if `dir` is an opaque directory of an upper layer (`trusted.overlay.opaque = y`).
+pub fn is_opaque_dir(dir: &Path) -> Result<bool, UnionError> {
+    Ok(get_xattr(dir, OPAQUE_XATTR)?.as_deref() == Some(b"y"))
+}
+
+/// The `trusted.overlay.*` attributes of `path` (not following symlinks), by name: what
+/// overlayfs leaves on its upper layer's directories (opaque, redirect, and on the root
+/// `origin` and `uuid`). Empty where the filesystem has no xattrs.
+pub fn overlay_xattrs(path: &Path) -> Result<Vec<String>, UnionError> {
+    let mut buf = vec![0u8; 1024];
+    let n = loop {
+        match rustix::fs::llistxattr(path, &mut buf) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) if buf.len() < 64 * 1024 => buf.resize(buf.len() * 4, 0),
+            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(UnionError::io("list xattrs of", path, e.into())),
+        }
+    };
+    Ok(buf[..n]
+        .split(|&b| b == 0)
+        .filter(|name| name.starts_with(b"trusted.overlay."))
+        .map(|name| String::from_utf8_lossy(name).into_owned())
+        .collect())
+}
+
 /// Every whiteout, opaque directory and redirect below `upper`, sorted by path. Symlinks are
 /// not followed; an entry that vanishes while listed is skipped (the upper layer is live).
 pub fn list_markers(upper: &Path) -> Result<Vec<Marker>, UnionError> {
@@ -173,10 +203,10 @@ pub fn list_markers(upper: &Path) -> Result<Vec<Marker>, UnionError> {
             let relpath = RelPath::new(child.clone()).map_err(|e| {
                 UnionError::io("name upper entry", &path, std::io::Error::new(std::io::ErrorKind::InvalidData, e))
             })?;
-            if meta.file_type().is_char_device() && meta.rdev() == 0 {
+            if is_whiteout(&meta) {
                 out.push(Marker::Whiteout(relpath));
             } else if meta.is_dir() {
-                if get_xattr(&path, OPAQUE_XATTR)?.as_deref() == Some(b"y") {
+                if is_opaque_dir(&path)? {
                     out.push(Marker::Opaque(relpath.clone()));
                 }
                 if let Some(from) = get_xattr(&path, REDIRECT_XATTR)? {

@@ -1,0 +1,152 @@
+//! Kernel overlayfs as the union: mounting it (with the fallback when `index=on` is refused)
+//! and telling whether the mounted one is still ours and still over the current lower.
+//!
+//! There is no daemon: the overlay is alive while `/proc/self/mountinfo` lists it at the
+//! merged path (as the mount we made) and its root answers `stat`. It pins the lower's
+//! superblock, so when the lower is mounted again (sshfs died and came back) the overlay
+//! still shows the old, dead one: it is remounted too.
+
+use std::path::Path;
+
+use cs_union::overlay::{Overlay, OverlayGuard};
+use cs_union::UnionError;
+use rustix::io::Errno;
+
+use crate::plant::Settings;
+use crate::prepare_local_only_opaque;
+
+/// A mounted overlay and what it was mounted over.
+pub(crate) struct OverlayMount {
+    guard: OverlayGuard,
+    /// Our mount's id in mountinfo: a different mount on top means ours is gone.
+    mount_id: Option<u64>,
+    /// The lower's mount id when the overlay was mounted (`None`: it was not a mount point).
+    lower_mount_id: Option<u64>,
+    /// The options in force, as the kernel reports them (without the three directories).
+    pub options: String,
+    /// Why they differ from the configured ones, if they do.
+    pub note: Option<String>,
+}
+
+/// The topmost mount id at `p`, if `p` is a mount point.
+fn mount_id(p: &Path) -> Option<u64> {
+    cs_union::mount_entry(p).ok().flatten().map(|e| e.mount_id)
+}
+
+/// Makes the local-only directories opaque, then mounts overlayfs at `merged` with the
+/// configured options. `index=on` is refused when the upper layer is still in use by an
+/// overlay that was detached but is busy (EBUSY: a process keeps a file or its working
+/// directory in the old home), or when the upper or work directory was used over another lower
+/// (ESTALE): then it is mounted with `index=off`, and the note says so.
+pub(crate) fn mount(s: &Settings) -> Result<OverlayMount, String> {
+    prepare_local_only_opaque(&s.upper, &s.local_only, s.local_only_owner).map_err(|e| e.to_string())?;
+    let lower_mount_id = mount_id(&s.lower_mountpoint);
+    let mut ov = Overlay {
+        upper: s.upper.clone(),
+        lower: s.lower_mountpoint.clone(),
+        work: s.overlay_work.clone(),
+        merged: s.merged.clone(),
+        extra: s.overlay_options.clone(),
+    };
+    let mut note = None;
+    let guard = match ov.mount() {
+        Ok(g) => g,
+        Err(UnionError::OverlayMount { source, .. })
+            if has_index_on(&ov.extra) && matches!(Errno::from_io_error(&source), Some(Errno::BUSY | Errno::STALE)) =>
+        {
+            let why = match Errno::from_io_error(&source) {
+                Some(Errno::BUSY) => "the upper layer is still in use by an earlier overlay that was detached while busy (a process keeps a file or its working directory open in the old home)",
+                _ => "the upper layer or the work directory was used over another lower layer (its recorded origin does not match)",
+            };
+            tracing::warn!(error = %source, why, "overlayfs refused index=on: mounting with index=off");
+            ov.extra = ov.extra.iter().map(|o| if o == "index=on" { "index=off".into() } else { o.clone() }).collect();
+            let g = ov.mount().map_err(|e| e.to_string())?;
+            note = Some(format!(
+                "index=on refused ({source}): {why}; mounted with index=off, so a copy-up breaks lower hard links until a remount with index=on succeeds"
+            ));
+            g
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let Some(entry) = cs_union::mount_entry(&s.merged).map_err(|e| e.to_string())? else {
+        return Err(format!("{} is not listed in mountinfo right after mounting overlayfs", s.merged.display()));
+    };
+    let options = options_in_force(&entry.super_options);
+    if options.split(',').any(|o| o == "ro") {
+        // The kernel could not use the work directory (it says why in dmesg).
+        let _ = guard.unmount();
+        return Err(format!(
+            "overlayfs at {} came up read-only (the kernel log says why; often a work directory {} it cannot clean: \
+             stop the service and remove it)",
+            s.merged.display(),
+            s.overlay_work.display()
+        ));
+    }
+    if note.is_none() && has_index_on(&ov.extra) && !options.split(',').any(|o| o == "index=on") {
+        note = Some(
+            "the kernel turned index off by itself (the kernel log says why: a lower without file handles?)".into(),
+        );
+    }
+    tracing::info!(merged = %s.merged.display(), %options, "overlayfs mounted");
+    Ok(OverlayMount { guard, mount_id: Some(entry.mount_id), lower_mount_id, options, note })
+}
+
+fn has_index_on(opts: &[String]) -> bool {
+    opts.iter().any(|o| o == "index=on")
+}
+
+/// The superblock options without `rw` and the three directories (long, and in the status
+/// already).
+fn options_in_force(super_options: &str) -> String {
+    super_options
+        .split(',')
+        .filter(|o| *o != "rw" && !["lowerdir=", "upperdir=", "workdir="].iter().any(|p| o.starts_with(p)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl OverlayMount {
+    /// `Some(why)` if the overlay at `merged` is no longer the one we mounted over the current
+    /// lower: unmounted (someone ran umount), covered by another mount, or the lower was
+    /// mounted again since (the overlay still shows the old one). A lower that is not mounted
+    /// right now does not count: the rail is up, and the overlay is remounted once it is back.
+    pub(crate) fn stale(&self, merged: &Path, lower: &Path) -> Option<String> {
+        match cs_union::mount_entry(merged) {
+            Ok(None) => return Some(format!("{} is no longer mounted", merged.display())),
+            Ok(Some(e)) if e.fs_type != "overlay" => {
+                return Some(format!("{} is now a {} mount, not the overlay", merged.display(), e.fs_type))
+            }
+            Ok(Some(e)) if Some(e.mount_id) != self.mount_id => {
+                return Some(format!("another overlay was mounted over {}", merged.display()))
+            }
+            Ok(Some(_)) => {}
+            Err(e) => return Some(e.to_string()),
+        }
+        let now = mount_id(lower);
+        if now.is_some() && now != self.lower_mount_id {
+            return Some(format!(
+                "the lower {} was mounted again since the overlay was: the overlay still shows the old one",
+                lower.display()
+            ));
+        }
+        None
+    }
+
+    pub(crate) fn unmount(self) -> Result<(), UnionError> {
+        self.guard.unmount()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_in_force_leave_out_the_directories() {
+        assert_eq!(
+            options_in_force("rw,lowerdir=/l\\054x,upperdir=/u,workdir=/w,redirect_dir=on,index=on,uuid=on"),
+            "redirect_dir=on,index=on,uuid=on"
+        );
+        assert_eq!(options_in_force("ro,lowerdir=/l"), "ro");
+    }
+}

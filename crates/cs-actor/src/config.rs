@@ -112,6 +112,17 @@ mergeable! {
         /// directories, symlinks and deletions).
         #[arg(long)]
         pub pull_max_file_size: Option<u64>,
+        /// The union over the lower layer: `unionfs-fuse` (default) or
+        /// `overlay` (kernel overlayfs, near local-disk speed; needs root, an
+        /// upper filesystem with trusted xattrs, and `--pull changed`). See
+        /// docs/operations.md, "Choosing the union backend".
+        #[arg(long, value_parser = ["unionfs-fuse", "overlay"])]
+        pub union: Option<String>,
+        /// With `--union overlay`: overlayfs's work directory, on the upper
+        /// layer's filesystem and outside it (default: UPPER.overlay-work,
+        /// beside the upper layer).
+        #[arg(long)]
+        pub overlay_work: Option<PathBuf>,
     }
 }
 
@@ -186,5 +197,13 @@ mod tests {
         assert_eq!(m.interval, Some(5.0));
         let err = toml::from_str::<ComputeArgs>("sever = \"x\"").unwrap_err().to_string();
         assert!(err.contains("sever"), "{err}");
+    }
+
+    #[test]
+    fn the_union_backend_comes_from_the_file_too() {
+        let file: ComputeArgs = toml::from_str("union = \"overlay\"\noverlay_work = \"/var/w\"\n").unwrap();
+        let m = ComputeArgs::default().merge(file);
+        assert_eq!(m.union.as_deref(), Some("overlay"));
+        assert_eq!(m.overlay_work.as_deref(), Some(Path::new("/var/w")));
     }
 }

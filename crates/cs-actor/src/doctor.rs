@@ -89,6 +89,8 @@ pub struct ComputeSetup {
     pub ca: Option<PathBuf>,
     pub upper: Option<PathBuf>,
     pub lower_mount_cmd: Option<String>,
+    /// `unionfs-fuse` (also when absent: the default) or `overlay`.
+    pub union: Option<String>,
 }
 
 /// What the project side's checks look at.
@@ -174,6 +176,7 @@ fn side_of_config(path: &Path) -> Result<(Side, PathBuf)> {
             ca: a.ca,
             upper: a.upper,
             lower_mount_cmd: a.lower_mount_cmd,
+            union: a.union,
         };
         return Ok((Side::Compute(setup), socket));
     }
@@ -192,10 +195,17 @@ async fn service_status(socket: &Path) -> Option<Value> {
 
 async fn compute_checks(setup: &ComputeSetup, status: Option<&Value>, socket: &Path) -> Vec<Check> {
     let uses_sshfs = setup.lower_mount_cmd.as_deref().is_some_and(|c| c.contains("sshfs"));
+    let overlay = setup.union.as_deref() == Some("overlay");
     let mut checks = vec![compute_service(status, socket), fuse_device(), fuse_passthrough()];
-    checks.extend(packages(&[("unionfs-fuse", true), ("fuse3", true), ("sshfs", uses_sshfs)]));
+    checks.extend(packages(&[("unionfs-fuse", !overlay), ("fuse3", true), ("sshfs", uses_sshfs)]));
+    if overlay {
+        checks.push(overlay_kernel());
+    }
     match &setup.upper {
         Some(upper) => {
+            if overlay {
+                checks.push(trusted_xattrs(upper));
+            }
             checks.push(inotify_watches(upper, "the upper layer"));
             checks.push(free_space(upper, "upper layer"));
         }
@@ -354,6 +364,67 @@ pub fn passthrough_verdict(release: &str, params: &[String]) -> Check {
 pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut it = release.split(|c: char| !c.is_ascii_digit());
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+// ---- the overlay union ----
+
+fn overlay_kernel() -> Check {
+    if cs_union::overlay::kernel_has_overlay() {
+        return Check::pass("overlayfs", format!("the kernel offers overlay (kernel {})", kernel_release()));
+    }
+    Check::new("overlayfs", Level::Fail, "the kernel does not list overlay in /proc/filesystems")
+        .fix("modprobe overlay (a container cannot load it: load it on the host), or run with --union unionfs-fuse")
+}
+
+/// overlayfs keeps its opaque directories and redirects in `trusted.*` xattrs of the upper
+/// layer: tried on a scratch file beside the upper layer, on its filesystem (never inside it:
+/// the union is mounted over it).
+fn trusted_xattrs(upper: &Path) -> Check {
+    use std::os::unix::fs::MetadataExt;
+    const NAME: &str = "trusted.overlay";
+    let (Some(parent), Ok(md)) = (upper.parent(), std::fs::metadata(upper)) else {
+        return Check::new(
+            "trusted xattrs",
+            Level::Warn,
+            format!("{} does not exist yet: not checked", upper.display()),
+        );
+    };
+    if std::fs::metadata(parent).map(|p| p.dev()).ok() != Some(md.dev()) {
+        return Check::new(
+            "trusted xattrs",
+            Level::Info,
+            format!(
+                "{} is a mount point of its own: trusted xattrs not checked (nothing is written inside it)",
+                upper.display()
+            ),
+        );
+    }
+    let scratch = parent.join(format!(".cs-actor-doctor-xattr-{}", std::process::id()));
+    let result = match std::fs::File::create(&scratch) {
+        Err(_) => Err(None),
+        Ok(_) => {
+            rustix::fs::lsetxattr(&scratch, format!("{NAME}.cs-actor-doctor"), b"y", rustix::fs::XattrFlags::empty())
+                .map_err(|e| Some(std::io::Error::from(e)))
+        }
+    };
+    let _ = std::fs::remove_file(&scratch);
+    xattr_verdict(upper, result.err(), rustix::process::geteuid().is_root())
+}
+
+/// The verdict on setting a `trusted.*` xattr on the upper's filesystem: `err` is `None` when
+/// it worked, `Some(None)` when the scratch file could not even be made.
+pub fn xattr_verdict(upper: &Path, err: Option<Option<std::io::Error>>, root: bool) -> Check {
+    let fs = format!("the filesystem of {}", upper.display());
+    match err {
+        None => Check::pass("trusted xattrs", format!("{fs} takes trusted.* xattrs (overlayfs's opaque directories and redirects)")),
+        Some(Some(e)) if e.raw_os_error() == Some(libc::EPERM) && !root => {
+            Check::new("trusted xattrs", Level::Warn, format!("{fs}: not checked, trusted.* xattrs need root ({e})"))
+                .fix("run `cs-actor doctor` as root")
+        }
+        Some(Some(e)) => Check::new("trusted xattrs", Level::Fail, format!("{fs} refuses trusted.* xattrs: {e}"))
+            .fix("put the upper layer (and the overlay work directory) on ext4 or xfs (tmpfs from Linux 6.6), or run with --union unionfs-fuse"),
+        Some(None) => Check::new("trusted xattrs", Level::Warn, format!("{fs}: not checked, no scratch file could be made beside it")),
+    }
 }
 
 // ---- packages ----
@@ -664,6 +735,18 @@ mod tests {
         assert_eq!(passthrough_verdict("6.9.1", &[]).level, Level::Pass);
         assert_eq!(passthrough_verdict("6.8.12", &[]).level, Level::Info);
         assert_eq!(passthrough_verdict("", &[]).level, Level::Info);
+    }
+
+    #[test]
+    fn trusted_xattr_verdicts() {
+        let u = Path::new("/var/u");
+        assert_eq!(xattr_verdict(u, None, true).level, Level::Pass);
+        let eperm = || Some(Some(std::io::Error::from_raw_os_error(libc::EPERM)));
+        assert_eq!(xattr_verdict(u, eperm(), false).level, Level::Warn);
+        assert_eq!(xattr_verdict(u, eperm(), true).level, Level::Fail);
+        let notsup = xattr_verdict(u, Some(Some(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP))), true);
+        assert_eq!(notsup.level, Level::Fail);
+        assert!(notsup.fix.unwrap().contains("--union unionfs-fuse"));
     }
 
     #[test]

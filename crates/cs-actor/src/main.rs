@@ -26,6 +26,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the compute variant's size costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the compute-server service: mounts, the union, and sync rounds
@@ -288,4 +290,27 @@ fn ask_compute(control_socket: Option<PathBuf>, req: cs_control::Request, done: 
         println!("{}", r.message.unwrap_or_else(|| done.into()));
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cs-actor compute --union overlay --pull held` stops at once, saying why, before it
+    /// looks at anything else (no other flag is needed to see the refusal).
+    #[test]
+    fn compute_refuses_overlay_with_pull_held() {
+        let cli = Cli::try_parse_from(["cs-actor", "compute", "--union", "overlay", "--pull", "held"]).unwrap();
+        let e = format!("{:#}", run(cli).unwrap_err());
+        assert!(e.contains("--union overlay cannot run with --pull held"), "{e}");
+        // The same from the config file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("compute.toml");
+        std::fs::write(&file, "union = \"overlay\"\npull = \"held\"\n").unwrap();
+        let cli = Cli::try_parse_from(["cs-actor", "compute", "--config", file.to_str().unwrap()]).unwrap();
+        let e = format!("{:#}", run(cli).unwrap_err());
+        assert!(e.contains("--union overlay cannot run with --pull held"), "{e}");
+        // An unknown backend is refused by the flag's parser.
+        assert!(Cli::try_parse_from(["cs-actor", "compute", "--union", "aufs"]).is_err());
+    }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use cs_compute::service::{ComputeService, ServiceConfig};
 use cs_engine::{default_local_only, PathFilter, DEFAULT_EXCLUDED};
-use cs_mount::{LowerSpec, MountConfig, MountSupervisor};
+use cs_mount::{LowerSpec, MountConfig, MountSupervisor, UnionBackend};
 use cs_protocol::ClientId;
 use cs_supervision::ObserveExt;
 
@@ -73,6 +73,9 @@ const DEFAULT_WHITEOUT_GRACE_SECS: f64 = 25.0;
 pub fn run_compute(a: ComputeArgs) -> Result<()> {
     // Fault tests only: a bad CS_FAILPOINTS stops here, before anything is mounted.
     cs_failpoint::check()?;
+    // The combinations that cannot work are refused before anything else is looked at.
+    let pull = pull_policy(a.pull.as_deref(), a.pull_max_file_size)?;
+    let backend = union_backend(a.union.as_deref(), &pull)?;
     let client = ClientId::new(need(a.id, "id")?)?;
     let whiteout_grace = Duration::try_from_secs_f64(a.whiteout_grace_secs.unwrap_or(DEFAULT_WHITEOUT_GRACE_SECS))
         .context("--whiteout-grace-secs must be a number of seconds, 0 or more")?;
@@ -97,7 +100,6 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             None
         }
     };
-    let pull = pull_policy(a.pull.as_deref(), a.pull_max_file_size)?;
     let local_only = a.local_only.clone();
     let filter = filter(a.local_only)?;
     let control_socket = a.control_socket.unwrap_or_else(default_compute_socket);
@@ -122,6 +124,8 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
         "merged": merged,
         "state": state,
         "lower_mountpoint": lower_mountpoint,
+        "union": backend.name(),
+        "overlay_work": a.overlay_work,
         "lower_mount_cmd": match &lower {
             LowerSpec::Command { cmd, .. } => Some(cmd.as_str()),
             LowerSpec::Adopt(_) => None,
@@ -134,6 +138,8 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             mcfg.local_only = mount_local_only(&l);
         }
         mcfg.local_only_owner = owner.map(|o| (o.uid, o.gid));
+        mcfg.backend = backend;
+        mcfg.overlay_work = a.overlay_work;
         let supervisor = MountSupervisor::new(mcfg).context("mount supervisor")?;
         let (rail, mount_heartbeat) = (supervisor.rail(), supervisor.heartbeat());
         let mount = cs_supervision::spawn(supervisor);
@@ -224,15 +230,14 @@ fn warn_if_lower_not_owned(lower: &std::path::Path, o: cs_engine::Owner) {
 }
 
 /// The union must be up before the engine opens the upper layer. Returns
-/// the union's kind as the engine needs it (where step 2 writes whiteouts).
+/// the union's kind as the engine needs it (unionfs-fuse: where step 2 writes
+/// whiteouts; overlay: the merged view every change goes through).
 async fn wait_for_union(mount: &actix::Addr<MountSupervisor>) -> Result<cs_engine::UnionKind> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let st = mount.observe().await.context("mount supervisor")?;
         if st.union.state == cs_mount::UnionStatus::Mounted {
-            let layout = st.union.whiteout_dir.and_then(cs_engine::WhiteoutLayout::from_meta_dir);
-            let layout = layout.context("the mounted union's whiteout layout is unknown")?;
-            return Ok(cs_engine::UnionKind::UnionfsFuse(layout));
+            return union_kind(&st.union);
         }
         if Instant::now() > deadline {
             bail!(
@@ -244,6 +249,31 @@ async fn wait_for_union(mount: &actix::Addr<MountSupervisor>) -> Result<cs_engin
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The engine's view of the mounted union.
+fn union_kind(u: &cs_mount::UnionState) -> Result<cs_engine::UnionKind> {
+    match u.backend {
+        UnionBackend::Overlay => Ok(cs_engine::UnionKind::Overlay { merged: u.merged.clone() }),
+        UnionBackend::UnionfsFuse => {
+            let layout = u.whiteout_dir.and_then(cs_engine::WhiteoutLayout::from_meta_dir);
+            let layout = layout.context("the mounted union's whiteout layout is unknown")?;
+            Ok(cs_engine::UnionKind::UnionfsFuse(layout))
+        }
+    }
+}
+
+/// `--union` (default unionfs-fuse), refused with a pull policy it cannot work with.
+fn union_backend(union: Option<&str>, pull: &cs_engine::PullPolicy) -> Result<UnionBackend> {
+    let backend: UnionBackend = union.map(str::parse).transpose()?.unwrap_or_default();
+    if backend == UnionBackend::Overlay && matches!(pull, cs_engine::PullPolicy::Held) {
+        bail!(
+            "--union overlay cannot run with --pull held: overlayfs never looks again at a name the compute \
+             server looked up before the project created it, so the project's changes must arrive through the \
+             rounds (--pull changed, the default), not through the lower layer (docs/union.md, point 2)"
+        );
+    }
+    Ok(backend)
 }
 
 /// `--pull` and `--pull-max-file-size` over the engine's default.
@@ -348,6 +378,47 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn overlay_with_pull_held_is_refused_and_says_why() {
+        let held = pull_policy(Some("held"), None).unwrap();
+        let changed = pull_policy(None, None).unwrap();
+        let e = union_backend(Some("overlay"), &held).unwrap_err().to_string();
+        assert!(e.contains("--union overlay cannot run with --pull held"), "{e}");
+        assert!(e.contains("docs/union.md"), "{e}");
+        assert_eq!(union_backend(Some("overlay"), &changed).unwrap(), UnionBackend::Overlay);
+        assert_eq!(union_backend(None, &held).unwrap(), UnionBackend::UnionfsFuse);
+        assert_eq!(union_backend(Some("unionfs-fuse"), &held).unwrap(), UnionBackend::UnionfsFuse);
+        assert!(union_backend(Some("aufs"), &changed).is_err());
+    }
+
+    #[test]
+    fn the_engine_gets_the_overlay_with_its_merged_view() {
+        let mut u = cs_mount::UnionState {
+            backend: UnionBackend::Overlay,
+            merged: "/home/u".into(),
+            upper: "/var/u".into(),
+            work_dir: Some("/var/u.overlay-work".into()),
+            options: Some("redirect_dir=on,index=on".into()),
+            options_note: None,
+            state: cs_mount::UnionStatus::Mounted,
+            pid: None,
+            latency_ms: None,
+            remounts: 0,
+            failed_attempts: 0,
+            last_error: None,
+            since_ms: 0,
+            whiteout_dir: None,
+        };
+        assert!(
+            matches!(union_kind(&u).unwrap(), cs_engine::UnionKind::Overlay { merged } if merged == Path::new("/home/u"))
+        );
+        u.backend = UnionBackend::UnionfsFuse;
+        assert!(union_kind(&u).is_err(), "unionfs-fuse without a layout");
+        u.whiteout_dir = Some(".unionfs-fuse");
+        assert!(matches!(union_kind(&u).unwrap(), cs_engine::UnionKind::UnionfsFuse(_)));
+    }
 
     /// Without configuration the filter keeps out of rounds exactly the directories the mount
     /// makes opaque: the two defaults are one list.

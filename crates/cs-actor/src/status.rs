@@ -154,17 +154,27 @@ fn render_compute(st: &Value, out: &mut String) {
     }
     let m = &st["mounts"];
     if !m.is_null() {
+        let u = &m["union"];
+        // overlay has no process; it shows its options in force instead.
+        let process = match (u["pid"].as_u64(), u["options"].as_str()) {
+            (_, Some(opts)) => format!(" [{opts}]"),
+            (Some(pid), None) => format!(" pid {pid}"),
+            (None, None) => " pid -".into(),
+        };
         out.push_str(&format!(
-            "  mounts      lower {} {} ({}) | union {} pid {} ({}), remounts {}{}\n",
+            "  mounts      lower {} {} ({}) | union {}{}{process} ({}), remounts {}{}\n",
             s(&m["lower"]["kind"]),
             s(&m["lower"]["state"]),
             ms(&m["lower"]["latency_ms"]),
-            s(&m["union"]["state"]),
-            s(&m["union"]["pid"]),
-            ms(&m["union"]["latency_ms"]),
-            s(&m["union"]["remounts"]),
+            u["backend"].as_str().map(|b| format!("{b} ")).unwrap_or_default(),
+            s(&u["state"]),
+            ms(&u["latency_ms"]),
+            s(&u["remounts"]),
             m["rail"].as_str().map(|r| format!(" | SAFETY RAIL: {r}")).unwrap_or_default()
         ));
+        if let Some(note) = u["options_note"].as_str() {
+            out.push_str(&format!("  union note  {note}\n"));
+        }
         render_mount_point(&m["mount_point"], out);
     }
     let c = &st["connection"];
@@ -395,7 +405,8 @@ mod tests {
         let st = json!({
             "service": "compute", "client": "gpu-1",
             "mounts": {"lower": {"kind": "sshfs", "state": "mounted", "latency_ms": 3.2},
-                       "union": {"state": "mounted", "pid": 42, "latency_ms": 0.4, "remounts": 1}, "rail": null},
+                       "union": {"backend": "unionfs-fuse", "state": "mounted", "pid": 42, "latency_ms": 0.4,
+                                 "remounts": 1, "options": null}, "rail": null},
             "connection": {"state": "connected", "url": "ws://127.0.0.1:1", "rtt_ms": 0.7, "reconnects": 2,
                            "bytes_received": 2048, "bytes_sent": 10, "last_error": null},
             "round": {"phase": "running", "round": 12, "step": "writes_to_project", "step_number": 3,
@@ -406,7 +417,7 @@ mod tests {
         });
         let text = render(&st);
         assert!(text.contains("round 12 running, step 3 (writes_to_project) for 1.5 s"), "{text}");
-        assert!(text.contains("union mounted pid 42"), "{text}");
+        assert!(text.contains("union unionfs-fuse mounted pid 42"), "{text}");
         assert!(text.contains("remounts 1"), "{text}");
         assert!(text.contains("rtt 0.7 ms"), "{text}");
         assert!(text.contains("writes_to_compute 3 (4.0 KiB, 20.0 ms)"), "{text}");
@@ -414,6 +425,27 @@ mod tests {
         assert!(!text.contains("SAFETY RAIL"), "{text}");
         assert!(!text.contains("deferred"), "{text}");
         assert!(!text.contains("recovered") && !text.contains("guard"), "{text}");
+    }
+
+    #[test]
+    fn compute_view_shows_the_overlay_backend_and_its_options() {
+        let st = json!({
+            "service": "compute", "client": "gpu-1",
+            "mounts": {"lower": {"kind": "command", "state": "mounted", "latency_ms": 3.2},
+                       "union": {"backend": "overlay", "state": "mounted", "pid": null, "latency_ms": 0.1,
+                                 "remounts": 0, "options": "redirect_dir=on,index=off,uuid=on",
+                                 "options_note": "index=on refused (Device or resource busy): ..."},
+                       "rail": null},
+            "connection": {"state": "connected", "url": "ws://127.0.0.1:1"},
+            "round": {"phase": "idle"}
+        });
+        let text = render(&st);
+        assert!(
+            text.contains("union overlay mounted [redirect_dir=on,index=off,uuid=on] (0.1 ms), remounts 0"),
+            "{text}"
+        );
+        assert!(!text.contains("pid"), "{text}");
+        assert!(text.contains("union note  index=on refused (Device or resource busy)"), "{text}");
     }
 
     #[test]

@@ -2,15 +2,17 @@
 //! compute servers (emulated union + state), with both engine sides open.
 //!
 //! Layout of a world (state dirs outside the upper layers and the home):
-//! `ROOT/home`, `ROOT/p_state`, `ROOT/<client>/upper`, `ROOT/<client>/state`.
+//! `ROOT/home`, `ROOT/p_state`, `ROOT/<client>/upper`, `ROOT/<client>/state`
+//! (and, with a real union, `ROOT/c1/merged`; for overlayfs `ROOT/c1/work`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use cs_compute::local::{Cut, RoundReport};
-use cs_engine::{ComputeConfig, ComputeSide, PathFilter, ProjectConfig, ProjectSide, PullPolicy};
+use cs_engine::{ComputeConfig, ComputeSide, PathFilter, ProjectConfig, ProjectSide, PullPolicy, UnionKind};
 use cs_protocol::ClientId;
+use cs_union::overlay::{Overlay, OverlayGuard};
 use cs_union::{MountGuard, UnionError, UnionfsFuse};
 use tempfile::TempDir;
 
@@ -40,8 +42,8 @@ pub struct Client {
     pub id: ClientId,
     /// The emulated union over the client's upper layer and P's home.
     pub union: EmuUnion,
-    /// The real unionfs-fuse over the same layers, when mounted
-    /// ([`World::with_real_union`]): then the merged view users act on.
+    /// A real union over the same layers, when mounted ([`World::with_real_union`],
+    /// [`World::with_real_overlay`]): then the merged view users act on.
     real: Option<RealUnion>,
     pub state: PathBuf,
     whiteout_grace: Duration,
@@ -49,12 +51,23 @@ pub struct Client {
     side: Option<ComputeSide>,
 }
 
-/// A real unionfs-fuse mount of a client's upper layer over P's home.
+/// A real union mount of a client's upper layer over P's home.
 struct RealUnion {
     merged: PlainDir,
     /// The lower shows file mtimes in whole seconds (sshfs).
     whole_second_lower: bool,
-    _guard: MountGuard,
+    mount: RealMount,
+}
+
+/// The mount, held until the world goes (unmounted on drop).
+enum RealMount {
+    UnionfsFuse {
+        _guard: MountGuard,
+    },
+    /// Kernel overlayfs: the engine changes the home through `merged` only.
+    Overlay {
+        _guard: OverlayGuard,
+    },
 }
 
 /// P and its compute servers. Client 0 ("c1") always exists.
@@ -81,6 +94,49 @@ pub fn scratch_base() -> PathBuf {
     } else {
         std::env::temp_dir()
     }
+}
+
+/// Where worlds with a real overlayfs are made: [`scratch_base`] if its
+/// filesystem takes `trusted.*` xattrs (the upper layer needs them: tmpfs has
+/// them since Linux 6.6), else `/var/tmp`.
+pub fn overlay_scratch_base() -> PathBuf {
+    let base = scratch_base();
+    let probe = tempfile::Builder::new().prefix("cs-xattr-probe-").tempdir_in(&base);
+    let takes_trusted = probe.is_ok_and(|d| {
+        let path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(d.path().as_os_str()))
+            .expect("no NUL in a temp path");
+        let (name, value) = (c"trusted.cs-probe", b"y");
+        // SAFETY: both strings are NUL-terminated and live across the call;
+        // `value` is a valid buffer of the length given.
+        let rc = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        rc == 0
+    });
+    if takes_trusted {
+        base
+    } else {
+        PathBuf::from("/var/tmp")
+    }
+}
+
+/// Whether kernel overlayfs can be mounted here (root, and the kernel has it).
+/// `false` (the caller skips) otherwise, with a note on stderr; panics when
+/// `CI` is set.
+pub fn real_overlay_available() -> bool {
+    let is_root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines().any(|l| l.strip_prefix("Uid:").is_some_and(|ids| ids.split_whitespace().nth(1) == Some("0")))
+    });
+    let why = if !cs_union::overlay::kernel_has_overlay() {
+        "the kernel does not list overlay in /proc/filesystems"
+    } else if !is_root {
+        "mounting overlayfs needs root"
+    } else {
+        return true;
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("the real overlayfs is needed: {why} (CI is set)");
+    }
+    eprintln!("SKIPPED (real overlayfs unavailable: {why}; set CI=1 to make this fail)");
+    false
 }
 
 impl Default for World {
@@ -157,8 +213,92 @@ impl World {
         };
         let guard = MountGuard::mount(u, &w.clients[0].union.upper, &lower, &merged, &opts)?;
         let merged = PlainDir::new(merged, "c1's real merged view");
-        w.clients[0].real = Some(RealUnion { merged, whole_second_lower: mirror.is_some(), _guard: guard });
+        let mount = RealMount::UnionfsFuse { _guard: guard };
+        w.clients[0].real = Some(RealUnion { merged, whole_second_lower: mirror.is_some(), mount });
         Ok(w)
+    }
+
+    /// Client 0's merged view is kernel overlayfs (`redirect_dir=on,index=on`, as
+    /// docs/union.md chose), mounted over its upper layer and P's home directly (a
+    /// plain lower, no network filesystem), and its engine runs with
+    /// `UnionKind::Overlay`: every change a round makes goes through that merged view.
+    /// Its pull policy is `Changed` without a cap: P's changes reach the merged view
+    /// through the round, not through the lower (docs/union.md, point 2). Needs root.
+    ///
+    /// A plain directory as the lower never tells the overlay that P removed or
+    /// replaced a name it has cached; sshfs does (FUSE revalidates its dentries,
+    /// and the overlay asks it). Call [`World::revalidate_lower`] where that
+    /// revalidation would have happened.
+    ///
+    /// Client 0's first round runs at once (an idle one: it gives C its cursor),
+    /// as crates/engine/tests/overlay.rs does: a new client's first round has no
+    /// cursor and carries none of P's changes, so a name C looked up before it and
+    /// P made meanwhile would stay ENOENT after it (tests/counterexamples.md #10,
+    /// [`World::with_real_overlay_before_first_round`]).
+    pub fn with_real_overlay() -> Result<World, UnionError> {
+        let mut w = World::with_real_overlay_before_first_round()?;
+        w.round();
+        Ok(w)
+    }
+
+    /// [`World::with_real_overlay`] without the first round: the user may act
+    /// before client 0 has a cursor.
+    pub fn with_real_overlay_before_first_round() -> Result<World, UnionError> {
+        let w = World::build_in(&overlay_scratch_base(), Layout::UnionfsFuse1, PathFilter::default());
+        w.mount_overlay()
+    }
+
+    fn mount_overlay(mut self) -> Result<World, UnionError> {
+        let dir = self.root.join("c1");
+        let merged = dir.join("merged");
+        std::fs::create_dir(&merged).expect("mkdir");
+        let ov = Overlay {
+            upper: self.clients[0].union.upper.clone(),
+            lower: self.home.clone(),
+            // Beside the upper layer, on its filesystem, outside it (overlayfs's rule).
+            work: dir.join("work"),
+            merged: merged.clone(),
+            extra: vec!["redirect_dir=on".into(), "index=on".into()],
+        };
+        let guard = ov.mount()?;
+        let merged = PlainDir::new(merged, "c1's real overlay merged view");
+        self.clients[0].real =
+            Some(RealUnion { merged, whole_second_lower: false, mount: RealMount::Overlay { _guard: guard } });
+        self.clients[0].pull = PullPolicy::Changed { max_file_size: None };
+        self.crash_and_reopen_client(0);
+        Ok(self)
+    }
+
+    /// Whether client `i`'s merged view is a real kernel overlayfs.
+    pub fn is_overlay(&self, i: usize) -> bool {
+        self.clients[i].real.as_ref().is_some_and(|r| matches!(r.mount, RealMount::Overlay { .. }))
+    }
+
+    /// Whether client `i`'s retired whiteouts may hide what P made since at their paths
+    /// (unionfs-fuse, during a whiteout grace). overlayfs's markers never do: what P
+    /// makes again there comes through step 4, written over the marker.
+    pub fn retired_markers_hide(&self, i: usize) -> bool {
+        !self.is_overlay(i) && self.retired_whiteouts_of(i) > 0
+    }
+
+    /// What sshfs's revalidation of cached names does for an overlay above it, for
+    /// the plain-directory lower of [`World::with_real_overlay`]: the kernel's
+    /// dentry cache is dropped (`echo 2 > /proc/sys/vm/drop_caches`, as
+    /// crates/engine/tests/overlay.rs does). Call it right after P removes or
+    /// replaces a name (rm, rm -r, mv, tar x), before C acts or a round runs; never
+    /// after P only creates or changes files: a name C looked up before P made it
+    /// stays negative in the overlay over sshfs too, and the round must cure that.
+    /// (Dropping the cache also forgets such negative entries made earlier: where
+    /// that matters, the check is weaker than production, not stronger.)
+    /// No-op without a real overlay, or with `CS_OVERLAY_NO_REVALIDATE` set (to see
+    /// what fails without it). Returns whether it dropped.
+    pub fn revalidate_lower(&self) -> bool {
+        let any_overlay = (0..self.clients.len()).any(|i| self.is_overlay(i));
+        if !any_overlay || std::env::var_os("CS_OVERLAY_NO_REVALIDATE").is_some() {
+            return false;
+        }
+        std::fs::write("/proc/sys/vm/drop_caches", "2").expect("write /proc/sys/vm/drop_caches (needs root)");
+        true
     }
 
     /// Client `i` keeps whiteouts of deletions P confirmed for `grace`
@@ -186,7 +326,12 @@ impl World {
         cfg.filter = self.filter.clone();
         cfg.whiteout_grace = c.whiteout_grace;
         cfg.pull = c.pull;
-        cfg.union = cs_engine::UnionKind::UnionfsFuse(c.union.layout);
+        cfg.union = match &c.real {
+            Some(RealUnion { merged, mount: RealMount::Overlay { .. }, .. }) => {
+                UnionKind::Overlay { merged: merged.root.clone() }
+            }
+            _ => UnionKind::UnionfsFuse(c.union.layout),
+        };
         ComputeSide::open(cfg).unwrap_or_else(|e| panic!("open ComputeSide {}: {e}", c.id))
     }
 
@@ -224,7 +369,9 @@ impl World {
         self.clients[i].side.as_ref().expect("compute side open")
     }
 
-    /// Client 0's merged view.
+    /// Client 0's merged view, emulated. With a real union mounted, users act
+    /// on [`World::c_view`] instead (this one then only reads the upper layer
+    /// right: it knows unionfs-fuse's markers, not overlayfs's).
     pub fn c(&self) -> &EmuUnion {
         &self.clients[0].union
     }

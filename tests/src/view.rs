@@ -323,7 +323,15 @@ impl View for PlainDir {
                 Some(d) => d.join(&name),
             }
             .map_err(|e| err(io::ErrorKind::InvalidData, e))?;
-            out.push(Entry { path, host: e.path(), md: e.path().symlink_metadata()? });
+            let md = match e.path().symlink_metadata() {
+                Ok(md) => md,
+                // Listed but not there to `lstat`: kernel overlayfs over a lower that
+                // gained the name after the overlay cached it as absent (docs/union.md,
+                // point 1). Users see no such entry; P's side of a comparison still has it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            out.push(Entry { path, host: e.path(), md });
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)

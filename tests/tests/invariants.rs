@@ -3,6 +3,12 @@
 //! symlinks, type changes). Each drives whole rounds through
 //! the compute service's round (`cs_compute::round` on its packer actor, over the
 //! in-memory link `cs_compute::local` to P's engine) between an emulated union and P's home.
+//!
+//! The tests named `*_on_real_overlay` run the same scenario with C's merged view on the
+//! real kernel overlayfs (`World::with_real_overlay`: `redirect_dir=on,index=on` over P's
+//! home as a plain lower; the engine changes the home through the merged view). After P
+//! removes names they call `World::revalidate_lower`, standing in for sshfs's revalidation.
+//! They need root; without overlayfs they print a skip note and pass, unless `CI` is set.
 
 use cs_engine::{default_local_only, PathFilter, DEFAULT_EXCLUDED};
 use cs_protocol::{RelPath, Timestamp};
@@ -57,12 +63,27 @@ fn utc_year_now() -> i64 {
     yoe + era * 400 + i64::from(mp >= 10)
 }
 
+/// A world on the real overlay, or `None` (skip: no root or no overlayfs; panics under CI).
+fn overlay_world() -> Option<World> {
+    cs_tests::fixture::real_overlay_available().then(|| World::with_real_overlay().expect("mount the real overlay"))
+}
+
 // ---------------------------------------------------------------- convergence
 
 #[test]
 fn convergence() {
-    let mut w = World::new();
-    let (c, p) = (w.c(), w.p());
+    convergence_in(World::new());
+}
+
+#[test]
+fn convergence_on_real_overlay() {
+    if let Some(w) = overlay_world() {
+        convergence_in(w);
+    }
+}
+
+fn convergence_in(mut w: World) {
+    let (c, p) = (w.c_view(0), w.p());
     p.put(&rp("docs/readme"), b"p-readme").unwrap();
     p.put(&rp("docs/secret"), b"p-secret").unwrap();
     p.chmod(&rp("docs/secret"), 0o600).unwrap();
@@ -83,19 +104,19 @@ fn convergence() {
     assert_eq!(p.mode(&rp("src")), Some(0o750));
     assert_eq!(p.kind(&rp("c_empty")), Some(Kind::Dir));
     assert_eq!(p.read_link(&rp("c_link")).unwrap(), "src/main.rs");
-    assert_eq!(w.c().mtime(&rp("docs/readme")), Some(OLD));
+    assert_eq!(w.c_view(0).mtime(&rp("docs/readme")), Some(OLD));
 
     // Second round: changes on both sides, in each other's files.
-    w.c().append(&rp("docs/readme"), b"+c").unwrap();
+    w.c_view(0).append(&rp("docs/readme"), b"+c").unwrap();
     w.p().write(&rp("src/main.rs"), b"p-main").unwrap();
     w.p().put(&rp("src/lib.rs"), b"p-lib").unwrap();
-    w.c().remove_file(&rp("p_link")).unwrap();
+    w.c_view(0).remove_file(&rp("p_link")).unwrap();
     let r = w.round();
     w.assert_converged();
     assert!(r.conflicts.is_empty(), "{r:?}");
     assert_eq!(text(&w.p(), "docs/readme"), "p-readme+c");
-    assert_eq!(text(w.c(), "src/main.rs"), "p-main");
-    assert_eq!(text(w.c(), "src/lib.rs"), "p-lib");
+    assert_eq!(text(w.c_view(0), "src/main.rs"), "p-main");
+    assert_eq!(text(w.c_view(0), "src/lib.rs"), "p-lib");
     assert!(!w.p().exists(&rp("p_link")));
 }
 
@@ -103,8 +124,20 @@ fn convergence() {
 
 #[test]
 fn no_lost_write() {
-    let mut w = World::new();
-    let (c, p) = (w.c(), w.p());
+    no_lost_write_in(World::new());
+}
+
+/// C's writes that lost to P's in a directory C made: tests/counterexamples.md #13.
+#[test]
+#[ignore = "engine: reported to the lead (counterexamples.md #13)"]
+fn no_lost_write_on_real_overlay() {
+    if let Some(w) = overlay_world() {
+        no_lost_write_in(w);
+    }
+}
+
+fn no_lost_write_in(mut w: World) {
+    let (c, p) = (w.c_view(0), w.p());
     // Before any round: the same new name on both sides, and disjoint names.
     c.put(&rp("both_new"), b"W1 c").unwrap();
     p.put(&rp("both_new"), b"W2 p").unwrap();
@@ -114,7 +147,7 @@ fn no_lost_write() {
     w.assert_converged();
     // After a round: write vs write on a C-held file and on a P-origin file,
     // appends on both sides of one file, and a write into a directory the other side deletes.
-    let (c, p) = (w.c(), w.p());
+    let (c, p) = (w.c_view(0), w.p());
     c.write(&rp("d/c_only"), b"W5 c").unwrap();
     p.write(&rp("d/c_only"), b"W6 p").unwrap();
     c.append(&rp("d/p_only"), b" W7 c").unwrap();
@@ -122,8 +155,9 @@ fn no_lost_write() {
     p.put(&rp("e/f"), b"W9 p").unwrap();
     c.put(&rp("e2/g"), b"W10 c").unwrap();
     w.round();
-    let (c, p) = (w.c(), w.p());
+    let (c, p) = (w.c_view(0), w.p());
     p.remove_dir_all(&rp("e2")).unwrap();
+    w.revalidate_lower();
     c.put(&rp("e2/g"), b"W11 c").unwrap();
     c.remove_dir_all(&rp("e")).unwrap();
     p.write(&rp("e/f"), b"W12 p").unwrap();
@@ -189,6 +223,58 @@ fn deletes_propagate_both_ways_with(layout: Layout) {
 }
 
 #[test]
+fn deletes_propagate_both_ways_on_real_overlay() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Some(mut w) = overlay_world() else { return };
+    w.p().put(&rp("p_file"), b"from P").unwrap();
+    w.p().put(&rp("pd/x"), b"x").unwrap();
+    w.p().put(&rp("pd/s/y"), b"y").unwrap();
+    w.c_view(0).put(&rp("c_file"), b"from C").unwrap();
+    w.c_view(0).put(&rp("cd/x"), b"x").unwrap();
+    w.c_view(0).put(&rp("cd/s/y"), b"y").unwrap();
+    w.round();
+    w.assert_converged();
+
+    // C deletes what P made; P deletes what C made.
+    w.c_view(0).remove_file(&rp("p_file")).unwrap();
+    w.c_view(0).remove_dir_all(&rp("pd")).unwrap();
+    w.p().remove_file(&rp("c_file")).unwrap();
+    w.p().remove_dir_all(&rp("cd")).unwrap();
+    w.revalidate_lower();
+    let upper = w.c().upper.clone();
+    let whiteout = |p: &str| {
+        std::fs::symlink_metadata(upper.join(p)).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == 0)
+    };
+    let r = w.round();
+    w.assert_converged();
+    for gone in ["p_file", "pd", "c_file", "cd"] {
+        assert!(!w.p().exists(&rp(gone)), "{gone} still on P");
+        assert!(!w.c_view(0).exists(&rp(gone)), "{gone} still in C's merged view");
+        let in_upper = std::fs::symlink_metadata(upper.join(gone)).is_ok();
+        assert!(!in_upper || whiteout(gone), "{gone} still in C's upper layer, not as a whiteout");
+    }
+    assert!(r.deletes_to_project >= 2, "{r:?}");
+    assert!(r.deletes_to_compute >= 2, "{r:?}");
+    // overlayfs's whiteouts are never removed behind its back: they stay, retired.
+    for marker in ["p_file", "pd"] {
+        assert!(whiteout(marker), "the whiteout of {marker} went");
+    }
+    assert!(w.retired_whiteouts_of(0) >= 2, "{r:?}");
+    assert_no_conflict_copies(&w, "after deletes");
+    assert_idle(&w.round(), "round after the deletes");
+
+    // P makes a deleted name again: it comes over the whiteout, never deleted again.
+    w.p().put(&rp("p_file"), b"from P, again").unwrap();
+    w.p().put(&rp("pd/z"), b"z").unwrap();
+    let r = w.round();
+    assert_eq!(r.deletes_to_project, 0, "{r:?}");
+    assert_eq!(text(w.c_view(0), "p_file"), "from P, again");
+    assert_eq!(text(w.c_view(0), "pd/z"), "z");
+    w.assert_converged();
+    assert_idle(&w.round(), "round after P made them again");
+}
+
+#[test]
 fn recreated_directory_is_opaque() {
     // unionfs-fuse keeps the marker of a removed directory when it is created
     // again (docs/unionfs-notes.md): the new directory hides the old children.
@@ -209,18 +295,28 @@ fn recreated_directory_is_opaque() {
 
 #[test]
 fn delete_versus_modify_keeps_modification_c_deletes() {
-    let mut w = World::new();
+    delete_versus_modify_c_deletes_in(World::new());
+}
+
+#[test]
+fn delete_versus_modify_keeps_modification_c_deletes_on_real_overlay() {
+    if let Some(w) = overlay_world() {
+        delete_versus_modify_c_deletes_in(w);
+    }
+}
+
+fn delete_versus_modify_c_deletes_in(mut w: World) {
     w.p().put(&rp("x"), b"v1").unwrap();
     w.p().put(&rp("d/f"), b"f1").unwrap();
     w.p().put(&rp("d/g"), b"g1").unwrap();
-    w.c().put(&rp("held"), b"h1").unwrap();
+    w.c_view(0).put(&rp("held"), b"h1").unwrap();
     w.round();
 
-    w.c().remove_file(&rp("x")).unwrap();
+    w.c_view(0).remove_file(&rp("x")).unwrap();
     w.p().write(&rp("x"), b"v2 by P").unwrap();
-    w.c().remove_dir_all(&rp("d")).unwrap();
+    w.c_view(0).remove_dir_all(&rp("d")).unwrap();
     w.p().write(&rp("d/f"), b"f2 by P").unwrap();
-    w.c().remove_file(&rp("held")).unwrap();
+    w.c_view(0).remove_file(&rp("held")).unwrap();
     w.p().write(&rp("held"), b"h2 by P").unwrap();
     let r = w.round();
 
@@ -230,7 +326,11 @@ fn delete_versus_modify_keeps_modification_c_deletes() {
     assert!(!w.p().exists(&rp("d/g")), "the unmodified sibling is deleted");
     for kept in ["x", "d/f", "held"] {
         assert!(r.kept_on_project.contains(&rp(kept)), "{kept} not reported kept: {r:?}");
-        assert_eq!(w.c().read(&rp(kept)).unwrap(), w.p().read(&rp(kept)).unwrap(), "C's merged view shows P's {kept}");
+        assert_eq!(
+            w.c_view(0).read(&rp(kept)).unwrap(),
+            w.p().read(&rp(kept)).unwrap(),
+            "C's merged view shows P's {kept}"
+        );
     }
     w.assert_converged();
     assert_no_conflict_copies(&w, "delete vs modify");
@@ -239,26 +339,46 @@ fn delete_versus_modify_keeps_modification_c_deletes() {
 
 #[test]
 fn delete_versus_modify_keeps_modification_p_deletes() {
-    let mut w = World::new();
-    w.c().put(&rp("x"), b"v1").unwrap();
-    w.c().put(&rp("d/f"), b"f1").unwrap();
-    w.c().put(&rp("d/g"), b"g1").unwrap();
+    delete_versus_modify_p_deletes_in(World::new());
+}
+
+#[test]
+fn delete_versus_modify_keeps_modification_p_deletes_on_real_overlay() {
+    if let Some(w) = overlay_world() {
+        delete_versus_modify_p_deletes_in(w);
+    }
+}
+
+fn delete_versus_modify_p_deletes_in(mut w: World) {
+    w.c_view(0).put(&rp("x"), b"v1").unwrap();
+    w.c_view(0).put(&rp("d/f"), b"f1").unwrap();
+    w.c_view(0).put(&rp("d/g"), b"g1").unwrap();
     w.p().put(&rp("lower"), b"l1").unwrap();
     w.round();
 
     w.p().remove_file(&rp("x")).unwrap();
-    w.c().write(&rp("x"), b"v2 by C").unwrap();
+    w.c_view(0).write(&rp("x"), b"v2 by C").unwrap();
     w.p().remove_dir_all(&rp("d")).unwrap();
-    w.c().write(&rp("d/f"), b"f2 by C").unwrap();
+    w.c_view(0).write(&rp("d/f"), b"f2 by C").unwrap();
     w.p().remove_file(&rp("lower")).unwrap();
-    w.c().append(&rp("lower"), b"+C").unwrap_err(); // gone from the merged view at once (live lower layer)
+    w.revalidate_lower();
+    if w.is_overlay(0) {
+        // The overlay world's first round gave C a cursor, so the round above
+        // pulled `lower` into C's upper layer: C's append is one more modification.
+        w.c_view(0).append(&rp("lower"), b"+C").unwrap();
+    } else {
+        w.c_view(0).append(&rp("lower"), b"+C").unwrap_err(); // gone from the merged view at once (live lower layer)
+    }
     let r = w.round();
 
     assert_eq!(text(&w.p(), "x"), "v2 by C");
     assert_eq!(text(&w.p(), "d/f"), "f2 by C");
-    assert!(!w.p().exists(&rp("d/g")) && !w.c().exists(&rp("d/g")), "the unmodified sibling is deleted on C");
+    assert!(!w.p().exists(&rp("d/g")) && !w.c_view(0).exists(&rp("d/g")), "the unmodified sibling is deleted on C");
     for kept in ["x", "d/f"] {
         assert!(r.kept_on_compute.contains(&rp(kept)), "{kept} not reported kept on C: {r:?}");
+    }
+    if w.is_overlay(0) {
+        assert_eq!(text(&w.p(), "lower"), "l1+C");
     }
     w.assert_converged();
     assert_no_conflict_copies(&w, "P deletes vs C modifies");
@@ -269,24 +389,34 @@ fn delete_versus_modify_keeps_modification_p_deletes() {
 
 #[test]
 fn write_versus_write_project_wins_with_conflict_copy() {
-    let mut w = World::new();
-    w.c().put(&rp("c_origin"), b"base").unwrap();
+    write_versus_write_in(World::new());
+}
+
+#[test]
+fn write_versus_write_project_wins_with_conflict_copy_on_real_overlay() {
+    if let Some(w) = overlay_world() {
+        write_versus_write_in(w);
+    }
+}
+
+fn write_versus_write_in(mut w: World) {
+    w.c_view(0).put(&rp("c_origin"), b"base").unwrap();
     w.p().put(&rp("p_origin"), b"base").unwrap();
     w.round();
 
     for f in ["c_origin", "p_origin"] {
-        w.c().write(&rp(f), format!("C's {f}").as_bytes()).unwrap();
+        w.c_view(0).write(&rp(f), format!("C's {f}").as_bytes()).unwrap();
         w.p().write(&rp(f), format!("P's {f}").as_bytes()).unwrap();
     }
     let r = w.round();
     for f in ["c_origin", "p_origin"] {
         assert_eq!(text(&w.p(), f), format!("P's {f}"), "P's version wins");
-        assert_eq!(text(w.c(), f), format!("P's {f}"), "and reaches C");
+        assert_eq!(text(w.c_view(0), f), format!("P's {f}"), "and reaches C");
         let copies = conflict_copies(&w, f);
         assert_eq!(copies.len(), 1, "one conflict copy of {f}: {copies:?}");
         assert_eq!(copies[0].1, format!("C's {f}"), "the conflict copy holds C's version");
         assert!(r.conflicts.contains(&copies[0].0), "{:?} not in report {r:?}", copies[0].0);
-        assert!(w.c().exists(&copies[0].0), "C sees the conflict copy");
+        assert!(w.c_view(0).exists(&copies[0].0), "C sees the conflict copy");
     }
     assert_eq!(r.conflicts.len(), 2, "{r:?}");
     w.assert_converged();
@@ -312,13 +442,25 @@ fn identical_writes_on_both_sides_are_no_conflict() {
 
 #[test]
 fn conflict_copy_keeps_incoming_version_beside_file() {
-    let mut w = World::new();
-    w.c().put(&rp("d/e/x"), b"base").unwrap();
+    conflict_copy_beside_file_in(World::new());
+}
+
+/// In a directory C made: tests/counterexamples.md #13.
+#[test]
+#[ignore = "engine: reported to the lead (counterexamples.md #13)"]
+fn conflict_copy_keeps_incoming_version_beside_file_on_real_overlay() {
+    if let Some(w) = overlay_world() {
+        conflict_copy_beside_file_in(w);
+    }
+}
+
+fn conflict_copy_beside_file_in(mut w: World) {
+    w.c_view(0).put(&rp("d/e/x"), b"base").unwrap();
     w.round();
     let c_mtime = shifted(now(), -HOUR);
-    w.c().write(&rp("d/e/x"), b"C's version, longer").unwrap();
-    w.c().chmod(&rp("d/e/x"), 0o600).unwrap();
-    w.c().set_mtime(&rp("d/e/x"), c_mtime).unwrap();
+    w.c_view(0).write(&rp("d/e/x"), b"C's version, longer").unwrap();
+    w.c_view(0).chmod(&rp("d/e/x"), 0o600).unwrap();
+    w.c_view(0).set_mtime(&rp("d/e/x"), c_mtime).unwrap();
     w.p().write(&rp("d/e/x"), b"P's version").unwrap();
     w.p().chmod(&rp("d/e/x"), 0o640).unwrap();
     let p_mtime = w.p().mtime(&rp("d/e/x")).unwrap();
@@ -350,7 +492,7 @@ fn conflict_copy_keeps_incoming_version_beside_file() {
     w.assert_converged();
 
     // A second conflict on the same file, right away: a second copy, the first one intact.
-    w.c().write(&rp("d/e/x"), b"C again").unwrap();
+    w.c_view(0).write(&rp("d/e/x"), b"C again").unwrap();
     w.p().write(&rp("d/e/x"), b"P again").unwrap();
     let r2 = w.round();
     let copies2 = conflict_copies(&w, "d/e/x");
@@ -451,14 +593,17 @@ const ALL_CUTS: [Cut; 10] = [
 /// files (4). Every file's mtime is set explicitly, so two worlds built by
 /// this function end in identical trees.
 fn world_with_work_in_every_step() -> World {
+    world_with_work_in_every_step_in(World::new())
+}
+
+fn world_with_work_in_every_step_in(mut w: World) -> World {
     let t0 = Timestamp::new(1_700_000_000, 0);
     let mut k = 0;
     let mut mt = || {
         k += 1;
         shifted(t0, k)
     };
-    let mut w = World::new();
-    let (c, p) = (w.c(), w.p());
+    let (c, p) = (w.c_view(0), w.p());
     for f in ["held1", "held2", "held3", "held4", "hd/held5"] {
         c.put_with_mtime(&rp(f), f.as_bytes(), mt()).unwrap();
     }
@@ -466,11 +611,12 @@ fn world_with_work_in_every_step() -> World {
         p.put_with_mtime(&rp(f), f.as_bytes(), mt()).unwrap();
     }
     w.round();
-    let (c, p) = (w.c(), w.p());
+    let (c, p) = (w.c_view(0), w.p());
     c.remove_file(&rp("lower1")).unwrap(); // step 1
     c.remove_dir_all(&rp("ld")).unwrap(); // step 1
     p.remove_file(&rp("held1")).unwrap(); // step 2
     p.remove_dir_all(&rp("hd")).unwrap(); // step 2
+    w.revalidate_lower();
     for f in ["new1", "nd/new2", "nd/new3"] {
         c.put_with_mtime(&rp(f), format!("{f} by C").as_bytes(), mt()).unwrap();
         // step 3
@@ -488,12 +634,17 @@ fn world_with_work_in_every_step() -> World {
 /// after the cut, then runs `check` on the world; every failing case is reported, not just
 /// the first.
 fn every_cut_then(check: impl Fn(World)) {
+    every_cut_then_on(&world_with_work_in_every_step, check)
+}
+
+/// [`every_cut_then`] on the worlds `make` builds.
+fn every_cut_then_on(make: &dyn Fn() -> World, check: impl Fn(World)) {
     let mut failures = Vec::new();
     for cut in ALL_CUTS {
         for crash in [false, true] {
             let case = format!("cut {cut:?}{}", if crash { " + crash of both sides" } else { "" });
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut w = world_with_work_in_every_step();
+                let mut w = make();
                 w.round_cut(cut);
                 if crash {
                     w.crash_and_reopen();
@@ -518,7 +669,20 @@ fn every_cut_then(check: impl Fn(World)) {
 
 #[test]
 fn idempotent_retry_at_every_cut_point() {
-    let mut reference = world_with_work_in_every_step();
+    idempotent_retry_on(&world_with_work_in_every_step);
+}
+
+#[test]
+fn idempotent_retry_at_every_cut_point_on_real_overlay() {
+    if cs_tests::fixture::real_overlay_available() {
+        idempotent_retry_on(&|| {
+            world_with_work_in_every_step_in(World::with_real_overlay().expect("mount the real overlay"))
+        });
+    }
+}
+
+fn idempotent_retry_on(make: &dyn Fn() -> World) {
+    let mut reference = make();
     let r = reference.round();
     assert!(r.deletes_to_project >= 2 && r.deletes_to_compute >= 2, "the scenario must exercise step 1 and 2: {r:?}");
     assert!(r.sent_to_project >= 3 && r.sent_to_compute >= 3, "the scenario must exercise step 3 and 4: {r:?}");
@@ -526,7 +690,7 @@ fn idempotent_retry_at_every_cut_point() {
     let (want_p, want_c) = (reference.p_tree(), reference.c_tree());
     assert_no_conflict_copies(&reference, "reference run");
 
-    every_cut_then(|mut w| {
+    every_cut_then_on(make, |mut w| {
         let r = w.round();
         assert!(r.conflicts.is_empty(), "retry reported conflicts: {r:?}");
         w.p_tree().assert_same(&want_p, "P home after retry", "P home after the uninterrupted round");

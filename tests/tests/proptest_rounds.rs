@@ -706,7 +706,7 @@ fn real_overlay_cases() -> u32 {
 /// scan reads overlayfs's markers. `CS_REAL_OVERLAY_CASES` sets the number of
 /// cases (default 100, about a minute; a release run: 5000).
 #[test]
-#[ignore = "engine: fails on tests/counterexamples.md #11-#14 (reported to the lead); run with --ignored"]
+#[ignore = "engine: fails on tests/counterexamples.md #11-#16 (reported to the lead); run with --ignored"]
 fn real_overlay_histories_converge_and_lose_no_write() {
     if !cs_tests::fixture::real_overlay_available() {
         return;
@@ -1040,5 +1040,31 @@ fn overlay_file_pulled_into_a_directory_made_by_step_4_survives_on_p() {
             Op::Round,
             Op::Round,
         ],
+    );
+}
+
+/// tests/counterexamples.md #15: a spurious conflict copy on the retry of a
+/// round cut after step 3 (the emulated union, with a cursor, has none).
+#[test]
+#[ignore = "engine: reported to the lead (counterexamples.md #15)"]
+fn overlay_counterexample_15_retry_after_a_cut_makes_no_conflict_copy() {
+    replay_overlay(
+        UNCAPPED,
+        vec![
+            Op::Write { side: Side::C, path: s("d/b"), pad: 0 },
+            Op::CutRound { cut: Cut::AfterStep3, crash: false },
+            Op::Truncate { side: Side::C, path: s("d/b"), len: 0 },
+        ],
+    );
+}
+
+/// tests/counterexamples.md #16: step 4 makes the parent of a file above the
+/// pull cap through the merged view (opaque), which hides the file the lower has.
+#[test]
+#[ignore = "engine: reported to the lead (counterexamples.md #16)"]
+fn overlay_counterexample_16_file_above_the_cap_shows_below_a_pulled_directory() {
+    replay_overlay(
+        PullPolicy::Changed { max_file_size: Some(8) },
+        vec![Op::Append { side: Side::C, path: s("e/a") }, Op::Write { side: Side::P, path: s("e/a"), pad: 1 }],
     );
 }

@@ -6,6 +6,7 @@ mod scan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -111,6 +112,11 @@ pub struct ComputeSide {
     /// Whiteouts whose deletion P confirmed, kept for the grace period:
     /// path → when (ms since the epoch, this machine's clock only).
     retired: BTreeMap<RelPath, u64>,
+    /// overlayfs: the inode of each retired marker. A retired path covers
+    /// that marker only: one made again there (`rm -r` of a directory that
+    /// was opaque, a whiteout where step 4 had made a directory) is a new
+    /// deletion.
+    retired_ino: BTreeMap<RelPath, u64>,
     /// Files deferred or snapshotted by the last committed rounds (in
     /// memory: after a restart a busy file waits `snapshot_after` rounds
     /// again for its next snapshot).
@@ -137,6 +143,11 @@ pub struct ComputeRound {
     /// then). Opened per round: a descriptor held across rounds would keep
     /// a detached overlay alive after the mount supervisor remounted it.
     merged: Option<SafeRoot>,
+    /// overlayfs: this round removes, on P and so from the lower, what a
+    /// directory of the merged view still refers to (the origin of a moved
+    /// directory, a directory P deleted that C keeps): its cached view
+    /// would be stale after the commit (see [`ComputeSide::commit`]).
+    stale_after_commit: bool,
     not_applied: BTreeSet<RelPath>,
     applied_log: AppliedLog,
     /// Step 3's entries of the round in flight (same format).
@@ -167,6 +178,7 @@ struct PendingCommit {
 const MANIFEST_FILE: &str = "manifest.msgpack";
 const PENDING_FILE: &str = "manifest.pending.msgpack";
 const RETIRED_FILE: &str = "retired-whiteouts.msgpack";
+const RETIRED_INO_FILE: &str = "retired-markers.msgpack";
 /// The text of the `.csignore` rules P sent last: the next scan goes by them.
 const IGNORE_RULES_FILE: &str = "csignore.in-force";
 
@@ -236,8 +248,16 @@ impl ComputeRound {
 }
 
 impl ComputeSide {
-    pub fn open(cfg: ComputeConfig) -> Result<Self, EngineError> {
+    pub fn open(mut cfg: ComputeConfig) -> Result<Self, EngineError> {
         state::ensure_dir(&cfg.state_dir)?;
+        // overlayfs shows nothing of P's that it cached as absent (a name
+        // looked up before P made it) until the round writes it through the
+        // merged view: every change of P's must come through the rounds,
+        // whatever its size (docs/union.md, point 2).
+        if matches!(cfg.union, UnionKind::Overlay { .. }) && cfg.pull != (PullPolicy::Changed { max_file_size: None }) {
+            tracing::info!(configured = ?cfg.pull, "overlayfs: pulling every change of the project's, uncapped");
+            cfg.pull = PullPolicy::Changed { max_file_size: None };
+        }
         let upper = SafeRoot::open(&cfg.upper)?.with_owner(cfg.owner);
         match &cfg.union {
             UnionKind::UnionfsFuse(_) => crate::sweep_stale_temps(&cfg.upper, &cfg.upper),
@@ -246,6 +266,8 @@ impl ComputeSide {
         let manifest = Manifest::load(&cfg.state_dir.join(MANIFEST_FILE))?;
         let pending = state::load::<PendingCommit>(&cfg.state_dir.join(PENDING_FILE))?.map(|p| p.round_id);
         let retired = state::load::<BTreeMap<RelPath, u64>>(&cfg.state_dir.join(RETIRED_FILE))?.unwrap_or_default();
+        let retired_ino =
+            state::load::<BTreeMap<RelPath, u64>>(&cfg.state_dir.join(RETIRED_INO_FILE))?.unwrap_or_default();
         let filter = cfg.filter.with_ignore(std::sync::Arc::new(load_ignore_rules(&cfg.state_dir)));
         Ok(ComputeSide {
             cfg,
@@ -256,6 +278,7 @@ impl ComputeSide {
             pending,
             tmp_seq: 0,
             retired,
+            retired_ino,
             busy: BusyTable::default(),
             progress: Progress::new(),
         })
@@ -384,8 +407,12 @@ impl ComputeSide {
         // Deleting the new directory goes through the manifest instead
         // (`deletes_to_send`: synced copies gone from the upper layer).
         // Dropped at commit: a retried round must name them to P again.
-        let retired_gone: Vec<RelPath> =
-            self.retired.keys().filter(|p| !scan.whiteouts.iter().any(|w| &w.path == *p)).cloned().collect();
+        let retired_gone: Vec<RelPath> = self
+            .retired
+            .keys()
+            .filter(|p| !scan.whiteouts.iter().any(|w| &w.path == *p && self.is_retired(w)))
+            .cloned()
+            .collect();
         let mut base = self.manifest.entries.clone();
         // What an interrupted round sent in step 3 may be on P now: an entry
         // changed back since to its committed state (a chmod undone, say)
@@ -436,6 +463,7 @@ impl ComputeSide {
             next,
             whiteouts_sent: Vec::new(),
             merged,
+            stale_after_commit: false,
             not_applied: BTreeSet::new(),
             applied_log: AppliedLog::new(self.applied_log_path()),
             sent_log: AppliedLog::new(self.sent_log_path()),
@@ -512,7 +540,7 @@ impl ComputeSide {
         // A retired whiteout's deletion is done on P: sending it again could
         // delete a file P created since (the client's cursor is past it).
         let mut out: Vec<RelPath> =
-            r.scan.whiteouts.iter().filter(|w| !self.retired.contains_key(&w.path)).map(|w| w.path.clone()).collect();
+            r.scan.whiteouts.iter().filter(|w| !self.is_retired(w)).map(|w| w.path.clone()).collect();
         if !r.known.is_empty() {
             // A path that the filter now keeps local (the configuration
             // changed since it was synced) is not deleted on P either.
@@ -533,16 +561,22 @@ impl ComputeSide {
     pub fn finish_deletes(&mut self, r: &mut ComputeRound, sent: &[RelPath]) -> Result<(), EngineError> {
         let sent: BTreeSet<&RelPath> = sent.iter().collect();
         let mut retired = false;
-        for w in &r.scan.whiteouts {
+        let markers = std::mem::take(&mut r.scan.whiteouts);
+        for w in &markers {
             if sent.contains(&w.path) {
                 match &w.unionfs {
                     Some(marker) => cs_union::remove_whiteout(&self.cfg.upper, marker)?,
                     // overlayfs's markers stay: retired, never sent again.
-                    None => retired |= self.retired.insert(w.path.clone(), crate::now_ms()).is_none(),
+                    None => {
+                        self.retire_marker(r, &w.path, w.ino);
+                        retired = true;
+                    }
                 }
                 r.whiteouts_sent.push(w.clone());
             }
         }
+        r.scan.whiteouts = markers;
+        note_moved_origins(r, sent.iter().copied());
         if retired {
             self.save_retired()?;
         }
@@ -566,14 +600,16 @@ impl ComputeSide {
         let sent: BTreeSet<&RelPath> = sent.iter().collect();
         let deleted: BTreeSet<&RelPath> = report.deleted.iter().collect();
         let mut changed = false;
-        for w in &r.scan.whiteouts {
+        let markers = std::mem::take(&mut r.scan.whiteouts);
+        for w in &markers {
             let Some(marker) = &w.unionfs else {
                 // overlayfs: removing a whiteout behind its back is undefined,
                 // so every marker sent stays, retired. What P kept comes
-                // back through step 4 (P pulls what C hides, whatever its
-                // size), written over the marker through the merged view.
-                if sent.contains(&w.path) && !self.retired.contains_key(&w.path) {
-                    self.retired.insert(w.path.clone(), now);
+                // back through step 4 (P sends what it has below a path C
+                // hides, whatever its size and age), written over the marker
+                // through the merged view.
+                if sent.contains(&w.path) && !self.is_retired(w) {
+                    self.retire_marker(r, &w.path, w.ino);
                     changed = true;
                     r.whiteouts_sent.push(w.clone());
                 }
@@ -596,10 +632,43 @@ impl ComputeSide {
                 changed |= self.retired.remove(&w.path).is_some();
             }
         }
+        r.scan.whiteouts = markers;
+        if r.merged.is_some() {
+            note_moved_origins(r, report.deleted.iter());
+        }
         if changed {
             self.save_retired()?;
         }
         Ok(())
+    }
+
+    /// Is this marker's deletion done on P (or the engine's own)? With
+    /// overlayfs, only the very marker that was retired (same inode).
+    fn is_retired(&self, m: &Marker) -> bool {
+        self.retired.contains_key(&m.path) && (m.unionfs.is_some() || self.retired_ino.get(&m.path) == Some(&m.ino))
+    }
+
+    /// overlayfs: `path`'s marker (inode `ino`) is retired from now on; a
+    /// retired marker at that path that this round's scan found gone no
+    /// longer ends at commit. The caller saves.
+    fn retire_marker(&mut self, r: &mut ComputeRound, path: &RelPath, ino: u64) {
+        self.retired.insert(path.clone(), crate::now_ms());
+        self.retired_ino.insert(path.clone(), ino);
+        r.retired_gone.retain(|g| g != path);
+    }
+
+    /// overlayfs, step 4: a directory made through the merged view inside
+    /// one the lower also has comes out opaque (the kernel does that so a
+    /// lower directory appearing later is not merged in). It is P's
+    /// directory, not C's deletion of it: retired at once.
+    fn retire_if_opaque(&mut self, r: &mut ComputeRound, p: &RelPath) -> Result<(), EngineError> {
+        let abs = self.cfg.upper.join(p.as_path());
+        if scan::xattr_head(&abs, cs_union::overlay::OPAQUE_XATTR)?.as_deref() != Some(b"y") {
+            return Ok(());
+        }
+        let md = std::fs::symlink_metadata(&abs).map_err(|e| EngineError::io("stat", &abs, e))?;
+        self.retire_marker(r, p, md.ino());
+        self.save_retired()
     }
 
     /// Whiteouts waiting for their grace period (status, tests).
@@ -608,7 +677,11 @@ impl ComputeSide {
     }
 
     fn save_retired(&self) -> Result<(), EngineError> {
-        state::save(&self.cfg.state_dir.join(RETIRED_FILE), &self.retired)
+        state::save(&self.cfg.state_dir.join(RETIRED_FILE), &self.retired)?;
+        if !self.retired_ino.is_empty() || matches!(self.cfg.union, UnionKind::Overlay { .. }) {
+            state::save(&self.cfg.state_dir.join(RETIRED_INO_FILE), &self.retired_ino)?;
+        }
+        Ok(())
     }
 
     /// Step 2: P no longer has these paths. Synced copies that did not change
@@ -679,7 +752,9 @@ impl ComputeSide {
                 report.deleted.push(p.clone());
             } else {
                 // Still holds local files: it must exist on P again, so it
-                // is sent in step 3 as if new.
+                // is sent in step 3 as if new. (overlayfs: its lower part is
+                // gone from under the merged view.)
+                r.stale_after_commit |= r.merged.is_some();
                 r.next.remove(p);
                 report.kept.push(p.clone());
             }
@@ -696,14 +771,11 @@ impl ComputeSide {
     /// path the lower still has leaves a whiteout. It is P's deletion, not
     /// C's: retired at once (never sent back to P).
     fn retire_whiteouts_made(&mut self, r: &mut ComputeRound, deleted: &[RelPath]) -> Result<(), EngineError> {
-        let now = crate::now_ms();
         let mut changed = false;
         for p in deleted {
-            let is_whiteout = std::fs::symlink_metadata(self.cfg.upper.join(p.as_path()))
-                .is_ok_and(|md| scan::is_overlay_whiteout(&md));
-            if is_whiteout && !self.retired.contains_key(p) {
-                self.retired.insert(p.clone(), now);
-                r.retired_gone.retain(|g| g != p);
+            let md = std::fs::symlink_metadata(self.cfg.upper.join(p.as_path())).ok();
+            if let Some(md) = md.filter(scan::is_overlay_whiteout) {
+                self.retire_marker(r, p, md.ino());
                 changed = true;
             }
         }
@@ -917,6 +989,9 @@ impl ComputeSide {
             }
             writer(&self.upper, &r.merged).set_mode(p, h.mode)?;
             writer(&self.upper, &r.merged).set_mtime(p, h.mtime)?;
+            if r.merged.is_some() && current.is_none() {
+                self.retire_if_opaque(r, p)?;
+            }
             self.record_applied(r, p, report)?;
             return Ok(None);
         }
@@ -1035,14 +1110,21 @@ impl ComputeSide {
     /// the manifest. Only now does the round count.
     pub fn commit(&mut self, r: ComputeRound) -> Result<(), EngineError> {
         self.busy.commit(&r.busy);
+        let first_round = self.manifest.cursor.is_none();
+        let stale = r.stale_after_commit;
         let before = self.retired.len();
         for p in &r.retired_gone {
             self.retired.remove(p);
+            self.retired_ino.remove(p);
         }
         drop(r);
         self.resolve_pending(true)?;
         if self.retired.len() != before {
             self.save_retired()?;
+        }
+        // overlayfs: see `forget_cached_names`.
+        if (first_round || stale) && matches!(self.cfg.union, UnionKind::Overlay { .. }) {
+            forget_cached_names();
         }
         Ok(())
     }
@@ -1071,6 +1153,39 @@ fn load_ignore_rules(state_dir: &std::path::Path) -> IgnoreRules {
         tracing::warn!(error = %e, "ignore rules unusable, none until the next hello");
         IgnoreRules::default()
     })
+}
+
+/// overlayfs: makes the kernel forget the dentries it caches (its reclaimable
+/// dentries and inodes, machine-wide: the cost of a cold cache), after two
+/// kinds of rounds only:
+/// - a client's first round: it had no cursor, so it carried none of P's
+///   changes, and a name looked up in the merged view before P made it
+///   (between the mount and this round) would stay "absent" for good; from
+///   now on every change of P's comes through the rounds;
+/// - a round that removed from the lower what a directory of the merged view
+///   still refers to (the origin of a directory moved with `redirect_dir`,
+///   a directory P deleted that C keeps): the overlay would list it empty
+///   until a lower that revalidates (sshfs, after its cache timeouts) tells
+///   it, a plain directory never. Once per such move or deletion.
+fn forget_cached_names() {
+    match std::fs::write("/proc/sys/vm/drop_caches", "2") {
+        Ok(()) => tracing::info!("first round done: dropped the dentry cache once (overlayfs, see docs/union.md)"),
+        Err(e) => tracing::warn!(error = %e, "could not drop the dentry cache after the first round"),
+    }
+}
+
+/// overlayfs: whether P's deletion of `deleted` takes away the lower part of
+/// a directory moved through the merged view (its origin, or an ancestor).
+fn note_moved_origins<'a>(r: &mut ComputeRound, deleted: impl Iterator<Item = &'a RelPath>) {
+    if r.merged.is_none() || r.scan.redirect_origins.is_empty() {
+        return;
+    }
+    for d in deleted {
+        if r.scan.redirect_origins.iter().any(|o| o.starts_with(d)) {
+            r.stale_after_commit = true;
+            return;
+        }
+    }
 }
 
 /// Where a round makes its changes: overlayfs's merged view when the round

@@ -25,6 +25,10 @@ pub struct Marker {
     /// (unionfs-fuse's directory markers, overlayfs's opaque directories).
     /// An overlayfs whiteout does not tell.
     pub is_dir: bool,
+    /// overlayfs: the marker's inode in the upper layer (the whiteout's, or
+    /// the opaque directory's). A marker made again at the same path is a
+    /// new inode, so a new deletion; 0 for unionfs-fuse's.
+    pub ino: u64,
     /// unionfs-fuse's marker, which the engine removes once P has the
     /// deletion; `None` for overlayfs's, which are never removed.
     pub unionfs: Option<Whiteout>,
@@ -40,6 +44,11 @@ pub struct UpperScan {
     /// (`trusted.overlay.redirect`), whose content partly still lives in
     /// the lower layer under their old path. Sorted.
     pub redirects: Vec<RelPath>,
+    /// Where their lower content lives: the paths their redirects name
+    /// (unsorted; a redirect whose value cannot be read as a path is left
+    /// out). Once P deletes one of them, the overlay's cached view of the
+    /// moved directory is stale (see `ComputeSide::commit`).
+    pub redirect_origins: Vec<RelPath>,
     /// Entries that cannot be synced (sockets, fifos, devices, undecodable
     /// whiteout markers), each naming its path. They are reported, never
     /// silently dropped.
@@ -64,7 +73,7 @@ pub fn scan_upper(upper: &Path, filter: &PathFilter, union: &UnionKind) -> Resul
             .whiteouts
             .into_iter()
             .filter(|w| filter.is_synced(&w.path, w.is_dir))
-            .map(|w| Marker { path: w.path.clone(), is_dir: w.is_dir, unionfs: Some(w) })
+            .map(|w| Marker { path: w.path.clone(), is_dir: w.is_dir, ino: 0, unionfs: Some(w) })
             .collect();
     }
     Ok(scan)
@@ -78,7 +87,7 @@ pub(crate) fn is_overlay_whiteout(md: &std::fs::Metadata) -> bool {
 /// The first bytes of the overlayfs xattr `name` of the upper directory
 /// `abs` (`None`: it has none). A value longer than the buffer (a long
 /// redirect path) comes back as its first bytes: only its presence counts.
-fn xattr_head(abs: &Path, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
+pub(crate) fn xattr_head(abs: &Path, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
     let mut buf = [0u8; 256];
     match rustix::fs::lgetxattr(abs, name, &mut buf) {
         Ok(n) => Ok(Some(buf[..n].to_vec())),
@@ -131,7 +140,7 @@ fn walk(
         let is_dir = md.is_dir();
         if overlay && is_overlay_whiteout(&md) {
             if filter.is_synced(&path, false) {
-                scan.whiteouts.push(Marker { path, is_dir: false, unionfs: None });
+                scan.whiteouts.push(Marker { path, is_dir: false, ino: md.ino(), unionfs: None });
             }
             continue;
         }
@@ -154,9 +163,18 @@ fn walk(
                 // directory marker beside a directory made again.
                 // ("x" marks a directory holding xattr whiteouts: not opaque.)
                 if xattr_head(&ent.path(), OPAQUE_XATTR)?.as_deref() == Some(b"y") {
-                    scan.whiteouts.push(Marker { path: path.clone(), is_dir: true, unionfs: None });
+                    scan.whiteouts.push(Marker { path: path.clone(), is_dir: true, ino: md.ino(), unionfs: None });
                 }
-                if xattr_head(&ent.path(), REDIRECT_XATTR)?.is_some() {
+                if let Some(to) = xattr_head(&ent.path(), REDIRECT_XATTR)? {
+                    // Absolute in the layer (`/a/b`), or a name in the same parent.
+                    let origin = match to.strip_prefix(b"/") {
+                        Some(abs) => RelPath::new(abs).ok(),
+                        None => match dir {
+                            Some(d) => d.join(std::ffi::OsStr::from_bytes(&to)).ok(),
+                            None => RelPath::new(to).ok(),
+                        },
+                    };
+                    scan.redirect_origins.extend(origin);
                     scan.redirects.push(path.clone());
                 }
             }

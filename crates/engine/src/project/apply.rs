@@ -160,7 +160,10 @@ impl ProjectSide {
         }
         let copy = self.conflict_name(&target, &r.client)?;
         self.home.rename_noreplace(&tmp, &copy)?;
-        self.record(r, &copy)?;
+        // P's file, made for everyone, this client included: its step 4
+        // carries it (with overlayfs a name that appears only in the lower
+        // may never show in the client's merged view).
+        self.record_for_all(&copy)?;
         tracing::info!(path = %target, copy = %copy, client = %r.client, "conflict: project version kept");
         report.conflicts.push(copy);
         Ok(())

@@ -38,6 +38,10 @@ impl ProjectSide {
                 }
             }
         }
+        // What P kept, the client deleted: it shows there again only through
+        // this round's step 4 (with overlayfs the client's marker stays), so
+        // step 4 counts it as hidden from the client (sent whatever its size).
+        r.hidden.extend(report.kept.iter().cloned());
         Ok(report)
     }
 

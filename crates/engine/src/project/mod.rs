@@ -436,6 +436,14 @@ impl ProjectSide {
         if r.unseen.contains(p) {
             return true;
         }
+        let j = lock(&self.journal);
+        let entry = j.journal.get(p);
+        // The client's own write, still in place: never someone else's
+        // change, below a path it hides or not (a retried round's step 3
+        // finds what the cut round's step 3 wrote).
+        if entry.is_some_and(|e| e.sig == actual && e.author.as_ref() == Some(&r.client)) {
+            return false;
+        }
         // At a path the client hides behind a whiteout in its grace (or hid
         // until its user made a file there), never held by it: made on P
         // after the deletion and never shown to the client, whatever its
@@ -443,8 +451,7 @@ impl ProjectSide {
         if actual.is_some() && !r.index_base.contains(p) && r.is_hidden(p) {
             return true;
         }
-        let j = lock(&self.journal);
-        match j.journal.get(p) {
+        match entry {
             None => actual.is_some(),
             Some(e) if e.sig != actual => true,
             // The client's own write, still in place.
@@ -456,6 +463,14 @@ impl ProjectSide {
 
     fn lstat_sig(&self, p: &RelPath) -> Result<Option<Sig>, FsError> {
         Ok(self.home.lstat(p)?.and_then(|s| Sig::of(&s)))
+    }
+
+    /// Records `p` as changed by P itself (no client): every client's
+    /// step 4 considers it.
+    fn record_for_all(&self, p: &RelPath) -> Result<(), EngineError> {
+        let sig = self.lstat_sig(p)?;
+        lock(&self.journal).journal.record(p, sig, None);
+        Ok(())
     }
 
     fn record(&self, r: &ProjectRound, p: &RelPath) -> Result<(), EngineError> {

@@ -120,15 +120,28 @@ impl ProjectSide {
         // sees P's current state through the lower: a first round must not
         // copy the whole project.
         let (PullPolicy::Changed { max_file_size }, Some(base)) = (r.pull, r.base) else { return out };
-        let changed = j.journal.entries.iter().filter(|(p, e)| {
-            e.sig.is_some() && e.seq > base && e.author.as_ref() != Some(&r.client) && !r.held.contains(*p)
-        });
         let mut pulled: Vec<(RelPath, Why)> = Vec::new();
-        for (p, _) in changed {
-            // The client hides what is there (a whiteout in its grace): it
-            // sees P's version only through the round, whatever its size.
-            let cap = if r.is_hidden(p) { None } else { max_file_size };
-            pulled.push((p.clone(), Why::Pulled { max_file_size: cap }));
+        for (p, e) in &j.journal.entries {
+            if e.sig.is_none() || e.author.as_ref() == Some(&r.client) || r.held.contains(p) {
+                continue;
+            }
+            // The client hides what is there behind a marker of a deletion P
+            // has (a whiteout in its grace, or overlayfs's, which stays):
+            // it sees P's version only through the round, whatever its size
+            // or age (P kept it, or made it after the deletion).
+            if r.is_hidden(p) {
+                pulled.push((p.clone(), Why::Pulled { max_file_size: None }));
+            } else if e.seq > base {
+                // Below a directory made since the cursor that the client
+                // does not hold, the client's lower may show nothing (with
+                // overlayfs, a directory step 4 makes through the merged
+                // view is opaque): all of it goes, whatever its size.
+                let new_dir = p.ancestors().any(|a| {
+                    !r.held.contains(&a) && j.journal.get(&a).is_some_and(|d| d.sig.is_some() && d.seq > base)
+                });
+                let cap = if new_dir { None } else { max_file_size };
+                pulled.push((p.clone(), Why::Pulled { max_file_size: cap }));
+            }
         }
         drop(j);
         // Not applied by the client: sent again, whatever its size.

@@ -54,7 +54,8 @@ pub struct Client {
 /// A real union mount of a client's upper layer over P's home.
 struct RealUnion {
     merged: PlainDir,
-    /// The lower shows file mtimes in whole seconds (sshfs).
+    /// The lower is sshfs: it shows file mtimes in whole seconds, and it
+    /// revalidates the names an overlay above it caches.
     whole_second_lower: bool,
     mount: RealMount,
 }
@@ -245,16 +246,31 @@ impl World {
     /// before client 0 has a cursor.
     pub fn with_real_overlay_before_first_round() -> Result<World, UnionError> {
         let w = World::build_in(&overlay_scratch_base(), Layout::UnionfsFuse1, PathFilter::default());
-        w.mount_overlay()
+        w.mount_overlay(None)
     }
 
-    fn mount_overlay(mut self) -> Result<World, UnionError> {
+    /// [`World::with_real_overlay`], the world made below `base`, whose
+    /// filesystem must take `trusted.*` xattrs, and the overlay's lower P's home
+    /// as seen below `mirror`, an sshfs mount of `base` (as in production: the
+    /// overlay asks sshfs to revalidate what it caches, so
+    /// [`World::revalidate_lower`] does nothing).
+    pub fn with_real_overlay_over(base: &Path, mirror: &Path) -> Result<World, UnionError> {
+        let w = World::build_in(base, Layout::UnionfsFuse1, PathFilter::default());
+        let lower = mirror.join(w.home.strip_prefix(base).expect("the world is below base"));
+        let mut w = w.mount_overlay(Some(lower))?;
+        w.round();
+        Ok(w)
+    }
+
+    /// `sshfs_lower`: P's home through sshfs; else the home itself.
+    fn mount_overlay(mut self, sshfs_lower: Option<PathBuf>) -> Result<World, UnionError> {
         let dir = self.root.join("c1");
         let merged = dir.join("merged");
         std::fs::create_dir(&merged).expect("mkdir");
+        let over_sshfs = sshfs_lower.is_some();
         let ov = Overlay {
             upper: self.clients[0].union.upper.clone(),
-            lower: self.home.clone(),
+            lower: sshfs_lower.unwrap_or_else(|| self.home.clone()),
             // Beside the upper layer, on its filesystem, outside it (overlayfs's rule).
             work: dir.join("work"),
             merged: merged.clone(),
@@ -262,8 +278,8 @@ impl World {
         };
         let guard = ov.mount()?;
         let merged = PlainDir::new(merged, "c1's real overlay merged view");
-        self.clients[0].real =
-            Some(RealUnion { merged, whole_second_lower: false, mount: RealMount::Overlay { _guard: guard } });
+        let mount = RealMount::Overlay { _guard: guard };
+        self.clients[0].real = Some(RealUnion { merged, whole_second_lower: over_sshfs, mount });
         self.clients[0].pull = PullPolicy::Changed { max_file_size: None };
         self.crash_and_reopen_client(0);
         Ok(self)
@@ -290,11 +306,14 @@ impl World {
     /// stays negative in the overlay over sshfs too, and the round must cure that.
     /// (Dropping the cache also forgets such negative entries made earlier: where
     /// that matters, the check is weaker than production, not stronger.)
-    /// No-op without a real overlay, or with `CS_OVERLAY_NO_REVALIDATE` set (to see
+    /// No-op without a real overlay over a plain lower (sshfs revalidates by
+    /// itself), or with `CS_OVERLAY_NO_REVALIDATE` set (to see
     /// what fails without it). Returns whether it dropped.
     pub fn revalidate_lower(&self) -> bool {
-        let any_overlay = (0..self.clients.len()).any(|i| self.is_overlay(i));
-        if !any_overlay || std::env::var_os("CS_OVERLAY_NO_REVALIDATE").is_some() {
+        let over_plain_lower =
+            |i: usize| self.is_overlay(i) && self.clients[i].real.as_ref().is_some_and(|r| !r.whole_second_lower);
+        let any = (0..self.clients.len()).any(over_plain_lower);
+        if !any || std::env::var_os("CS_OVERLAY_NO_REVALIDATE").is_some() {
             return false;
         }
         std::fs::write("/proc/sys/vm/drop_caches", "2").expect("write /proc/sys/vm/drop_caches (needs root)");

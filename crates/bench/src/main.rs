@@ -257,6 +257,15 @@ fn run(cli: Cli) -> Result<usize> {
     let (root, _tmp) = util::work_dir(cli.dir.as_deref(), "cs-bench.")?;
     eprintln!("{} cs-bench: working in {} (load average {})", util::clock(), root.display(), util::loadavg());
     res.meta.load_start = util::loadavg();
+    if let Some(dev) = util::ext4_without_journal(&root) {
+        let msg = format!(
+            "the work directory is on ext4 without a journal ({dev}): there a new inode skips every inode freed in \
+             the last minute, one lookup each, so creating files right after deleting many (W1-W3, S1) is slow and \
+             varies with what anything on {dev} deleted; give --dir on a journaled filesystem (docs/benchmarks.md)"
+        );
+        eprintln!("{} cs-bench: {msg}", util::clock());
+        res.notes.push(msg);
+    }
     res.meta.date = util::output(std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC"))
         .unwrap_or_default()
         .trim()
@@ -333,6 +342,9 @@ impl OverlayMount {
         }
     }
 }
+
+/// The kernel overlay's options as cs-actor mounts it (docs/union.md, "The choice").
+const KERNEL_OVERLAY_OPTIONS: [&str; 2] = ["redirect_dir=on", "index=on"];
 
 /// Lower (a copy of the template), upper, work and merged directories below `d`, with the
 /// local-only directories made opaque in the upper layer, as cs-actor prepares them.
@@ -518,7 +530,13 @@ fn bench_all(
         let d = root.join(setup);
         let ov = overlay_dirs(&d, &template, &setup_log)?;
         let mount = match kind {
-            Kind::OverlayLocal => OverlayMount::Kernel(ov.mount()?),
+            Kind::OverlayLocal => OverlayMount::Kernel(
+                cs_union::overlay::Overlay {
+                    extra: KERNEL_OVERLAY_OPTIONS.iter().map(|o| o.to_string()).collect(),
+                    ..ov.clone()
+                }
+                .mount()?,
+            ),
             _ => OverlayMount::Fuse(util::FuseOverlayfs::mount(&ov)?),
         };
         let v = View { kind, view: ov.merged.clone(), project: ov.lower.clone(), upper: None, compute: None };

@@ -343,9 +343,6 @@ impl OverlayMount {
     }
 }
 
-/// The kernel overlay's options as cs-actor mounts it (docs/union.md, "The choice").
-const KERNEL_OVERLAY_OPTIONS: [&str; 2] = ["redirect_dir=on", "index=on"];
-
 /// Lower (a copy of the template), upper, work and merged directories below `d`, with the
 /// local-only directories made opaque in the upper layer, as cs-actor prepares them.
 fn overlay_dirs(d: &Path, template: &Path, setup_log: &Path) -> Result<cs_union::overlay::Overlay> {
@@ -530,9 +527,10 @@ fn bench_all(
         let d = root.join(setup);
         let ov = overlay_dirs(&d, &template, &setup_log)?;
         let mount = match kind {
+            // Mounted as cs-actor mounts it.
             Kind::OverlayLocal => OverlayMount::Kernel(
                 cs_union::overlay::Overlay {
-                    extra: KERNEL_OVERLAY_OPTIONS.iter().map(|o| o.to_string()).collect(),
+                    extra: cs_mount::DEFAULT_OVERLAY_OPTIONS.iter().map(|o| o.to_string()).collect(),
                     ..ov.clone()
                 }
                 .mount()?,

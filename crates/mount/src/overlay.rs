@@ -14,33 +14,28 @@ use rustix::io::Errno;
 
 use crate::plant::Settings;
 use crate::prepare_local_only_opaque;
+use crate::probe::MountIdentity;
 
 /// A mounted overlay and what it was mounted over.
 pub(crate) struct OverlayMount {
     guard: OverlayGuard,
     /// Our mount's id in mountinfo: a different mount on top means ours is gone.
     mount_id: Option<u64>,
-    /// The lower's mount id when the overlay was mounted (`None`: it was not a mount point).
-    lower_mount_id: Option<u64>,
+    /// Which mount the lower was when the overlay was mounted over it.
+    lower: Option<MountIdentity>,
     /// The options in force, as the kernel reports them (without the three directories).
     pub options: String,
     /// Why they differ from the configured ones, if they do.
     pub note: Option<String>,
 }
 
-/// The topmost mount id at `p`, if `p` is a mount point.
-fn mount_id(p: &Path) -> Option<u64> {
-    cs_union::mount_entry(p).ok().flatten().map(|e| e.mount_id)
-}
-
 /// Makes the local-only directories opaque, then mounts overlayfs at `merged` with the
-/// configured options. `index=on` is refused when the upper layer is still in use by an
+/// configured options, over the lower mount `lower` (as just probed). `index=on` is refused when the upper layer is still in use by an
 /// overlay that was detached but is busy (EBUSY: a process keeps a file or its working
 /// directory in the old home), or when the upper or work directory was used over another lower
 /// (ESTALE): then it is mounted with `index=off`, and the note says so.
-pub(crate) fn mount(s: &Settings) -> Result<OverlayMount, String> {
+pub(crate) fn mount(s: &Settings, lower: Option<MountIdentity>) -> Result<OverlayMount, String> {
     prepare_local_only_opaque(&s.upper, &s.local_only, s.local_only_owner).map_err(|e| e.to_string())?;
-    let lower_mount_id = mount_id(&s.lower_mountpoint);
     let mut ov = Overlay {
         upper: s.upper.clone(),
         lower: s.lower_mountpoint.clone(),
@@ -88,7 +83,7 @@ pub(crate) fn mount(s: &Settings) -> Result<OverlayMount, String> {
         );
     }
     tracing::info!(merged = %s.merged.display(), %options, "overlayfs mounted");
-    Ok(OverlayMount { guard, mount_id: Some(entry.mount_id), lower_mount_id, options, note })
+    Ok(OverlayMount { guard, mount_id: Some(entry.mount_id), lower, options, note })
 }
 
 fn has_index_on(opts: &[String]) -> bool {
@@ -107,10 +102,11 @@ fn options_in_force(super_options: &str) -> String {
 
 impl OverlayMount {
     /// `Some(why)` if the overlay at `merged` is no longer the one we mounted over the current
-    /// lower: unmounted (someone ran umount), covered by another mount, or the lower was
-    /// mounted again since (the overlay still shows the old one). A lower that is not mounted
-    /// right now does not count: the rail is up, and the overlay is remounted once it is back.
-    pub(crate) fn stale(&self, merged: &Path, lower: &Path) -> Option<String> {
+    /// lower: unmounted (someone ran umount), covered by another mount, or the lower (now the
+    /// mount `lower_now`, as the lower's health check saw it) was mounted again since: the
+    /// overlay still shows the old one. A lower that does not answer right now does not count:
+    /// the rail is up, and the overlay is remounted once it is back.
+    pub(crate) fn stale(&self, merged: &Path, lower: &Path, lower_now: Option<MountIdentity>) -> Option<String> {
         match cs_union::mount_entry(merged) {
             Ok(None) => return Some(format!("{} is no longer mounted", merged.display())),
             Ok(Some(e)) if e.fs_type != "overlay" => {
@@ -122,8 +118,7 @@ impl OverlayMount {
             Ok(Some(_)) => {}
             Err(e) => return Some(e.to_string()),
         }
-        let now = mount_id(lower);
-        if now.is_some() && now != self.lower_mount_id {
+        if lower_now.is_some() && lower_now != self.lower {
             return Some(format!(
                 "the lower {} was mounted again since the overlay was: the overlay still shows the old one",
                 lower.display()

@@ -10,7 +10,7 @@ use cs_union::{Layout, MountGuard, UnionfsFuse};
 use crate::bare::{self, Prepared};
 use crate::lower::LowerProc;
 use crate::overlay::{self, OverlayMount};
-use crate::probe::{PathHealth, Prober};
+use crate::probe::{MountIdentity, PathHealth, Prober};
 use crate::util::{mounted, unmount_if_mounted};
 use crate::{prepare_local_only_owned, LowerSpec, UnionBackend};
 
@@ -70,6 +70,8 @@ pub(crate) struct LowerReport {
     pub latency: Option<Duration>,
     /// Whether its root lists at least one entry (only when healthy).
     pub has_entries: Option<bool>,
+    /// Which mount answered (only when healthy): an overlay over an older one is stale.
+    pub mount: Option<MountIdentity>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +118,7 @@ impl Plant {
                     self.lower_failure = Some(e.clone());
                     let health =
                         if mounted(&s.lower_mountpoint) { LowerHealth::Error(e) } else { LowerHealth::Missing(e) };
-                    return LowerReport { health, pid: None, latency: None, has_entries: None };
+                    return LowerReport { health, pid: None, latency: None, has_entries: None, mount: None };
                 }
             }
         }
@@ -129,7 +131,7 @@ impl Plant {
     pub(crate) fn mount_union(&mut self, s: &Settings) -> UnionReport {
         let mut mount_point = None;
         let mut r = match self.try_mount_union(s, &mut mount_point) {
-            Ok(()) => self.check_union(s),
+            Ok(()) => self.check_union(s, None),
             Err(e) => UnionReport { dead: Some(e), ..Default::default() },
         };
         r.mount_point = mount_point;
@@ -161,7 +163,12 @@ impl Plant {
             return Err(e);
         }
         if s.backend == UnionBackend::Overlay {
-            self.union = Some(UnionMount::Overlay(overlay::mount(s)?));
+            // Which lower the overlay pins (asked with the timeout: a hung lower fails here).
+            let lower = match self.lower_probe.check_dir(&s.lower_mountpoint, false, s.health_timeout) {
+                PathHealth::Ok { mount, .. } => mount,
+                h => return Err(format!("the lower: {}", h.describe().unwrap_or_default())),
+            };
+            self.union = Some(UnionMount::Overlay(overlay::mount(s, lower)?));
             return Ok(());
         }
         let bin = match &s.union_binary {
@@ -185,12 +192,14 @@ impl Plant {
     }
 
     pub(crate) fn check(&mut self, s: &Settings) -> (LowerReport, UnionReport) {
-        (self.check_lower(s), self.check_union(s))
+        let lower = self.check_lower(s);
+        let union = self.check_union(s, lower.mount);
+        (lower, union)
     }
 
     fn check_lower(&mut self, s: &Settings) -> LowerReport {
         let mp = &s.lower_mountpoint;
-        let mut r = LowerReport { health: LowerHealth::Ok, pid: None, latency: None, has_entries: None };
+        let mut r = LowerReport { health: LowerHealth::Ok, pid: None, latency: None, has_entries: None, mount: None };
         if let Some(p) = self.lower.as_mut() {
             r.pid = p.pid();
             if let Some(why) = p.exited() {
@@ -213,16 +222,18 @@ impl Plant {
             return r;
         }
         match self.lower_probe.check_dir(mp, true, s.health_timeout) {
-            PathHealth::Ok { latency, has_entries } => {
+            PathHealth::Ok { latency, has_entries, mount } => {
                 r.latency = Some(latency);
                 r.has_entries = has_entries;
+                r.mount = mount;
             }
             h => r.health = LowerHealth::Error(h.describe().unwrap_or_default()),
         }
         r
     }
 
-    fn check_union(&mut self, s: &Settings) -> UnionReport {
+    /// `lower`: which mount the lower is now, when known (an overlay over another is stale).
+    fn check_union(&mut self, s: &Settings, lower: Option<MountIdentity>) -> UnionReport {
         let mut r = UnionReport { layout: self.layout, ..Default::default() };
         let g = match self.union.as_mut() {
             None => {
@@ -233,7 +244,7 @@ impl Plant {
                 r.layout = None;
                 r.options = Some(o.options.clone());
                 r.options_note = o.note.clone();
-                r.dead = o.stale(&s.merged, &s.lower_mountpoint);
+                r.dead = o.stale(&s.merged, &s.lower_mountpoint, lower);
                 if r.dead.is_none() {
                     self.probe_union(s, &mut r);
                 }

@@ -242,6 +242,37 @@ fn killed_sshfs_raises_the_rail_until_remounted() {
     });
 }
 
+/// With the overlay backend, sshfs killed and mounted again: the overlay pinned the dead
+/// sshfs, so it is mounted again over the new one (unionfs-fuse needs no remount, above).
+#[test]
+fn killed_sshfs_under_overlay_remounts_both() {
+    let Some(fx) = fx() else { return };
+    run(|| async {
+        let mut cfg = fx.config(fx.sshfs_lower(&SshfsOptions::default()));
+        cfg.backend = cs_mount::UnionBackend::Overlay;
+        let a = MountSupervisor::new(cfg).unwrap().start();
+        let s = wait_state(&a, Duration::from_secs(20), "healthy mounts", healthy).await;
+        assert_eq!(s.union.pid, None);
+        // index=on holds over sshfs (FUSE gives file handles): docs/union.md, point 6.
+        assert!(s.union.options.as_deref().unwrap().split(',').any(|o| o == "index=on"), "{:?}", s.union.options);
+        std::fs::write(fx.merged.join("c.txt"), b"C\n").unwrap();
+        let old = s.lower.pid.unwrap();
+        // SAFETY: kill(2) of the sshfs process the supervisor started (its pid from the state).
+        unsafe { libc::kill(old as i32, libc::SIGKILL) };
+
+        let s = wait_state(&a, Duration::from_secs(15), "lower and overlay remounted", |s| {
+            healthy(s) && s.lower.remounts == 1 && s.union.remounts == 1
+        })
+        .await;
+        assert_ne!(s.lower.pid, Some(old));
+        assert_eq!(s.union.options_note, None, "index=on is kept over a new sshfs");
+        // The project shows through the new sshfs (the old overlay answered ENOTCONN).
+        assert_eq!(std::fs::read(fx.merged.join("src/main.rs")).unwrap(), b"fn main() {}\n");
+        assert_eq!(std::fs::read(fx.merged.join("c.txt")).unwrap(), b"C\n");
+        shutdown(&a, &fx, &[s.lower.pid.unwrap()]).await;
+    });
+}
+
 #[test]
 fn local_only_dirs_show_only_local_files() {
     let Some(fx) = fx() else { return };

@@ -43,9 +43,42 @@ pub(crate) fn mount(s: &Settings, lower: Option<MountIdentity>) -> Result<Overla
         merged: s.merged.clone(),
         extra: s.overlay_options.clone(),
     };
-    let mut note = None;
-    let guard = match ov.mount() {
-        Ok(g) => g,
+    let (mut guard, mut note) = mount_with_fallback(&mut ov)?;
+    let mut entry = listed(&s.merged)?;
+    if entry.super_options.split(',').any(|o| o == "ro") {
+        // The kernel could not clean its scratch directory `WORK/work` (left by an earlier
+        // mount, e.g. a copy-up cut short) and mounted read-only: it is only scratch, so it
+        // is removed and the mount tried once more.
+        let scratch = s.overlay_work.join("work");
+        tracing::warn!(work = %scratch.display(), "overlayfs came up read-only: removing its stale work directory");
+        guard.unmount().map_err(|e| e.to_string())?;
+        remove_scratch(&scratch)?;
+        (guard, note) = mount_with_fallback(&mut ov)?;
+        entry = listed(&s.merged)?;
+        if entry.super_options.split(',').any(|o| o == "ro") {
+            let _ = guard.unmount();
+            return Err(format!(
+                "overlayfs at {} came up read-only even with a clean work directory {} (the kernel log says why)",
+                s.merged.display(),
+                s.overlay_work.display()
+            ));
+        }
+    }
+    let options = options_in_force(&entry.super_options);
+    if note.is_none() && has_index_on(&ov.extra) && !options.split(',').any(|o| o == "index=on") {
+        note = Some(
+            "the kernel turned index off by itself (the kernel log says why: a lower without file handles?)".into(),
+        );
+    }
+    tracing::info!(merged = %s.merged.display(), %options, "overlayfs mounted");
+    Ok(OverlayMount { guard, mount_id: Some(entry.mount_id), lower, options, note })
+}
+
+/// Mounts `ov`; when the kernel refuses `index=on` (see [`mount`]) mounts with `index=off`
+/// (changing `ov`), and says why in the note.
+fn mount_with_fallback(ov: &mut Overlay) -> Result<(OverlayGuard, Option<String>), String> {
+    match ov.mount() {
+        Ok(g) => Ok((g, None)),
         Err(UnionError::OverlayMount { source, .. })
             if has_index_on(&ov.extra) && matches!(Errno::from_io_error(&source), Some(Errno::BUSY | Errno::STALE)) =>
         {
@@ -56,34 +89,29 @@ pub(crate) fn mount(s: &Settings, lower: Option<MountIdentity>) -> Result<Overla
             tracing::warn!(error = %source, why, "overlayfs refused index=on: mounting with index=off");
             ov.extra = ov.extra.iter().map(|o| if o == "index=on" { "index=off".into() } else { o.clone() }).collect();
             let g = ov.mount().map_err(|e| e.to_string())?;
-            note = Some(format!(
+            Ok((g, Some(format!(
                 "index=on refused ({source}): {why}; mounted with index=off, so a copy-up breaks lower hard links until a remount with index=on succeeds"
-            ));
-            g
+            ))))
         }
-        Err(e) => return Err(e.to_string()),
-    };
-    let Some(entry) = cs_union::mount_entry(&s.merged).map_err(|e| e.to_string())? else {
-        return Err(format!("{} is not listed in mountinfo right after mounting overlayfs", s.merged.display()));
-    };
-    let options = options_in_force(&entry.super_options);
-    if options.split(',').any(|o| o == "ro") {
-        // The kernel could not use the work directory (it says why in dmesg).
-        let _ = guard.unmount();
-        return Err(format!(
-            "overlayfs at {} came up read-only (the kernel log says why; often a work directory {} it cannot clean: \
-             stop the service and remove it)",
-            s.merged.display(),
-            s.overlay_work.display()
-        ));
+        Err(e) => Err(e.to_string()),
     }
-    if note.is_none() && has_index_on(&ov.extra) && !options.split(',').any(|o| o == "index=on") {
-        note = Some(
-            "the kernel turned index off by itself (the kernel log says why: a lower without file handles?)".into(),
-        );
-    }
-    tracing::info!(merged = %s.merged.display(), %options, "overlayfs mounted");
-    Ok(OverlayMount { guard, mount_id: Some(entry.mount_id), lower, options, note })
+}
+
+/// The mountinfo line of the overlay just mounted at `merged`.
+fn listed(merged: &Path) -> Result<cs_union::MountEntry, String> {
+    cs_union::mount_entry(merged)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} is not listed in mountinfo right after mounting overlayfs", merged.display()))
+}
+
+/// Removes overlayfs's scratch directory `WORK/work` (whatever it holds), never `WORK/index`.
+fn remove_scratch(scratch: &Path) -> Result<(), String> {
+    let r = match std::fs::symlink_metadata(scratch) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(scratch),
+        _ => std::fs::remove_file(scratch),
+    };
+    r.map_err(|e| format!("remove the stale overlay work directory {}: {e}", scratch.display()))
 }
 
 fn has_index_on(opts: &[String]) -> bool {

@@ -356,3 +356,24 @@ fn an_adopted_lower_mounted_again_by_someone_else_gets_a_new_overlay() {
     umount(&fx.lower, false);
     assert!(fx.mounts().is_empty(), "{:?}", fx.mounts());
 }
+
+/// A work directory left by an earlier mount with scratch entries the kernel cannot clean
+/// (it would mount read-only): the scratch is removed and the overlay comes up writable.
+#[test]
+fn a_stale_work_directory_is_cleaned() {
+    let fx = fx();
+    let work = fx.root.join("upper.overlay-work");
+    put(&work, "work/d/e/f", "left by a copy-up cut short");
+    put(&work, "work/junk", "");
+    run(|| async {
+        let a = MountSupervisor::new(fx.config()).unwrap().start();
+        let s = wait_state(&a, Duration::from_secs(20), "healthy mounts", healthy).await;
+        let opts = s.union.options.clone().unwrap();
+        assert!(!opts.split(',').any(|o| o == "ro"), "{opts}");
+        assert!(opts.split(',').any(|o| o == "index=on"), "{opts}");
+        put(&fx.merged, "c.txt", "C\n");
+        assert!(fx.upper.join("c.txt").exists());
+        assert!(!work.join("work/junk").exists());
+        shutdown(&a, &fx).await;
+    });
+}

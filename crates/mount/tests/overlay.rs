@@ -151,6 +151,19 @@ impl Drop for Holder {
     }
 }
 
+/// Detaches what is mounted at its path when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        while cs_union::is_mounted(&self.0).unwrap_or(false) {
+            if rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH).is_err() {
+                break;
+            }
+        }
+    }
+}
+
 fn umount(path: &Path, lazy: bool) {
     let flags = if lazy { rustix::mount::UnmountFlags::DETACH } else { rustix::mount::UnmountFlags::empty() };
     rustix::mount::unmount(path, flags).unwrap();
@@ -298,6 +311,7 @@ fn a_stale_overlay_at_the_merged_path_is_replaced() {
         extra: vec![],
     };
     std::mem::forget(old.mount().unwrap()); // left behind, as after a kill -9
+    let _if_still_there = Unmount(fx.merged.clone());
     assert!(fx.merged.join("old.txt").exists());
     run(|| async {
         let a = MountSupervisor::new(fx.config()).unwrap().start();
@@ -332,6 +346,8 @@ fn an_adopted_lower_mounted_again_by_someone_else_gets_a_new_overlay() {
         rustix::mount::mount_bind(src, &fx.lower).unwrap();
     };
     bind(&fx.project);
+    // Unmounted even if the test fails (the supervisor leaves an adopted lower alone).
+    let adopted = Unmount(fx.lower.clone());
     run(|| async {
         let mut cfg = fx.config();
         cfg.lower = LowerSpec::Adopt(fx.lower.clone());
@@ -353,7 +369,8 @@ fn an_adopted_lower_mounted_again_by_someone_else_gets_a_new_overlay() {
         a.send(Shutdown).await.unwrap().unwrap();
     });
     // Shutdown leaves an adopted lower mounted.
-    umount(&fx.lower, false);
+    assert!(cs_union::is_mounted(&fx.lower).unwrap());
+    drop(adopted);
     assert!(fx.mounts().is_empty(), "{:?}", fx.mounts());
 }
 

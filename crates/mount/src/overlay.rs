@@ -30,10 +30,11 @@ pub(crate) struct OverlayMount {
 }
 
 /// Makes the local-only directories opaque, then mounts overlayfs at `merged` with the
-/// configured options, over the lower mount `lower` (as just probed). `index=on` is refused when the upper layer is still in use by an
-/// overlay that was detached but is busy (EBUSY: a process keeps a file or its working
-/// directory in the old home), or when the upper or work directory was used over another lower
-/// (ESTALE): then it is mounted with `index=off`, and the note says so.
+/// configured options, over the lower mount `lower` (as just probed). `index=on` is refused
+/// when the upper layer is still in use by an overlay that was detached but is busy (EBUSY: a
+/// process keeps a file or its working directory in the old home), or when the upper or work
+/// directory was used over another lower (ESTALE): then it is mounted with `index=off`, and
+/// the note says so. A read-only mount (a stale scratch directory) is cleaned and retried.
 pub(crate) fn mount(s: &Settings, lower: Option<MountIdentity>) -> Result<OverlayMount, String> {
     prepare_local_only_opaque(&s.upper, &s.local_only, s.local_only_owner).map_err(|e| e.to_string())?;
     let mut ov = Overlay {

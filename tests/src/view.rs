@@ -315,7 +315,15 @@ impl View for PlainDir {
             }
         };
         let mut out = Vec::new();
-        for e in fs::read_dir(host)? {
+        let listing = match fs::read_dir(host) {
+            Ok(l) => l,
+            // A directory of kernel overlayfs's merged view whose lower part P
+            // deleted, over an sshfs lower that has not revalidated it yet
+            // (between rounds): unreadable until then, as users see it.
+            Err(e) if dir.is_some() && e.raw_os_error() == Some(libc::ESTALE) => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for e in listing {
             let e = e?;
             let name = e.file_name();
             let path = match dir {

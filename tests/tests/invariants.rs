@@ -129,7 +129,6 @@ fn no_lost_write() {
 
 /// C's writes that lost to P's in a directory C made: tests/counterexamples.md #13.
 #[test]
-#[ignore = "engine: reported to the lead (counterexamples.md #13)"]
 fn no_lost_write_on_real_overlay() {
     if let Some(w) = overlay_world() {
         no_lost_write_in(w);
@@ -447,7 +446,6 @@ fn conflict_copy_keeps_incoming_version_beside_file() {
 
 /// In a directory C made: tests/counterexamples.md #13.
 #[test]
-#[ignore = "engine: reported to the lead (counterexamples.md #13)"]
 fn conflict_copy_keeps_incoming_version_beside_file_on_real_overlay() {
     if let Some(w) = overlay_world() {
         conflict_copy_beside_file_in(w);

@@ -707,7 +707,6 @@ fn real_overlay_cases() -> u32 {
 /// scan reads overlayfs's markers. `CS_REAL_OVERLAY_CASES` sets the number of
 /// cases (default 100, about a minute; a release run: 5000).
 #[test]
-#[ignore = "engine: fails on tests/counterexamples.md #11-#16 (reported to the lead); run with --ignored"]
 fn real_overlay_histories_converge_and_lose_no_write() {
     if !cs_tests::fixture::real_overlay_available() {
         return;
@@ -734,7 +733,6 @@ fn real_overlay_histories_converge_and_lose_no_write() {
 /// harness stand-in for revalidation, sshfs does it. `CS_REAL_OVERLAY_SSHFS_CASES`
 /// sets the number of cases (default 40).
 #[test]
-#[ignore = "engine: fails on tests/counterexamples.md #11-#16 (reported to the lead); run with --ignored"]
 fn real_overlay_over_sshfs_histories_converge_and_lose_no_write() {
     if !cs_tests::fixture::real_overlay_available() || !cs_testbed::real_tools_available() {
         return;
@@ -1010,7 +1008,6 @@ const UNCAPPED: PullPolicy = PullPolicy::Changed { max_file_size: None };
 /// so it carries none of P's changes; a name C looked up before it (the
 /// overlay caches "absent") and P made meanwhile stays ENOENT after it.
 #[test]
-#[ignore = "engine: reported to the lead (counterexamples.md #10)"]
 fn overlay_counterexample_10_name_looked_up_before_the_first_round() {
     if !cs_tests::fixture::real_overlay_available() {
         return;
@@ -1026,7 +1023,6 @@ fn overlay_counterexample_10_name_looked_up_before_the_first_round() {
 /// C's cursor); the whiteout stays, and P's version, above the pull cap, is
 /// not carried by step 4: C never sees it again.
 #[test]
-#[ignore = "engine: reported to the lead (counterexamples.md #11)"]
 fn overlay_counterexample_11_kept_file_above_the_cap_comes_back() {
     replay_overlay(
         PullPolicy::Changed { max_file_size: Some(8) },
@@ -1038,7 +1034,6 @@ fn overlay_counterexample_11_kept_file_above_the_cap_comes_back() {
 /// sends it as a deletion and retires it; C's later `rm -r` of it leaves a
 /// whiteout at the retired path, never sent.
 #[test]
-#[ignore = "engine: reported to the lead (counterexamples.md #12)"]
 fn overlay_counterexample_12_rm_r_of_a_directory_c_made_reaches_p() {
     replay_overlay(
         UNCAPPED,
@@ -1050,7 +1045,6 @@ fn overlay_counterexample_12_rm_r_of_a_directory_c_made_reaches_p() {
 /// made (opaque: the lower's entries there never show) is not carried by
 /// step 4 (written by this client's step 3: "no echo").
 #[test]
-#[ignore = "engine: reported to the lead (counterexamples.md #13)"]
 fn overlay_counterexample_13_conflict_copy_in_a_directory_c_made_reaches_c() {
     replay_overlay(
         UNCAPPED,
@@ -1062,7 +1056,6 @@ fn overlay_counterexample_13_conflict_copy_in_a_directory_c_made_reaches_c() {
 /// view (C had looked the name up: no lower directory to copy up) is opaque,
 /// and the next round sends it to P as a deletion.
 #[test]
-#[ignore = "engine: reported to the lead (counterexamples.md #14)"]
 fn overlay_counterexample_14_directory_pulled_into_c_is_not_deleted_on_p() {
     replay_overlay(
         UNCAPPED,
@@ -1088,7 +1081,6 @@ fn overlay_file_pulled_into_a_directory_made_by_step_4_survives_on_p() {
 /// tests/counterexamples.md #15: a spurious conflict copy on the retry of a
 /// round cut after step 3 (the emulated union, with a cursor, has none).
 #[test]
-#[ignore = "engine: reported to the lead (counterexamples.md #15)"]
 fn overlay_counterexample_15_retry_after_a_cut_makes_no_conflict_copy() {
     replay_overlay(
         UNCAPPED,
@@ -1103,7 +1095,6 @@ fn overlay_counterexample_15_retry_after_a_cut_makes_no_conflict_copy() {
 /// tests/counterexamples.md #16: step 4 makes the parent of a file above the
 /// pull cap through the merged view (opaque), which hides the file the lower has.
 #[test]
-#[ignore = "engine: reported to the lead (counterexamples.md #16)"]
 fn overlay_counterexample_16_file_above_the_cap_shows_below_a_pulled_directory() {
     replay_overlay(
         PullPolicy::Changed { max_file_size: Some(8) },

@@ -389,9 +389,9 @@ impl ComputeSide {
         };
         let mut scan = scan_upper(&self.cfg.upper, &self.filter, &self.cfg.union)?;
         if let (Some(m), false) = (&merged, scan.redirects.is_empty()) {
-            if self.copy_up_moved_dirs(m, &scan.redirects)? > 0 {
-                scan = scan_upper(&self.cfg.upper, &self.filter, &self.cfg.union)?;
-            }
+            self.copy_up_moved_dirs(m, &scan.redirects)?;
+            self.settle_moved_dirs(&scan.redirects)?;
+            scan = scan_upper(&self.cfg.upper, &self.filter, &self.cfg.union)?;
         }
         // What P has at a retired path, C has not seen: P is told, and keeps
         // it from C's deletes and writes there. That includes a path whose
@@ -515,6 +515,31 @@ impl ComputeSide {
             tracing::info!(copied, moved = moved.len(), "copied up the lower content of moved directories");
         }
         Ok(copied)
+    }
+
+    /// overlayfs: once a moved directory's lower content is all in the upper
+    /// layer, the directory stops merging its origin: otherwise whatever
+    /// the lower later has at the old path (C's own new directory there,
+    /// written to P by step 3) would show inside it too. overlayfs offers no
+    /// way to do that through the merged view, so its redirect is replaced
+    /// by an opaque mark in the upper layer directly and the kernel's cached
+    /// dentries are dropped right after, which makes it read the directory
+    /// afresh, as after a remount (a dentry a process holds, such as its
+    /// working directory, keeps the old view until released).
+    fn settle_moved_dirs(&self, moved: &[RelPath]) -> Result<(), EngineError> {
+        use cs_union::overlay::{OPAQUE_XATTR, REDIRECT_XATTR};
+        for d in moved {
+            let abs = self.cfg.upper.join(d.as_path());
+            rustix::fs::lsetxattr(&abs, OPAQUE_XATTR, b"y", rustix::fs::XattrFlags::empty())
+                .map_err(|e| EngineError::io("mark opaque", &abs, e.into()))?;
+            match rustix::fs::lremovexattr(&abs, REDIRECT_XATTR) {
+                Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                Err(e) => return Err(EngineError::io("remove the redirect of", &abs, e.into())),
+            }
+        }
+        tracing::info!(moved = moved.len(), "moved directories no longer merge their old lower path");
+        forget_cached_names();
+        Ok(())
     }
 
     /// The committed held set, for P when its index does not match.
@@ -699,6 +724,17 @@ impl ComputeSide {
         let mut paths: Vec<&RelPath> = paths.iter().collect();
         paths.sort();
         paths.dedup();
+        // overlayfs: P deleted (or moved away) a directory the upper layer
+        // has too, so the overlay's cached view of it still refers to the
+        // lower's, which is gone: operations there fail with ESTALE until a
+        // lower that revalidates tells it (a plain directory never does).
+        if r.merged.is_some()
+            && paths
+                .iter()
+                .any(|p| self.upper.lstat(p).ok().flatten().is_some_and(|st| st.kind == cs_safe_fs::FileKind::Dir))
+        {
+            forget_cached_names();
+        }
         // Deepest first, so that a directory is emptied before it is removed.
         for p in paths.into_iter().rev() {
             if !self.filter.is_synced(p, false) {
@@ -736,13 +772,13 @@ impl ComputeSide {
             }
             let writer = r.merged.as_ref().unwrap_or(&self.upper);
             let removed = match current.kind {
-                EntryKind::Dir => match writer.remove_dir(p) {
+                EntryKind::Dir => match retry_if_stale(|| writer.remove_dir(p)) {
                     Ok(()) => true,
                     Err(e) if e.io_kind() == Some(std::io::ErrorKind::DirectoryNotEmpty) => false,
                     Err(e) => return Err(e.into()),
                 },
                 _ => {
-                    writer.remove_file(p)?;
+                    retry_if_stale(|| writer.remove_file(p))?;
                     true
                 }
             };
@@ -1036,7 +1072,10 @@ impl ComputeSide {
             // The lower's stale entry could not be cleared (a directory the
             // lower lost but the overlay still caches): P's version waits for
             // a later round, when the overlay has caught up.
-            let placed = clear_lower_entry(merged, &target, false).and_then(|_| Ok(merged.rename(&tmp, &target)?));
+            let placed = retry_if_stale(|| {
+                clear_lower_entry(merged, &target, false)?;
+                merged.rename(&tmp, &target)
+            });
             if let Err(e) = placed {
                 tracing::warn!(path = %target, error = %e, "P's version not placed in the merged view this round");
                 merged.remove_file(&tmp)?;
@@ -1174,6 +1213,21 @@ fn forget_cached_names() {
     }
 }
 
+/// An operation through overlayfs's merged view that met a stale handle (a
+/// lower that changed behind the overlay's back and has not revalidated
+/// yet): the cached dentries are dropped (see [`forget_cached_names`]) and
+/// it is tried once more. Other errors, and a second failure, are returned.
+fn retry_if_stale<T>(mut op: impl FnMut() -> Result<T, cs_safe_fs::FsError>) -> Result<T, cs_safe_fs::FsError> {
+    match op() {
+        Err(e) if e.io_kind() == Some(std::io::ErrorKind::StaleNetworkFileHandle) => {
+            tracing::info!(error = %e, "stale handle in the merged view: dropping the dentry cache and trying again");
+            forget_cached_names();
+            op()
+        }
+        r => r,
+    }
+}
+
 /// overlayfs: whether P's deletion of `deleted` takes away the lower part of
 /// a directory moved through the merged view (its origin, or an ancestor).
 fn note_moved_origins<'a>(r: &mut ComputeRound, deleted: impl Iterator<Item = &'a RelPath>) {
@@ -1201,7 +1255,7 @@ fn writer<'a>(upper: &'a SafeRoot, merged: &'a Option<SafeRoot>) -> &'a SafeRoot
 /// merged view first: nothing of it is the user's (the upper layer would
 /// hold it). Returns whether a directory is already there (`want_dir`: P's
 /// is one, which then needs no `mkdir`).
-fn clear_lower_entry(merged: &SafeRoot, p: &RelPath, want_dir: bool) -> Result<bool, EngineError> {
+fn clear_lower_entry(merged: &SafeRoot, p: &RelPath, want_dir: bool) -> Result<bool, cs_safe_fs::FsError> {
     let Some(st) = merged.lstat(p)? else { return Ok(false) };
     let is_dir = st.kind == cs_safe_fs::FileKind::Dir;
     match (is_dir, want_dir) {
@@ -1219,12 +1273,12 @@ fn clear_lower_entry(merged: &SafeRoot, p: &RelPath, want_dir: bool) -> Result<b
 /// lives in the upper layer and stays). Best effort: what cannot be removed
 /// now is the lower's, gone once the lower shows P's deletion.
 fn remove_lower_entry(merged: &SafeRoot, p: &RelPath) {
-    let removed = match merged.lstat(p) {
+    let removed = retry_if_stale(|| match merged.lstat(p) {
         Ok(Some(st)) if st.kind == cs_safe_fs::FileKind::Dir => merged.remove_dir(p),
         Ok(Some(_)) => merged.remove_file(p),
-        Ok(None) => return,
+        Ok(None) => Ok(()),
         Err(e) => Err(e),
-    };
+    });
     if let Err(e) = removed {
         if !e.is_not_found() {
             tracing::debug!(path = %p, error = %e, "P's deletion not made through the merged view now");

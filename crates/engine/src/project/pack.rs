@@ -132,15 +132,7 @@ impl ProjectSide {
             if r.is_hidden(p) {
                 pulled.push((p.clone(), Why::Pulled { max_file_size: None }));
             } else if e.seq > base {
-                // Below a directory made since the cursor that the client
-                // does not hold, the client's lower may show nothing (with
-                // overlayfs, a directory step 4 makes through the merged
-                // view is opaque): all of it goes, whatever its size.
-                let new_dir = p.ancestors().any(|a| {
-                    !r.held.contains(&a) && j.journal.get(&a).is_some_and(|d| d.sig.is_some() && d.seq > base)
-                });
-                let cap = if new_dir { None } else { max_file_size };
-                pulled.push((p.clone(), Why::Pulled { max_file_size: cap }));
+                pulled.push((p.clone(), Why::Pulled { max_file_size }));
             }
         }
         drop(j);

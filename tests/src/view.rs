@@ -337,6 +337,8 @@ impl View for PlainDir {
                 // gained the name after the overlay cached it as absent (docs/union.md,
                 // point 1). Users see no such entry; P's side of a comparison still has it.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                // Its lower part deleted by P, not revalidated yet (see above).
+                Err(e) if e.raw_os_error() == Some(libc::ESTALE) => continue,
                 Err(e) => return Err(e),
             };
             out.push(Entry { path, host: e.path(), md });

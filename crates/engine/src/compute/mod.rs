@@ -144,9 +144,9 @@ pub struct ComputeRound {
     /// a detached overlay alive after the mount supervisor remounted it.
     merged: Option<SafeRoot>,
     /// overlayfs: this round removes, on P and so from the lower, what a
-    /// directory of the merged view still refers to (the origin of a moved
-    /// directory, a directory P deleted that C keeps): its cached view
-    /// would be stale after the commit (see [`ComputeSide::commit`]).
+    /// directory of the merged view still refers to (a directory P deleted
+    /// that C keeps): its cached view would be stale after the commit (see
+    /// [`ComputeSide::commit`]).
     stale_after_commit: bool,
     not_applied: BTreeSet<RelPath>,
     applied_log: AppliedLog,
@@ -601,7 +601,6 @@ impl ComputeSide {
             }
         }
         r.scan.whiteouts = markers;
-        note_moved_origins(r, sent.iter().copied());
         if retired {
             self.save_retired()?;
         }
@@ -658,9 +657,6 @@ impl ComputeSide {
             }
         }
         r.scan.whiteouts = markers;
-        if r.merged.is_some() {
-            note_moved_origins(r, report.deleted.iter());
-        }
         if changed {
             self.save_retired()?;
         }
@@ -1202,10 +1198,12 @@ fn load_ignore_rules(state_dir: &std::path::Path) -> IgnoreRules {
 ///   (between the mount and this round) would stay "absent" for good; from
 ///   now on every change of P's comes through the rounds;
 /// - a round that removed from the lower what a directory of the merged view
-///   still refers to (the origin of a directory moved with `redirect_dir`,
-///   a directory P deleted that C keeps): the overlay would list it empty
-///   until a lower that revalidates (sshfs, after its cache timeouts) tells
-///   it, a plain directory never. Once per such move or deletion.
+///   still refers to (a directory P deleted that C keeps): the overlay would
+///   list it empty until a lower that revalidates (sshfs, after its cache
+///   timeouts) tells it, a plain directory never;
+/// - a round that settled moved directories, or found P deleting a
+///   directory the upper layer also has (see `settle_moved_dirs` and
+///   `apply_deletes`).
 fn forget_cached_names() {
     match std::fs::write("/proc/sys/vm/drop_caches", "2") {
         Ok(()) => tracing::info!("first round done: dropped the dentry cache once (overlayfs, see docs/union.md)"),
@@ -1225,20 +1223,6 @@ fn retry_if_stale<T>(mut op: impl FnMut() -> Result<T, cs_safe_fs::FsError>) -> 
             op()
         }
         r => r,
-    }
-}
-
-/// overlayfs: whether P's deletion of `deleted` takes away the lower part of
-/// a directory moved through the merged view (its origin, or an ancestor).
-fn note_moved_origins<'a>(r: &mut ComputeRound, deleted: impl Iterator<Item = &'a RelPath>) {
-    if r.merged.is_none() || r.scan.redirect_origins.is_empty() {
-        return;
-    }
-    for d in deleted {
-        if r.scan.redirect_origins.iter().any(|o| o.starts_with(d)) {
-            r.stale_after_commit = true;
-            return;
-        }
     }
 }
 

@@ -44,11 +44,6 @@ pub struct UpperScan {
     /// (`trusted.overlay.redirect`), whose content partly still lives in
     /// the lower layer under their old path. Sorted.
     pub redirects: Vec<RelPath>,
-    /// Where their lower content lives: the paths their redirects name
-    /// (unsorted; a redirect whose value cannot be read as a path is left
-    /// out). Once P deletes one of them, the overlay's cached view of the
-    /// moved directory is stale (see `ComputeSide::commit`).
-    pub redirect_origins: Vec<RelPath>,
     /// Entries that cannot be synced (sockets, fifos, devices, undecodable
     /// whiteout markers), each naming its path. They are reported, never
     /// silently dropped.
@@ -165,16 +160,7 @@ fn walk(
                 if xattr_head(&ent.path(), OPAQUE_XATTR)?.as_deref() == Some(b"y") {
                     scan.whiteouts.push(Marker { path: path.clone(), is_dir: true, ino: md.ino(), unionfs: None });
                 }
-                if let Some(to) = xattr_head(&ent.path(), REDIRECT_XATTR)? {
-                    // Absolute in the layer (`/a/b`), or a name in the same parent.
-                    let origin = match to.strip_prefix(b"/") {
-                        Some(abs) => RelPath::new(abs).ok(),
-                        None => match dir {
-                            Some(d) => d.join(std::ffi::OsStr::from_bytes(&to)).ok(),
-                            None => RelPath::new(to).ok(),
-                        },
-                    };
-                    scan.redirect_origins.extend(origin);
+                if xattr_head(&ent.path(), REDIRECT_XATTR)?.is_some() {
                     scan.redirects.push(path.clone());
                 }
             }

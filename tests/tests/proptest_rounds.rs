@@ -497,8 +497,8 @@ impl Run {
                 && self.w.is_overlay(0)
                 && matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::ESTALE));
             if overlay_refusal {
-                self.log.push(format!("{op:?}: failed on the overlay between rounds: {e}"));
-                // What the failed command did not write is not a write to keep.
+                // What the failed command did not write is not a write to keep; what it
+                // removed before failing (`rm -r` gets that far) the user destroyed, below.
                 let now = self.tags_of(side)?;
                 for n in first_tag + 1..=self.next_tag {
                     let t = format!("<w{n:05}>");
@@ -506,10 +506,11 @@ impl Run {
                         self.written.remove(&t);
                     }
                 }
-                return Ok(());
+                note = format!("{note} failed on the overlay between rounds: {e}");
+            } else {
+                res.map_err(|e| self.fail(format!("{op:?}: the harness failed to apply it: {e}")))?;
             }
         }
-        res.map_err(|e| self.fail(format!("{op:?}: the harness failed to apply it: {e}")))?;
         let after = self.tags_of(side)?;
         let gone: Vec<String> =
             before.iter().filter(|(t, n)| after.get(*t).copied().unwrap_or(0) < **n).map(|(t, _)| t.clone()).collect();

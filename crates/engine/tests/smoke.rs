@@ -239,3 +239,31 @@ fn a_path_recreated_during_the_grace_is_deleted_again_on_project() {
     assert_eq!(r.deletes_to_project, 1, "{r:?}");
     assert!(!s.home.join("f").exists());
 }
+
+#[test]
+fn a_replaced_upper_layer_deletes_nothing_on_the_project() {
+    let mut s = setup();
+    fs::create_dir(s.upper.join("d")).unwrap();
+    fs::write(s.upper.join("d/f"), b"synced").unwrap();
+    fs::write(s.upper.join("g"), b"synced too").unwrap();
+    run_round(&mut s.c, &s.p, None).unwrap();
+    assert!(s.home.join("d/f").exists());
+    // The disk is replaced: a new, empty directory where the upper layer was, but one
+    // file the user made since (so the old guard, "no synced entry at all", does not hold).
+    let cfg = s.c.config().clone();
+    drop(s.c);
+    fs::rename(&s.upper, s.upper.with_extension("old")).unwrap();
+    fs::create_dir(&s.upper).unwrap();
+    fs::write(s.upper.join("new"), b"made after").unwrap();
+    fs::write(s.upper.join("keep"), b"made after too").unwrap();
+    let mut c = ComputeSide::open(cfg).unwrap();
+    let r = run_round(&mut c, &s.p, None).unwrap();
+    assert_eq!(r.deletes_to_project, 0, "{r:?}");
+    assert!(s.home.join("d/f").exists() && s.home.join("g").exists());
+    assert!(s.home.join("new").exists());
+    // Recorded again at that commit: from now on a deletion is a deletion.
+    fs::remove_file(s.upper.join("new")).unwrap();
+    let r = run_round(&mut c, &s.p, None).unwrap();
+    assert_eq!(r.deletes_to_project, 1, "{r:?}");
+    assert!(!s.home.join("new").exists());
+}

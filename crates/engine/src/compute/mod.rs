@@ -117,6 +117,9 @@ pub struct ComputeSide {
     /// was opaque, a whiteout where step 4 had made a directory) is a new
     /// deletion.
     retired_ino: BTreeMap<RelPath, u64>,
+    /// Whether the upper layer is the one the manifest was made with: its
+    /// root's (device, inode) as recorded in `state_dir` ([`UpperIdentity`]).
+    upper_id: UpperIdentity,
     /// Files deferred or snapshotted by the last committed rounds (in
     /// memory: after a restart a busy file waits `snapshot_after` rounds
     /// again for its next snapshot).
@@ -179,6 +182,20 @@ const MANIFEST_FILE: &str = "manifest.msgpack";
 const PENDING_FILE: &str = "manifest.pending.msgpack";
 const RETIRED_FILE: &str = "retired-whiteouts.msgpack";
 const RETIRED_INO_FILE: &str = "retired-markers.msgpack";
+const UPPER_ID_FILE: &str = "upper-identity.msgpack";
+
+/// The upper layer compared with the one the committed state was made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpperIdentity {
+    /// The same root directory (device and inode) as recorded.
+    Known,
+    /// Nothing recorded yet (a new state, or one from before the record).
+    Unrecorded,
+    /// Another directory than recorded: a wiped or replaced disk. Synced
+    /// copies missing from it are not P's to delete; recorded again at the
+    /// next commit.
+    Replaced,
+}
 /// The text of the `.csignore` rules P sent last: the next scan goes by them.
 const IGNORE_RULES_FILE: &str = "csignore.in-force";
 
@@ -268,6 +285,18 @@ impl ComputeSide {
         let retired = state::load::<BTreeMap<RelPath, u64>>(&cfg.state_dir.join(RETIRED_FILE))?.unwrap_or_default();
         let retired_ino =
             state::load::<BTreeMap<RelPath, u64>>(&cfg.state_dir.join(RETIRED_INO_FILE))?.unwrap_or_default();
+        let root_id = upper_root_id(&cfg.upper)?;
+        let upper_id = match state::load::<(u64, u64)>(&cfg.state_dir.join(UPPER_ID_FILE))? {
+            Some(id) if id == root_id => UpperIdentity::Known,
+            Some(_) => {
+                tracing::warn!(upper = %cfg.upper.display(), "the upper layer is not the one the state was made with: files missing from it are not deleted on the project");
+                UpperIdentity::Replaced
+            }
+            None => {
+                state::save(&cfg.state_dir.join(UPPER_ID_FILE), &root_id)?;
+                UpperIdentity::Unrecorded
+            }
+        };
         let filter = cfg.filter.with_ignore(std::sync::Arc::new(load_ignore_rules(&cfg.state_dir)));
         Ok(ComputeSide {
             cfg,
@@ -279,6 +308,7 @@ impl ComputeSide {
             tmp_seq: 0,
             retired,
             retired_ino,
+            upper_id,
             busy: BusyTable::default(),
             progress: Progress::new(),
         })
@@ -487,7 +517,7 @@ impl ComputeSide {
         let mut copied = 0;
         let mut dirs: Vec<RelPath> = moved.to_vec();
         while let Some(dir) = dirs.pop() {
-            let entries = match merged.read_dir(Some(&dir)) {
+            let entries = match retry_if_stale(|| merged.read_dir(Some(&dir))) {
                 Ok(e) => e,
                 // Removed or replaced meanwhile: nothing of it to keep.
                 Err(e) if e.is_not_found() || e.io_kind() == Some(std::io::ErrorKind::NotADirectory) => continue,
@@ -500,7 +530,7 @@ impl ComputeSide {
                     continue;
                 }
                 if self.upper.lstat(&p)?.is_none() {
-                    match merged.reassert_owner(&p) {
+                    match retry_if_stale(|| merged.reassert_owner(&p)) {
                         Ok(()) => copied += 1,
                         Err(e) if e.is_not_found() => continue,
                         Err(e) => return Err(e.into()),
@@ -566,7 +596,17 @@ impl ComputeSide {
         // delete a file P created since (the client's cursor is past it).
         let mut out: Vec<RelPath> =
             r.scan.whiteouts.iter().filter(|w| !self.is_retired(w)).map(|w| w.path.clone()).collect();
-        if !r.known.is_empty() {
+        // A synced copy missing from another upper layer (a wiped or
+        // replaced disk) is not a deletion; nor from an upper layer with no
+        // synced entry left (its contents wiped), except with overlayfs,
+        // which leaves no whiteout where its lower lookup missed the path
+        // (sshfs caching "absent"), so the manifest is all that tells.
+        let infer = match self.upper_id {
+            UpperIdentity::Known => !r.known.is_empty() || r.merged.is_some(),
+            UpperIdentity::Unrecorded => !r.known.is_empty(),
+            UpperIdentity::Replaced => false,
+        };
+        if infer {
             // A path that the filter now keeps local (the configuration
             // changed since it was synced) is not deleted on P either.
             let gone = r
@@ -767,14 +807,16 @@ impl ComputeSide {
                 continue;
             }
             let writer = r.merged.as_ref().unwrap_or(&self.upper);
+            // The upper layer has it: a merged view that says it has not
+            // holds stale dentries (see `retry_if_stale`).
             let removed = match current.kind {
-                EntryKind::Dir => match retry_if_stale(|| writer.remove_dir(p)) {
+                EntryKind::Dir => match retry_if_stale_or_missing(|| writer.remove_dir(p)) {
                     Ok(()) => true,
                     Err(e) if e.io_kind() == Some(std::io::ErrorKind::DirectoryNotEmpty) => false,
                     Err(e) => return Err(e.into()),
                 },
                 _ => {
-                    retry_if_stale(|| writer.remove_file(p))?;
+                    retry_if_stale_or_missing(|| writer.remove_file(p))?;
                     true
                 }
             };
@@ -1146,6 +1188,10 @@ impl ComputeSide {
     pub fn commit(&mut self, r: ComputeRound) -> Result<(), EngineError> {
         self.busy.commit(&r.busy);
         let first_round = self.manifest.cursor.is_none();
+        if self.upper_id != UpperIdentity::Known {
+            state::save(&self.cfg.state_dir.join(UPPER_ID_FILE), &upper_root_id(&self.cfg.upper)?)?;
+            self.upper_id = UpperIdentity::Known;
+        }
         let stale = r.stale_after_commit;
         let before = self.retired.len();
         for p in &r.retired_gone {
@@ -1215,15 +1261,34 @@ fn forget_cached_names() {
 /// lower that changed behind the overlay's back and has not revalidated
 /// yet): the cached dentries are dropped (see [`forget_cached_names`]) and
 /// it is tried once more. Other errors, and a second failure, are returned.
-fn retry_if_stale<T>(mut op: impl FnMut() -> Result<T, cs_safe_fs::FsError>) -> Result<T, cs_safe_fs::FsError> {
+fn retry_if_stale<T>(op: impl FnMut() -> Result<T, cs_safe_fs::FsError>) -> Result<T, cs_safe_fs::FsError> {
+    retry_on(&[std::io::ErrorKind::StaleNetworkFileHandle], op)
+}
+
+/// [`retry_if_stale`], also when the merged view says "not found" of an
+/// entry the caller knows the upper layer has.
+fn retry_if_stale_or_missing<T>(op: impl FnMut() -> Result<T, cs_safe_fs::FsError>) -> Result<T, cs_safe_fs::FsError> {
+    retry_on(&[std::io::ErrorKind::StaleNetworkFileHandle, std::io::ErrorKind::NotFound], op)
+}
+
+fn retry_on<T>(
+    kinds: &[std::io::ErrorKind],
+    mut op: impl FnMut() -> Result<T, cs_safe_fs::FsError>,
+) -> Result<T, cs_safe_fs::FsError> {
     match op() {
-        Err(e) if e.io_kind() == Some(std::io::ErrorKind::StaleNetworkFileHandle) => {
+        Err(e) if e.io_kind().is_some_and(|k| kinds.contains(&k)) => {
             tracing::info!(error = %e, "stale handle in the merged view: dropping the dentry cache and trying again");
             forget_cached_names();
             op()
         }
         r => r,
     }
+}
+
+/// The upper layer's root directory as (device, inode).
+fn upper_root_id(upper: &std::path::Path) -> Result<(u64, u64), EngineError> {
+    let md = std::fs::metadata(upper).map_err(|e| EngineError::io("stat the upper layer", upper, e))?;
+    Ok((md.dev(), md.ino()))
 }
 
 /// Where a round makes its changes: overlayfs's merged view when the round

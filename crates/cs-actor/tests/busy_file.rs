@@ -2,7 +2,7 @@
 //! 10 ms) must not stop syncing. Rounds commit without it (it is deferred and status says so),
 //! everything else goes both ways, a consistent snapshot of it reaches the project within a
 //! few rounds while it is still being written, and once the writer stops the next rounds carry
-//! the final file byte for byte. Real services, real sshfs and unionfs-fuse (see
+//! the final file byte for byte. Real services, real sshfs and each union backend (see
 //! `support/mod.rs`).
 
 mod support;
@@ -14,6 +14,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::*;
+
+per_union! {
+    both: [
+        a_file_that_keeps_growing_is_deferred_snapshotted_and_synced_once_it_settles,
+        a_project_file_that_keeps_growing_does_not_stop_step_4,
+    ],
+}
 
 fn tools() -> bool {
     cs_testbed::real_tools_available()
@@ -39,7 +46,6 @@ fn deferred_names(st: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[test]
 fn a_file_that_keeps_growing_is_deferred_snapshotted_and_synced_once_it_settles() {
     if !tools() {
         return;
@@ -134,7 +140,6 @@ fn a_file_that_keeps_growing_is_deferred_snapshotted_and_synced_once_it_settles(
 /// The same on the project's side: a file the compute server holds, appended to on the project
 /// all the time, must not fail step 4; the broker's status names it; snapshots of it reach the
 /// upper layer; the final version once it settles.
-#[test]
 fn a_project_file_that_keeps_growing_does_not_stop_step_4() {
     if !tools() {
         return;

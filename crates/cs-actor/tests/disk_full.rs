@@ -13,6 +13,13 @@ use std::time::Duration;
 
 use support::*;
 
+per_union! {
+    both: [
+        project_disk_full_fails_the_round_clearly_and_recovers,
+        upper_disk_full_fails_the_round_clearly_and_recovers,
+    ],
+}
+
 fn tools() -> bool {
     cs_testbed::real_tools_available()
 }
@@ -83,7 +90,6 @@ fn says_disk_full(e: &str) -> bool {
     e.contains("no space left") || e.contains("disk full") || e.contains("enospc")
 }
 
-#[test]
 fn project_disk_full_fails_the_round_clearly_and_recovers() {
     if !tools() {
         return;
@@ -125,7 +131,6 @@ fn project_disk_full_fails_the_round_clearly_and_recovers() {
     bed.finish();
 }
 
-#[test]
 fn upper_disk_full_fails_the_round_clearly_and_recovers() {
     if !tools() {
         return;
@@ -133,10 +138,15 @@ fn upper_disk_full_fails_the_round_clearly_and_recovers() {
     let mut bed = Bed::new("cfull");
     let home = bed.home.clone();
     put(&home, "README", "the project\n");
-    // The layout start_compute uses: <root>/<id>/upper.
-    let fs_upper = Tmpfs::mount(&bed.root.join("gpu-1").join("upper"), "4m");
+    // The upper layer inside a 4 MiB filesystem of its own, not at its root: overlayfs's work
+    // directory (UPPER.overlay-work by default) must be on the same filesystem, outside it.
     bed.start_broker();
-    bed.start_compute("gpu-1");
+    let i = bed.add_compute("gpu-1");
+    let fs_dir = bed.root.join("gpu-1").join("upper-fs");
+    let fs_upper = Tmpfs::mount(&fs_dir, "4m");
+    bed.computes[i].upper = fs_dir.join("upper");
+    fs::create_dir(&bed.computes[i].upper).unwrap();
+    bed.run_compute(i, &ComputeOpts::default());
     let (m, up) = (bed.merged(), bed.upper());
     // A file the compute server holds (so the rail is not what stops rounds).
     put(&m, "held.txt", "held\n");

@@ -1,5 +1,6 @@
 //! End to end: the real `cs-actor project` and `cs-actor compute` processes, a real sshd on
-//! 127.0.0.1, the lower layer over real sshfs, the union by real unionfs-fuse. See
+//! 127.0.0.1, the lower layer over real sshfs, the union by real unionfs-fuse and by kernel
+//! overlayfs (each test runs once per backend: `unionfs_fuse::NAME`, `overlay::NAME`). See
 //! `support/mod.rs` for the bed. Every test skips (or, with `CI` set, fails) when the external
 //! programs are missing.
 
@@ -12,6 +13,24 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
+per_union! {
+    both: [
+        writes_deletes_renames_modes_symlinks_both_ways,
+        conflict_keeps_both_versions,
+        git_clone_of_a_few_thousand_files_syncs_clean,
+        two_compute_servers_one_stalled,
+        broker_restart_mid_round_retries_and_commits,
+        a_refused_token_stops_retrying_and_sync_wait_says_so,
+        union_killed_is_remounted_and_reported,
+        safety_rail_lower_gone_pauses_sync_and_deletes_nothing,
+        idle_compute_server_stays_idle,
+        status_json_has_the_documented_fields,
+        deleted_files_do_not_come_back_from_the_lower_caches,
+        an_emptied_project_is_accepted_from_the_command_line,
+        project_changes_are_visible_when_sync_wait_returns,
+    ],
+}
+
 fn tools() -> bool {
     cs_testbed::real_tools_available()
 }
@@ -23,7 +42,6 @@ fn blob(tag: &str, n: usize) -> Vec<u8> {
     v
 }
 
-#[test]
 fn writes_deletes_renames_modes_symlinks_both_ways() {
     if !tools() {
         return;
@@ -113,7 +131,7 @@ fn writes_deletes_renames_modes_symlinks_both_ways() {
 
     // The compute server dropped its copy of the file P deleted, took P's edit of the file it
     // holds, and kept its local-only files.
-    assert!(!exists(&up, "held_then_p_deletes.txt"), "the upper layer still holds a file P deleted");
+    assert!(!in_upper(&up, "held_then_p_deletes.txt"), "the upper layer still holds a file P deleted");
     assert!(!exists(&m, "held_then_p_deletes.txt"));
     assert_eq!(read(&m, "held_then_p_edits.txt"), "P's edit of a file C holds\n");
     assert_eq!(read(&m, "unheld_p_edits.txt"), "P's edit of a file C does not hold\n");
@@ -136,7 +154,6 @@ fn writes_deletes_renames_modes_symlinks_both_ways() {
     bed.finish();
 }
 
-#[test]
 fn conflict_keeps_both_versions() {
     if !tools() {
         return;
@@ -198,7 +215,6 @@ fn git(dir: &Path, args: &[&str], home: &Path) -> CmdOut {
     run(c, Duration::from_secs(300))
 }
 
-#[test]
 fn git_clone_of_a_few_thousand_files_syncs_clean() {
     if !tools() {
         return;
@@ -280,7 +296,6 @@ fn git_clone_of_a_few_thousand_files_syncs_clean() {
     bed.finish();
 }
 
-#[test]
 fn two_compute_servers_one_stalled() {
     if !tools() {
         return;
@@ -327,7 +342,6 @@ fn two_compute_servers_one_stalled() {
 /// The broker is killed in the middle of step 3 and restarted: the round is
 /// retried and commits, the file arrives whole, and the killed broker's
 /// partial temporary file is swept when the new one opens the home.
-#[test]
 fn broker_restart_mid_round_retries_and_commits() {
     broker_restart_scenario(true);
 }
@@ -429,7 +443,6 @@ fn broker_restart_scenario(check_temporaries: bool) {
 /// with the permanent-failure exit code (2) naming the token. A restart with the right token
 /// recovers. (The transient counterpart, a broker stopped then started, is
 /// `broker_restart_mid_round_retries_and_commits`.)
-#[test]
 fn a_refused_token_stops_retrying_and_sync_wait_says_so() {
     if !tools() {
         return;
@@ -491,7 +504,6 @@ fn a_refused_token_stops_retrying_and_sync_wait_says_so() {
     bed.finish();
 }
 
-#[test]
 fn union_killed_is_remounted_and_reported() {
     if !tools() {
         return;
@@ -502,17 +514,28 @@ fn union_killed_is_remounted_and_reported() {
     bed.sync_wait();
 
     let st = bed.compute_status();
-    let pid = st["mounts"]["union"]["pid"].as_u64().unwrap_or_else(|| bed.fail(&format!("no union pid: {st}")));
-    assert!(pid > 1);
     let remounts0 = st["mounts"]["union"]["remounts"].as_u64().unwrap();
     assert_eq!(remounts0, 0);
-    // SAFETY: kill(2) by the pid the compute service reports for the union it started (its child).
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0, "kill union pid {pid}");
+    let pid = match bed.union {
+        Union::UnionfsFuse => {
+            let pid = st["mounts"]["union"]["pid"].as_u64().unwrap_or_else(|| bed.fail(&format!("no union pid: {st}")));
+            assert!(pid > 1);
+            // SAFETY: kill(2) by the pid the compute service reports for the union it started (its child).
+            assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0, "kill union pid {pid}");
+            Some(pid)
+        }
+        // No daemon to kill: the mount itself goes away (what `umount -l` by someone does).
+        Union::Overlay => {
+            cs_testbed::lazy_unmount(&m).unwrap_or_else(|e| bed.fail(&format!("umount -l {}: {e}", m.display())));
+            None
+        }
+    };
 
     let back = poll(Duration::from_secs(60), Duration::from_millis(200), || {
         let st = bed.c().status().ok()?;
         let u = &st["mounts"]["union"];
-        (u["remounts"].as_u64()? >= 1 && u["state"] == "mounted" && u["pid"].as_u64()? != pid).then_some(())
+        let new_daemon = pid.is_none_or(|pid| u["pid"].as_u64().is_some_and(|p| p != pid));
+        (u["remounts"].as_u64()? >= 1 && u["state"] == "mounted" && new_daemon).then_some(())
     });
     if back.is_none() {
         bed.fail("the union was not reported remounted within 60 s");
@@ -540,7 +563,6 @@ fn union_killed_is_remounted_and_reported() {
 /// holds synced copies; syncing pauses (and says why) instead of reading the
 /// empty lower as deletions, nothing on the project is deleted, and once
 /// the supervisor has remounted the lower, rounds resume.
-#[test]
 fn safety_rail_lower_gone_pauses_sync_and_deletes_nothing() {
     if !tools() {
         return;
@@ -605,7 +627,6 @@ fn safety_rail_lower_gone_pauses_sync_and_deletes_nothing() {
 /// An idle compute server runs no rounds of its own accord (with the timer
 /// at an hour): the round's own scan of the upper layer must not count as
 /// a change (found by the bench: one round a second, forever).
-#[test]
 fn idle_compute_server_stays_idle() {
     if !tools() {
         return;
@@ -621,7 +642,6 @@ fn idle_compute_server_stays_idle() {
     bed.finish();
 }
 
-#[test]
 fn status_json_has_the_documented_fields() {
     if !tools() {
         return;
@@ -736,7 +756,6 @@ fn tree_comparison_sees_every_difference() {
 /// project confirmed the deletion (found by the soak: deleted files came
 /// back for ~10 s, and `rm -r` failed with ENOTEMPTY). Once the grace is
 /// over, a file the project creates again at such a path shows.
-#[test]
 fn deleted_files_do_not_come_back_from_the_lower_caches() {
     if !tools() {
         return;
@@ -821,16 +840,18 @@ fn without_a_grace_deleted_files_come_back() {
     if !tools() {
         return;
     }
-    assert!(
-        !deleted_files_scenario(&["--whiteout-grace-secs", "0"], false),
-        "the caches never showed a deleted file: the grace test proves nothing"
-    );
+    // The grace is unionfs-fuse's: overlayfs's whiteouts are never removed.
+    with_union(Union::UnionfsFuse, || {
+        assert!(
+            !deleted_files_scenario(&["--whiteout-grace-secs", "0"], false),
+            "the caches never showed a deleted file: the grace test proves nothing"
+        );
+    });
 }
 
 /// A project emptied on purpose: the lower comes back empty after holding
 /// files, the safety rail pauses syncing (it cannot tell this from a broken
 /// mount), and `cs-actor accept-empty-lower` lifts it.
-#[test]
 fn an_emptied_project_is_accepted_from_the_command_line() {
     if !tools() {
         return;
@@ -871,9 +892,6 @@ fn an_emptied_project_is_accepted_from_the_command_line() {
     bed.finish();
 }
 
-/// Lower caches as long-lived as production's (docs/mount.md: up to ~10 s).
-const PRODUCTION_STALENESS: Duration = Duration::from_secs(10);
-
 /// Visible at commit (sync-spec.md; issue 12's complaint): the project writes
 /// a new file, changes one the compute server has read through the lower,
 /// and deletes two; when `cs-actor sync --wait` returns, the merged view
@@ -881,7 +899,6 @@ const PRODUCTION_STALENESS: Duration = Duration::from_secs(10);
 /// by reading through the merged view right before, still hold the old state
 /// for 10 s. The default pull policy (`changed`) carries P's changes into the
 /// upper layer and hides its deletions with whiteouts.
-#[test]
 fn project_changes_are_visible_when_sync_wait_returns() {
     if !tools() {
         return;
@@ -899,9 +916,12 @@ fn with_pull_held_project_changes_show_late() {
     if !tools() {
         return;
     }
-    let wrong = project_changes_scenario(&["--pull", "held"]);
-    eprintln!("with --pull held: {wrong:?}");
-    assert!(!wrong.is_empty(), "the caches never showed the old state: the test above proves nothing");
+    // `--pull held` is unionfs-fuse's only: the overlay backend refuses it.
+    with_union(Union::UnionfsFuse, || {
+        let wrong = project_changes_scenario(&["--pull", "held"]);
+        eprintln!("with --pull held: {wrong:?}");
+        assert!(!wrong.is_empty(), "the caches never showed the old state: the test above proves nothing");
+    });
 }
 
 /// What the merged view showed wrong right after `sync --wait`.

@@ -1,5 +1,6 @@
 //! Fault tests, end to end: the real `cs-actor compute` and `cs-actor project` processes over
-//! real sshfs and unionfs-fuse mounts (the bed of `support/mod.rs`), with the compute service's
+//! real sshfs and union mounts (the bed of `support/mod.rs`; `overlay::NAME` with kernel
+//! overlayfs, which CI runs, and the ignored `unionfs_fuse::NAME` twins), with the compute service's
 //! failpoints (crate `cs-failpoint`, armed by `CS_FAILPOINTS`) placing each fault at one
 //! exact point of a round:
 //!
@@ -32,6 +33,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::*;
+
+per_union! {
+    both: [
+    ],
+    unionfs_fuse_ignored: [
+        kill_9_at_every_failpoint_loses_no_write = "CI runs the faults with overlay only (issue 11)",
+        kill_9_mid_writes_to_project_repeatedly = "CI runs the faults with overlay only (issue 11)",
+        connection_cut_at_every_failpoint_loses_no_write = "CI runs the faults with overlay only (issue 11)",
+        connection_cut_tearing_step_4_stream = "CI runs the faults with overlay only (issue 11)",
+        bad_failpoint_spec_refuses_to_start = "CI runs the faults with overlay only (issue 11)",
+        stalled_round_shows_stuck_in_status_then_recovers = "CI runs the faults with overlay only (issue 11)",
+    ],
+}
 
 fn tools() -> bool {
     cs_testbed::real_tools_available()
@@ -253,7 +267,6 @@ fn kill_scenario(bed_name: &str, points: &[(&str, u32)]) {
     bed.finish();
 }
 
-#[test]
 fn kill_9_at_every_failpoint_loses_no_write() {
     if !tools() {
         return;
@@ -267,7 +280,6 @@ fn kill_9_at_every_failpoint_loses_no_write() {
 /// cancel was reported as `io::ErrorKind::Interrupted`, which the tar reader retries without
 /// end. It held the client's lock, so the restarted compute service's hello never got an
 /// answer, and the broker did not stop on SIGTERM. This repeats that fault six times.
-#[test]
 fn kill_9_mid_writes_to_project_repeatedly() {
     if !tools() {
         return;
@@ -359,7 +371,6 @@ fn cut_scenario(bed_name: &str, points: &[(&str, u32)], tag_prefix: &str) {
     drop(proxy);
 }
 
-#[test]
 fn connection_cut_at_every_failpoint_loses_no_write() {
     if !tools() {
         return;
@@ -372,7 +383,6 @@ fn connection_cut_at_every_failpoint_loses_no_write() {
 /// for ever (zstd's writer retries `Interrupted`, which is how the cancel was reported), on a
 /// thread holding the client's lock and a tar slot: the reconnected compute service's next
 /// hello never got an answer and the broker did not stop on SIGTERM. Every run, before the fix.
-#[test]
 fn connection_cut_tearing_step_4_stream() {
     if !tools() {
         return;
@@ -380,7 +390,6 @@ fn connection_cut_tearing_step_4_stream() {
     cut_scenario("faults-cut-torn4", &[("mid-writes-to-compute", 1)], "torn-");
 }
 
-#[test]
 fn bad_failpoint_spec_refuses_to_start() {
     if !tools() {
         return;
@@ -409,7 +418,8 @@ fn bad_failpoint_spec_refuses_to_start() {
         .arg("--lower-mountpoint")
         .arg(&c.lower)
         .arg("--control-socket")
-        .arg(&c.sock);
+        .arg(&c.sock)
+        .args(union_args(bed.union));
     let out = run(cmd, Duration::from_secs(90));
     assert!(out.status.is_some(), "the compute service did not stop by itself: {}", out.describe());
     assert!(!out.ok(), "the compute service started with a bad CS_FAILPOINTS: {}", out.describe());
@@ -424,7 +434,6 @@ fn bad_failpoint_spec_refuses_to_start() {
 /// The watchdog, on a real hang: a round stalls after the hello (`sleep` failpoint) with a
 /// short threshold (`CS_STUCK_AFTER`); status (JSON and human view) shows the round stuck and
 /// for how long, then, once the round resumes and commits, no longer stuck.
-#[test]
 fn stalled_round_shows_stuck_in_status_then_recovers() {
     if !tools() {
         return;

@@ -1,4 +1,4 @@
-//! `.csignore` end to end: the real services, sshfs lower, unionfs-fuse union (see
+//! `.csignore` end to end: the real services, sshfs lower, each union backend (see
 //! `support/mod.rs`). A `node_modules/` on both sides with different content is never
 //! synced; a rule added from the compute server's side deletes nothing on either side;
 //! status and `cs-actor check-ignore` say what is ignored. Skips (or, with `CI` set, fails)
@@ -10,9 +10,14 @@ use std::time::Duration;
 
 use support::*;
 
+per_union! {
+    both: [
+        ignore_rules_both_ways_without_deletes,
+    ],
+}
+
 const RULES: &str = "node_modules/\n__pycache__/\n*.pyc\n";
 
-#[test]
 fn ignore_rules_both_ways_without_deletes() {
     if !cs_testbed::real_tools_available() {
         return;

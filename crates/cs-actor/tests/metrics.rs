@@ -13,6 +13,12 @@ use cs_metrics::catalog;
 use cs_metrics::exposition::{parse, Sample};
 use support::*;
 
+per_union! {
+    both: [
+        both_services_serve_metrics_that_parse_and_move_with_rounds,
+    ],
+}
+
 /// `GET path` over HTTP/1.0 (the server closes the connection after the answer): status, body.
 fn get(port: u16, path: &str) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
@@ -65,7 +71,6 @@ fn names(samples: &[Sample]) -> std::collections::BTreeSet<&'static str> {
     samples.iter().filter_map(|s| catalog::owner_of(&s.name)).map(|d| d.name).collect()
 }
 
-#[test]
 fn both_services_serve_metrics_that_parse_and_move_with_rounds() {
     let mut bed = Bed::new("metrics");
     put(&bed.home, "seed.txt", "from the project\n");

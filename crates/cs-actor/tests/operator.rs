@@ -1,4 +1,4 @@
-//! End to end, issue 13 parts 4 and 5, on one bed (real broker, sshfs, unionfs-fuse and compute
+//! End to end, issue 13 parts 4 and 5, on one bed (real broker, sshfs, union and compute
 //! service; the compute service reaches the broker through a shaper so that a round can be
 //! slowed down):
 //!
@@ -21,11 +21,16 @@ use std::time::Duration;
 use cs_shaper::{LinkConfig, Shaper};
 use support::*;
 
+per_union! {
+    both: [
+        doctor_and_progress_on_a_real_bed,
+    ],
+}
+
 fn tools() -> bool {
     cs_testbed::real_tools_available()
 }
 
-#[test]
 fn doctor_and_progress_on_a_real_bed() {
     if !tools() {
         eprintln!("skipping: real tools (sshd, sshfs, unionfs-fuse) unavailable");
@@ -61,7 +66,8 @@ fn doctor_on_the_healthy_bed(bed: &Bed) {
     for line in ["[ok  ] service", "[ok  ] fuse ", "[ok  ] token file", "[ok  ] broker", "[ok  ] inotify"] {
         assert!(out.stdout.contains(line), "no {line:?} in:\n{}", out.stdout);
     }
-    assert!(out.stdout.contains("unionfs-fuse"), "{}", out.stdout);
+    // The union backend the service runs is among what doctor checks.
+    assert!(out.stdout.contains(bed.union.name()), "{}", out.stdout);
 }
 
 fn doctor_on_a_broken_setup(bed: &Bed) {

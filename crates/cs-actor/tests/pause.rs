@@ -1,5 +1,5 @@
 //! `cs-actor pause` / `resume` and `cs-actor status` without `--control-socket`, end to end:
-//! the real services over real sshfs and unionfs-fuse mounts (the bed of `support/mod.rs`).
+//! the real services over real sshfs and union mounts (the bed of `support/mod.rs`).
 //!
 //! - `a_pause_holds_across_a_restart_until_resume`: paused, a write on the compute server
 //!   starts no round (the watcher sees it and triggers, nothing commits; `sync --wait` fails
@@ -19,6 +19,12 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
+per_union! {
+    both: [
+        a_pause_holds_across_a_restart_until_resume,
+    ],
+}
+
 fn tools() -> bool {
     cs_testbed::real_tools_available()
 }
@@ -37,7 +43,6 @@ fn status_in(runtime_dir: &Path, args: &[&str]) -> CmdOut {
     run(c, Duration::from_secs(20))
 }
 
-#[test]
 fn a_pause_holds_across_a_restart_until_resume() {
     if !tools() {
         return;

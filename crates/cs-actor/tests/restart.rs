@@ -1,5 +1,5 @@
 //! Restarts of the compute service after kill -9 (issue 8, defect 4), end to end: the real
-//! services over real sshfs and unionfs-fuse mounts (the bed of `support/mod.rs`).
+//! services over real sshfs and union mounts, each backend (the bed of `support/mod.rs`).
 //!
 //! A kill -9 (the OOM killer) leaves the service's union and lower daemons running: they outlive
 //! it. The restarted service detaches them and mounts its own; in between, the home's path is
@@ -30,6 +30,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
+
+per_union! {
+    both: [
+        kill_9_during_a_push_then_restart_twenty_times,
+        files_planted_in_the_bare_mount_point_are_recovered,
+    ],
+}
 
 fn tools() -> bool {
     cs_testbed::real_tools_available()
@@ -227,7 +234,6 @@ fn union_errors(bed: &Bed) -> String {
     lines[lines.len().saturating_sub(2)..].join("\n")
 }
 
-#[test]
 fn kill_9_during_a_push_then_restart_twenty_times() {
     if !tools() {
         return;
@@ -350,7 +356,6 @@ fn stop_compute(bed: &mut Bed) {
     }
 }
 
-#[test]
 fn files_planted_in_the_bare_mount_point_are_recovered() {
     if !tools() {
         return;

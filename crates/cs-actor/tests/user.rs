@@ -1,6 +1,6 @@
 //! Issue 9: the home belongs to its user. The services run as root (as deployed); the
 //! user's part runs as an unprivileged account through `setpriv`, with `HOME` set to the
-//! merged view, on the real bed (sshd, sshfs, unionfs-fuse, both services).
+//! merged view, on the real bed (sshd, sshfs, each union backend, both services).
 //!
 //! Accounts: `csa-t-proj` stands for the project's user (owner of P's home, uid 2001 in the
 //! issue), `csa-t-comp` is the compute user, `csa-t-other` a second user of the compute
@@ -18,35 +18,10 @@ use std::time::Duration;
 
 use support::*;
 
-const PROJECT_ACCOUNT: &str = "csa-t-proj";
-const COMPUTE_ACCOUNT: &str = "csa-t-comp";
-const OTHER_ACCOUNT: &str = "csa-t-other";
-/// The user's tools: the system's Python (with pip), git. `--break-system-packages`: Debian
-/// marks its Python externally managed (PEP 668), which refuses even `--user` installs.
-const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-
-/// The account `name`, created if missing.
-fn account(name: &str) -> Account {
-    cs_testbed::system_account(name).unwrap_or_else(|e| panic!("account {name}: {e}"))
-}
-
-/// `sh -c script` as `who` (no supplementary groups), `HOME=home`, a clean environment.
-fn as_user(who: &Account, home: &Path, script: &str) -> CmdOut {
-    let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={}", who.uid))
-        .arg(format!("--regid={}", who.gid))
-        .args(["--clear-groups", "--", "env", "-i"])
-        .arg(format!("HOME={}", home.display()))
-        .arg(format!("PATH={USER_PATH}"))
-        .args(["sh", "-c", script])
-        .current_dir("/");
-    run(c, Duration::from_secs(300))
-}
-
-fn must(who: &Account, home: &Path, script: &str) -> String {
-    let out = as_user(who, home, script);
-    assert!(out.ok(), "as {}: `{script}` failed: {}", who.name, out.describe());
-    out.stdout
+per_union! {
+    both: [
+        the_home_is_its_users_with_the_modes_of_a_local_disk,
+    ],
 }
 
 fn ids(p: &Path) -> (u32, u32) {
@@ -142,7 +117,6 @@ fn unknown_users_are_named_at_startup() {
     assert!(mounts_under(t.path()).is_empty(), "something was mounted before the check");
 }
 
-#[test]
 fn the_home_is_its_users_with_the_modes_of_a_local_disk() {
     require_tools();
     let (proj, comp, other) = (account(PROJECT_ACCOUNT), account(COMPUTE_ACCOUNT), account(OTHER_ACCOUNT));

@@ -13,7 +13,9 @@
 //! ```
 //!
 //! and starts the real `cs-actor project` (the broker) and `cs-actor compute` (sshfs lower,
-//! unionfs-fuse union, rounds over a websocket) as child processes. Teardown is by pid, in
+//! union, rounds over a websocket) as child processes. The union is one of two backends
+//! ([`Union`]: unionfs-fuse or kernel overlayfs, `cs-actor compute --union NAME`): tests written
+//! once run with each ([`per_union!`], [`with_union`]), `CS_E2E_UNION=NAME` picks one. Teardown is by pid, in
 //! order: every compute service gets SIGTERM and is waited for (it runs a last round, then
 //! unmounts), then the broker, then sshd; SIGKILL after a grace period; then whatever is still
 //! mounted under ROOT is lazily unmounted. [`Bed::finish`] asserts that the services stopped by
@@ -23,10 +25,12 @@
 
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -40,6 +44,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_cs-actor");
 /// sshfs cache timeouts (names, attributes, absent names, directory cache): short, so that a
 /// change on the project side shows through the lower layer quickly.
 pub const CACHE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Lower caches as long-lived as production's (docs/mount.md: up to ~10 s;
+/// deploy/examples/compute.toml).
+pub const PRODUCTION_STALENESS: Duration = Duration::from_secs(10);
 /// The compute services' timer: long, so that rounds happen when a test asks for them (plus the
 /// start-up round and early rounds on upper-layer events, which no test counts on).
 pub const INTERVAL_SECS: &str = "3600";
@@ -60,6 +67,139 @@ const BROKER_GRACE: Duration = Duration::from_secs(15);
 /// some move hundreds of megabytes; on a 2-core machine running them side by side only makes
 /// every deadline tighter.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+// ---------------------------------------------------------------------------------------------
+// The union backend
+
+/// The union a compute service mounts (`cs-actor compute --union NAME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Union {
+    /// unionfs-fuse 1.0: whiteouts in the upper layer's `.unionfs-fuse/` meta directory.
+    UnionfsFuse,
+    /// Kernel overlayfs (`redirect_dir=on,index=on`): whiteouts are character devices 0:0 in
+    /// the upper layer, its work directory lives beside the upper layer, not in it.
+    Overlay,
+}
+
+/// The environment variable that picks one backend (see [`Union::chosen`]).
+pub const UNION_ENV: &str = "CS_E2E_UNION";
+
+impl Union {
+    /// The service's default (`--union` is passed only for the other one).
+    pub const DEFAULT: Union = Union::UnionfsFuse;
+
+    /// The name `--union` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Union::UnionfsFuse => "unionfs-fuse",
+            Union::Overlay => "overlay",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Union> {
+        [Union::UnionfsFuse, Union::Overlay].into_iter().find(|u| u.name() == name)
+    }
+
+    /// The backend `CS_E2E_UNION` names, if set (a bad name panics, naming the choices).
+    pub fn chosen() -> Option<Union> {
+        let v = std::env::var(UNION_ENV).ok().filter(|v| !v.is_empty())?;
+        Some(Union::parse(&v).unwrap_or_else(|| panic!("{UNION_ENV}={v:?}: expected unionfs-fuse or overlay")))
+    }
+}
+
+thread_local! {
+    /// The backend of the test running on this thread (set by [`with_union`]).
+    static TEST_UNION: Cell<Option<Union>> = const { Cell::new(None) };
+}
+
+/// The backend a bed starts its compute services with: the one [`with_union`] set for this
+/// test, else `CS_E2E_UNION`, else unionfs-fuse.
+pub fn current_union() -> Union {
+    TEST_UNION.get().or_else(Union::chosen).unwrap_or(Union::DEFAULT)
+}
+
+/// Runs `test` with `union` as the backend of every bed it starts. When `CS_E2E_UNION` names
+/// the other backend, `test` does not run (it says so on stderr): that variable narrows a run
+/// to one backend.
+pub fn with_union(union: Union, test: fn()) {
+    if let Some(only) = Union::chosen().filter(|&c| c != union) {
+        eprintln!("skipped: {UNION_ENV}={} (this is the {} run)", only.name(), union.name());
+        return;
+    }
+    struct Restore(Option<Union>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TEST_UNION.set(self.0);
+        }
+    }
+    let _restore = Restore(TEST_UNION.replace(Some(union)));
+    test()
+}
+
+/// Makes the `#[test]`s of end-to-end tests written once as plain `fn NAME()`: module
+/// `unionfs_fuse` and module `overlay` each get a `#[test] fn NAME` that runs it with that
+/// backend ([`with_union`]). Attributes before a name in `both` (`#[ignore = "…"]`) go on
+/// both; the names in `unionfs_fuse_ignored` run on overlay and their unionfs-fuse twin is
+/// `#[ignore]`d with the reason given (how it fails there, or why CI skips it).
+///
+/// ```ignore
+/// per_union! {
+///     both: [writes_sync, #[ignore = "demonstration"] can_fail],
+///     unionfs_fuse_ignored: [mv_of_a_project_dir = "unionfs-fuse: mv fails with ENOENT"],
+/// }
+/// ```
+macro_rules! per_union {
+    (
+        both: [$($(#[$attr:meta])* $name:ident),* $(,)?]
+        $(, unionfs_fuse_ignored: [$($only:ident = $why:literal),* $(,)?])?
+        $(,)?
+    ) => {
+        mod unionfs_fuse {
+            $(
+                $(#[$attr])*
+                #[test]
+                fn $name() {
+                    $crate::support::with_union($crate::support::Union::UnionfsFuse, super::$name)
+                }
+            )*
+            $($(
+                #[test]
+                #[ignore = $why]
+                fn $only() {
+                    $crate::support::with_union($crate::support::Union::UnionfsFuse, super::$only)
+                }
+            )*)?
+        }
+        mod overlay {
+            $(
+                $(#[$attr])*
+                #[test]
+                fn $name() {
+                    $crate::support::with_union($crate::support::Union::Overlay, super::$name)
+                }
+            )*
+            $($(
+                #[test]
+                fn $only() {
+                    $crate::support::with_union($crate::support::Union::Overlay, super::$only)
+                }
+            )*)?
+        }
+    };
+}
+pub(crate) use per_union;
+
+/// Whether `md` is an overlayfs whiteout (a character device 0:0).
+pub fn is_whiteout(md: &fs::Metadata) -> bool {
+    md.file_type().is_char_device() && md.rdev() == 0
+}
+
+/// Whether the upper layer `upper` holds an entry at `rel` (a copy, a new file, a directory):
+/// present and not an overlayfs whiteout (unionfs-fuse keeps its whiteouts elsewhere, in its
+/// meta directory).
+pub fn in_upper(upper: &Path, rel: impl AsRef<Path>) -> bool {
+    fs::symlink_metadata(upper.join(rel)).is_ok_and(|md| !is_whiteout(&md))
+}
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -449,6 +589,44 @@ pub fn processes_under(root: &Path) -> Vec<(u32, String)> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The user's side: an unprivileged account acting in the merged view
+
+/// The project's user (owner of P's home), the compute user, and a second user of the compute
+/// server. Created if missing (`useradd --system`, retried while another test binary holds
+/// the passwd lock) and kept: fixed names, so that concurrent test binaries share them.
+pub const PROJECT_ACCOUNT: &str = "csa-t-proj";
+pub const COMPUTE_ACCOUNT: &str = "csa-t-comp";
+pub const OTHER_ACCOUNT: &str = "csa-t-other";
+
+/// The user's tools: the system's Python (with pip), git. `--break-system-packages`: Debian
+/// marks its Python externally managed (PEP 668), which refuses even `--user` installs.
+pub const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The account `name`, created if missing.
+pub fn account(name: &str) -> Account {
+    cs_testbed::system_account(name).unwrap_or_else(|e| panic!("account {name}: {e}"))
+}
+
+/// `sh -c script` as `who` (no supplementary groups), `HOME=home`, a clean environment.
+pub fn as_user(who: &Account, home: &Path, script: &str) -> CmdOut {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={}", who.uid))
+        .arg(format!("--regid={}", who.gid))
+        .args(["--clear-groups", "--", "env", "-i"])
+        .arg(format!("HOME={}", home.display()))
+        .arg(format!("PATH={USER_PATH}"))
+        .args(["sh", "-c", script])
+        .current_dir("/");
+    run(c, Duration::from_secs(300))
+}
+
+pub fn must(who: &Account, home: &Path, script: &str) -> String {
+    let out = as_user(who, home, script);
+    assert!(out.ok(), "as {}: `{script}` failed: {}", who.name, out.describe());
+    out.stdout
+}
+
+// ---------------------------------------------------------------------------------------------
 // The bed
 
 /// How [`Bed::start_compute_opts`] starts `cs-actor compute`.
@@ -465,6 +643,8 @@ pub struct ComputeOpts<'a> {
     pub user: Option<&'a Account>,
     /// The lower mount's cache timeouts, when not [`CACHE_TIMEOUT`] (e.g. production's ~10 s).
     pub lower_cache: Option<Duration>,
+    /// The union backend, when not the test's ([`current_union`]).
+    pub union: Option<Union>,
 }
 
 /// An account of this machine (tests/user.rs acts as one).
@@ -481,11 +661,23 @@ pub struct Compute {
     pub sock: PathBuf,
     pub token_file: PathBuf,
     pub proc: Option<Proc>,
+    /// The union backend it was last started with.
+    pub union: Union,
 }
 
 impl Compute {
     pub fn status(&self) -> Result<Value, String> {
         status_json(&self.sock)
+    }
+}
+
+/// The flags of `cs-actor compute` that choose `union`: none for the default, so that the bed
+/// also drives a build whose `compute` has no `--union` yet.
+pub fn union_args(union: Union) -> Vec<&'static str> {
+    if union == Union::DEFAULT {
+        Vec::new()
+    } else {
+        vec!["--union", union.name()]
     }
 }
 
@@ -506,6 +698,9 @@ pub struct Bed {
     pub broker_extra: Vec<String>,
     broker_runs: u32,
     pub computes: Vec<Compute>,
+    /// The union backend compute services start with unless [`ComputeOpts::union`] says
+    /// otherwise: the test's ([`current_union`]).
+    pub union: Union,
     finished: bool,
     _serial: MutexGuard<'static, ()>,
 }
@@ -516,6 +711,8 @@ impl Bed {
     /// [`Bed::start_compute`].
     pub fn new(name: &str) -> Bed {
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let union = current_union();
+        eprintln!("cs-e2e: bed {name} with the {} union", union.name());
         let tmp = tempfile::Builder::new().prefix(&format!("cs-e2e-{name}-")).tempdir().expect("tempdir");
         let root = fs::canonicalize(tmp.path()).expect("canonicalize tempdir");
         let home = root.join("home");
@@ -550,6 +747,7 @@ impl Bed {
             broker_extra: Vec::new(),
             broker_runs: 0,
             computes: Vec::new(),
+            union,
             root,
             finished: false,
             _serial: serial,
@@ -696,6 +894,7 @@ impl Bed {
             token_file: dir.join("token"),
             dir,
             proc: None,
+            union: self.union,
         };
         for d in [&c.merged, &c.upper, &c.state, &c.lower] {
             fs::create_dir_all(d).unwrap();
@@ -720,8 +919,9 @@ impl Bed {
         self.run_compute(i, opts);
     }
 
-    /// Spawns `cs-actor compute` for `computes[i]` and waits until it is up.
-    fn run_compute(&mut self, i: usize, opts: &ComputeOpts) {
+    /// Spawns `cs-actor compute` for `computes[i]` (from [`Bed::add_compute`], its directories
+    /// maybe changed) and waits until it is up.
+    pub fn run_compute(&mut self, i: usize, opts: &ComputeOpts) {
         self.spawn_compute(i, opts);
         let id = self.computes[i].id.clone();
         let ok = poll(Duration::from_secs(90), Duration::from_millis(200), || {
@@ -747,6 +947,8 @@ impl Bed {
     pub fn spawn_compute(&mut self, i: usize, opts: &ComputeOpts) {
         let running = self.computes[i].proc.as_mut().is_some_and(|p| p.exited().is_none());
         assert!(!running, "compute server {} is still running", self.computes[i].id);
+        let union = opts.union.unwrap_or(self.union);
+        self.computes[i].union = union;
         let c = &self.computes[i];
         let id = c.id.clone();
         let id = id.as_str();
@@ -772,6 +974,7 @@ impl Bed {
             .arg("--control-socket")
             .arg(&c.sock)
             .args(["--interval", INTERVAL_SECS])
+            .args(union_args(union))
             .args(opts.extra);
         if let Some(u) = opts.user {
             cmd.args(["--user", &u.name]);

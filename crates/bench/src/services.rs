@@ -154,6 +154,8 @@ pub struct ComputeSpec<'a> {
     pub lower_cmd: String,
     /// Seconds between timer rounds.
     pub interval: f64,
+    /// `--union NAME`, when not the service's default.
+    pub union: Option<&'a str>,
 }
 
 impl Compute {
@@ -189,6 +191,7 @@ impl Compute {
             .arg(&sock)
             .arg("--interval")
             .arg(spec.interval.to_string())
+            .args(spec.union.map(|u| ["--union", u]).into_iter().flatten())
             .env("RUST_LOG", service_log())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -58,6 +58,10 @@ pub struct SoakCli {
     /// The compute services' round interval (seconds).
     #[arg(long, default_value_t = 2.0)]
     interval: f64,
+    /// The compute services' union backend (`cs-actor compute --union`: `unionfs-fuse` or
+    /// `overlay`; default: the service's).
+    #[arg(long)]
+    union: Option<String>,
     /// Operations per second per writer (one writer per side).
     #[arg(long, default_value_t = 15.0)]
     ops: f64,
@@ -1102,6 +1106,7 @@ fn soak(cli: &SoakCli, bin: &Path, root: &Path, seed: u64, command: &str) -> Res
             token_file: &bdir.join(format!("token-{id}")),
             lower_cmd,
             interval: cli.interval,
+            union: cli.union.as_deref(),
         })?;
         eprintln!("{} cs-bench soak: {id} up (pid {})", util::clock(), c.pid());
         computes.push(c);
@@ -1295,8 +1300,9 @@ fn drive(cli: &SoakCli, w: &World, seed: u64, command: &str) -> Result<i32> {
     md.push_str(&format!("- Command: `{command}`\n"));
     md.push_str(&format!("- Machine: {} (load average {})\n", util::machine(), util::loadavg()));
     md.push_str(&format!(
-        "- {} compute service(s) and one broker, RTT {} ms, round interval {} s, seed {seed}; writers ran {:.0} s at ~{} ops/s each; {} rounds asked on demand\n",
+        "- {} compute service(s) ({} union) and one broker, RTT {} ms, round interval {} s, seed {seed}; writers ran {:.0} s at ~{} ops/s each; {} rounds asked on demand\n",
         w.computes.len(),
+        cli.union.as_deref().unwrap_or("default"),
         cli.rtt,
         cli.interval,
         writing.as_secs_f64(),

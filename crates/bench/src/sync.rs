@@ -126,6 +126,7 @@ impl Pair {
             token_file: &dir.join("broker").join("token"),
             lower_cmd,
             interval,
+            union: None,
         })?;
         Ok(Pair { broker, compute, broker_route, home: home.to_path_buf() })
     }

@@ -1,7 +1,8 @@
-//! CI's soak: `cs-bench soak` for about a minute with 2 compute services against one broker,
-//! random operations on every side, then convergence and the lost-write check: it must exit 0
-//! and print `lost writes: 0`. Then the checker's self-test: the same soak, shorter, with the
-//! checker expecting a wrong hash for one file, must fail and count it in every view.
+//! CI's soak: `cs-bench soak` for about a minute with 2 compute services (kernel overlayfs
+//! unions) against one broker, random operations on every side, then convergence and the
+//! lost-write check: it must exit 0 and print `lost writes: 0`. Then the checker's self-test:
+//! the same soak, shorter (the service's default union), with the checker expecting a wrong
+//! hash for one file, must fail and count it in every view.
 //! Skipped when the real tools are missing, unless `CI` is set.
 
 use std::path::{Path, PathBuf};
@@ -57,15 +58,18 @@ fn soak_two_clients_one_minute_loses_no_write() {
     let cs_actor = cs_actor_next_to(&bench);
     let tmp = tempfile::Builder::new().prefix("cs-soak-test.").tempdir_in("/tmp").unwrap();
 
+    // With kernel overlayfs, the union CI soaks (issue 11); `cs-bench soak` without `--union`
+    // runs the service's default, unionfs-fuse.
     let work = tmp.path().join("soak");
-    let (out, text) =
-        soak(&bench, &cs_actor, &work, &["--minutes", "1", "--clients", "2", "--report-every", "30", "--seed", "42"]);
+    let args = ["--minutes", "1", "--clients", "2", "--report-every", "30", "--seed", "42", "--union", "overlay"];
+    let (out, text) = soak(&bench, &cs_actor, &work, &args);
     eprintln!("{text}");
     assert!(out.status.success(), "the soak failed ({}):\n{text}", out.status);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("\nlost writes: 0\n"), "no `lost writes: 0`:\n{text}");
     assert!(stdout.contains("Convergence: reached"), "{text}");
     assert!(stdout.contains("| c1 |"), "no row for the second client:\n{text}");
+    assert!(stdout.contains("(overlay union)"), "the soak did not run the overlay union:\n{text}");
     nothing_left_mounted(&work);
 
     // The checker's self-test: a write it believes lost must fail the soak, once per view.

@@ -30,7 +30,8 @@ per_union! {
         mv_of_a_project_directory_after_the_project_deleted_a_file_in_it =
             "unionfs-fuse copies the tree up from the lower's stale listing: mv fails with ENOENT",
         rm_r_of_a_directory_made_on_c_and_synced_succeeds =
-            "unionfs-fuse: rm -r fails with ENOTEMPTY (the lower lists the synced files it made no whiteout for)",
+            "unionfs-fuse: rm -r makes no whiteouts (the lower's cache still says the files are not there): \
+             the deletion never reaches the project (or rmdir fails with ENOTEMPTY once the lower lists them)",
         touch_m_of_a_project_file_sets_its_mtime_both_sides =
             "unionfs-fuse ignores a setattr of the mtime alone: touch -m leaves the old mtime",
     ],

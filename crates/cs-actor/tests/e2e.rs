@@ -661,7 +661,19 @@ fn status_json_has_the_documented_fields() {
     assert_eq!(st["client"], "gpu-1");
     assert_eq!(st["mounts"]["lower"]["state"], "mounted", "{st:#}");
     assert_eq!(st["mounts"]["union"]["state"], "mounted", "{st:#}");
-    assert!(matches!(st["mounts"]["union"]["whiteout_dir"].as_str(), Some(".unionfs-fuse" | ".unionfs")), "{st:#}");
+    let union = &st["mounts"]["union"];
+    assert_eq!(union["backend"], bed.union.name(), "{st:#}");
+    match bed.union {
+        Union::UnionfsFuse => {
+            assert!(matches!(union["whiteout_dir"].as_str(), Some(".unionfs-fuse" | ".unionfs")), "{st:#}");
+            assert!(union["pid"].as_u64().is_some(), "{st:#}");
+        }
+        Union::Overlay => {
+            assert!(union["whiteout_dir"].is_null() && union["pid"].is_null(), "{st:#}");
+            assert!(union["work_dir"].is_string(), "{st:#}");
+            assert!(union["options"].as_str().is_some_and(|o| o.contains("redirect_dir=on")), "{st:#}");
+        }
+    }
     assert_eq!(st["connection"]["state"], "connected", "{st:#}");
     assert!(st["connection"]["rtt_ms"].as_f64().unwrap() >= 0.0);
     assert!(st["round"]["phase"].is_string(), "{st:#}");

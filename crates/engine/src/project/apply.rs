@@ -128,6 +128,15 @@ impl ProjectSide {
     /// Moves a staged file into place, or beside it as a conflict copy.
     fn finalize(&self, r: &mut ProjectRound, st: Staged, report: &mut WriteReport) -> Result<(), EngineError> {
         let Staged { tmp, target, .. } = st;
+        // The client put a file where P has a directory: the client saw that
+        // directory and replaced it (with overlayfs nothing else tells: its
+        // one whiteout for the directory went when the file was made), so
+        // what of it the client has seen goes as a deletion would; what
+        // someone else changed since stays, and the conflict rule below
+        // keeps both.
+        if self.lstat_sig(&target)?.is_some_and(|a| a.kind == EntryKind::Dir) {
+            self.delete_tree(r, &target, &mut cs_protocol::DeleteReport::default())?;
+        }
         let _op = lock(&self.apply_lock);
         let actual = self.lstat_sig(&target)?;
         let replace = match actual.map(|a| a.kind) {

@@ -53,7 +53,12 @@ impl ProjectSide {
     /// created the directory again over its whiteout (`rm -r d; mkdir d`):
     /// those entries are its new content, not part of the deletion, and a
     /// stale or repeated delete must not remove them (issue 8).
-    fn delete_tree(&self, r: &ProjectRound, p: &RelPath, report: &mut DeleteReport) -> Result<bool, EngineError> {
+    pub(super) fn delete_tree(
+        &self,
+        r: &ProjectRound,
+        p: &RelPath,
+        report: &mut DeleteReport,
+    ) -> Result<bool, EngineError> {
         let Some(actual) = self.lstat_sig(p)? else { return Ok(true) };
         // Ignored by the round's rules or by newer ones (the file changed
         // since the hello): P's copy stays.

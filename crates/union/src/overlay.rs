@@ -155,6 +155,11 @@ pub fn is_opaque_dir(dir: &Path) -> Result<bool, UnionError> {
     Ok(get_xattr(dir, OPAQUE_XATTR)?.as_deref() == Some(b"y"))
 }
 
+/// True if `dir` is an upper directory moved through the merged view (`trusted.overlay.redirect`).
+pub fn is_redirected_dir(dir: &Path) -> Result<bool, UnionError> {
+    Ok(get_xattr(dir, REDIRECT_XATTR)?.is_some())
+}
+
 /// The `trusted.overlay.*` attributes of `path` (not following symlinks), by name: what
 /// overlayfs leaves on its upper layer's directories (opaque, redirect, and on the root
 /// `origin` and `uuid`). Empty where the filesystem has no xattrs.

@@ -724,7 +724,7 @@ impl ComputeSide {
     /// directory, not C's deletion of it: retired at once.
     fn retire_if_opaque(&mut self, r: &mut ComputeRound, p: &RelPath) -> Result<(), EngineError> {
         let abs = self.cfg.upper.join(p.as_path());
-        if scan::xattr_head(&abs, cs_union::overlay::OPAQUE_XATTR)?.as_deref() != Some(b"y") {
+        if !cs_union::overlay::is_opaque_dir(&abs)? {
             return Ok(());
         }
         let md = std::fs::symlink_metadata(&abs).map_err(|e| EngineError::io("stat", &abs, e))?;
@@ -848,7 +848,7 @@ impl ComputeSide {
         let mut changed = false;
         for p in deleted {
             let md = std::fs::symlink_metadata(self.cfg.upper.join(p.as_path())).ok();
-            if let Some(md) = md.filter(scan::is_overlay_whiteout) {
+            if let Some(md) = md.filter(cs_union::overlay::is_whiteout) {
                 self.retire_marker(r, p, md.ino());
                 changed = true;
             }

@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use cs_protocol::{EntryKind, Escaped, RelPath};
 use cs_safe_fs::Stat;
-use cs_union::overlay::{OPAQUE_XATTR, REDIRECT_XATTR};
+use cs_union::overlay;
 use cs_union::Whiteout;
 
 use super::UnionKind;
@@ -74,24 +74,6 @@ pub fn scan_upper(upper: &Path, filter: &PathFilter, union: &UnionKind) -> Resul
     Ok(scan)
 }
 
-/// overlayfs's whiteout: a character device 0:0.
-pub(crate) fn is_overlay_whiteout(md: &std::fs::Metadata) -> bool {
-    md.file_type().is_char_device() && md.rdev() == 0
-}
-
-/// The first bytes of the overlayfs xattr `name` of the upper directory
-/// `abs` (`None`: it has none). A value longer than the buffer (a long
-/// redirect path) comes back as its first bytes: only its presence counts.
-pub(crate) fn xattr_head(abs: &Path, name: &str) -> Result<Option<Vec<u8>>, EngineError> {
-    let mut buf = [0u8; 256];
-    match rustix::fs::lgetxattr(abs, name, &mut buf) {
-        Ok(n) => Ok(Some(buf[..n].to_vec())),
-        Err(rustix::io::Errno::RANGE) => Ok(Some(buf.to_vec())),
-        Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::NOENT) => Ok(None),
-        Err(e) => Err(EngineError::io("read the overlay xattrs of", abs, e.into())),
-    }
-}
-
 fn walk(
     root: &Path,
     dir: Option<&RelPath>,
@@ -133,7 +115,7 @@ fn walk(
             Err(e) => return Err(EngineError::io("stat", ent.path(), e)),
         };
         let is_dir = md.is_dir();
-        if overlay && is_overlay_whiteout(&md) {
+        if overlay && overlay::is_whiteout(&md) {
             if filter.is_synced(&path, false) {
                 scan.whiteouts.push(Marker { path, is_dir: false, ino: md.ino(), unionfs: None });
             }
@@ -156,11 +138,10 @@ fn walk(
             if overlay {
                 // An opaque directory hides the lower's: as unionfs-fuse's
                 // directory marker beside a directory made again.
-                // ("x" marks a directory holding xattr whiteouts: not opaque.)
-                if xattr_head(&ent.path(), OPAQUE_XATTR)?.as_deref() == Some(b"y") {
+                if overlay::is_opaque_dir(&ent.path())? {
                     scan.whiteouts.push(Marker { path: path.clone(), is_dir: true, ino: md.ino(), unionfs: None });
                 }
-                if xattr_head(&ent.path(), REDIRECT_XATTR)?.is_some() {
+                if overlay::is_redirected_dir(&ent.path())? {
                     scan.redirects.push(path.clone());
                 }
             }

@@ -699,16 +699,8 @@ fn real_union_over_sshfs_histories_converge_and_lose_no_write() {
         return;
     }
     std::env::set_var("CS_JOURNAL_CHECK", "1");
-    let t = tempfile::Builder::new().prefix("cs-real-sshfs-").tempdir_in(cs_tests::fixture::scratch_base()).unwrap();
-    let dir = |n: &str| {
-        let p = t.path().join(n);
-        std::fs::create_dir(&p).unwrap();
-        std::fs::canonicalize(p).unwrap()
-    };
-    let (sshd_dir, base, mirror) = (dir("sshd"), dir("worlds"), dir("mirror"));
-    let sshd = cs_testbed::Sshd::start(&sshd_dir).expect("start sshd");
-    let opts = ["entry_timeout=0", "attr_timeout=0", "negative_timeout=0", "dir_cache=no"].map(String::from);
-    let mount = cs_testbed::sshfs_mount(&base, sshd.port(), sshd.identity(), &mirror, &opts).expect("mount sshfs");
+    let bed = SshfsWorlds::start("cs-real-sshfs-", &cs_tests::fixture::scratch_base());
+    let (base, mirror) = (bed.base.clone(), bed.mirror.clone());
     let layout = u.probe_layout(&base).expect("probe the union's layout");
     let cfg = Config { cases: sshfs_cases(), max_shrink_time: 300_000, failure_persistence: None, ..Config::default() };
     let mut runner = proptest::test_runner::TestRunner::new(cfg);
@@ -716,10 +708,36 @@ fn real_union_over_sshfs_histories_converge_and_lose_no_write() {
         let mut run = Run::real_over(&u, &base, &mirror, s.grace).with_pull(s.pull);
         run.run(&s.ops).map_err(TestCaseError::fail)
     });
-    drop(mount);
-    drop(sshd);
+    drop(bed);
     if let Err(e) = result {
         panic!("{e}");
+    }
+}
+
+/// Where the sshfs-lower property tests make their worlds: `base` is mounted over sshfs
+/// (one loopback sshd, every cache off: these test the layering, not the staleness) at
+/// `mirror`. Dropped, it unmounts, stops sshd and removes the directories, in that order.
+struct SshfsWorlds {
+    base: std::path::PathBuf,
+    mirror: std::path::PathBuf,
+    _mount: cs_testbed::SshfsMount,
+    _sshd: cs_testbed::Sshd,
+    _dir: tempfile::TempDir,
+}
+
+impl SshfsWorlds {
+    fn start(prefix: &str, scratch: &std::path::Path) -> SshfsWorlds {
+        let t = tempfile::Builder::new().prefix(prefix).tempdir_in(scratch).unwrap();
+        let dir = |n: &str| {
+            let p = t.path().join(n);
+            std::fs::create_dir(&p).unwrap();
+            std::fs::canonicalize(p).unwrap()
+        };
+        let (sshd_dir, base, mirror) = (dir("sshd"), dir("worlds"), dir("mirror"));
+        let sshd = cs_testbed::Sshd::start(&sshd_dir).expect("start sshd");
+        let opts = ["entry_timeout=0", "attr_timeout=0", "negative_timeout=0", "dir_cache=no"].map(String::from);
+        let mount = cs_testbed::sshfs_mount(&base, sshd.port(), sshd.identity(), &mirror, &opts).expect("mount sshfs");
+        SshfsWorlds { base, mirror, _mount: mount, _sshd: sshd, _dir: t }
     }
 }
 
@@ -764,19 +782,8 @@ fn real_overlay_over_sshfs_histories_converge_and_lose_no_write() {
         return;
     }
     std::env::set_var("CS_JOURNAL_CHECK", "1");
-    let t = tempfile::Builder::new()
-        .prefix("cs-overlay-sshfs-")
-        .tempdir_in(cs_tests::fixture::overlay_scratch_base())
-        .unwrap();
-    let dir = |n: &str| {
-        let p = t.path().join(n);
-        std::fs::create_dir(&p).unwrap();
-        std::fs::canonicalize(p).unwrap()
-    };
-    let (sshd_dir, base, mirror) = (dir("sshd"), dir("worlds"), dir("mirror"));
-    let sshd = cs_testbed::Sshd::start(&sshd_dir).expect("start sshd");
-    let opts = ["entry_timeout=0", "attr_timeout=0", "negative_timeout=0", "dir_cache=no"].map(String::from);
-    let mount = cs_testbed::sshfs_mount(&base, sshd.port(), sshd.identity(), &mirror, &opts).expect("mount sshfs");
+    let bed = SshfsWorlds::start("cs-overlay-sshfs-", &cs_tests::fixture::overlay_scratch_base());
+    let (base, mirror) = (bed.base.clone(), bed.mirror.clone());
     let cases = std::env::var("CS_REAL_OVERLAY_SSHFS_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
     let cfg = Config { cases, max_shrink_time: 300_000, failure_persistence: None, ..Config::default() };
     let mut runner = proptest::test_runner::TestRunner::new(cfg);
@@ -787,8 +794,7 @@ fn real_overlay_over_sshfs_histories_converge_and_lose_no_write() {
             .with_pull(s.pull);
         run.run(&s.ops).map_err(TestCaseError::fail)
     });
-    drop(mount);
-    drop(sshd);
+    drop(bed);
     if let Err(e) = result {
         panic!("{e}");
     }

@@ -221,7 +221,10 @@ pub enum Kind {
     /// fuse-overlayfs over a local lower (a candidate union: docs/union.md).
     FuseOverlayfsLocal,
     Sshfs,
+    /// cs-actor with unionfs-fuse (the default union) over its sshfs lower.
     CsActor,
+    /// cs-actor with `--union overlay` (kernel overlayfs) over its sshfs lower.
+    CsActorOverlay,
 }
 
 impl Kind {
@@ -233,6 +236,7 @@ impl Kind {
             Kind::FuseOverlayfsLocal => "fuse-overlayfs-local",
             Kind::Sshfs => "sshfs",
             Kind::CsActor => "cs-actor",
+            Kind::CsActorOverlay => "cs-actor-overlay",
         }
     }
 }
@@ -253,7 +257,7 @@ impl View<'_> {
     pub fn write_side(&self, rel: &str) -> PathBuf {
         match (self.kind, &self.upper) {
             (Kind::Sshfs, _) => self.project.join(rel),
-            (Kind::UnionLocal | Kind::CsActor, Some(u)) => u.join(rel),
+            (Kind::UnionLocal | Kind::CsActor | Kind::CsActorOverlay, Some(u)) => u.join(rel),
             _ => self.view.join(rel),
         }
     }
@@ -276,7 +280,7 @@ impl View<'_> {
                 remove_tree(&self.view.join(rel))
             }
             Kind::Sshfs => remove_tree(&self.project.join(rel)),
-            Kind::CsActor => {
+            Kind::CsActor | Kind::CsActorOverlay => {
                 self.settle()?;
                 remove_tree(&self.project.join(rel))?;
                 self.settle()
@@ -400,10 +404,12 @@ pub fn w3(env: &Env, v: &View, r: usize, deadline: Instant) -> Result<Sample> {
 }
 
 /// `.local` is local-only for cs-actor (an opaque directory of the upper layer, never
-/// synced): remove it there.
+/// synced): remove it there; through the merged view with overlayfs, which must not be
+/// changed behind its back.
 fn remove_w3(v: &View, rel: &str) -> Result<()> {
     match v.kind {
         Kind::CsActor | Kind::UnionLocal => remove_tree(&v.write_side(rel)),
+        Kind::CsActorOverlay => remove_tree(&v.view.join(rel)),
         _ => v.cleanup(rel),
     }
 }

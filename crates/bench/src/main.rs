@@ -30,8 +30,18 @@ use sync::{Pair, Test, Tool, Way};
 use util::{copy_tree, peak_rss_kib, remove_tree, reset_peak_rss, rss_kib, which};
 
 const ALL_TESTS: [&str; 8] = ["W1", "W2", "W3", "W4", "W5", "S1", "S2", "S3"];
-const ALL_SETUPS: [&str; 9] =
-    ["local", "union-local", "overlay-local", "fuse-overlayfs-local", "sshfs", "cs-actor", "rsync", "tar", "unison"];
+const ALL_SETUPS: [&str; 10] = [
+    "local",
+    "union-local",
+    "overlay-local",
+    "fuse-overlayfs-local",
+    "sshfs",
+    "cs-actor",
+    "cs-actor-overlay",
+    "rsync",
+    "tar",
+    "unison",
+];
 
 /// The slow-link bench (see docs/benchmarks.md).
 #[derive(Parser, Debug)]
@@ -56,7 +66,8 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Only these setups: local, union-local (unionfs-fuse), overlay-local (kernel overlayfs),
-    /// fuse-overlayfs-local, sshfs, cs-actor, rsync, tar, unison.
+    /// fuse-overlayfs-local, sshfs, cs-actor (unionfs-fuse), cs-actor-overlay (`--union
+    /// overlay`), rsync, tar, unison.
     #[arg(long, value_delimiter = ',')]
     setups: Option<Vec<String>>,
     /// Bandwidth cap of the shaped link, bytes per second each way (default: none).
@@ -155,6 +166,11 @@ fn check_tools(tests: &BTreeSet<String>, setups: &BTreeSet<String>) -> Vec<(Stri
     if setups.contains("fuse-overlayfs-local") {
         need("fuse-overlayfs", &["fuse-overlayfs"]);
     }
+    if (setups.contains("overlay-local") || setups.contains("cs-actor-overlay"))
+        && !cs_union::overlay::kernel_has_overlay()
+    {
+        need("overlayfs", &["overlayfs in the kernel (/proc/filesystems; modprobe overlay)"]);
+    }
     if tests.contains("W1") {
         need("W1", &["make", "cc"]);
     }
@@ -239,6 +255,10 @@ fn run(cli: Cli) -> Result<usize> {
                 setups.remove("union-local");
                 setups.remove("cs-actor");
             }
+            "overlayfs" => {
+                setups.remove("overlay-local");
+                setups.remove("cs-actor-overlay");
+            }
             "fuse-overlayfs" => {
                 setups.remove("fuse-overlayfs-local");
             }
@@ -248,7 +268,8 @@ fn run(cli: Cli) -> Result<usize> {
     }
     let skip_test = |t: &str| missing.iter().any(|(w, _)| w == t);
     let only = |t: &str| tests.contains(t) && !skip_test(t);
-    let bin = if setups.contains("cs-actor") { find_cs_actor(cli.cs_actor.clone())? } else { PathBuf::new() };
+    let any_cs_actor = setups.contains("cs-actor") || setups.contains("cs-actor-overlay");
+    let bin = if any_cs_actor { find_cs_actor(cli.cs_actor.clone())? } else { PathBuf::new() };
     if !rustix::process::geteuid().is_root() {
         eprintln!("cs-bench: not root: FUSE mounts may need user_allow_other; resident-memory peaks cannot be reset");
     }
@@ -566,12 +587,16 @@ fn bench_all(
             remove_tree(&home)?;
         }
 
-        if setups.contains("cs-actor") && (w_any || only("S1") || only("S2")) {
-            eprintln!("{} cs-bench: cs-actor, RTT {rtt} ms", util::clock());
-            let home = rd.join("csa-home");
+        // cs-actor with each union backend, one after the other over the same link.
+        for (kind, union) in [(Kind::CsActor, None), (Kind::CsActorOverlay, Some("overlay"))] {
+            if !(setups.contains(kind.column()) && (w_any || only("S1") || only("S2"))) {
+                continue;
+            }
+            eprintln!("{} cs-bench: {}, RTT {rtt} ms", util::clock(), kind.column());
+            let home = rd.join(format!("{}-home", kind.column()));
             copy_tree(&template, &home, &setup_log)?;
-            let pair = Pair::start(&env, &home, &rd.join("csa"), 10.0)?;
-            let r = cs_actor_part(&env, res, lim, &pair, rtt, only);
+            let pair = Pair::start(&env, &home, &rd.join(kind.column()), 10.0, union)?;
+            let r = cs_actor_part(&env, res, lim, &pair, kind, rtt, only);
             pair.stop();
             r?;
             remove_tree(&home)?;
@@ -602,12 +627,14 @@ fn bench_all(
     Ok(())
 }
 
-/// The cs-actor part of one RTT: memory idle, S1 and S2 (memory peak), W1–W5.
+/// The cs-actor part of one RTT, for one union backend (`kind`): memory idle, S1 and S2
+/// (memory peak), W1–W5.
 fn cs_actor_part(
     env: &Env,
     res: &mut Results,
     lim: &Limits,
     pair: &Pair,
+    kind: Kind,
     rtt: u64,
     only: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
@@ -615,8 +642,13 @@ fn cs_actor_part(
     // Idle: after the first round, a few seconds of nothing.
     std::thread::sleep(Duration::from_secs(3));
     let kids = util::children_of(cp);
-    let mut rss =
-        Rss { rtt_ms: rtt, compute_idle_kib: rss_kib(cp), project_idle_kib: rss_kib(pp), ..Default::default() };
+    let mut rss = Rss {
+        rtt_ms: rtt,
+        column: kind.column().to_string(),
+        compute_idle_kib: rss_kib(cp),
+        project_idle_kib: rss_kib(pp),
+        ..Default::default()
+    };
     let sum_named = |name: &str| -> Option<u64> {
         let mut all = Vec::new();
         let mut stack = kids.clone();
@@ -637,8 +669,8 @@ fn cs_actor_part(
     rss.sshfs_kib = sum_named("sshfs");
     let reset = reset_peak_rss(cp) && reset_peak_rss(pp);
     if only("S1") {
-        sync::cs_actor(env, res, lim, pair, Test::S1, Way::ToProject, rtt)?;
-        sync::cs_actor(env, res, lim, pair, Test::S1, Way::ToCompute, rtt)?;
+        sync::cs_actor(env, res, lim, pair, kind, Test::S1, Way::ToProject, rtt)?;
+        sync::cs_actor(env, res, lim, pair, kind, Test::S1, Way::ToCompute, rtt)?;
         if reset {
             rss.compute_peak_s1_kib = peak_rss_kib(cp);
             rss.project_peak_s1_kib = peak_rss_kib(pp);
@@ -646,11 +678,11 @@ fn cs_actor_part(
     }
     res.rss.push(rss);
     if only("S2") {
-        sync::cs_actor(env, res, lim, pair, Test::S2, Way::ToProject, rtt)?;
-        sync::cs_actor(env, res, lim, pair, Test::S2, Way::ToCompute, rtt)?;
+        sync::cs_actor(env, res, lim, pair, kind, Test::S2, Way::ToProject, rtt)?;
+        sync::cs_actor(env, res, lim, pair, kind, Test::S2, Way::ToCompute, rtt)?;
     }
     let v = View {
-        kind: Kind::CsActor,
+        kind,
         view: pair.compute.merged.clone(),
         project: pair.home.clone(),
         upper: Some(pair.compute.upper.clone()),

@@ -120,7 +120,7 @@ pub struct Entry {
     pub test: String,
     pub rtt_ms: u64,
     /// "local", "union-local", "overlay-local", "fuse-overlayfs-local", "sshfs", "cs-actor",
-    /// "rsync", "tar", "unison".
+    /// "cs-actor-overlay", "rsync", "tar", "unison".
     pub column: String,
     pub cell: Cell,
 }
@@ -166,6 +166,9 @@ pub struct S3Result {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Rss {
     pub rtt_ms: u64,
+    /// The setup: "cs-actor" (unionfs-fuse) or "cs-actor-overlay".
+    #[serde(default)]
+    pub column: String,
     pub compute_idle_kib: Option<u64>,
     pub project_idle_kib: Option<u64>,
     pub compute_peak_s1_kib: Option<u64>,
@@ -273,6 +276,37 @@ impl Results {
         }
     }
 
+    /// cs-actor with each union backend over the same sshfs lower and link: the measurement
+    /// that decides the default backend. Printed only when `cs-actor-overlay` ran.
+    fn cs_actor_backends_table(&self, o: &mut String) {
+        if !self.entries.iter().any(|e| e.column == "cs-actor-overlay" && WORKLOADS.iter().any(|(w, _)| *w == e.test)) {
+            return;
+        }
+        o.push_str(
+            "\n### cs-actor by union backend (sshfs lower, same link): seconds, median (min–max), and / local disk\n\n",
+        );
+        o.push_str("| workload | RTT | local disk | cs-actor, unionfs-fuse | / local | cs-actor, overlayfs | / local | overlayfs / unionfs-fuse |\n");
+        o.push_str("|---|---|---|---|---|---|---|---|\n");
+        for (w, desc) in WORKLOADS {
+            for &rtt in &self.rtts {
+                if self.cell(w, rtt, "cs-actor").is_none() && self.cell(w, rtt, "cs-actor-overlay").is_none() {
+                    continue;
+                }
+                let local = self.val(w, rtt, "local");
+                let (fuse, ovl) = (self.val(w, rtt, "cs-actor"), self.val(w, rtt, "cs-actor-overlay"));
+                o.push_str(&format!(
+                    "| {w} {desc} | {rtt} ms | {} | {} | {} | {} | {} | {} |\n",
+                    self.cell_text(w, rtt, "local"),
+                    self.cell_text(w, rtt, "cs-actor"),
+                    self.ratio_text(fuse, local),
+                    self.cell_text(w, rtt, "cs-actor-overlay"),
+                    self.ratio_text(ovl, local),
+                    self.ratio_text(ovl, fuse),
+                ));
+            }
+        }
+    }
+
     fn val(&self, test: &str, rtt: u64, col: &str) -> Option<(f64, Bound)> {
         self.cell(test, rtt, col).and_then(|c| c.value())
     }
@@ -353,13 +387,14 @@ impl Results {
         }
 
         self.union_backends_table(&mut o);
+        self.cs_actor_backends_table(&mut o);
 
         o.push_str("\n### S1, S2: time to convergence, seconds, median (min–max)\n\n");
-        o.push_str("| test | RTT | cs-actor | rsync -a | tar \\| zstd \\| ssh | unison | cs-actor / rsync | wire bytes cs-actor / rsync |\n");
-        o.push_str("|---|---|---|---|---|---|---|---|\n");
+        o.push_str("| test | RTT | cs-actor | cs-actor, overlayfs | rsync -a | tar \\| zstd \\| ssh | unison | cs-actor / rsync | wire bytes cs-actor / rsync |\n");
+        o.push_str("|---|---|---|---|---|---|---|---|---|\n");
         for t in SYNC_TESTS {
             for &rtt in &self.rtts {
-                if self.cell(t, rtt, "cs-actor").is_none() && self.cell(t, rtt, "rsync").is_none() {
+                if ["cs-actor", "cs-actor-overlay", "rsync"].iter().all(|c| self.cell(t, rtt, c).is_none()) {
                     continue;
                 }
                 let wire = |col: &str| {
@@ -372,9 +407,10 @@ impl Results {
                     _ => "—".into(),
                 };
                 o.push_str(&format!(
-                    "| {} | {rtt} ms | {} | {} | {} | {} | {} | {wire_text} |\n",
+                    "| {} | {rtt} ms | {} | {} | {} | {} | {} | {} | {wire_text} |\n",
                     describe_sync(t, &self.meta),
                     self.cell_text(t, rtt, "cs-actor"),
+                    self.cell_text(t, rtt, "cs-actor-overlay"),
                     self.cell_text(t, rtt, "rsync"),
                     self.cell_text(t, rtt, "tar"),
                     self.cell_text(t, rtt, "unison"),
@@ -454,12 +490,13 @@ impl Results {
 
         if !self.rss.is_empty() {
             o.push_str("\n### Resident memory of the services (MiB)\n\n");
-            o.push_str("| RTT | compute idle | project idle | compute peak during S1 | project peak during S1 | unionfs-fuse / sshfs (idle, for reference) |\n");
-            o.push_str("|---|---|---|---|---|---|\n");
+            o.push_str("| RTT | setup | compute idle | project idle | compute peak during S1 | project peak during S1 | unionfs-fuse / sshfs (idle, for reference) |\n");
+            o.push_str("|---|---|---|---|---|---|---|\n");
             for r in &self.rss {
                 o.push_str(&format!(
-                    "| {} ms | {} | {} | {} | {} | {} / {} |\n",
+                    "| {} ms | {} | {} | {} | {} | {} | {} / {} |\n",
                     r.rtt_ms,
+                    if r.column.is_empty() { "cs-actor" } else { &r.column },
                     mib(r.compute_idle_kib),
                     mib(r.project_idle_kib),
                     mib(r.compute_peak_s1_kib),
@@ -541,6 +578,7 @@ impl Results {
                 ));
             }
         }
+        o.push_str(&self.union_targets());
         for t in ["S1 C→P", "S1 P→C"] {
             for &rtt in &self.rtts {
                 if let (Some((c, Bound::Exact)), Some((r, Bound::Exact))) =
@@ -574,8 +612,9 @@ impl Results {
         for r in &self.rss {
             if let (Some(c), Some(p)) = (r.compute_idle_kib, r.project_idle_kib) {
                 o.push_str(&format!(
-                    "- RSS idle at {} ms: compute {}, project {} MiB (target < 64 MiB): {}\n",
+                    "- RSS idle at {} ms ({}): compute {}, project {} MiB (target < 64 MiB): {}\n",
                     r.rtt_ms,
+                    if r.column.is_empty() { "cs-actor" } else { &r.column },
                     mib(Some(c)),
                     mib(Some(p)),
                     yes(c < 64 * 1024 && p < 64 * 1024)
@@ -592,6 +631,53 @@ impl Results {
                     mib(Some(p)),
                     yes(c < 64 * 1024 && p < 64 * 1024)
                 ));
+            }
+        }
+        o
+    }
+}
+
+impl Results {
+    /// Issue 11's targets for the overlayfs backend: the union alone within 1.5× local disk;
+    /// cs-actor with it W2 within 2× and W3 within 1.3× local disk at 10 and 40 ms, and W1,
+    /// W4, W5 no worse than with unionfs-fuse.
+    fn union_targets(&self) -> String {
+        let mut o = String::new();
+        let yes = |b: bool| if b { "met" } else { "missed" };
+        let exact = |v: Option<(f64, Bound)>| v.and_then(|(x, b)| (b == Bound::Exact).then_some(x));
+        for (w, _) in WORKLOADS {
+            if let (Some(u), Some(l)) =
+                (exact(self.val(w, u64::MAX, "overlay-local")), exact(self.val(w, u64::MAX, "local")))
+            {
+                o.push_str(&format!(
+                    "- {w}: overlay-local {} local disk (target ≤ 1.5×): {}\n",
+                    ratio(u / l),
+                    yes(u / l <= 1.5)
+                ));
+            }
+        }
+        for (w, _) in WORKLOADS {
+            for &rtt in &self.rtts {
+                let ovl = exact(self.val(w, rtt, "cs-actor-overlay"));
+                let limit = match w {
+                    "W2" => Some(2.0),
+                    "W3" => Some(1.3),
+                    _ => None,
+                };
+                if let (Some(limit), Some(c), Some(l), true) = (limit, ovl, exact(self.val(w, rtt, "local")), rtt > 0) {
+                    o.push_str(&format!(
+                        "- {w} at {rtt} ms: cs-actor with overlayfs {} local disk (target ≤ {limit}×): {}\n",
+                        ratio(c / l),
+                        yes(c / l <= limit)
+                    ));
+                }
+                if let (None, Some(c), Some(f)) = (limit, ovl, exact(self.val(w, rtt, "cs-actor"))) {
+                    o.push_str(&format!(
+                        "- {w} at {rtt} ms: cs-actor with overlayfs {} of unionfs-fuse's time (target: no worse, ≤ 1.1× for noise): {}\n",
+                        ratio(c / f),
+                        yes(c / f <= 1.1)
+                    ));
+                }
             }
         }
         o

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench::{measure, Env, Limits, Sample};
+use crate::bench::{measure, Env, Kind, Limits, Sample};
 use crate::gen;
 use crate::report::{Results, S3Result, S3Round};
 use crate::services::{Broker, Compute, ComputeSpec};
@@ -105,7 +105,8 @@ pub struct Pair {
 }
 
 impl Pair {
-    pub fn start(env: &Env, home: &Path, dir: &Path, interval: f64) -> Result<Pair> {
+    /// `union`: `--union NAME` for the compute service (`None`: its default, unionfs-fuse).
+    pub fn start(env: &Env, home: &Path, dir: &Path, interval: f64, union: Option<&str>) -> Result<Pair> {
         let id = "bench-gpu";
         let broker = Broker::start(&env.bin, home, &dir.join("broker"), id)?;
         let broker_route = env.shaper.route(broker.listen)?;
@@ -126,7 +127,7 @@ impl Pair {
             token_file: &dir.join("broker").join("token"),
             lower_cmd,
             interval,
-            union: None,
+            union,
         })?;
         Ok(Pair { broker, compute, broker_route, home: home.to_path_buf() })
     }
@@ -138,9 +139,20 @@ impl Pair {
 }
 
 /// S1/S2 through cs-actor, one direction.
-pub fn cs_actor(env: &Env, res: &mut Results, lim: &Limits, pair: &Pair, t: Test, way: Way, rtt: u64) -> Result<()> {
+/// `kind`: the union backend `pair` runs (its column).
+#[allow(clippy::too_many_arguments)]
+pub fn cs_actor(
+    env: &Env,
+    res: &mut Results,
+    lim: &Limits,
+    pair: &Pair,
+    kind: Kind,
+    t: Test,
+    way: Way,
+    rtt: u64,
+) -> Result<()> {
     let c = &pair.compute;
-    measure(res, lim, t.name(way), rtt, "cs-actor", |r, deadline| {
+    measure(res, lim, t.name(way), rtt, kind.column(), |r, deadline| {
         let rel = format!("{}/{}-r{r}", t.tag(), way_tag(way));
         let seed = 100 + r as u64;
         let project = pair.home.join(&rel);
@@ -330,7 +342,7 @@ pub fn s3(env: &Env, home: &Path, dir: &Path, rtt: u64, rounds: usize) -> S3Resu
     let mut out = S3Result { rtt_ms: rtt, files: env.sizes.s3_files, held: env.sizes.s3_held, ..Default::default() };
     let held_rel = format!("held-rtt{rtt}");
     let r = (|| -> Result<()> {
-        let pair = Pair::start(env, home, dir, 3600.0)?;
+        let pair = Pair::start(env, home, dir, 3600.0, None)?;
         let c = &pair.compute;
         // The held files: written on the compute server, carried to the project by a round.
         let t = Instant::now();

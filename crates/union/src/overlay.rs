@@ -129,6 +129,41 @@ impl Drop for OverlayGuard {
     }
 }
 
+/// Makes the overlay mounted at `merged` forget the names it has cached, and nothing else
+/// on the machine: a negative entry for a name the lower has gained since (overlayfs never
+/// revalidates one), a positive one for an entry the lower lost. A remount with the same
+/// flags and no options changes nothing but prunes the superblock's unused dentries (seen
+/// on 6.18: crates/union/tests/real_overlay.rs), where `echo 2 > /proc/sys/vm/drop_caches`
+/// drops every filesystem's dentries and inodes, the user's working set included. Entries
+/// in use (a process's working directory, an open file) stay until released.
+pub fn forget_cached_names(merged: &Path) -> Result<(), UnionError> {
+    use rustix::fs::StatVfsMountFlags as St;
+    use rustix::mount::MountFlags as Ms;
+    let err = |e: rustix::io::Errno| UnionError::Mount {
+        op: "remount (to drop its cached names) overlayfs at",
+        merged: merged.to_path_buf(),
+        detail: std::io::Error::from(e).to_string(),
+    };
+    // A remount sets the mount's flags to the ones given: keep those in force.
+    let now = rustix::fs::statvfs(merged).map_err(err)?.f_flag;
+    let mut flags = Ms::empty();
+    for (st, ms) in [
+        (St::RDONLY, Ms::RDONLY),
+        (St::NOSUID, Ms::NOSUID),
+        (St::NODEV, Ms::NODEV),
+        (St::NOEXEC, Ms::NOEXEC),
+        (St::SYNCHRONOUS, Ms::SYNCHRONOUS),
+        (St::NOATIME, Ms::NOATIME),
+        (St::NODIRATIME, Ms::NODIRATIME),
+        (St::RELATIME, Ms::RELATIME),
+    ] {
+        if now.contains(st) {
+            flags |= ms;
+        }
+    }
+    rustix::mount::mount_remount(merged, flags, "").map_err(err)
+}
+
 /// True if the kernel offers overlayfs (listed in /proc/filesystems; it may be a module
 /// loaded on first mount, which this does not try).
 pub fn kernel_has_overlay() -> bool {

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use cs_protocol::RelPath;
-use cs_union::overlay::{create_opaque_dir, kernel_has_overlay, list_markers, Marker, Overlay};
+use cs_union::overlay::{create_opaque_dir, forget_cached_names, kernel_has_overlay, list_markers, Marker, Overlay};
 
 fn rel(s: &str) -> RelPath {
     RelPath::new(s).unwrap()
@@ -105,5 +105,34 @@ fn without_redirect_dir_moving_a_lower_directory_is_refused_so_mv_copies() {
     let m = g.merged().to_path_buf();
     let err = fs::rename(m.join("d"), m.join("d2")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EXDEV), "rename(2) of a lower dir: {err}");
+    g.unmount().unwrap();
+}
+
+/// The overlay never revalidates a negative entry: a name looked up before the lower had it
+/// stays "not found" although `ls` lists it. `forget_cached_names` cures that for this
+/// overlay only, keeping its options and flags, while a process works inside it.
+#[test]
+fn forgetting_cached_names_shows_what_the_lower_gained_and_keeps_the_mount() {
+    let b = bed(&["redirect_dir=on", "index=on"]);
+    let g = b.ov.mount().unwrap();
+    let m = g.merged().to_path_buf();
+    let options = |m: &Path| -> String {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = info.lines().find(|l| l.split(' ').nth(4) == Some(m.to_str().unwrap())).expect("mounted");
+        line.split(" - ").nth(1).unwrap().to_string()
+    };
+    let before = options(&m);
+    let flags_before = rustix::fs::statvfs(&m).unwrap().f_flag;
+
+    assert!(!m.join("a/new").exists());
+    put(&b.ov.lower, "a/new", "made by the project");
+    assert!(!m.join("a/new").exists(), "the negative entry is expected to stay cached until forgotten");
+    // A working directory inside the overlay does not stop it.
+    let busy = fs::File::open(m.join("a")).unwrap();
+    forget_cached_names(&m).unwrap();
+    assert_eq!(fs::read_to_string(m.join("a/new")).unwrap(), "made by the project");
+    assert_eq!(options(&m), before, "the overlay's options must not change");
+    assert_eq!(rustix::fs::statvfs(&m).unwrap().f_flag, flags_before, "the mount's flags must not change");
+    drop(busy);
     g.unmount().unwrap();
 }

@@ -7,7 +7,7 @@ mod scan;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cs_protocol::{
@@ -517,7 +517,7 @@ impl ComputeSide {
         let mut copied = 0;
         let mut dirs: Vec<RelPath> = moved.to_vec();
         while let Some(dir) = dirs.pop() {
-            let entries = match retry_if_stale(|| merged.read_dir(Some(&dir))) {
+            let entries = match retry_if_stale(Some(merged), || merged.read_dir(Some(&dir))) {
                 Ok(e) => e,
                 // Removed or replaced meanwhile: nothing of it to keep.
                 Err(e) if e.is_not_found() || e.io_kind() == Some(std::io::ErrorKind::NotADirectory) => continue,
@@ -530,7 +530,7 @@ impl ComputeSide {
                     continue;
                 }
                 if self.upper.lstat(&p)?.is_none() {
-                    match retry_if_stale(|| merged.reassert_owner(&p)) {
+                    match retry_if_stale(Some(merged), || merged.reassert_owner(&p)) {
                         Ok(()) => copied += 1,
                         Err(e) if e.is_not_found() => continue,
                         Err(e) => return Err(e.into()),
@@ -568,7 +568,7 @@ impl ComputeSide {
             }
         }
         tracing::info!(moved = moved.len(), "moved directories no longer merge their old lower path");
-        forget_cached_names();
+        forget_cached_inodes();
         Ok(())
     }
 
@@ -769,7 +769,9 @@ impl ComputeSide {
                 .iter()
                 .any(|p| self.upper.lstat(p).ok().flatten().is_some_and(|st| st.kind == cs_safe_fs::FileKind::Dir))
         {
-            forget_cached_names();
+            if let Some(m) = &r.merged {
+                forget_cached_names(m.path(), "P deleted a directory the upper layer also has");
+            }
         }
         // Deepest first, so that a directory is emptied before it is removed.
         for p in paths.into_iter().rev() {
@@ -810,13 +812,13 @@ impl ComputeSide {
             // The upper layer has it: a merged view that says it has not
             // holds stale dentries (see `retry_if_stale`).
             let removed = match current.kind {
-                EntryKind::Dir => match retry_if_stale_or_missing(|| writer.remove_dir(p)) {
+                EntryKind::Dir => match retry_if_stale_or_missing(r.merged.as_ref(), || writer.remove_dir(p)) {
                     Ok(()) => true,
                     Err(e) if e.io_kind() == Some(std::io::ErrorKind::DirectoryNotEmpty) => false,
                     Err(e) => return Err(e.into()),
                 },
                 _ => {
-                    retry_if_stale_or_missing(|| writer.remove_file(p))?;
+                    retry_if_stale_or_missing(r.merged.as_ref(), || writer.remove_file(p))?;
                     true
                 }
             };
@@ -1110,7 +1112,7 @@ impl ComputeSide {
             // The lower's stale entry could not be cleared (a directory the
             // lower lost but the overlay still caches): P's version waits for
             // a later round, when the overlay has caught up.
-            let placed = retry_if_stale(|| {
+            let placed = retry_if_stale(Some(merged), || {
                 clear_lower_entry(merged, &target, false)?;
                 merged.rename(&tmp, &target)
             });
@@ -1204,8 +1206,8 @@ impl ComputeSide {
             self.save_retired()?;
         }
         // overlayfs: see `forget_cached_names`.
-        if (first_round || stale) && matches!(self.cfg.union, UnionKind::Overlay { .. }) {
-            forget_cached_names();
+        if let (true, UnionKind::Overlay { merged }) = (first_round || stale, &self.cfg.union) {
+            forget_cached_names(merged, if first_round { "the first round" } else { "a round left stale names" });
         }
         Ok(())
     }
@@ -1236,9 +1238,9 @@ fn load_ignore_rules(state_dir: &std::path::Path) -> IgnoreRules {
     })
 }
 
-/// overlayfs: makes the kernel forget the dentries it caches (its reclaimable
-/// dentries and inodes, machine-wide: the cost of a cold cache), after two
-/// kinds of rounds only:
+/// overlayfs: makes the overlay forget the names it caches (its unused
+/// dentries; [`cs_union::overlay::forget_cached_names`] remounts it, which
+/// touches no other filesystem), after a few kinds of rounds only:
 /// - a client's first round: it had no cursor, so it carried none of P's
 ///   changes, and a name looked up in the merged view before P made it
 ///   (between the mount and this round) would stay "absent" for good; from
@@ -1247,38 +1249,64 @@ fn load_ignore_rules(state_dir: &std::path::Path) -> IgnoreRules {
 ///   still refers to (a directory P deleted that C keeps): the overlay would
 ///   list it empty until a lower that revalidates (sshfs, after its cache
 ///   timeouts) tells it, a plain directory never;
-/// - a round that settled moved directories, or found P deleting a
-///   directory the upper layer also has (see `settle_moved_dirs` and
-///   `apply_deletes`).
-fn forget_cached_names() {
+/// - a round that found P deleting a directory the upper layer also has
+///   (see `apply_deletes`; moved directories need more:
+///   [`forget_cached_inodes`]);
+/// - an operation of the round that met a stale entry ([`retry_on`]).
+fn forget_cached_names(merged: &Path, why: &str) {
+    match cs_union::overlay::forget_cached_names(merged) {
+        Ok(()) => tracing::info!(why, "the overlay's cached names dropped (see docs/union.md)"),
+        Err(e) => tracing::warn!(why, error = %e, "could not drop the overlay's cached names"),
+    }
+}
+
+/// overlayfs, after settling moved directories: the overlay keeps an unused
+/// directory's inode cached after its dentry goes, with the redirect and the
+/// lower layers it merged, and a remount prunes dentries only (seen on 6.18:
+/// `mv` of project directories in crates/cs-actor/tests/user_union.rs shows
+/// the moved directory empty once the lower lost the old path). Only dropping
+/// reclaimable dentries and inodes machine-wide evicts it, the cost of a cold
+/// cache for every filesystem; it is paid once per round that settled moves.
+fn forget_cached_inodes() {
     match std::fs::write("/proc/sys/vm/drop_caches", "2") {
-        Ok(()) => tracing::info!("first round done: dropped the dentry cache once (overlayfs, see docs/union.md)"),
-        Err(e) => tracing::warn!(error = %e, "could not drop the dentry cache after the first round"),
+        Ok(()) => tracing::info!("moved directories settled: dropped the kernel's dentry and inode caches"),
+        Err(e) => tracing::warn!(error = %e, "could not drop the kernel's dentry and inode caches"),
     }
 }
 
 /// An operation through overlayfs's merged view that met a stale handle (a
 /// lower that changed behind the overlay's back and has not revalidated
-/// yet): the cached dentries are dropped (see [`forget_cached_names`]) and
-/// it is tried once more. Other errors, and a second failure, are returned.
-fn retry_if_stale<T>(op: impl FnMut() -> Result<T, cs_safe_fs::FsError>) -> Result<T, cs_safe_fs::FsError> {
-    retry_on(&[std::io::ErrorKind::StaleNetworkFileHandle], op)
+/// yet): the overlay's cached names are dropped (see [`forget_cached_names`])
+/// and it is tried once more. Other errors, and a second failure, are
+/// returned. `merged`: `None` when the operation is on the upper layer
+/// (unionfs-fuse): then it is only tried again.
+fn retry_if_stale<T>(
+    merged: Option<&SafeRoot>,
+    op: impl FnMut() -> Result<T, cs_safe_fs::FsError>,
+) -> Result<T, cs_safe_fs::FsError> {
+    retry_on(merged, &[std::io::ErrorKind::StaleNetworkFileHandle], op)
 }
 
 /// [`retry_if_stale`], also when the merged view says "not found" of an
 /// entry the caller knows the upper layer has.
-fn retry_if_stale_or_missing<T>(op: impl FnMut() -> Result<T, cs_safe_fs::FsError>) -> Result<T, cs_safe_fs::FsError> {
-    retry_on(&[std::io::ErrorKind::StaleNetworkFileHandle, std::io::ErrorKind::NotFound], op)
+fn retry_if_stale_or_missing<T>(
+    merged: Option<&SafeRoot>,
+    op: impl FnMut() -> Result<T, cs_safe_fs::FsError>,
+) -> Result<T, cs_safe_fs::FsError> {
+    retry_on(merged, &[std::io::ErrorKind::StaleNetworkFileHandle, std::io::ErrorKind::NotFound], op)
 }
 
 fn retry_on<T>(
+    merged: Option<&SafeRoot>,
     kinds: &[std::io::ErrorKind],
     mut op: impl FnMut() -> Result<T, cs_safe_fs::FsError>,
 ) -> Result<T, cs_safe_fs::FsError> {
     match op() {
         Err(e) if e.io_kind().is_some_and(|k| kinds.contains(&k)) => {
-            tracing::info!(error = %e, "stale handle in the merged view: dropping the dentry cache and trying again");
-            forget_cached_names();
+            tracing::info!(error = %e, "stale entry in the merged view: trying again");
+            if let Some(m) = merged {
+                forget_cached_names(m.path(), "a stale entry in the merged view");
+            }
             op()
         }
         r => r,
@@ -1322,7 +1350,7 @@ fn clear_lower_entry(merged: &SafeRoot, p: &RelPath, want_dir: bool) -> Result<b
 /// lives in the upper layer and stays). Best effort: what cannot be removed
 /// now is the lower's, gone once the lower shows P's deletion.
 fn remove_lower_entry(merged: &SafeRoot, p: &RelPath) {
-    let removed = retry_if_stale(|| match merged.lstat(p) {
+    let removed = retry_if_stale(Some(merged), || match merged.lstat(p) {
         Ok(Some(st)) if st.kind == cs_safe_fs::FileKind::Dir => merged.remove_dir(p),
         Ok(Some(_)) => merged.remove_file(p),
         Ok(None) => Ok(()),

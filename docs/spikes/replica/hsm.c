@@ -37,16 +37,41 @@ struct range_info { struct fanotify_event_info_header hdr; __u32 pad; __u64 offs
 static double now_ms(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1e3 + t.tv_nsec / 1e6; }
 
 
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static int fan; static const char *replica, *store; static size_t rlen; static int delay_ms;
 static long fetched, ignored_added;
-static int mount_fd; // our own mount of the watched filesystem: fills open the event's inode by handle
-static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static int mount_fd;
+static FILE *journal; // HSM_JOURNAL: events taken, so that a restarted worker answers the ones its predecessor left
+static void jlog(const char *kind, int fd, const char *path) { if (!journal) return; pthread_mutex_lock(&mu); fprintf(journal, "%s %d %s\n", kind, fd, path); fflush(journal); pthread_mutex_unlock(&mu); } // our own mount of the watched filesystem: fills open the event's inode by handle
 struct job { int fd; char path[PATH_MAX]; double t0; };
 static void respond(int fd, __u32 r) {
     struct fanotify_response resp = { .fd = fd, .response = r };
     pthread_mutex_lock(&mu);
     if (write(fan, &resp, sizeof resp) != sizeof resp) perror("response");
+    if (journal) { fprintf(journal, "done %d -\n", fd); fflush(journal); }
     pthread_mutex_unlock(&mu);
+}
+// A restarted worker: the events its predecessor took and did not answer are still pending,
+// known to the kernel only by the descriptor number they were given. Keep those numbers
+// taken (so that no new event gets one: a response is matched by number alone), fill the
+// files, answer by number.
+struct orphan { int fd; char rel[PATH_MAX]; };
+static void *answer_orphans(void *arg) {
+    struct orphan *o = arg;
+    for (; o->fd >= 0; o++) {
+        char src[PATH_MAX], dst[PATH_MAX];
+        snprintf(src, sizeof src, "%s%s", store, o->rel);
+        snprintf(dst, sizeof dst, "%s%s", replica, o->rel);
+        int s = open(src, O_RDONLY | O_CLOEXEC), d = open(dst, O_WRONLY | O_CLOEXEC);
+        static char b[1 << 20]; off_t off = 0; ssize_t n;
+        while (s >= 0 && d >= 0 && (n = pread(s, b, sizeof b, off)) > 0) { if (pwrite(d, b, n, off) != n) break; off += n; }
+        if (d >= 0) { fdatasync(d); fremovexattr(d, WANT); close(d); }
+        if (s >= 0) close(s);
+        fprintf(stderr, "hsm: orphan fd %d (%s) filled, answered\n", o->fd, o->rel);
+        respond(o->fd, FAN_ALLOW);
+        close(o->fd); // the placeholder descriptor that kept the number taken
+    }
+    return NULL;
 }
 // The event's descriptor may be on overlayfs's private read-only clone of the mount, and the
 // file may be in the lower or the upper layer: open that very inode for writing by handle.
@@ -136,6 +161,23 @@ int main(int argc, char **argv) {
             fprintf(stderr, "hsm: worker %d ended (status %d), starting another\n", w, st);
         }
     }
+    if (getenv("HSM_JOURNAL")) {
+        static struct orphan orphans[256]; int no = 0;
+        FILE *jr = fopen(getenv("HSM_JOURNAL"), "r");
+        char kind[8], rel[PATH_MAX]; int fd;
+        while (jr && fscanf(jr, "%7s %d %4095s", kind, &fd, rel) == 3) {
+            if (!strcmp(kind, "take") && no < 255) { orphans[no].fd = fd; strcpy(orphans[no].rel, rel); no++; }
+            else for (int i = 0; i < no; i++) if (orphans[i].fd == fd) { orphans[i] = orphans[--no]; break; }
+        }
+        if (jr) fclose(jr);
+        orphans[no].fd = -1;
+        journal = fopen(getenv("HSM_JOURNAL"), "w");
+        if (no) {
+            for (int i = 0; i < no; i++) { int z = open("/dev/null", O_RDONLY); dup2(z, orphans[i].fd); close(z); }
+            fprintf(stderr, "hsm: worker %d: %d event(s) left by its predecessor\n", getpid(), no);
+            pthread_t t; pthread_create(&t, NULL, answer_orphans, orphans); pthread_detach(t);
+        }
+    }
     char buf[64 * 1024] __attribute__((aligned(8)));
     long events = 0, own = 0;
     pid_t me = getpid();
@@ -150,6 +192,7 @@ int main(int argc, char **argv) {
             j->fd = m->fd; j->t0 = now_ms();
             char proc[64]; snprintf(proc, sizeof proc, "/proc/self/fd/%d", m->fd);
             ssize_t pl = readlink(proc, j->path, sizeof j->path - 1); j->path[pl < 0 ? 0 : pl] = 0;
+            jlog("take", m->fd, j->path + (strncmp(j->path, replica, rlen) == 0 ? rlen : 0));
             pthread_t t; pthread_create(&t, NULL, fill, j); pthread_detach(t);
         }
         if (getenv("HSM_STATS")) fprintf(stderr, "hsm: events %ld own %ld fetched %ld ignore-marks %ld\n", events, own, fetched, ignored_added);

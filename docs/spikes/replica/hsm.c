@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <pthread.h>
 #include <sys/wait.h>
+#include <linux/falloc.h>
 #include <sys/syscall.h>
 
 #ifndef FAN_PRE_ACCESS
@@ -55,6 +56,36 @@ static void respond(int fd, __u32 r) {
 // known to the kernel only by the descriptor number they were given. Keep those numbers
 // taken (so that no new event gets one: a response is matched by number alone), fill the
 // files, answer by number.
+// HSM_CTL=FIFO, lines `evict REL`: drop a filled file's content (the cache's eviction).
+// Order: remove the ignore mark (so that any open from now on is an event), take a write
+// lease (refused while anyone, overlayfs included, has the file open), punch the content
+// out, mark it wanted again, release the lease.
+static void *control(void *arg) {
+    const char *fifo = arg;
+    for (;;) {
+        FILE *f = fopen(fifo, "r");
+        char cmd[16], rel[PATH_MAX];
+        while (f && fscanf(f, "%15s %4095s", cmd, rel) == 2) {
+            char dst[PATH_MAX]; snprintf(dst, sizeof dst, "%s%s", replica, rel);
+            int fd = open(dst, O_RDWR | O_CLOEXEC);
+            struct stat st;
+            if (fd < 0 || fstat(fd, &st)) { fprintf(stderr, "hsm: evict %s: %s\n", rel, strerror(errno)); continue; }
+            fanotify_mark(fan, FAN_MARK_REMOVE | FAN_MARK_IGNORE, getenv("HSM_OPEN") ? FAN_OPEN_PERM : FAN_PRE_ACCESS, fd, NULL);
+            if (fcntl(fd, F_SETLEASE, F_WRLCK)) {
+                fprintf(stderr, "hsm: evict %s: refused, the file is open (%s)\n", rel, strerror(errno));
+            } else {
+                fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, st.st_size);
+                fsetxattr(fd, WANT, "1", 1, 0);
+                fcntl(fd, F_SETLEASE, F_UNLCK);
+                fstat(fd, &st);
+                fprintf(stderr, "hsm: evicted %s (%lld blocks left)\n", rel, (long long)st.st_blocks);
+            }
+            close(fd);
+        }
+        if (f) fclose(f);
+    }
+    return NULL;
+}
 struct orphan { int fd; char rel[PATH_MAX]; };
 static void *answer_orphans(void *arg) {
     struct orphan *o = arg;
@@ -178,6 +209,7 @@ int main(int argc, char **argv) {
             pthread_t t; pthread_create(&t, NULL, answer_orphans, orphans); pthread_detach(t);
         }
     }
+    if (getenv("HSM_CTL")) { pthread_t t; pthread_create(&t, NULL, control, getenv("HSM_CTL")); pthread_detach(t); }
     char buf[64 * 1024] __attribute__((aligned(8)));
     long events = 0, own = 0;
     pid_t me = getpid();

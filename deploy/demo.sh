@@ -3,7 +3,7 @@
 #
 #   a project home  <- sshd on 127.0.0.1 (own port, own keys) <- sshfs lower
 #   a broker on that home  <- websocket on 127.0.0.1 <- the compute service,
-#   whose merged view (unionfs-fuse over the sshfs lower) is a demo home.
+#   whose merged view (kernel overlayfs, the default, over the sshfs lower) is a demo home.
 #
 # It writes a file on each side, shows it arriving on the other, prints
 # `cs-actor status`, and stops everything it started (by pid) on exit.

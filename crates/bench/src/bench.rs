@@ -221,9 +221,9 @@ pub enum Kind {
     /// fuse-overlayfs over a local lower (a candidate union: docs/union.md).
     FuseOverlayfsLocal,
     Sshfs,
-    /// cs-actor with unionfs-fuse (the default union) over its sshfs lower.
+    /// cs-actor with `--union unionfs-fuse` over its sshfs lower (the seed's design).
     CsActor,
-    /// cs-actor with `--union overlay` (kernel overlayfs) over its sshfs lower.
+    /// cs-actor with `--union overlay` (kernel overlayfs, the service's default) over its sshfs lower.
     CsActorOverlay,
 }
 

@@ -588,14 +588,14 @@ fn bench_all(
         }
 
         // cs-actor with each union backend, one after the other over the same link.
-        for (kind, union) in [(Kind::CsActor, None), (Kind::CsActorOverlay, Some("overlay"))] {
+        for (kind, union) in [(Kind::CsActor, "unionfs-fuse"), (Kind::CsActorOverlay, "overlay")] {
             if !(setups.contains(kind.column()) && (w_any || only("S1") || only("S2"))) {
                 continue;
             }
             eprintln!("{} cs-bench: {}, RTT {rtt} ms", util::clock(), kind.column());
             let home = rd.join(format!("{}-home", kind.column()));
             copy_tree(&template, &home, &setup_log)?;
-            let pair = Pair::start(&env, &home, &rd.join(kind.column()), 10.0, union)?;
+            let pair = Pair::start(&env, &home, &rd.join(kind.column()), 10.0, Some(union))?;
             let r = cs_actor_part(&env, res, lim, &pair, kind, rtt, only);
             pair.stop();
             r?;

@@ -58,8 +58,8 @@ fn soak_two_clients_one_minute_loses_no_write() {
     let cs_actor = cs_actor_next_to(&bench);
     let tmp = tempfile::Builder::new().prefix("cs-soak-test.").tempdir_in("/tmp").unwrap();
 
-    // With kernel overlayfs, the union CI soaks (issue 11); `cs-bench soak` without `--union`
-    // runs the service's default, unionfs-fuse.
+    // With kernel overlayfs, the union CI soaks (issue 11), named so that a change of the
+    // service's default does not change what CI soaks.
     let work = tmp.path().join("soak");
     let args = ["--minutes", "1", "--clients", "2", "--report-every", "30", "--seed", "42", "--union", "overlay"];
     let (out, text) = soak(&bench, &cs_actor, &work, &args);

@@ -112,10 +112,13 @@ mergeable! {
         /// directories, symlinks and deletions).
         #[arg(long)]
         pub pull_max_file_size: Option<u64>,
-        /// The union over the lower layer: `unionfs-fuse` (default) or
-        /// `overlay` (kernel overlayfs, near local-disk speed; needs root, an
-        /// upper filesystem with trusted xattrs, and `--pull changed`). See
-        /// docs/operations.md, "Choosing the union backend".
+        /// The union over the lower layer: `overlay` (kernel overlayfs, near
+        /// local-disk speed; needs root, an upper filesystem with trusted
+        /// xattrs, and `--pull changed`) or `unionfs-fuse`. Default: overlay,
+        /// except for a home unionfs-fuse wrote or ran, with `--pull held`,
+        /// or on a kernel without overlayfs (then unionfs-fuse; the log and
+        /// `status` say why). See docs/operations.md, "Choosing the union
+        /// backend".
         #[arg(long, value_parser = ["unionfs-fuse", "overlay"])]
         pub union: Option<String>,
         /// With `--union overlay`: overlayfs's work directory, on the upper

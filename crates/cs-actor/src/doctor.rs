@@ -88,8 +88,9 @@ pub struct ComputeSetup {
     pub token_file: Option<PathBuf>,
     pub ca: Option<PathBuf>,
     pub upper: Option<PathBuf>,
+    pub state: Option<PathBuf>,
     pub lower_mount_cmd: Option<String>,
-    /// `unionfs-fuse` (also when absent: the default) or `overlay`.
+    /// `unionfs-fuse` or `overlay`; absent: the default ([`cs_mount::default_backend`]).
     pub union: Option<String>,
 }
 
@@ -175,6 +176,7 @@ fn side_of_config(path: &Path) -> Result<(Side, PathBuf)> {
             token_file: a.token_file,
             ca: a.ca,
             upper: a.upper,
+            state: a.state,
             lower_mount_cmd: a.lower_mount_cmd,
             union: a.union,
         };
@@ -195,7 +197,25 @@ async fn service_status(socket: &Path) -> Option<Value> {
 
 async fn compute_checks(setup: &ComputeSetup, status: Option<&Value>, socket: &Path) -> Vec<Check> {
     let uses_sshfs = setup.lower_mount_cmd.as_deref().is_some_and(|c| c.contains("sshfs"));
-    let overlay = setup.union.as_deref() == Some("overlay");
+    // The backend the service runs: the one given, else the default for this upper layer.
+    let overlay = match (setup.union.as_deref(), &setup.upper, &setup.state) {
+        (Some(name), ..) => name == "overlay",
+        (None, upper, state) => {
+            // An unreadable upper or state directory is another check's finding; here it
+            // counts as a fresh home.
+            let probed = match (upper, state) {
+                (Some(u), Some(s)) => cs_mount::DefaultInputs::probe(u, s, false).ok(),
+                _ => None,
+            };
+            let inputs = probed.unwrap_or(cs_mount::DefaultInputs {
+                upper_written_by: None,
+                state_ran_with: None,
+                pull_held: false,
+                kernel_has_overlay: cs_union::overlay::kernel_can_mount_overlay(),
+            });
+            cs_mount::default_backend(&inputs).backend == cs_mount::UnionBackend::Overlay
+        }
+    };
     let mut checks = vec![compute_service(status, socket), fuse_device(), fuse_passthrough()];
     checks.extend(packages(&[("unionfs-fuse", !overlay), ("fuse3", true), ("sshfs", uses_sshfs)]));
     if overlay {

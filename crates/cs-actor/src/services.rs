@@ -1,7 +1,7 @@
 //! `cs-actor compute` and `cs-actor project`: flags to configs, actors
 //! started in order, signals, and an orderly shutdown.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
     cs_failpoint::check()?;
     // The combinations that cannot work are refused before anything else is looked at.
     let pull = pull_policy(a.pull.as_deref(), a.pull_max_file_size)?;
-    let backend = union_backend(a.union.as_deref(), &pull)?;
+    let given_union = given_union(a.union.as_deref(), &pull)?;
     let client = ClientId::new(need(a.id, "id")?)?;
     let whiteout_grace = Duration::try_from_secs_f64(a.whiteout_grace_secs.unwrap_or(DEFAULT_WHITEOUT_GRACE_SECS))
         .context("--whiteout-grace-secs must be a number of seconds, 0 or more")?;
@@ -84,6 +84,8 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
     let merged = need(a.merged, "merged")?;
     let upper = need(a.upper, "upper")?;
     let state = need(a.state, "state")?;
+    let (backend, backend_why) = union_backend(given_union, &pull, &upper, &state)?;
+    tracing::info!(union = %backend, why = %backend_why, "union backend");
     let lower = match (a.lower, a.lower_mount_cmd) {
         (Some(dir), None) => LowerSpec::Adopt(dir),
         (None, Some(cmd)) => LowerSpec::Command { cmd, mountpoint: need(a.lower_mountpoint, "lower-mountpoint")? },
@@ -125,6 +127,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
         "state": state,
         "lower_mountpoint": lower_mountpoint,
         "union": backend.name(),
+        "union_why": backend_why,
         "overlay_work": a.overlay_work,
         "lower_mount_cmd": match &lower {
             LowerSpec::Command { cmd, .. } => Some(cmd.as_str()),
@@ -144,6 +147,8 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
         let (rail, mount_heartbeat) = (supervisor.rail(), supervisor.heartbeat());
         let mount = cs_supervision::spawn(supervisor);
         let union = wait_for_union(&mount).await?;
+        // The next start's default is this backend (an upgrade never switches a home).
+        cs_mount::record_backend(&state, backend).context("recording the union backend")?;
         if let Some(o) = owner {
             warn_if_lower_not_owned(&lower_mountpoint, o);
         }
@@ -263,9 +268,11 @@ fn union_kind(u: &cs_mount::UnionState) -> Result<cs_engine::UnionKind> {
     }
 }
 
-/// `--union` (default unionfs-fuse), refused with a pull policy it cannot work with.
-fn union_backend(union: Option<&str>, pull: &cs_engine::PullPolicy) -> Result<UnionBackend> {
-    let backend: UnionBackend = union.map(str::parse).transpose()?.unwrap_or_default();
+/// `--union` as given, refused with a pull policy it cannot work with: checked before
+/// anything else is looked at.
+fn given_union(union: Option<&str>, pull: &cs_engine::PullPolicy) -> Result<Option<UnionBackend>> {
+    let Some(name) = union else { return Ok(None) };
+    let backend: UnionBackend = name.parse()?;
     if backend == UnionBackend::Overlay && matches!(pull, cs_engine::PullPolicy::Held) {
         bail!(
             "--union overlay cannot run with --pull held: overlayfs never looks again at a name the compute \
@@ -273,7 +280,26 @@ fn union_backend(union: Option<&str>, pull: &cs_engine::PullPolicy) -> Result<Un
              rounds (--pull changed, the default), not through the lower layer (docs/union.md, point 2)"
         );
     }
-    Ok(backend)
+    Ok(Some(backend))
+}
+
+/// The backend to run: the one given ([`given_union`]), else the default for this upper
+/// layer, state directory, pull policy and kernel ([`cs_mount::default_backend`]); and why
+/// (for the log and `status`).
+fn union_backend(
+    given: Option<UnionBackend>,
+    pull: &cs_engine::PullPolicy,
+    upper: &Path,
+    state: &Path,
+) -> Result<(UnionBackend, String)> {
+    if let Some(b) = given {
+        return Ok((b, "given (--union or union =)".into()));
+    }
+    let held = matches!(pull, cs_engine::PullPolicy::Held);
+    let inputs = cs_mount::DefaultInputs::probe(upper, state, held)
+        .with_context(|| format!("choosing the union for the upper layer {}", upper.display()))?;
+    let c = cs_mount::default_backend(&inputs);
+    Ok((c.backend, c.why))
 }
 
 /// `--pull` and `--pull-max-file-size` over the engine's default.
@@ -384,13 +410,37 @@ mod tests {
     fn overlay_with_pull_held_is_refused_and_says_why() {
         let held = pull_policy(Some("held"), None).unwrap();
         let changed = pull_policy(None, None).unwrap();
-        let e = union_backend(Some("overlay"), &held).unwrap_err().to_string();
+        let t = tempfile::tempdir().unwrap();
+        let fresh = t.path();
+        let e = given_union(Some("overlay"), &held).unwrap_err().to_string();
         assert!(e.contains("--union overlay cannot run with --pull held"), "{e}");
         assert!(e.contains("docs/union.md"), "{e}");
-        assert_eq!(union_backend(Some("overlay"), &changed).unwrap(), UnionBackend::Overlay);
-        assert_eq!(union_backend(None, &held).unwrap(), UnionBackend::UnionfsFuse);
-        assert_eq!(union_backend(Some("unionfs-fuse"), &held).unwrap(), UnionBackend::UnionfsFuse);
-        assert!(union_backend(Some("aufs"), &changed).is_err());
+        assert_eq!(given_union(Some("overlay"), &changed).unwrap(), Some(UnionBackend::Overlay));
+        assert_eq!(given_union(None, &held).unwrap(), None);
+        assert_eq!(union_backend(None, &held, fresh, fresh).unwrap().0, UnionBackend::UnionfsFuse);
+        assert_eq!(given_union(Some("unionfs-fuse"), &held).unwrap(), Some(UnionBackend::UnionfsFuse));
+        assert!(given_union(Some("aufs"), &changed).is_err());
+        // Given, it wins over what the upper layer says (the supervisor refuses a mismatch).
+        let (b, why) = union_backend(Some(UnionBackend::Overlay), &changed, fresh, fresh).unwrap();
+        assert_eq!((b, why.as_str()), (UnionBackend::Overlay, "given (--union or union =)"));
+        // Not given: overlayfs where the kernel has it, for a fresh upper layer; an upper layer
+        // unionfs-fuse wrote stays on unionfs-fuse.
+        let expected = if cs_union::overlay::kernel_can_mount_overlay() {
+            UnionBackend::Overlay
+        } else {
+            UnionBackend::UnionfsFuse
+        };
+        assert_eq!(union_backend(None, &changed, fresh, fresh).unwrap().0, expected);
+        std::fs::create_dir(fresh.join(".unionfs-fuse")).unwrap();
+        let (b, why) = union_backend(None, &changed, fresh, fresh).unwrap();
+        assert_eq!(b, UnionBackend::UnionfsFuse);
+        assert!(why.contains("written by unionfs-fuse"), "{why}");
+        // A home that ran with unionfs-fuse before stays on it, marks or not.
+        let (home, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        cs_mount::record_backend(state.path(), UnionBackend::UnionfsFuse).unwrap();
+        let (b, why) = union_backend(None, &changed, home.path(), state.path()).unwrap();
+        assert_eq!(b, UnionBackend::UnionfsFuse);
+        assert!(why.contains("ran with unionfs-fuse"), "{why}");
     }
 
     #[test]

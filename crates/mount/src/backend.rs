@@ -49,6 +49,107 @@ impl std::str::FromStr for UnionBackend {
     }
 }
 
+/// Which backend a compute service runs when `--union` (or `union =`) is not given, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultChoice {
+    pub backend: UnionBackend,
+    /// One line for the log and `status`.
+    pub why: String,
+}
+
+/// What the default depends on, gathered by [`DefaultInputs::probe`] (a struct, so that the
+/// choice itself is a pure function with a test per rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultInputs {
+    /// The backend whose marks the upper layer already holds (an existing home).
+    pub upper_written_by: Option<UnionBackend>,
+    /// The backend the state directory says this home last ran with ([`record_backend`]):
+    /// an existing home whose upper layer holds no marks yet (nothing deleted so far).
+    pub state_ran_with: Option<UnionBackend>,
+    /// `--pull held`: the project's changes come through the lower, which overlayfs cannot do.
+    pub pull_held: bool,
+    /// The kernel has overlayfs (listed, or a module it can load).
+    pub kernel_has_overlay: bool,
+}
+
+impl DefaultInputs {
+    pub fn probe(upper: &Path, state: &Path, pull_held: bool) -> Result<DefaultInputs, MountError> {
+        Ok(DefaultInputs {
+            upper_written_by: upper_written_by(upper)?,
+            state_ran_with: recorded_backend(state)?,
+            pull_held,
+            kernel_has_overlay: cs_union::overlay::kernel_can_mount_overlay(),
+        })
+    }
+}
+
+/// The default backend: kernel overlayfs, near local-disk speed where unionfs-fuse costs
+/// several times it (docs/union.md, docs/benchmarks.md), except where it cannot serve:
+/// an upper layer unionfs-fuse wrote (neither reads the other's marks: it stays on
+/// unionfs-fuse until the operator switches cleanly), a home that ran with unionfs-fuse
+/// before (an upgrade never switches a running home behind the operator's back),
+/// `--pull held`, or a kernel without overlayfs.
+pub fn default_backend(i: &DefaultInputs) -> DefaultChoice {
+    let (backend, why) = match i {
+        DefaultInputs { upper_written_by: Some(b), .. } => {
+            (*b, format!("the upper layer was written by {b}, which the other union cannot read"))
+        }
+        DefaultInputs { state_ran_with: Some(b), .. } => {
+            (*b, format!("this home ran with {b} before (the state directory's {BACKEND_RECORD})"))
+        }
+        DefaultInputs { pull_held: true, .. } => {
+            (UnionBackend::UnionfsFuse, "--pull held needs unionfs-fuse (overlayfs needs --pull changed)".into())
+        }
+        DefaultInputs { kernel_has_overlay: false, .. } => {
+            (UnionBackend::UnionfsFuse, "this kernel has no overlayfs (modprobe overlay, then restart)".into())
+        }
+        _ => (UnionBackend::Overlay, "the default".into()),
+    };
+    DefaultChoice { backend, why }
+}
+
+/// The file in the compute service's state directory that names the backend the home runs
+/// with, written once the union is mounted.
+pub const BACKEND_RECORD: &str = "union-backend";
+
+/// The backend [`record_backend`] wrote in `state`, if any. Anything else in the file is an
+/// error naming it (the operator removes it, or passes `--union`).
+pub fn recorded_backend(state: &Path) -> Result<Option<UnionBackend>, MountError> {
+    let path = state.join(BACKEND_RECORD);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| MountError::Config(format!("{}: {e} (remove the file, or give --union)", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(MountError::io("read", &path, e)),
+    }
+}
+
+/// Records in `state` the backend this home runs with (write to a temporary, then rename).
+pub fn record_backend(state: &Path, backend: UnionBackend) -> Result<(), MountError> {
+    let path = state.join(BACKEND_RECORD);
+    let tmp = state.join(format!(".{BACKEND_RECORD}.tmp"));
+    std::fs::write(&tmp, format!("{backend}\n")).map_err(|e| MountError::io("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| MountError::io("rename into place", &path, e))
+}
+
+/// The backend whose marks the top of `upper` holds, if any (`None` also when it does not
+/// exist yet).
+pub fn upper_written_by(upper: &Path) -> Result<Option<UnionBackend>, MountError> {
+    if !upper.is_dir() {
+        return Ok(None);
+    }
+    if unionfs_marks(upper)?.is_some() {
+        return Ok(Some(UnionBackend::UnionfsFuse));
+    }
+    if overlay_marks(upper)?.is_some() {
+        return Ok(Some(UnionBackend::Overlay));
+    }
+    Ok(None)
+}
+
 /// The overlay options cs-actor mounts with: moving a lower directory is a rename that copies
 /// nothing (`redirect_dir`), and copy-up keeps lower hard links (`index`). docs/union.md.
 pub const DEFAULT_OVERLAY_OPTIONS: [&str; 2] = ["redirect_dir=on", "index=on"];
@@ -123,6 +224,51 @@ mod tests {
             assert_eq!(serde_json::to_value(b).unwrap(), b.name());
         }
         assert!("fuse-overlayfs".parse::<UnionBackend>().unwrap_err().to_string().contains("fuse-overlayfs"));
+    }
+
+    #[test]
+    fn the_default_is_overlay_unless_the_upper_the_pull_or_the_kernel_says_otherwise() {
+        let fresh =
+            DefaultInputs { upper_written_by: None, state_ran_with: None, pull_held: false, kernel_has_overlay: true };
+        assert_eq!(default_backend(&fresh).backend, UnionBackend::Overlay);
+        // An existing home keeps the backend that wrote it, whatever else holds.
+        for b in [UnionBackend::UnionfsFuse, UnionBackend::Overlay] {
+            let c = default_backend(&DefaultInputs { upper_written_by: Some(b), ..fresh.clone() });
+            assert_eq!(c.backend, b);
+            assert!(c.why.contains(b.name()), "{}", c.why);
+        }
+        // A home that ran with unionfs-fuse stays on it, even before its first deletion.
+        let ran = default_backend(&DefaultInputs { state_ran_with: Some(UnionBackend::UnionfsFuse), ..fresh.clone() });
+        assert_eq!(ran.backend, UnionBackend::UnionfsFuse);
+        assert!(ran.why.contains("ran with unionfs-fuse"), "{}", ran.why);
+        let held = default_backend(&DefaultInputs { pull_held: true, ..fresh.clone() });
+        assert_eq!(held.backend, UnionBackend::UnionfsFuse);
+        assert!(held.why.contains("--pull held"), "{}", held.why);
+        let no_kernel = default_backend(&DefaultInputs { kernel_has_overlay: false, ..fresh.clone() });
+        assert_eq!(no_kernel.backend, UnionBackend::UnionfsFuse);
+        assert!(no_kernel.why.contains("no overlayfs"), "{}", no_kernel.why);
+    }
+
+    #[test]
+    fn the_state_directory_records_the_backend_and_names_itself_when_garbled() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(recorded_backend(t.path()).unwrap(), None);
+        record_backend(t.path(), UnionBackend::UnionfsFuse).unwrap();
+        assert_eq!(recorded_backend(t.path()).unwrap(), Some(UnionBackend::UnionfsFuse));
+        record_backend(t.path(), UnionBackend::Overlay).unwrap();
+        assert_eq!(recorded_backend(t.path()).unwrap(), Some(UnionBackend::Overlay));
+        std::fs::write(t.path().join(BACKEND_RECORD), "aufs").unwrap();
+        let e = recorded_backend(t.path()).unwrap_err().to_string();
+        assert!(e.contains(BACKEND_RECORD) && e.contains("aufs"), "{e}");
+    }
+
+    #[test]
+    fn an_upper_layer_tells_which_union_wrote_it() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(upper_written_by(&t.path().join("not-yet")).unwrap(), None);
+        assert_eq!(upper_written_by(t.path()).unwrap(), None);
+        std::fs::create_dir(t.path().join(".unionfs-fuse")).unwrap();
+        assert_eq!(upper_written_by(t.path()).unwrap(), Some(UnionBackend::UnionfsFuse));
     }
 
     #[test]

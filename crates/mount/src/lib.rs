@@ -26,7 +26,10 @@ mod sshfs;
 mod supervisor;
 mod util;
 
-pub use backend::{UnionBackend, DEFAULT_OVERLAY_OPTIONS};
+pub use backend::{
+    default_backend, record_backend, recorded_backend, upper_written_by, DefaultChoice, DefaultInputs, UnionBackend,
+    BACKEND_RECORD, DEFAULT_OVERLAY_OPTIONS,
+};
 pub use bare::{unguard_mount_point, Guard, Recovery, RECOVERY_PREFIX};
 pub use error::MountError;
 pub use local_only::{prepare_local_only, prepare_local_only_opaque, prepare_local_only_owned, DEFAULT_LOCAL_ONLY};

@@ -49,7 +49,8 @@ pub struct MountConfig {
     pub backoff_max: Duration,
     /// How long a lower `Command` gets to show up in `/proc/self/mountinfo` (default 30 s).
     pub lower_mount_timeout: Duration,
-    /// The union (default unionfs-fuse).
+    /// The union. The service decides it (`backend::default_backend` when not given); the
+    /// struct's own default, unionfs-fuse, is for harnesses that do not say.
     pub backend: UnionBackend,
     /// overlayfs's work directory: on the upper's filesystem, outside the upper layer
     /// (default: the sibling `<upper>.overlay-work`).

@@ -170,6 +170,19 @@ pub fn kernel_has_overlay() -> bool {
     std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.trim_end().ends_with("\toverlay")))
 }
 
+/// True if mounting overlayfs can work here: the kernel lists it, or has it as a module
+/// that the first mount loads (`modules.builtin` / `modules.dep` of the running kernel).
+pub fn kernel_can_mount_overlay() -> bool {
+    if kernel_has_overlay() {
+        return true;
+    }
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else { return false };
+    let dir = Path::new("/lib/modules").join(release.trim());
+    ["modules.builtin", "modules.dep"]
+        .iter()
+        .any(|f| std::fs::read_to_string(dir.join(f)).is_ok_and(|s| s.lines().any(|l| l.contains("/overlay.ko"))))
+}
+
 /// Creates `rel` as an opaque directory of the upper layer (and its parents as plain
 /// directories), before the overlay is mounted: the lower's same-named directory stays
 /// hidden and everything made there lives in the upper layer.

@@ -85,8 +85,9 @@ pub enum Union {
 pub const UNION_ENV: &str = "CS_E2E_UNION";
 
 impl Union {
-    /// The service's default (`--union` is passed only for the other one).
-    pub const DEFAULT: Union = Union::UnionfsFuse;
+    /// The service's default for a fresh upper layer on a kernel with overlayfs (`--union` is
+    /// passed only for the other one, so the default's own choice is what these tests run).
+    pub const DEFAULT: Union = Union::Overlay;
 
     /// The name `--union` takes.
     pub fn name(self) -> &'static str {

@@ -105,7 +105,7 @@ pub struct Pair {
 }
 
 impl Pair {
-    /// `union`: `--union NAME` for the compute service (`None`: its default, unionfs-fuse).
+    /// `union`: `--union NAME` for the compute service (`None`: the service's default).
     pub fn start(env: &Env, home: &Path, dir: &Path, interval: f64, union: Option<&str>) -> Result<Pair> {
         let id = "bench-gpu";
         let broker = Broker::start(&env.bin, home, &dir.join("broker"), id)?;
@@ -190,7 +190,10 @@ pub fn cs_actor(
             }
             Way::ToCompute => {
                 generate(env, t, &project, seed)?;
-                let b0 = env.wire(env.ssh_route);
+                // Both routes: through the lower (sshfs) and through the rounds (the broker's
+                // websocket: with `--pull changed` P's new files come that way).
+                let wire = || env.wire(env.ssh_route) + env.wire(pair.broker_route);
+                let b0 = wire();
                 let t0 = Instant::now();
                 let visible =
                     poll(deadline.saturating_duration_since(Instant::now()), Duration::from_millis(20), || {
@@ -206,7 +209,7 @@ pub fn cs_actor(
                         // Timed out while reading: extrapolate from the bytes read.
                         Sample::TimedOut { secs, estimate: (n > 0).then(|| secs * want as f64 / n as f64) }
                     } else {
-                        Sample::Done { secs, bytes: Some(env.wire(env.ssh_route) - b0), note: None }
+                        Sample::Done { secs, bytes: Some(wire() - b0), note: None }
                     }
                 }
             }
@@ -342,7 +345,7 @@ pub fn s3(env: &Env, home: &Path, dir: &Path, rtt: u64, rounds: usize) -> S3Resu
     let mut out = S3Result { rtt_ms: rtt, files: env.sizes.s3_files, held: env.sizes.s3_held, ..Default::default() };
     let held_rel = format!("held-rtt{rtt}");
     let r = (|| -> Result<()> {
-        let pair = Pair::start(env, home, dir, 3600.0, None)?;
+        let pair = Pair::start(env, home, dir, 3600.0, Some("unionfs-fuse"))?;
         let c = &pair.compute;
         // The held files: written on the compute server, carried to the project by a round.
         let t = Instant::now();

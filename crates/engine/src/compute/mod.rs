@@ -773,6 +773,8 @@ impl ComputeSide {
                 forget_cached_names(m.path(), "P deleted a directory the upper layer also has");
             }
         }
+        // Directories left for a later round (see `not_yet`): their parents wait with them.
+        let mut not_yet: Vec<RelPath> = Vec::new();
         // Deepest first, so that a directory is emptied before it is removed.
         for p in paths.into_iter().rev() {
             if !self.filter.is_synced(p, false) {
@@ -808,6 +810,12 @@ impl ComputeSide {
                 report.kept.push(p.clone());
                 continue;
             }
+            if not_yet.iter().any(|d| d.starts_with(p)) {
+                // Kept as a directory for local files, it would go back to P as new.
+                not_yet.push(p.clone());
+                report.refused.push((p.clone(), "a directory below it is not removed yet: next round".into()));
+                continue;
+            }
             let writer = r.merged.as_ref().unwrap_or(&self.upper);
             // The upper layer has it: a merged view that says it has not
             // holds stale dentries (see `retry_if_stale`).
@@ -815,6 +823,18 @@ impl ComputeSide {
                 EntryKind::Dir => match retry_if_stale_or_missing(r.merged.as_ref(), || writer.remove_dir(p)) {
                     Ok(()) => true,
                     Err(e) if e.io_kind() == Some(std::io::ErrorKind::DirectoryNotEmpty) => false,
+                    // overlayfs over a lower whose caches still list the directory P
+                    // deleted (sshfs: its attribute cache, `dcache_timeout`): the overlay's
+                    // rmdir lists the lower part to check it is empty, and the lower answers
+                    // ENOENT until its caches expire. Left as it is, still held and still
+                    // the synced copy, so P names it again next round; failing the round
+                    // instead held every other change back for those seconds.
+                    Err(e) if r.merged.is_some() && e.is_not_found() => {
+                        tracing::info!(path = %p, error = %e, "P's deletion of a directory left for a later round");
+                        not_yet.push(p.clone());
+                        report.refused.push((p.clone(), format!("not removed yet ({e}): next round")));
+                        continue;
+                    }
                     Err(e) => return Err(e.into()),
                 },
                 _ => {

@@ -191,6 +191,7 @@ mod tests {
                     }
                     Request::AcceptEmptyLower | Request::Resume => Response::done(),
                     Request::Pause { reason } => Response::done_with(format!("paused: {reason:?}")),
+                    Request::Fetch { paths, to } => Response::fetched(serde_json::json!({"paths": paths, "to": to})),
                 }
             })
         });
@@ -218,6 +219,10 @@ mod tests {
         let req: Request = serde_json::from_str(r#"{"cmd":"pause"}"#).unwrap();
         assert_eq!(req, Request::Pause { reason: None });
         assert!(ask(&sock, &Request::Resume).await.unwrap().ok);
+        // A fetch's answer carries what it brought.
+        let req = Request::Fetch { paths: vec!["src/a.rs".into()], to: "/tmp/x".into() };
+        let r = ask(&sock, &req).await.unwrap();
+        assert_eq!(r.fetch, Some(serde_json::json!({"paths": ["src/a.rs"], "to": "/tmp/x"})));
         task.abort();
         let missing = ask(&dir.path().join("nope.sock"), &Request::Status).await.unwrap_err().to_string();
         assert!(missing.contains("is the service running"), "{missing}");

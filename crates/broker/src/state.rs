@@ -90,6 +90,30 @@ pub struct SessionState {
     pub deferred: DeferredFiles,
     /// Snapshots of busy files sent to this client by this session.
     pub snapshots_sent: u64,
+    /// The fetches of this session (`ClientMsg::Fetch`).
+    pub fetch: FetchCounters,
+}
+
+/// What a session's fetches did, all counted since it connected.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FetchCounters {
+    /// Answered with `FetchFollows` (their streams complete).
+    pub served: u64,
+    /// Refused as a whole (over a bound, a bad stream id), with an error answer.
+    pub refused: u64,
+    /// Failed while packing (the stream aborted, an I/O error).
+    pub failed: u64,
+    /// Running now.
+    pub in_flight: u64,
+    /// Paths named by the fetches accepted.
+    pub paths_asked: u64,
+    /// Entries sent (files and directories), and their compressed stream bytes.
+    pub entries_sent: u64,
+    pub bytes_sent: u64,
+    /// Paths P does not have, and paths it refused to serve (symlinks,
+    /// outside what syncs, changing while read...).
+    pub paths_missing: u64,
+    pub paths_refused: u64,
 }
 
 /// Busy files of step 4, for status.

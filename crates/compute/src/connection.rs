@@ -8,22 +8,24 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use async_trait::async_trait;
+use cs_protocol::RelPath;
 use cs_supervision::{Backoff, Observable};
 use cs_wire::{
-    stream_channel, ChunkReader, ChunkWriter, ClientMsg, Frame, ServerMsg, StreamEnd, StreamItem, WireError,
+    stream_channel, ChunkReader, ChunkWriter, ClientMsg, ErrorCode, Frame, ServerMsg, StreamEnd, StreamItem, WireError,
     WireLimits, DEFAULT_STREAM_CHANNEL,
 };
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::failure::{classify_wire, Verdict};
+use crate::fetch::{FetchError, FetchResult};
 use crate::round::{Link, OutStream, RoundError};
 
 /// How long one connection attempt may take (TCP, TLS, websocket upgrade).
@@ -113,6 +115,8 @@ struct Shared {
     outbound: Mutex<HashMap<u32, mpsc::Receiver<StreamItem>>>,
     next_id: AtomicU64,
     next_stream: AtomicU32,
+    /// Fetches number their streams apart (with `FETCH_STREAM_BIT`).
+    next_fetch_stream: AtomicU32,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     rtt_us: AtomicU64,
@@ -172,6 +176,62 @@ impl LinkHandle {
         }
         let writer = Shared::lock(&self.shared.writer).clone();
         writer.ok_or_else(|| LinkError::NotConnected { last: Shared::lock(&self.shared.down).clone() })
+    }
+
+    /// Fetches P's current content of `paths` (project paths; at most
+    /// [`cs_wire::MAX_FETCH_PATHS`]) and unpacks it into the existing
+    /// directory `target` (see [`crate::fetch`]): a file at its path below
+    /// `target`, a directory as itself and its regular files. At any
+    /// moment, beside a round in flight (the broker serves it on its own;
+    /// the stream is another stream id on the same connection). Paths P
+    /// does not have or refuses are reported, not errors.
+    pub async fn fetch(&self, paths: Vec<RelPath>, target: &Path) -> Result<FetchResult, FetchError> {
+        if paths.len() > cs_wire::MAX_FETCH_PATHS {
+            return Err(FetchError::TooManyPaths(paths.len()));
+        }
+        let seq = self.shared.next_fetch_stream.fetch_add(1, Ordering::Relaxed);
+        let stream = cs_wire::FETCH_STREAM_BIT | (seq & !cs_wire::FETCH_STREAM_BIT);
+        let (tx, rx) = stream_channel(DEFAULT_STREAM_CHANNEL);
+        self.shared.active_streams.fetch_add(1, Ordering::Relaxed);
+        Shared::lock(&self.shared.inbound).insert(stream, tx);
+        let (asked, dir) = (paths.clone(), target.to_owned());
+        let unpacker = std::thread::Builder::new()
+            .name("cs-fetch-unpack".into())
+            .spawn(move || crate::fetch::unpack_into(ChunkReader::new(rx), &dir, &asked));
+        let unpacker = match unpacker {
+            Ok(t) => t,
+            Err(e) => {
+                self.cancel_inbound(stream);
+                return Err(FetchError::Thread(e.to_string()));
+            }
+        };
+        let join = |t: std::thread::JoinHandle<Result<FetchResult, FetchError>>| async move {
+            tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map_err(|e| FetchError::Thread(e.to_string()))?
+                .map_err(|_| FetchError::Thread("the unpacking thread panicked".into()))?
+        };
+        let answer = self.request(ClientMsg::Fetch { paths, stream }).await;
+        let report = match answer {
+            Ok(ServerMsg::FetchFollows { stream: s, report }) if s == stream => report,
+            other => {
+                // No stream (refused), or a broken one: the unpacker ends.
+                self.cancel_inbound(stream);
+                let _ = join(unpacker).await;
+                return Err(match other {
+                    Ok(ServerMsg::Error { code: ErrorCode::BadRequest, message })
+                        if message.contains("unknown") && message.contains("Fetch") =>
+                    {
+                        FetchError::NotSupported(message)
+                    }
+                    Ok(ServerMsg::Error { code, message }) => FetchError::Refused { code, message },
+                    Ok(m) => FetchError::Unexpected(format!("{m:?}")),
+                    Err(e) => FetchError::Request(e),
+                });
+            }
+        };
+        // The answer comes after the stream's end: the unpacker has it all.
+        Ok(join(unpacker).await?.with_report(report))
     }
 
     /// The request's connection went away under it: why, as far as known.

@@ -2,6 +2,7 @@
 pub mod connection;
 pub mod coordinator;
 pub mod failure;
+pub mod fetch;
 pub mod local;
 pub mod machine;
 pub mod packer;

@@ -198,6 +198,11 @@ impl LocalLink {
         let no_round = || EngineError::Protocol("no open round".into());
         Ok(match msg {
             ClientMsg::Ping { sent_ms } => ServerMsg::Pong { sent_ms },
+            // Its hello answer says `fetch: false`: a client does not ask.
+            ClientMsg::Fetch { .. } => ServerMsg::Error {
+                code: ErrorCode::BadRequest,
+                message: "the in-memory link does not serve fetches".into(),
+            },
             ClientMsg::WasCommitted { round_id } => {
                 let client = self.client.clone();
                 match self.engine(move |p, _| p.was_committed(&client, round_id)).await? {

@@ -86,6 +86,8 @@ pub struct ComputeService {
     pub metrics: Arc<cs_metrics::ComputeMetrics>,
     /// The status's `setup` section (see [`ServiceConfig::setup`]).
     pub setup: serde_json::Value,
+    /// The connection, for fetches (`cs-actor fetch`).
+    pub link: Arc<crate::connection::LinkHandle>,
 }
 
 /// Produces one section of the status object.
@@ -139,6 +141,7 @@ impl ComputeService {
         conn_cfg.limits = cfg.limits;
         let connection_actor = Connection::new(conn_cfg);
         let link = Arc::new(connection_actor.link());
+        let fetch_link = link.clone();
         let connection = cs_supervision::spawn(connection_actor);
         let changes = ChangeCount::default();
         let metrics = Arc::new(cs_metrics::ComputeMetrics::new());
@@ -165,6 +168,7 @@ impl ComputeService {
             watchdog,
             metrics,
             setup: cfg.setup.clone(),
+            link: fetch_link,
         };
         let control = service.serve_control(&cfg.control_socket)?;
         Ok((service, control))
@@ -197,6 +201,7 @@ impl ComputeService {
                         Ok(Err(e)) => Response::error(format!("still paused: {e}")),
                         Err(e) => Response::error(format!("the coordinator is gone: {e}")),
                     },
+                    Request::Fetch { paths, to } => me.fetch(paths, to).await,
                     Request::AcceptEmptyLower => match &me.mounts {
                         Some(m) => match (m.accept_empty_lower)().await {
                             Ok(()) => Response::done(),
@@ -208,6 +213,21 @@ impl ComputeService {
             })
         });
         Ok(cs_control::serve(path, handler)?)
+    }
+
+    /// `cs-actor fetch`: P's content of `paths` into the directory `to`.
+    async fn fetch(&self, paths: Vec<String>, to: std::path::PathBuf) -> Response {
+        let mut rel = Vec::with_capacity(paths.len());
+        for p in &paths {
+            match cs_protocol::RelPath::new(p.trim_start_matches("./").as_bytes()) {
+                Ok(r) => rel.push(r),
+                Err(e) => return Response::error(format!("{p:?}: not a project path (relative to the home): {e}")),
+            }
+        }
+        match self.link.fetch(rel, &to).await {
+            Ok(r) => Response::fetched(serde_json::to_value(&r).unwrap_or_default()),
+            Err(e) => Response::error(format!("fetch: {}", cs_supervision::error_chain(&e))),
+        }
     }
 
     /// The observable state of every actor: what `cs-actor status` prints.

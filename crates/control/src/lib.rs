@@ -35,6 +35,14 @@ pub enum Request {
     },
     /// `cs-actor resume`: lift the operator's pause.
     Resume,
+    /// `cs-actor fetch`: the compute service fetches P's current content of
+    /// these project paths over its connection (beside any round) and
+    /// unpacks it into `to`, an existing directory, with the service's own
+    /// rights (the socket is mode 0600: only the service's user asks).
+    Fetch {
+        paths: Vec<String>,
+        to: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +62,9 @@ pub struct Response {
     /// What a request that changed something did, for the person who asked.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub message: Option<String>,
+    /// What a `fetch` brought (sent, missing, refused, written...).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fetch: Option<serde_json::Value>,
 }
 
 impl Response {
@@ -64,7 +75,10 @@ impl Response {
         Response { round: Some(n), ..Response::done() }
     }
     pub fn done() -> Self {
-        Response { ok: true, status: None, round: None, error: None, permanent: false, message: None }
+        Response { ok: true, status: None, round: None, error: None, permanent: false, message: None, fetch: None }
+    }
+    pub fn fetched(v: serde_json::Value) -> Self {
+        Response { fetch: Some(v), ..Response::done() }
     }
     /// Done, saying what was done.
     pub fn done_with(message: impl Into<String>) -> Self {
@@ -177,6 +191,7 @@ mod tests {
                     }
                     Request::AcceptEmptyLower | Request::Resume => Response::done(),
                     Request::Pause { reason } => Response::done_with(format!("paused: {reason:?}")),
+                    Request::Fetch { paths, to } => Response::fetched(serde_json::json!({"paths": paths, "to": to})),
                 }
             })
         });
@@ -204,6 +219,10 @@ mod tests {
         let req: Request = serde_json::from_str(r#"{"cmd":"pause"}"#).unwrap();
         assert_eq!(req, Request::Pause { reason: None });
         assert!(ask(&sock, &Request::Resume).await.unwrap().ok);
+        // A fetch's answer carries what it brought.
+        let req = Request::Fetch { paths: vec!["src/a.rs".into()], to: "/tmp/x".into() };
+        let r = ask(&sock, &req).await.unwrap();
+        assert_eq!(r.fetch, Some(serde_json::json!({"paths": ["src/a.rs"], "to": "/tmp/x"})));
         task.abort();
         let missing = ask(&dir.path().join("nope.sock"), &Request::Status).await.unwrap_err().to_string();
         assert!(missing.contains("is the service running"), "{missing}");

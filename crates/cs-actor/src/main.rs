@@ -59,6 +59,24 @@ enum Command {
         #[arg(long)]
         control_socket: Option<PathBuf>,
     },
+    /// Fetch the project's current content of PATHs (relative to the home) into DIR, through
+    /// the running compute service's connection (beside any round): a file lands at its path
+    /// below DIR, a directory as itself and its regular files (not deeper). Prints what came,
+    /// what the project does not have and what it refused; exit 1 if the fetch failed.
+    Fetch {
+        /// An existing directory to write into (the service writes there, with its rights).
+        #[arg(long)]
+        to: PathBuf,
+        /// Print the whole answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The compute service's control socket [default: as for `sync`].
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+        /// Project paths, relative to the home (at most 1024).
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
     /// Pause syncing on this compute server: no round starts (timer, changes, `sync`) until
     /// `cs-actor resume`, across restarts of the service. The union keeps working; changes wait.
     Pause {
@@ -224,6 +242,40 @@ fn run(cli: Cli) -> Result<()> {
                     return Err(PermanentFailure(r.error.unwrap_or_else(|| "no reason given".into())).into())
                 }
                 _ => anyhow::bail!("round failed: {}", r.error.unwrap_or_else(|| "no reason given".into())),
+            }
+            Ok(())
+        }),
+        Command::Fetch { to, json, control_socket, paths } => services::runtime()?.block_on(async {
+            let control_socket = control_socket.unwrap_or_else(services::default_compute_socket);
+            // The service runs elsewhere (its own working directory).
+            let to = std::fs::canonicalize(&to).with_context(|| format!("--to {}", to.display()))?;
+            let r = cs_control::ask(&control_socket, &cs_control::Request::Fetch { paths, to: to.clone() }).await?;
+            if !r.ok {
+                anyhow::bail!("{}", r.error.unwrap_or_else(|| "no reason given".into()));
+            }
+            let fetched = r.fetch.unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&fetched)?);
+                return Ok(());
+            }
+            let list = |k: &str| fetched[k].as_array().cloned().unwrap_or_default();
+            println!(
+                "fetched into {}: {} written ({} bytes), {} missing, {} refused, {} withdrawn",
+                to.display(),
+                list("written").len(),
+                fetched["file_bytes"].as_u64().unwrap_or(0),
+                list("missing").len(),
+                list("refused").len(),
+                list("withdrawn").len()
+            );
+            for m in list("missing") {
+                println!("missing: {}", m.as_str().unwrap_or("?"));
+            }
+            for r in list("refused") {
+                println!("refused: {}: {}", r[0].as_str().unwrap_or("?"), r[1].as_str().unwrap_or("?"));
+            }
+            for w in list("withdrawn") {
+                println!("withdrawn (changing on the project, ask again): {}", w.as_str().unwrap_or("?"));
             }
             Ok(())
         }),

@@ -385,6 +385,9 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
                     cs_control::Request::Sync { .. } => cs_control::Response::error(
                         "rounds are driven by the compute servers: run `cs-actor sync` there",
                     ),
+                    cs_control::Request::Fetch { .. } => cs_control::Response::error(
+                        "fetches are asked by the compute servers: run `cs-actor fetch` there",
+                    ),
                     // The broker only answers rounds: pausing the compute servers stops them.
                     cs_control::Request::Pause { .. } | cs_control::Request::Resume => cs_control::Response::error(
                         "rounds are driven by the compute servers: run `cs-actor pause`/`resume` on each of them",

@@ -30,7 +30,7 @@ impl Paths for ClientMsg {
     fn paths(&self) -> Vec<&RelPath> {
         match self {
             ClientMsg::Hello(h) => h.held_added.iter().chain(&h.held_removed).collect(),
-            ClientMsg::HeldList(v) | ClientMsg::Deletes(v) => v.iter().collect(),
+            ClientMsg::HeldList(v) | ClientMsg::Deletes(v) | ClientMsg::Fetch { paths: v, .. } => v.iter().collect(),
             ClientMsg::Commit(c) => c.held.added.iter().chain(&c.held.removed).chain(&c.not_applied).collect(),
             ClientMsg::WasCommitted { .. }
             | ClientMsg::AskDeletes
@@ -48,6 +48,13 @@ impl Paths for ServerMsg {
                 r.deleted.iter().chain(&r.kept).chain(r.refused.iter().map(|(p, _)| p)).collect()
             }
             ServerMsg::DeletesForYou(v) => v.iter().collect(),
+            ServerMsg::FetchFollows { report, .. } => report
+                .sent
+                .iter()
+                .map(|v| &v.path)
+                .chain(&report.missing)
+                .chain(report.refused.iter().map(|(p, _)| p))
+                .collect(),
             ServerMsg::WritesApplied { conflicts, refused, .. } => {
                 conflicts.iter().chain(refused.iter().map(|(p, _)| p)).collect()
             }

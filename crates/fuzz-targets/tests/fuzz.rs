@@ -158,6 +158,7 @@ enum SClient {
     AskWrites { stream: u32 },
     Commit(SCommit),
     Ping { sent_ms: u64 },
+    Fetch { paths: Vec<String>, stream: u32 },
     Teleport { to: u32 },
 }
 
@@ -175,6 +176,27 @@ struct SDeleteReport {
 }
 
 #[derive(Serialize, Debug, Clone)]
+struct STimestamp {
+    sec: i64,
+    nsec: u32,
+}
+
+#[derive(Serialize, Debug, Clone)]
+struct SFileVersion {
+    path: String,
+    kind: String,
+    size: u64,
+    mtime: STimestamp,
+}
+
+#[derive(Serialize, Debug, Clone)]
+struct SFetchReport {
+    sent: Vec<SFileVersion>,
+    missing: Vec<String>,
+    refused: Vec<(String, String)>,
+}
+
+#[derive(Serialize, Debug, Clone)]
 enum SServer {
     WasCommitted(bool),
     HelloReply(SHelloReply),
@@ -185,6 +207,7 @@ enum SServer {
     WritesFollow { stream: u32, cursor: SCursor },
     Committed { cursor: SCursor },
     Pong { sent_ms: u64 },
+    FetchFollows { stream: u32, report: SFetchReport },
     Error { code: String, message: String },
 }
 
@@ -230,12 +253,25 @@ fn client_msg() -> impl Strategy<Value = SClient> {
         any::<u32>().prop_map(|stream| SClient::AskWrites { stream }),
         commit,
         num().prop_map(|sent_ms| SClient::Ping { sent_ms }),
+        (paths(), any::<u32>()).prop_map(|(paths, stream)| SClient::Fetch { paths, stream }),
         any::<u32>().prop_map(|to| SClient::Teleport { to }),
     ]
 }
 
 fn refused() -> impl Strategy<Value = Vec<(String, String)>> {
     vec((path_string(), ".{0,10}"), 0..3)
+}
+
+fn fetch_report() -> impl Strategy<Value = SFetchReport> {
+    let kind =
+        prop_oneof![Just("File".to_string()), Just("Dir".to_string()), Just("Symlink".to_string()), "[A-Za-z]{0,8}"];
+    let version = (path_string(), kind, num(), any::<i64>(), prop_oneof![0u32..1_000_000_000, any::<u32>()])
+        .prop_map(|(path, kind, size, sec, nsec)| SFileVersion { path, kind, size, mtime: STimestamp { sec, nsec } });
+    (vec(version, 0..3), paths(), refused()).prop_map(|(sent, missing, refused)| SFetchReport {
+        sent,
+        missing,
+        refused,
+    })
 }
 
 fn server_msg() -> impl Strategy<Value = SServer> {
@@ -266,6 +302,7 @@ fn server_msg() -> impl Strategy<Value = SServer> {
         (any::<u32>(), cursor()).prop_map(|(stream, cursor)| SServer::WritesFollow { stream, cursor }),
         cursor().prop_map(|cursor| SServer::Committed { cursor }),
         num().prop_map(|sent_ms| SServer::Pong { sent_ms }),
+        (any::<u32>(), fetch_report()).prop_map(|(stream, report)| SServer::FetchFollows { stream, report }),
         (code, ".{0,20}").prop_map(|(code, message)| SServer::Error { code, message }),
     ]
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ClientId, Cursor, HeldDigest, RelPath};
+use crate::{ClientId, Cursor, EntryKind, HeldDigest, RelPath, Timestamp};
 
 /// Opens a round: who the client is, the cursor of its last committed round,
 /// and a digest of what it holds so P can check its per-client index.
@@ -69,6 +69,33 @@ pub struct HelloReply {
     /// bad pattern: file and line), if so; the rules above are the last good ones.
     #[serde(default)]
     pub ignore_error: Option<String>,
+    /// P serves `Fetch` (docs/protocol.md, *Fetch*). Absent from an older
+    /// broker's answer: `false`, and C must not ask.
+    #[serde(default)]
+    pub fetch: bool,
+}
+
+/// One entry a fetch sent: the path and P's version of it as packed (kind,
+/// size and mtime as P's `lstat` gave them; the mtime is P's clock, opaque
+/// to C: compared for equality only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileVersion {
+    pub path: RelPath,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mtime: Timestamp,
+}
+
+/// P's answer to a fetch, after the stream's end: what the stream carries,
+/// what P does not have, and what it refused to serve (with the reason).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchReport {
+    pub sent: Vec<FileVersion>,
+    /// No such path on P (or it vanished while packed).
+    pub missing: Vec<RelPath>,
+    /// Not served: through a symlink, not a regular file or directory, excluded
+    /// or local-only, changing while read, unreadable.
+    pub refused: Vec<(RelPath, String)>,
 }
 
 /// Outcome of a batch of deletes (step 1 on P, step 2 on C).

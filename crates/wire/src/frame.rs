@@ -497,6 +497,48 @@ mod tests {
         assert_eq!(Frame::<ClientMsg>::decode(&bytes).unwrap(), f);
     }
 
+    /// An older broker's hello answer has no `fetch` field: it reads as
+    /// `false`, so the client knows not to ask.
+    #[test]
+    fn an_old_brokers_hello_reply_says_no_fetch() {
+        #[derive(serde::Serialize)]
+        struct OldHelloReply {
+            need_held_list: bool,
+            cursor_unknown: bool,
+            ignore_rules: String,
+            ignore_error: Option<String>,
+        }
+        #[derive(serde::Serialize)]
+        enum OldServerMsg {
+            HelloReply(OldHelloReply),
+        }
+        let old = OldServerMsg::HelloReply(OldHelloReply {
+            need_held_list: true,
+            cursor_unknown: false,
+            ignore_rules: String::new(),
+            ignore_error: None,
+        });
+        let mut bytes = vec![TAG_CONTROL];
+        rmp_serde::encode::write_named(&mut bytes, &crate::Envelope::new(9, old)).unwrap();
+        match Frame::<ServerMsg>::decode(&bytes).unwrap() {
+            Frame::Control(env) => match env.body {
+                ServerMsg::HelloReply(r) => assert!(!r.fetch && r.need_held_list),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        // And a current one says so.
+        let now = ServerMsg::HelloReply(cs_protocol::HelloReply {
+            need_held_list: false,
+            cursor_unknown: false,
+            ignore_rules: String::new(),
+            ignore_error: None,
+            fetch: true,
+        });
+        let f = Frame::control(1, now);
+        assert_eq!(Frame::decode(&f.encode().unwrap()).unwrap(), f);
+    }
+
     #[test]
     fn long_reasons_are_truncated_at_a_char_boundary() {
         let f: Frame<ClientMsg> = Frame::End { stream: 1, end: StreamEnd::Abort("é".repeat(1000)) };
@@ -535,7 +577,7 @@ mod tests {
         #[test]
         fn control_round_trip(id in any::<u64>(), round_id in any::<u64>(), sent_ms in any::<u64>(),
                               paths in proptest::collection::vec("[a-z]{1,8}(/[a-z][a-z0-9._-]{0,7}){0,3}", 0..20),
-                              which in 0usize..6) {
+                              which in 0usize..8) {
             let paths: Vec<_> = paths.into_iter().map(|p| cs_protocol::RelPath::new(p).unwrap()).collect();
             let body = match which {
                 0 => ClientMsg::WasCommitted { round_id },
@@ -543,6 +585,26 @@ mod tests {
                 2 => ClientMsg::Deletes(paths),
                 3 => ClientMsg::AskWrites { stream: round_id as u32 },
                 4 => ClientMsg::Ping { sent_ms },
+                5 => ClientMsg::Fetch { paths: paths.clone(), stream: crate::FETCH_STREAM_BIT | round_id as u32 },
+                6 => {
+                    // P's answer to a fetch, every field filled.
+                    let report = cs_protocol::FetchReport {
+                        sent: paths
+                            .iter()
+                            .map(|p| cs_protocol::FileVersion {
+                                path: p.clone(),
+                                kind: cs_protocol::EntryKind::File,
+                                size: sent_ms,
+                                mtime: cs_protocol::Timestamp::new(round_id as i64, (sent_ms % 1_000_000_000) as u32),
+                            })
+                            .collect(),
+                        missing: paths.clone(),
+                        refused: paths.iter().map(|p| (p.clone(), "a symlink".to_string())).collect(),
+                    };
+                    let f: Frame<ServerMsg> = Frame::control(id, ServerMsg::FetchFollows { stream: round_id as u32, report });
+                    prop_assert_eq!(Frame::decode(&f.encode().unwrap()).unwrap(), f);
+                    return Ok(());
+                }
                 _ => ClientMsg::AskDeletes,
             };
             let f = Frame::control(id, body);

@@ -31,7 +31,9 @@ pub use conn::{
 };
 pub use error::{AuthFailure, WireError};
 pub use frame::{Frame, StreamEnd, WireLimits, MAX_REASON_BYTES};
-pub use messages::{ClientMsg, Envelope, ErrorCode, ServerMsg};
+pub use messages::{
+    ClientMsg, Envelope, ErrorCode, ServerMsg, FETCH_STREAM_BIT, MAX_FETCHES_IN_FLIGHT, MAX_FETCH_PATHS,
+};
 pub use steps::{OrderError, RoundAt, Step};
 
 /// Re-exported so that callers name the same stream types.

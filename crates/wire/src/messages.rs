@@ -12,7 +12,7 @@
 //! [`crate::WireError::UnknownMessage`]); bump
 //! [`cs_protocol::PROTOCOL_VERSION`] when a peer must know it.
 
-use cs_protocol::{CommitRequest, Cursor, DeleteReport, Hello, HelloReply, RelPath};
+use cs_protocol::{CommitRequest, Cursor, DeleteReport, FetchReport, Hello, HelloReply, RelPath};
 use serde::{Deserialize, Serialize};
 
 /// A control message with the id that correlates a request with its answer.
@@ -61,7 +61,23 @@ pub enum ClientMsg {
     /// Liveness and round-trip time, at any moment between requests.
     /// Answer: [`ServerMsg::Pong`] with the same `sent_ms`.
     Ping { sent_ms: u64 },
+    /// Fetch, at any moment (between rounds or during one): P's current
+    /// content of these paths (at most [`MAX_FETCH_PATHS`]; a directory
+    /// brings its own entry and its regular files, not deeper), as a tar
+    /// stream of chunk frames on `stream` (C's choice, with
+    /// [`FETCH_STREAM_BIT`] set, not in use by another fetch) closed by an
+    /// end frame; then [`ServerMsg::FetchFollows`]. At most
+    /// [`MAX_FETCHES_IN_FLIGHT`] per connection. Needs `HelloReply::fetch`.
+    Fetch { paths: Vec<RelPath>, stream: u32 },
 }
+
+/// The stream ids of fetches have this bit set, those of rounds never: the
+/// two never collide, whatever each counter does.
+pub const FETCH_STREAM_BIT: u32 = 1 << 31;
+/// Most paths one [`ClientMsg::Fetch`] may name (more: [`ErrorCode::TooLarge`]).
+pub const MAX_FETCH_PATHS: usize = 1024;
+/// Most fetches one connection may have unanswered (more: [`ErrorCode::Busy`]).
+pub const MAX_FETCHES_IN_FLIGHT: usize = 4;
 
 /// P → C answers; each carries the id of the request it answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +112,11 @@ pub enum ServerMsg {
     Committed { cursor: Cursor },
     /// Answer to [`ClientMsg::Ping`].
     Pong { sent_ms: u64 },
-    /// The request failed; the round fails and is retried from hello.
+    /// Answer to [`ClientMsg::Fetch`], after the end frame of its `stream`:
+    /// what the stream carried, what P does not have, what it refused.
+    FetchFollows { stream: u32, report: FetchReport },
+    /// The request failed; a round's request: the round fails and is retried
+    /// from hello; a fetch's: that fetch only, the round is not touched.
     Error { code: ErrorCode, message: String },
 }
 

@@ -84,7 +84,7 @@ impl Step {
         }
     }
 
-    /// The step a request belongs to; `None` for `Ping`, which may come at any time.
+    /// The step a request belongs to; `None` for `Ping` and `Fetch`, which may come at any time.
     pub fn of(msg: &ClientMsg) -> Option<Step> {
         Some(match msg {
             ClientMsg::WasCommitted { .. } => Step::Resolve,
@@ -94,7 +94,7 @@ impl Step {
             ClientMsg::SendWrites { .. } => Step::WritesToProject,
             ClientMsg::AskWrites { .. } => Step::WritesToCompute,
             ClientMsg::Commit(_) => Step::Commit,
-            ClientMsg::Ping { .. } => return None,
+            ClientMsg::Ping { .. } | ClientMsg::Fetch { .. } => return None,
         })
     }
 
@@ -217,6 +217,7 @@ mod tests {
             assert_eq!(Step::of(&request(s)), Some(s));
         }
         assert_eq!(Step::of(&ClientMsg::Ping { sent_ms: 0 }), None);
+        assert_eq!(Step::of(&ClientMsg::Fetch { paths: vec![], stream: crate::FETCH_STREAM_BIT }), None);
         assert_eq!(Step::of(&ClientMsg::HeldList(vec![])), Some(Step::Hello));
     }
 
@@ -239,9 +240,11 @@ mod tests {
                 }
             }
         }
-        // WasCommitted, Hello and Ping may come anywhere.
+        // WasCommitted, Hello, Ping and Fetch may come anywhere.
         for at in std::iter::once(RoundAt::Closed).chain(Step::ALL.map(open)) {
-            for msg in [request(Step::Resolve), request(Step::Hello), ClientMsg::Ping { sent_ms: 1 }] {
+            let fetch =
+                ClientMsg::Fetch { paths: vec![RelPath::new("a").expect("path")], stream: crate::FETCH_STREAM_BIT };
+            for msg in [request(Step::Resolve), request(Step::Hello), ClientMsg::Ping { sent_ms: 1 }, fetch] {
                 assert_eq!(at.admit(&msg), Ok(()), "{msg:?} at {at:?}");
             }
         }

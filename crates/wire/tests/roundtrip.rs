@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use cs_protocol::{
-    CommitRequest, Cursor, DeleteReport, HeldDelta, HeldDigest, Hello, HelloReply, RelPath, PROTOCOL_VERSION,
+    CommitRequest, Cursor, DeleteReport, EntryKind, FetchReport, FileVersion, HeldDelta, HeldDigest, Hello, HelloReply,
+    RelPath, Timestamp, PROTOCOL_VERSION,
 };
 use cs_wire::*;
 use tokio::sync::mpsc;
@@ -50,6 +51,9 @@ fn requests() -> Vec<ClientMsg> {
             not_applied: vec![p("busy.txt")],
         }),
         ClientMsg::Ping { sent_ms: 123 },
+        // Its stream is the broker's to send (crates/broker/tests/fetch.rs);
+        // here the request and its answer.
+        ClientMsg::Fetch { paths: vec![p("src/main.rs"), p("data"), p("caf\u{e9}")], stream: FETCH_STREAM_BIT | 3 },
     ];
     for k in 0..CODES.len() {
         v.push(ClientMsg::Ping { sent_ms: 1000 + k as u64 });
@@ -73,6 +77,7 @@ fn reply(msg: &ClientMsg) -> ServerMsg {
             cursor_unknown: false,
             ignore_rules: "node_modules/\n".into(),
             ignore_error: None,
+            fetch: true,
         }),
         ClientMsg::HeldList(_) => ServerMsg::HeldListOk,
         ClientMsg::Deletes(paths) => ServerMsg::DeleteReport(DeleteReport {
@@ -90,6 +95,19 @@ fn reply(msg: &ClientMsg) -> ServerMsg {
             ServerMsg::Error { code: CODES[(*sent_ms - 1000) as usize], message: format!("code {sent_ms}") }
         }
         ClientMsg::Ping { sent_ms } => ServerMsg::Pong { sent_ms: *sent_ms },
+        ClientMsg::Fetch { paths, stream } => ServerMsg::FetchFollows {
+            stream: *stream,
+            report: FetchReport {
+                sent: vec![FileVersion {
+                    path: paths[0].clone(),
+                    kind: EntryKind::File,
+                    size: 42,
+                    mtime: Timestamp::new(1_700_000_000, 123_456_789),
+                }],
+                missing: vec![paths[1].clone()],
+                refused: vec![(paths[2].clone(), "a symlink".into())],
+            },
+        },
     }
 }
 
@@ -212,7 +230,7 @@ async fn every_message_and_both_streams_round_trip() {
     assert_eq!(answers, expected);
     let kinds: std::collections::BTreeSet<_> =
         answers.iter().map(|a| format!("{a:?}").split(['(', ' ', '{']).next().unwrap().to_owned()).collect();
-    assert_eq!(kinds.len(), 10, "all ten ServerMsg variants: {kinds:?}");
+    assert_eq!(kinds.len(), 11, "all eleven ServerMsg variants: {kinds:?}");
 }
 
 #[tokio::test]

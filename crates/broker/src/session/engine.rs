@@ -19,10 +19,10 @@ use crate::bridge::{SlotReader, SlotWriter, TarWork};
 use crate::state::RoundStep;
 
 /// Counts one engine call in [`Shared::engine_calls`] while it lives.
-struct EngineCall(Arc<AtomicUsize>);
+pub(super) struct EngineCall(Arc<AtomicUsize>);
 
 impl EngineCall {
-    fn new(calls: &Arc<AtomicUsize>) -> Self {
+    pub(super) fn new(calls: &Arc<AtomicUsize>) -> Self {
         calls.fetch_add(1, Ordering::SeqCst);
         EngineCall(calls.clone())
     }
@@ -58,6 +58,8 @@ impl Session {
         }
         match msg {
             ClientMsg::Ping { sent_ms } => self.reply(ctx, id, ServerMsg::Pong { sent_ms }),
+            // `inbound` takes fetches before they could queue; here for completeness.
+            ClientMsg::Fetch { paths, stream } => self.fetch(ctx, id, paths, stream),
             ClientMsg::WasCommitted { round_id } => {
                 let client = self.client.clone();
                 self.engine(
@@ -146,14 +148,19 @@ impl Session {
                 );
             }
             ClientMsg::AskWrites { stream: sid } => {
+                if sid & cs_wire::FETCH_STREAM_BIT != 0 {
+                    let message = format!("step 4's stream id {sid:#x} has the fetch bit (bit 31) set");
+                    return self.fail_round(ctx, id, ErrorCode::BadRequest, message);
+                }
                 let (tx, rx) = cs_wire::stream_channel(cs_wire::DEFAULT_STREAM_CHANNEL);
                 let Some(out) = self.out.clone() else { return };
-                // The stream goes before anything queued after it: its chunks,
-                // its end, then (below) WritesFollow with the cursor.
+                // The answer (below: WritesFollow with the cursor, or the
+                // error) goes after the stream's end.
                 if out.try_send(Outgoing::Stream { stream: sid, rx }).is_err() {
                     self.end(ctx, ExitStatus::Failure("the client does not read its answers".into()));
                     return;
                 }
+                self.hold.insert(id, sid);
                 let work = self.tar_work();
                 let max_chunk = self.shared.limits.max_chunk_bytes;
                 self.engine_on_round(
@@ -218,7 +225,9 @@ impl Session {
             ctx,
             move |p| p.begin_round(&hello),
             move |act, ctx, res| match res {
-                Ok((round, reply)) => {
+                Ok((round, mut reply)) => {
+                    // Sessions serve fetches (`ClientMsg::Fetch`).
+                    reply.fetch = true;
                     act.phase.opened(round, started, reply.need_held_list);
                     act.reply(ctx, id, ServerMsg::HelloReply(reply));
                 }
@@ -360,7 +369,7 @@ fn writes_applied(report: cs_engine::WriteReport) -> ServerMsg {
 }
 
 /// The error code to report an engine failure with.
-fn code_of(e: &EngineError) -> ErrorCode {
+pub(super) fn code_of(e: &EngineError) -> ErrorCode {
     if caused_by_this_machine(e) {
         return ErrorCode::Internal;
     }

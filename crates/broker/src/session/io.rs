@@ -57,10 +57,17 @@ pub(super) fn routes(r: &SharedRoutes) -> std::sync::MutexGuard<'_, Routes> {
 /// What the writer task sends.
 pub(super) enum Outgoing {
     Frame(Frame<ServerMsg>),
-    /// Step 4's stream: forwarded chunk by chunk up to its end.
+    /// A stream of P's (step 4, a fetch): forwarded chunk by chunk up to its
+    /// end, interleaved with the other streams and frames.
     Stream {
         stream: u32,
         rx: mpsc::Receiver<StreamItem>,
+    },
+    /// A frame that must follow the end of `stream` (the answer to the
+    /// request whose stream it is): held while that stream is open.
+    After {
+        stream: u32,
+        frame: Frame<ServerMsg>,
     },
 }
 
@@ -191,32 +198,52 @@ pub(super) async fn read_loop(
     let _ = addr.send(ConnectionLost { reason }).await;
 }
 
-/// Forwards step 4's stream chunk by chunk up to its end.
-async fn forward_stream(
-    tx: &mut WsSender<BoxedIo, ServerMsg>,
-    stream: u32,
-    rx: &mut mpsc::Receiver<StreamItem>,
-    activity: &Activity,
-) -> Result<(), WireError> {
-    loop {
-        let frame = match rx.recv().await {
-            Some(StreamItem::Chunk(data)) => Frame::Chunk { stream, data },
-            Some(StreamItem::End(end)) => Frame::End { stream, end },
-            None => {
-                Frame::End { stream, end: StreamEnd::Abort("the project side stopped before the stream's end".into()) }
+/// The next item of any open stream, taking them in turn (so a fetch
+/// moves while step 4 streams, and the other way round): the stream's index
+/// and the item (`None`: its sender is gone without an end).
+fn next_item<'a>(
+    streams: &'a mut [(u32, mpsc::Receiver<StreamItem>)],
+    turn: &'a mut usize,
+) -> impl std::future::Future<Output = (usize, Option<StreamItem>)> + 'a {
+    std::future::poll_fn(move |cx| {
+        let n = streams.len();
+        for k in 0..n {
+            let i = (*turn + k) % n;
+            if let std::task::Poll::Ready(item) = streams[i].1.poll_recv(cx) {
+                *turn = i + 1;
+                return std::task::Poll::Ready((i, item));
             }
-        };
-        let last = matches!(frame, Frame::End { .. });
-        tx.send(&frame).await?;
-        activity.touch();
-        if last {
-            return Ok(());
         }
-    }
+        std::task::Poll::Pending
+    })
 }
 
-/// Sends what the actor queues, in order; step 4's stream is forwarded
-/// chunk by chunk up to its end. Closes the connection when the queue ends.
+/// Sends `frame`; while streams are open, gives up when the session ends
+/// (`Ok(false)`) rather than wait for a socket that may be stuck.
+async fn send(
+    tx: &mut WsSender<BoxedIo, ServerMsg>,
+    frame: &Frame<ServerMsg>,
+    ended: &mut watch::Receiver<()>,
+    streaming: bool,
+    activity: &Activity,
+) -> Result<bool, WireError> {
+    if streaming {
+        tokio::select! {
+            r = tx.send(frame) => r?,
+            // `changed` fails only when the session drops `alive`.
+            _ = ended.changed() => return Ok(false),
+        }
+    } else {
+        tx.send(frame).await?;
+    }
+    activity.touch();
+    Ok(true)
+}
+
+/// Sends what the actor queues, in order, and P's streams (step 4 and
+/// fetches) chunk by chunk, several at once in turn; a frame queued as
+/// [`Outgoing::After`] a stream goes once that stream ended. Closes the
+/// connection when the queue ends.
 pub(super) async fn write_loop(
     mut tx: WsSender<BoxedIo, ServerMsg>,
     mut queue: mpsc::Receiver<Outgoing>,
@@ -226,26 +253,64 @@ pub(super) async fn write_loop(
     client: ClientId,
 ) {
     let result: Result<(), WireError> = async {
-        while let Some(item) = queue.recv().await {
-            match item {
-                Outgoing::Frame(f) => {
-                    tx.send(&f).await?;
-                    activity.touch();
-                }
-                Outgoing::Stream { stream, mut rx } => {
-                    // `changed` fails only when the session drops `alive`.
-                    let session_ended = tokio::select! {
-                        r = forward_stream(&mut tx, stream, &mut rx, &activity) => { r?; false }
-                        _ = ended.changed() => true,
+        let mut streams: Vec<(u32, mpsc::Receiver<StreamItem>)> = Vec::new();
+        let mut held: Vec<(u32, Frame<ServerMsg>)> = Vec::new();
+        let mut turn = 0usize;
+        loop {
+            let streaming = !streams.is_empty();
+            tokio::select! {
+                biased;
+                // The session ended in the middle of a stream: drop the
+                // channels now (the packers' next sends fail), without
+                // waiting for a socket that may be stuck; the rest of the
+                // queue is no use to a client cut mid-stream.
+                _ = ended.changed(), if streaming => break,
+                item = queue.recv() => {
+                    let frame = match item {
+                        None => break,
+                        Some(Outgoing::Frame(f)) => f,
+                        Some(Outgoing::Stream { stream, rx }) => {
+                            streams.push((stream, rx));
+                            continue;
+                        }
+                        Some(Outgoing::After { stream, frame }) => {
+                            if streams.iter().any(|(s, _)| *s == stream) {
+                                held.push((stream, frame));
+                                continue;
+                            }
+                            frame
+                        }
                     };
-                    if session_ended {
-                        // The session ended in the middle of step 4: drop
-                        // the channel now (the packer's next send fails),
-                        // without waiting for a socket that may be stuck;
-                        // the rest of the queue is no use to a client cut
-                        // mid-stream.
-                        drop(rx);
+                    if !send(&mut tx, &frame, &mut ended, streaming, &activity).await? {
                         break;
+                    }
+                }
+                (i, item) = next_item(&mut streams, &mut turn), if streaming => {
+                    let stream = streams[i].0;
+                    let frame = match item {
+                        Some(StreamItem::Chunk(data)) => Frame::Chunk { stream, data },
+                        Some(StreamItem::End(end)) => Frame::End { stream, end },
+                        None => Frame::End {
+                            stream,
+                            end: StreamEnd::Abort("the project side stopped before the stream's end".into()),
+                        },
+                    };
+                    let last = matches!(frame, Frame::End { .. });
+                    if last {
+                        streams.remove(i);
+                    }
+                    if !send(&mut tx, &frame, &mut ended, true, &activity).await? {
+                        break;
+                    }
+                    if last {
+                        // Its answers, in the order they were queued.
+                        let (now, later): (Vec<_>, Vec<_>) = held.drain(..).partition(|(s, _)| *s == stream);
+                        held = later;
+                        for (_, frame) in now {
+                            if !send(&mut tx, &frame, &mut ended, !streams.is_empty(), &activity).await? {
+                                return Ok(());
+                            }
+                        }
                     }
                 }
             }

@@ -17,7 +17,7 @@
 //! [`engine`] (each request as an engine call) and [`stats`] (the counters,
 //! and the state `status` shows).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,6 +36,7 @@ use crate::state::SessionState;
 use crate::BoxedIo;
 
 mod engine;
+mod fetch;
 mod io;
 mod phase;
 mod stats;
@@ -135,6 +136,13 @@ pub struct Session {
     refused: Option<&'static str>,
     exit: Option<ExitStatus>,
     stats: Stats,
+    /// The stream ids of fetches in flight (they run beside the round).
+    fetches: HashSet<u32>,
+    /// Set when the session ends: the fetches in flight stop.
+    fetch_cancel: Arc<AtomicBool>,
+    /// Requests whose answer must follow the end of their stream (step 4,
+    /// fetches): request id → stream id.
+    hold: HashMap<u64, u32>,
 }
 
 pub(crate) struct SessionParts {
@@ -188,6 +196,9 @@ impl Session {
                 refused: None,
                 exit: None,
                 stats: Stats::default(),
+                fetches: HashSet::new(),
+                fetch_cancel: Arc::new(AtomicBool::new(false)),
+                hold: HashMap::new(),
             }
         })
     }
@@ -207,8 +218,14 @@ impl Session {
         }
     }
 
+    /// Answers request `id`; after the end of its stream if it has one.
     fn reply(&mut self, ctx: &mut Context<Self>, id: u64, msg: ServerMsg) {
-        self.send_frame(ctx, Frame::control(id, msg));
+        let frame = Frame::control(id, msg);
+        let Some(stream) = self.hold.remove(&id) else { return self.send_frame(ctx, frame) };
+        let Some(out) = &self.out else { return };
+        if out.try_send(Outgoing::After { stream, frame }).is_err() {
+            self.end(ctx, ExitStatus::Failure("the client does not read its answers".into()));
+        }
     }
 
     /// Answers an error; the session goes on.
@@ -255,6 +272,7 @@ impl Session {
     fn close_streams(&mut self) {
         routes(&self.routes).close();
         self.cancel_step();
+        self.fetch_cancel.store(true, Ordering::Relaxed);
         if let Some(r) = self.reader.take() {
             r.abort();
         }
@@ -273,6 +291,11 @@ impl Session {
         }
         if let ClientMsg::Ping { sent_ms } = req.msg {
             self.reply(ctx, req.id, ServerMsg::Pong { sent_ms });
+            return;
+        }
+        // A fetch runs beside the round: it never waits for a step.
+        if let ClientMsg::Fetch { paths, stream } = req.msg {
+            self.fetch(ctx, req.id, paths, stream);
             return;
         }
         if self.busy {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use cs_engine::{BusyFile, WriteReport};
 
 use super::{unix_ms, Session};
-use crate::state::{DeferredFiles, SessionState};
+use crate::state::{DeferredFiles, FetchCounters, SessionState};
 
 /// The counters of one session, all rounds.
 #[derive(Default)]
@@ -23,6 +23,7 @@ pub(super) struct Stats {
     pub last_error: Option<String>,
     pub deferred: DeferredFiles,
     pub snapshots_sent: u64,
+    pub fetch: FetchCounters,
 }
 
 impl Stats {
@@ -50,6 +51,17 @@ impl Stats {
     }
 }
 
+impl FetchCounters {
+    /// A fetch was answered: its report, and its stream's compressed bytes.
+    pub fn served(&mut self, report: &cs_protocol::FetchReport, bytes: u64) {
+        self.served += 1;
+        self.entries_sent += report.sent.len() as u64;
+        self.bytes_sent += bytes;
+        self.paths_missing += report.missing.len() as u64;
+        self.paths_refused += report.refused.len() as u64;
+    }
+}
+
 impl Session {
     /// The session as observed.
     pub(super) fn snapshot(&self) -> SessionState {
@@ -74,6 +86,7 @@ impl Session {
             heartbeat_silent_ms: self.heartbeat.since_last().as_millis() as u64,
             deferred: s.deferred.clone(),
             snapshots_sent: s.snapshots_sent,
+            fetch: FetchCounters { in_flight: self.fetches.len() as u64, ..s.fetch.clone() },
         }
     }
 }

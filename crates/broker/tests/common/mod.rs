@@ -428,6 +428,23 @@ impl TestClient {
         Ok((cursor, report.applied))
     }
 
+    /// Step 4's receiving end, for a test that reads the frames itself: feed
+    /// the stream's items to the sender; the task applies them to the round.
+    pub fn step4_applier(
+        &self,
+    ) -> (tokio::sync::mpsc::Sender<StreamItem>, tokio::task::JoinHandle<Result<usize, String>>) {
+        let (tx, rx) = cs_wire::stream_channel(cs_wire::DEFAULT_STREAM_CHANNEL);
+        let engine = self.engine.clone();
+        let applier = tokio::task::spawn_blocking(move || {
+            let mut g = engine.lock().unwrap();
+            let (c, r) = &mut *g;
+            c.apply_writes(r.as_mut().expect("round"), ChunkReader::new(rx), None)
+                .map(|r| r.applied)
+                .map_err(|e| e.to_string())
+        });
+        (tx, applier)
+    }
+
     /// Step 5.
     pub async fn step5(&mut self, cursor: Cursor) -> Result<Cursor, ClientError> {
         let req = self

@@ -4,6 +4,7 @@
 
 mod apply;
 mod deletes;
+mod fetch;
 mod ignore;
 mod journal;
 mod pack;
@@ -20,6 +21,7 @@ use cs_safe_fs::{FsError, SafeRoot};
 use cs_tarstream::Limits;
 use serde::{Deserialize, Serialize};
 
+pub use fetch::MAX_FETCH_ENTRIES;
 pub use ignore::IgnoreStatus;
 pub use journal::{Journal, JournalEntry, JOURNAL_VERSION};
 
@@ -337,6 +339,8 @@ impl ProjectSide {
             cursor_unknown: hello.cursor.is_some() && base.is_none(),
             ignore_rules: filter.ignore_rules().text().to_owned(),
             ignore_error: self.ignore_error(),
+            // The broker's sessions serve fetches and say so; the engine alone does not.
+            fetch: false,
         };
         let mut round = ProjectRound {
             client: hello.client.clone(),

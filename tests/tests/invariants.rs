@@ -1256,3 +1256,22 @@ fn pull_held_sends_only_what_c_holds() {
     assert!(!w.c().upper_has(&rp("new")) && !w.c().is_hidden(&rp("gone")));
     w.assert_converged();
 }
+
+/// A temporary file an apply that failed midway left in C's upper layer (a rename through
+/// overlayfs's merged view that met ESTALE, seen in a soak) is removed when the next round
+/// opens. Left there, it made step 2 find the directory P deleted not empty, keep it, and
+/// send it back to P as new: P's deletion undone.
+#[test]
+fn a_temporary_left_by_a_failed_apply_does_not_bring_back_a_directory_p_deleted() {
+    let mut w = World::new();
+    w.c().put(&rp("d/sub/f"), b"from C").unwrap();
+    w.round();
+    w.assert_converged();
+    let temp = rp(&format!("d/sub/.csa-tmp-{}-{}-7", w.client_id(0), std::process::id()));
+    w.c().put(&temp, b"half of P's version").unwrap();
+    w.p().remove_dir_all(&rp("d")).unwrap();
+    let r = w.round();
+    assert!(!w.p().exists(&rp("d")), "P's deletion of d undone: {:?}", w.p().walk().unwrap());
+    assert!(!w.c().exists(&rp("d")), "d still on C: {r:?}");
+    w.assert_converged();
+}

@@ -411,6 +411,32 @@ impl ComputeSide {
         self.open_round(crate::random_u64())
     }
 
+    /// Removes this process's temporaries the scan found: one round is in flight at a
+    /// time and its applies make theirs after the scan, so any found now are what an
+    /// apply that failed midway left (a rename through the merged view that met
+    /// ESTALE, a round cut in step 4). Left there, they made step 2 find a directory P
+    /// deleted not empty and keep it, which sent it back to P as new. Those of another
+    /// process, or another client id, are `sweep_stale_temps`'s (at start).
+    fn remove_leftover_temps(&self, writer: &SafeRoot, temps: &[RelPath]) {
+        let ours = format!(".csa-tmp-{}-{}-", self.cfg.client, std::process::id());
+        let mut removed = 0;
+        for t in temps {
+            let name = t.as_path().file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default();
+            let seq = name.strip_prefix(ours.as_bytes());
+            if !seq.is_some_and(|s| !s.is_empty() && s.iter().all(u8::is_ascii_digit)) {
+                continue;
+            }
+            match writer.remove_file(t) {
+                Ok(()) => removed += 1,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => tracing::warn!(path = %t, error = %e, "a temporary file of a failed apply not removed"),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed temporary files a failed apply left");
+        }
+    }
+
     /// Scans the upper layer with the filter in force: round `round_id`.
     fn open_round(&self, round_id: u64) -> Result<(ComputeRound, Hello), EngineError> {
         let merged = match &self.cfg.union {
@@ -418,6 +444,7 @@ impl ComputeSide {
             UnionKind::Overlay { merged } => Some(SafeRoot::open(merged)?.with_owner(self.cfg.owner)),
         };
         let mut scan = scan_upper(&self.cfg.upper, &self.filter, &self.cfg.union)?;
+        self.remove_leftover_temps(writer(&self.upper, &merged), &scan.temps);
         if let (Some(m), false) = (&merged, scan.redirects.is_empty()) {
             self.copy_up_moved_dirs(m, &scan.redirects)?;
             self.settle_moved_dirs(&scan.redirects)?;

@@ -51,6 +51,10 @@ pub struct UpperScan {
     /// Entries the `.csignore` rules keep out of the round, sorted; a
     /// directory counts once (the scan does not enter it).
     pub ignored: Vec<RelPath>,
+    /// Files named as the engine's temporaries (`.csa-tmp-*`, excluded from
+    /// every round): what an apply that failed midway left (see
+    /// `ComputeSide::remove_leftover_temps`).
+    pub temps: Vec<RelPath>,
 }
 
 pub fn scan_upper(upper: &Path, filter: &PathFilter, union: &UnionKind) -> Result<UpperScan, EngineError> {
@@ -124,6 +128,8 @@ fn walk(
         if !filter.is_synced(&path, is_dir) {
             if !filter.is_excluded(&path, is_dir) && !filter.is_local_only(&path, is_dir) {
                 scan.ignored.push(path);
+            } else if md.is_file() && name.as_bytes().starts_with(b".csa-tmp-") {
+                scan.temps.push(path);
             }
             continue;
         }

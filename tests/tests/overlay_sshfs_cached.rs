@@ -15,36 +15,19 @@ use cs_tests::fixture::World;
 use cs_tests::rp;
 use cs_tests::view::View;
 
+mod common;
+use common::SshfsWorlds;
+
 /// sshfs's caches as cs-actor's deployment sets them (`SshfsOptions` and the example config).
 const PRODUCTION_CACHES: [&str; 6] =
     ["dir_cache=yes", "dcache_timeout=9", "entry_timeout=1", "attr_timeout=1", "negative_timeout=10", "auto_cache"];
 
-struct Bed {
-    base: std::path::PathBuf,
-    mirror: std::path::PathBuf,
-    _mount: cs_testbed::SshfsMount,
-    _sshd: cs_testbed::Sshd,
-    _dir: tempfile::TempDir,
-}
-
-fn bed() -> Option<Bed> {
+fn bed() -> Option<SshfsWorlds> {
     if !cs_tests::fixture::real_overlay_available() || !cs_testbed::real_tools_available() {
         return None;
     }
-    let t = tempfile::Builder::new()
-        .prefix("cs-overlay-sshfs-cached-")
-        .tempdir_in(cs_tests::fixture::overlay_scratch_base())
-        .unwrap();
-    let dir = |n: &str| {
-        let p = t.path().join(n);
-        std::fs::create_dir(&p).unwrap();
-        std::fs::canonicalize(p).unwrap()
-    };
-    let (sshd_dir, base, mirror) = (dir("sshd"), dir("worlds"), dir("mirror"));
-    let sshd = cs_testbed::Sshd::start(&sshd_dir).expect("start sshd");
-    let opts = PRODUCTION_CACHES.map(String::from);
-    let mount = cs_testbed::sshfs_mount(&base, sshd.port(), sshd.identity(), &mirror, &opts).expect("mount sshfs");
-    Some(Bed { base, mirror, _mount: mount, _sshd: sshd, _dir: t })
+    let scratch = cs_tests::fixture::overlay_scratch_base();
+    Some(SshfsWorlds::start("cs-overlay-sshfs-cached-", &scratch, &PRODUCTION_CACHES))
 }
 
 /// P deletes directories C holds (written into C's upper layer by step 4) while sshfs

@@ -43,6 +43,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
 use std::time::Duration;
 
+mod common;
+use common::SshfsWorlds;
+
 const OLD: Timestamp = Timestamp { sec: 1_000_000_000, nsec: 0 };
 const FILE_MODES: [u32; 4] = [0o600, 0o640, 0o644, 0o755];
 const DIR_MODES: [u32; 3] = [0o700, 0o750, 0o755];
@@ -699,7 +702,7 @@ fn real_union_over_sshfs_histories_converge_and_lose_no_write() {
         return;
     }
     std::env::set_var("CS_JOURNAL_CHECK", "1");
-    let bed = SshfsWorlds::start("cs-real-sshfs-", &cs_tests::fixture::scratch_base());
+    let bed = SshfsWorlds::start("cs-real-sshfs-", &cs_tests::fixture::scratch_base(), &NO_CACHES);
     let (base, mirror) = (bed.base.clone(), bed.mirror.clone());
     let layout = u.probe_layout(&base).expect("probe the union's layout");
     let cfg = Config { cases: sshfs_cases(), max_shrink_time: 300_000, failure_persistence: None, ..Config::default() };
@@ -714,32 +717,9 @@ fn real_union_over_sshfs_histories_converge_and_lose_no_write() {
     }
 }
 
-/// Where the sshfs-lower property tests make their worlds: `base` is mounted over sshfs
-/// (one loopback sshd, every cache off: these test the layering, not the staleness) at
-/// `mirror`. Dropped, it unmounts, stops sshd and removes the directories, in that order.
-struct SshfsWorlds {
-    base: std::path::PathBuf,
-    mirror: std::path::PathBuf,
-    _mount: cs_testbed::SshfsMount,
-    _sshd: cs_testbed::Sshd,
-    _dir: tempfile::TempDir,
-}
-
-impl SshfsWorlds {
-    fn start(prefix: &str, scratch: &std::path::Path) -> SshfsWorlds {
-        let t = tempfile::Builder::new().prefix(prefix).tempdir_in(scratch).unwrap();
-        let dir = |n: &str| {
-            let p = t.path().join(n);
-            std::fs::create_dir(&p).unwrap();
-            std::fs::canonicalize(p).unwrap()
-        };
-        let (sshd_dir, base, mirror) = (dir("sshd"), dir("worlds"), dir("mirror"));
-        let sshd = cs_testbed::Sshd::start(&sshd_dir).expect("start sshd");
-        let opts = ["entry_timeout=0", "attr_timeout=0", "negative_timeout=0", "dir_cache=no"].map(String::from);
-        let mount = cs_testbed::sshfs_mount(&base, sshd.port(), sshd.identity(), &mirror, &opts).expect("mount sshfs");
-        SshfsWorlds { base, mirror, _mount: mount, _sshd: sshd, _dir: t }
-    }
-}
+/// sshfs with every cache off: the sshfs-lower property tests check the layering, not the
+/// staleness (tests/tests/overlay_sshfs_cached.rs has the production caches).
+const NO_CACHES: [&str; 4] = ["entry_timeout=0", "attr_timeout=0", "negative_timeout=0", "dir_cache=no"];
 
 fn real_overlay_cases() -> u32 {
     std::env::var("CS_REAL_OVERLAY_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(100)
@@ -782,7 +762,7 @@ fn real_overlay_over_sshfs_histories_converge_and_lose_no_write() {
         return;
     }
     std::env::set_var("CS_JOURNAL_CHECK", "1");
-    let bed = SshfsWorlds::start("cs-overlay-sshfs-", &cs_tests::fixture::overlay_scratch_base());
+    let bed = SshfsWorlds::start("cs-overlay-sshfs-", &cs_tests::fixture::overlay_scratch_base(), &NO_CACHES);
     let (base, mirror) = (bed.base.clone(), bed.mirror.clone());
     let cases = std::env::var("CS_REAL_OVERLAY_SSHFS_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
     let cfg = Config { cases, max_shrink_time: 300_000, failure_persistence: None, ..Config::default() };

@@ -50,7 +50,16 @@ pub const DEFAULT_PULL_MAX_FILE_SIZE: u64 = 64 << 20;
 /// matches the excluded pattern `.csa-tmp-*`, so no scan or round ever
 /// picks one up.
 pub(crate) fn temp_name(client: &ClientId, seq: u64) -> String {
-    format!(".csa-tmp-{client}-{}-{seq}", std::process::id())
+    format!("{TEMP_PREFIX}{client}-{}-{seq}", std::process::id())
+}
+
+/// How every [`temp_name`] begins.
+pub(crate) const TEMP_PREFIX: &str = ".csa-tmp-";
+
+/// Whether `name` is a [`temp_name`] of `client` made by this process.
+pub(crate) fn is_temp_of_this_process(name: &[u8], client: &ClientId) -> bool {
+    let ours = format!("{TEMP_PREFIX}{client}-{}-", std::process::id());
+    name.strip_prefix(ours.as_bytes()).is_some_and(|seq| !seq.is_empty() && seq.iter().all(u8::is_ascii_digit))
 }
 
 /// Removes the temporary files a previous process of ours left under `root`
@@ -71,7 +80,7 @@ pub(crate) fn sweep_stale_temps(root: &std::path::Path, via: &std::path::Path) -
             let name = name.to_string_lossy();
             if ft.is_dir() {
                 dirs.push(ent.path());
-            } else if let Some(rest) = name.strip_prefix(".csa-tmp-") {
+            } else if let Some(rest) = name.strip_prefix(TEMP_PREFIX) {
                 // .csa-tmp-<client>-<pid>-<seq>; the client id may hold dashes.
                 let pid = rest.rsplit('-').nth(1);
                 let path = ent.path();
@@ -141,5 +150,19 @@ mod tests {
         assert!(t.path().join("a/b/keep.txt").exists());
         assert!(!t.path().join("a/b/.csa-tmp-gpu-1-999999999-0").exists());
         assert!(t.path().join(".csa-tmp-odd").exists(), "not our name format: left alone");
+    }
+
+    #[test]
+    fn a_temporary_of_this_process_is_told_from_others() {
+        let client = cs_protocol::ClientId::new("gpu-1").unwrap();
+        let ours = super::temp_name(&client, 7);
+        assert!(super::is_temp_of_this_process(ours.as_bytes(), &client));
+        let other_client = cs_protocol::ClientId::new("gpu").unwrap();
+        assert!(!super::is_temp_of_this_process(ours.as_bytes(), &other_client));
+        for name in
+            [".csa-tmp-gpu-1-999999999-7".to_string(), format!("{ours}x"), format!("{ours}/"), ".csa-tmp-".into()]
+        {
+            assert!(!super::is_temp_of_this_process(name.as_bytes(), &client), "{name}");
+        }
     }
 }

@@ -418,12 +418,10 @@ impl ComputeSide {
     /// deleted not empty and keep it, which sent it back to P as new. Those of another
     /// process, or another client id, are `sweep_stale_temps`'s (at start).
     fn remove_leftover_temps(&self, writer: &SafeRoot, temps: &[RelPath]) {
-        let ours = format!(".csa-tmp-{}-{}-", self.cfg.client, std::process::id());
         let mut removed = 0;
         for t in temps {
             let name = t.as_path().file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default();
-            let seq = name.strip_prefix(ours.as_bytes());
-            if !seq.is_some_and(|s| !s.is_empty() && s.iter().all(u8::is_ascii_digit)) {
+            if !crate::is_temp_of_this_process(name, &self.cfg.client) {
                 continue;
             }
             match writer.remove_file(t) {

@@ -128,7 +128,7 @@ fn walk(
         if !filter.is_synced(&path, is_dir) {
             if !filter.is_excluded(&path, is_dir) && !filter.is_local_only(&path, is_dir) {
                 scan.ignored.push(path);
-            } else if md.is_file() && name.as_bytes().starts_with(b".csa-tmp-") {
+            } else if md.is_file() && name.as_bytes().starts_with(crate::TEMP_PREFIX.as_bytes()) {
                 scan.temps.push(path);
             }
             continue;

@@ -15,8 +15,8 @@ use common::*;
 use cs_broker::{BrokerHandle, SessionState};
 use cs_protocol::{EntryKind, FetchReport, RelPath};
 use cs_wire::{ClientMsg, ErrorCode, Frame, ServerMsg, StreamEnd, StreamItem, WireLimits, WsConn, FETCH_STREAM_BIT};
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message;
 
 const ROUND: Duration = Duration::from_secs(60);
 
@@ -153,7 +153,8 @@ async fn files_directories_and_missing_paths_come_with_the_projects_bytes() {
     // …and refuses a stream that brings what was not asked.
     let other = tempfile::tempdir().unwrap();
     let e = cs_compute::fetch::unpack_into(&got.stream[..], other.path(), &[rel("data")]).unwrap_err();
-    assert!(format!("{:#}", anyhow_chain(&e)).contains("not asked for"), "{}", anyhow_chain(&e));
+    let chain = cs_supervision::error_chain(&e);
+    assert!(chain.contains("not asked for"), "{chain}");
 
     // The same connection rounds, and says it serves fetches.
     c.write("from-c", b"c");
@@ -164,17 +165,6 @@ async fn files_directories_and_missing_paths_come_with_the_projects_bytes() {
     assert_eq!((s.fetch.entries_sent, s.fetch.paths_missing, s.fetch.paths_refused), (9, 1, 0), "{:?}", s.fetch);
     assert!(s.fetch.bytes_sent > 3 << 20, "{:?}", s.fetch);
     assert_eq!(s.rounds_committed, 1);
-}
-
-fn anyhow_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Step 4 streams a file too large for the socket's buffers while a fetch
@@ -263,28 +253,6 @@ async fn a_fetch_during_step4_moves_beside_it_and_both_arrive_whole() {
     assert!(c.read("round/big").unwrap() == big, "step 4 wrote P's bytes");
     let s = session(&b, "c1").await;
     assert_eq!((s.fetch.served, s.rounds_committed, s.rounds_failed), (1, 2, 0), "{s:?}");
-}
-
-type RawWs = tokio_tungstenite::WebSocketStream<cs_wire::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn raw_ws(addr: std::net::SocketAddr, token: &str) -> RawWs {
-    let mut req = url(addr).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    tokio_tungstenite::connect_async(req).await.unwrap().0
-}
-
-/// The next control answer on a raw websocket.
-async fn answer(ws: &mut RawWs) -> (u64, ServerMsg) {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("an answer") {
-            Some(Ok(Message::Binary(b))) => match Frame::<ServerMsg>::decode(&b).unwrap() {
-                Frame::Control(env) => return (env.id, env.body),
-                other => panic!("{other:?}"),
-            },
-            Some(Ok(_)) => continue,
-            other => panic!("{other:?}"),
-        }
-    }
 }
 
 /// A fetch as a hostile client spells it: paths as any strings.

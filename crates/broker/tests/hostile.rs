@@ -18,14 +18,12 @@ use cs_broker::{BrokerHandle, BrokerState};
 use cs_protocol::{Cursor, HeldDigest, RelPath};
 use cs_wire::{ClientMsg, ErrorCode, Frame, ServerMsg, WireError, WireLimits, WsConn};
 use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 const ROUND: Duration = Duration::from_secs(60);
 
 /// The bomb and the flood measure or load the whole process: one at a time.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-type RawWs = tokio_tungstenite::WebSocketStream<cs_wire::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn state(b: &BrokerHandle) -> BrokerState {
     b.observe().await.expect("broker answers")
@@ -89,26 +87,6 @@ fn server_error<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (ErrorCode, St
     match r {
         Err(ClientError::Server { code, message }) => (code, message),
         other => panic!("expected an error answer, got {other:?}"),
-    }
-}
-
-async fn raw_ws(addr: std::net::SocketAddr, token: &str) -> RawWs {
-    let mut req = url(addr).into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    tokio_tungstenite::connect_async(req).await.unwrap().0
-}
-
-/// The next control answer on a raw websocket.
-async fn answer(ws: &mut RawWs) -> (u64, ServerMsg) {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("an answer") {
-            Some(Ok(Message::Binary(b))) => match Frame::<ServerMsg>::decode(&b).unwrap() {
-                Frame::Control(env) => return (env.id, env.body),
-                other => panic!("{other:?}"),
-            },
-            Some(Ok(_)) => continue,
-            other => panic!("{other:?}"),
-        }
     }
 }
 

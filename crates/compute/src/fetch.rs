@@ -201,17 +201,6 @@ mod tests {
         h
     }
 
-    fn chain(e: &dyn std::error::Error) -> String {
-        let mut s = e.to_string();
-        let mut cur = e.source();
-        while let Some(c) = cur {
-            s.push_str(": ");
-            s.push_str(&c.to_string());
-            cur = c.source();
-        }
-        s
-    }
-
     fn temporaries(dir: &Path) -> Vec<String> {
         let mut found = Vec::new();
         let mut todo = vec![dir.to_owned()];
@@ -266,7 +255,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = unpack_into(&deeper[..], dir.path(), &[rel("d")]).unwrap_err();
         assert!(matches!(e, FetchError::Unpack(..)), "{e:?}");
-        assert!(chain(&e).contains("not asked for"), "{}", chain(&e));
+        let chain = cs_supervision::error_chain(&e);
+        assert!(chain.contains("not asked for"), "{chain}");
         assert_eq!(std::fs::read(dir.path().join("d/ok")).unwrap(), b"ok");
         assert!(!dir.path().join("d/e").exists());
         assert_eq!(temporaries(dir.path()), Vec::<String>::new());

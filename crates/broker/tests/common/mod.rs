@@ -30,6 +30,8 @@ use cs_wire::{
     ChunkReader, ChunkWriter, ClientConn, ClientMsg, ErrorCode, Frame, ServerMsg, StreamEnd, StreamItem, WireError,
     WireLimits,
 };
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 pub const CLIENTS: [(&str, &str); 4] = [
     ("c1", "token-of-client-one-0123456789"),
@@ -769,4 +771,27 @@ pub fn zstd_bomb(name: &'static [u8], size: u64, chunk: usize) -> impl Iterator<
         }
         Some(out)
     })
+}
+
+/// A websocket to the broker with no cs-wire client on it: what a hostile client speaks.
+pub type RawWs = tokio_tungstenite::WebSocketStream<cs_wire::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn raw_ws(addr: std::net::SocketAddr, token: &str) -> RawWs {
+    let mut req = url(addr).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+/// The next control answer on a raw websocket.
+pub async fn answer(ws: &mut RawWs) -> (u64, ServerMsg) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("an answer") {
+            Some(Ok(Message::Binary(b))) => match Frame::<ServerMsg>::decode(&b).unwrap() {
+                Frame::Control(env) => return (env.id, env.body),
+                other => panic!("{other:?}"),
+            },
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
 }

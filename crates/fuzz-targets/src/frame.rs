@@ -36,7 +36,8 @@ impl Paths for ClientMsg {
             | ClientMsg::AskDeletes
             | ClientMsg::SendWrites { .. }
             | ClientMsg::AskWrites { .. }
-            | ClientMsg::Ping { .. } => Vec::new(),
+            | ClientMsg::Ping { .. }
+            | ClientMsg::Snapshot { .. } => Vec::new(),
         }
     }
 }
@@ -55,6 +56,7 @@ impl Paths for ServerMsg {
                 .chain(&report.missing)
                 .chain(report.refused.iter().map(|(p, _)| p))
                 .collect(),
+            ServerMsg::SnapshotFollows { report, .. } => report.refused.iter().map(|(p, _)| p).collect(),
             ServerMsg::WritesApplied { conflicts, refused, .. } => {
                 conflicts.iter().chain(refused.iter().map(|(p, _)| p)).collect()
             }

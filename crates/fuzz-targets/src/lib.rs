@@ -10,7 +10,9 @@
 //! - [`fuzz_tar`]: tar stream unpacking ([`cs_tarstream::unpack`]) with small
 //!   limits;
 //! - [`fuzz_tar_apply`]: unpacking into a real directory through
-//!   [`cs_safe_fs::SafeRoot`], never touching anything outside the root.
+//!   [`cs_safe_fs::SafeRoot`], never touching anything outside the root;
+//! - [`fuzz_snapshot`]: snapshot stream decoding
+//!   ([`cs_wire::SnapshotDecoder`]) with small limits.
 //!
 //! The same functions are driven by the stable proptest drivers
 //! (`tests/fuzz.rs`, time-bounded by `CS_FUZZ_SECS`) and by the cargo-fuzz
@@ -20,12 +22,14 @@
 pub mod alloc_meter;
 pub mod frame;
 pub mod relpath;
+pub mod snapshot;
 pub mod tar;
 pub mod tar_apply;
 
 pub use alloc_meter::CountingAlloc;
 pub use frame::fuzz_frame;
 pub use relpath::fuzz_relpath;
+pub use snapshot::fuzz_snapshot;
 pub use tar::fuzz_tar;
 pub use tar_apply::fuzz_tar_apply;
 
@@ -33,5 +37,10 @@ pub use tar_apply::fuzz_tar_apply;
 pub type Target = fn(&[u8]);
 
 /// The targets by name, for drivers and regression replays.
-pub const TARGETS: &[(&str, Target)] =
-    &[("relpath", fuzz_relpath), ("frame", fuzz_frame), ("tar", fuzz_tar), ("tar_apply", fuzz_tar_apply)];
+pub const TARGETS: &[(&str, Target)] = &[
+    ("relpath", fuzz_relpath),
+    ("frame", fuzz_frame),
+    ("tar", fuzz_tar),
+    ("tar_apply", fuzz_tar_apply),
+    ("snapshot", fuzz_snapshot),
+];

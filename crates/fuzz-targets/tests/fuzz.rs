@@ -9,7 +9,7 @@
 mod common;
 
 use common::{drive, drive_for, quietly};
-use cs_fuzz_targets::{fuzz_frame, fuzz_relpath, fuzz_tar, fuzz_tar_apply, CountingAlloc};
+use cs_fuzz_targets::{fuzz_frame, fuzz_relpath, fuzz_snapshot, fuzz_tar, fuzz_tar_apply, CountingAlloc};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -159,6 +159,7 @@ enum SClient {
     Commit(SCommit),
     Ping { sent_ms: u64 },
     Fetch { paths: Vec<String>, stream: u32 },
+    Snapshot { stream: u32 },
     Teleport { to: u32 },
 }
 
@@ -197,6 +198,14 @@ struct SFetchReport {
 }
 
 #[derive(Serialize, Debug, Clone)]
+struct SSnapshotReport {
+    entries: u64,
+    cursor: SCursor,
+    refused: Vec<(String, String)>,
+    refused_count: u64,
+}
+
+#[derive(Serialize, Debug, Clone)]
 enum SServer {
     WasCommitted(bool),
     HelloReply(SHelloReply),
@@ -208,6 +217,7 @@ enum SServer {
     Committed { cursor: SCursor },
     Pong { sent_ms: u64 },
     FetchFollows { stream: u32, report: SFetchReport },
+    SnapshotFollows { stream: u32, report: SSnapshotReport },
     Error { code: String, message: String },
 }
 
@@ -254,6 +264,7 @@ fn client_msg() -> impl Strategy<Value = SClient> {
         commit,
         num().prop_map(|sent_ms| SClient::Ping { sent_ms }),
         (paths(), any::<u32>()).prop_map(|(paths, stream)| SClient::Fetch { paths, stream }),
+        any::<u32>().prop_map(|stream| SClient::Snapshot { stream }),
         any::<u32>().prop_map(|to| SClient::Teleport { to }),
     ]
 }
@@ -303,6 +314,11 @@ fn server_msg() -> impl Strategy<Value = SServer> {
         cursor().prop_map(|cursor| SServer::Committed { cursor }),
         num().prop_map(|sent_ms| SServer::Pong { sent_ms }),
         (any::<u32>(), fetch_report()).prop_map(|(stream, report)| SServer::FetchFollows { stream, report }),
+        (any::<u32>(), num(), cursor(), refused(), num()).prop_map(
+            |(stream, entries, cursor, refused, refused_count)| {
+                SServer::SnapshotFollows { stream, report: SSnapshotReport { entries, cursor, refused, refused_count } }
+            }
+        ),
         (code, ".{0,20}").prop_map(|(code, message)| SServer::Error { code, message }),
     ]
 }
@@ -366,6 +382,82 @@ fn frame_input() -> impl Strategy<Value = Vec<u8>> {
 #[test]
 fn fuzz_frame_bounded() {
     let cases = drive("frame", frame_input(), fuzz_frame, 2_000_000);
+    assert!(cases > 0);
+}
+
+// ---- snapshot ------------------------------------------------------------
+
+#[derive(Serialize, Debug, Clone)]
+struct SEntry {
+    path: String,
+    kind: String,
+    mode: u32,
+    size: u64,
+    mtime: STimestamp,
+    #[serde(with = "serde_bytes")]
+    target: Option<Vec<u8>>,
+}
+
+/// Snapshot streams: records of near-valid entries (any path, kind, mode,
+/// target) with or without an end record and a right or wrong count,
+/// mutated before compression; valid trees from the real encoder; garbage.
+fn snapshot_input() -> impl Strategy<Value = Vec<u8>> {
+    let kind =
+        prop_oneof![Just("File".to_string()), Just("Dir".to_string()), Just("Symlink".to_string()), "[A-Za-z]{0,8}"];
+    let mode = prop_oneof![Just(0o644u32), Just(0o755), Just(0o777), any::<u32>()];
+    let target = proptest::option::of(vec(any::<u8>(), 0..8));
+    let entry = (path_string(), kind, mode, num(), any::<i64>(), 0u32..1_000_000_000, target).prop_map(
+        |(path, kind, mode, size, sec, nsec, target)| {
+            rmp_serde::to_vec_named(&SEntry { path, kind, mode, size, mtime: STimestamp { sec, nsec }, target })
+                .unwrap()
+        },
+    );
+    let record = prop_oneof![8 => entry, 1 => vec(any::<u8>(), 0..16)];
+    let end = prop_oneof![4 => Just(None), 1 => Just(Some(u64::MAX)), 1 => num().prop_map(Some)];
+    let records = (vec(record, 0..12), any::<bool>(), end, rare_mutations()).prop_map(|(recs, ended, count, muts)| {
+        let mut plain = Vec::new();
+        for r in &recs {
+            plain.extend_from_slice(&(r.len() as u32).to_le_bytes());
+            plain.extend_from_slice(r);
+        }
+        if ended {
+            plain.extend_from_slice(&0u32.to_le_bytes());
+            plain.extend_from_slice(&count.unwrap_or(recs.len() as u64).to_le_bytes());
+        }
+        zstd::encode_all(&mutate(plain, &muts)[..], 1).unwrap()
+    });
+    let tree = (vec("[a-z]{1,3}", 0..8), vec("[a-z]{1,3}", 0..8)).prop_map(|(top, below)| {
+        let mut top: Vec<String> = top;
+        top.sort();
+        top.dedup();
+        let mut below: Vec<String> = below;
+        below.sort();
+        below.dedup();
+        let mut enc = cs_wire::SnapshotEncoder::new(Vec::new(), 1).unwrap();
+        let at = |p: String, kind| cs_protocol::SnapshotEntry {
+            path: cs_protocol::RelPath::new(p).unwrap(),
+            kind,
+            mode: 0o755,
+            size: 0,
+            mtime: cs_protocol::Timestamp::new(1, 2),
+            target: None,
+        };
+        enc.push(&at("0dir".into(), cs_protocol::EntryKind::Dir)).unwrap();
+        for b in below {
+            enc.push(&at(format!("0dir/{b}"), cs_protocol::EntryKind::File)).unwrap();
+        }
+        for t in top {
+            enc.push(&at(t, cs_protocol::EntryKind::File)).unwrap();
+        }
+        enc.finish().unwrap().0
+    });
+    let cut = (tree.clone(), any::<proptest::sample::Index>()).prop_map(|(b, i)| b[..i.index(b.len() + 1)].to_vec());
+    prop_oneof![6 => records, 2 => tree, 1 => cut, 1 => vec(any::<u8>(), 0..64)]
+}
+
+#[test]
+fn fuzz_snapshot_bounded() {
+    let cases = drive("snapshot", snapshot_input(), fuzz_snapshot, 2_000_000);
     assert!(cases > 0);
 }
 

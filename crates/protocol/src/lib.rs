@@ -7,10 +7,12 @@
 mod meta;
 mod relpath;
 mod round;
+mod snapshot;
 
 pub use meta::{ClientId, ClientIdError, Cursor, EntryKind, HeldDigest, Timestamp};
 pub use relpath::{Escaped, PathError, RelPath, MAX_COMPONENT_LEN, MAX_PATH_LEN};
 pub use round::{CommitRequest, DeleteReport, FetchReport, FileVersion, HeldDelta, Hello, HelloReply, PullPolicy};
+pub use snapshot::{SnapshotEntry, SnapshotReport};
 
 /// The default local-only directories, as bare names relative to the home: caches and scratch
 /// space that belong on fast local disk. The one list both forms derive from: the engine's

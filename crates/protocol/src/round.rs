@@ -73,6 +73,10 @@ pub struct HelloReply {
     /// broker's answer: `false`, and C must not ask.
     #[serde(default)]
     pub fetch: bool,
+    /// P serves `Snapshot` (docs/protocol.md, *Snapshot*). Absent from an
+    /// older broker's answer: `false`, and C must not ask.
+    #[serde(default)]
+    pub snapshot: bool,
 }
 
 /// One entry a fetch sent: the path and P's version of it as packed (kind,

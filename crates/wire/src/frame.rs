@@ -522,7 +522,7 @@ mod tests {
         rmp_serde::encode::write_named(&mut bytes, &crate::Envelope::new(9, old)).unwrap();
         match Frame::<ServerMsg>::decode(&bytes).unwrap() {
             Frame::Control(env) => match env.body {
-                ServerMsg::HelloReply(r) => assert!(!r.fetch && r.need_held_list),
+                ServerMsg::HelloReply(r) => assert!(!r.fetch && !r.snapshot && r.need_held_list),
                 other => panic!("{other:?}"),
             },
             other => panic!("{other:?}"),
@@ -534,6 +534,7 @@ mod tests {
             ignore_rules: String::new(),
             ignore_error: None,
             fetch: true,
+            snapshot: true,
         });
         let f = Frame::control(1, now);
         assert_eq!(Frame::decode(&f.encode().unwrap()).unwrap(), f);

@@ -19,6 +19,7 @@ pub mod conn;
 pub mod error;
 pub mod frame;
 pub mod messages;
+pub mod snapshot;
 pub mod steps;
 
 pub use auth::{read_token_file, TokenFileError, TokenStore, MIN_TOKEN_LEN};
@@ -33,6 +34,11 @@ pub use error::{AuthFailure, WireError};
 pub use frame::{Frame, StreamEnd, WireLimits, MAX_REASON_BYTES};
 pub use messages::{
     ClientMsg, Envelope, ErrorCode, ServerMsg, FETCH_STREAM_BIT, MAX_FETCHES_IN_FLIGHT, MAX_FETCH_PATHS,
+    MAX_SNAPSHOTS_IN_FLIGHT,
+};
+pub use snapshot::{
+    SnapshotDecoder, SnapshotEncoder, SnapshotLimits, SnapshotStreamError, MAX_SNAPSHOT_ENTRIES,
+    MAX_SNAPSHOT_RECORD_BYTES,
 };
 pub use steps::{OrderError, RoundAt, Step};
 

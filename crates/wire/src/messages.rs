@@ -12,7 +12,7 @@
 //! [`crate::WireError::UnknownMessage`]); bump
 //! [`cs_protocol::PROTOCOL_VERSION`] when a peer must know it.
 
-use cs_protocol::{CommitRequest, Cursor, DeleteReport, FetchReport, Hello, HelloReply, RelPath};
+use cs_protocol::{CommitRequest, Cursor, DeleteReport, FetchReport, Hello, HelloReply, RelPath, SnapshotReport};
 use serde::{Deserialize, Serialize};
 
 /// A control message with the id that correlates a request with its answer.
@@ -69,6 +69,16 @@ pub enum ClientMsg {
     /// end frame; then [`ServerMsg::FetchFollows`]. At most
     /// [`MAX_FETCHES_IN_FLIGHT`] per connection. Needs `HelloReply::fetch`.
     Fetch { paths: Vec<RelPath>, stream: u32 },
+    /// Snapshot, at any moment (between rounds or during one): P's metadata
+    /// of every path its journal syncs, no content (issue 12, the replica's
+    /// placeholder tree), as a snapshot stream ([`crate::snapshot`]: zstd,
+    /// length-prefixed MessagePack [`cs_protocol::SnapshotEntry`] records
+    /// in pre-order) of chunk frames on `stream` (C's choice, with
+    /// [`FETCH_STREAM_BIT`] set, not in use by a fetch in flight) closed by
+    /// an end frame; then [`ServerMsg::SnapshotFollows`]. At most
+    /// [`MAX_SNAPSHOTS_IN_FLIGHT`] per connection, besides the fetches.
+    /// Needs `HelloReply::snapshot`.
+    Snapshot { stream: u32 },
 }
 
 /// The stream ids of fetches have this bit set, those of rounds never: the
@@ -78,6 +88,10 @@ pub const FETCH_STREAM_BIT: u32 = 1 << 31;
 pub const MAX_FETCH_PATHS: usize = 1024;
 /// Most fetches one connection may have unanswered (more: [`ErrorCode::Busy`]).
 pub const MAX_FETCHES_IN_FLIGHT: usize = 4;
+/// Most snapshots one connection may have unanswered (more: [`ErrorCode::Busy`]).
+/// A bound of its own: a snapshot walks the whole home, a fetch a few
+/// paths, and neither should wait for a slot the other holds.
+pub const MAX_SNAPSHOTS_IN_FLIGHT: usize = 1;
 
 /// P → C answers; each carries the id of the request it answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,8 +129,13 @@ pub enum ServerMsg {
     /// Answer to [`ClientMsg::Fetch`], after the end frame of its `stream`:
     /// what the stream carried, what P does not have, what it refused.
     FetchFollows { stream: u32, report: FetchReport },
+    /// Answer to [`ClientMsg::Snapshot`], after the end frame of its
+    /// `stream`: how many entries it carried, the journal cursor taken
+    /// before the walk, what was left out.
+    SnapshotFollows { stream: u32, report: SnapshotReport },
     /// The request failed; a round's request: the round fails and is retried
-    /// from hello; a fetch's: that fetch only, the round is not touched.
+    /// from hello; a fetch's or a snapshot's: that request only, the round
+    /// is not touched.
     Error { code: ErrorCode, message: String },
 }
 

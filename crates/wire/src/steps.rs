@@ -84,7 +84,7 @@ impl Step {
         }
     }
 
-    /// The step a request belongs to; `None` for `Ping` and `Fetch`, which may come at any time.
+    /// The step a request belongs to; `None` for `Ping`, `Fetch` and `Snapshot`, which may come at any time.
     pub fn of(msg: &ClientMsg) -> Option<Step> {
         Some(match msg {
             ClientMsg::WasCommitted { .. } => Step::Resolve,
@@ -94,7 +94,7 @@ impl Step {
             ClientMsg::SendWrites { .. } => Step::WritesToProject,
             ClientMsg::AskWrites { .. } => Step::WritesToCompute,
             ClientMsg::Commit(_) => Step::Commit,
-            ClientMsg::Ping { .. } | ClientMsg::Fetch { .. } => return None,
+            ClientMsg::Ping { .. } | ClientMsg::Fetch { .. } | ClientMsg::Snapshot { .. } => return None,
         })
     }
 
@@ -240,11 +240,12 @@ mod tests {
                 }
             }
         }
-        // WasCommitted, Hello, Ping and Fetch may come anywhere.
+        // WasCommitted, Hello, Ping, Fetch and Snapshot may come anywhere.
         for at in std::iter::once(RoundAt::Closed).chain(Step::ALL.map(open)) {
             let fetch =
                 ClientMsg::Fetch { paths: vec![RelPath::new("a").expect("path")], stream: crate::FETCH_STREAM_BIT };
-            for msg in [request(Step::Resolve), request(Step::Hello), ClientMsg::Ping { sent_ms: 1 }, fetch] {
+            let snapshot = ClientMsg::Snapshot { stream: crate::FETCH_STREAM_BIT };
+            for msg in [request(Step::Resolve), request(Step::Hello), ClientMsg::Ping { sent_ms: 1 }, fetch, snapshot] {
                 assert_eq!(at.admit(&msg), Ok(()), "{msg:?} at {at:?}");
             }
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use cs_protocol::{
     CommitRequest, Cursor, DeleteReport, EntryKind, FetchReport, FileVersion, HeldDelta, HeldDigest, Hello, HelloReply,
-    RelPath, Timestamp, PROTOCOL_VERSION,
+    RelPath, SnapshotReport, Timestamp, PROTOCOL_VERSION,
 };
 use cs_wire::*;
 use tokio::sync::mpsc;
@@ -54,6 +54,8 @@ fn requests() -> Vec<ClientMsg> {
         // Its stream is the broker's to send (crates/broker/tests/fetch.rs);
         // here the request and its answer.
         ClientMsg::Fetch { paths: vec![p("src/main.rs"), p("data"), p("caf\u{e9}")], stream: FETCH_STREAM_BIT | 3 },
+        // Likewise (crates/broker/tests/snapshot.rs).
+        ClientMsg::Snapshot { stream: FETCH_STREAM_BIT | 4 },
     ];
     for k in 0..CODES.len() {
         v.push(ClientMsg::Ping { sent_ms: 1000 + k as u64 });
@@ -78,6 +80,7 @@ fn reply(msg: &ClientMsg) -> ServerMsg {
             ignore_rules: "node_modules/\n".into(),
             ignore_error: None,
             fetch: true,
+            snapshot: true,
         }),
         ClientMsg::HeldList(_) => ServerMsg::HeldListOk,
         ClientMsg::Deletes(paths) => ServerMsg::DeleteReport(DeleteReport {
@@ -106,6 +109,15 @@ fn reply(msg: &ClientMsg) -> ServerMsg {
                 }],
                 missing: vec![paths[1].clone()],
                 refused: vec![(paths[2].clone(), "a symlink".into())],
+            },
+        },
+        ClientMsg::Snapshot { stream } => ServerMsg::SnapshotFollows {
+            stream: *stream,
+            report: SnapshotReport {
+                entries: 7,
+                cursor: Cursor { epoch: 5, seq: 9 },
+                refused: vec![(p("unreadable"), "cannot read it on the project side".into())],
+                refused_count: 3,
             },
         },
     }
@@ -230,7 +242,7 @@ async fn every_message_and_both_streams_round_trip() {
     assert_eq!(answers, expected);
     let kinds: std::collections::BTreeSet<_> =
         answers.iter().map(|a| format!("{a:?}").split(['(', ' ', '{']).next().unwrap().to_owned()).collect();
-    assert_eq!(kinds.len(), 11, "all eleven ServerMsg variants: {kinds:?}");
+    assert_eq!(kinds.len(), 12, "all twelve ServerMsg variants: {kinds:?}");
 }
 
 #[tokio::test]

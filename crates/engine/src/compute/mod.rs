@@ -94,6 +94,24 @@ impl ComputeConfig {
     }
 }
 
+/// A replica's lower layer is P's snapshot as of `cursor` (issue 12): a
+/// client with no cursor of its own starts from it, so that its first round
+/// carries every change P made after the snapshot (without a cursor, a first
+/// round carries nothing: the lower was assumed to show P's current state,
+/// which a snapshot does not). A client that has a cursor keeps it: the
+/// snapshot is newer (taken at this start) and its upper layer already holds
+/// what the rounds since brought. Returns whether the cursor was adopted.
+pub fn adopt_snapshot_cursor(state_dir: &Path, cursor: Cursor) -> Result<bool, EngineError> {
+    let path = state_dir.join(MANIFEST_FILE);
+    let mut manifest = Manifest::load(&path)?;
+    if manifest.cursor.is_some() {
+        return Ok(false);
+    }
+    manifest.cursor = Some(cursor);
+    state::save(&path, &manifest)?;
+    Ok(true)
+}
+
 /// The compute side: committed state plus the means to run rounds.
 pub struct ComputeSide {
     cfg: ComputeConfig,
@@ -1417,4 +1435,20 @@ fn hidden_roots<'a>(sorted: impl Iterator<Item = &'a RelPath>) -> Vec<RelPath> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod snapshot_cursor_tests {
+    use super::*;
+
+    #[test]
+    fn a_client_without_a_cursor_adopts_the_snapshots_and_one_with_a_cursor_keeps_its_own() {
+        let state = tempfile::tempdir().unwrap();
+        let s = Cursor { epoch: 7, seq: 40 };
+        assert!(adopt_snapshot_cursor(state.path(), s).unwrap());
+        assert_eq!(Manifest::load(&state.path().join(MANIFEST_FILE)).unwrap().cursor, Some(s));
+        // A later start with a newer snapshot: the cursor the rounds committed stays.
+        assert!(!adopt_snapshot_cursor(state.path(), Cursor { epoch: 7, seq: 90 }).unwrap());
+        assert_eq!(Manifest::load(&state.path().join(MANIFEST_FILE)).unwrap().cursor, Some(s));
+    }
 }

@@ -166,7 +166,7 @@ impl<W: Write> Fetch<'_, W> {
 
 /// Why a path's resolution failed, for the client (without P's paths: the
 /// broker logs the full error).
-fn refusal(e: &FsError) -> String {
+pub(super) fn refusal(e: &FsError) -> String {
     tracing::debug!(error = %e, "fetch: not served");
     match e {
         FsError::SymlinkInPath { .. } => "reached through a symlink: never followed".into(),

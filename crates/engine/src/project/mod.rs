@@ -1,6 +1,7 @@
 //! The project's half of a round: it owns the home directory, the change
 //! journal and one index per client, and answers each step: steps 1 and 2
-//! in [`deletes`], step 3 in [`apply`], step 4 in [`pack`], step 5 here.
+//! in [`deletes`], step 3 in [`apply`], step 4 in [`pack`], step 5 here;
+//! beside the round, fetches in [`fetch`] and snapshots in [`snapshot`].
 
 mod apply;
 mod deletes;
@@ -8,6 +9,7 @@ mod fetch;
 mod ignore;
 mod journal;
 mod pack;
+mod snapshot;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -24,6 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use fetch::MAX_FETCH_ENTRIES;
 pub use ignore::IgnoreStatus;
 pub use journal::{Journal, JournalEntry, JOURNAL_VERSION};
+pub use snapshot::MAX_SNAPSHOT_REFUSED;
 
 use crate::busy::{BusyFile, BusyOutcome, BusyPolicy, BusyTable};
 use crate::sig::{held_digest, Sig};
@@ -115,6 +118,10 @@ pub struct ProjectSide {
     busy: Mutex<HashMap<ClientId, BusyTable>>,
     /// The `.csignore` rules in force (see `ignore`).
     ignore: Mutex<ignore::IgnoreState>,
+    /// The oldest snapshot cursor handed to each client since its last
+    /// commit (see `snapshot`): tombstones after it are kept, since the
+    /// client's first round from that cursor names them. In memory only.
+    snapshot_pins: Mutex<HashMap<ClientId, Cursor>>,
 }
 
 struct Watch {
@@ -232,6 +239,7 @@ impl ProjectSide {
             watch: Mutex::new(Watch { home: watch::HomeWatch::new(), last_full: None }),
             busy: Mutex::new(HashMap::new()),
             ignore: Mutex::new(ignore::IgnoreState::default()),
+            snapshot_pins: Mutex::new(HashMap::new()),
         })
         .inspect(|p| {
             let st = p.initial_ignore();
@@ -293,7 +301,10 @@ impl ProjectSide {
                 oldest = Some(oldest.map_or(c.seq, |o| o.min(c.seq)));
             }
         }
-        let Some(oldest) = oldest else { return Ok(0) };
+        let Some(mut oldest) = oldest else { return Ok(0) };
+        for c in lock(&self.snapshot_pins).values().filter(|c| c.epoch == epoch) {
+            oldest = oldest.min(c.seq);
+        }
         let mut j = lock(&self.journal);
         let before = j.journal.entries.len();
         j.journal.entries.retain(|_, e| e.sig.is_some() || e.seq > oldest);
@@ -341,6 +352,7 @@ impl ProjectSide {
             ignore_error: self.ignore_error(),
             // The broker's sessions serve fetches and say so; the engine alone does not.
             fetch: false,
+            snapshot: false,
         };
         let mut round = ProjectRound {
             client: hello.client.clone(),
@@ -524,6 +536,8 @@ impl ProjectSide {
             busy.remove(&r.client);
         }
         drop(busy);
+        // Its committed cursor now stands for it (a later snapshot pins again).
+        lock(&self.snapshot_pins).remove(&r.client);
         lock(&self.clients).insert(r.client, st);
         // Housekeeping: a failure here costs memory, not correctness.
         match self.prune_tombstones() {

@@ -92,6 +92,27 @@ pub struct SessionState {
     pub snapshots_sent: u64,
     /// The fetches of this session (`ClientMsg::Fetch`).
     pub fetch: FetchCounters,
+    /// The metadata snapshots of this session (`ClientMsg::Snapshot`; not
+    /// the busy files' snapshots counted by `snapshots_sent`).
+    pub snapshot: SnapshotCounters,
+}
+
+/// What a session's metadata snapshots did, all counted since it connected.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SnapshotCounters {
+    /// Answered with `SnapshotFollows` (their streams complete).
+    pub served: u64,
+    /// Refused as a whole (one already in flight, a bad stream id), with an error answer.
+    pub refused: u64,
+    /// Failed while walking or streaming (the stream aborted, the home unreadable).
+    pub failed: u64,
+    /// Running now.
+    pub in_flight: u64,
+    /// Entries sent, and their compressed stream bytes.
+    pub entries_sent: u64,
+    pub bytes_sent: u64,
+    /// Paths left out (unreadable, changed kind while read).
+    pub paths_refused: u64,
 }
 
 /// What a session's fetches did, all counted since it connected.

@@ -34,6 +34,29 @@ impl Drop for EngineCall {
     }
 }
 
+/// Runs `work` on a thread of its own named `name`, counted in `calls` while it
+/// runs (the round's steps, fetches and snapshots alike). A thread, not
+/// `spawn_blocking`: the runtime's shutdown waits for its blocking tasks, so one
+/// stuck call would keep the broker from exiting on SIGTERM (shutdown waits for
+/// calls in flight, bounded, then the process exits). What `work` holds is
+/// released when it returns, even if the session is gone.
+pub(super) async fn on_own_thread<T: Send + 'static>(
+    calls: &Arc<AtomicUsize>,
+    name: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let call = EngineCall::new(calls);
+    let (done, result) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _call = call;
+            let _ = done.send(work());
+        })
+        .map_err(|e| format!("cannot start a thread {name}: {e}"))?;
+    result.await.map_err(|_| format!("the call on thread {name} panicked"))
+}
+
 impl Session {
     /// Checks that `msg` may come now (the order is `cs_wire::Step`'s); `Err` is the
     /// reason it may not.
@@ -60,6 +83,7 @@ impl Session {
             ClientMsg::Ping { sent_ms } => self.reply(ctx, id, ServerMsg::Pong { sent_ms }),
             // `inbound` takes fetches before they could queue; here for completeness.
             ClientMsg::Fetch { paths, stream } => self.fetch(ctx, id, paths, stream),
+            ClientMsg::Snapshot { stream } => self.snapshot_request(ctx, id, stream),
             ClientMsg::WasCommitted { round_id } => {
                 let client = self.client.clone();
                 self.engine(
@@ -226,8 +250,10 @@ impl Session {
             move |p| p.begin_round(&hello),
             move |act, ctx, res| match res {
                 Ok((round, mut reply)) => {
-                    // Sessions serve fetches (`ClientMsg::Fetch`).
+                    // Sessions serve fetches (`ClientMsg::Fetch`) and
+                    // snapshots (`ClientMsg::Snapshot`).
                     reply.fetch = true;
+                    reply.snapshot = true;
                     act.phase.opened(round, started, reply.need_held_list);
                     act.reply(ctx, id, ServerMsg::HelloReply(reply));
                 }
@@ -315,22 +341,12 @@ impl Session {
         let fut = async move {
             let _busy = busy;
             let guard = lock.lock_owned().await;
-            let call = EngineCall::new(&calls);
-            let (done, result) = oneshot::channel();
-            // A thread of its own, not `spawn_blocking`: the runtime's
-            // shutdown waits for its blocking tasks, so one stuck call would
-            // keep the broker from exiting on SIGTERM (shutdown waits for
-            // calls in flight, bounded, then the process exits).
-            std::thread::Builder::new()
-                .name("cs-broker-engine".into())
-                .spawn(move || {
-                    // Held until the call returns, even if the session is gone.
-                    let _guard = guard;
-                    let _call = call;
-                    let _ = done.send(work(&project));
-                })
-                .map_err(|e| format!("cannot start an engine thread: {e}"))?;
-            result.await.map_err(|_| "the engine call panicked".to_string())
+            on_own_thread(&calls, "cs-broker-engine", move || {
+                // Held until the call returns, even if the session is gone.
+                let _guard = guard;
+                work(&project)
+            })
+            .await
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.busy = false;

@@ -16,9 +16,8 @@ use cs_engine::EngineError;
 use cs_protocol::RelPath;
 use cs_supervision::ExitStatus;
 use cs_wire::{ErrorCode, ServerMsg, FETCH_STREAM_BIT, MAX_FETCHES_IN_FLIGHT, MAX_FETCH_PATHS};
-use tokio::sync::oneshot;
 
-use super::engine::EngineCall;
+use super::engine::on_own_thread;
 use super::io::Outgoing;
 use super::Session;
 use crate::bridge::{SlotWriter, TarWork};
@@ -49,8 +48,8 @@ impl Session {
             );
             return self.refuse_fetch(ctx, id, ErrorCode::Busy, message);
         }
-        if self.fetches.contains(&stream) {
-            let message = format!("stream {stream:#x} is already in use by a fetch in flight");
+        if self.fetches.contains(&stream) || self.snapshots.contains(&stream) {
+            let message = format!("stream {stream:#x} is already in use by a request in flight");
             return self.refuse_fetch(ctx, id, ErrorCode::BadRequest, message);
         }
         let Some(out) = self.out.clone() else { return };
@@ -72,33 +71,25 @@ impl Session {
         let max_chunk = self.shared.limits.max_chunk_bytes;
         let project = self.shared.project.clone();
         let calls = self.shared.engine_calls.clone();
+        // Without the client's lock: the round's steps go on meanwhile.
         let fut = async move {
-            let call = EngineCall::new(&calls);
-            let (done, result) = oneshot::channel();
-            // A thread of its own (see `Session::engine`), without the
-            // client's lock: the round's steps go on meanwhile.
-            std::thread::Builder::new()
-                .name("cs-broker-fetch".into())
-                .spawn(move || {
-                    let _call = call;
-                    let mut writer = SlotWriter::with_hook(tx, max_chunk, work);
-                    let res = match writer.start() {
-                        Err(e) => {
-                            let _ = writer.abort(&e.to_string());
-                            Err(EngineError::Stream { peer: "client", source: e })
-                        }
-                        Ok(()) => match project.fetch_paths(&paths, writer) {
-                            Ok((writer, report, stats)) => match writer.finish() {
-                                Ok(()) => Ok((report, stats)),
-                                Err(source) => Err(EngineError::Stream { peer: "client", source }),
-                            },
-                            Err(e) => Err(e),
+            on_own_thread(&calls, "cs-broker-fetch", move || {
+                let mut writer = SlotWriter::with_hook(tx, max_chunk, work);
+                match writer.start() {
+                    Err(e) => {
+                        let _ = writer.abort(&e.to_string());
+                        Err(EngineError::Stream { peer: "client", source: e })
+                    }
+                    Ok(()) => match project.fetch_paths(&paths, writer) {
+                        Ok((writer, report, stats)) => match writer.finish() {
+                            Ok(()) => Ok((report, stats)),
+                            Err(source) => Err(EngineError::Stream { peer: "client", source }),
                         },
-                    };
-                    let _ = done.send(res);
-                })
-                .map_err(|e| format!("cannot start a fetch thread: {e}"))?;
-            result.await.map_err(|_| "the fetch panicked".to_string())
+                        Err(e) => Err(e),
+                    },
+                }
+            })
+            .await
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.fetches.remove(&stream);

@@ -39,6 +39,7 @@ mod engine;
 mod fetch;
 mod io;
 mod phase;
+mod snapshot;
 mod stats;
 
 use io::{read_loop, routes, write_loop, Outgoing, SharedRoutes};
@@ -140,6 +141,9 @@ pub struct Session {
     fetches: HashSet<u32>,
     /// Set when the session ends: the fetches in flight stop.
     fetch_cancel: Arc<AtomicBool>,
+    /// The stream ids of snapshots in flight (beside the round, as fetches;
+    /// they stop with `fetch_cancel` too).
+    snapshots: HashSet<u32>,
     /// Requests whose answer must follow the end of their stream (step 4,
     /// fetches): request id → stream id.
     hold: HashMap<u64, u32>,
@@ -198,6 +202,7 @@ impl Session {
                 stats: Stats::default(),
                 fetches: HashSet::new(),
                 fetch_cancel: Arc::new(AtomicBool::new(false)),
+                snapshots: HashSet::new(),
                 hold: HashMap::new(),
             }
         })
@@ -296,6 +301,11 @@ impl Session {
         // A fetch runs beside the round: it never waits for a step.
         if let ClientMsg::Fetch { paths, stream } = req.msg {
             self.fetch(ctx, req.id, paths, stream);
+            return;
+        }
+        // So does a snapshot.
+        if let ClientMsg::Snapshot { stream } = req.msg {
+            self.snapshot_request(ctx, req.id, stream);
             return;
         }
         if self.busy {

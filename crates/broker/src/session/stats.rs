@@ -6,7 +6,7 @@ use std::time::Instant;
 use cs_engine::{BusyFile, WriteReport};
 
 use super::{unix_ms, Session};
-use crate::state::{DeferredFiles, FetchCounters, SessionState};
+use crate::state::{DeferredFiles, FetchCounters, SessionState, SnapshotCounters};
 
 /// The counters of one session, all rounds.
 #[derive(Default)]
@@ -24,6 +24,7 @@ pub(super) struct Stats {
     pub deferred: DeferredFiles,
     pub snapshots_sent: u64,
     pub fetch: FetchCounters,
+    pub snapshot: SnapshotCounters,
 }
 
 impl Stats {
@@ -87,6 +88,7 @@ impl Session {
             deferred: s.deferred.clone(),
             snapshots_sent: s.snapshots_sent,
             fetch: FetchCounters { in_flight: self.fetches.len() as u64, ..s.fetch.clone() },
+            snapshot: SnapshotCounters { in_flight: self.snapshots.len() as u64, ..s.snapshot.clone() },
         }
     }
 }

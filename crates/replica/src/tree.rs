@@ -1,0 +1,368 @@
+//! The placeholder tree: directories, symlinks, and for each file a sparse placeholder of
+//! P's size, mode and mtime carrying `user.cs.want` ([`crate::want`]).
+//!
+//! Layout under the replica root (a directory on the replica filesystem):
+//! `build-N/` a tree being written; `tree-N/` complete trees; `current` (written
+//! atomically, last) names the current tree and the snapshot's cursor. A kill -9 before
+//! `current` is replaced leaves the old tree current (the next [`SnapshotWriter::begin`]
+//! removes the `build-N` left behind); after, the new one. A mounted overlay keeps the
+//! tree it was mounted with, so old trees are removed only when the caller says
+//! ([`Tree::remove_others`]).
+//!
+//! Every name is created with `*at()` calls relative to an open parent directory and
+//! `O_NOFOLLOW`, and a parent is only ever reached through directories this build made:
+//! nothing follows a symlink the snapshot put there.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use cs_protocol::{Cursor, EntryKind, RelPath, SnapshotEntry, SnapshotReport, Timestamp};
+use cs_safe_fs::SafeRoot;
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, XattrFlags};
+use rustix::io::Errno;
+
+use crate::error::{ReplicaError, Result};
+use crate::want::{Want, XATTR};
+
+const CURRENT: &str = "current";
+const TREE: &str = "tree-";
+const BUILD: &str = "build-";
+
+/// A complete tree: the directory to give overlayfs as its lower layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tree {
+    pub id: u64,
+    pub dir: PathBuf,
+    /// The snapshot's cursor: where the rounds continue from.
+    pub cursor: Cursor,
+    pub entries: u64,
+}
+
+/// Writes one snapshot's entries into a new tree.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    replica_root: PathBuf,
+    root_fd: OwnedFd,
+    id: u64,
+    build_fd: OwnedFd,
+    /// Open directories from the tree's root down to the last parent used (`None` is the
+    /// root): pre-order input makes nearly every parent the top of this stack.
+    stack: Vec<(Option<RelPath>, OwnedFd)>,
+    /// Directories' modes and mtimes, applied in `finish` after their children.
+    dirs: Vec<(RelPath, u32, Timestamp)>,
+    owner: Option<(Uid, Gid)>,
+    count: u64,
+}
+
+fn io(op: &'static str, path: &Path, e: Errno) -> ReplicaError {
+    ReplicaError::io(op, path, e)
+}
+
+fn times(mtime: Timestamp) -> Timestamps {
+    Timestamps {
+        last_access: Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+        last_modification: Timespec { tv_sec: mtime.sec, tv_nsec: mtime.nsec.into() },
+    }
+}
+
+/// Permission bits as applied on C: setuid and setgid never.
+fn perm(mode: u32) -> Mode {
+    Mode::from_raw_mode(mode & 0o1777)
+}
+
+fn numbered(name: &OsStr, prefix: &str) -> Option<u64> {
+    name.to_str()?.strip_prefix(prefix)?.parse().ok()
+}
+
+impl SnapshotWriter {
+    /// Starts a new tree under `replica_root` (created if missing), after removing any
+    /// build a crash left. `owner` is given to everything created (uid, gid).
+    pub fn begin(replica_root: &Path, owner: Option<(u32, u32)>) -> Result<SnapshotWriter> {
+        fs::create_dir_all(replica_root).map_err(|e| ReplicaError::io("create replica root", replica_root, e))?;
+        let safe = SafeRoot::open(replica_root)?;
+        let mut next = Tree::current(replica_root)?.map_or(1, |t| t.id + 1);
+        for (name, _) in safe.read_dir(None)? {
+            if let Some(n) = numbered(&name, BUILD) {
+                safe.remove_tree(
+                    &RelPath::new(name.as_bytes())
+                        .map_err(|e| ReplicaError::State { path: replica_root.join(&name), detail: e.to_string() })?,
+                )?;
+                next = next.max(n + 1);
+            } else if let Some(n) = numbered(&name, TREE) {
+                next = next.max(n + 1);
+            }
+        }
+        let root_fd =
+            rustix::fs::open(replica_root, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| io("open", replica_root, e))?;
+        let name = format!("{BUILD}{next}");
+        let build = replica_root.join(&name);
+        rustix::fs::mkdirat(&root_fd, name.as_str(), Mode::from_raw_mode(0o755))
+            .map_err(|e| io("create", &build, e))?;
+        let build_fd = rustix::fs::openat(
+            &root_fd,
+            name.as_str(),
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io("open", &build, e))?;
+        let owner = owner.map(|(u, g)| (Uid::from_raw(u), Gid::from_raw(g)));
+        if let Some((u, g)) = owner {
+            rustix::fs::fchown(&build_fd, Some(u), Some(g)).map_err(|e| io("chown", &build, e))?;
+        }
+        let stack = vec![(None, build_fd.try_clone().map_err(|e| ReplicaError::io("dup", &build, e))?)];
+        Ok(SnapshotWriter {
+            replica_root: replica_root.to_path_buf(),
+            root_fd,
+            id: next,
+            build_fd,
+            stack,
+            dirs: Vec::new(),
+            owner,
+            count: 0,
+        })
+    }
+
+    /// Where this build writes (`build-N` under the replica root).
+    pub fn build_dir(&self) -> PathBuf {
+        self.replica_root.join(format!("{BUILD}{}", self.id))
+    }
+
+    /// Adds one entry. Entries come in pre-order (a directory before what is below it);
+    /// an entry whose parent is not a directory this snapshot created (a symlink, a
+    /// file, missing), or whose path is already there, is refused naming the path.
+    pub fn add(&mut self, e: &SnapshotEntry) -> Result<()> {
+        let at = self.parent_index(&e.path)?;
+        let dir = self.stack[at].1.as_fd();
+        let name = e.path.file_name();
+        let exists = |r: Errno| {
+            if r == Errno::EXIST {
+                ReplicaError::entry(&e.path, "a duplicate: this path is already in the snapshot")
+            } else {
+                ReplicaError::entry(&e.path, format!("create: {}", std::io::Error::from(r)))
+            }
+        };
+        let ctx = |op: &'static str| {
+            move |r: Errno| ReplicaError::entry(&e.path, format!("{op}: {}", std::io::Error::from(r)))
+        };
+        match e.kind {
+            EntryKind::Dir => {
+                rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).map_err(exists)?;
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(ctx("open"))?;
+                if let Some((u, g)) = self.owner {
+                    rustix::fs::fchown(&fd, Some(u), Some(g)).map_err(ctx("chown"))?;
+                }
+                self.dirs.push((e.path.clone(), e.mode, e.mtime));
+                self.stack.push((Some(e.path.clone()), fd));
+            }
+            EntryKind::Symlink => {
+                let target = match &e.target {
+                    Some(t) if !t.is_empty() && !t.contains(&0) => OsStr::from_bytes(t),
+                    _ => return Err(ReplicaError::entry(&e.path, "a symlink without a valid target")),
+                };
+                rustix::fs::symlinkat(target, dir, name).map_err(exists)?;
+                if let Some((u, g)) = self.owner {
+                    rustix::fs::chownat(dir, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(ctx("chown"))?;
+                }
+                rustix::fs::utimensat(dir, name, &times(e.mtime), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(ctx("set mtime"))?;
+            }
+            EntryKind::File => {
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(exists)?;
+                let want = Want { path: e.path.clone(), size: e.size, mtime: e.mtime };
+                rustix::fs::fsetxattr(&fd, XATTR, &want.encode(), XattrFlags::empty())
+                    .map_err(ctx("set user.cs.want"))?;
+                // Sparse: the size without a block, until the fill.
+                rustix::fs::ftruncate(&fd, e.size).map_err(ctx("set size"))?;
+                if let Some((u, g)) = self.owner {
+                    rustix::fs::fchown(&fd, Some(u), Some(g)).map_err(ctx("chown"))?;
+                }
+                rustix::fs::fchmod(&fd, perm(e.mode)).map_err(ctx("chmod"))?;
+                rustix::fs::futimens(&fd, &times(e.mtime)).map_err(ctx("set mtime"))?;
+            }
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The stack index of `p`'s parent, opening it (below the deepest open ancestor)
+    /// if it is not open.
+    fn parent_index(&mut self, p: &RelPath) -> Result<usize> {
+        let parent = p.parent();
+        while let Some((Some(top), _)) = self.stack.last() {
+            match &parent {
+                Some(q) if q.starts_with(top) => break,
+                _ => {
+                    self.stack.pop();
+                }
+            }
+        }
+        if let Some(q) = &parent {
+            let have = self.stack.last().and_then(|(t, _)| t.as_ref().map(|t| t.depth())).unwrap_or(0);
+            for comp in q.components().skip(have) {
+                let (top, fd) = self.stack.last().expect("the root is never popped");
+                let sub = match top {
+                    Some(t) => t.join(comp),
+                    None => RelPath::new(comp.as_bytes()),
+                }
+                .map_err(|err| ReplicaError::entry(p, err.to_string()))?;
+                let fd = rustix::fs::openat(
+                    fd,
+                    comp,
+                    OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|r| match r {
+                    Errno::LOOP | Errno::NOTDIR => {
+                        ReplicaError::entry(p, format!("refused: {sub} is a symlink or not a directory"))
+                    }
+                    Errno::NOENT => {
+                        ReplicaError::entry(p, format!("refused: its parent {sub} is not in the snapshot before it"))
+                    }
+                    r => ReplicaError::entry(p, format!("open parent {sub}: {}", std::io::Error::from(r))),
+                })?;
+                self.stack.push((Some(sub), fd));
+            }
+        }
+        Ok(self.stack.len() - 1)
+    }
+
+    /// Completes the tree: checks the entry count against P's report, applies the
+    /// directories' modes and mtimes (children first), makes everything durable
+    /// (`syncfs`), renames `build-N` to `tree-N` and then replaces `current`.
+    pub fn finish(mut self, report: &SnapshotReport) -> Result<Tree> {
+        if report.entries != self.count {
+            return Err(ReplicaError::Snapshot(format!(
+                "the stream carried {} entries, P's report says {}: incomplete, not switched to",
+                self.count, report.entries
+            )));
+        }
+        self.stack.clear();
+        let build = self.build_dir();
+        for (p, mode, mtime) in self.dirs.iter().rev() {
+            let fd = rustix::fs::openat2(
+                &self.build_fd,
+                p.as_os_str(),
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            )
+            .map_err(|r| ReplicaError::entry(p, format!("reopen directory: {}", std::io::Error::from(r))))?;
+            rustix::fs::fchmod(&fd, perm(*mode))
+                .map_err(|r| ReplicaError::entry(p, format!("chmod: {}", std::io::Error::from(r))))?;
+            rustix::fs::futimens(&fd, &times(*mtime))
+                .map_err(|r| ReplicaError::entry(p, format!("set mtime: {}", std::io::Error::from(r))))?;
+        }
+        // One syncfs instead of an fsync per placeholder: the whole image is ours.
+        rustix::fs::syncfs(&self.build_fd).map_err(|e| io("syncfs", &build, e))?;
+        let name = format!("{TREE}{}", self.id);
+        let dir = self.replica_root.join(&name);
+        rustix::fs::renameat(&self.root_fd, format!("{BUILD}{}", self.id).as_str(), &self.root_fd, name.as_str())
+            .map_err(|e| io("rename complete build to", &dir, e))?;
+        rustix::fs::fsync(&self.root_fd).map_err(|e| io("fsync", &self.replica_root, e))?;
+        let tree = Tree { id: self.id, dir, cursor: report.cursor, entries: self.count };
+        let state = format!(
+            "cs-replica current 1\nid {}\nepoch {}\nseq {}\nentries {}\n",
+            tree.id, tree.cursor.epoch, tree.cursor.seq, tree.entries
+        );
+        cs_safe_fs::write_atomic(&self.replica_root.join(CURRENT), state.as_bytes())?;
+        Ok(tree)
+    }
+}
+
+impl Tree {
+    /// The current tree under `replica_root`, if a snapshot was ever completed there.
+    pub fn current(replica_root: &Path) -> Result<Option<Tree>> {
+        let path = replica_root.join(CURRENT);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ReplicaError::io("read", &path, e)),
+        };
+        let bad = |detail: &str| ReplicaError::State { path: path.clone(), detail: detail.to_string() };
+        let mut lines = text.lines();
+        if lines.next() != Some("cs-replica current 1") {
+            return Err(bad("not a state file of this version"));
+        }
+        let mut field = |key: &str| -> Result<u64> {
+            let line = lines.next().ok_or_else(|| bad("truncated"))?;
+            let v = line.strip_prefix(key).and_then(|v| v.strip_prefix(' ')).ok_or_else(|| bad("malformed"))?;
+            v.parse().map_err(|_| bad("malformed number"))
+        };
+        let id = field("id")?;
+        let cursor = Cursor { epoch: field("epoch")?, seq: field("seq")? };
+        let entries = field("entries")?;
+        let dir = replica_root.join(format!("{TREE}{id}"));
+        if !dir.is_dir() {
+            return Err(bad(&format!("names {}, which is missing", dir.display())));
+        }
+        Ok(Some(Tree { id, dir, cursor, entries }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Removes every complete tree under `replica_root` except the current one, those
+    /// in `keep`, and any a mount names in its options (an overlay's lowerdir): an
+    /// overlay keeps the tree it was mounted with. Returns the directories removed.
+    pub fn remove_others(replica_root: &Path, keep: &[&Tree]) -> Result<Vec<PathBuf>> {
+        let current = Tree::current(replica_root)?;
+        let safe = SafeRoot::open(replica_root)?;
+        let info = fs::read("/proc/self/mountinfo").map_err(|e| ReplicaError::io("read", "/proc/self/mountinfo", e))?;
+        let mut removed = Vec::new();
+        for (name, _) in safe.read_dir(None)? {
+            let Some(id) = numbered(&name, TREE) else { continue };
+            if current.as_ref().is_some_and(|t| t.id == id) || keep.iter().any(|t| t.id == id) {
+                continue;
+            }
+            let dir = replica_root.join(&name);
+            if mentioned(&info, dir.as_os_str().as_bytes()) {
+                tracing::info!(tree = %dir.display(), "a mount still uses this tree: kept");
+                continue;
+            }
+            let rel = RelPath::new(name.as_bytes())
+                .map_err(|e| ReplicaError::State { path: dir.clone(), detail: e.to_string() })?;
+            safe.remove_tree(&rel)?;
+            removed.push(dir);
+        }
+        Ok(removed)
+    }
+}
+
+/// True if `path` appears in mountinfo as a whole path (followed by a separator).
+fn mentioned(info: &[u8], path: &[u8]) -> bool {
+    info.split(|&b| b == b'\n').any(|line| {
+        let line = crate::image::unescape(line);
+        line.windows(path.len())
+            .enumerate()
+            .any(|(i, w)| w == path && matches!(line.get(i + path.len()), None | Some(b',' | b':' | b' ' | b'\n')))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mentioned_needs_a_whole_path() {
+        let info = b"1 2 0:1 / /m rw - overlay overlay rw,lowerdir=/r/tree-1,upperdir=/u\n";
+        assert!(super::mentioned(info, b"/r/tree-1"));
+        assert!(!super::mentioned(info, b"/r/tree-"));
+        assert!(!super::mentioned(info, b"/r/tree-10"));
+    }
+}

@@ -1,0 +1,167 @@
+//! The placeholder tree: what it makes of each entry, the entries it refuses, and the
+//! switch that never shows a half tree. On a plain temporary directory (user xattrs on
+//! the root filesystem): no root needed.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::rel;
+use cs_protocol::{Cursor, EntryKind, RelPath, SnapshotEntry, SnapshotReport, Timestamp};
+use cs_replica::want::{Want, XATTR};
+use cs_replica::{ReplicaError, SnapshotWriter, Tree};
+
+fn e(path: &str, kind: EntryKind, mode: u32, size: u64) -> SnapshotEntry {
+    SnapshotEntry {
+        path: rel(path),
+        kind,
+        mode,
+        size,
+        mtime: Timestamp::new(1_600_000_000, 123_456_789),
+        target: (kind == EntryKind::Symlink).then(|| b"../elsewhere".to_vec()),
+    }
+}
+
+fn report(n: usize, seq: u64) -> SnapshotReport {
+    SnapshotReport { entries: n as u64, cursor: Cursor { epoch: 7, seq }, ..Default::default() }
+}
+
+fn build(root: &Path, entries: &[SnapshotEntry], seq: u64) -> Tree {
+    let mut w = SnapshotWriter::begin(root, None).unwrap();
+    for x in entries {
+        w.add(x).unwrap();
+    }
+    w.finish(&report(entries.len(), seq)).unwrap()
+}
+
+fn refused(entries: &[SnapshotEntry]) -> (String, ReplicaError) {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mut w = SnapshotWriter::begin(tmp.path(), None).unwrap();
+    for x in entries {
+        if let Err(err) = w.add(x) {
+            return (x.path.to_string(), err);
+        }
+    }
+    panic!("every entry was accepted");
+}
+
+#[test]
+fn placeholders_dirs_and_symlinks_carry_the_snapshots_metadata() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let entries = vec![
+        e("d", EntryKind::Dir, 0o555, 0),
+        e("d/f", EntryKind::File, 0o4755, 12345),
+        e("d/l", EntryKind::Symlink, 0o777, 12),
+        e("top", EntryKind::File, 0o444, 0),
+    ];
+    let t = build(tmp.path(), &entries, 3);
+    assert_eq!(Tree::current(tmp.path()).unwrap().as_ref(), Some(&t));
+    assert_eq!(t.cursor, Cursor { epoch: 7, seq: 3 });
+    let f = fs::symlink_metadata(t.dir.join("d/f")).unwrap();
+    assert_eq!((f.len(), f.blocks()), (12345, 0), "a sparse placeholder of P's size");
+    assert_eq!(f.mode() & 0o7777, 0o755, "setuid is never applied");
+    assert_eq!((f.mtime(), f.mtime_nsec()), (1_600_000_000, 123_456_789));
+    let mut buf = [0u8; 8192];
+    let n = rustix::fs::lgetxattr(t.dir.join("d/f"), XATTR, &mut buf[..]).unwrap();
+    let w = Want::decode(&buf[..n]).unwrap();
+    assert_eq!((w.path, w.size), (rel("d/f"), 12345));
+    let d = fs::symlink_metadata(t.dir.join("d")).unwrap();
+    assert_eq!(d.mode() & 0o7777, 0o555);
+    assert_eq!((d.mtime(), d.mtime_nsec()), (1_600_000_000, 123_456_789), "set after its children were made");
+    assert_eq!(fs::read_link(t.dir.join("d/l")).unwrap().as_os_str(), "../elsewhere");
+    assert_eq!(fs::symlink_metadata(t.dir.join("d/l")).unwrap().mtime(), 1_600_000_000);
+    assert_eq!(fs::symlink_metadata(t.dir.join("top")).unwrap().mode() & 0o777, 0o444);
+}
+
+#[test]
+fn hostile_entries_are_refused_naming_the_path() {
+    let (p, err) = refused(&[
+        e("a", EntryKind::Dir, 0o755, 0),
+        e("a/l", EntryKind::Symlink, 0o777, 3),
+        e("a/l/x", EntryKind::File, 0o644, 1),
+    ]);
+    assert_eq!(p, "a/l/x");
+    assert!(err.to_string().contains("a/l/x") && err.to_string().contains("symlink"), "{err}");
+
+    let (p, err) = refused(&[e("f", EntryKind::File, 0o644, 1), e("f/x", EntryKind::File, 0o644, 1)]);
+    assert_eq!(p, "f/x");
+    assert!(err.to_string().contains("f/x"), "{err}");
+
+    let (p, err) = refused(&[e("f", EntryKind::File, 0o644, 1), e("f", EntryKind::File, 0o644, 1)]);
+    assert_eq!(p, "f");
+    assert!(err.to_string().contains("duplicate"), "{err}");
+
+    let (p, err) = refused(&[
+        e("d", EntryKind::Dir, 0o755, 0),
+        e("x", EntryKind::File, 0o644, 1),
+        e("d", EntryKind::Dir, 0o755, 0),
+    ]);
+    assert_eq!(p, "d");
+    assert!(err.to_string().contains("duplicate"), "{err}");
+
+    let (p, err) = refused(&[e("nodir/x", EntryKind::File, 0o644, 1)]);
+    assert_eq!(p, "nodir/x");
+    assert!(err.to_string().contains("not in the snapshot before it"), "{err}");
+
+    let mut bad = e("l", EntryKind::Symlink, 0o777, 0);
+    bad.target = None;
+    let (p, _) = refused(&[bad]);
+    assert_eq!(p, "l");
+
+    for s in ["../x", "a/../b", "/abs", "", "a//b", "."] {
+        assert!(RelPath::new(s).is_err(), "{s:?} must not even be a RelPath");
+    }
+}
+
+#[test]
+fn entries_out_of_depth_first_order_still_find_their_parent() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let entries = vec![
+        e("a", EntryKind::Dir, 0o755, 0),
+        e("b", EntryKind::Dir, 0o755, 0),
+        e("a/x", EntryKind::File, 0o644, 1),
+        e("b/y", EntryKind::File, 0o644, 1),
+        e("a/c", EntryKind::Dir, 0o755, 0),
+        e("a/c/z", EntryKind::File, 0o644, 1),
+    ];
+    let t = build(tmp.path(), &entries, 1);
+    for p in ["a/x", "b/y", "a/c/z"] {
+        assert!(t.dir.join(p).is_file(), "{p}");
+    }
+}
+
+#[test]
+fn an_interrupted_build_never_becomes_current_and_is_removed_by_the_next() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = tmp.path();
+    let first = build(root, &[e("old", EntryKind::File, 0o644, 1)], 1);
+
+    // A build dropped half way (as a kill -9 would leave it).
+    let mut w = SnapshotWriter::begin(root, None).unwrap();
+    w.add(&e("new", EntryKind::File, 0o644, 1)).unwrap();
+    let half = w.build_dir();
+    drop(w);
+    assert_eq!(Tree::current(root).unwrap().as_ref(), Some(&first));
+    assert!(half.exists());
+
+    // A build whose stream was cut (fewer entries than P's report): refused, not switched.
+    let mut w = SnapshotWriter::begin(root, None).unwrap();
+    assert!(!half.exists(), "begin removes a leftover build");
+    w.add(&e("new", EntryKind::File, 0o644, 1)).unwrap();
+    let err = w.finish(&report(2, 2)).unwrap_err();
+    assert!(err.to_string().contains("incomplete"), "{err}");
+    assert_eq!(Tree::current(root).unwrap().as_ref(), Some(&first));
+
+    // A complete one: current switches; the old tree stays until removed explicitly.
+    let second = build(root, &[e("new", EntryKind::File, 0o644, 1)], 3);
+    assert_eq!(Tree::current(root).unwrap().as_ref(), Some(&second));
+    assert!(first.dir.join("old").exists(), "the previous tree is kept for the overlay mounted on it");
+    let removed = Tree::remove_others(root, &[]).unwrap();
+    assert_eq!(removed, vec![first.dir.clone()]);
+    assert!(second.dir.join("new").exists());
+    let names: Vec<_> = fs::read_dir(root).unwrap().map(|d| d.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "only current and its tree are left: {names:?}");
+    assert_eq!(fs::metadata(root.join("current")).unwrap().permissions().mode() & 0o7000, 0);
+}

@@ -9,13 +9,13 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use async_trait::async_trait;
-use cs_protocol::RelPath;
+use cs_protocol::{RelPath, SnapshotEntry, SnapshotReport};
 use cs_supervision::{Backoff, Observable};
 use cs_wire::{
     stream_channel, ChunkReader, ChunkWriter, ClientMsg, ErrorCode, Frame, ServerMsg, StreamEnd, StreamItem, WireError,
@@ -27,6 +27,11 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::failure::{classify_wire, Verdict};
 use crate::fetch::{FetchError, FetchResult};
 use crate::round::{Link, OutStream, RoundError};
+use crate::snapshot::SnapshotError;
+
+const CAP_UNKNOWN: u8 = 0;
+const CAP_NO: u8 = 1;
+const CAP_YES: u8 = 2;
 
 /// How long one connection attempt may take (TCP, TLS, websocket upgrade).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -115,8 +120,12 @@ struct Shared {
     outbound: Mutex<HashMap<u32, mpsc::Receiver<StreamItem>>>,
     next_id: AtomicU64,
     next_stream: AtomicU32,
-    /// Fetches number their streams apart (with `FETCH_STREAM_BIT`).
+    /// Fetches and snapshots number their streams apart (with `FETCH_STREAM_BIT`).
     next_fetch_stream: AtomicU32,
+    /// What the broker's last hello answer on this connection said of
+    /// snapshots: [`CAP_UNKNOWN`] (no hello yet on this connection),
+    /// [`CAP_NO`] or [`CAP_YES`].
+    snapshot_cap: AtomicU8,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     rtt_us: AtomicU64,
@@ -232,6 +241,87 @@ impl LinkHandle {
         };
         // The answer comes after the stream's end: the unpacker has it all.
         Ok(join(unpacker).await?.with_report(report))
+    }
+
+    /// Whether the broker serves snapshots, as its last hello answer on
+    /// this connection said (`None`: no hello answered on it yet).
+    pub fn broker_serves_snapshot(&self) -> Option<bool> {
+        match self.shared.snapshot_cap.load(Ordering::Relaxed) {
+            CAP_YES => Some(true),
+            CAP_NO => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Asks the broker for P's metadata of the whole project (see
+    /// [`crate::snapshot`] and docs/protocol.md, *Snapshot*) and gives each
+    /// entry to `visit`, in pre-order, as it is decoded on a blocking
+    /// thread. Returns P's report: the entry count and the journal cursor
+    /// taken before P's walk (a client starting from this snapshot rounds
+    /// from that cursor). At any moment, beside a round in flight.
+    ///
+    /// If the broker's hello answer on this connection said it does not
+    /// serve snapshots, nothing is sent ([`SnapshotError::NotSupported`]);
+    /// before any hello, the request is sent and an older broker's "unknown
+    /// message" answer gives the same error. A visitor error stops the
+    /// decoding; the rest of the stream is discarded as it arrives and the
+    /// answer awaited, so the connection and later requests are unaffected.
+    pub async fn snapshot<F>(&self, visit: F) -> Result<SnapshotReport, SnapshotError>
+    where
+        F: FnMut(SnapshotEntry) -> Result<(), String> + Send + 'static,
+    {
+        if self.broker_serves_snapshot() == Some(false) {
+            return Err(SnapshotError::NotSupported("its hello answer on this connection says snapshot: false".into()));
+        }
+        let seq = self.shared.next_fetch_stream.fetch_add(1, Ordering::Relaxed);
+        let stream = cs_wire::FETCH_STREAM_BIT | (seq & !cs_wire::FETCH_STREAM_BIT);
+        let (tx, rx) = stream_channel(DEFAULT_STREAM_CHANNEL);
+        self.shared.active_streams.fetch_add(1, Ordering::Relaxed);
+        Shared::lock(&self.shared.inbound).insert(stream, tx);
+        let mut visit = visit;
+        let decoder = std::thread::Builder::new()
+            .name("cs-snapshot-decode".into())
+            // The reader is dropped when decoding stops (an error included):
+            // the connection's reader then discards the stream's other chunks.
+            .spawn(move || crate::snapshot::decode_into(ChunkReader::new(rx), &mut visit));
+        let decoder = match decoder {
+            Ok(t) => t,
+            Err(e) => {
+                self.cancel_inbound(stream);
+                return Err(SnapshotError::Thread(e.to_string()));
+            }
+        };
+        let join = |t: std::thread::JoinHandle<Result<u64, SnapshotError>>| async move {
+            tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map_err(|e| SnapshotError::Thread(e.to_string()))?
+                .map_err(|_| SnapshotError::Thread("the decoding thread panicked".into()))?
+        };
+        let answer = self.request(ClientMsg::Snapshot { stream }).await;
+        let report = match answer {
+            Ok(ServerMsg::SnapshotFollows { stream: s, report }) if s == stream => report,
+            other => {
+                // No stream (refused), or a broken one: the decoder ends.
+                self.cancel_inbound(stream);
+                let _ = join(decoder).await;
+                return Err(match other {
+                    Ok(ServerMsg::Error { code: ErrorCode::BadRequest, message })
+                        if message.contains("unknown") && message.contains("Snapshot") =>
+                    {
+                        SnapshotError::NotSupported(message)
+                    }
+                    Ok(ServerMsg::Error { code, message }) => SnapshotError::Refused { code, message },
+                    Ok(m) => SnapshotError::Unexpected(format!("{m:?}")),
+                    Err(e) => SnapshotError::Request(e),
+                });
+            }
+        };
+        // The answer comes after the stream's end: the decoder has it all.
+        let decoded = join(decoder).await?;
+        if decoded != report.entries {
+            return Err(SnapshotError::CountMismatch { reported: report.entries, decoded });
+        }
+        Ok(report)
     }
 
     /// The request's connection went away under it: why, as far as known.
@@ -389,6 +479,8 @@ impl Connection {
         self.connected_at = Some(Instant::now());
         *Shared::lock(&self.shared.down) = None;
         self.shared.stopped.store(false, Ordering::Relaxed);
+        // Another connection may reach another broker (an upgrade, a downgrade).
+        self.shared.snapshot_cap.store(CAP_UNKNOWN, Ordering::Relaxed);
         let (mut sender, mut receiver) = conn.split();
         let (wtx, mut wrx) = mpsc::channel::<WriterCmd>(64);
         *Shared::lock(&self.shared.writer) = Some(wtx);
@@ -425,6 +517,10 @@ impl Connection {
                 };
                 match frame {
                     Frame::Control(env) => {
+                        if let ServerMsg::HelloReply(r) = &env.body {
+                            let cap = if r.snapshot { CAP_YES } else { CAP_NO };
+                            shared.snapshot_cap.store(cap, Ordering::Relaxed);
+                        }
                         if let ServerMsg::Pong { sent_ms } = env.body {
                             let now = now_us();
                             shared.rtt_us.store(now.saturating_sub(sent_ms), Ordering::Relaxed);

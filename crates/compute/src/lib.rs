@@ -8,6 +8,8 @@ pub mod machine;
 pub mod packer;
 pub mod pause;
 pub mod progress;
+pub mod replica;
 pub mod round;
 pub mod service;
+pub mod snapshot;
 pub mod watcher;

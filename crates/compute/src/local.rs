@@ -203,6 +203,11 @@ impl LocalLink {
                 code: ErrorCode::BadRequest,
                 message: "the in-memory link does not serve fetches".into(),
             },
+            // Nor `snapshot: true`.
+            ClientMsg::Snapshot { .. } => ServerMsg::Error {
+                code: ErrorCode::BadRequest,
+                message: "the in-memory link does not serve snapshots".into(),
+            },
             ClientMsg::WasCommitted { round_id } => {
                 let client = self.client.clone();
                 match self.engine(move |p, _| p.was_committed(&client, round_id)).await? {

@@ -105,6 +105,9 @@ pub struct MountHooks {
     pub rail: watch::Receiver<Option<String>>,
     /// The mount supervisor's heartbeat, for the watchdog.
     pub heartbeat: Heartbeat,
+    /// The `replica` section of the status, when the lower is the project's
+    /// replica (issue 12) rather than a mount.
+    pub replica: Option<StatusFn>,
 }
 
 impl ComputeService {
@@ -240,10 +243,15 @@ impl ComputeService {
             Some(m) => (m.status)().await,
             None => serde_json::Value::Null,
         };
+        let replica = match self.mounts.as_ref().and_then(|m| m.replica.as_ref()) {
+            Some(f) => f().await,
+            None => serde_json::Value::Null,
+        };
         json!({
             "service": "compute",
             "client": self.client.as_str(),
             "mounts": mounts,
+            "replica": replica,
             "connection": connection,
             "round": round,
             "packer": packer,

@@ -121,6 +121,27 @@ mergeable! {
         /// backend".
         #[arg(long, value_parser = ["unionfs-fuse", "overlay"])]
         pub union: Option<String>,
+        /// Serve the project's files from a local replica kept in DIR
+        /// (issue 12; experimental) instead of a lower mount: a filesystem
+        /// image of its own there holds P's snapshot as placeholders, each
+        /// filled over the broker connection on its first open. Replaces
+        /// --lower / --lower-mount-cmd; needs the overlay union. See
+        /// docs/replica.md.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["lower", "lower_mount_cmd"])]
+        pub replica_dir: Option<PathBuf>,
+        /// The replica image's size in GiB (sparse: it takes only what
+        /// it holds; default 32).
+        #[arg(long)]
+        pub replica_size_gib: Option<u64>,
+        /// Inodes of the replica image: at least the project's paths
+        /// plus room for new trees (default 2000000).
+        #[arg(long)]
+        pub replica_inodes: Option<u64>,
+        /// With --replica-dir: how long the first open of a file not yet
+        /// here waits for its content before failing with EIO (seconds,
+        /// default 30).
+        #[arg(long)]
+        pub fetch_timeout_secs: Option<f64>,
         /// With `--union overlay`: overlayfs's work directory, on the upper
         /// layer's filesystem and outside it (default: UPPER.overlay-work,
         /// beside the upper layer).

@@ -7,6 +7,7 @@ mod doctor;
 mod metrics;
 mod owner;
 mod progress;
+mod replica;
 mod services;
 mod status;
 
@@ -46,6 +47,17 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         args: config::ProjectArgs,
+    },
+    /// Internal: the process that keeps the replica's fanotify group alive across deaths of
+    /// the compute service (started by `compute --replica-dir`; docs/replica.md risk 1).
+    #[command(hide = true)]
+    FillHolder {
+        /// Unix socket (mode 0600, root only) handing the group to the service.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The replica's filesystem (exits once it is no longer mounted).
+        #[arg(long)]
+        mountpoint: PathBuf,
     },
     /// Ask the running compute service for a round now.
     Sync {
@@ -228,6 +240,9 @@ fn run(cli: Cli) -> Result<()> {
             use config::Merge;
             let args = args.merge(config::load(config.as_deref())?);
             services::run_project(args)
+        }
+        Command::FillHolder { socket, mountpoint } => {
+            cs_replica::holder::serve(&socket, &mountpoint).context("the replica's fill holder")
         }
         Command::Sync { wait, control_socket } => services::runtime()?.block_on(async {
             let control_socket = control_socket.unwrap_or_else(services::default_compute_socket);

@@ -58,7 +58,7 @@ fn mount_local_only(patterns: &[String]) -> Vec<String> {
 }
 
 /// Waits for SIGTERM or Ctrl-C.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
@@ -76,6 +76,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
     // The combinations that cannot work are refused before anything else is looked at.
     let pull = pull_policy(a.pull.as_deref(), a.pull_max_file_size)?;
     let given_union = given_union(a.union.as_deref(), &pull)?;
+    let replica = replica_args(&a)?;
     let client = ClientId::new(need(a.id, "id")?)?;
     let whiteout_grace = Duration::try_from_secs_f64(a.whiteout_grace_secs.unwrap_or(DEFAULT_WHITEOUT_GRACE_SECS))
         .context("--whiteout-grace-secs must be a number of seconds, 0 or more")?;
@@ -86,11 +87,19 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
     let state = need(a.state, "state")?;
     let (backend, backend_why) = union_backend(given_union, &pull, &upper, &state)?;
     tracing::info!(union = %backend, why = %backend_why, "union backend");
-    let lower = match (a.lower, a.lower_mount_cmd) {
-        (Some(dir), None) => LowerSpec::Adopt(dir),
-        (None, Some(cmd)) => LowerSpec::Command { cmd, mountpoint: need(a.lower_mountpoint, "lower-mountpoint")? },
+    if replica.is_some() && backend != UnionBackend::Overlay {
+        bail!("--replica-dir needs the overlay union (the union is {backend}: {backend_why})");
+    }
+    // With a replica the lower is its current tree, known once the snapshot is in.
+    let lower = match (a.lower, a.lower_mount_cmd, &replica) {
+        (Some(dir), None, None) => Some(LowerSpec::Adopt(dir)),
+        (None, Some(cmd), None) => {
+            Some(LowerSpec::Command { cmd, mountpoint: need(a.lower_mountpoint, "lower-mountpoint")? })
+        }
+        (None, None, Some(_)) => None,
         _ => bail!(
-            "give exactly one of --lower DIR (already mounted) or --lower-mount-cmd CMD with --lower-mountpoint DIR"
+            "give exactly one of --lower DIR (already mounted), --lower-mount-cmd CMD with --lower-mountpoint DIR, \
+             or --replica-dir DIR"
         ),
     };
     let token =
@@ -116,7 +125,11 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
         std::os::unix::fs::lchown(&upper, Some(o.uid), Some(o.gid))
             .with_context(|| format!("giving the upper layer {} to uid {} gid {}", upper.display(), o.uid, o.gid))?;
     }
-    let lower_mountpoint = lower.mountpoint().to_path_buf();
+    let lower_mountpoint = match (&lower, &replica) {
+        (Some(l), _) => l.mountpoint().to_path_buf(),
+        (None, Some(r)) => r.lower(),
+        (None, None) => unreachable!("checked above: a lower or a replica"),
+    };
     let metrics_listen = crate::metrics::listen_addr(a.metrics_listen.as_deref())?;
     let setup = serde_json::json!({
         "server": server,
@@ -130,12 +143,38 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
         "union_why": backend_why,
         "overlay_work": a.overlay_work,
         "lower_mount_cmd": match &lower {
-            LowerSpec::Command { cmd, .. } => Some(cmd.as_str()),
-            LowerSpec::Adopt(_) => None,
+            Some(LowerSpec::Command { cmd, .. }) => Some(cmd.as_str()),
+            _ => None,
         },
+        "replica_dir": replica.as_ref().map(|r| &r.dir),
     });
+    let conn_cfg = {
+        let mut c = cs_compute::connection::ConnectionConfig::new(server.clone(), token.clone());
+        c.extra_ca = a.ca.clone();
+        c
+    };
 
     actix_rt::System::new().block_on(async move {
+        // The replica comes before the union: no open of a placeholder may come before its
+        // fill service.
+        let replica = match replica {
+            Some(r) => {
+                let owner = owner.map(|o| (o.uid, o.gid));
+                match crate::replica::Replica::start(r, conn_cfg, owner, &state)
+                    .await
+                    .context("the project's replica")?
+                {
+                    Some(r) => Some(r),
+                    None => return Ok(()), // stopped before the replica was ready: nothing else started
+                }
+            }
+            None => None,
+        };
+        let lower = match (lower, &replica) {
+            (Some(l), _) => l,
+            (None, Some(r)) => r.lower_spec(),
+            (None, None) => unreachable!("checked above: a lower or a replica"),
+        };
         let mut mcfg = MountConfig::new(lower, &upper, &merged);
         if let Some(l) = local_only {
             mcfg.local_only = mount_local_only(&l);
@@ -200,8 +239,12 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             accept_empty_lower,
             rail,
             heartbeat: mount_heartbeat,
+            replica: replica.as_ref().map(|r| r.status_fn()),
         };
         let (svc, control) = ComputeService::start(cfg, Some(hooks))?;
+        if let Some(r) = &replica {
+            r.connect(svc.link.clone());
+        }
         let _metrics =
             metrics_listen.map(|addr| crate::metrics::serve_compute(addr, &svc, mount.clone())).transpose()?;
         tracing::info!("compute service running");
@@ -214,8 +257,32 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             Ok(Err(e)) => tracing::warn!(error = %e, "unmounting"),
             Err(e) => tracing::warn!(error = %e, "mount supervisor gone"),
         }
+        if let Some(r) = replica {
+            r.stop();
+        }
         Ok(())
     })
+}
+
+/// `--replica-dir` and its companions, if given.
+fn replica_args(a: &ComputeArgs) -> Result<Option<crate::replica::ReplicaArgs>> {
+    let Some(dir) = a.replica_dir.clone() else {
+        if a.replica_size_gib.is_some() || a.replica_inodes.is_some() || a.fetch_timeout_secs.is_some() {
+            bail!("--replica-size-gib, --replica-inodes and --fetch-timeout-secs go with --replica-dir");
+        }
+        return Ok(None);
+    };
+    let secs = a.fetch_timeout_secs.unwrap_or(crate::replica::DEFAULT_FETCH_TIMEOUT_SECS);
+    let fetch_timeout = Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--fetch-timeout-secs must be a number of seconds above 0")?;
+    Ok(Some(crate::replica::ReplicaArgs {
+        dir,
+        size_bytes: a.replica_size_gib.unwrap_or(crate::replica::DEFAULT_SIZE_GIB).saturating_mul(1 << 30),
+        inodes: a.replica_inodes.unwrap_or(crate::replica::DEFAULT_INODES),
+        fetch_timeout,
+    }))
 }
 
 /// The project's files must show as the compute user's in the merged view (the kernel checks

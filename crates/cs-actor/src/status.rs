@@ -177,6 +177,25 @@ fn render_compute(st: &Value, out: &mut String) {
         }
         render_mount_point(&m["mount_point"], out);
     }
+    let rp = &st["replica"];
+    if !rp.is_null() {
+        let f = &rp["fill"];
+        let waiting = match f["waiting"].as_u64().unwrap_or(0) {
+            0 => String::new(),
+            n => format!(", {n} opens waiting (oldest {} ms)", s(&f["oldest_waiting_ms"])),
+        };
+        out.push_str(&format!(
+            "  replica     {} entries ({}), fills {} ({}, {} read ahead) in {} fetches, denied {}{waiting}{}\n",
+            s(&rp["entries"]),
+            s(&rp["origin"]),
+            s(&f["fills"]),
+            bytes(f["bytes"].as_u64().unwrap_or(0)),
+            s(&f["read_ahead_fills"]),
+            s(&f["source_calls"]),
+            s(&f["denied"]),
+            f["last_error"].as_str().map(|e| format!(" | last error: {e}")).unwrap_or_default(),
+        ));
+    }
     let c = &st["connection"];
     // The round trip is known once connected (measured at once, then every few seconds).
     let rtt = if c["rtt_ms"].is_number() { format!(" rtt {}", ms(&c["rtt_ms"])) } else { String::new() };
@@ -425,6 +444,25 @@ mod tests {
         assert!(!text.contains("SAFETY RAIL"), "{text}");
         assert!(!text.contains("deferred"), "{text}");
         assert!(!text.contains("recovered") && !text.contains("guard"), "{text}");
+    }
+
+    #[test]
+    fn compute_view_shows_the_replica_and_its_fills() {
+        let st = json!({
+            "service": "compute", "client": "gpu-1",
+            "replica": {"entries": 48, "origin": "snapshot",
+                        "fill": {"fills": 41, "bytes": 3 << 20, "read_ahead_fills": 38, "source_calls": 3,
+                                 "denied": 1, "waiting": 2, "oldest_waiting_ms": 120, "last_error": "cold/x.txt: no answer"}},
+            "connection": {"state": "connected", "url": "ws://127.0.0.1:1"},
+            "round": {"phase": "idle"}
+        });
+        let text = render(&st);
+        assert!(
+            text.contains("replica     48 entries (snapshot), fills 41 (3.0 MiB, 38 read ahead) in 3 fetches, denied 1, 2 opens waiting (oldest 120 ms) | last error: cold/x.txt: no answer"),
+            "{text}"
+        );
+        let without = render(&json!({"service": "compute", "client": "gpu-1", "round": {"phase": "idle"}}));
+        assert!(!without.contains("replica"), "{without}");
     }
 
     #[test]

@@ -81,6 +81,31 @@ pub enum Union {
     Overlay,
 }
 
+/// `CS_E2E_LOWER=replica`: every compute service with the overlay union serves the project
+/// from a replica (`--replica-dir`) instead of an sshfs lower: the whole e2e suite, run
+/// against issue 12's replica (a documented run, not CI's).
+pub const LOWER_ENV: &str = "CS_E2E_LOWER";
+
+fn replica_from_env() -> bool {
+    match std::env::var(LOWER_ENV).as_deref() {
+        Ok("replica") => true,
+        Ok("sshfs") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("{LOWER_ENV}={other:?}: expected replica or sshfs"),
+    }
+}
+
+/// A test of the sshfs lower itself (its loss, the "lower empty" rail, what it shows of the
+/// project's ignored files) in a `CS_E2E_LOWER=replica` run of this test's backend: says so
+/// and returns true (the test returns). With a replica there is no lower mount to lose, and
+/// the snapshot leaves out what the project's `.csignore` matches.
+pub fn skip_with_replica(why: &str) -> bool {
+    let skip = current_union() == Union::Overlay && replica_from_env();
+    if skip {
+        eprintln!("skipped with {LOWER_ENV}=replica: {why}");
+    }
+    skip
+}
+
 /// The environment variable that picks one backend (see [`Union::chosen`]).
 pub const UNION_ENV: &str = "CS_E2E_UNION";
 
@@ -149,6 +174,7 @@ pub fn with_union(union: Union, test: fn()) {
 ///     unionfs_fuse_ignored: [mv_of_a_project_dir = "unionfs-fuse: mv fails with ENOENT"],
 /// }
 /// ```
+#[allow(unused_macros)] // a test file without per-backend tests (replica.rs: overlay only)
 macro_rules! per_union {
     (
         both: [$($(#[$attr:meta])* $name:ident),* $(,)?]
@@ -188,6 +214,7 @@ macro_rules! per_union {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use per_union;
 
 /// Whether `md` is an overlayfs whiteout (a character device 0:0).
@@ -646,6 +673,9 @@ pub struct ComputeOpts<'a> {
     pub lower_cache: Option<Duration>,
     /// The union backend, when not the test's ([`current_union`]).
     pub union: Option<Union>,
+    /// The project's files from a replica (`--replica-dir COMPUTE/replica`, issue 12) instead
+    /// of an sshfs lower: overlay only, and no sshfs at all.
+    pub replica: bool,
 }
 
 /// An account of this machine (tests/user.rs acts as one).
@@ -968,15 +998,19 @@ impl Bed {
             .arg(&c.upper)
             .arg("--state")
             .arg(&c.state)
-            .arg("--lower-mount-cmd")
-            .arg(self.lower_mount_cmd_for(&c.lower, opts.user, opts.lower_cache.unwrap_or(CACHE_TIMEOUT)))
-            .arg("--lower-mountpoint")
-            .arg(&c.lower)
             .arg("--control-socket")
             .arg(&c.sock)
             .args(["--interval", INTERVAL_SECS])
             .args(union_args(union))
             .args(opts.extra);
+        if opts.replica || (union == Union::Overlay && replica_from_env()) {
+            // A small sparse image: the tests' projects are megabytes.
+            cmd.arg("--replica-dir").arg(c.dir.join("replica")).args(["--replica-size-gib", "2"]);
+            cmd.args(["--replica-inodes", "200000"]);
+        } else {
+            let lower_cmd = self.lower_mount_cmd_for(&c.lower, opts.user, opts.lower_cache.unwrap_or(CACHE_TIMEOUT));
+            cmd.arg("--lower-mount-cmd").arg(lower_cmd).arg("--lower-mountpoint").arg(&c.lower);
+        }
         if let Some(u) = opts.user {
             cmd.args(["--user", &u.name]);
         }

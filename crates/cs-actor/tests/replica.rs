@@ -1,0 +1,387 @@
+//! Issue 12, end to end: the project's files from the replica (`--replica-dir`), no sshfs.
+//! The real broker and compute service; the lower layer is P's snapshot as placeholders on
+//! the replica's own loop-mounted ext4, each filled over the service's websocket at its first
+//! open (fanotify). The user acts as an unprivileged account (`setpriv`, `HOME` = the merged
+//! view):
+//!
+//! - every kind of read (`cat`, `mmap`, `cp`'s `copy_file_range`, exec) gets the project's
+//!   bytes, never a placeholder's zeros; `stat` needs no content;
+//! - an append to a file never opened before (overlayfs copies the placeholder up) reaches
+//!   the project with the project's bytes before it;
+//! - the project's writes, changes and deletes are in the merged view the moment
+//!   `cs-actor sync --wait` returns (staleness 0), for files read before and files not;
+//! - a restart takes a new snapshot and keeps the user's files; the project's changes made
+//!   while it was down are there after its first round;
+//! - with the broker down, filled files keep working, and an unfilled one fails with EIO
+//!   after `--fetch-timeout-secs`, then reads right once the broker is back.
+//!
+//! Skips (or, with `CI` set, fails) when the external programs are missing.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+/// A bed whose home belongs to the project's user, with `seed`'s files, and compute server
+/// `gpu-1` serving it from a replica to the compute user (`extra`: more flags).
+fn replica_bed(name: &str, extra: &[&str], seed: impl FnOnce(&Path)) -> Option<(Bed, Account)> {
+    if !cs_testbed::real_tools_available() {
+        return None;
+    }
+    let (proj, comp) = (account(PROJECT_ACCOUNT), account(COMPUTE_ACCOUNT));
+    let mut bed = Bed::new(name);
+    fs::set_permissions(&bed.root, fs::Permissions::from_mode(0o755)).unwrap();
+    put(&bed.home, "README", "a project\n");
+    seed(&bed.home);
+    chown_tree(&bed.home, &proj);
+    bed.start_broker();
+    bed.start_compute_opts("gpu-1", &replica_opts(&comp, extra));
+    Some((bed, comp))
+}
+
+fn replica_opts<'a>(comp: &'a Account, extra: &'a [&'a str]) -> ComputeOpts<'a> {
+    ComputeOpts { user: Some(comp), union: Some(Union::Overlay), replica: true, extra, ..Default::default() }
+}
+
+/// `chown -R` (not following symlinks).
+fn chown_tree(root: &Path, who: &Account) {
+    std::os::unix::fs::lchown(root, Some(who.uid), Some(who.gid)).unwrap();
+    for rel in find_names(root, |_| true) {
+        let p = root.join(rel);
+        std::os::unix::fs::lchown(&p, Some(who.uid), Some(who.gid)).unwrap();
+    }
+}
+
+fn user_must(bed: &Bed, who: &Account, script: &str) -> String {
+    let out = as_user(who, &bed.merged(), script);
+    if !out.ok() {
+        bed.fail(&format!("as {}: `{script}` failed: {}", who.name, out.describe()));
+    }
+    out.stdout
+}
+
+/// `sha256sum` of a file, as root (the project's side of a comparison).
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+fn replica_status(bed: &Bed) -> Value {
+    bed.compute_status()["replica"].clone()
+}
+
+/// No sshfs anywhere in this bed: the replica is the whole lower.
+fn assert_no_sshfs(bed: &Bed) {
+    let sshfs: Vec<_> = processes_under(&bed.root).into_iter().filter(|(_, cmd)| cmd.contains("sshfs")).collect();
+    if !sshfs.is_empty() {
+        bed.fail(&format!("sshfs runs beside the replica: {sshfs:?}"));
+    }
+}
+
+#[test]
+fn the_user_reads_and_writes_the_project_through_the_replica_and_sees_its_changes_at_sync_wait() {
+    let big = noise(0x12e9, 3 << 20);
+    let Some((bed, user)) = replica_bed("replica-rw", &[], |h| {
+        put(h, "src/a.txt", "a version 1\n");
+        put(h, "src/sub/b.txt", "b version 1\n");
+        for i in 0..40u64 {
+            put(h, &format!("data/f{i:02}.bin"), noise(i, 4096 + i as usize * 100));
+        }
+        put(h, "big.bin", &big);
+        put(h, "run.sh", "#!/bin/sh\necho ran from the replica\n");
+        chmod(h, "run.sh", 0o755);
+        put(h, "edit.txt", "the project's line\n");
+        put(h, "gone.txt", "the project deletes this\n");
+        symlink("src/a.txt", h, "link");
+    }) else {
+        return;
+    };
+    let (h, m) = (bed.home.clone(), bed.merged());
+    assert_no_sshfs(&bed);
+    let st = replica_status(&bed);
+    assert_eq!(st["origin"], "snapshot", "{st:#}");
+    assert!(st["entries"].as_u64().unwrap_or(0) >= 48, "the snapshot's entries: {st:#}");
+
+    // Metadata needs no content: sizes and the symlink with no fill.
+    let out = user_must(&bed, &user, "cd \"$HOME\" && stat -c %s big.bin data/f07.bin && readlink link");
+    assert_eq!(out, format!("{}\n{}\nsrc/a.txt\n", 3 << 20, 4096 + 700), "stat through the replica");
+    let fills_before = replica_status(&bed)["fill"]["fills"].as_u64();
+    assert_eq!(fills_before, Some(0), "stat and readlink filled something: {:#}", replica_status(&bed));
+
+    // Each kind of read gets the project's bytes.
+    let cat = user_must(&bed, &user, "cd \"$HOME\" && cat data/f03.bin | sha256sum");
+    assert!(cat.starts_with(&sha256(&h.join("data/f03.bin"))), "cat: {cat}");
+    let mmap = user_must(
+        &bed,
+        &user,
+        "cd \"$HOME\" && python3 -c 'import hashlib,mmap;f=open(\"big.bin\",\"rb\");\
+         print(hashlib.sha256(mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ)).hexdigest())'",
+    );
+    assert_eq!(mmap.trim(), sha256(&h.join("big.bin")), "mmap of big.bin");
+    user_must(&bed, &user, "cd \"$HOME\" && mkdir -p scratch && cp data/f09.bin scratch/copy");
+    assert_eq!(sha256(&m.join("scratch/copy")), sha256(&h.join("data/f09.bin")), "cp (copy_file_range)");
+    let ran = user_must(&bed, &user, "cd \"$HOME\" && ./run.sh");
+    assert_eq!(ran, "ran from the replica\n", "exec of a placeholder");
+    // Read-ahead: the other small files of data/ came with f03 and f09.
+    let all = user_must(&bed, &user, "cd \"$HOME\" && cat data/*.bin | sha256sum");
+    let mut cat_all = Command::new("sh");
+    cat_all.arg("-c").arg(format!("cat {}/data/*.bin | sha256sum", h.display()));
+    let want = String::from_utf8(cat_all.output().unwrap().stdout).unwrap();
+    assert_eq!(all, want, "data/*.bin through the replica");
+    let fill = replica_status(&bed)["fill"].clone();
+    let fetches = fill["source_calls"].as_u64().unwrap_or(u64::MAX);
+    assert!(fetches < 20, "40 small files of one directory took {fetches} fetches (read-ahead): {fill:#}");
+
+    // An append to a file never opened: overlayfs copies the placeholder up, filled first.
+    user_must(
+        &bed,
+        &user,
+        "cd \"$HOME\" && echo \"the user's line\" >> edit.txt && mkdir -p out && echo result > out/r.txt",
+    );
+    // The project's changes, to a file read before (a.txt), one never read (b.txt), a new
+    // one, and a deletion.
+    put(&h, "src/a.txt", "a version 2, longer than before\n");
+    put(&h, "src/sub/b.txt", "b version 2\n");
+    put(&h, "src/new.txt", "new on the project\n");
+    fs::remove_file(h.join("gone.txt")).unwrap();
+    bed.sync_wait();
+    // Visible the moment sync --wait returns.
+    let seen = user_must(&bed, &user, "cd \"$HOME\" && cat src/a.txt src/sub/b.txt src/new.txt && ls");
+    assert!(
+        seen.starts_with("a version 2, longer than before\nb version 2\nnew on the project\n"),
+        "the project's changes at sync --wait: {seen}"
+    );
+    assert!(!exists(&m, "gone.txt"), "gone.txt is still in the merged view at sync --wait");
+    assert_eq!(read(&h, "edit.txt"), "the project's line\nthe user's line\n", "the append, on the project");
+    assert_eq!(read(&h, "out/r.txt"), "result\n");
+    assert_no_sshfs(&bed);
+    bed.finish();
+}
+
+#[test]
+fn a_restart_takes_a_new_snapshot_and_keeps_the_users_files() {
+    let Some((mut bed, user)) = replica_bed("replica-restart", &[], |h| {
+        put(h, "src/a.txt", "a\n");
+        put(h, "src/sub/b.txt", "b version 1\n");
+    }) else {
+        return;
+    };
+    let (h, m) = (bed.home.clone(), bed.merged());
+    user_must(&bed, &user, "cd \"$HOME\" && cat src/a.txt >/dev/null && echo mine > mine.txt");
+    let first_tree = replica_status(&bed)["tree"].as_str().map(String::from);
+    bed.computes[0].proc.as_mut().unwrap().stop(Duration::from_secs(45));
+    assert_eq!(read(&h, "mine.txt"), "mine\n", "the last round at stop sent mine.txt");
+    // The project changes while the compute server is down.
+    put(&h, "later.txt", "made while C was down\n");
+    fs::remove_file(h.join("src/a.txt")).unwrap();
+    put(&h, "src/sub/b.txt", "b version 2\n");
+    chown_tree(&h, &account(PROJECT_ACCOUNT));
+    bed.restart_compute(0, &replica_opts(&user, &[]));
+    let st = replica_status(&bed);
+    assert_eq!(st["origin"], "snapshot", "{st:#}");
+    assert_ne!(st["tree"].as_str().map(String::from), first_tree, "a restart takes a new tree");
+    let seen = user_must(&bed, &user, "cd \"$HOME\" && cat later.txt src/sub/b.txt mine.txt");
+    assert_eq!(seen, "made while C was down\nb version 2\nmine\n");
+    assert!(!exists(&m, "src/a.txt"), "src/a.txt, deleted while C was down, is back");
+    bed.finish();
+}
+
+#[test]
+fn with_the_broker_down_filled_files_work_and_an_unfilled_one_fails_with_eio_after_the_timeout() {
+    let Some((mut bed, user)) = replica_bed("replica-offline", &["--fetch-timeout-secs", "3"], |h| {
+        put(h, "warm/a.txt", "read before the cut\n");
+        put(h, "cold/x.txt", "never read before the cut\n");
+    }) else {
+        return;
+    };
+    user_must(&bed, &user, "cd \"$HOME\" && cat warm/a.txt > /dev/null");
+    bed.kill_broker();
+    let warm = user_must(&bed, &user, "cd \"$HOME\" && cat warm/a.txt && ls cold");
+    assert_eq!(warm, "read before the cut\nx.txt\n", "filled files and metadata with the broker down");
+    let t = Instant::now();
+    let out = as_user(&user, &bed.merged(), "cd \"$HOME\" && cat cold/x.txt");
+    let took = t.elapsed();
+    assert!(!out.ok(), "an unfilled file read with the broker down: {}", out.describe());
+    assert!(out.stderr.contains("Input/output error"), "{}", out.describe());
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "EIO after {took:?}, the timeout is 3 s");
+    bed.start_broker();
+    let back = poll(Duration::from_secs(60), Duration::from_millis(500), || {
+        let out = as_user(&user, &bed.merged(), "cd \"$HOME\" && cat cold/x.txt");
+        out.ok().then_some(out.stdout)
+    });
+    assert_eq!(back.as_deref(), Some("never read before the cut\n"), "cold/x.txt once the broker is back");
+    bed.finish();
+}
+
+/// `sh -c script` as `who` in the background (its output in `out`): a reader that blocks.
+fn spawn_as_user(bed: &Bed, who: &Account, script: &str, out: &Path) -> std::process::Child {
+    let f = fs::File::create(out).unwrap();
+    Command::new("setpriv")
+        .arg(format!("--reuid={}", who.uid))
+        .arg(format!("--regid={}", who.gid))
+        .args(["--clear-groups", "--", "env", "-i"])
+        .arg(format!("HOME={}", bed.merged().display()))
+        .arg(format!("PATH={USER_PATH}"))
+        .args(["sh", "-c", script])
+        .current_dir("/")
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap()
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on the bed's own broker, which is running (not reaped).
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+}
+
+#[test]
+fn a_kill_9_of_the_service_leaves_readers_blocked_not_reading_zeros_and_the_restart_answers_them() {
+    let Some((mut bed, user)) = replica_bed("replica-kill9", &["--fetch-timeout-secs", "60"], |h| {
+        put(h, "cold/one.bin", noise(1, 100_000));
+        put(h, "other/two.txt", "the second file, never read before\n");
+        put(h, "third/three.txt", "the third file\n");
+    }) else {
+        return;
+    };
+    let h = bed.home.clone();
+    let broker = bed.broker.as_ref().and_then(|b| b.pid()).expect("the broker's pid");
+    // The broker stopped: a fetch hangs (no EIO: the timeout is 60 s).
+    signal(broker, libc::SIGSTOP);
+    let t0 = Instant::now();
+    let out1 = bed.root.join("reader-1.out");
+    let mut r1 = spawn_as_user(&bed, &user, "cd \"$HOME\" && sha256sum cold/one.bin", &out1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        r1.try_wait().unwrap().is_none(),
+        "the reader did not wait for its fill: {}",
+        read(&bed.root, "reader-1.out")
+    );
+    bed.computes[0].proc.as_mut().unwrap().kill9();
+    let killed = t0.elapsed();
+    // Another unfilled file opened with no service: blocks (or fails), never zeros.
+    let out2 = bed.root.join("reader-2.out");
+    let mut r2 = spawn_as_user(&bed, &user, "cd \"$HOME\" && cat other/two.txt", &out2);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(r1.try_wait().unwrap().is_none(), "the kill let the reader go: {}", read(&bed.root, "reader-1.out"));
+    if let Some(st) = r2.try_wait().unwrap() {
+        let got = read(&bed.root, "reader-2.out");
+        assert!(!st.success() && !got.contains('\0'), "an open with the service dead read: {got:?}");
+    }
+    signal(broker, libc::SIGCONT);
+    bed.restart_compute(0, &replica_opts(&user, &["--fetch-timeout-secs", "60"]));
+    let restarted = t0.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while r1.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the reader is still blocked a minute after the restart");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let waited = t0.elapsed();
+    assert!(r1.wait().unwrap().success(), "{}", read(&bed.root, "reader-1.out"));
+    assert!(
+        read(&bed.root, "reader-1.out").starts_with(&sha256(&h.join("cold/one.bin"))),
+        "the reader that waited through the kill"
+    );
+    let st2 = r2.wait().unwrap();
+    let got2 = read(&bed.root, "reader-2.out");
+    if st2.success() {
+        assert_eq!(got2, "the second file, never read before\n", "the reader that opened with no service");
+    }
+    eprintln!("kill -9 at {killed:?}, up again at {restarted:?}, the first reader had its bytes at {waited:?}; the second: {st2} {got2:?}");
+    // Every file right through the restarted service.
+    let seen = user_must(&bed, &user, "cd \"$HOME\" && cat other/two.txt third/three.txt && sha256sum cold/one.bin");
+    assert!(seen.starts_with("the second file, never read before\nthe third file\n"), "{seen}");
+    bed.sync_wait();
+    bed.finish();
+}
+
+#[test]
+#[ignore = "failed once in a release run (2026-12-04, CS_E2E_LOWER=replica run, before the FAN_REPORT_TID fix): \
+            the restarted service took the holder's group and never answered its control socket; \
+            passes in debug; kept out of CI until understood"]
+fn a_kill_9_during_the_startup_snapshot_then_a_restart_builds_a_complete_view() {
+    let Some((mut bed, user)) = replica_bed("replica-kill9-snap", &[], |h| {
+        for i in 0..20_000u32 {
+            put(h, &format!("many/d{:03}/f{i:05}", i / 100), format!("{i}\n"));
+        }
+    }) else {
+        return;
+    };
+    // Stopped in order once, then started and killed while it takes its snapshot.
+    bed.computes[0].proc.as_mut().unwrap().stop(Duration::from_secs(45));
+    bed.spawn_compute(0, &replica_opts(&user, &[]));
+    std::thread::sleep(Duration::from_millis(700));
+    // No control socket yet while the replica starts: the snapshot is under way.
+    let st = bed.computes[0].status();
+    eprintln!("at the kill: {}", st.map(|s| format!("union {}", s["mounts"]["union"]["state"])).unwrap_or_else(|e| e));
+    bed.computes[0].proc.as_mut().unwrap().kill9();
+    bed.restart_compute(0, &replica_opts(&user, &[]));
+    let st = replica_status(&bed);
+    assert_eq!(st["origin"], "snapshot", "{st:#}");
+    let n =
+        user_must(&bed, &user, "cd \"$HOME\" && find many -type f | wc -l && cat many/d123/f12345 many/d199/f19999");
+    assert_eq!(n, "20000\n12345\n19999\n", "the view after a kill during the snapshot");
+    bed.sync_wait();
+    bed.finish();
+}
+
+/// The round reads project files the user never opened: a directory renamed on C is
+/// copied up by the engine (overlayfs's redirect), in the service's own process. Those
+/// reads must be filled like the user's: let through unfilled, they sent a placeholder's
+/// zeros to the project (found with `CS_E2E_LOWER=replica`).
+#[test]
+fn a_project_directory_renamed_before_any_read_reaches_the_project_with_its_bytes() {
+    let Some((bed, user)) = replica_bed("replica-mv", &[], |h| {
+        put(h, "olddir/a.txt", "a\n");
+        put(h, "olddir/sub/b.bin", noise(7, 50_000));
+    }) else {
+        return;
+    };
+    let h = bed.home.clone();
+    let want_b = noise(7, 50_000);
+    user_must(&bed, &user, "cd \"$HOME\" && mv olddir newdir && chmod 0700 newdir/sub");
+    bed.sync_wait();
+    assert!(!exists(&h, "olddir"), "the rename's old name is still on the project");
+    assert_eq!(read(&h, "newdir/a.txt"), "a\n", "newdir/a.txt on the project");
+    let b = fs::read(h.join("newdir/sub/b.bin")).unwrap();
+    assert!(
+        b == want_b,
+        "newdir/sub/b.bin on the project: {} bytes, all zeros: {}",
+        b.len(),
+        b.iter().all(|x| *x == 0)
+    );
+    assert_eq!(read(&bed.merged(), "newdir/a.txt"), "a\n");
+    bed.finish();
+}
+
+/// With no tree yet and a broker that refuses this compute server's token, waiting cannot
+/// help: the service stops at once, saying why (with a tree from an earlier start it would
+/// serve that one and report the refusal as any round does).
+#[test]
+fn a_refused_token_with_no_tree_yet_stops_the_service_saying_why() {
+    if !cs_testbed::real_tools_available() {
+        return;
+    }
+    let comp = account(COMPUTE_ACCOUNT);
+    let mut bed = Bed::new("replica-bad-token");
+    put(&bed.home, "README", "a project\n");
+    bed.start_broker();
+    let i = bed.add_compute("gpu-1");
+    bed.set_token(i, "not-the-token-the-broker-knows");
+    bed.spawn_compute(i, &replica_opts(&comp, &[]));
+    let status =
+        poll(Duration::from_secs(60), Duration::from_millis(200), || bed.computes[i].proc.as_mut().unwrap().exited());
+    let log = bed.computes[i].proc.as_ref().unwrap().log_tail(4000);
+    let Some(status) = status else { bed.fail("the service still waits for a snapshot the broker will never give") };
+    assert!(!status.success(), "exit status {status:?}: {log}");
+    assert!(log.contains("no earlier tree") && log.contains("token"), "the reason, in the log: {log}");
+    assert!(mounts_under(&bed.root).is_empty(), "left mounted: {:?}", mounts_under(&bed.root));
+    bed.finish();
+}

@@ -225,6 +225,9 @@ pub enum Kind {
     CsActor,
     /// cs-actor with `--union overlay` (kernel overlayfs, the service's default) over its sshfs lower.
     CsActorOverlay,
+    /// cs-actor with `--union overlay` over the project's replica (`--replica-dir`, issue 12):
+    /// no sshfs, content fetched over the websocket on first open.
+    CsActorReplica,
 }
 
 impl Kind {
@@ -237,6 +240,7 @@ impl Kind {
             Kind::Sshfs => "sshfs",
             Kind::CsActor => "cs-actor",
             Kind::CsActorOverlay => "cs-actor-overlay",
+            Kind::CsActorReplica => "cs-actor-replica",
         }
     }
 }
@@ -257,7 +261,7 @@ impl View<'_> {
     pub fn write_side(&self, rel: &str) -> PathBuf {
         match (self.kind, &self.upper) {
             (Kind::Sshfs, _) => self.project.join(rel),
-            (Kind::UnionLocal | Kind::CsActor | Kind::CsActorOverlay, Some(u)) => u.join(rel),
+            (Kind::UnionLocal | Kind::CsActor | Kind::CsActorOverlay | Kind::CsActorReplica, Some(u)) => u.join(rel),
             _ => self.view.join(rel),
         }
     }
@@ -280,7 +284,7 @@ impl View<'_> {
                 remove_tree(&self.view.join(rel))
             }
             Kind::Sshfs => remove_tree(&self.project.join(rel)),
-            Kind::CsActor | Kind::CsActorOverlay => {
+            Kind::CsActor | Kind::CsActorOverlay | Kind::CsActorReplica => {
                 self.settle()?;
                 remove_tree(&self.project.join(rel))?;
                 self.settle()
@@ -409,7 +413,7 @@ pub fn w3(env: &Env, v: &View, r: usize, deadline: Instant) -> Result<Sample> {
 fn remove_w3(v: &View, rel: &str) -> Result<()> {
     match v.kind {
         Kind::CsActor | Kind::UnionLocal => remove_tree(&v.write_side(rel)),
-        Kind::CsActorOverlay => remove_tree(&v.view.join(rel)),
+        Kind::CsActorOverlay | Kind::CsActorReplica => remove_tree(&v.view.join(rel)),
         _ => v.cleanup(rel),
     }
 }

@@ -30,7 +30,7 @@ use sync::{Pair, Test, Tool, Way};
 use util::{copy_tree, peak_rss_kib, remove_tree, reset_peak_rss, rss_kib, which};
 
 const ALL_TESTS: [&str; 8] = ["W1", "W2", "W3", "W4", "W5", "S1", "S2", "S3"];
-const ALL_SETUPS: [&str; 10] = [
+const ALL_SETUPS: [&str; 11] = [
     "local",
     "union-local",
     "overlay-local",
@@ -38,6 +38,7 @@ const ALL_SETUPS: [&str; 10] = [
     "sshfs",
     "cs-actor",
     "cs-actor-overlay",
+    "cs-actor-replica",
     "rsync",
     "tar",
     "unison",
@@ -67,7 +68,8 @@ struct Cli {
     only: Option<Vec<String>>,
     /// Only these setups: local, union-local (unionfs-fuse), overlay-local (kernel overlayfs),
     /// fuse-overlayfs-local, sshfs, cs-actor (unionfs-fuse), cs-actor-overlay (`--union
-    /// overlay`), rsync, tar, unison.
+    /// overlay`), cs-actor-replica (overlay over the project's replica, no sshfs), rsync, tar,
+    /// unison.
     #[arg(long, value_delimiter = ',')]
     setups: Option<Vec<String>>,
     /// Bandwidth cap of the shaped link, bytes per second each way (default: none).
@@ -166,7 +168,7 @@ fn check_tools(tests: &BTreeSet<String>, setups: &BTreeSet<String>) -> Vec<(Stri
     if setups.contains("fuse-overlayfs-local") {
         need("fuse-overlayfs", &["fuse-overlayfs"]);
     }
-    if (setups.contains("overlay-local") || setups.contains("cs-actor-overlay"))
+    if (setups.contains("overlay-local") || setups.contains("cs-actor-overlay") || setups.contains("cs-actor-replica"))
         && !cs_union::overlay::kernel_has_overlay()
     {
         need("overlayfs", &["overlayfs in the kernel (/proc/filesystems; modprobe overlay)"]);
@@ -588,14 +590,17 @@ fn bench_all(
         }
 
         // cs-actor with each union backend, one after the other over the same link.
-        for (kind, union) in [(Kind::CsActor, "unionfs-fuse"), (Kind::CsActorOverlay, "overlay")] {
+        for (kind, union) in
+            [(Kind::CsActor, "unionfs-fuse"), (Kind::CsActorOverlay, "overlay"), (Kind::CsActorReplica, "overlay")]
+        {
             if !(setups.contains(kind.column()) && (w_any || only("S1") || only("S2"))) {
                 continue;
             }
             eprintln!("{} cs-bench: {}, RTT {rtt} ms", util::clock(), kind.column());
             let home = rd.join(format!("{}-home", kind.column()));
             copy_tree(&template, &home, &setup_log)?;
-            let pair = Pair::start(&env, &home, &rd.join(kind.column()), 10.0, Some(union))?;
+            let lower = if kind == Kind::CsActorReplica { sync::Lower::Replica } else { sync::Lower::Sshfs };
+            let pair = Pair::start(&env, &home, &rd.join(kind.column()), 10.0, Some(union), lower)?;
             let r = cs_actor_part(&env, res, lim, &pair, kind, rtt, only);
             pair.stop();
             r?;

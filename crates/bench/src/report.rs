@@ -307,6 +307,45 @@ impl Results {
         }
     }
 
+    /// cs-actor over the project's replica against cs-actor over sshfs, both with overlayfs,
+    /// same link (issue 12's targets: W against local disk, S against rsync). Printed only
+    /// when `cs-actor-replica` ran.
+    fn replica_table(&self, o: &mut String) {
+        if !self.entries.iter().any(|e| e.column == "cs-actor-replica") {
+            return;
+        }
+        o.push_str("\n### cs-actor over the replica against the sshfs lower (overlayfs, same link): seconds, median (min–max)\n\n");
+        o.push_str("| test | RTT | local disk | cs-actor, sshfs lower | / local | cs-actor, replica | / local | replica / sshfs lower | rsync -a | replica / rsync |\n");
+        o.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+        let rows =
+            WORKLOADS.iter().map(|(w, d)| (*w, d.to_string())).chain(SYNC_TESTS.iter().map(|t| (*t, String::new())));
+        for (t, desc) in rows {
+            for &rtt in &self.rtts {
+                if self.cell(t, rtt, "cs-actor-replica").is_none() {
+                    continue;
+                }
+                let local = self.val(t, rtt, "local");
+                let (ovl, rep, rsync) = (
+                    self.val(t, rtt, "cs-actor-overlay"),
+                    self.val(t, rtt, "cs-actor-replica"),
+                    self.val(t, rtt, "rsync"),
+                );
+                let name = if desc.is_empty() { describe_sync(t, &self.meta) } else { format!("{t} {desc}") };
+                o.push_str(&format!(
+                    "| {name} | {rtt} ms | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    self.cell_text(t, rtt, "local"),
+                    self.cell_text(t, rtt, "cs-actor-overlay"),
+                    self.ratio_text(ovl, local),
+                    self.cell_text(t, rtt, "cs-actor-replica"),
+                    self.ratio_text(rep, local),
+                    self.ratio_text(rep, ovl),
+                    self.cell_text(t, rtt, "rsync"),
+                    self.ratio_text(rep, rsync),
+                ));
+            }
+        }
+    }
+
     fn val(&self, test: &str, rtt: u64, col: &str) -> Option<(f64, Bound)> {
         self.cell(test, rtt, col).and_then(|c| c.value())
     }
@@ -388,6 +427,7 @@ impl Results {
 
         self.union_backends_table(&mut o);
         self.cs_actor_backends_table(&mut o);
+        self.replica_table(&mut o);
 
         o.push_str("\n### S1, S2: time to convergence, seconds, median (min–max)\n\n");
         o.push_str("| test | RTT | cs-actor | cs-actor, overlayfs | rsync -a | tar \\| zstd \\| ssh | unison | cs-actor / rsync | wire bytes cs-actor / rsync |\n");

@@ -143,6 +143,14 @@ pub struct Compute {
     pub log: PathBuf,
 }
 
+/// A compute service's lower layer.
+pub enum ComputeLower {
+    /// The full shell command that mounts the lower in the foreground (`--lower-mount-cmd`).
+    Cmd(String),
+    /// The project's replica in `DIR/replica` (`--replica-dir`).
+    Replica,
+}
+
 pub struct ComputeSpec<'a> {
     pub bin: &'a Path,
     /// Where `merged/ upper/ state/ lower/` and the log go.
@@ -150,8 +158,7 @@ pub struct ComputeSpec<'a> {
     pub server: String,
     pub id: &'a str,
     pub token_file: &'a Path,
-    /// The full shell command that mounts the lower in the foreground.
-    pub lower_cmd: String,
+    pub lower: ComputeLower,
     /// Seconds between timer rounds.
     pub interval: f64,
     /// `--union NAME`, when not the service's default.
@@ -169,8 +176,13 @@ impl Compute {
         let sock = d.join("compute.sock");
         let log = d.join("compute.log");
         let out = std::fs::File::create(&log)?;
-        let child = Command::new(spec.bin)
-            .arg("compute")
+        let mut cmd = Command::new(spec.bin);
+        cmd.arg("compute");
+        match &spec.lower {
+            ComputeLower::Cmd(c) => cmd.arg("--lower-mount-cmd").arg(c).arg("--lower-mountpoint").arg(&lower),
+            ComputeLower::Replica => cmd.arg("--replica-dir").arg(d.join("replica")),
+        };
+        let child = cmd
             .arg("--server")
             .arg(&spec.server)
             .arg("--id")
@@ -183,10 +195,6 @@ impl Compute {
             .arg(&upper)
             .arg("--state")
             .arg(&state)
-            .arg("--lower-mount-cmd")
-            .arg(&spec.lower_cmd)
-            .arg("--lower-mountpoint")
-            .arg(&lower)
             .arg("--control-socket")
             .arg(&sock)
             .arg("--interval")

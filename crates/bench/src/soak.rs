@@ -35,7 +35,7 @@ use rustix::io::Errno;
 use serde_json::Value;
 
 use crate::gen::Rng;
-use crate::services::{ask, Broker, Compute, ComputeSpec};
+use crate::services::{ask, Broker, Compute, ComputeLower, ComputeSpec};
 use crate::util::{self, remove_tree, rss_kib, stopped};
 
 /// The soak: random operations on every side for a while, then convergence and the
@@ -1104,7 +1104,7 @@ fn soak(cli: &SoakCli, bin: &Path, root: &Path, seed: u64, command: &str) -> Res
             server: format!("ws://{broker_route}"),
             id,
             token_file: &bdir.join(format!("token-{id}")),
-            lower_cmd,
+            lower: ComputeLower::Cmd(lower_cmd),
             interval: cli.interval,
             union: cli.union.as_deref(),
         })?;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use crate::bench::{measure, Env, Kind, Limits, Sample};
 use crate::gen;
 use crate::report::{Results, S3Result, S3Round};
-use crate::services::{Broker, Compute, ComputeSpec};
+use crate::services::{Broker, Compute, ComputeLower, ComputeSpec};
 use crate::util::{bash, count_files, cpu_ns, poll, remove_tree, rss_kib, run_until, stopped, Ended};
 
 /// S3's quiet window: no request, only what the services do by themselves.
@@ -96,6 +96,15 @@ fn read_all(env: &Env, dir: &Path, deadline: Instant) -> Result<u64> {
     Ok(total)
 }
 
+/// Where a compute service's lower layer comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lower {
+    /// sshfs through the shaper (the seed's design).
+    Sshfs,
+    /// The project's replica (`--replica-dir`): metadata and content over the websocket.
+    Replica,
+}
+
 /// The cs-actor services of one RTT: broker on `home`, compute server behind the shaper.
 pub struct Pair {
     pub broker: Broker,
@@ -106,7 +115,7 @@ pub struct Pair {
 
 impl Pair {
     /// `union`: `--union NAME` for the compute service (`None`: the service's default).
-    pub fn start(env: &Env, home: &Path, dir: &Path, interval: f64, union: Option<&str>) -> Result<Pair> {
+    pub fn start(env: &Env, home: &Path, dir: &Path, interval: f64, union: Option<&str>, lower: Lower) -> Result<Pair> {
         let id = "bench-gpu";
         let broker = Broker::start(&env.bin, home, &dir.join("broker"), id)?;
         let broker_route = env.shaper.route(broker.listen)?;
@@ -118,14 +127,21 @@ impl Pair {
             ssh_options: env.sshd.ssh_options(),
         };
         let cdir = dir.join("compute");
-        let lower_cmd = cs_mount::sshfs_command(&target, &cdir.join("lower"), &cs_mount::SshfsOptions::default());
+        let lower = match lower {
+            Lower::Sshfs => ComputeLower::Cmd(cs_mount::sshfs_command(
+                &target,
+                &cdir.join("lower"),
+                &cs_mount::SshfsOptions::default(),
+            )),
+            Lower::Replica => ComputeLower::Replica,
+        };
         let compute = Compute::start(ComputeSpec {
             bin: &env.bin,
             dir: &cdir,
             server: format!("ws://{broker_route}"),
             id,
             token_file: &dir.join("broker").join("token"),
-            lower_cmd,
+            lower,
             interval,
             union,
         })?;
@@ -345,7 +361,7 @@ pub fn s3(env: &Env, home: &Path, dir: &Path, rtt: u64, rounds: usize) -> S3Resu
     let mut out = S3Result { rtt_ms: rtt, files: env.sizes.s3_files, held: env.sizes.s3_held, ..Default::default() };
     let held_rel = format!("held-rtt{rtt}");
     let r = (|| -> Result<()> {
-        let pair = Pair::start(env, home, dir, 3600.0, Some("unionfs-fuse"))?;
+        let pair = Pair::start(env, home, dir, 3600.0, Some("unionfs-fuse"), Lower::Sshfs)?;
         let c = &pair.compute;
         // The held files: written on the compute server, carried to the project by a round.
         let t = Instant::now();

@@ -160,6 +160,7 @@ fn hello(client: &str, cursor: cs_protocol::Cursor) -> ClientMsg {
         held_removed: vec![],
         hidden: vec![],
         pull: PullPolicy::Changed { max_file_size: None },
+        follow: false,
     })
 }
 
@@ -416,6 +417,7 @@ async fn an_older_broker_is_not_asked() {
                     ignore_error: None,
                     fetch: true,
                     snapshot: false,
+                    follow: false,
                 }),
                 other => {
                     log.lock().unwrap().push(format!("{other:?}"));

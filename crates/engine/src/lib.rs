@@ -27,7 +27,7 @@ pub use error::EngineError;
 pub use filter::{default_local_only, PathFilter, DEFAULT_EXCLUDED};
 pub use ignore_rules::{IgnoreError, IgnoreRules, RuleMatch, IGNORE_FILE, IGNORE_FILE_MAX};
 pub use progress::{Progress, ProgressSnapshot};
-pub use project::{ProjectConfig, ProjectRound, ProjectSide, WriteReport, DEFAULT_FULL_RESCAN_EVERY};
+pub use project::{FollowNews, ProjectConfig, ProjectRound, ProjectSide, WriteReport, DEFAULT_FULL_RESCAN_EVERY};
 
 use cs_protocol::ClientId;
 pub use cs_protocol::PullPolicy;

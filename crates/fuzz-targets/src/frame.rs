@@ -66,6 +66,7 @@ impl Paths for ServerMsg {
             | ServerMsg::WritesFollow { .. }
             | ServerMsg::Committed { .. }
             | ServerMsg::Pong { .. }
+            | ServerMsg::ProjectChanged { .. }
             | ServerMsg::Error { .. } => Vec::new(),
         }
     }

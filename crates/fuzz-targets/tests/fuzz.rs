@@ -131,6 +131,9 @@ struct SHello {
     held_count: u64,
     held_added: Vec<String>,
     held_removed: Vec<String>,
+    /// Absent (an older client), or either value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    follow: Option<bool>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -167,6 +170,8 @@ enum SClient {
 struct SHelloReply {
     need_held_list: bool,
     cursor_unknown: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    follow: Option<bool>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -218,6 +223,7 @@ enum SServer {
     Pong { sent_ms: u64 },
     FetchFollows { stream: u32, report: SFetchReport },
     SnapshotFollows { stream: u32, report: SSnapshotReport },
+    ProjectChanged { changes: u64 },
     Error { code: String, message: String },
 }
 
@@ -244,9 +250,27 @@ fn client_id() -> impl Strategy<Value = String> {
 }
 
 fn client_msg() -> impl Strategy<Value = SClient> {
-    let hello = (client_id(), any::<u32>(), proptest::option::of(cursor()), any::<[u8; 32]>(), num(), paths(), paths())
-        .prop_map(|(client, protocol, cursor, held_digest, held_count, held_added, held_removed)| {
-            SClient::Hello(SHello { client, protocol, cursor, held_digest, held_count, held_added, held_removed })
+    let hello = (
+        client_id(),
+        any::<u32>(),
+        proptest::option::of(cursor()),
+        any::<[u8; 32]>(),
+        num(),
+        paths(),
+        paths(),
+        proptest::option::of(any::<bool>()),
+    )
+        .prop_map(|(client, protocol, cursor, held_digest, held_count, held_added, held_removed, follow)| {
+            SClient::Hello(SHello {
+                client,
+                protocol,
+                cursor,
+                held_digest,
+                held_count,
+                held_added,
+                held_removed,
+                follow,
+            })
         });
     let commit = (num(), paths(), paths(), any::<[u8; 32]>(), paths()).prop_map(
         |(round_id, added, removed, digest, not_applied)| {
@@ -297,9 +321,11 @@ fn server_msg() -> impl Strategy<Value = SServer> {
     ];
     prop_oneof![
         any::<bool>().prop_map(SServer::WasCommitted),
-        (any::<bool>(), any::<bool>()).prop_map(|(need_held_list, cursor_unknown)| {
-            SServer::HelloReply(SHelloReply { need_held_list, cursor_unknown })
-        }),
+        (any::<bool>(), any::<bool>(), proptest::option::of(any::<bool>())).prop_map(
+            |(need_held_list, cursor_unknown, follow)| {
+                SServer::HelloReply(SHelloReply { need_held_list, cursor_unknown, follow })
+            }
+        ),
         Just(SServer::HeldListOk),
         (paths(), paths(), refused()).prop_map(|(deleted, kept, refused)| SServer::DeleteReport(SDeleteReport {
             deleted,
@@ -319,6 +345,7 @@ fn server_msg() -> impl Strategy<Value = SServer> {
                 SServer::SnapshotFollows { stream, report: SSnapshotReport { entries, cursor, refused, refused_count } }
             }
         ),
+        num().prop_map(|changes| SServer::ProjectChanged { changes }),
         (code, ".{0,20}").prop_map(|(code, message)| SServer::Error { code, message }),
     ]
 }

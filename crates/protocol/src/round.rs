@@ -32,6 +32,11 @@ pub struct Hello {
     /// behaviour before the field existed.
     #[serde(default)]
     pub pull: PullPolicy,
+    /// C asks to be told of P's changes between its rounds
+    /// (`ServerMsg::ProjectChanged`, docs/protocol.md, *Follow*). Absent
+    /// from an older client's hello: `false`, and P never pushes to it.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 /// What P sends C beyond the paths C holds in its upper layer (the pull
@@ -77,6 +82,11 @@ pub struct HelloReply {
     /// older broker's answer: `false`, and C must not ask.
     #[serde(default)]
     pub snapshot: bool,
+    /// P pushes `ProjectChanged` to a client whose hello asked `follow`
+    /// (docs/protocol.md, *Follow*). Absent from an older broker's answer:
+    /// `false`, and C's rounds come from its timer and its own changes only.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 /// One entry a fetch sent: the path and P's version of it as packed (kind,

@@ -522,7 +522,7 @@ mod tests {
         rmp_serde::encode::write_named(&mut bytes, &crate::Envelope::new(9, old)).unwrap();
         match Frame::<ServerMsg>::decode(&bytes).unwrap() {
             Frame::Control(env) => match env.body {
-                ServerMsg::HelloReply(r) => assert!(!r.fetch && !r.snapshot && r.need_held_list),
+                ServerMsg::HelloReply(r) => assert!(!r.fetch && !r.snapshot && !r.follow && r.need_held_list),
                 other => panic!("{other:?}"),
             },
             other => panic!("{other:?}"),
@@ -535,6 +535,7 @@ mod tests {
             ignore_error: None,
             fetch: true,
             snapshot: true,
+            follow: true,
         });
         let f = Frame::control(1, now);
         assert_eq!(Frame::decode(&f.encode().unwrap()).unwrap(), f);

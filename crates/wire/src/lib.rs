@@ -34,7 +34,7 @@ pub use error::{AuthFailure, WireError};
 pub use frame::{Frame, StreamEnd, WireLimits, MAX_REASON_BYTES};
 pub use messages::{
     ClientMsg, Envelope, ErrorCode, ServerMsg, FETCH_STREAM_BIT, MAX_FETCHES_IN_FLIGHT, MAX_FETCH_PATHS,
-    MAX_SNAPSHOTS_IN_FLIGHT,
+    MAX_SNAPSHOTS_IN_FLIGHT, UNSOLICITED_ID,
 };
 pub use snapshot::{
     SnapshotDecoder, SnapshotEncoder, SnapshotLimits, SnapshotStreamError, MAX_SNAPSHOT_ENTRIES,

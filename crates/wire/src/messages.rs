@@ -133,10 +133,31 @@ pub enum ServerMsg {
     /// `stream`: how many entries it carried, the journal cursor taken
     /// before the walk, what was left out.
     SnapshotFollows { stream: u32, report: SnapshotReport },
+    /// Unsolicited, never an answer: P's home changed since the client's
+    /// cursor (by P's own processes or another client's round, never by this
+    /// client's rounds), while no round of this client ran. Sent only to a
+    /// client whose hello asked `follow`, debounced, always with the id
+    /// [`UNSOLICITED_ID`], which no request uses (C numbers its requests
+    /// from 1). C starts a round (docs/protocol.md, *Follow*). `changes`:
+    /// how many journal entries are new to the client (for logs and status).
+    ProjectChanged { changes: u64 },
     /// The request failed; a round's request: the round fails and is retried
     /// from hello; a fetch's or a snapshot's: that request only, the round
     /// is not touched.
     Error { code: ErrorCode, message: String },
+}
+
+/// The envelope id of an unsolicited message ([`ServerMsg::ProjectChanged`]):
+/// C numbers its requests from 1, so no answer carries it for a request
+/// (an error about a frame whose id P could not read carries it too: C has
+/// no request waiting on it either way).
+pub const UNSOLICITED_ID: u64 = 0;
+
+impl ServerMsg {
+    /// An unsolicited message: never the answer to a request, whatever its id.
+    pub fn is_unsolicited(&self) -> bool {
+        matches!(self, ServerMsg::ProjectChanged { .. })
+    }
 }
 
 /// Why P refused or failed a request ([`ServerMsg::Error`]).

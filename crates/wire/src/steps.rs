@@ -193,6 +193,7 @@ mod tests {
                 held_removed: vec![],
                 hidden: vec![],
                 pull: Default::default(),
+                follow: false,
             }),
             Step::DeletesToProject => ClientMsg::Deletes(vec![RelPath::new("a").expect("path")]),
             Step::DeletesToCompute => ClientMsg::AskDeletes,

@@ -39,6 +39,7 @@ fn requests() -> Vec<ClientMsg> {
             held_removed: vec![p("gone")],
             hidden: vec![p("deleted/dir")],
             pull: cs_protocol::PullPolicy::Changed { max_file_size: Some(1 << 26) },
+            follow: true,
         }),
         ClientMsg::HeldList(vec![p("a"), p("a/b"), p("dir with space/ü")]),
         ClientMsg::Deletes(vec![p("gone.txt")]),
@@ -81,6 +82,7 @@ fn reply(msg: &ClientMsg) -> ServerMsg {
             ignore_error: None,
             fetch: true,
             snapshot: true,
+            follow: h.follow,
         }),
         ClientMsg::HeldList(_) => ServerMsg::HeldListOk,
         ClientMsg::Deletes(paths) => ServerMsg::DeleteReport(DeleteReport {
@@ -243,6 +245,28 @@ async fn every_message_and_both_streams_round_trip() {
     let kinds: std::collections::BTreeSet<_> =
         answers.iter().map(|a| format!("{a:?}").split(['(', ' ', '{']).next().unwrap().to_owned()).collect();
     assert_eq!(kinds.len(), 12, "all twelve ServerMsg variants: {kinds:?}");
+}
+
+/// `ProjectChanged` is P's own: it comes unasked, with the id no request
+/// uses, and may arrive between a request and its answer.
+#[tokio::test]
+async fn an_unsolicited_project_changed_arrives_between_a_request_and_its_answer() {
+    let (addr, _accepted) = spawn_server(WireLimits::default(), Duration::from_secs(5), |_client, mut conn| async move {
+        while let Some(Frame::Control(Envelope { id, body: ClientMsg::Ping { sent_ms } })) = conn.recv().await.unwrap() {
+            conn.send_msg(UNSOLICITED_ID, ServerMsg::ProjectChanged { changes: sent_ms }).await.unwrap();
+            conn.send_msg(id, ServerMsg::Pong { sent_ms }).await.unwrap();
+        }
+    })
+    .await;
+    let mut conn = connect(&url(addr), TOKEN_B, None, WireLimits::default()).await.unwrap();
+    conn.send_msg(1, ClientMsg::Ping { sent_ms: 3 }).await.unwrap();
+    let Frame::Control(first) = conn.recv().await.unwrap().unwrap() else { panic!("a control frame") };
+    assert_eq!(first, Envelope::new(UNSOLICITED_ID, ServerMsg::ProjectChanged { changes: 3 }));
+    assert!(first.body.is_unsolicited());
+    let Frame::Control(answer) = conn.recv().await.unwrap().unwrap() else { panic!("a control frame") };
+    assert_eq!(answer, Envelope::new(1, ServerMsg::Pong { sent_ms: 3 }));
+    assert!(!answer.body.is_unsolicited());
+    conn.close().await.unwrap();
 }
 
 #[tokio::test]

@@ -1528,6 +1528,7 @@ async fn stall(url: &str, token: &str, id: &str) -> Result<cs_wire::ClientConn, 
         held_removed: Vec::new(),
         hidden: Vec::new(),
         pull: Default::default(),
+        follow: false,
     };
     conn.send_msg(1, ClientMsg::Hello(hello)).await.map_err(e("send hello"))?;
     match answer(&mut conn, 1).await? {

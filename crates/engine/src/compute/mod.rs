@@ -58,6 +58,10 @@ pub struct ComputeConfig {
     /// Which union the upper layer belongs to: where the round's changes
     /// are made and how deletions are hidden (see [`UnionKind`]).
     pub union: UnionKind,
+    /// Ask P, in every hello, to push `ProjectChanged` when the project
+    /// changes between rounds (docs/protocol.md, *Follow*). Off unless set;
+    /// the compute service turns it on (`--follow-project`).
+    pub follow: bool,
 }
 
 /// The union the upper layer belongs to, as far as the engine cares.
@@ -90,6 +94,7 @@ impl ComputeConfig {
             busy: BusyPolicy::default(),
             pull: PullPolicy::Held,
             union: UnionKind::UnionfsFuse(Layout::UnionfsFuse1),
+            follow: false,
         }
     }
 }
@@ -527,6 +532,7 @@ impl ComputeSide {
             held_removed: committed.keys().filter(|p| !known.contains_key(*p)).cloned().collect(),
             hidden,
             pull: self.cfg.pull,
+            follow: self.cfg.follow,
         };
         let problems = scan.problems.clone();
         let round = ComputeRound {

@@ -1,11 +1,13 @@
 //! The project's half of a round: it owns the home directory, the change
 //! journal and one index per client, and answers each step: steps 1 and 2
 //! in [`deletes`], step 3 in [`apply`], step 4 in [`pack`], step 5 here;
-//! beside the round, fetches in [`fetch`] and snapshots in [`snapshot`].
+//! beside the round, fetches in [`fetch`], snapshots in [`snapshot`] and
+//! the follow check (has a client news between its rounds?) in [`follow`].
 
 mod apply;
 mod deletes;
 mod fetch;
+mod follow;
 mod ignore;
 mod journal;
 mod pack;
@@ -24,6 +26,7 @@ use cs_tarstream::Limits;
 use serde::{Deserialize, Serialize};
 
 pub use fetch::MAX_FETCH_ENTRIES;
+pub use follow::FollowNews;
 pub use ignore::IgnoreStatus;
 pub use journal::{Journal, JournalEntry, JOURNAL_VERSION};
 pub use snapshot::MAX_SNAPSHOT_REFUSED;
@@ -353,6 +356,7 @@ impl ProjectSide {
             // The broker's sessions serve fetches and say so; the engine alone does not.
             fetch: false,
             snapshot: false,
+            follow: false,
         };
         let mut round = ProjectRound {
             client: hello.client.clone(),

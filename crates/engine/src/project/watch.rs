@@ -126,6 +126,15 @@ impl HomeWatch {
         }
     }
 
+    /// Are events queued (the descriptor is readable)? Reads nothing: a
+    /// follower's check (see `follow`) refreshes the journal only then.
+    pub fn has_events(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(&self.fd, rustix::event::PollFlags::IN)];
+        let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        // An error (EINTR) says "maybe": the refresh then finds out.
+        rustix::event::poll(&mut fds, Some(&zero)).map_or(true, |n| n > 0)
+    }
+
     /// Reads every queued event (never blocks).
     pub fn drain(&mut self) -> Changes {
         let mut out = Changes::default();
@@ -191,11 +200,14 @@ mod tests {
         w.watch(t.path(), None);
         w.watch(t.path(), Some(&rel("d")));
         assert_eq!(w.drain(), Changes::default(), "nothing yet");
+        assert!(!w.has_events());
         // A file rename is not a directory move.
         std::fs::rename(t.path().join("d/sub/f"), t.path().join("d/sub/g")).unwrap();
         std::fs::rename(t.path().join("d"), t.path().join("e")).unwrap();
         std::fs::rename(t.path().join("e"), t.path().join("d")).unwrap();
+        assert!(w.has_events());
         let ch = w.drain();
+        assert!(!w.has_events(), "drained");
         let names: Vec<&str> = ch.moved.iter().map(|p| p.to_str().unwrap()).collect();
         assert_eq!(names, ["d", "e", "e", "d"]);
         assert_eq!(ch.appeared, [rel("d"), rel("e")].into_iter().collect());

@@ -95,6 +95,19 @@ pub struct SessionState {
     /// The metadata snapshots of this session (`ClientMsg::Snapshot`; not
     /// the busy files' snapshots counted by `snapshots_sent`).
     pub snapshot: SnapshotCounters,
+    /// `ProjectChanged` pushes to this client (docs/protocol.md, *Follow*).
+    pub follow: FollowCounters,
+}
+
+/// What a session's follow did, since it connected.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FollowCounters {
+    /// The client's last hello asked `follow`.
+    pub asked: bool,
+    /// `ProjectChanged` messages sent.
+    pub pushes: u64,
+    /// When the last one was sent (unix ms, P's clock).
+    pub last_push_unix_ms: Option<u64>,
 }
 
 /// What a session's metadata snapshots did, all counted since it connected.

@@ -245,15 +245,21 @@ impl Session {
             self.stats.rounds_failed += 1;
         }
         let started = Instant::now();
+        let follow = hello.follow;
+        // A follow check in flight now is stale: this round carries its news.
+        self.follow.rounds_begun += 1;
         self.engine(
             ctx,
             move |p| p.begin_round(&hello),
             move |act, ctx, res| match res {
                 Ok((round, mut reply)) => {
                     // Sessions serve fetches (`ClientMsg::Fetch`) and
-                    // snapshots (`ClientMsg::Snapshot`).
+                    // snapshots (`ClientMsg::Snapshot`), and push
+                    // `ProjectChanged` to a client that follows.
                     reply.fetch = true;
                     reply.snapshot = true;
+                    reply.follow = true;
+                    act.follow_hello(ctx, follow);
                     act.phase.opened(round, started, reply.need_held_list);
                     act.reply(ctx, id, ServerMsg::HelloReply(reply));
                 }

@@ -12,10 +12,11 @@
 //! at a time, in order; one that arrives while a step runs waits in a short
 //! queue (a `Hello` there cancels the running step: the round restarts).
 //!
-//! The actor owns and wires four parts: [`phase`] (the round and its step:
+//! The actor owns and wires five parts: [`phase`] (the round and its step:
 //! a step borrows the round from it), [`io`] (the reader and writer tasks),
-//! [`engine`] (each request as an engine call) and [`stats`] (the counters,
-//! and the state `status` shows).
+//! [`engine`] (each request as an engine call), [`follow`] (telling a
+//! client of project changes between its rounds) and [`stats`] (the
+//! counters, and the state `status` shows).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -37,6 +38,7 @@ use crate::BoxedIo;
 
 mod engine;
 mod fetch;
+mod follow;
 mod io;
 mod phase;
 mod snapshot;
@@ -147,6 +149,8 @@ pub struct Session {
     /// Requests whose answer must follow the end of their stream (step 4,
     /// fetches): request id → stream id.
     hold: HashMap<u64, u32>,
+    /// Pushes of `ProjectChanged` to a client that asked (see `follow`).
+    follow: follow::Follow,
 }
 
 pub(crate) struct SessionParts {
@@ -204,6 +208,7 @@ impl Session {
                 fetch_cancel: Arc::new(AtomicBool::new(false)),
                 snapshots: HashSet::new(),
                 hold: HashMap::new(),
+                follow: follow::Follow::default(),
             }
         })
     }

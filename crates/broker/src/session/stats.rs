@@ -89,6 +89,7 @@ impl Session {
             snapshots_sent: s.snapshots_sent,
             fetch: FetchCounters { in_flight: self.fetches.len() as u64, ..s.fetch.clone() },
             snapshot: SnapshotCounters { in_flight: self.snapshots.len() as u64, ..s.snapshot.clone() },
+            follow: self.follow.counters.clone(),
         }
     }
 }

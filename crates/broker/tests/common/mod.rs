@@ -165,6 +165,11 @@ pub struct TestClient {
     engine: Engine,
     next_id: u64,
     next_stream: u32,
+    /// Hellos ask `follow` (docs/protocol.md, *Follow*).
+    pub follow: bool,
+    /// The `ProjectChanged` pushes received (their `changes`), set aside
+    /// wherever they arrived.
+    pub pushes: Vec<u64>,
 }
 
 pub async fn connect(addr: SocketAddr, token: &str) -> Result<ClientConn, WireError> {
@@ -187,7 +192,17 @@ impl TestClient {
         let id = ClientId::new(client).unwrap();
         let cfg = ComputeConfig::new(id.clone(), upper.clone(), dir.path().join("cstate"));
         let side = ComputeSide::open(cfg).unwrap();
-        TestClient { id, dir, upper, conn, engine: Arc::new(Mutex::new((side, None))), next_id: 1, next_stream: 1 }
+        TestClient {
+            id,
+            dir,
+            upper,
+            conn,
+            engine: Arc::new(Mutex::new((side, None))),
+            next_id: 1,
+            next_stream: 1,
+            follow: false,
+            pushes: Vec::new(),
+        }
     }
 
     /// A new connection for the same compute server (same upper layer and state).
@@ -235,16 +250,47 @@ impl TestClient {
         Ok(id)
     }
 
-    /// The next control message (stream frames are not expected here).
+    /// The next control message (stream frames are not expected here);
+    /// `ProjectChanged` pushes are set aside in `pushes`, as the compute
+    /// service's reader does (never an answer).
     pub async fn recv_control(&mut self) -> Result<(u64, ServerMsg), ClientError> {
-        match tokio::time::timeout(Duration::from_secs(30), self.conn.recv()).await {
-            Err(_) => Err(ClientError::Unexpected("no answer within 30 s".into())),
-            Ok(Err(e)) => Err(e.into()),
-            Ok(Ok(None)) => Err(ClientError::Wire(WireError::Closed)),
-            Ok(Ok(Some(Frame::Control(env)))) => Ok((env.id, env.body)),
-            Ok(Ok(Some(other))) => {
-                Err(ClientError::Unexpected(format!("expected a control message, got {}", other.describe())))
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.conn.recv()).await {
+                Err(_) => return Err(ClientError::Unexpected("no answer within 30 s".into())),
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(None)) => return Err(ClientError::Wire(WireError::Closed)),
+                Ok(Ok(Some(Frame::Control(env)))) => match env.body {
+                    ServerMsg::ProjectChanged { changes } => {
+                        assert_eq!(env.id, cs_wire::UNSOLICITED_ID, "a push's id");
+                        self.pushes.push(changes);
+                    }
+                    body => return Ok((env.id, body)),
+                },
+                Ok(Ok(Some(other))) => {
+                    return Err(ClientError::Unexpected(format!(
+                        "expected a control message, got {}",
+                        other.describe()
+                    )))
+                }
             }
+        }
+    }
+
+    /// Waits up to `within` for a `ProjectChanged` push (between rounds:
+    /// any other frame is an error); returns its `changes`.
+    pub async fn wait_push(&mut self, within: Duration) -> Option<u64> {
+        if !self.pushes.is_empty() {
+            return Some(self.pushes.remove(0));
+        }
+        match tokio::time::timeout(within, self.conn.recv()).await {
+            Err(_) => None,
+            Ok(Ok(Some(Frame::Control(env)))) => match env.body {
+                ServerMsg::ProjectChanged { changes } if env.id == cs_wire::UNSOLICITED_ID => Some(changes),
+                other => panic!("{}: between rounds, expected only pushes, got {other:?}", self.id),
+            },
+            Ok(Ok(Some(frame))) => panic!("{}: between rounds, got {}", self.id, frame.describe()),
+            Ok(Ok(None)) => panic!("{}: connection closed", self.id),
+            Ok(Err(e)) => panic!("{}: connection failed: {e}", self.id),
         }
     }
 
@@ -295,7 +341,7 @@ impl TestClient {
     /// Hello (and the held list when asked).
     pub async fn hello(&mut self) -> Result<HelloReply, ClientError> {
         self.resolve_pending().await?;
-        let hello = self
+        let mut hello = self
             .blocking(|c, r| {
                 let (round, hello) = c.begin_round()?;
                 *r = Some(round);
@@ -303,6 +349,7 @@ impl TestClient {
             })
             .await
             .map_err(|e| ClientError::Engine(e.to_string()))?;
+        hello.follow = self.follow;
         let reply = match self.request(ClientMsg::Hello(hello)).await? {
             ServerMsg::HelloReply(r) => r,
             other => return Self::unexpected("HelloReply", other),
@@ -410,6 +457,7 @@ impl TestClient {
                     }
                 }
                 Frame::Control(env) => match env.body {
+                    ServerMsg::ProjectChanged { changes } => self.pushes.push(changes),
                     ServerMsg::WritesFollow { stream: s, cursor } if env.id == id && s == stream => {
                         if tx.is_some() {
                             return Err(ClientError::Unexpected("WritesFollow before the stream's end".into()));

@@ -72,7 +72,9 @@ pub use bridge::{Activity, SlotReader, SlotWriter, TarSlots, TarWork};
 pub use broker::{Broker, SessionAddrs, Shutdown};
 pub use config::{duration, BrokerConfig, TlsFiles};
 pub use session::Session;
-pub use state::{BrokerState, EndedSession, FetchCounters, FollowCounters, RoundStep, SessionState, SnapshotCounters, ENDED_KEPT};
+pub use state::{
+    BrokerState, EndedSession, FetchCounters, FollowCounters, RoundStep, SessionState, SnapshotCounters, ENDED_KEPT,
+};
 
 /// How often the watchdog looks for stuck sessions (to log them).
 const WATCHDOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);

@@ -251,13 +251,16 @@ async fn every_message_and_both_streams_round_trip() {
 /// uses, and may arrive between a request and its answer.
 #[tokio::test]
 async fn an_unsolicited_project_changed_arrives_between_a_request_and_its_answer() {
-    let (addr, _accepted) = spawn_server(WireLimits::default(), Duration::from_secs(5), |_client, mut conn| async move {
-        while let Some(Frame::Control(Envelope { id, body: ClientMsg::Ping { sent_ms } })) = conn.recv().await.unwrap() {
-            conn.send_msg(UNSOLICITED_ID, ServerMsg::ProjectChanged { changes: sent_ms }).await.unwrap();
-            conn.send_msg(id, ServerMsg::Pong { sent_ms }).await.unwrap();
-        }
-    })
-    .await;
+    let (addr, _accepted) =
+        spawn_server(WireLimits::default(), Duration::from_secs(5), |_client, mut conn| async move {
+            while let Some(Frame::Control(Envelope { id, body: ClientMsg::Ping { sent_ms } })) =
+                conn.recv().await.unwrap()
+            {
+                conn.send_msg(UNSOLICITED_ID, ServerMsg::ProjectChanged { changes: sent_ms }).await.unwrap();
+                conn.send_msg(id, ServerMsg::Pong { sent_ms }).await.unwrap();
+            }
+        })
+        .await;
     let mut conn = connect(&url(addr), TOKEN_B, None, WireLimits::default()).await.unwrap();
     conn.send_msg(1, ClientMsg::Ping { sent_ms: 3 }).await.unwrap();
     let Frame::Control(first) = conn.recv().await.unwrap().unwrap() else { panic!("a control frame") };

@@ -101,6 +101,13 @@ pub struct ConnectionState {
     pub last_error: Option<String>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Following the project (docs/protocol.md, *Follow*): whether the broker's last hello
+    /// answer on this connection offered to push project changes to a client that asks
+    /// (None before the first answer, `false` from an older broker), how many pushes came,
+    /// and when the last did.
+    pub follow_offered: Option<bool>,
+    pub project_pushes: u64,
+    pub last_project_push_unix_ms: Option<u64>,
 }
 
 enum WriterCmd {
@@ -126,6 +133,13 @@ struct Shared {
     /// snapshots: [`CAP_UNKNOWN`] (no hello yet on this connection),
     /// [`CAP_NO`] or [`CAP_YES`].
     snapshot_cap: AtomicU8,
+    /// The same for following ([`CAP_UNKNOWN`], [`CAP_NO`], [`CAP_YES`]).
+    follow_cap: AtomicU8,
+    /// P pushed `ProjectChanged`: one stored permit, so pushes that arrive while
+    /// nobody waits make one wake-up, not a queue (a round catches them all).
+    project_changed: Notify,
+    project_pushes: AtomicU64,
+    last_project_push_unix_ms: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     rtt_us: AtomicU64,
@@ -185,6 +199,16 @@ impl LinkHandle {
         }
         let writer = Shared::lock(&self.shared.writer).clone();
         writer.ok_or_else(|| LinkError::NotConnected { last: Shared::lock(&self.shared.down).clone() })
+    }
+
+    /// Each push of `ServerMsg::ProjectChanged` from the broker, as a stream that ends
+    /// never: pushes that arrive while the stream is not polled make one item, not
+    /// several (the round they start catches every change).
+    pub fn project_changes(&self) -> impl futures_util::Stream<Item = ()> + Send + 'static {
+        futures_util::stream::unfold(self.shared.clone(), |shared| async move {
+            shared.project_changed.notified().await;
+            Some(((), shared))
+        })
     }
 
     /// Fetches P's current content of `paths` (project paths; at most
@@ -481,6 +505,7 @@ impl Connection {
         self.shared.stopped.store(false, Ordering::Relaxed);
         // Another connection may reach another broker (an upgrade, a downgrade).
         self.shared.snapshot_cap.store(CAP_UNKNOWN, Ordering::Relaxed);
+        self.shared.follow_cap.store(CAP_UNKNOWN, Ordering::Relaxed);
         let (mut sender, mut receiver) = conn.split();
         let (wtx, mut wrx) = mpsc::channel::<WriterCmd>(64);
         *Shared::lock(&self.shared.writer) = Some(wtx);
@@ -517,9 +542,18 @@ impl Connection {
                 };
                 match frame {
                     Frame::Control(env) => {
+                        // Never an answer: routed before the requests' lookup.
+                        if env.body.is_unsolicited() {
+                            shared.project_pushes.fetch_add(1, Ordering::Relaxed);
+                            shared.last_project_push_unix_ms.store(unix_ms(), Ordering::Relaxed);
+                            shared.project_changed.notify_one();
+                            continue;
+                        }
                         if let ServerMsg::HelloReply(r) = &env.body {
                             let cap = if r.snapshot { CAP_YES } else { CAP_NO };
                             shared.snapshot_cap.store(cap, Ordering::Relaxed);
+                            let cap = if r.follow { CAP_YES } else { CAP_NO };
+                            shared.follow_cap.store(cap, Ordering::Relaxed);
                         }
                         if let ServerMsg::Pong { sent_ms } = env.body {
                             let now = now_us();
@@ -626,6 +660,10 @@ impl Connection {
 
 /// Microseconds on this machine's monotonic-ish clock: only ever compared
 /// with itself (the pong echoes our own value back).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 fn now_us() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_micros() as u64
@@ -650,6 +688,14 @@ impl Observable for Connection {
             self.next_attempt.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64);
         s.bytes_sent = self.shared.bytes_sent.load(Ordering::Relaxed);
         s.bytes_received = self.shared.bytes_received.load(Ordering::Relaxed);
+        s.follow_offered = match self.shared.follow_cap.load(Ordering::Relaxed) {
+            CAP_YES => Some(true),
+            CAP_NO => Some(false),
+            _ => None,
+        };
+        s.project_pushes = self.shared.project_pushes.load(Ordering::Relaxed);
+        let last = self.shared.last_project_push_unix_ms.load(Ordering::Relaxed);
+        s.last_project_push_unix_ms = (last > 0).then_some(last);
         s
     }
 }

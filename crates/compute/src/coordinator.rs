@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use cs_supervision::heartbeat::BusyGuard;
 use cs_supervision::{Heartbeat, Observable};
+use futures_util::StreamExt as _;
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
@@ -82,6 +83,8 @@ pub struct Coordinator {
     changes: Option<ChangeCount>,
     /// Round outcomes for `/metrics`, recorded where `stats` counts them.
     metrics: Option<Arc<cs_metrics::ComputeMetrics>>,
+    /// The broker's pushes of project changes (following), taken at start.
+    project_changes: Option<futures_util::stream::BoxStream<'static, ()>>,
 }
 
 #[derive(Default)]
@@ -122,6 +125,7 @@ impl Coordinator {
             pause_file: None,
             changes: None,
             metrics: None,
+            project_changes: None,
         }
     }
 
@@ -135,6 +139,13 @@ impl Coordinator {
     /// Marks the watcher's events as taken each time a round starts (its scan sees them).
     pub fn with_change_count(mut self, changes: ChangeCount) -> Self {
         self.changes = Some(changes);
+        self
+    }
+
+    /// Starts a round at each push of the broker's (`LinkHandle::project_changes`): the
+    /// project changed between rounds.
+    pub fn with_project_changes(mut self, pushes: impl Stream<Item = ()> + Send + 'static) -> Self {
+        self.project_changes = Some(Box::pin(pushes));
         self
     }
 
@@ -291,6 +302,9 @@ impl Actor for Coordinator {
         if let Some(rail) = self.rail.take() {
             ctx.add_stream(rail_changes(rail));
         }
+        if let Some(pushes) = self.project_changes.take() {
+            ctx.add_stream(pushes.map(|()| ProjectChanged));
+        }
         // Paused before the restart: stay paused, before any round starts.
         if let Some(p) = self.operator_pause.clone() {
             tracing::warn!(
@@ -371,6 +385,21 @@ impl StreamHandler<SetRail> for Coordinator {
     }
 
     /// The mount supervisor stopped (shutdown): keep the last rail.
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+/// The broker pushed `ProjectChanged`: a round brings the change.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProjectChanged;
+
+impl StreamHandler<ProjectChanged> for Coordinator {
+    fn handle(&mut self, _: ProjectChanged, ctx: &mut Self::Context) {
+        tracing::debug!("the broker says the project changed: a round");
+        self.apply(Event::Trigger(Trigger::ProjectChanged), ctx);
+    }
+
+    /// Never ends while the connection actor's state lives; nothing to do if it does.
     fn finished(&mut self, _: &mut Self::Context) {}
 }
 

@@ -42,6 +42,10 @@ pub enum Trigger {
     Timer,
     /// The upper layer changed (debounced filesystem events).
     UpperChanged,
+    /// P pushed `ProjectChanged`: the project changed between rounds (following,
+    /// docs/protocol.md, *Follow*). A change trigger like `UpperChanged`: it starts a
+    /// round from `Idle`, marks one to follow a round in flight, waits out a backoff.
+    ProjectChanged,
     /// `cs-actor sync`.
     OnDemand,
 }
@@ -294,7 +298,7 @@ mod tests {
 
     #[test]
     fn a_trigger_starts_the_next_round() {
-        for t in [Trigger::Timer, Trigger::UpperChanged, Trigger::OnDemand] {
+        for t in [Trigger::Timer, Trigger::UpperChanged, Trigger::ProjectChanged, Trigger::OnDemand] {
             assert_eq!(
                 run(Phase::Idle, Event::Trigger(t)),
                 (running(5, Step::Resolve), vec![Action::StartRound { round: 5 }])
@@ -358,10 +362,12 @@ mod tests {
 
     #[test]
     fn a_trigger_during_a_round_runs_another_right_after() {
-        let (p, _) = run(running(5, Step::Hello), Event::Trigger(Trigger::UpperChanged));
-        let (p, a) = transition(&p, Event::Committed, 5, &Backoff::default());
-        assert_eq!(p, running(6, Step::Resolve));
-        assert_eq!(a, vec![Action::Finished { round: 5, result: Ok(()) }, Action::StartRound { round: 6 }]);
+        for t in [Trigger::UpperChanged, Trigger::ProjectChanged] {
+            let (p, _) = run(running(5, Step::Hello), Event::Trigger(t));
+            let (p, a) = transition(&p, Event::Committed, 5, &Backoff::default());
+            assert_eq!(p, running(6, Step::Resolve), "{t:?}");
+            assert_eq!(a, vec![Action::Finished { round: 5, result: Ok(()) }, Action::StartRound { round: 6 }]);
+        }
     }
 
     #[test]
@@ -373,8 +379,10 @@ mod tests {
             a,
             vec![Action::Finished { round: 5, result: Err(reset) }, Action::ScheduleRetry(Duration::from_secs(1))]
         );
-        // Timer and upper-layer triggers wait for the backoff; on demand does not.
-        assert_eq!(run(p.clone(), Event::Trigger(Trigger::Timer)).0, p);
+        // Timer and change triggers wait for the backoff; on demand does not.
+        for t in [Trigger::Timer, Trigger::UpperChanged, Trigger::ProjectChanged] {
+            assert_eq!(run(p.clone(), Event::Trigger(t)), (p.clone(), vec![]), "{t:?}");
+        }
         let retry =
             Phase::Running { round: 5, step: Step::Resolve, attempt: 1, again: false, pauses: Pauses::default() };
         assert_eq!(run(p.clone(), Event::Trigger(Trigger::OnDemand)).0, retry);
@@ -453,6 +461,7 @@ mod tests {
         for ev in [
             Event::Trigger(Trigger::Timer),
             Event::Trigger(Trigger::UpperChanged),
+            Event::Trigger(Trigger::ProjectChanged),
             Event::BackoffElapsed,
             Event::Committed,
             Event::Resume(PauseBy::Rail),
@@ -490,7 +499,7 @@ mod tests {
                 "syncing is paused: by the operator: disk maintenance (`cs-actor resume` lifts the operator's pause)"
             );
             assert!(!f.is_permanent());
-            for t in [Trigger::Timer, Trigger::UpperChanged] {
+            for t in [Trigger::Timer, Trigger::UpperChanged, Trigger::ProjectChanged] {
                 assert_eq!(run(p.clone(), Event::Trigger(t)), (p.clone(), vec![]), "{t:?}");
             }
             assert_eq!(run(p.clone(), Event::Trigger(Trigger::OnDemand)), (p.clone(), a.clone()));

@@ -51,6 +51,9 @@ pub struct ServiceConfig {
     pub pull: cs_engine::PullPolicy,
     /// See `cs_engine::ComputeConfig::union`: the mounted union's kind.
     pub union: cs_engine::UnionKind,
+    /// Ask the broker to push project changes between rounds, and start a round at each
+    /// push (`--follow-project`; docs/protocol.md, *Follow*).
+    pub follow_project: bool,
     pub backoff: Backoff,
     pub limits: WireLimits,
     /// How the service was set up (paths, URL), shown as it is in the status's `setup`
@@ -130,6 +133,7 @@ impl ComputeService {
         engine_cfg.busy = cfg.busy.clone();
         engine_cfg.pull = cfg.pull;
         engine_cfg.union = cfg.union.clone();
+        engine_cfg.follow = cfg.follow_project;
         let side = ComputeSide::open(engine_cfg)?;
         // `cs-actor pause` before a restart still holds.
         let pause_file = crate::pause::path_in(&cfg.state_dir);
@@ -144,6 +148,7 @@ impl ComputeService {
         conn_cfg.limits = cfg.limits;
         let connection_actor = Connection::new(conn_cfg);
         let link = Arc::new(connection_actor.link());
+        let pushes = cfg.follow_project.then(|| link.project_changes());
         let fetch_link = link.clone();
         let connection = cs_supervision::spawn(connection_actor);
         let changes = ChangeCount::default();
@@ -152,6 +157,9 @@ impl ComputeService {
             .with_operator_pause(pause_file, paused)
             .with_change_count(changes.clone())
             .with_metrics(metrics.clone());
+        if let Some(pushes) = pushes {
+            coordinator = coordinator.with_project_changes(pushes);
+        }
         watchdog.watch("round", coordinator.heartbeat());
         if let Some(m) = &mounts {
             coordinator = coordinator.with_rail(m.rail.clone());

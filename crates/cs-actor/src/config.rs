@@ -72,6 +72,11 @@ mergeable! {
         /// Seconds between timer rounds (default 10).
         #[arg(long)]
         pub interval: Option<f64>,
+        /// Ask the broker to say when the project changes between rounds, and start a
+        /// round at once when it does, so P's changes show in seconds rather than at the
+        /// next timer round (default true; an older broker ignores the ask).
+        #[arg(long, value_name = "true|false")]
+        pub follow_project: Option<bool>,
         /// Local-only paths, gitignore-style (default /scratch/ /.local/ /.cache/).
         #[arg(long, num_args = 1..)]
         pub local_only: Option<Vec<String>>,

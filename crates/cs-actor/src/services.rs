@@ -209,6 +209,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             busy: busy_policy(a.snapshot_after, a.snapshot_max_mib),
             pull,
             union,
+            follow_project: a.follow_project.unwrap_or(true),
             backoff: Default::default(),
             limits: Default::default(),
             setup,

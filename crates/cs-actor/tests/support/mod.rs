@@ -676,6 +676,10 @@ pub struct ComputeOpts<'a> {
     /// The project's files from a replica (`--replica-dir COMPUTE/replica`, issue 12) instead
     /// of an sshfs lower: overlay only, and no sshfs at all.
     pub replica: bool,
+    /// `--follow-project` as the product has it by default: a project change starts a round
+    /// on its own. Off otherwise (`--follow-project false`): the tests drive every round by
+    /// `cs-actor sync --wait`, so that what they see between two rounds is theirs to decide.
+    pub follow: bool,
 }
 
 /// An account of this machine (tests/user.rs acts as one).
@@ -1001,6 +1005,7 @@ impl Bed {
             .arg("--control-socket")
             .arg(&c.sock)
             .args(["--interval", INTERVAL_SECS])
+            .args(["--follow-project", if opts.follow { "true" } else { "false" }])
             .args(union_args(union))
             .args(opts.extra);
         if opts.replica || (union == Union::Overlay && replica_from_env()) {

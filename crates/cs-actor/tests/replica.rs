@@ -303,9 +303,6 @@ fn a_kill_9_of_the_service_leaves_readers_blocked_not_reading_zeros_and_the_rest
 }
 
 #[test]
-#[ignore = "failed once in a release run (2026-12-04, CS_E2E_LOWER=replica run, before the FAN_REPORT_TID fix): \
-            the restarted service took the holder's group and never answered its control socket; \
-            passes in debug; kept out of CI until understood"]
 fn a_kill_9_during_the_startup_snapshot_then_a_restart_builds_a_complete_view() {
     let Some((mut bed, user)) = replica_bed("replica-kill9-snap", &[], |h| {
         for i in 0..20_000u32 {
@@ -383,5 +380,60 @@ fn a_refused_token_with_no_tree_yet_stops_the_service_saying_why() {
     assert!(!status.success(), "exit status {status:?}: {log}");
     assert!(log.contains("no earlier tree") && log.contains("token"), "the reason, in the log: {log}");
     assert!(mounts_under(&bed.root).is_empty(), "left mounted: {:?}", mounts_under(&bed.root));
+    bed.finish();
+}
+
+/// Following (`--follow-project`, the product's default): the project's writes and deletes
+/// reach the user's view in seconds with no `cs-actor sync` and a timer round an hour away;
+/// the broker pushes for P's own changes, never for what this compute server's rounds wrote.
+#[test]
+fn with_follow_the_projects_changes_show_without_a_sync_and_the_clients_own_writes_push_nothing() {
+    if !cs_testbed::real_tools_available() {
+        return;
+    }
+    let (proj, comp) = (account(PROJECT_ACCOUNT), account(COMPUTE_ACCOUNT));
+    let mut bed = Bed::new("replica-follow");
+    fs::set_permissions(&bed.root, fs::Permissions::from_mode(0o755)).unwrap();
+    put(&bed.home, "README", "a project\n");
+    put(&bed.home, "old.txt", "the project deletes this\n");
+    chown_tree(&bed.home, &proj);
+    bed.start_broker();
+    bed.start_compute_opts("gpu-1", &ComputeOpts { follow: true, ..replica_opts(&comp, &[]) });
+    let h = bed.home.clone();
+    assert_eq!(user_must(&bed, &comp, "cat \"$HOME/old.txt\""), "the project deletes this\n");
+    let granted = &bed.compute_status()["connection"]["follow_offered"];
+    assert_eq!(granted, true, "the broker's hello answer: {:#}", bed.compute_status()["connection"]);
+
+    // P writes one file and deletes another; nobody asks for a round.
+    put(&h, "new/data.txt", "written on the project\n");
+    fs::remove_file(h.join("old.txt")).unwrap();
+    chown_tree(&h, &proj);
+    let started = Instant::now();
+    let seen = poll(Duration::from_secs(20), Duration::from_millis(100), || {
+        let out = as_user(&comp, &bed.merged(), "cat \"$HOME/new/data.txt\" && ! test -e \"$HOME/old.txt\"");
+        out.ok().then_some(out.stdout)
+    });
+    let Some(seen) = seen else {
+        bed.fail(&format!(
+            "the project's write and delete are not in the view after 20 s with follow on: {:#}",
+            bed.compute_status()["connection"]
+        ))
+    };
+    assert_eq!(seen, "written on the project\n");
+    eprintln!("the project's change was in the view after {:?}", started.elapsed());
+    let pushes = bed.compute_status()["connection"]["project_pushes"].as_u64().unwrap_or(0);
+    assert!(pushes >= 1, "seen with no push: {:#}", bed.compute_status()["connection"]);
+
+    // The user's own write goes to P by its rounds; P pushes nothing back for it.
+    user_must(&bed, &comp, "echo mine > \"$HOME/from-compute.txt\"");
+    bed.sync_wait();
+    assert_eq!(read(&h, "from-compute.txt"), "mine\n");
+    std::thread::sleep(Duration::from_secs(3));
+    let conn = bed.compute_status()["connection"].clone();
+    assert_eq!(conn["project_pushes"].as_u64(), Some(pushes), "a push for this client's own write: {conn:#}");
+    let sessions = bed.project_status()["broker"]["sessions"].clone();
+    let follow = &sessions[0]["follow"];
+    assert_eq!(follow["asked"], true, "{sessions:#}");
+    assert_eq!(follow["pushes"].as_u64(), Some(pushes), "the broker's count: {sessions:#}");
     bed.finish();
 }

@@ -49,23 +49,6 @@ fn replica_opts<'a>(comp: &'a Account, extra: &'a [&'a str]) -> ComputeOpts<'a> 
     ComputeOpts { user: Some(comp), union: Some(Union::Overlay), replica: true, extra, ..Default::default() }
 }
 
-/// `chown -R` (not following symlinks).
-fn chown_tree(root: &Path, who: &Account) {
-    std::os::unix::fs::lchown(root, Some(who.uid), Some(who.gid)).unwrap();
-    for rel in find_names(root, |_| true) {
-        let p = root.join(rel);
-        std::os::unix::fs::lchown(&p, Some(who.uid), Some(who.gid)).unwrap();
-    }
-}
-
-fn user_must(bed: &Bed, who: &Account, script: &str) -> String {
-    let out = as_user(who, &bed.merged(), script);
-    if !out.ok() {
-        bed.fail(&format!("as {}: `{script}` failed: {}", who.name, out.describe()));
-    }
-    out.stdout
-}
-
 /// `sha256sum` of a file, as root (the project's side of a comparison).
 fn sha256(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();

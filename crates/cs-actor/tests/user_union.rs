@@ -58,25 +58,6 @@ fn user_bed(name: &str, seed: impl FnOnce(&Path)) -> Option<(Bed, Account)> {
     Some((bed, comp))
 }
 
-/// `chown -R` (not following symlinks).
-fn chown_tree(root: &Path, who: &Account) {
-    std::os::unix::fs::lchown(root, Some(who.uid), Some(who.gid)).unwrap();
-    for rel in find_names(root, |_| true) {
-        let p = root.join(rel);
-        std::os::unix::fs::lchown(&p, Some(who.uid), Some(who.gid))
-            .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
-    }
-}
-
-/// What the user's shell says, or the bed fails with the command's output.
-fn user_must(bed: &Bed, who: &Account, script: &str) -> String {
-    let out = as_user(who, &bed.merged(), script);
-    if !out.ok() {
-        bed.fail(&format!("as {}: `{script}` failed: {}", who.name, out.describe()));
-    }
-    out.stdout
-}
-
 /// The names in `root/dir`, sorted (empty if it cannot be listed).
 fn names(root: &Path, dir: &str) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(root.join(dir))

@@ -654,6 +654,26 @@ pub fn must(who: &Account, home: &Path, script: &str) -> String {
     out.stdout
 }
 
+/// What the user's shell says in the bed's (first) merged view, or the bed fails with the
+/// command's output.
+pub fn user_must(bed: &Bed, who: &Account, script: &str) -> String {
+    let out = as_user(who, &bed.merged(), script);
+    if !out.ok() {
+        bed.fail(&format!("as {}: `{script}` failed: {}", who.name, out.describe()));
+    }
+    out.stdout
+}
+
+/// `chown -R` (not following symlinks).
+pub fn chown_tree(root: &Path, who: &Account) {
+    std::os::unix::fs::lchown(root, Some(who.uid), Some(who.gid)).unwrap();
+    for rel in find_names(root, |_| true) {
+        let p = root.join(rel);
+        std::os::unix::fs::lchown(&p, Some(who.uid), Some(who.gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The bed
 

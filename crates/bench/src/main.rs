@@ -260,6 +260,7 @@ fn run(cli: Cli) -> Result<usize> {
             "overlayfs" => {
                 setups.remove("overlay-local");
                 setups.remove("cs-actor-overlay");
+                setups.remove("cs-actor-replica");
             }
             "fuse-overlayfs" => {
                 setups.remove("fuse-overlayfs-local");
@@ -270,7 +271,7 @@ fn run(cli: Cli) -> Result<usize> {
     }
     let skip_test = |t: &str| missing.iter().any(|(w, _)| w == t);
     let only = |t: &str| tests.contains(t) && !skip_test(t);
-    let any_cs_actor = setups.contains("cs-actor") || setups.contains("cs-actor-overlay");
+    let any_cs_actor = ["cs-actor", "cs-actor-overlay", "cs-actor-replica"].iter().any(|s| setups.contains(*s));
     let bin = if any_cs_actor { find_cs_actor(cli.cs_actor.clone())? } else { PathBuf::new() };
     if !rustix::process::geteuid().is_root() {
         eprintln!("cs-bench: not root: FUSE mounts may need user_allow_other; resident-memory peaks cannot be reset");

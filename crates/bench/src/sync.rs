@@ -154,6 +154,29 @@ impl Pair {
     }
 }
 
+/// Waits until the compute service has run no round for [`SETTLE`] and none runs (at most
+/// a minute): the rounds that earlier steps set off are over.
+fn settle(c: &Compute) -> Result<()> {
+    let committed = |c: &Compute| -> Result<(u64, bool)> {
+        let st = c.status()?;
+        Ok((st["round"]["rounds_committed"].as_u64().unwrap_or(0), st["round"]["phase"] == "idle"))
+    };
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let mut last = committed(c)?;
+    while Instant::now() < give_up {
+        std::thread::sleep(SETTLE);
+        let now = committed(c)?;
+        if now == last && now.1 {
+            return Ok(());
+        }
+        last = now;
+    }
+    bail!("the compute service kept running rounds for a minute with nothing to sync")
+}
+
+/// Longer than the upper-layer watcher's debounce (1 s).
+const SETTLE: Duration = Duration::from_millis(1500);
+
 /// S1/S2 through cs-actor, one direction.
 /// `kind`: the union backend `pair` runs (its column).
 #[allow(clippy::too_many_arguments)]
@@ -205,6 +228,11 @@ pub fn cs_actor(
                 }
             }
             Way::ToCompute => {
+                // The previous run's cleanup round deleted through the merged view, which
+                // the upper-layer watcher sees: it starts one more round a second later.
+                // Generating before that round would time it, not the service's way of
+                // learning of P's files (following, or its timer).
+                settle(c)?;
                 generate(env, t, &project, seed)?;
                 // Both routes: through the lower (sshfs) and through the rounds (the broker's
                 // websocket: with `--pull changed` P's new files come that way).

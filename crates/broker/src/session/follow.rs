@@ -44,8 +44,6 @@ pub(super) const MAX_WAIT: Duration = Duration::from_secs(1);
 /// A session's follow state.
 #[derive(Default)]
 pub(super) struct Follow {
-    /// The client's last hello asked `follow`.
-    pub enabled: bool,
     /// The poll timer runs (started at the first hello that asked).
     ticking: bool,
     /// A check runs on its thread.
@@ -58,6 +56,7 @@ pub(super) struct Follow {
     debounce: Debounce,
     /// The last check's error, logged once until it changes.
     last_error: Option<String>,
+    /// What status shows; `asked` is also whether the session follows now.
     pub counters: FollowCounters,
 }
 
@@ -99,7 +98,6 @@ impl Debounce {
 impl Session {
     /// The client's hello said whether it follows; the timer starts with the first that does.
     pub(super) fn follow_hello(&mut self, ctx: &mut Context<Self>, wants: bool) {
-        self.follow.enabled = wants;
         self.follow.counters.asked = wants;
         if wants && !self.follow.ticking {
             self.follow.ticking = true;
@@ -112,7 +110,7 @@ impl Session {
     }
 
     fn follow_tick(&mut self, ctx: &mut Context<Self>) {
-        if self.closing || !self.follow.enabled {
+        if self.closing || !self.follow.counters.asked {
             return;
         }
         if self.round_running() {

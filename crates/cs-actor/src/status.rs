@@ -199,8 +199,14 @@ fn render_compute(st: &Value, out: &mut String) {
     let c = &st["connection"];
     // The round trip is known once connected (measured at once, then every few seconds).
     let rtt = if c["rtt_ms"].is_number() { format!(" rtt {}", ms(&c["rtt_ms"])) } else { String::new() };
+    // Following (docs/protocol.md, *Follow*): said once the broker offered it.
+    let follow = match c["follow_offered"].as_bool() {
+        Some(true) => format!(", project changes pushed {}", s(&c["project_pushes"])),
+        Some(false) => ", the broker does not push project changes".to_string(),
+        None => String::new(),
+    };
     out.push_str(&format!(
-        "  connection  {} {}{rtt}, reconnects {}, in {} out {}\n",
+        "  connection  {} {}{rtt}, reconnects {}, in {} out {}{follow}\n",
         s(&c["state"]),
         s(&c["url"]),
         s(&c["reconnects"]),
@@ -427,7 +433,8 @@ mod tests {
                        "union": {"backend": "unionfs-fuse", "state": "mounted", "pid": 42, "latency_ms": 0.4,
                                  "remounts": 1, "options": null}, "rail": null},
             "connection": {"state": "connected", "url": "ws://127.0.0.1:1", "rtt_ms": 0.7, "reconnects": 2,
-                           "bytes_received": 2048, "bytes_sent": 10, "last_error": null},
+                           "bytes_received": 2048, "bytes_sent": 10, "last_error": null,
+                           "follow_offered": true, "project_pushes": 3},
             "round": {"phase": "running", "round": 12, "step": "writes_to_project", "step_number": 3,
                       "running_for_ms": 1500, "rounds_failed": 1, "conflicts_total": 0, "last_error": "boom",
                       "last_committed": {"round": 11, "duration_ms": 340, "conflicts": [],
@@ -439,6 +446,7 @@ mod tests {
         assert!(text.contains("union unionfs-fuse mounted pid 42"), "{text}");
         assert!(text.contains("remounts 1"), "{text}");
         assert!(text.contains("rtt 0.7 ms"), "{text}");
+        assert!(text.contains("in 2.0 KiB out 10 B, project changes pushed 3\n"), "{text}");
         assert!(text.contains("writes_to_compute 3 (4.0 KiB, 20.0 ms)"), "{text}");
         assert!(text.contains("last error  round: boom"), "{text}");
         assert!(!text.contains("SAFETY RAIL"), "{text}");
@@ -497,6 +505,7 @@ mod tests {
         });
         let text = render(&st);
         assert!(text.contains("connected ws://127.0.0.1:1 rtt 0.3 ms, reconnects 0"), "{text}");
+        assert!(!text.contains("pushed"), "no follow line before the broker answered: {text}");
         assert!(text.contains("local       0 change events pending"), "{text}");
         assert!(!text.contains(" - ") && !text.contains(" -,") && !text.contains(" -\n"), "{text}");
         // Not connected: the round trip is not known, and not shown as `-`.

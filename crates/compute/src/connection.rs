@@ -545,7 +545,7 @@ impl Connection {
                         // Never an answer: routed before the requests' lookup.
                         if env.body.is_unsolicited() {
                             shared.project_pushes.fetch_add(1, Ordering::Relaxed);
-                            shared.last_project_push_unix_ms.store(unix_ms(), Ordering::Relaxed);
+                            shared.last_project_push_unix_ms.store(crate::coordinator::unix_ms(), Ordering::Relaxed);
                             shared.project_changed.notify_one();
                             continue;
                         }
@@ -660,10 +660,6 @@ impl Connection {
 
 /// Microseconds on this machine's monotonic-ish clock: only ever compared
 /// with itself (the pong echoes our own value back).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn now_us() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_micros() as u64

@@ -519,7 +519,8 @@ impl Observable for Coordinator {
     }
 }
 
-fn unix_ms() -> u64 {
+/// This machine's wall clock, in ms since the epoch, for status (never compared with P's).
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

@@ -189,6 +189,49 @@ struct Shared {
     /// read a placeholder's zeros, and a copy-up sends those zeros to the project.
     own: Mutex<HashSet<i32>>,
     journal: Option<Journal>,
+    /// Read-ahead fills and Source calls run on threads of their own, beside the workers;
+    /// `stop` waits for them (see [`Running`]).
+    ahead: Arc<Running>,
+    fetches: Arc<Running>,
+}
+
+/// How long `stop` waits for the threads it did not start itself: a read-ahead fill ends
+/// within 100 ms of `stop` (its wait is sliced); a Source call may never end (it is left
+/// behind, and logged).
+const AHEAD_GRACE: Duration = Duration::from_secs(5);
+const FETCH_GRACE: Duration = Duration::from_secs(2);
+
+/// Counts running threads of one kind, so that `stop` can wait for them: until they end
+/// they keep the image busy (the group and the image's descriptor through `Shared`, or a
+/// staging directory on the image), and an unmount right after `stop` fails.
+#[derive(Default)]
+struct Running {
+    count: Mutex<usize>,
+    ended: Condvar,
+}
+
+/// One running thread; dropped last thing in it.
+struct RunningGuard(Arc<Running>);
+
+impl Running {
+    fn enter(self: &Arc<Self>) -> RunningGuard {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        RunningGuard(self.clone())
+    }
+
+    /// Waits until none runs, at most `bound`; how many still run.
+    fn wait(&self, bound: Duration) -> usize {
+        let count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        let (count, _) = self.ended.wait_timeout_while(count, bound, |n| *n > 0).unwrap_or_else(|p| p.into_inner());
+        *count
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        *self.0.count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.0.ended.notify_all();
+    }
 }
 
 /// While it lives, the current thread's opens are the fill service's own.
@@ -218,7 +261,10 @@ pub struct Filler;
 /// The running service: [`FillerHandle::stop`] (or drop) answers what is pending and
 /// joins its threads.
 pub struct FillerHandle {
-    shared: Arc<Shared>,
+    /// `None` once stopped: our hold on the group and the image is let go.
+    shared: Option<Arc<Shared>>,
+    /// The Source calls, waited for after the group is closed (see `shutdown`).
+    fetches: Arc<Running>,
     wake: Arc<OwnedFd>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -345,6 +391,8 @@ impl Filler {
             seq: AtomicU64::new(0),
             own: Mutex::new(HashSet::new()),
             journal,
+            ahead: Arc::default(),
+            fetches: Arc::default(),
         });
         let mut threads = Vec::new();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
@@ -356,12 +404,12 @@ impl Filler {
             let sh = shared.clone();
             threads.push(spawn(format!("replica-fill-{i}"), Box::new(move || worker(&sh)))?);
         }
-        let handle = FillerHandle { shared, wake, threads };
         // With the reader running (our own opens by handle are events too).
         for (o, p) in orphans.into_iter().zip(reserved) {
-            adopt(&handle.shared, o, p);
+            adopt(&shared, o, p);
         }
-        tracing::info!(mountpoint = %handle.shared.cfg.mountpoint.display(), workers, "replica fill service started");
+        tracing::info!(mountpoint = %shared.cfg.mountpoint.display(), workers, "replica fill service started");
+        let handle = FillerHandle { fetches: shared.fetches.clone(), shared: Some(shared), wake, threads };
         Ok(handle)
     }
 }
@@ -409,36 +457,52 @@ fn adopt(sh: &Shared, o: Orphan, p: Pending) {
 
 impl FillerHandle {
     pub fn stats(&self) -> FillStats {
-        let st = self.shared.lock();
+        let Some(shared) = &self.shared else { return FillStats::default() };
+        let st = shared.lock();
         let now = Instant::now();
         let mut s = st.stats.clone();
         s.in_flight = st.inflight.len() as u64;
         let waiters = st.inflight.values().flat_map(|i| i.waiters.iter());
         s.waiting = waiters.clone().count() as u64;
         s.oldest_waiting_ms = waiters.map(|p| now.duration_since(p.since).as_millis() as u64).max().unwrap_or(0);
-        s.ignore_marks = self.shared.ignore_ok.load(Ordering::Relaxed);
+        s.ignore_marks = shared.ignore_ok.load(Ordering::Relaxed);
         s
     }
 
     /// Stops reading events, answers every pending one (EIO for those still waiting on
     /// a fill not started; fills under way finish or time out first), joins the threads
-    /// and closes the group. A fetch still running in the Source after its timeout is
-    /// left to end on its own thread (its result is discarded).
+    /// (read-ahead fills included) and closes the group: the image can be unmounted when
+    /// it returns. A Source call still running is waited for up to 2 s, then left to end
+    /// on its own thread (its result is discarded; logged, as it may keep the image busy).
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        if self.threads.is_empty() {
-            return;
-        }
-        self.shared.stop.store(true, Ordering::SeqCst);
+        let Some(shared) = self.shared.take() else { return };
+        shared.stop.store(true, Ordering::SeqCst);
         let _ = rustix::io::write(self.wake.as_fd(), &1u64.to_ne_bytes());
-        self.shared.work.notify_all();
+        shared.work.notify_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        tracing::info!("replica fill service stopped");
+        // The workers are gone, so no read-ahead fill starts now; the ones running see
+        // `stop` within 100 ms.
+        let ahead = shared.ahead.wait(AHEAD_GRACE);
+        // Closes the group and the image's descriptor (unless a read-ahead fill outlived
+        // its grace). Only then can a Source call still writing to staging end: with the
+        // event reader gone, its opens on the image wait for the group to go.
+        drop(shared);
+        let fetches = self.fetches.wait(FETCH_GRACE);
+        if ahead + fetches > 0 {
+            tracing::warn!(
+                read_ahead_fills = ahead,
+                source_calls = fetches,
+                "replica fill service stopped with work still running: the image stays busy until it ends"
+            );
+        } else {
+            tracing::info!("replica fill service stopped");
+        }
     }
 }
 
@@ -721,9 +785,15 @@ fn fill_job(sh: &Arc<Shared>, key: Key, since: Instant) {
     let siblings = batch.split_off(1);
     if !siblings.is_empty() {
         let ahead = sh.clone();
+        let running = sh.ahead.enter();
         let spawned = thread::Builder::new().name("replica-ahead".into()).spawn(move || {
-            let _own = ahead.own_thread();
-            fill_batch(&ahead, siblings, deadline, true)
+            {
+                let _own = ahead.own_thread();
+                fill_batch(&ahead, siblings, deadline, true);
+            }
+            // Our hold on the group and the image goes before `stop` hears we ended.
+            drop(ahead);
+            drop(running);
         });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "no thread for a read-ahead fetch: its files stay unfilled until opened");
@@ -863,10 +933,14 @@ fn fetch_and_fill(sh: &Shared, batch: &mut [Item], deadline: Instant) -> Vec<Out
     let (tx, rx) = mpsc::sync_channel(1);
     let source = sh.source.clone();
     sh.lock().stats.source_calls += 1;
+    let running = sh.fetches.enter();
     // The Source may never return: it runs on a thread of its own that we can leave behind.
     let spawned = thread::Builder::new().name("replica-fetch".into()).spawn(move || {
         let r = source.fetch(&paths, &staging.0);
+        // If the fill gave up, the send fails and the staging directory goes here.
         let _ = tx.send((r, staging));
+        drop(source);
+        drop(running);
     });
     if let Err(e) = spawned {
         return all(format!("spawn a fetch thread: {e}"));

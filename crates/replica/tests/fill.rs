@@ -137,6 +137,34 @@ fn one_open_fills_its_small_siblings_in_the_same_fetch() {
 }
 
 #[test]
+fn the_image_unmounts_right_after_stop_with_a_read_ahead_fetch_still_running() {
+    if !root_or_skip("the_image_unmounts_right_after_stop_with_a_read_ahead_fetch_still_running") {
+        return;
+    }
+    // The opened file comes at once; its siblings' fetch takes 500 ms more, so it is
+    // still running when the service stops. What it holds (the group, the image's
+    // descriptor, a staging directory on the image) must be let go by `stop`, or the
+    // unmount that follows it finds the image busy.
+    let (mut bed, src) = Bed::full(
+        make_project,
+        |p| {
+            let mut s = copy(p);
+            s.batch_delay = Duration::from_millis(500);
+            s
+        },
+        |c| c,
+    );
+    assert_eq!(cat(&bed.merged.join("many/f07")).unwrap(), b"sibling 7\n");
+    assert_eq!(src.calls(), 2, "the opened file and its siblings' fetch: {:?}", src.asked.lock().unwrap());
+    let mnt = bed.mnt.clone();
+    let t = Instant::now();
+    bed.teardown().expect("the image unmounts right after stop");
+    eprintln!("stop, overlay and image unmounted in {:?}", t.elapsed());
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(mnt.to_str().unwrap()), "{} still mounted", mnt.display());
+}
+
+#[test]
 fn a_source_that_never_answers_gives_eio_after_the_timeout() {
     if !root_or_skip("a_source_that_never_answers_gives_eio_after_the_timeout") {
         return;

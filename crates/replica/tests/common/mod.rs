@@ -105,6 +105,8 @@ pub enum Behaviour {
 pub struct CopySource {
     pub project: PathBuf,
     pub delay: Duration,
+    /// Added to `delay` for a call of more than one path (a read-ahead batch).
+    pub batch_delay: Duration,
     pub behaviour: Behaviour,
     pub calls: AtomicUsize,
     pub asked: Mutex<Vec<Vec<RelPath>>>,
@@ -115,6 +117,7 @@ impl CopySource {
         CopySource {
             project: project.to_path_buf(),
             delay: Duration::ZERO,
+            batch_delay: Duration::ZERO,
             behaviour,
             calls: AtomicUsize::new(0),
             asked: Mutex::new(Vec::new()),
@@ -131,6 +134,9 @@ impl Source for CopySource {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.asked.lock().unwrap().push(paths.to_vec());
         std::thread::sleep(self.delay);
+        if paths.len() > 1 {
+            std::thread::sleep(self.batch_delay);
+        }
         match &self.behaviour {
             Behaviour::Fail => return Err("the test source fails".into()),
             Behaviour::Hang(release) => {
@@ -259,18 +265,23 @@ impl Bed {
             f.stop();
         }
     }
+
+    /// Undoes everything in order: the service (its descriptors on the image), the
+    /// overlay (its lower is on the image), then the image and its loop device.
+    pub fn teardown(&mut self) -> Result<(), String> {
+        self.stop_filler();
+        drop(self.overlay.take());
+        match self.fs.take() {
+            Some(f) => f.unmount().map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Drop for Bed {
     fn drop(&mut self) {
-        // Order: the service (its descriptors on the image), the overlay (its lower is
-        // on the image), then the image and its loop device.
-        self.stop_filler();
-        drop(self.overlay.take());
-        if let Some(f) = self.fs.take() {
-            if let Err(e) = f.unmount() {
-                eprintln!("cleanup: {e}");
-            }
+        if let Err(e) = self.teardown() {
+            eprintln!("cleanup: {e}");
         }
     }
 }

@@ -9,8 +9,10 @@
 //! - [`fill`]: the fill service.
 //! - [`holder`]: the process that keeps the fill service's fanotify group alive across
 //!   the service's deaths (docs/replica.md risk 1).
+//! - `cache`: which filled files to evict under `--cache-max` (the fill service evicts).
 //! - [`want`]: the `user.cs.want` xattr a placeholder carries until it is filled.
 
+mod cache;
 pub mod error;
 pub mod fill;
 pub mod holder;

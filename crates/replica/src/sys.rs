@@ -172,3 +172,13 @@ pub(crate) fn reserve_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: just created at that number, ours.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
+
+/// `F_SETLEASE`: `libc::F_WRLCK` is refused (`EAGAIN`) while any other descriptor of the
+/// file is open (overlayfs's own included); `libc::F_UNLCK` releases it.
+pub(crate) fn set_lease(fd: BorrowedFd<'_>, kind: i32) -> io::Result<()> {
+    // SAFETY: a plain fcntl on a descriptor we hold.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, kind) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -77,6 +77,11 @@ fn numbered(name: &OsStr, prefix: &str) -> Option<u64> {
     name.to_str()?.strip_prefix(prefix)?.parse().ok()
 }
 
+/// A complete tree's directory name under the replica root (`tree-N`).
+pub(crate) fn is_complete_tree_name(name: &OsStr) -> bool {
+    numbered(name, TREE).is_some()
+}
+
 impl SnapshotWriter {
     /// Starts a new tree under `replica_root` (created if missing), after removing any
     /// build a crash left. `owner` is given to everything created (uid, gid).

@@ -46,6 +46,9 @@ use crate::journal::{Journal, Orphan};
 use crate::sys;
 use crate::want::{Want, MAX_LEN, XATTR};
 
+mod evict;
+pub use evict::CacheBound;
+
 /// Where content comes from (P, through the connection; a directory in tests).
 pub trait Source: Send + Sync + 'static {
     /// Fetch P's current content of `paths` into `staging` (a directory on the replica
@@ -97,6 +100,9 @@ pub struct FillConfig {
     /// the holder process, [`crate::holder`]) answers what its predecessor left unanswered.
     /// Off the replica's filesystem. `None`: no journal (a group of our own dies with us).
     pub journal: Option<PathBuf>,
+    /// A bound on fetched content: over it, the least recently read filled files are
+    /// made placeholders again (`evict.rs`). `None`: content stays until a new tree.
+    pub cache: Option<CacheBound>,
 }
 
 impl FillConfig {
@@ -108,6 +114,7 @@ impl FillConfig {
             read_ahead: ReadAhead::default(),
             workers: 4,
             journal: None,
+            cache: None,
         }
     }
 }
@@ -133,6 +140,15 @@ pub struct FillStats {
     pub oldest_waiting_ms: u64,
     /// False once the kernel refused an evictable ignore mark (every open is then an event).
     pub ignore_marks: bool,
+    /// The bound on fetched content (`None`: unbounded), and the filled files' blocks held
+    /// (as of the last pass over the trees, plus the fills since).
+    pub cache_max_bytes: Option<u64>,
+    pub cache_bytes: u64,
+    /// Filled files made placeholders again, and their blocks.
+    pub evicted: u64,
+    pub evicted_bytes: u64,
+    /// Evictions given up because the file was open (it keeps its content; tried again later).
+    pub evict_skipped_open: u64,
     pub last_error: Option<String>,
 }
 
@@ -193,6 +209,10 @@ struct Shared {
     /// `stop` waits for them (see [`Running`]).
     ahead: Arc<Running>,
     fetches: Arc<Running>,
+    /// Wakes the cache keeper: a fill took the content over the bound, or `stop`.
+    cache_wake: Condvar,
+    /// With a cache bound: when each filled file was last opened (see `evict.rs`).
+    opened: Mutex<HashMap<Key, (i64, i64)>>,
 }
 
 /// How long `stop` waits for the threads it did not start itself: a read-ahead fill ends
@@ -374,6 +394,7 @@ impl Filler {
                 .map_err(|e| fan_err("eventfd", e.into()))?,
         );
         let workers = cfg.workers.max(1);
+        let cache_max_bytes = cfg.cache.as_ref().map(|c| c.max_bytes);
         let shared = Arc::new(Shared {
             fan,
             mount_fd,
@@ -381,7 +402,7 @@ impl Filler {
             cfg: FillConfig { mountpoint: mp, ..cfg },
             source,
             state: Mutex::new(State {
-                stats: FillStats { ignore_marks: true, ..Default::default() },
+                stats: FillStats { ignore_marks: true, cache_max_bytes, ..Default::default() },
                 ..Default::default()
             }),
             work: Condvar::new(),
@@ -393,7 +414,10 @@ impl Filler {
             journal,
             ahead: Arc::default(),
             fetches: Arc::default(),
+            cache_wake: Condvar::new(),
+            opened: Mutex::new(HashMap::new()),
         });
+        evict::watch_opens(&shared)?;
         let mut threads = Vec::new();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             thread::Builder::new().name(name).spawn(f).map_err(|e| ReplicaError::io("spawn thread", "cs-replica", e))
@@ -403,6 +427,10 @@ impl Filler {
         for i in 0..workers {
             let sh = shared.clone();
             threads.push(spawn(format!("replica-fill-{i}"), Box::new(move || worker(&sh)))?);
+        }
+        if let Some(bound) = shared.cfg.cache.clone() {
+            let sh = shared.clone();
+            threads.push(spawn("replica-cache".into(), Box::new(move || evict::keeper(&sh, &bound)))?);
         }
         // With the reader running (our own opens by handle are events too).
         for (o, p) in orphans.into_iter().zip(reserved) {
@@ -483,6 +511,7 @@ impl FillerHandle {
         shared.stop.store(true, Ordering::SeqCst);
         let _ = rustix::io::write(self.wake.as_fd(), &1u64.to_ne_bytes());
         shared.work.notify_all();
+        shared.cache_wake.notify_all();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -640,6 +669,9 @@ fn reader(sh: &Shared, wake: BorrowedFd<'_>) {
 fn on_event(sh: &Shared, mask: u64, pid: i32, fd: OwnedFd, stopping: bool) -> Option<OwnedFd> {
     sh.lock().stats.events += 1;
     if mask & libc::FAN_OPEN_PERM == 0 {
+        if mask & libc::FAN_CLOSE_NOWRITE != 0 && !sh.is_own(pid) {
+            evict::note_use(sh, fd.as_fd());
+        }
         return Some(fd);
     }
     let num = fd.as_raw_fd();
@@ -667,9 +699,14 @@ fn on_event(sh: &Shared, mask: u64, pid: i32, fd: OwnedFd, stopping: bool) -> Op
     match read_want(fd.as_fd()) {
         Ok(None) => {
             // Filled (or never a placeholder). An empty file may be a new one that becomes
-            // a placeholder later: no mark for it.
+            // a placeholder later: no mark for it. Nor for a file being evicted: the
+            // eviction removed its mark (under this lock) so that opens after it are
+            // events; one put back now would let the next open read the hole it punches.
             if st.st_size > 0 {
-                sh.ignore(fd.as_fd());
+                let state = sh.lock();
+                if !state.inflight.contains_key(&(st.st_dev, st.st_ino)) {
+                    sh.ignore(fd.as_fd());
+                }
             }
             allow_now(sh);
             Some(fd)
@@ -823,6 +860,11 @@ fn finish(sh: &Shared, key: Key, outcome: Outcome, read_ahead: bool) {
             state.stats.fills += 1;
             state.stats.bytes += bytes;
             state.stats.read_ahead_fills += u64::from(read_ahead);
+            // In blocks, as the keeper's pass counts them.
+            state.stats.cache_bytes += bytes.div_ceil(4096) * 4096;
+            if state.stats.cache_max_bytes.is_some_and(|max| state.stats.cache_bytes > max) {
+                sh.cache_wake.notify_one();
+            }
         }
         Ok(None) => state.stats.allowed_at_once += waiters.len() as u64,
         Err(e) => {

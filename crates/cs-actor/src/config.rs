@@ -147,6 +147,13 @@ mergeable! {
         /// default 30).
         #[arg(long)]
         pub fetch_timeout_secs: Option<f64>,
+        /// With --replica-dir: a bound on the project content kept here
+        /// (bytes, or with a binary unit: 500M, 20G). Over it, the files
+        /// opened least recently are dropped, and fetched again at their
+        /// next open; a file someone has open is never dropped. Default:
+        /// no bound (the image's size).
+        #[arg(long, value_name = "SIZE")]
+        pub cache_max: Option<String>,
         /// With `--union overlay`: overlayfs's work directory, on the upper
         /// layer's filesystem and outside it (default: UPPER.overlay-work,
         /// beside the upper layer).

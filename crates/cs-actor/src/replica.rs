@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use cs_compute::connection::ConnectionConfig;
 use cs_compute::replica::LinkSource;
 use cs_mount::LowerSpec;
+use cs_replica::fill::CacheBound;
 use cs_replica::{FillConfig, Filler, FillerHandle, ReplicaFs, Tree};
 use serde_json::json;
 
@@ -33,6 +34,8 @@ pub struct ReplicaArgs {
     pub size_bytes: u64,
     pub inodes: u64,
     pub fetch_timeout: Duration,
+    /// `--cache-max`: a bound on fetched content (`None`: none).
+    pub cache_max: Option<u64>,
 }
 
 impl ReplicaArgs {
@@ -101,6 +104,7 @@ impl Replica {
         let mut cfg = FillConfig::new(root.clone(), root.join("staging"));
         cfg.fetch_timeout = args.fetch_timeout;
         cfg.journal = Some(args.journal());
+        cfg.cache = args.cache_max.map(|max_bytes| CacheBound { max_bytes, trees_root: root.clone() });
         let filler = match holder_group(&args).and_then(|g| {
             Filler::start_with_group(cfg, g, source.clone()).context("starting the replica's fill service")
         }) {
@@ -171,6 +175,7 @@ impl Replica {
             "as_of": self.tree.cursor,
             "entries": self.tree.entries,
             "fetch_timeout_s": self.args.fetch_timeout.as_secs_f64(),
+            "cache_max_bytes": self.args.cache_max,
         });
         Arc::new(move || {
             let mut v = fixed.clone();

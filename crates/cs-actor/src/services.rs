@@ -268,8 +268,12 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
 /// `--replica-dir` and its companions, if given.
 fn replica_args(a: &ComputeArgs) -> Result<Option<crate::replica::ReplicaArgs>> {
     let Some(dir) = a.replica_dir.clone() else {
-        if a.replica_size_gib.is_some() || a.replica_inodes.is_some() || a.fetch_timeout_secs.is_some() {
-            bail!("--replica-size-gib, --replica-inodes and --fetch-timeout-secs go with --replica-dir");
+        if a.replica_size_gib.is_some()
+            || a.replica_inodes.is_some()
+            || a.fetch_timeout_secs.is_some()
+            || a.cache_max.is_some()
+        {
+            bail!("--replica-size-gib, --replica-inodes, --fetch-timeout-secs and --cache-max go with --replica-dir");
         }
         return Ok(None);
     };
@@ -278,12 +282,39 @@ fn replica_args(a: &ComputeArgs) -> Result<Option<crate::replica::ReplicaArgs>> 
         .ok()
         .filter(|d| !d.is_zero())
         .context("--fetch-timeout-secs must be a number of seconds above 0")?;
+    let cache_max = match &a.cache_max {
+        Some(s) => Some(parse_size(s).with_context(|| format!("--cache-max {s:?}"))?),
+        None => None,
+    };
     Ok(Some(crate::replica::ReplicaArgs {
         dir,
         size_bytes: a.replica_size_gib.unwrap_or(crate::replica::DEFAULT_SIZE_GIB).saturating_mul(1 << 30),
         inodes: a.replica_inodes.unwrap_or(crate::replica::DEFAULT_INODES),
         fetch_timeout,
+        cache_max,
     }))
+}
+
+/// A size in bytes: a whole number, optionally with a binary unit (K, M, G, T; `KiB` and
+/// `KB` mean the same), e.g. `500M`, `20G`, `1048576`. Above 0.
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("not a size: give bytes or a number with K, M, G or T"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        other => bail!("unknown unit {other:?}: use K, M, G or T"),
+    };
+    let bytes = n.checked_mul(1u64 << shift).context("too large")?;
+    if bytes == 0 {
+        bail!("must be above 0");
+    }
+    Ok(bytes)
 }
 
 /// The project's files must show as the compute user's in the merged view (the kernel checks
@@ -476,6 +507,21 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn cache_max_takes_bytes_or_a_binary_unit_and_names_what_is_wrong() {
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_size("20g").unwrap(), 20 << 30);
+        assert_eq!(parse_size("2 GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("64KB").unwrap(), 64 << 10);
+        for bad in ["", "G", "1.5G", "-1", "0", "10Q", "99999999999T"] {
+            let e = parse_size(bad).map(|_| ()).unwrap_err();
+            eprintln!("{bad:?}: {e:#}");
+        }
+        assert!(format!("{:#}", parse_size("10Q").unwrap_err()).contains("unknown unit \"Q\""));
+        assert!(format!("{:#}", parse_size("0").unwrap_err()).contains("above 0"));
+    }
 
     #[test]
     fn overlay_with_pull_held_is_refused_and_says_why() {

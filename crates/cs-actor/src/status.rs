@@ -184,8 +184,19 @@ fn render_compute(st: &Value, out: &mut String) {
             0 => String::new(),
             n => format!(", {n} opens waiting (oldest {} ms)", s(&f["oldest_waiting_ms"])),
         };
+        // With --cache-max: what the fetched content holds against the bound, and evictions.
+        let cache = match f["cache_max_bytes"].as_u64() {
+            Some(max) => format!(
+                ", cache {} of {}, evicted {} ({})",
+                bytes(f["cache_bytes"].as_u64().unwrap_or(0)),
+                bytes(max),
+                s(&f["evicted"]),
+                bytes(f["evicted_bytes"].as_u64().unwrap_or(0)),
+            ),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "  replica     {} entries ({}), fills {} ({}, {} read ahead) in {} fetches, denied {}{waiting}{}\n",
+            "  replica     {} entries ({}), fills {} ({}, {} read ahead) in {} fetches, denied {}{cache}{waiting}{}\n",
             s(&rp["entries"]),
             s(&rp["origin"]),
             s(&f["fills"]),
@@ -471,6 +482,17 @@ mod tests {
         );
         let without = render(&json!({"service": "compute", "client": "gpu-1", "round": {"phase": "idle"}}));
         assert!(!without.contains("replica"), "{without}");
+        assert!(!text.contains("cache"), "no bound, no cache figures: {text}");
+        let mut bounded = st.clone();
+        bounded["replica"]["fill"]["cache_max_bytes"] = json!(1u64 << 30);
+        bounded["replica"]["fill"]["cache_bytes"] = json!(700u64 << 20);
+        bounded["replica"]["fill"]["evicted"] = json!(12);
+        bounded["replica"]["fill"]["evicted_bytes"] = json!(300u64 << 20);
+        let text = render(&bounded);
+        assert!(
+            text.contains("denied 1, cache 700.0 MiB of 1.0 GiB, evicted 12 (300.0 MiB), 2 opens waiting"),
+            "{text}"
+        );
     }
 
     #[test]

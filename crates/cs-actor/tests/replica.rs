@@ -420,3 +420,51 @@ fn with_follow_the_projects_changes_show_without_a_sync_and_the_clients_own_writ
     assert_eq!(follow["pushes"].as_u64(), Some(pushes), "the broker's count: {sessions:#}");
     bed.finish();
 }
+
+/// `--cache-max` smaller than the project: the files opened least recently are dropped and
+/// fetched again at their next open; every read gets the project's bytes; the user's own
+/// change of a file (in the upper layer) is never touched and reaches the project.
+#[test]
+fn a_cache_smaller_than_the_project_evicts_refetches_and_keeps_every_byte_right() {
+    const FILES: usize = 12;
+    const SIZE: usize = 256 * 1024;
+    let Some((bed, user)) = replica_bed("replica-cache", &["--cache-max", "1M"], |h| {
+        for i in 0..FILES {
+            let bytes: Vec<u8> = (0..SIZE).map(|b| (b as u8).wrapping_mul(7).wrapping_add(i as u8) | 1).collect();
+            put(h, &format!("data/f{i:02}"), bytes);
+        }
+    }) else {
+        return;
+    };
+    let want: String = (0..FILES).map(|i| format!("{}\n", sha256(&bed.home.join(format!("data/f{i:02}"))))).collect();
+    let hashes = "cd \"$HOME\" && for f in data/f*; do sha256sum < $f | cut -d' ' -f1; done";
+    // 3 MiB read through a 1 MiB bound, twice: every byte right both times.
+    assert_eq!(user_must(&bed, &user, hashes), want, "first read");
+    let evicted = |bed: &Bed| replica_status(bed)["fill"]["evicted"].as_u64().unwrap_or(0);
+    let within = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let fill = replica_status(&bed)["fill"].clone();
+        (fill["evicted"].as_u64() > Some(0) && fill["cache_bytes"].as_u64() <= Some(1 << 20)).then_some(fill)
+    });
+    let Some(fill) = within else { bed.fail(&format!("not back within 1 MiB: {}", replica_status(&bed))) };
+    assert_eq!(fill["cache_max_bytes"].as_u64(), Some(1 << 20), "{fill}");
+    let calls_before = fill["source_calls"].as_u64().unwrap();
+    assert_eq!(user_must(&bed, &user, hashes), want, "second read, after evictions");
+    let fill = replica_status(&bed)["fill"].clone();
+    assert!(fill["source_calls"].as_u64().unwrap() > calls_before, "evicted files fetched again: {fill}");
+    assert_eq!(fill["denied"].as_u64(), Some(0), "{fill}");
+
+    // The user's change lives in the upper layer: the cache never touches it.
+    user_must(&bed, &user, "cd \"$HOME\" && printf 'the user was here\\n' >> data/f03");
+    let before = evicted(&bed);
+    user_must(&bed, &user, "cd \"$HOME\" && cat data/f* > /dev/null");
+    if poll(Duration::from_secs(30), Duration::from_millis(200), || (evicted(&bed) > before).then_some(())).is_none() {
+        bed.fail("no eviction after reading 3 MiB again");
+    }
+    let tail = user_must(&bed, &user, "cd \"$HOME\" && tail -c 18 data/f03");
+    assert_eq!(tail, "the user was here\n");
+    bed.sync_wait();
+    let p = fs::read(bed.home.join("data/f03")).unwrap();
+    assert_eq!(p.len(), SIZE + 18, "the project has the user's append after the project's bytes");
+    assert!(p.ends_with(b"the user was here\n"));
+    bed.finish();
+}

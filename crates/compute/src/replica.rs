@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cs_protocol::{RelPath, SnapshotReport};
-use cs_replica::{SnapshotWriter, Source, SourceReport, Tree};
+use cs_replica::{Kept, SnapshotWriter, Source, SourceReport, Tree};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::connection::{Connection, ConnectionConfig, Disconnect, LinkHandle};
@@ -52,12 +52,13 @@ impl ReplicaError {
 }
 
 /// Takes P's snapshot over a connection of its own (the service's starts
-/// later, with the union) and writes it as the replica's new current tree.
+/// later, with the union) and writes it as the replica's new current tree; also what
+/// it kept of the previous tree's fetched content.
 pub async fn take_snapshot(
     conn: ConnectionConfig,
     replica_root: &Path,
     owner: Option<(u32, u32)>,
-) -> Result<(Tree, SnapshotReport), ReplicaError> {
+) -> Result<(Tree, SnapshotReport, Kept), ReplicaError> {
     let actor = Connection::new(conn);
     let link = actor.link();
     let addr = cs_supervision::spawn(actor);
@@ -78,8 +79,9 @@ pub async fn take_snapshot(
     let _ = addr.send(Disconnect).await;
     let report = answer.map_err(ReplicaError::Snapshot)?;
     let writer = writer.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or(ReplicaError::NoReport)?;
+    let kept = writer.kept();
     let tree = writer.finish(&report).map_err(ReplicaError::Tree)?;
-    Ok((tree, report))
+    Ok((tree, report, kept))
 }
 
 /// Waits until the connection is up: it connects on its own once started, and a request

@@ -14,7 +14,7 @@ use cs_compute::connection::ConnectionConfig;
 use cs_compute::replica::LinkSource;
 use cs_mount::LowerSpec;
 use cs_replica::fill::CacheBound;
-use cs_replica::{FillConfig, Filler, FillerHandle, ReplicaFs, Tree};
+use cs_replica::{FillConfig, Filler, FillerHandle, Kept, ReplicaFs, Tree};
 use serde_json::json;
 
 /// Default of `--replica-size-gib`.
@@ -76,6 +76,8 @@ pub struct Replica {
     fs: ReplicaFs,
     tree: Tree,
     origin: Origin,
+    /// What the tree kept of the previous tree's fetched content (not fetched again).
+    kept: Kept,
     /// Taken out at [`Replica::stop`]; shared with the status.
     filler: Arc<Mutex<Option<FillerHandle>>>,
     source: Arc<LinkSource>,
@@ -131,7 +133,7 @@ impl Replica {
             undo(filler, fs);
             return Ok(None);
         };
-        let (tree, origin) = match first {
+        let (tree, origin, kept) = match first {
             Ok(t) => t,
             Err(e) => {
                 undo(filler, fs);
@@ -146,7 +148,7 @@ impl Replica {
         }
         let filler = Arc::new(Mutex::new(Some(filler)));
         std::fs::create_dir_all(args.lower()).with_context(|| format!("creating {}", args.lower().display()))?;
-        Ok(Some(Replica { args, fs, tree, origin, filler, source }))
+        Ok(Some(Replica { args, fs, tree, origin, kept, filler, source }))
     }
 
     /// The union's lower layer: the current tree, bind-mounted (the mount supervisor mounts
@@ -172,6 +174,7 @@ impl Replica {
             "dir": self.args.dir,
             "tree": self.tree.dir(),
             "origin": self.origin,
+            "kept": {"files": self.kept.files, "bytes": self.kept.bytes},
             "as_of": self.tree.cursor,
             "entries": self.tree.entries,
             "fetch_timeout_s": self.args.fetch_timeout.as_secs_f64(),
@@ -266,26 +269,28 @@ fn stop_holder(args: &ReplicaArgs) {
 
 /// P's snapshot, or (P out of reach) the tree of an earlier start; with neither, tries
 /// again until P answers.
-async fn first_tree(conn: &ConnectionConfig, root: &Path, owner: Option<(u32, u32)>) -> Result<(Tree, Origin)> {
+async fn first_tree(conn: &ConnectionConfig, root: &Path, owner: Option<(u32, u32)>) -> Result<(Tree, Origin, Kept)> {
     let mut wait = Duration::from_secs(1);
     loop {
         let started = std::time::Instant::now();
         match cs_compute::replica::take_snapshot(conn.clone(), root, owner).await {
-            Ok((tree, report)) => {
+            Ok((tree, report, kept)) => {
                 tracing::info!(
                     entries = report.entries,
                     refused = report.refused_count,
+                    kept_files = kept.files,
+                    kept_bytes = kept.bytes,
                     secs = started.elapsed().as_secs_f64(),
                     "the project's snapshot is the replica's tree"
                 );
-                return Ok((tree, Origin::Snapshot));
+                return Ok((tree, Origin::Snapshot, kept));
             }
             Err(e) => {
                 let why = cs_supervision::error_chain(&e);
                 let permanent = e.is_permanent();
                 if let Some(tree) = Tree::current(root).context("the replica's current tree")? {
                     tracing::warn!(error = %why, tree = %tree.dir().display(), "no snapshot from the project: starting from the previous one (the rounds bring what changed)");
-                    return Ok((tree, Origin::Previous));
+                    return Ok((tree, Origin::Previous, Kept::default()));
                 }
                 if permanent {
                     // No tree to start from, and asking again cannot help: say so and stop.

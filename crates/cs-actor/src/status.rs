@@ -195,8 +195,13 @@ fn render_compute(st: &Value, out: &mut String) {
             ),
             None => String::new(),
         };
+        // Content the tree kept from the previous one (not fetched again).
+        let kept = match rp["kept"]["files"].as_u64() {
+            Some(n) if n > 0 => format!(", kept {n} files ({})", bytes(rp["kept"]["bytes"].as_u64().unwrap_or(0))),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "  replica     {} entries ({}), fills {} ({}, {} read ahead) in {} fetches, denied {}{cache}{waiting}{}\n",
+            "  replica     {} entries ({}{kept}), fills {} ({}, {} read ahead) in {} fetches, denied {}{cache}{waiting}{}\n",
             s(&rp["entries"]),
             s(&rp["origin"]),
             s(&f["fills"]),
@@ -488,7 +493,9 @@ mod tests {
         bounded["replica"]["fill"]["cache_bytes"] = json!(700u64 << 20);
         bounded["replica"]["fill"]["evicted"] = json!(12);
         bounded["replica"]["fill"]["evicted_bytes"] = json!(300u64 << 20);
+        bounded["replica"]["kept"] = json!({"files": 30, "bytes": 2u64 << 20});
         let text = render(&bounded);
+        assert!(text.contains("48 entries (snapshot, kept 30 files (2.0 MiB)), fills 41"), "{text}");
         assert!(
             text.contains("denied 1, cache 700.0 MiB of 1.0 GiB, evicted 12 (300.0 MiB), 2 opens waiting"),
             "{text}"

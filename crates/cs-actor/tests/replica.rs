@@ -157,7 +157,7 @@ fn a_restart_takes_a_new_snapshot_and_keeps_the_users_files() {
         return;
     };
     let (h, m) = (bed.home.clone(), bed.merged());
-    user_must(&bed, &user, "cd \"$HOME\" && cat src/a.txt >/dev/null && echo mine > mine.txt");
+    user_must(&bed, &user, "cd \"$HOME\" && cat src/a.txt README >/dev/null && echo mine > mine.txt");
     let first_tree = replica_status(&bed)["tree"].as_str().map(String::from);
     bed.computes[0].proc.as_mut().unwrap().stop(Duration::from_secs(45));
     assert_eq!(read(&h, "mine.txt"), "mine\n", "the last round at stop sent mine.txt");
@@ -172,6 +172,12 @@ fn a_restart_takes_a_new_snapshot_and_keeps_the_users_files() {
     assert_ne!(st["tree"].as_str().map(String::from), first_tree, "a restart takes a new tree");
     let seen = user_must(&bed, &user, "cd \"$HOME\" && cat later.txt src/sub/b.txt mine.txt");
     assert_eq!(seen, "made while C was down\nb version 2\nmine\n");
+    // README, read (filled) before the stop and unchanged on P: kept, not fetched again.
+    let calls = replica_status(&bed)["fill"]["source_calls"].as_u64();
+    assert_eq!(user_must(&bed, &user, "cd \"$HOME\" && cat README"), "a project\n");
+    let st = replica_status(&bed);
+    assert_eq!(st["fill"]["source_calls"].as_u64(), calls, "README fetched again: {st:#}");
+    assert!(st["kept"]["files"].as_u64() >= Some(1), "{st:#}");
     assert!(!exists(&m, "src/a.txt"), "src/a.txt, deleted while C was down, is back");
     bed.finish();
 }

@@ -25,4 +25,4 @@ pub mod want;
 pub use error::ReplicaError;
 pub use fill::{create_group, FillConfig, FillStats, Filler, FillerHandle, ReadAhead, Source, SourceReport};
 pub use image::ReplicaFs;
-pub use tree::{SnapshotWriter, Tree};
+pub use tree::{Kept, SnapshotWriter, Tree};

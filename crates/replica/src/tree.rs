@@ -15,7 +15,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -55,6 +55,18 @@ pub struct SnapshotWriter {
     dirs: Vec<(RelPath, u32, Timestamp)>,
     owner: Option<(Uid, Gid)>,
     count: u64,
+    /// The current tree when this build began: its filled files that are still P's
+    /// version are linked into the new tree instead of placeholders (see `reuse`).
+    previous: Option<OwnedFd>,
+    kept: Kept,
+}
+
+/// What a new tree kept of the previous one's fetched content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub files: u64,
+    /// Their blocks.
+    pub bytes: u64,
 }
 
 fn io(op: &'static str, path: &Path, e: Errno) -> ReplicaError {
@@ -119,6 +131,15 @@ impl SnapshotWriter {
             rustix::fs::fchown(&build_fd, Some(u), Some(g)).map_err(|e| io("chown", &build, e))?;
         }
         let stack = vec![(None, build_fd.try_clone().map_err(|e| ReplicaError::io("dup", &build, e))?)];
+        // A previous tree that cannot be opened only costs its content being fetched again.
+        let previous = Tree::current(replica_root).ok().flatten().and_then(|t| {
+            rustix::fs::open(
+                &t.dir,
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+        });
         Ok(SnapshotWriter {
             replica_root: replica_root.to_path_buf(),
             root_fd,
@@ -128,6 +149,8 @@ impl SnapshotWriter {
             dirs: Vec::new(),
             owner,
             count: 0,
+            previous,
+            kept: Kept::default(),
         })
     }
 
@@ -183,6 +206,12 @@ impl SnapshotWriter {
                     .map_err(ctx("set mtime"))?;
             }
             EntryKind::File => {
+                if let Some(bytes) = self.reuse(dir, name, e)? {
+                    self.kept.files += 1;
+                    self.kept.bytes += bytes;
+                    self.count += 1;
+                    return Ok(());
+                }
                 let fd = rustix::fs::openat(
                     dir,
                     name,
@@ -204,6 +233,54 @@ impl SnapshotWriter {
         }
         self.count += 1;
         Ok(())
+    }
+
+    /// What this build kept of the previous tree's content so far.
+    pub fn kept(&self) -> Kept {
+        self.kept
+    }
+
+    /// Links the previous tree's copy of `e` into place instead of a placeholder when it is
+    /// filled and P's version still (the same size, and mtime to the nanosecond, as the
+    /// snapshot says: rsync's quick check): its content is not fetched again. Any doubt (not
+    /// there, a symlink on the way, still wanted, another version) makes a placeholder.
+    /// Nothing here opens the old file (an `O_PATH` descriptor makes no fanotify event).
+    fn reuse(&self, dir: BorrowedFd<'_>, name: &OsStr, e: &SnapshotEntry) -> Result<Option<u64>> {
+        let Some(prev) = self.previous.as_ref() else { return Ok(None) };
+        let Ok(old) = rustix::fs::openat2(
+            prev,
+            e.path.as_os_str(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) else {
+            return Ok(None);
+        };
+        let Ok(st) = rustix::fs::fstat(&old) else { return Ok(None) };
+        let same = st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_size as u64 == e.size
+            && (st.st_mtime, st.st_mtime_nsec as i64) == (e.mtime.sec, i64::from(e.mtime.nsec))
+            && (st.st_blocks > 0 || e.size == 0);
+        if !same {
+            return Ok(None);
+        }
+        let proc = format!("/proc/self/fd/{}", old.as_raw_fd());
+        match rustix::fs::getxattr(proc.as_str(), XATTR, &mut [0u8; 0][..]) {
+            Err(Errno::NODATA) => {}
+            _ => return Ok(None), // still a placeholder (or unreadable)
+        }
+        if rustix::fs::linkat(&old, "", dir, name, AtFlags::EMPTY_PATH).is_err() {
+            return Ok(None);
+        }
+        // The inode is the old tree's too, which goes once this one is current.
+        let ctx = |op: &'static str| {
+            move |r: Errno| ReplicaError::entry(&e.path, format!("{op} (kept content): {}", std::io::Error::from(r)))
+        };
+        if let Some((u, g)) = self.owner {
+            rustix::fs::chownat(dir, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW).map_err(ctx("chown"))?;
+        }
+        rustix::fs::chmodat(dir, name, perm(e.mode), AtFlags::empty()).map_err(ctx("chmod"))?;
+        Ok(Some(st.st_blocks as u64 * 512))
     }
 
     /// The stack index of `p`'s parent, opening it (below the deepest open ancestor)

@@ -165,3 +165,56 @@ fn an_interrupted_build_never_becomes_current_and_is_removed_by_the_next() {
     assert_eq!(names.len(), 2, "only current and its tree are left: {names:?}");
     assert_eq!(fs::metadata(root.join("current")).unwrap().permissions().mode() & 0o7000, 0);
 }
+
+/// A file filled in the previous tree whose snapshot entry still says P's size and mtime.
+fn fill_by_hand(tree: &Tree, path: &str, content: &[u8]) {
+    let p = tree.dir.join(path);
+    let mtime = fs::metadata(&p).unwrap().modified().unwrap();
+    fs::write(&p, content).unwrap();
+    fs::File::options().write(true).open(&p).unwrap().set_modified(mtime).unwrap();
+    rustix::fs::removexattr(&p, XATTR).unwrap();
+}
+
+#[test]
+fn a_new_tree_keeps_the_previous_trees_filled_files_that_are_still_ps_version() {
+    if !common::root_or_skip("a_new_tree_keeps_the_previous_trees_filled_files_that_are_still_ps_version") {
+        return; // linking by descriptor (AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH
+    }
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mut entries = vec![
+        e("d", EntryKind::Dir, 0o755, 0),
+        e("d/same", EntryKind::File, 0o644, 5),
+        e("d/changed", EntryKind::File, 0o644, 5),
+        e("d/unread", EntryKind::File, 0o644, 5),
+        e("d/mode", EntryKind::File, 0o644, 5),
+    ];
+    let old = build(tmp.path(), &entries, 1);
+    for f in ["d/same", "d/changed", "d/mode"] {
+        fill_by_hand(&old, f, b"12345");
+    }
+    let kept_inode = fs::metadata(old.dir.join("d/same")).unwrap().ino();
+    // P since: d/changed has another mtime (same size), d/mode another mode.
+    entries[2].mtime = Timestamp::new(1_700_000_000, 1);
+    entries[4].mode = 0o600;
+    let mut w = SnapshotWriter::begin(tmp.path(), None).unwrap();
+    for x in &entries {
+        w.add(x).unwrap();
+    }
+    let kept = w.kept();
+    let new = w.finish(&report(entries.len(), 2)).unwrap();
+    assert_eq!((kept.files, kept.bytes > 0), (2, true), "d/same and d/mode kept: {kept:?}");
+    let want = |p: &str| rustix::fs::getxattr(new.dir.join(p), XATTR, &mut [0u8; 64][..]).is_ok();
+    let md = |p: &str| fs::metadata(new.dir.join(p)).unwrap();
+    assert_eq!(md("d/same").ino(), kept_inode, "the same inode, linked");
+    assert_eq!(fs::read(new.dir.join("d/same")).unwrap(), b"12345");
+    assert!(!want("d/same") && !want("d/mode"));
+    assert_eq!(md("d/mode").mode() & 0o7777, 0o600, "the snapshot's mode");
+    assert!(want("d/changed") && md("d/changed").blocks() == 0, "another version: a placeholder");
+    assert_eq!(md("d/changed").mtime(), 1_700_000_000);
+    assert!(want("d/unread"), "never filled: a placeholder");
+    // The old tree goes; the kept content stays.
+    Tree::remove_others(tmp.path(), &[]).unwrap();
+    assert!(!old.dir.exists());
+    assert_eq!(fs::read(new.dir.join("d/same")).unwrap(), b"12345");
+    assert_eq!(md("d/same").nlink(), 1);
+}

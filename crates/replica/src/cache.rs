@@ -42,6 +42,9 @@ pub(crate) fn filled_files(trees_root: &Path) -> (Vec<Cached>, u64) {
             walk(&e.path(), &e.path(), &mut out, &mut unreadable);
         }
     }
+    // A new tree links the files it kept from the previous one: one inode, counted once.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|c| seen.insert(c.ino));
     (out, unreadable)
 }
 

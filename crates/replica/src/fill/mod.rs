@@ -47,7 +47,9 @@ use crate::sys;
 use crate::want::{Want, MAX_LEN, XATTR};
 
 mod evict;
+mod hydrate;
 pub use evict::CacheBound;
+pub use hydrate::Hydrate;
 
 /// Where content comes from (P, through the connection; a directory in tests).
 pub trait Source: Send + Sync + 'static {
@@ -149,6 +151,13 @@ pub struct FillStats {
     pub evicted_bytes: u64,
     /// Evictions given up because the file was open (it keeps its content; tried again later).
     pub evict_skipped_open: u64,
+    /// The background fetch (`FillerHandle::hydrate`): `None` if not asked for, else where
+    /// it stands, what it filled, and what it has left (as of its last walk).
+    pub hydrate: Option<&'static str>,
+    pub hydrated: u64,
+    pub hydrated_bytes: u64,
+    pub hydrate_left_files: u64,
+    pub hydrate_left_bytes: u64,
     pub last_error: Option<String>,
 }
 
@@ -484,6 +493,30 @@ fn adopt(sh: &Shared, o: Orphan, p: Pending) {
 }
 
 impl FillerHandle {
+    /// Starts fetching in the background what `plan` names (once the current tree is the
+    /// one the union shows: the caller says when). Replaces nothing: a second call is
+    /// refused.
+    pub fn hydrate(&mut self, plan: Hydrate) -> Result<()> {
+        let Some(shared) = &self.shared else {
+            return Err(ReplicaError::State { path: plan.tree.clone(), detail: "the fill service is stopped".into() });
+        };
+        let matcher = plan.matcher()?;
+        {
+            let mut state = shared.lock();
+            if state.stats.hydrate.is_some() {
+                return Err(ReplicaError::State { path: plan.tree.clone(), detail: "already hydrating".into() });
+            }
+            state.stats.hydrate = Some(hydrate::WAITING);
+        }
+        let sh = shared.clone();
+        let t = thread::Builder::new()
+            .name("replica-hydrate".into())
+            .spawn(move || hydrate::run(&sh, &plan, matcher.as_ref()))
+            .map_err(|e| ReplicaError::io("spawn thread", "cs-replica", e))?;
+        self.threads.push(t);
+        Ok(())
+    }
+
     pub fn stats(&self) -> FillStats {
         let Some(shared) = &self.shared else { return FillStats::default() };
         let st = shared.lock();
@@ -799,19 +832,21 @@ fn fill_job(sh: &Arc<Shared>, key: Key, since: Instant) {
     };
     let fd = match fd {
         Ok(fd) => fd,
-        Err(e) => return finish(sh, key, Err(format!("dup of an event descriptor: {e}")), false),
+        Err(e) => return finish(sh, key, Err(format!("dup of an event descriptor: {e}")), FillKind::Open),
     };
     let want = match read_want(fd.as_fd()) {
-        Ok(None) => return finish(sh, key, Ok(None), false), // filled meanwhile
+        Ok(None) => return finish(sh, key, Ok(None), FillKind::Open), // filled meanwhile
         Ok(Some(b)) => match Want::decode(&b) {
             Some(w) => w,
-            None => return finish(sh, key, Err(format!("inode {}: malformed user.cs.want", key.1)), false),
+            None => return finish(sh, key, Err(format!("inode {}: malformed user.cs.want", key.1)), FillKind::Open),
         },
-        Err(e) => return finish(sh, key, Err(format!("inode {}: read user.cs.want: {e}", key.1)), false),
+        Err(e) => return finish(sh, key, Err(format!("inode {}: read user.cs.want: {e}", key.1)), FillKind::Open),
     };
     let wfd = match sys::reopen_by_handle(fd.as_fd(), sh.mount_fd.as_fd(), libc::O_WRONLY) {
         Ok(w) => w,
-        Err(e) => return finish(sh, key, Err(format!("{}: open by handle for writing: {e}", want.path)), false),
+        Err(e) => {
+            return finish(sh, key, Err(format!("{}: open by handle for writing: {e}", want.path)), FillKind::Open)
+        }
     };
     drop(fd);
     let mut batch = vec![Item { key, rel: want.path.clone(), wfd: Some(wfd), path: None }];
@@ -826,7 +861,7 @@ fn fill_job(sh: &Arc<Shared>, key: Key, since: Instant) {
         let spawned = thread::Builder::new().name("replica-ahead".into()).spawn(move || {
             {
                 let _own = ahead.own_thread();
-                fill_batch(&ahead, siblings, deadline, true);
+                fill_batch(&ahead, siblings, deadline, FillKind::ReadAhead);
             }
             // Our hold on the group and the image goes before `stop` hears we ended.
             drop(ahead);
@@ -836,15 +871,27 @@ fn fill_job(sh: &Arc<Shared>, key: Key, since: Instant) {
             tracing::warn!(error = %e, "no thread for a read-ahead fetch: its files stay unfilled until opened");
         }
     }
-    fill_batch(sh, batch, deadline, false);
+    fill_batch(sh, batch, deadline, FillKind::Open);
 }
 
 /// One fetch for `batch`, then every open waiting on its items answered.
-fn fill_batch(sh: &Shared, mut batch: Vec<Item>, deadline: Instant, read_ahead: bool) {
+/// How many items failed.
+fn fill_batch(sh: &Shared, mut batch: Vec<Item>, deadline: Instant, kind: FillKind) -> usize {
     let outcomes = fetch_and_fill(sh, &mut batch, deadline);
+    let failed = outcomes.iter().filter(|o| o.is_err()).count();
     for (item, outcome) in batch.into_iter().zip(outcomes) {
-        finish(sh, item.key, outcome.map_err(|e| format!("fill of {} denied: {e}", item.rel)), read_ahead);
+        finish(sh, item.key, outcome.map_err(|e| format!("fill of {} denied: {e}", item.rel)), kind);
     }
+    failed
+}
+
+/// Why a file is filled: an open waits for it, or in the background (a sibling read
+/// ahead, the hydration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FillKind {
+    Open,
+    ReadAhead,
+    Hydrate,
 }
 
 /// What a fill came to: `Ok(Some(bytes))` filled, `Ok(None)` nothing to fill (filled
@@ -852,14 +899,21 @@ fn fill_batch(sh: &Shared, mut batch: Vec<Item>, deadline: Instant, read_ahead: 
 type Outcome = Result<Option<u64>, String>;
 
 /// Answers every open waiting on `key` and ends its fill.
-fn finish(sh: &Shared, key: Key, outcome: Outcome, read_ahead: bool) {
+fn finish(sh: &Shared, key: Key, outcome: Outcome, kind: FillKind) {
     let mut state = sh.lock();
     let waiters = state.inflight.remove(&key).map(|i| i.waiters).unwrap_or_default();
     match &outcome {
         Ok(Some(bytes)) => {
             state.stats.fills += 1;
             state.stats.bytes += bytes;
-            state.stats.read_ahead_fills += u64::from(read_ahead);
+            match kind {
+                FillKind::Open => {}
+                FillKind::ReadAhead => state.stats.read_ahead_fills += 1,
+                FillKind::Hydrate => {
+                    state.stats.hydrated += 1;
+                    state.stats.hydrated_bytes += bytes;
+                }
+            }
             // In blocks, as the keeper's pass counts them.
             state.stats.cache_bytes += bytes.div_ceil(4096) * 4096;
             if state.stats.cache_max_bytes.is_some_and(|max| state.stats.cache_bytes > max) {
@@ -869,7 +923,8 @@ fn finish(sh: &Shared, key: Key, outcome: Outcome, read_ahead: bool) {
         Ok(None) => state.stats.allowed_at_once += waiters.len() as u64,
         Err(e) => {
             state.stats.denied += waiters.len() as u64;
-            // A read-ahead sibling nobody opened is no reader's error: left unfilled.
+            // A file filled in the background that nobody opened is no reader's error:
+            // left unfilled.
             if !waiters.is_empty() {
                 tracing::warn!("{e}");
                 state.stats.last_error = Some(e.clone());

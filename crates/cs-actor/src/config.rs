@@ -154,6 +154,17 @@ mergeable! {
         /// no bound (the image's size).
         #[arg(long, value_name = "SIZE")]
         pub cache_max: Option<String>,
+        /// With --replica-dir: fetch the whole project in the background
+        /// while no open waits, smallest files first (then the most
+        /// recently changed), for a user who will read everything; stops
+        /// at 90 % of --cache-max if one is set.
+        #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+        pub hydrate: Option<bool>,
+        /// With --replica-dir: fetch in the background the files these
+        /// patterns match (gitignore syntax, relative to the home: `*.py`,
+        /// `data/`, `/models/**/*.bin`), as --hydrate does for everything.
+        #[arg(long, value_name = "PATTERN", num_args = 1..)]
+        pub prefetch: Option<Vec<String>>,
         /// With `--union overlay`: overlayfs's work directory, on the upper
         /// layer's filesystem and outside it (default: UPPER.overlay-work,
         /// beside the upper layer).

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use cs_compute::connection::ConnectionConfig;
 use cs_compute::replica::LinkSource;
 use cs_mount::LowerSpec;
-use cs_replica::fill::CacheBound;
+use cs_replica::fill::{CacheBound, Hydrate};
 use cs_replica::{FillConfig, Filler, FillerHandle, Kept, ReplicaFs, Tree};
 use serde_json::json;
 
@@ -36,6 +36,8 @@ pub struct ReplicaArgs {
     pub fetch_timeout: Duration,
     /// `--cache-max`: a bound on fetched content (`None`: none).
     pub cache_max: Option<u64>,
+    /// `--hydrate` (`Some(None)`: everything) or `--prefetch` (`Some(Some(patterns))`).
+    pub background: Option<Option<Vec<String>>>,
 }
 
 impl ReplicaArgs {
@@ -145,6 +147,14 @@ impl Replica {
         }
         if let Err(e) = Tree::remove_others(&root, &[&tree]) {
             tracing::warn!(error = %cs_supervision::error_chain(&e), "removing the replica's older trees");
+        }
+        let mut filler = filler;
+        if let Some(only) = args.background.clone() {
+            let what = if only.is_some() { "--prefetch" } else { "--hydrate" };
+            if let Err(e) = filler.hydrate(Hydrate { tree: tree.dir.clone(), only }) {
+                undo(filler, fs);
+                return Err(e).context(what);
+            }
         }
         let filler = Arc::new(Mutex::new(Some(filler)));
         std::fs::create_dir_all(args.lower()).with_context(|| format!("creating {}", args.lower().display()))?;

@@ -272,8 +272,13 @@ fn replica_args(a: &ComputeArgs) -> Result<Option<crate::replica::ReplicaArgs>> 
             || a.replica_inodes.is_some()
             || a.fetch_timeout_secs.is_some()
             || a.cache_max.is_some()
+            || a.hydrate == Some(true)
+            || a.prefetch.is_some()
         {
-            bail!("--replica-size-gib, --replica-inodes, --fetch-timeout-secs and --cache-max go with --replica-dir");
+            bail!(
+                "--replica-size-gib, --replica-inodes, --fetch-timeout-secs, --cache-max, --hydrate and --prefetch go \
+                 with --replica-dir"
+            );
         }
         return Ok(None);
     };
@@ -292,6 +297,12 @@ fn replica_args(a: &ComputeArgs) -> Result<Option<crate::replica::ReplicaArgs>> 
         inodes: a.replica_inodes.unwrap_or(crate::replica::DEFAULT_INODES),
         fetch_timeout,
         cache_max,
+        // --hydrate takes everything, so it wins over --prefetch.
+        background: match (a.hydrate.unwrap_or(false), &a.prefetch) {
+            (true, _) => Some(None),
+            (false, Some(p)) if !p.is_empty() => Some(Some(p.clone())),
+            _ => None,
+        },
     }))
 }
 

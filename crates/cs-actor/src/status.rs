@@ -195,13 +195,23 @@ fn render_compute(st: &Value, out: &mut String) {
             ),
             None => String::new(),
         };
+        // With --hydrate / --prefetch: where the background fetch stands.
+        let hydrate = match f["hydrate"].as_str() {
+            Some(state) => format!(
+                ", hydrate {state} ({} fetched, {} files ({}) left)",
+                s(&f["hydrated"]),
+                s(&f["hydrate_left_files"]),
+                bytes(f["hydrate_left_bytes"].as_u64().unwrap_or(0)),
+            ),
+            None => String::new(),
+        };
         // Content the tree kept from the previous one (not fetched again).
         let kept = match rp["kept"]["files"].as_u64() {
             Some(n) if n > 0 => format!(", kept {n} files ({})", bytes(rp["kept"]["bytes"].as_u64().unwrap_or(0))),
             _ => String::new(),
         };
         out.push_str(&format!(
-            "  replica     {} entries ({}{kept}), fills {} ({}, {} read ahead) in {} fetches, denied {}{cache}{waiting}{}\n",
+            "  replica     {} entries ({}{kept}), fills {} ({}, {} read ahead) in {} fetches, denied {}{cache}{hydrate}{waiting}{}\n",
             s(&rp["entries"]),
             s(&rp["origin"]),
             s(&f["fills"]),
@@ -496,10 +506,17 @@ mod tests {
         bounded["replica"]["kept"] = json!({"files": 30, "bytes": 2u64 << 20});
         let text = render(&bounded);
         assert!(text.contains("48 entries (snapshot, kept 30 files (2.0 MiB)), fills 41"), "{text}");
+        assert!(!text.contains("hydrate"), "{text}");
+        bounded["replica"]["fill"]["hydrate"] = json!("running");
+        bounded["replica"]["fill"]["hydrated"] = json!(500);
+        bounded["replica"]["fill"]["hydrate_left_files"] = json!(20);
+        bounded["replica"]["fill"]["hydrate_left_bytes"] = json!(3u64 << 20);
+        let text = render(&bounded);
         assert!(
-            text.contains("denied 1, cache 700.0 MiB of 1.0 GiB, evicted 12 (300.0 MiB), 2 opens waiting"),
+            text.contains("(300.0 MiB), hydrate running (500 fetched, 20 files (3.0 MiB) left), 2 opens"),
             "{text}"
         );
+        assert!(text.contains("denied 1, cache 700.0 MiB of 1.0 GiB, evicted 12 (300.0 MiB), "), "{text}");
     }
 
     #[test]

@@ -474,3 +474,32 @@ fn a_cache_smaller_than_the_project_evicts_refetches_and_keeps_every_byte_right(
     assert!(p.ends_with(b"the user was here\n"));
     bed.finish();
 }
+
+/// `--hydrate`: the whole project fetched in the background after the start; then, with the
+/// broker gone, every file reads, none having been opened before.
+#[test]
+fn with_hydrate_every_file_is_fetched_in_the_background_and_reads_with_the_broker_gone() {
+    let Some((mut bed, user)) = replica_bed("replica-hydrate", &["--hydrate"], |h| {
+        for i in 0..40 {
+            put(h, &format!("data/d{}/f{i:02}.txt", i % 4), format!("file {i}\n"));
+        }
+        put(h, "big.bin", vec![7u8; 3 << 20]);
+    }) else {
+        return;
+    };
+    let done = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        let fill = replica_status(&bed)["fill"].clone();
+        (fill["hydrate"] == "done").then_some(fill)
+    });
+    let Some(fill) = done else { bed.fail(&format!("hydration not done: {}", replica_status(&bed))) };
+    assert!(fill["hydrated"].as_u64() >= Some(42), "README, 40 files and big.bin: {fill}");
+    let sock = bed.c().sock.display().to_string();
+    let human = cli(&["status", "--control-socket", &sock], Duration::from_secs(20));
+    assert!(human.stdout.contains("hydrate done ("), "{}", human.describe());
+    bed.kill_broker();
+    let out = user_must(&bed, &user, "cd \"$HOME\" && cat data/d*/f*.txt | wc -l && wc -c < big.bin && cat README");
+    assert_eq!(out, format!("40\n{}\na project\n", 3 << 20), "every file read with the broker gone");
+    assert_eq!(replica_status(&bed)["fill"]["denied"].as_u64(), Some(0));
+    bed.start_broker();
+    bed.finish();
+}

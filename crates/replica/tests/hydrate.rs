@@ -86,3 +86,22 @@ fn prefetch_patterns_fetch_only_what_they_match_and_a_bad_pattern_is_refused_by_
         assert!(left.contains(&p.to_string()), "{p} fetched though not matched: {left:?}");
     }
 }
+
+#[test]
+fn a_file_p_lost_is_given_up_after_three_tries_and_hydration_still_ends() {
+    if !root_or_skip("a_file_p_lost_is_given_up_after_three_tries_and_hydration_still_ends") {
+        return;
+    }
+    let (mut bed, src) = Bed::full(make_project, |p| CopySource::new(p, Behaviour::Copy), |c| c);
+    // P deletes it after the snapshot: its placeholder stays (the round hides it in the
+    // merged view), and every fetch of it says "missing".
+    std::fs::remove_file(bed.project.join("many/f05")).unwrap();
+    let tree = bed.tree_dir();
+    bed.filler.as_mut().unwrap().hydrate(Hydrate { tree: tree.clone(), only: Some(vec!["many/".into()]) }).unwrap();
+    let s = wait_done(&bed);
+    assert_eq!(s.hydrate_given_up, 1, "{s:?}");
+    let many: Vec<_> = placeholders(&tree).into_iter().filter(|p| p.starts_with("many/")).collect();
+    assert_eq!(many, ["many/f05"]);
+    let asked = src.asked.lock().unwrap().iter().flatten().filter(|p| p.to_string() == "many/f05").count();
+    assert_eq!(asked, 3, "asked three times, then given up");
+}

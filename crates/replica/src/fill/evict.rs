@@ -75,7 +75,7 @@ pub(super) fn note_use(sh: &Shared, fd: std::os::fd::BorrowedFd<'_>) {
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let at = (now.as_secs() as i64, i64::from(now.subsec_nanos()));
-    sh.opened.lock().unwrap_or_else(|p| p.into_inner()).insert((st.st_dev, st.st_ino), at);
+    sh.used.lock().unwrap_or_else(|p| p.into_inner()).insert((st.st_dev, st.st_ino), at);
 }
 
 /// The keeper: one pass at start (what an earlier service filled counts too), then one
@@ -111,15 +111,17 @@ pub(super) fn keeper(sh: &Shared, bound: &CacheBound) {
 /// (files open).
 fn pass(sh: &Shared, bound: &CacheBound) -> bool {
     let t = Instant::now();
+    // Fills during the pass add to the estimate; kept on top of what the walk measured.
+    let estimate_before = sh.lock().stats.cache_bytes;
     let (mut files, unreadable) = cache::filled_files(&bound.trees_root);
     {
-        // Last open where one was seen since the fill, else the fill; the record keeps
-        // only files still filled.
-        let mut opened = sh.opened.lock().unwrap_or_else(|p| p.into_inner());
+        // The last reader's close where one was seen since the fill, else the fill; the
+        // record keeps only files still filled.
+        let mut used = sh.used.lock().unwrap_or_else(|p| p.into_inner());
         let filled: std::collections::HashSet<_> = files.iter().map(|f| (sh.dev, f.ino)).collect();
-        opened.retain(|k, _| filled.contains(k));
+        used.retain(|k, _| filled.contains(k));
         for f in &mut files {
-            if let Some(&at) = opened.get(&(sh.dev, f.ino)) {
+            if let Some(&at) = used.get(&(sh.dev, f.ino)) {
                 f.recency = f.recency.max(at);
             }
         }
@@ -146,7 +148,7 @@ fn pass(sh: &Shared, bound: &CacheBound) -> bool {
     }
     {
         let mut state = sh.lock();
-        state.stats.cache_bytes = held;
+        state.stats.cache_bytes = held + state.stats.cache_bytes.saturating_sub(estimate_before);
         state.stats.evict_skipped_open += skipped;
     }
     if unreadable > 0 {

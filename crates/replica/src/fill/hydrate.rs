@@ -9,6 +9,7 @@
 //! 90 % of the bound: hydrating past it would only evict what it just fetched. A batch
 //! that fails (the link down) is tried again after a pause, from a fresh walk.
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -66,10 +67,17 @@ struct Wanted {
     mtime: (i64, i64),
 }
 
+/// A file P answered about this often without sending it is left to its first open: P refuses it or lost it (a deleted file stays a placeholder in the lower
+/// layer, hidden by the round's deletion), and asking again would never end.
+const GIVE_UP_AFTER: u8 = 3;
+
 pub(super) fn run(sh: &Shared, plan: &Hydrate, only: Option<&Gitignore>) {
     let _own = sh.own_thread();
+    let mut failures: HashMap<RelPath, u8> = HashMap::new();
     loop {
         let mut left = wanted(&plan.tree, only);
+        left.retain(|w| failures.get(&w.rel).is_none_or(|n| *n < GIVE_UP_AFTER));
+        sh.lock().stats.hydrate_given_up = failures.values().filter(|n| **n >= GIVE_UP_AFTER).count() as u64;
         // Smallest first (most files per byte), then the most recently changed.
         left.sort_by(|a, b| a.size.cmp(&b.size).then(b.mtime.cmp(&a.mtime)));
         let note = |state: &'static str, left: &[Wanted]| {
@@ -103,9 +111,15 @@ pub(super) fn run(sh: &Shared, plan: &Hydrate, only: Option<&Gitignore>) {
             }
             claimed = true;
             let deadline = Instant::now() + sh.cfg.fetch_timeout;
-            if fill_batch(sh, batch, deadline, FillKind::Hydrate) > 0 {
+            let (lost, answered) = fill_batch(sh, batch, deadline, FillKind::Hydrate);
+            if !answered {
+                // No answer (the link, a timeout): no file's fault. Pause, then walk again.
                 failed = true;
                 break;
+            }
+            // P answered: what failed is the file's own doing (P refused or lost it).
+            for rel in lost {
+                *failures.entry(rel).or_default() += 1;
             }
             note(RUNNING, &left[at..]);
         }

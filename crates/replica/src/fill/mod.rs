@@ -158,6 +158,9 @@ pub struct FillStats {
     pub hydrated_bytes: u64,
     pub hydrate_left_files: u64,
     pub hydrate_left_bytes: u64,
+    /// Files the background fetch gave up on (three failed fetches while others in their
+    /// batch came: P refused or lost them); an open still fetches them.
+    pub hydrate_given_up: u64,
     pub last_error: Option<String>,
 }
 
@@ -220,8 +223,8 @@ struct Shared {
     fetches: Arc<Running>,
     /// Wakes the cache keeper: a fill took the content over the bound, or `stop`.
     cache_wake: Condvar,
-    /// With a cache bound: when each filled file was last opened (see `evict.rs`).
-    opened: Mutex<HashMap<Key, (i64, i64)>>,
+    /// With a cache bound: when a reader last closed each filled file (see `evict.rs`).
+    used: Mutex<HashMap<Key, (i64, i64)>>,
 }
 
 /// How long `stop` waits for the threads it did not start itself: a read-ahead fill ends
@@ -424,7 +427,7 @@ impl Filler {
             ahead: Arc::default(),
             fetches: Arc::default(),
             cache_wake: Condvar::new(),
-            opened: Mutex::new(HashMap::new()),
+            used: Mutex::new(HashMap::new()),
         });
         evict::watch_opens(&shared)?;
         let mut threads = Vec::new();
@@ -875,14 +878,17 @@ fn fill_job(sh: &Arc<Shared>, key: Key, since: Instant) {
 }
 
 /// One fetch for `batch`, then every open waiting on its items answered.
-/// How many items failed.
-fn fill_batch(sh: &Shared, mut batch: Vec<Item>, deadline: Instant, kind: FillKind) -> usize {
-    let outcomes = fetch_and_fill(sh, &mut batch, deadline);
-    let failed = outcomes.iter().filter(|o| o.is_err()).count();
+/// The items that failed, and whether P answered (see `fetch_and_fill`).
+fn fill_batch(sh: &Shared, mut batch: Vec<Item>, deadline: Instant, kind: FillKind) -> (Vec<RelPath>, bool) {
+    let (outcomes, answered) = fetch_and_fill(sh, &mut batch, deadline);
+    let mut failed = Vec::new();
     for (item, outcome) in batch.into_iter().zip(outcomes) {
+        if outcome.is_err() {
+            failed.push(item.rel.clone());
+        }
         finish(sh, item.key, outcome.map_err(|e| format!("fill of {} denied: {e}", item.rel)), kind);
     }
-    failed
+    (failed, answered)
 }
 
 /// Why a file is filled: an open waits for it, or in the background (a sibling read
@@ -1018,9 +1024,11 @@ impl Drop for StagingDir {
     }
 }
 
-/// One Source call for the batch, bounded by `deadline`; then each item filled or failed.
-fn fetch_and_fill(sh: &Shared, batch: &mut [Item], deadline: Instant) -> Vec<Outcome> {
-    let all = |e: String| batch.iter().map(|_| Err(e.clone())).collect::<Vec<_>>();
+/// One Source call for the batch, bounded by `deadline`; then each item filled or failed;
+/// and whether P answered (else every item failed for the link's or our own reason, not
+/// its own).
+fn fetch_and_fill(sh: &Shared, batch: &mut [Item], deadline: Instant) -> (Vec<Outcome>, bool) {
+    let all = |e: String| (batch.iter().map(|_| Err(e.clone())).collect::<Vec<_>>(), false);
     let sub = sh.cfg.staging.join(format!("f{}", sh.seq.fetch_add(1, Ordering::Relaxed)));
     if let Err(e) = fs::create_dir(&sub) {
         return all(format!("create {}: {e}", sub.display()));
@@ -1101,7 +1109,7 @@ fn fetch_and_fill(sh: &Shared, batch: &mut [Item], deadline: Instant) -> Vec<Out
             },
         };
     }
-    outcomes
+    (outcomes, true)
 }
 
 /// Writes a staged file into the placeholder's inode: content, then P's size if it

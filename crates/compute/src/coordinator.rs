@@ -17,7 +17,7 @@ use crate::machine::{transition, Action, Backoff, Event, PauseBy, Phase, Step, T
 use crate::packer::Packer;
 use crate::pause::{self, OperatorPause, PauseFileError};
 use crate::round::{self, Link, RoundSummary};
-use crate::watcher::ChangeCount;
+use crate::watcher::{ChangeCount, OwnRemovals};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CoordinatorState {
@@ -81,6 +81,8 @@ pub struct Coordinator {
     pause_file: Option<std::path::PathBuf>,
     /// Upper-layer change events: a round starting takes those seen so far.
     changes: Option<ChangeCount>,
+    /// What a round is about to remove from the upper layer, for the watcher.
+    removals: Option<OwnRemovals>,
     /// Round outcomes for `/metrics`, recorded where `stats` counts them.
     metrics: Option<Arc<cs_metrics::ComputeMetrics>>,
     /// The broker's pushes of project changes (following), taken at start.
@@ -124,6 +126,7 @@ impl Coordinator {
             operator_pause: None,
             pause_file: None,
             changes: None,
+            removals: None,
             metrics: None,
             project_changes: None,
         }
@@ -139,6 +142,13 @@ impl Coordinator {
     /// Marks the watcher's events as taken each time a round starts (its scan sees them).
     pub fn with_change_count(mut self, changes: ChangeCount) -> Self {
         self.changes = Some(changes);
+        self
+    }
+
+    /// Tells the watcher what each round is about to remove from the upper layer (its events
+    /// are the round's, not a user's change).
+    pub fn with_own_removals(mut self, removals: OwnRemovals) -> Self {
+        self.removals = Some(removals);
         self
     }
 
@@ -228,6 +238,7 @@ impl Coordinator {
         let link = self.link.clone();
         let me = ctx.address();
         let hb = self.heartbeat.clone();
+        let removals = self.removals.clone();
         let fut = async move {
             let progress = move |s: Step| {
                 hb.beat();
@@ -237,7 +248,7 @@ impl Coordinator {
                 // every step (`try_send` could drop one).
                 me.do_send(StepStarted(s));
             };
-            round::run(round, &packer, link.as_ref(), &progress).await
+            round::run(round, &packer, link.as_ref(), &progress, removals.as_ref()).await
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.round_started = None;

@@ -441,7 +441,7 @@ pub fn run_round(
     system.block_on(async move {
         let packer = cs_supervision::spawn(Packer::new(side));
         let link = LocalLink::new(project, client, cut);
-        let result = round::run(1, &packer, &link, &|_| {}).await;
+        let result = round::run(1, &packer, &link, &|_| {}, None).await;
         let problems = packer.observe().await.map(|s| s.scan_problems).unwrap_or_default();
         let side = match packer.send(packer::Close).await {
             Ok(Ok(side)) => side,

@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::connection::LinkError;
 use crate::machine::Step;
 use crate::packer::{self, Packer, PackerError};
+use crate::watcher::OwnRemovals;
 
 /// A tar stream going out: bytes, then `finish` (complete) or drop (cut:
 /// the receiver must see an aborted stream, never a short complete one).
@@ -132,12 +133,14 @@ impl Clock<'_> {
 }
 
 /// Runs round `round` to its commit. On error the packer's round is dropped
-/// (nothing is committed) and the error says which step failed.
+/// (nothing is committed) and the error says which step failed. `removals`: where the
+/// upper-layer watcher learns what step 2 is about to delete.
 pub async fn run(
     round: u64,
     packer: &Addr<Packer>,
     link: &dyn Link,
     progress: &(dyn Fn(Step) + Send + Sync),
+    removals: Option<&OwnRemovals>,
 ) -> Result<RoundSummary, RoundError> {
     let started = Instant::now();
     let mut clock = Clock {
@@ -152,7 +155,7 @@ pub async fn run(
         },
         current: None,
     };
-    let result = steps(packer, link, &mut clock).await;
+    let result = steps(packer, link, &mut clock, removals).await;
     if result.is_err() {
         let _ = packer.send(packer::Abort).await;
     }
@@ -162,7 +165,12 @@ pub async fn run(
 }
 
 /// Walks the round's steps in their one order ([`Step::ALL`]), each with its request.
-async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) -> Result<(), RoundError> {
+async fn steps(
+    packer: &Addr<Packer>,
+    link: &dyn Link,
+    clock: &mut Clock<'_>,
+    removals: Option<&OwnRemovals>,
+) -> Result<(), RoundError> {
     // Step 4's cursor, committed by step 5.
     let mut cursor = None;
     for step in Step::ALL {
@@ -178,7 +186,7 @@ async fn steps(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) ->
                 failpoint("after-deletes-to-project").await?;
             }
             Step::DeletesToCompute => {
-                deletes_to_compute(packer, link, clock).await?;
+                deletes_to_compute(packer, link, clock, removals).await?;
                 failpoint("after-deletes-to-compute").await?;
             }
             Step::WritesToProject => {
@@ -242,13 +250,25 @@ async fn deletes_to_project(packer: &Addr<Packer>, link: &dyn Link, clock: &mut 
     Ok(())
 }
 
-async fn deletes_to_compute(packer: &Addr<Packer>, link: &dyn Link, clock: &mut Clock<'_>) -> Result<(), RoundError> {
+async fn deletes_to_compute(
+    packer: &Addr<Packer>,
+    link: &dyn Link,
+    clock: &mut Clock<'_>,
+    removals: Option<&OwnRemovals>,
+) -> Result<(), RoundError> {
     let gone = match link.request(ClientMsg::AskDeletes).await? {
         ServerMsg::DeletesForYou(g) => g,
         other => return Err(unexpected(Step::DeletesToCompute, other)),
     };
     let n = gone.len() as u64;
+    // Before the engine deletes: the watcher may see the first removal at once.
+    if let Some(r) = removals {
+        r.expect(&gone);
+    }
     let report = packer.send(packer::ApplyDeletes(gone)).await??;
+    if let Some(r) = removals {
+        r.done(&report);
+    }
     clock.summary.deletes_to_compute = report.deleted.len() as u64;
     clock.summary.kept_on_compute = report.kept;
     clock.close(n, 0);

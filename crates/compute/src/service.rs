@@ -18,7 +18,7 @@ use crate::connection::{Connection, ConnectionConfig};
 use crate::coordinator::{Coordinator, PauseSyncing, ResumeSyncing, SyncNow};
 use crate::machine::Backoff;
 use crate::packer::Packer;
-use crate::watcher::{ChangeCount, UpperWatcher};
+use crate::watcher::{ChangeCount, OwnRemovals, UpperWatcher};
 
 /// How often the watchdog looks for stuck actors (to log them; status reads
 /// it on demand).
@@ -152,10 +152,12 @@ impl ComputeService {
         let fetch_link = link.clone();
         let connection = cs_supervision::spawn(connection_actor);
         let changes = ChangeCount::default();
+        let removals = OwnRemovals::default();
         let metrics = Arc::new(cs_metrics::ComputeMetrics::new());
         let mut coordinator = Coordinator::new(packer.clone(), link, cfg.interval, cfg.backoff, round_heartbeat)
             .with_operator_pause(pause_file, paused)
             .with_change_count(changes.clone())
+            .with_own_removals(removals.clone())
             .with_metrics(metrics.clone());
         if let Some(pushes) = pushes {
             coordinator = coordinator.with_project_changes(pushes);
@@ -166,8 +168,8 @@ impl ComputeService {
             watchdog.watch("mounts", m.heartbeat.clone());
         }
         let coordinator = cs_supervision::spawn(coordinator);
-        let watcher =
-            cs_supervision::spawn(UpperWatcher::new(cfg.upper.clone(), cfg.debounce, coordinator.clone(), changes));
+        let watcher = UpperWatcher::new(cfg.upper.clone(), cfg.debounce, coordinator.clone(), changes, removals);
+        let watcher = cs_supervision::spawn(watcher);
         watchdog.spawn_monitor(WATCHDOG_EVERY);
         let service = ComputeService {
             client: cfg.client.clone(),

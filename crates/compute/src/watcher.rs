@@ -2,13 +2,17 @@
 //! into one "upper changed" trigger for the coordinator, so that a burst of
 //! writes (a `git clone`, a build) starts one early round, not thousands.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use cs_protocol::{DeleteReport, RelPath};
 use cs_supervision::Observable;
 use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -98,24 +102,151 @@ impl OwnWrites {
     }
 }
 
+/// Paths a round is about to remove from the upper layer (step 2: the project's deletions),
+/// so that the events of those removals are not counted as a user's change. The round records
+/// them just before the engine deletes; the watcher matches events against them. Bounded, and
+/// every entry expires: a stale one must not hide a later change at its path for long.
+#[derive(Debug, Clone, Default)]
+pub struct OwnRemovals(Arc<Mutex<HashMap<PathBuf, Removal>>>);
+
+#[derive(Debug)]
+struct Removal {
+    until: Instant,
+    /// Its removal (or rename away) was seen: a second one is a user's.
+    gone: bool,
+}
+
+impl OwnRemovals {
+    /// How long an entry matches after it was recorded, or after the engine reported it deleted.
+    const TTL: Duration = Duration::from_secs(5);
+    /// Beyond this many, removals count as changes (one needless round at worst).
+    const MAX: usize = 20_000;
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<PathBuf, Removal>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The round is about to remove `paths` (relative to the upper layer).
+    pub fn expect<'a>(&self, paths: impl IntoIterator<Item = &'a RelPath>) {
+        let now = Instant::now();
+        let mut m = self.lock();
+        m.retain(|_, r| r.until > now);
+        for p in paths {
+            if m.len() >= Self::MAX {
+                break;
+            }
+            m.insert(p.as_path().to_path_buf(), Removal { until: now + Self::TTL, gone: false });
+        }
+    }
+
+    /// The engine's report: what it kept or refused stays, so a user's removal there is a
+    /// change; what it deleted matches for `TTL` from now (a long step outlives the first).
+    pub fn done(&self, report: &DeleteReport) {
+        let until = Instant::now() + Self::TTL;
+        let mut m = self.lock();
+        for p in report.kept.iter().chain(report.refused.iter().map(|(p, _)| p)) {
+            m.remove(p.as_path());
+        }
+        for p in &report.deleted {
+            if let Some(r) = m.get_mut(p.as_path()) {
+                r.until = until;
+            }
+        }
+    }
+
+    /// Is `ev` (in the upper layer `upper`) made by a recorded removal? Every path must be.
+    fn is_ours(&self, upper: &Path, ev: &notify::Event) -> bool {
+        let mut m = self.lock();
+        if m.is_empty() || ev.paths.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        ev.paths.iter().all(|p| p.strip_prefix(upper).is_ok_and(|rel| Self::matches(&mut m, upper, rel, &ev.kind, now)))
+    }
+
+    fn matches(m: &mut HashMap<PathBuf, Removal>, upper: &Path, rel: &Path, kind: &EventKind, now: Instant) -> bool {
+        let mut parts = rel.components();
+        if parts.next().and_then(|c| c.as_os_str().to_str()).and_then(cs_union::Layout::from_meta_dir).is_some() {
+            return Self::matches_marker(m, parts.as_path(), kind, now);
+        }
+        let whiteout = || {
+            std::fs::symlink_metadata(upper.join(rel)).is_ok_and(|md| md.file_type().is_char_device() && md.rdev() == 0)
+        };
+        let is_dir = || std::fs::symlink_metadata(upper.join(rel)).is_ok_and(|md| md.is_dir());
+        if let Some(r) = m.get_mut(rel).filter(|r| r.until > now) {
+            return match kind {
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) if r.gone => false,
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                    r.gone = true;
+                    true
+                }
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => true,
+                EventKind::Modify(ModifyKind::Metadata(_)) => true,
+                // overlayfs hides a lower entry behind a whiteout (made aside, renamed in),
+                // and copies a lower directory up to remove what is below it.
+                EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                    let ours = whiteout() || (!r.gone && is_dir());
+                    if !ours {
+                        // The user made something there: what happens to it next is theirs.
+                        m.remove(rel);
+                    }
+                    ours
+                }
+                _ => false,
+            };
+        }
+        // Below a removed directory: overlayfs cleans up its contents after renaming it away.
+        let below_gone = rel.ancestors().skip(1).any(|a| m.get(a).is_some_and(|r| r.gone && r.until > now));
+        below_gone
+            && match kind {
+                EventKind::Remove(_)
+                | EventKind::Modify(ModifyKind::Name(RenameMode::From | RenameMode::Both))
+                | EventKind::Modify(ModifyKind::Metadata(_)) => true,
+                EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => whiteout(),
+                _ => false,
+            }
+    }
+
+    /// unionfs-fuse: an event at `rest` in the meta directory. A marker hiding a recorded path
+    /// is the round's.
+    fn matches_marker(m: &HashMap<PathBuf, Removal>, rest: &Path, kind: &EventKind, now: Instant) -> bool {
+        let hidden = rest.file_name().and_then(|n| n.as_bytes().strip_suffix(cs_union::HIDE_SUFFIX.as_bytes()));
+        let Some(hidden) = hidden else {
+            // A mirror directory only holds markers, whose own events count.
+            return !matches!(kind, EventKind::Modify(ModifyKind::Data(_)));
+        };
+        matches!(kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Metadata(_)))
+            && m.get(&rest.with_file_name(OsStr::from_bytes(hidden))).is_some_and(|r| r.until > now)
+    }
+}
+
 pub struct UpperWatcher {
     upper: PathBuf,
     debounce: Duration,
     coordinator: Addr<Coordinator>,
     changes: ChangeCount,
+    removals: OwnRemovals,
     watcher: Option<notify::RecommendedWatcher>,
     first_pending: Option<Instant>,
     state: WatcherState,
 }
 
 impl UpperWatcher {
-    /// `changes` is shared with the coordinator (`Coordinator::with_change_count`).
-    pub fn new(upper: PathBuf, debounce: Duration, coordinator: Addr<Coordinator>, changes: ChangeCount) -> Self {
+    /// `changes` and `removals` are shared with the coordinator (`Coordinator::with_change_count`,
+    /// `Coordinator::with_own_removals`).
+    pub fn new(
+        upper: PathBuf,
+        debounce: Duration,
+        coordinator: Addr<Coordinator>,
+        changes: ChangeCount,
+        removals: OwnRemovals,
+    ) -> Self {
         UpperWatcher {
             upper,
             debounce,
             coordinator,
             changes,
+            removals,
             watcher: None,
             first_pending: None,
             state: WatcherState::default(),
@@ -134,6 +265,8 @@ impl Actor for UpperWatcher {
     fn started(&mut self, ctx: &mut Self::Context) {
         let addr = ctx.address();
         let mut own = OwnWrites::default();
+        let removals = self.removals.clone();
+        let upper = self.upper.clone();
         let handler = move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
                 // Opens and reads are not changes; the round's own scan
@@ -141,9 +274,10 @@ impl Actor for UpperWatcher {
                 if matches!(ev.kind, notify::EventKind::Access(_)) {
                     return;
                 }
-                // A round's own writes (temporary files, renamed into place) are not changes
-                // to carry: counting them would start a round for nothing.
-                if !own.is_ours(&ev) {
+                // A round's own writes (temporary files, renamed into place) and removals are
+                // not changes to carry: counting them would start a round for nothing.
+                if !own.is_ours(&ev) && !removals.is_ours(&upper, &ev) {
+                    tracing::debug!(kind = ?ev.kind, paths = ?ev.paths, "upper-layer change");
                     // try_send: a full mailbox already means "changed".
                     let _ = addr.try_send(Changed(1));
                 }
@@ -199,7 +333,7 @@ cs_supervision::observable!(UpperWatcher);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, EventAttributes};
+    use notify::event::{CreateKind, DataChange, EventAttributes, RemoveKind};
 
     fn ev(kind: EventKind, paths: &[&str], cookie: Option<usize>) -> notify::Event {
         let mut e =
@@ -223,6 +357,51 @@ mod tests {
         assert!(!own.is_ours(&ev(rename(RenameMode::To), &["/u/d/b"], Some(10))));
         assert!(!own.is_ours(&ev(rename(RenameMode::To), &["/u/d/out.txt"], Some(9))), "a cookie matches once");
         assert!(!own.is_ours(&ev(EventKind::Create(CreateKind::File), &["/u/d/out.txt"], None)));
+    }
+
+    fn rp(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_rounds_removals_are_its_own_but_a_users_removal_is_not() {
+        let upper = tempfile::tempdir().unwrap();
+        let u = upper.path();
+        let at = |p: &str| u.join(p).display().to_string();
+        let is_ours = |own: &OwnRemovals, kind, p: &str| own.is_ours(u, &ev(kind, &[&at(p)], None));
+        let (file, dir) = (EventKind::Remove(RemoveKind::File), EventKind::Remove(RemoveKind::Folder));
+        let own = OwnRemovals::default();
+        let gone = [rp("d/a.txt"), rp("d"), rp("lower-only.txt"), rp("kept.txt")];
+        own.expect(&gone);
+        assert!(is_ours(&own, file, "d/a.txt"));
+        assert!(is_ours(&own, dir, "d"));
+        own.done(&DeleteReport { deleted: gone[..3].to_vec(), kept: vec![rp("kept.txt")], ..Default::default() });
+        // unionfs-fuse hides what only the lower has behind a marker, in mirror directories.
+        assert!(is_ours(&own, EventKind::Create(CreateKind::Folder), ".unionfs-fuse"));
+        assert!(is_ours(&own, EventKind::Create(CreateKind::File), ".unionfs-fuse/lower-only.txt_HIDDEN~"));
+        // overlayfs copies a lower directory up before removing what is below it.
+        std::fs::create_dir(u.join("e")).unwrap();
+        own.expect(&[rp("e")]);
+        assert!(is_ours(&own, EventKind::Modify(ModifyKind::Name(RenameMode::To)), "e"));
+        assert!(is_ours(&own, EventKind::Modify(ModifyKind::Name(RenameMode::From)), "e"));
+        assert!(is_ours(&own, file, "e/.wh-cleanup"), "below a directory renamed away");
+
+        // A user's removal of another path, or of one the engine kept, and a marker of theirs.
+        assert!(!is_ours(&own, file, "f/mine.txt"));
+        assert!(!is_ours(&own, file, "kept.txt"));
+        assert!(!is_ours(&own, EventKind::Create(CreateKind::File), ".unionfs-fuse/mine.txt_HIDDEN~"));
+        // A path the round removed, made again and removed again by the user.
+        std::fs::write(u.join("lower-only.txt"), "new").unwrap();
+        assert!(!is_ours(&own, EventKind::Create(CreateKind::File), "lower-only.txt"));
+        assert!(!is_ours(&own, file, "lower-only.txt"));
+        assert!(!is_ours(&own, file, "d/a.txt"), "a removal matches once");
+        assert!(!is_ours(&own, EventKind::Modify(ModifyKind::Data(DataChange::Any)), "e"));
+        // An expired entry hides nothing.
+        own.expect(&[rp("late.txt")]);
+        own.lock().values_mut().for_each(|r| r.until = Instant::now());
+        assert!(!is_ours(&own, file, "late.txt"));
+        assert!(!is_ours(&own, EventKind::Create(CreateKind::File), ".unionfs-fuse/late.txt_HIDDEN~"));
+        assert!(!is_ours(&own, file, "e/x"));
     }
 
     #[test]

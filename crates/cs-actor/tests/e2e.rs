@@ -24,6 +24,7 @@ per_union! {
         union_killed_is_remounted_and_reported,
         safety_rail_lower_gone_pauses_sync_and_deletes_nothing,
         idle_compute_server_stays_idle,
+        a_rounds_deletions_start_no_round_but_a_users_do,
         status_json_has_the_documented_fields,
         deleted_files_do_not_come_back_from_the_lower_caches,
         an_emptied_project_is_accepted_from_the_command_line,
@@ -639,6 +640,67 @@ fn idle_compute_server_stays_idle() {
     std::thread::sleep(Duration::from_secs(6));
     let after = bed.compute_status()["round"]["rounds_committed"].as_u64().unwrap();
     assert_eq!(after, before, "rounds ran with nothing to do");
+    bed.finish();
+}
+
+/// The project's deletions, applied on the compute server by a round, are the round's own
+/// changes of the upper layer (removals, whiteouts or markers): the watcher must not start
+/// another round for them. A user's deletion right after does start one.
+fn a_rounds_deletions_start_no_round_but_a_users_do() {
+    if !tools() {
+        return;
+    }
+    let bed = Bed::start("own-deletes", |h| {
+        put(h, "held.txt", "C edits this, then P deletes it\n");
+        put(h, "dir/held.txt", "in a directory C holds\n");
+        put(h, "dir/lower_only.txt", "C never edits this\n");
+        put(h, "lower_only.txt", "C never edits this either\n");
+        put(h, "users.txt", "the user deletes this on C\n");
+    });
+    let (h, m) = (bed.home.clone(), bed.merged());
+    append(&m, "held.txt", "edited on C\n");
+    append(&m, "dir/held.txt", "edited on C\n");
+    bed.sync_wait();
+    // The round the watcher starts for those edits (a second after them) goes first: any
+    // round after the deletions' must be theirs.
+    let settled = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        let st = bed.c().status().ok()?;
+        (st["watcher"]["triggers_sent"].as_u64()? >= 1 && st["round"]["phase"] == "idle").then_some(())
+    });
+    if settled.is_none() {
+        bed.fail("no round for the user's edits");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    fs::remove_file(h.join("held.txt")).unwrap();
+    fs::remove_file(h.join("lower_only.txt")).unwrap();
+    fs::remove_dir_all(h.join("dir")).unwrap();
+    bed.sync_wait();
+    let st = bed.compute_status();
+    let deleted = st["round"]["last_committed"]["deletes_to_compute"].as_u64().unwrap_or(0);
+    assert!(deleted >= 4, "the round applied no deletions on C: {st:#}");
+    let upper = bed.upper();
+    for p in ["held.txt", "dir/held.txt"] {
+        assert!(!in_upper(&upper, p), "{p} is still in the upper layer: {:?}", find_names(&upper, |_| true));
+    }
+
+    let round = |st: &serde_json::Value| st["round"]["round"].as_u64().unwrap_or(0);
+    let before = round(&st);
+    std::thread::sleep(Duration::from_secs(3));
+    let st = bed.compute_status();
+    if round(&st) != before {
+        bed.fail(&format!("the round's own deletions started another round: {}", st["watcher"]));
+    }
+
+    fs::remove_file(m.join("users.txt")).unwrap();
+    let started = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        let st = bed.c().status().ok()?;
+        (round(&st) > before).then_some(())
+    });
+    if started.is_none() {
+        bed.fail(&format!("a user's deletion started no round: {}", bed.compute_status()["watcher"]));
+    }
+    bed.sync_wait();
+    assert!(!exists(&h, "users.txt"), "the user's deletion did not reach the project");
     bed.finish();
 }
 

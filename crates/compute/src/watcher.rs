@@ -106,6 +106,7 @@ impl OwnWrites {
 /// so that the events of those removals are not counted as a user's change. The round records
 /// them just before the engine deletes; the watcher matches events against them. Bounded, and
 /// every entry expires: a stale one must not hide a later change at its path for long.
+/// (unionfs-fuse's bookkeeping, mirror directories and marker removals, never counts.)
 #[derive(Debug, Clone, Default)]
 pub struct OwnRemovals(Arc<Mutex<HashMap<PathBuf, Removal>>>);
 
@@ -157,7 +158,7 @@ impl OwnRemovals {
     /// Is `ev` (in the upper layer `upper`) made by a recorded removal? Every path must be.
     fn is_ours(&self, upper: &Path, ev: &notify::Event) -> bool {
         let mut m = self.lock();
-        if m.is_empty() || ev.paths.is_empty() {
+        if ev.paths.is_empty() {
             return false;
         }
         let now = Instant::now();
@@ -215,6 +216,11 @@ impl OwnRemovals {
             // A mirror directory only holds markers, whose own events count.
             return !matches!(kind, EventKind::Modify(ModifyKind::Data(_)));
         };
+        // The union removes a marker only when something is created at its path, which
+        // counts on its own: a removal here is the engine's (step 1 ends its whiteouts).
+        if matches!(kind, EventKind::Remove(_)) {
+            return true;
+        }
         matches!(kind, EventKind::Create(_) | EventKind::Modify(ModifyKind::Metadata(_)))
             && m.get(&rest.with_file_name(OsStr::from_bytes(hidden))).is_some_and(|r| r.until > now)
     }
@@ -402,6 +408,22 @@ mod tests {
         assert!(!is_ours(&own, file, "late.txt"));
         assert!(!is_ours(&own, EventKind::Create(CreateKind::File), ".unionfs-fuse/late.txt_HIDDEN~"));
         assert!(!is_ours(&own, file, "e/x"));
+    }
+
+    #[test]
+    fn a_markers_removal_is_not_a_change_but_a_new_marker_is() {
+        let u = Path::new("/u");
+        let own = OwnRemovals::default();
+        let at = |kind, p: &str| own.is_ours(u, &ev(kind, &[&format!("/u/{p}")], None));
+        assert!(at(EventKind::Remove(RemoveKind::File), ".unionfs-fuse/d/a.txt_HIDDEN~"));
+        assert!(at(EventKind::Remove(RemoveKind::Folder), ".unionfs/d_HIDDEN~"));
+        assert!(at(EventKind::Remove(RemoveKind::Folder), ".unionfs-fuse/d"));
+        // A user's deletion of a lower entry writes one.
+        assert!(!at(EventKind::Create(CreateKind::File), ".unionfs-fuse/d/a.txt_HIDDEN~"));
+        assert!(!at(EventKind::Create(CreateKind::Folder), ".unionfs-fuse/d_HIDDEN~"));
+        // Not the meta directory.
+        assert!(!at(EventKind::Remove(RemoveKind::File), "a.txt_HIDDEN~"));
+        assert!(!at(EventKind::Remove(RemoveKind::File), "d/.unionfs-fuse/a_HIDDEN~"));
     }
 
     #[test]

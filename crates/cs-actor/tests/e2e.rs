@@ -25,6 +25,7 @@ per_union! {
         safety_rail_lower_gone_pauses_sync_and_deletes_nothing,
         idle_compute_server_stays_idle,
         a_rounds_deletions_start_no_round_but_a_users_do,
+        a_rounds_removal_of_its_whiteouts_starts_no_round,
         status_json_has_the_documented_fields,
         deleted_files_do_not_come_back_from_the_lower_caches,
         an_emptied_project_is_accepted_from_the_command_line,
@@ -701,6 +702,37 @@ fn a_rounds_deletions_start_no_round_but_a_users_do() {
     }
     bed.sync_wait();
     assert!(!exists(&h, "users.txt"), "the user's deletion did not reach the project");
+    bed.finish();
+}
+
+/// Step 1 ends the whiteouts of the deletions P confirmed (unionfs-fuse: it removes their
+/// markers, at once without a grace period): that starts no round either.
+fn a_rounds_removal_of_its_whiteouts_starts_no_round() {
+    if !tools() {
+        return;
+    }
+    let mut bed = Bed::new("own-markers");
+    put(&bed.home, "a.txt", "the user deletes this on C\n");
+    put(&bed.home, "d/b.txt", "and this directory\n");
+    bed.start_broker();
+    bed.start_compute_with("gpu-1", &["--whiteout-grace-secs", "0"]);
+    let h = bed.home.clone();
+    let m = bed.merged();
+    fs::remove_file(m.join("a.txt")).unwrap();
+    fs::remove_dir_all(m.join("d")).unwrap();
+    // The watcher's round carries the deletions to P and ends their whiteouts.
+    let done = poll(Duration::from_secs(20), Duration::from_millis(100), || {
+        let st = bed.c().status().ok()?;
+        let idle = st["round"]["phase"] == "idle" && st["round"]["round"].as_u64()? >= 2;
+        (idle && !exists(&h, "a.txt") && !exists(&h, "d")).then_some(st)
+    });
+    let Some(st) = done else { bed.fail("the user's deletions did not reach the project") };
+    let before = st["round"]["round"].as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(3));
+    let st = bed.compute_status();
+    if st["round"]["round"].as_u64().unwrap_or(0) != before {
+        bed.fail(&format!("removing the whiteouts started another round: {}", st["watcher"]));
+    }
     bed.finish();
 }
 

@@ -148,3 +148,53 @@ fn fill_latency() {
         bed.stats()
     );
 }
+
+/// The background fetch's rate and an eviction pass's cost, with a local Source (no link:
+/// what the service itself costs). 5,000 files of 4 KiB in 50 directories.
+#[test]
+#[ignore = "a measurement, needs root"]
+fn hydrate_and_eviction_cost() {
+    if !root_or_skip("hydrate_and_eviction_cost") {
+        return;
+    }
+    let files = |p: &std::path::Path| {
+        for i in 0..5_000 {
+            put(p, format!("d{:02}/f{i:04}", i % 50), &bytes(4096, i as u8), 0o644);
+        }
+    };
+    let (mut bed, src) = Bed::full(files, |p| CopySource::new(p, Behaviour::Copy), |c| c);
+    let tree = bed.tree_dir();
+    let t = Instant::now();
+    bed.filler.as_mut().unwrap().hydrate(cs_replica::fill::Hydrate { tree: tree.clone(), only: None }).unwrap();
+    while bed.stats().hydrate != Some("done") {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let took = t.elapsed();
+    let s = bed.stats();
+    eprintln!(
+        "hydrate: {} files in {:.2} s ({:.0} files/s) in {} fetches",
+        s.hydrated,
+        took.as_secs_f64(),
+        s.hydrated as f64 / took.as_secs_f64(),
+        src.calls()
+    );
+    // The same tree under a bound of half its content: the keeper's first pass evicts.
+    bed.stop_filler();
+    let mut cfg = bed.config();
+    cfg.cache = Some(cs_replica::fill::CacheBound { max_bytes: 10 << 20, trees_root: bed.mnt.join("replica") });
+    let t = Instant::now();
+    bed.start(cfg, CopySource::new(&bed.project, Behaviour::Copy));
+    // The pass sets the measured figure at its end (0 until then).
+    while bed.stats().cache_bytes == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let s = bed.stats();
+    eprintln!(
+        "eviction pass over {} filled files: {} evicted ({} MiB), {} MiB left, in {:.2} s",
+        5_000,
+        s.evicted,
+        s.evicted_bytes >> 20,
+        s.cache_bytes >> 20,
+        t.elapsed().as_secs_f64()
+    );
+}

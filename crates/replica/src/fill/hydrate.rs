@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use cs_protocol::RelPath;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
-use super::{fill_batch, FillKind, Inflight, Item, Shared};
+use super::{claim_placeholder, fill_batch, FillKind, Item, Shared};
 use crate::error::{ReplicaError, Result};
 use crate::want::{Want, MAX_LEN, XATTR};
 
@@ -178,22 +178,11 @@ fn claim_batch(sh: &Shared, left: &[Wanted], mut at: usize) -> (Vec<Item>, usize
             break;
         }
         at += 1;
-        let Ok(md) = std::fs::symlink_metadata(&w.path) else { continue };
         // Still the placeholder walked (not filled meanwhile, not another file).
-        let Ok(n) = rustix::fs::lgetxattr(&w.path, XATTR, &mut buf[..]) else { continue };
-        if !md.is_file() || md.dev() != sh.dev || Want::decode(&buf[..n]).is_none_or(|x| x.path != w.rel) {
-            continue;
+        if let Some((item, _)) = claim_placeholder(sh, w.path.clone(), &w.rel, |_| true, &mut buf) {
+            total += w.size;
+            batch.push(item);
         }
-        let key = (md.dev(), md.ino());
-        {
-            let mut st = sh.lock();
-            if st.inflight.contains_key(&key) {
-                continue;
-            }
-            st.inflight.insert(key, Inflight::default());
-        }
-        total += w.size;
-        batch.push(Item { key, rel: w.rel.clone(), wfd: None, path: Some(w.path.clone()) });
     }
     (batch, at)
 }

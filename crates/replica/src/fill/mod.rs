@@ -983,31 +983,45 @@ fn read_ahead(sh: &Shared, want: &Want, batch: &mut Vec<Item>) {
         if !ft.is_file() || ft.is_fifo() {
             continue;
         }
-        let path = entry.path();
-        let Ok(md) = fs::symlink_metadata(&path) else { continue };
-        if md.dev() != sh.dev || md.len() > ra.max_file_bytes || total + md.len() > ra.max_total_bytes {
-            continue;
-        }
-        let Ok(n) = rustix::fs::lgetxattr(&path, XATTR, &mut buf[..]) else { continue };
-        let expect = match &parent {
+        let Ok(expect) = (match &parent {
             Some(p) => p.join(&name),
             None => RelPath::new(name.as_bytes()),
-        };
-        let (Some(w), Ok(expect)) = (Want::decode(&buf[..n]), expect) else { continue };
-        if w.path != expect {
+        }) else {
             continue;
+        };
+        let fits = |len| len <= ra.max_file_bytes && total + len <= ra.max_total_bytes;
+        if let Some((item, len)) = claim_placeholder(sh, entry.path(), &expect, fits, &mut buf) {
+            total += len;
+            batch.push(item);
         }
-        let key = (md.dev(), md.ino());
-        {
-            let mut state = sh.lock();
-            if state.inflight.contains_key(&key) {
-                continue;
-            }
-            state.inflight.insert(key, Inflight::default());
-        }
-        total += md.len();
-        batch.push(Item { key, rel: w.path, wfd: None, path: Some(path) });
     }
+}
+
+/// Claims the placeholder at `path` for a fill in the background (in flight, so that an
+/// open of it waits for that fetch): a regular file of the replica, still wanted under
+/// `expect`, whose size `fits`, not in flight already. The item, and the file's size.
+fn claim_placeholder(
+    sh: &Shared,
+    path: PathBuf,
+    expect: &RelPath,
+    fits: impl FnOnce(u64) -> bool,
+    buf: &mut [u8],
+) -> Option<(Item, u64)> {
+    let md = fs::symlink_metadata(&path).ok()?;
+    if !md.is_file() || md.dev() != sh.dev || !fits(md.len()) {
+        return None;
+    }
+    let n = rustix::fs::lgetxattr(&path, XATTR, &mut buf[..]).ok()?;
+    let want = Want::decode(&buf[..n]).filter(|w| &w.path == expect)?;
+    let key = (md.dev(), md.ino());
+    {
+        let mut state = sh.lock();
+        if state.inflight.contains_key(&key) {
+            return None;
+        }
+        state.inflight.insert(key, Inflight::default());
+    }
+    Some((Item { key, rel: want.path, wfd: None, path: Some(path) }, md.len()))
 }
 
 /// Removes a fetch's staging directory when the last holder drops it (the worker, or

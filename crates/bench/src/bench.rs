@@ -190,6 +190,8 @@ pub struct Env {
     /// W2's source repository (on local disk, outside every home).
     pub repo_src: PathBuf,
     pub logs: PathBuf,
+    /// `--compute-arg`: added to every `cs-actor compute`.
+    pub compute_args: Vec<String>,
 }
 
 impl Env {

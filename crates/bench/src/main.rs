@@ -51,6 +51,11 @@ struct Cli {
     /// Round-trip times to add, in ms, comma-separated (default 0,10,40; with --quick 0).
     #[arg(long, value_delimiter = ',')]
     rtt: Option<Vec<u64>>,
+    /// One more argument for every `cs-actor compute` the setups start; repeat it for each
+    /// (`--compute-arg=--follow-project --compute-arg=false`), e.g. to compare a service
+    /// option side by side with two runs.
+    #[arg(long = "compute-arg", value_name = "ARG", allow_hyphen_values = true)]
+    compute_args: Vec<String>,
     /// Small sizes, RTT 0 unless --rtt is given: finishes in a few minutes.
     #[arg(long)]
     quick: bool,
@@ -494,6 +499,7 @@ fn bench_all(
         house,
         repo_src,
         logs,
+        compute_args: cli.compute_args.clone(),
     };
 
     // Local disk and the union over a local lower: no network, measured once.

@@ -163,6 +163,8 @@ pub struct ComputeSpec<'a> {
     pub interval: f64,
     /// `--union NAME`, when not the service's default.
     pub union: Option<&'a str>,
+    /// More arguments, last (`cs-bench --compute-arg`).
+    pub extra: &'a [String],
 }
 
 impl Compute {
@@ -200,6 +202,7 @@ impl Compute {
             .arg("--interval")
             .arg(spec.interval.to_string())
             .args(spec.union.map(|u| ["--union", u]).into_iter().flatten())
+            .args(spec.extra)
             .env("RUST_LOG", service_log())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

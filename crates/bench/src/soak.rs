@@ -1107,6 +1107,7 @@ fn soak(cli: &SoakCli, bin: &Path, root: &Path, seed: u64, command: &str) -> Res
             lower: ComputeLower::Cmd(lower_cmd),
             interval: cli.interval,
             union: cli.union.as_deref(),
+            extra: &[],
         })?;
         eprintln!("{} cs-bench soak: {id} up (pid {})", util::clock(), c.pid());
         computes.push(c);

@@ -144,6 +144,7 @@ impl Pair {
             lower,
             interval,
             union,
+            extra: &env.compute_args,
         })?;
         Ok(Pair { broker, compute, broker_route, home: home.to_path_buf() })
     }

@@ -136,6 +136,26 @@ fn one_open_fills_its_small_siblings_in_the_same_fetch() {
     assert_eq!(src.asked.lock().unwrap()[2].len(), 1, "files over the cap are not read ahead");
 }
 
+/// A read-ahead's writes into the image after `stop` are events too: the reader must
+/// still answer them, or the read-ahead waits on the group its own thread holds and the
+/// image stays busy (seen: "target is busy" when a read-ahead fetch landed just as the
+/// service stopped). Stopped at moments around the read-ahead's fetch, 15 times.
+#[test]
+fn stop_at_any_moment_of_a_read_ahead_leaves_the_image_free() {
+    if !root_or_skip("stop_at_any_moment_of_a_read_ahead_leaves_the_image_free") {
+        return;
+    }
+    for i in 0..15u64 {
+        let delay = Duration::from_millis(2 * i);
+        let (mut bed, _src) = Bed::full(make_project, move |p| CopySource { batch_delay: delay, ..copy(p) }, |c| c);
+        assert!(cat(&bed.merged.join("sub/deep/file.bin")).is_ok());
+        let t = Instant::now();
+        bed.stop_filler();
+        assert!(t.elapsed() < Duration::from_secs(3), "run {i}: stop took {:?}", t.elapsed());
+        bed.teardown().unwrap_or_else(|e| panic!("run {i} (read-ahead fetch {delay:?} longer): {e}"));
+    }
+}
+
 #[test]
 fn the_image_unmounts_right_after_stop_with_a_read_ahead_fetch_still_running() {
     if !root_or_skip("the_image_unmounts_right_after_stop_with_a_read_ahead_fetch_still_running") {

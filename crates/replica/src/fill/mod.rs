@@ -206,6 +206,8 @@ struct Shared {
     state: Mutex<State>,
     work: Condvar,
     stop: AtomicBool,
+    /// Set by `stop` once the threads whose opens the reader answers have ended.
+    reader_may_end: AtomicBool,
     ignore_ok: AtomicBool,
     errno_ok: AtomicBool,
     seq: AtomicU64,
@@ -419,6 +421,7 @@ impl Filler {
             }),
             work: Condvar::new(),
             stop: AtomicBool::new(false),
+            reader_may_end: AtomicBool::new(false),
             ignore_ok: AtomicBool::new(true),
             errno_ok: AtomicBool::new(true),
             seq: AtomicU64::new(0),
@@ -548,12 +551,22 @@ impl FillerHandle {
         let _ = rustix::io::write(self.wake.as_fd(), &1u64.to_ne_bytes());
         shared.work.notify_all();
         shared.cache_wake.notify_all();
-        for t in self.threads.drain(..) {
+        // The reader goes last: the other threads' opens of our own files (a fill's
+        // write, a read-ahead's) are events it must still answer. Gone, it would leave
+        // them waiting for the group to close, which their own hold on it prevents.
+        let mut threads = self.threads.drain(..);
+        let reader = threads.next();
+        for t in threads {
             let _ = t.join();
         }
         // The workers are gone, so no read-ahead fill starts now; the ones running see
         // `stop` within 100 ms.
         let ahead = shared.ahead.wait(AHEAD_GRACE);
+        shared.reader_may_end.store(true, Ordering::SeqCst);
+        let _ = rustix::io::write(self.wake.as_fd(), &1u64.to_ne_bytes());
+        if let Some(t) = reader {
+            let _ = t.join();
+        }
         // Closes the group and the image's descriptor (unless a read-ahead fill outlived
         // its grace). Only then can a Source call still writing to staging end: with the
         // event reader gone, its opens on the image wait for the group to go.
@@ -651,12 +664,21 @@ fn reader(sh: &Shared, wake: BorrowedFd<'_>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let stopping = sh.stop.load(Ordering::SeqCst);
-        if !stopping {
+        // Stopping, the reader still answers the other threads' opens until `stop` has
+        // waited for them (`reader_may_end`), then drains what is left and ends.
+        let ending = stopping && sh.reader_may_end.load(Ordering::SeqCst);
+        if !ending {
             let mut fds = [
                 rustix::event::PollFd::new(&sh.fan, rustix::event::PollFlags::IN),
                 rustix::event::PollFd::new(&wake, rustix::event::PollFlags::IN),
             ];
-            match rustix::event::poll(&mut fds, None) {
+            // The wake stays readable once written: stopping, only the group is watched.
+            let (fds, timeout) = if stopping {
+                (&mut fds[..1], Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 20_000_000 }))
+            } else {
+                (&mut fds[..], None)
+            };
+            match rustix::event::poll(fds, timeout) {
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(e) => {
                     sh.note_error(format!("poll on the fanotify group: {e}"));
@@ -666,7 +688,7 @@ fn reader(sh: &Shared, wake: BorrowedFd<'_>) {
         }
         let n = match rustix::io::read(&sh.fan, &mut buf[..]) {
             Ok(n) => n,
-            Err(Errno::AGAIN) if stopping || sh.stop.load(Ordering::SeqCst) => {
+            Err(Errno::AGAIN) if ending || (sh.stop.load(Ordering::SeqCst) && sh.reader_may_end.load(Ordering::SeqCst)) => {
                 // Drained: what arrives from now on the kernel allows when the group closes.
                 fail_queue(sh);
                 return;

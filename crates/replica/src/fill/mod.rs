@@ -688,7 +688,9 @@ fn reader(sh: &Shared, wake: BorrowedFd<'_>) {
         }
         let n = match rustix::io::read(&sh.fan, &mut buf[..]) {
             Ok(n) => n,
-            Err(Errno::AGAIN) if ending || (sh.stop.load(Ordering::SeqCst) && sh.reader_may_end.load(Ordering::SeqCst)) => {
+            Err(Errno::AGAIN)
+                if ending || (sh.stop.load(Ordering::SeqCst) && sh.reader_may_end.load(Ordering::SeqCst)) =>
+            {
                 // Drained: what arrives from now on the kernel allows when the group closes.
                 fail_queue(sh);
                 return;

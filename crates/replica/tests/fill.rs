@@ -23,7 +23,8 @@ fn every_way_of_reading_gets_the_projects_bytes_and_stat_asks_nothing() {
     if !root_or_skip("every_way_of_reading_gets_the_projects_bytes_and_stat_asks_nothing") {
         return;
     }
-    let (bed, src) = Bed::full(make_project, copy, |c| c);
+    // Read-ahead off: each file below is one never opened (or filled) before.
+    let (bed, src) = Bed::full(make_project, copy, no_read_ahead);
     let (m, p) = (bed.merged.clone(), bed.project.clone());
 
     // stat of unfilled files: the snapshot's size and mtime, no fetch.
@@ -85,7 +86,7 @@ fn twenty_concurrent_readers_of_one_file_make_one_fetch() {
         return;
     }
     let slow = |p: &std::path::Path| CopySource { delay: Duration::from_millis(500), ..copy(p) };
-    let (bed, src) = Bed::full(make_project, slow, |c| c);
+    let (bed, src) = Bed::full(make_project, slow, no_read_ahead);
     let f = bed.merged.join("hot/hot.txt");
     let kids: Vec<_> = (0..20)
         .map(|_| {
@@ -107,33 +108,91 @@ fn twenty_concurrent_readers_of_one_file_make_one_fetch() {
     assert_eq!(bed.stats().fills, 1);
 }
 
+/// A tree for read-ahead: the file opened is `proj/set/d01/f03`.
+fn make_neighbourhood(p: &std::path::Path) {
+    put(p, "far.txt", b"three levels up: never read ahead\n", 0o644);
+    put(p, "proj/top.txt", b"two levels up\n", 0o644);
+    put(p, "proj/other/o0", b"o0\n", 0o644);
+    put(p, "proj/other/o1", b"o1\n", 0o644);
+    put(p, "proj/set/index.txt", b"one level up\n", 0o644);
+    for d in ["d00", "d01", "d02"] {
+        for i in 0..10 {
+            put(p, format!("proj/set/{d}/f{i:02}"), format!("{d} {i}\n").as_bytes(), 0o644);
+        }
+    }
+    for i in 0..3 {
+        put(p, format!("proj/set/d00/inner/g{i}"), format!("g{i}\n").as_bytes(), 0o644);
+    }
+    // Over the per-file cap, and a symlink: neither is read ahead.
+    put(p, "proj/set/d01/huge.bin", &bytes(2 << 20, 1), 0o644);
+    std::os::unix::fs::symlink("f00", p.join("proj/set/d01/link")).unwrap();
+}
+
+/// What a read-ahead from `proj/set/d01/f03` claims, in order: its directory, then one
+/// level up (the siblings after d01 first, then before, breadth first), then two.
+fn neighbourhood_order() -> Vec<String> {
+    let mut v: Vec<String> = (0..10).filter(|i| *i != 3).map(|i| format!("proj/set/d01/f{i:02}")).collect();
+    v.push("proj/set/index.txt".into());
+    v.extend((0..10).map(|i| format!("proj/set/d02/f{i:02}")));
+    v.extend((0..10).map(|i| format!("proj/set/d00/f{i:02}")));
+    v.extend((0..3).map(|i| format!("proj/set/d00/inner/g{i}")));
+    v.push("proj/top.txt".into());
+    v.extend(["proj/other/o0".into(), "proj/other/o1".into()]);
+    v
+}
+
 #[test]
-fn one_open_fills_its_small_siblings_in_the_same_fetch() {
-    if !root_or_skip("one_open_fills_its_small_siblings_in_the_same_fetch") {
+fn one_open_fills_the_small_files_near_it_nearest_first_in_one_more_fetch() {
+    if !root_or_skip("one_open_fills_the_small_files_near_it_nearest_first_in_one_more_fetch") {
         return;
     }
-    let (bed, src) = Bed::full(make_project, copy, |c| c);
+    let (bed, src) = Bed::full(make_neighbourhood, copy, |c| c);
     let t = Instant::now();
-    assert_eq!(cat(&bed.merged.join("many/f07")).unwrap(), b"sibling 7\n");
-    eprintln!("first open of 20 siblings (one batch): {:?}", t.elapsed());
-    for i in 0..20 {
-        assert_eq!(cat(&bed.merged.join(format!("many/f{i:02}"))).unwrap(), format!("sibling {i}\n").as_bytes());
+    assert_eq!(cat(&bed.merged.join("proj/set/d01/f03")).unwrap(), b"d01 3\n");
+    eprintln!("first open with its read-ahead: {:?}", t.elapsed());
+    let order = neighbourhood_order();
+    for rel in &order {
+        assert!(cat(&bed.merged.join(rel)).is_ok(), "{rel}");
     }
     // Two fetches sent together: the opened file alone (its open waits for nothing
-    // else), and its 19 siblings; no more when they are read.
+    // else), and the files near it, nearest first; no more when they are read.
     let asked = src.asked.lock().unwrap().clone();
     assert_eq!(asked.len(), 2, "asked: {asked:?}");
-    let f07 = cs_protocol::RelPath::new("many/f07").unwrap();
-    assert!(asked.iter().any(|a| a == &vec![f07.clone()]), "the opened file alone: {asked:?}");
-    let siblings = asked.iter().find(|a| a.len() > 1).expect("a read-ahead fetch");
-    assert_eq!(siblings.len(), 19, "the 19 siblings, not the opened file: {asked:?}");
-    assert!(!siblings.contains(&f07), "{asked:?}");
+    let opened = cs_protocol::RelPath::new("proj/set/d01/f03").unwrap();
+    assert!(asked.iter().any(|a| a == &vec![opened.clone()]), "the opened file alone: {asked:?}");
+    let ahead: Vec<String> =
+        asked.iter().find(|a| a.len() > 1).expect("a read-ahead fetch").iter().map(|p| p.to_string()).collect();
+    assert_eq!(ahead, order, "read ahead, in this order");
     let s = bed.stats();
-    assert_eq!((s.fills, s.read_ahead_fills), (20, 19), "{s:?}");
+    assert_eq!((s.fills, s.read_ahead_fills), (1 + order.len() as u64, order.len() as u64), "{s:?}");
 
-    // Big files are not read ahead: big/ holds two files over the 1 MiB cap.
-    assert!(cat(&bed.merged.join("big/big2.bin")).is_ok());
-    assert_eq!(src.asked.lock().unwrap()[2].len(), 1, "files over the cap are not read ahead");
+    // Three levels up, over the per-file cap: each fetched on its own open.
+    for rel in ["far.txt", "proj/set/d01/huge.bin"] {
+        assert!(cat(&bed.merged.join(rel)).is_ok(), "{rel}");
+        assert_eq!(calls_for(&src, rel), 1, "{rel} was not read ahead: asked {:?}", src.asked.lock().unwrap());
+    }
+}
+
+#[test]
+fn a_read_ahead_stops_at_its_file_cap_nearest_first() {
+    if !root_or_skip("a_read_ahead_stops_at_its_file_cap_nearest_first") {
+        return;
+    }
+    let (bed, src) = Bed::full(make_neighbourhood, copy, |mut c| {
+        c.read_ahead.max_files = 12;
+        c
+    });
+    assert_eq!(cat(&bed.merged.join("proj/set/d01/f03")).unwrap(), b"d01 3\n");
+    // The read-ahead runs beside the open: wait for its fills.
+    let t = Instant::now();
+    while bed.stats().read_ahead_fills < 12 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let asked = src.asked.lock().unwrap().clone();
+    let ahead: Vec<String> =
+        asked.iter().find(|a| a.len() > 1).expect("a read-ahead fetch").iter().map(|p| p.to_string()).collect();
+    assert_eq!(ahead, neighbourhood_order()[..12].to_vec(), "the 12 nearest");
+    assert_eq!(bed.stats().read_ahead_fills, 12);
 }
 
 /// A read-ahead's writes into the image after `stop` are events too: the reader must
@@ -242,7 +301,8 @@ fn a_file_p_changed_since_the_snapshot_gets_ps_bytes_size_and_mtime() {
     if !root_or_skip("a_file_p_changed_since_the_snapshot_gets_ps_bytes_size_and_mtime") {
         return;
     }
-    let (bed, _src) = Bed::full(make_project, copy, |c| c);
+    // Read-ahead off: a.txt's would fetch sub/deep/file.bin before P changes it below.
+    let (bed, _src) = Bed::full(make_project, copy, no_read_ahead);
     put(&bed.project, "a.txt", b"P's newer, longer version of a.txt\n", 0o644);
     assert_eq!(cat(&bed.merged.join("a.txt")).unwrap(), b"P's newer, longer version of a.txt\n");
     put(&bed.project, "sub/deep/file.bin", b"short", 0o644);
@@ -259,7 +319,8 @@ fn a_filled_file_loses_want_and_keeps_its_content_across_a_remount() {
     if !root_or_skip("a_filled_file_loses_want_and_keeps_its_content_across_a_remount") {
         return;
     }
-    let (mut bed, _src) = Bed::full(make_project, copy, |c| c);
+    // Read-ahead off: a.txt must stay unfilled.
+    let (mut bed, _src) = Bed::full(make_project, copy, no_read_ahead);
     let placeholder = bed.tree_dir().join("sub/deep/file.bin");
     assert!(rustix::fs::lgetxattr(&placeholder, "user.cs.want", &mut [0u8; 8192][..]).is_ok());
     assert_eq!(fs::metadata(&placeholder).unwrap().blocks(), 0, "a placeholder holds no block");
@@ -322,6 +383,11 @@ fn stop_answers_a_reader_waiting_on_a_fetch_with_eio() {
     release.1.notify_all();
 }
 
+fn no_read_ahead(mut c: cs_replica::FillConfig) -> cs_replica::FillConfig {
+    c.read_ahead.max_files = 0;
+    c
+}
+
 /// Fetches that asked for `path` (its siblings' read-ahead fetches are others).
 fn calls_for(src: &CopySource, path: &str) -> usize {
     let p = cs_protocol::RelPath::new(path).unwrap();
@@ -338,7 +404,8 @@ fn a_read_by_another_thread_of_the_fill_services_process_gets_the_projects_bytes
     if !root_or_skip("a_read_by_another_thread_of_the_fill_services_process_gets_the_projects_bytes") {
         return;
     }
-    let (bed, src) = Bed::full(make_project, copy, |c| c);
+    // Read-ahead off: the other thread's file must still be a placeholder when it opens it.
+    let (bed, src) = Bed::full(make_project, copy, no_read_ahead);
     // This test's own thread: the same process as the fill service.
     let same = |got: Vec<u8>, rel: &str| {
         let want = fs::read(bed.project.join(rel)).unwrap();

@@ -28,8 +28,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
@@ -48,6 +47,7 @@ use crate::want::{Want, MAX_LEN, XATTR};
 
 mod evict;
 mod hydrate;
+mod read_ahead;
 pub use evict::CacheBound;
 pub use hydrate::Hydrate;
 
@@ -70,8 +70,9 @@ pub struct SourceReport {
     pub withdrawn: Vec<RelPath>,
 }
 
-/// Unfilled files of the opened file's directory fetched in the same request: what
-/// makes a cold read of many small files one round trip instead of one per file.
+/// The caps of a read-ahead: the unfilled small files near an opened one (its directory
+/// first, then the tree around it: `read_ahead.rs`) fetched beside it, what makes a cold
+/// read of many small files one round trip per batch instead of one per file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadAhead {
     pub max_files: usize,
@@ -278,6 +279,16 @@ impl Drop for OwnThread<'_> {
 }
 
 impl Shared {
+    /// The read-ahead's caps; under a cache bound at most a quarter of it in bytes, so
+    /// one read-ahead never evicts much of what was read just before.
+    fn read_ahead_caps(&self) -> ReadAhead {
+        let mut caps = self.cfg.read_ahead;
+        if let Some(bound) = &self.cfg.cache {
+            caps.max_total_bytes = caps.max_total_bytes.min(bound.max_bytes / 4);
+        }
+        caps
+    }
+
     fn own_thread(&self) -> OwnThread<'_> {
         let tid = rustix::thread::gettid().as_raw_nonzero().get();
         self.own.lock().unwrap_or_else(|p| p.into_inner()).insert(tid);
@@ -876,26 +887,30 @@ fn fill_job(sh: &Arc<Shared>, key: Key, since: Instant) {
         }
     };
     drop(fd);
-    let mut batch = vec![Item { key, rel: want.path.clone(), wfd: Some(wfd), path: None }];
-    read_ahead(sh, &want, &mut batch);
-    // The opened file waits for itself only: its siblings come in a fetch of their own,
-    // sent at the same moment (the link carries both at once), so a large read-ahead
-    // batch never delays the open that asked for it.
-    let siblings = batch.split_off(1);
-    if !siblings.is_empty() {
+    let caps = sh.read_ahead_caps();
+    let origin = if caps.max_files > 0 { read_ahead::Origin::of(&wfd, &want.path) } else { None };
+    let batch = vec![Item { key, rel: want.path.clone(), wfd: Some(wfd), path: None }];
+    // The opened file waits for itself only: the files near it come in a fetch of their
+    // own, claimed and sent by another thread while this one's fetch is under way (the
+    // link carries both at once), so neither the scan nor a large read-ahead batch ever
+    // delays the open that asked for it.
+    if let Some(origin) = origin {
         let ahead = sh.clone();
         let running = sh.ahead.enter();
         let spawned = thread::Builder::new().name("replica-ahead".into()).spawn(move || {
             {
                 let _own = ahead.own_thread();
-                fill_batch(&ahead, siblings, deadline, FillKind::ReadAhead);
+                let nearby = read_ahead::claim_nearby(&ahead, &origin, caps);
+                if !nearby.is_empty() {
+                    fill_batch(&ahead, nearby, deadline, FillKind::ReadAhead);
+                }
             }
             // Our hold on the group and the image goes before `stop` hears we ended.
             drop(ahead);
             drop(running);
         });
         if let Err(e) = spawned {
-            tracing::warn!(error = %e, "no thread for a read-ahead fetch: its files stay unfilled until opened");
+            tracing::warn!(error = %e, "no thread for a read-ahead fetch: the files near {} stay unfilled until opened", want.path);
         }
     }
     fill_batch(sh, batch, deadline, FillKind::Open);
@@ -967,58 +982,6 @@ fn finish(sh: &Shared, key: Key, outcome: Outcome, kind: FillKind) {
     }
     sh.journal_answered(&waiters.iter().map(|p| p.num).collect::<Vec<_>>());
     drop(waiters);
-}
-
-/// Claims up to the caps' worth of unfilled siblings of the opened file (same
-/// directory of the same tree), each marked in flight so that their opens wait.
-fn read_ahead(sh: &Shared, want: &Want, batch: &mut Vec<Item>) {
-    let ra = sh.cfg.read_ahead;
-    if ra.max_files == 0 {
-        return;
-    }
-    // Our descriptor's path on our own mount ends with the tree-relative path: what
-    // precedes it is the tree's root (the event's own path is relative to whichever
-    // mount overlayfs opened it through).
-    let Some(wfd) = batch[0].wfd.as_ref() else { return };
-    let Ok(link) = fs::read_link(format!("/proc/self/fd/{}", wfd.as_raw_fd())) else { return };
-    let link = link.as_os_str().as_bytes();
-    let rel = want.path.as_bytes();
-    if link.len() <= rel.len() || !link.ends_with(rel) || link[link.len() - rel.len() - 1] != b'/' {
-        return;
-    }
-    let tree_root = Path::new(std::ffi::OsStr::from_bytes(&link[..link.len() - rel.len() - 1]));
-    let parent = want.path.parent();
-    let dir = match &parent {
-        Some(p) => tree_root.join(p.as_path()),
-        None => tree_root.to_path_buf(),
-    };
-    let Ok(entries) = fs::read_dir(&dir) else { return };
-    let mut total = 0u64;
-    let mut buf = vec![0u8; MAX_LEN];
-    for entry in entries.flatten() {
-        if batch.len() > ra.max_files {
-            break;
-        }
-        let name = entry.file_name();
-        if name.as_os_str() == want.path.file_name() {
-            continue;
-        }
-        let Ok(ft) = entry.file_type() else { continue };
-        if !ft.is_file() || ft.is_fifo() {
-            continue;
-        }
-        let Ok(expect) = (match &parent {
-            Some(p) => p.join(&name),
-            None => RelPath::new(name.as_bytes()),
-        }) else {
-            continue;
-        };
-        let fits = |len| len <= ra.max_file_bytes && total + len <= ra.max_total_bytes;
-        if let Some((item, len)) = claim_placeholder(sh, entry.path(), &expect, fits, &mut buf) {
-            total += len;
-            batch.push(item);
-        }
-    }
 }
 
 /// Claims the placeholder at `path` for a fill in the background (in flight, so that an

@@ -117,10 +117,17 @@ impl LowerProc {
     }
 
     /// `Some(why)` once the foreground process has exited (the mount is then dead or gone).
+    /// An exit with status 0 while the mount is up is a daemonising command's (`mount --bind`,
+    /// the replica's lower) that `start` saw mounted before it exited: the mount lives on,
+    /// watched by `stat` only, as when `start` sees that exit itself.
     pub(crate) fn exited(&mut self) -> Option<String> {
         if self.exited.is_none() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 self.child = None;
+                if status.success() && mounted(&self.mountpoint) {
+                    tracing::debug!(mountpoint = %self.mountpoint.display(), "lower command exited after mounting");
+                    return None;
+                }
                 self.stderr.finish_if_done();
                 let tail = self.stderr.text();
                 self.exited = Some(if tail.is_empty() {

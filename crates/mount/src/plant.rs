@@ -201,8 +201,9 @@ impl Plant {
         let mp = &s.lower_mountpoint;
         let mut r = LowerReport { health: LowerHealth::Ok, pid: None, latency: None, has_entries: None, mount: None };
         if let Some(p) = self.lower.as_mut() {
+            let exited = p.exited();
             r.pid = p.pid();
-            if let Some(why) = p.exited() {
+            if let Some(why) = exited {
                 r.health = if mounted(mp) {
                     LowerHealth::Error(format!("{why}; its mount at {} is dead", mp.display()))
                 } else {

@@ -389,6 +389,30 @@ fn failing_lower_command_is_retried_with_backoff() {
 }
 
 #[test]
+fn lower_command_that_exits_after_its_mount_shows_is_not_dead() {
+    let Some(fx) = fx() else { return };
+    run(|| async {
+        // A daemonising command whose exit comes after the mount is listed (as `mount --bind`
+        // under load, the replica's lower): the exit is not the mount's death.
+        let cmd = format!(
+            "sh -c 'mount --bind \"$0\" \"$1\" && sleep 0.5' {} {}",
+            cs_mount::shell_quote(&fx.home.to_string_lossy()),
+            cs_mount::shell_quote(&fx.lower.to_string_lossy())
+        );
+        let lower = LowerSpec::Command { cmd, mountpoint: fx.lower.clone() };
+        let a = MountSupervisor::new(fx.config(lower)).unwrap().start();
+        wait_state(&a, Duration::from_secs(20), "healthy mounts", healthy).await;
+        // The command exits 0.5 s after mounting; checks every 200 ms.
+        actix_rt::time::sleep(Duration::from_millis(1500)).await;
+        let s = observe(&a).await;
+        assert!(healthy(&s), "{}", serde_json::to_string_pretty(&s).unwrap());
+        assert_eq!((s.lower.remounts, s.lower.pid, s.rails_raised), (0, None, 0), "{:?}", s.lower);
+        let upid = s.union.pid.unwrap();
+        shutdown(&a, &fx, &[upid]).await;
+    });
+}
+
+#[test]
 fn cut_connection_recovers_by_sshfs_reconnect() {
     let Some(fx) = fx() else { return };
     let proxy = DelayProxy::start("127.0.0.1:0".parse().unwrap(), fx.sshd.addr(), Duration::from_millis(1)).unwrap();

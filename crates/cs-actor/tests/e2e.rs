@@ -657,6 +657,9 @@ fn a_rounds_deletions_start_no_round_but_a_users_do() {
         put(h, "dir/lower_only.txt", "C never edits this\n");
         put(h, "lower_only.txt", "C never edits this either\n");
         put(h, "users.txt", "the user deletes this on C\n");
+        // Never emptied: an empty home raises the "lower empty" rail (sshfs), which pauses
+        // rounds.
+        put(h, "kept.txt", "nobody deletes this\n");
     });
     let (h, m) = (bed.home.clone(), bed.merged());
     append(&m, "held.txt", "edited on C\n");
@@ -717,6 +720,8 @@ fn a_rounds_removal_of_its_whiteouts_starts_no_round() {
     let mut bed = Bed::new("own-markers");
     put(&bed.home, "a.txt", "the user deletes this on C\n");
     put(&bed.home, "d/b.txt", "and this directory\n");
+    // Never emptied: an empty home raises the "lower empty" rail (sshfs), which pauses rounds.
+    put(&bed.home, "kept.txt", "nobody deletes this\n");
     bed.start_broker();
     bed.start_compute_with("gpu-1", &["--whiteout-grace-secs", "0"]);
     let h = bed.home.clone();

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use cs_shaper::Shaper;
 use cs_testbed::Sshd;
 
-use crate::report::Results;
+use crate::report::{Results, W4_PASS1, W4_WARM};
 use crate::services::Compute;
 use crate::util::{bash, count_files, remove_tree, run_until, stopped, Ended};
 
@@ -85,8 +85,18 @@ pub struct Limits {
 
 /// What the measuring loop gets from one run.
 pub enum Sample {
-    Done { secs: f64, bytes: Option<u64>, note: Option<String> },
-    TimedOut { secs: f64, estimate: Option<f64> },
+    /// `parts`: parts of the same run, each a sample of its own cell (test name, seconds),
+    /// same RTT and column (W4's pass 1 and passes 2–3).
+    Done {
+        secs: f64,
+        bytes: Option<u64>,
+        note: Option<String>,
+        parts: Vec<(&'static str, f64)>,
+    },
+    TimedOut {
+        secs: f64,
+        estimate: Option<f64>,
+    },
 }
 
 /// Runs `f(run, deadline)` up to `lim.runs` times into the cell (`test`, `rtt`, `column`).
@@ -128,7 +138,7 @@ pub fn measure(
         }
         let cell = res.cell_mut(test, rtt, column);
         match out {
-            Ok(Sample::Done { secs, bytes, note }) => {
+            Ok(Sample::Done { secs, bytes, note, parts }) => {
                 eprintln!(
                     "{} {test} | {column} | RTT {rtt_text} | run {}: {secs:.3} s{}",
                     crate::util::clock(),
@@ -143,6 +153,9 @@ pub fn measure(
                     if !cell.notes.contains(&n) {
                         cell.notes.push(n);
                     }
+                }
+                for (part, secs) in parts {
+                    res.cell_mut(part, rtt, column).samples.push(secs);
                 }
             }
             Ok(Sample::TimedOut { secs, estimate }) => {
@@ -333,7 +346,7 @@ pub fn w1(env: &Env, v: &View, r: usize, deadline: Instant) -> Result<Sample> {
         Err(Sample::TimedOut { secs, .. }) => return Ok(Sample::TimedOut { secs: build + secs, estimate: None }),
         Err(s) => return Ok(s),
     };
-    Ok(Sample::Done { secs: build + cl, bytes: None, note: None })
+    Ok(Sample::Done { secs: build + cl, bytes: None, note: None, parts: Vec::new() })
 }
 
 /// W2: `git clone --no-hardlinks` of the generated repository into the home, then
@@ -369,7 +382,7 @@ pub fn w2(env: &Env, v: &View, r: usize, deadline: Instant) -> Result<Sample> {
         bail!("the clone has {n} files, expected at least {}", env.sizes.repo_files);
     }
     v.cleanup(&rel)?;
-    Ok(Sample::Done { secs: t_clone + t_status, bytes: None, note: None })
+    Ok(Sample::Done { secs: t_clone + t_status, bytes: None, note: None, parts: Vec::new() })
 }
 
 /// W3: `pip install --target ~/.local/…` of the generated wheels, from the local wheelhouse.
@@ -406,7 +419,7 @@ pub fn w3(env: &Env, v: &View, r: usize, deadline: Instant) -> Result<Sample> {
         }
     }
     remove_w3(v, &rel)?;
-    Ok(Sample::Done { secs: t, bytes: None, note: None })
+    Ok(Sample::Done { secs: t, bytes: None, note: None, parts: Vec::new() })
 }
 
 /// `.local` is local-only for cs-actor (an opaque directory of the upper layer, never
@@ -459,7 +472,9 @@ pub fn w4(env: &Env, v: &View, r: usize, deadline: Instant) -> Result<Sample> {
             passes.iter().map(|p| crate::report::secs(*p)).collect::<Vec<_>>().join(" / ")
         )
     });
-    Ok(Sample::Done { secs, bytes: None, note })
+    // Pass 1 reads through a cold cache (the fetches); passes 2–3 are the warm reads.
+    let parts = vec![(W4_PASS1, passes[0]), (W4_WARM, passes[1] + passes[2])];
+    Ok(Sample::Done { secs, bytes: None, note, parts })
 }
 
 /// W5: `git status` and `find` in a project-side repository (metadata over the lower layer).
@@ -483,7 +498,7 @@ pub fn w5(env: &Env, v: &View, r: usize, deadline: Instant) -> Result<Sample> {
     }
     let dirty = std::fs::read_to_string(&out)?.lines().count();
     let note = (dirty > 0).then(|| format!("git status listed {dirty} changed paths (it re-read their content)"));
-    Ok(Sample::Done { secs: t, bytes: None, note })
+    Ok(Sample::Done { secs: t, bytes: None, note, parts: Vec::new() })
 }
 
 pub type Workload = fn(&Env, &View, usize, Instant) -> Result<Sample>;
@@ -510,4 +525,27 @@ pub fn workloads(
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{W4_PASS1, W4_WARM};
+
+    /// A run's parts become samples of their own cells (same RTT and column), one per run,
+    /// beside the run's total.
+    #[test]
+    fn measure_keeps_each_runs_parts_as_samples() {
+        let mut res = Results::default();
+        let lim = Limits { runs: 3, run_timeout: Duration::from_secs(10), cell_budget: Duration::from_secs(60) };
+        measure(&mut res, &lim, "W4", 10, "cs-actor-replica", |r, _| {
+            let p1 = 1.0 + r as f64;
+            Ok(Sample::Done { secs: p1 + 0.5, bytes: None, note: None, parts: vec![(W4_PASS1, p1), (W4_WARM, 0.5)] })
+        })
+        .unwrap();
+        assert_eq!(res.cell("W4", 10, "cs-actor-replica").unwrap().samples, vec![1.5, 2.5, 3.5]);
+        assert_eq!(res.cell(W4_PASS1, 10, "cs-actor-replica").unwrap().samples, vec![1.0, 2.0, 3.0]);
+        assert_eq!(res.cell(W4_WARM, 10, "cs-actor-replica").unwrap().samples, vec![0.5, 0.5, 0.5]);
+        assert!(res.cell(W4_PASS1, 40, "cs-actor-replica").is_none());
+    }
 }

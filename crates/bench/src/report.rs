@@ -211,6 +211,13 @@ pub const WORKLOADS: [(&str, &str); 5] = [
 
 pub const SYNC_TESTS: [&str; 4] = ["S1 C→P", "S1 P→C", "S2 C→P", "S2 P→C"];
 
+/// W4's first pass alone (cold: what a first read costs), one sample per run, a cell of its
+/// own beside W4's total; column `tar` holds its reference (`tar | zstd | ssh` carrying the
+/// same files over the same link).
+pub const W4_PASS1: &str = "W4 pass 1";
+/// W4's second and third passes together (warm), one sample per run.
+pub const W4_WARM: &str = "W4 passes 2–3";
+
 impl Results {
     pub fn cell(&self, test: &str, rtt: u64, column: &str) -> Option<&Cell> {
         // RTT-independent columns are measured once and stored at RTT u64::MAX.

@@ -221,6 +221,7 @@ pub fn cs_actor(
                                 "writing them through the merged view took {:.2} s (not counted)",
                                 wrote.as_secs_f64()
                             )),
+                            parts: Vec::new(),
                         };
                     }
                     if rounds >= 5 {
@@ -254,7 +255,7 @@ pub fn cs_actor(
                         // Timed out while reading: extrapolate from the bytes read.
                         Sample::TimedOut { secs, estimate: (n > 0).then(|| secs * want as f64 / n as f64) }
                     } else {
-                        Sample::Done { secs, bytes: Some(wire() - b0), note: None }
+                        Sample::Done { secs, bytes: Some(wire() - b0), note: None, parts: Vec::new() }
                     }
                 }
             }
@@ -374,7 +375,7 @@ pub fn baseline(
                 if !complete(env, t, dst) {
                     bail!("{} left {} incomplete", tool.column(), dst.display());
                 }
-                Sample::Done { secs: d.as_secs_f64(), bytes: Some(bytes), note: None }
+                Sample::Done { secs: d.as_secs_f64(), bytes: Some(bytes), note: None, parts: Vec::new() }
             }
             Ended::TimedOut(d) => Sample::TimedOut { secs: d.as_secs_f64(), estimate: None },
         };

@@ -73,8 +73,8 @@ struct Cli {
     only: Option<Vec<String>>,
     /// Only these setups: local, union-local (unionfs-fuse), overlay-local (kernel overlayfs),
     /// fuse-overlayfs-local, sshfs, cs-actor (unionfs-fuse), cs-actor-overlay (`--union
-    /// overlay`), cs-actor-replica (overlay over the project's replica, no sshfs), rsync, tar,
-    /// unison.
+    /// overlay`), cs-actor-replica (overlay over the project's replica, no sshfs), rsync, tar
+    /// (S1, S2, and W4's files: the reference for W4's first pass), unison.
     #[arg(long, value_delimiter = ',')]
     setups: Option<Vec<String>>,
     /// Bandwidth cap of the shaped link, bytes per second each way (default: none).
@@ -191,12 +191,13 @@ fn check_tools(tests: &BTreeSet<String>, setups: &BTreeSet<String>) -> Vec<(Stri
         if setups.contains("rsync") {
             need("rsync", &["rsync"]);
         }
-        if setups.contains("tar") {
-            need("tar | zstd | ssh", &["tar", "zstd", "bash"]);
-        }
         if setups.contains("unison") {
             need("unison", &["unison"]);
         }
+    }
+    // tar also carries W4's files (the reference for W4's first pass).
+    if (tests.contains("S1") || tests.contains("S2") || tests.contains("W4")) && setups.contains("tar") {
+        need("tar | zstd | ssh", &["tar", "zstd", "bash"]);
     }
     out
 }
@@ -627,6 +628,12 @@ fn bench_all(
                     sync::baseline(&env, res, lim, tool, t, way, rtt, &base_src.join(name))?;
                 }
             }
+        }
+
+        // W4's pass-1 reference: tar carries each run's W4 file set over the same link.
+        if only("W4") && setups.contains("tar") {
+            eprintln!("{} cs-bench: W4's files by tar | zstd | ssh, RTT {rtt} ms", util::clock());
+            sync::w4_tar(&env, res, lim, rtt, &template.join("w4"))?;
         }
 
         if only("S3") && setups.contains("cs-actor") {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench::{measure, Env, Kind, Limits, Sample};
 use crate::gen;
-use crate::report::{Results, S3Result, S3Round};
+use crate::report::{Results, S3Result, S3Round, W4_PASS1};
 use crate::services::{Broker, Compute, ComputeLower, ComputeSpec};
 use crate::util::{bash, count_files, cpu_ns, poll, remove_tree, rss_kib, run_until, stopped, Ended};
 
@@ -381,6 +381,35 @@ pub fn baseline(
         };
         remove_tree(dst)?;
         remove_tree(&udir)?;
+        Ok(sample)
+    })
+}
+
+/// The reference for W4's first pass (issue 12: pass 1 within 1.5× of it): the `tar`
+/// setup's command, project → compute, carrying the files W4's run `r` reads (`sets`, the
+/// fixtures' `set-r{r}`: same generator, sizes and count) to a new local directory on the
+/// compute side, through the same shaped link. Recorded as test [`W4_PASS1`], column `tar`.
+pub fn w4_tar(env: &Env, res: &mut Results, lim: &Limits, rtt: u64, sets: &Path) -> Result<()> {
+    measure(res, lim, W4_PASS1, rtt, Tool::Tar.column(), |r, deadline| {
+        let src = sets.join(format!("set-r{r}"));
+        let dst = env.root.join("c-local").join(format!("w4-tar-r{r}"));
+        std::fs::create_dir_all(dst.parent().expect("has a parent"))?;
+        // The unison directory is not used for tar.
+        let mut cmd = baseline_cmd(env, Tool::Tar, Way::ToCompute, &src, &dst, &env.root.join("unison"))?;
+        let b0 = env.wire(env.ssh_route);
+        let ended = run_until(&mut cmd, &env.log("w4-tar"), deadline)?;
+        let bytes = env.wire(env.ssh_route) - b0;
+        let sample = match ended {
+            Ended::Done(d) => {
+                let n = count_files(&dst);
+                if n != env.sizes.w4_files as u64 {
+                    bail!("tar carried {n} of W4's {} files to {}", env.sizes.w4_files, dst.display());
+                }
+                Sample::Done { secs: d.as_secs_f64(), bytes: Some(bytes), note: None, parts: Vec::new() }
+            }
+            Ended::TimedOut(d) => Sample::TimedOut { secs: d.as_secs_f64(), estimate: None },
+        };
+        remove_tree(&dst)?;
         Ok(sample)
     })
 }

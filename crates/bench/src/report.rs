@@ -217,6 +217,8 @@ pub const SYNC_TESTS: [&str; 4] = ["S1 C→P", "S1 P→C", "S2 C→P", "S2 P→C
 pub const W4_PASS1: &str = "W4 pass 1";
 /// W4's second and third passes together (warm), one sample per run.
 pub const W4_WARM: &str = "W4 passes 2–3";
+/// The setups whose W4 passes the pass table and issue 12's W4 targets compare.
+const CS_ACTOR_SETUPS: [&str; 3] = ["cs-actor", "cs-actor-overlay", "cs-actor-replica"];
 
 impl Results {
     pub fn cell(&self, test: &str, rtt: u64, column: &str) -> Option<&Cell> {
@@ -353,6 +355,67 @@ impl Results {
         }
     }
 
+    /// W4 by pass, per RTT and cs-actor setup, with issue 12's two ratios: passes 2–3 against
+    /// local disk's, pass 1 against `tar | zstd | ssh` carrying the same files. Printed only
+    /// when a pass was recorded (or the tar reference ran).
+    fn w4_pass_table(&self, o: &mut String) {
+        if !self.entries.iter().any(|e| e.test == W4_PASS1 || e.test == W4_WARM) {
+            return;
+        }
+        o.push_str("\n### W4 by pass: seconds, median (min–max), against local disk and `tar | zstd | ssh`\n\n");
+        o.push_str(
+            "Pass 1 is the first read of the run's files; passes 2–3 are the second and third together. The tar \
+             column carries the same files (each run's set) from the project to a new local directory on the compute \
+             side, over the same link. Local disk is measured once, repeated on each row.\n\n",
+        );
+        o.push_str("| RTT | setup | local disk, pass 1 | local disk, passes 2–3 | pass 1 | passes 2–3 | passes 2–3 / local | tar \\| zstd \\| ssh, W4's files | pass 1 / tar |\n");
+        o.push_str("|---|---|---|---|---|---|---|---|---|\n");
+        for &rtt in &self.rtts {
+            let mut setups: Vec<&str> = CS_ACTOR_SETUPS
+                .iter()
+                .copied()
+                .filter(|c| self.cell(W4_PASS1, rtt, c).is_some() || self.cell(W4_WARM, rtt, c).is_some())
+                .collect();
+            // No cs-actor setup at this RTT: one row still shows local disk and the reference.
+            if setups.is_empty() && self.cell(W4_PASS1, rtt, "tar").is_some() {
+                setups.push("—");
+            }
+            for s in setups {
+                o.push_str(&format!(
+                    "| {rtt} ms | {s} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    self.cell_text(W4_PASS1, rtt, "local"),
+                    self.cell_text(W4_WARM, rtt, "local"),
+                    self.cell_text(W4_PASS1, rtt, s),
+                    self.cell_text(W4_WARM, rtt, s),
+                    self.ratio_text(self.val(W4_WARM, rtt, s), self.val(W4_WARM, rtt, "local")),
+                    self.cell_text(W4_PASS1, rtt, "tar"),
+                    self.ratio_text(self.val(W4_PASS1, rtt, s), self.val(W4_PASS1, rtt, "tar")),
+                ));
+            }
+        }
+    }
+
+    /// Issue 12's W4 targets, per RTT and cs-actor setup: passes 2–3 within 1.5× local disk's,
+    /// pass 1 within 1.5× of `tar | zstd | ssh` carrying the same files over the same link.
+    fn w4_targets(&self) -> String {
+        let mut o = String::new();
+        for &rtt in &self.rtts {
+            for s in CS_ACTOR_SETUPS {
+                if let Some((r, verdict)) = at_most(self.val(W4_WARM, rtt, s), self.val(W4_WARM, rtt, "local"), 1.5) {
+                    o.push_str(&format!(
+                        "- W4 passes 2–3 at {rtt} ms, {s}: {r} local disk's (target ≤ 1.5×): {verdict}\n"
+                    ));
+                }
+                if let Some((r, verdict)) = at_most(self.val(W4_PASS1, rtt, s), self.val(W4_PASS1, rtt, "tar"), 1.5) {
+                    o.push_str(&format!(
+                        "- W4 pass 1 at {rtt} ms, {s}: {r} of `tar | zstd | ssh` carrying the same files (target ≤ 1.5×): {verdict}\n"
+                    ));
+                }
+            }
+        }
+        o
+    }
+
     fn val(&self, test: &str, rtt: u64, col: &str) -> Option<(f64, Bound)> {
         self.cell(test, rtt, col).and_then(|c| c.value())
     }
@@ -435,6 +498,7 @@ impl Results {
         self.union_backends_table(&mut o);
         self.cs_actor_backends_table(&mut o);
         self.replica_table(&mut o);
+        self.w4_pass_table(&mut o);
 
         o.push_str("\n### S1, S2: time to convergence, seconds, median (min–max)\n\n");
         o.push_str("| test | RTT | cs-actor | cs-actor, overlayfs | rsync -a | tar \\| zstd \\| ssh | unison | cs-actor / rsync | wire bytes cs-actor / rsync |\n");
@@ -626,6 +690,7 @@ impl Results {
             }
         }
         o.push_str(&self.union_targets());
+        o.push_str(&self.w4_targets());
         for t in ["S1 C→P", "S1 P→C"] {
             for &rtt in &self.rtts {
                 if let (Some((c, Bound::Exact)), Some((r, Bound::Exact))) =
@@ -731,6 +796,25 @@ impl Results {
     }
 }
 
+/// `a / b` against a target of at most `limit`: the ratio as text and `met`/`missed`, or
+/// `None` when the numbers cannot tell (a missing cell, or a bound on the wrong side).
+fn at_most(a: Option<(f64, Bound)>, b: Option<(f64, Bound)>, limit: f64) -> Option<(String, &'static str)> {
+    let ((x, bx), (y, by)) = (a?, b?);
+    if y <= 0.0 {
+        return None;
+    }
+    let r = x / y;
+    let verdict = |met: bool| if met { "met" } else { "missed" };
+    match (bx, by) {
+        (Bound::Exact, Bound::Exact) => Some((ratio(r), verdict(r <= limit))),
+        // `b` timed out: the ratio is at most `r`.
+        (Bound::Exact, Bound::Lower) if r <= limit => Some((format!("< {}", ratio(r)), "met")),
+        // `a` timed out: the ratio is at least `r`.
+        (Bound::Lower, Bound::Exact) if r > limit => Some((format!("> {}", ratio(r)), "missed")),
+        _ => None,
+    }
+}
+
 fn mib(k: Option<u64>) -> String {
     k.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "—".into())
 }
@@ -743,5 +827,87 @@ fn describe_sync(t: &str, m: &Meta) -> String {
         "S2 C→P" => format!("S2 {}, compute → project", get("S2")),
         "S2 P→C" => format!("S2 {}, project → compute (visible and read)", get("S2")),
         _ => t.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(res: &mut Results, test: &str, rtt: u64, col: &str, samples: &[f64]) {
+        res.cell_mut(test, rtt, col).samples.extend_from_slice(samples);
+    }
+
+    /// Local disk (once), cs-actor-replica at 10 and 40 ms, tar at both: medians chosen so
+    /// that each target is met at 10 ms and missed at 40 ms, with an outlier in every cell
+    /// that would flip the verdict if a mean or the first run were used instead.
+    fn sample_results() -> Results {
+        let mut r = Results { rtts: vec![10, 40], ..Default::default() };
+        let any = u64::MAX;
+        put(&mut r, W4_PASS1, any, "local", &[0.030, 0.028, 0.090]);
+        put(&mut r, W4_WARM, any, "local", &[0.052, 0.050, 0.200]);
+        // 0.075 / 0.052 = 1.44× (met; the mean, 0.13, would be 2.5×).
+        put(&mut r, W4_WARM, 10, "cs-actor-replica", &[0.200, 0.075, 0.070]);
+        // 0.090 / 0.052 = 1.73× (missed).
+        put(&mut r, W4_WARM, 40, "cs-actor-replica", &[0.090, 0.080, 0.100]);
+        // 1.45 / 1.00 = 1.45× (met; run 1 alone, 3.0 s, would be 3×).
+        put(&mut r, W4_PASS1, 10, "cs-actor-replica", &[3.0, 1.45, 1.40]);
+        put(&mut r, W4_PASS1, 10, "tar", &[1.2, 1.0, 0.9]);
+        // 2.93 / 1.25 = 2.34× (missed).
+        put(&mut r, W4_PASS1, 40, "cs-actor-replica", &[2.93, 2.50, 3.10]);
+        put(&mut r, W4_PASS1, 40, "tar", &[1.20, 1.30, 1.25]);
+        r
+    }
+
+    #[test]
+    fn w4_targets_compare_medians_and_say_met_or_missed() {
+        let t = sample_results().targets();
+        for line in [
+            "- W4 passes 2–3 at 10 ms, cs-actor-replica: 1.44× local disk's (target ≤ 1.5×): met\n",
+            "- W4 pass 1 at 10 ms, cs-actor-replica: 1.45× of `tar | zstd | ssh` carrying the same files (target ≤ 1.5×): met\n",
+            "- W4 passes 2–3 at 40 ms, cs-actor-replica: 1.73× local disk's (target ≤ 1.5×): missed\n",
+            "- W4 pass 1 at 40 ms, cs-actor-replica: 2.34× of `tar | zstd | ssh` carrying the same files (target ≤ 1.5×): missed\n",
+        ] {
+            assert!(t.contains(line), "no {line:?} in:\n{t}");
+        }
+        // No line for a setup that did not run.
+        assert!(!t.contains("cs-actor-overlay"), "{t}");
+    }
+
+    #[test]
+    fn w4_pass_table_has_a_row_per_rtt_and_setup_with_both_ratios() {
+        let md = sample_results().markdown();
+        assert!(md.contains("### W4 by pass"), "{md}");
+        let row10 = "| 10 ms | cs-actor-replica | 0.030 s (0.028–0.090) | 0.052 s (0.050–0.20) | 1.45 s (1.40–3.00) \
+                     | 0.075 s (0.070–0.20) | 1.44× | 1.00 s (0.90–1.20) | 1.45× |";
+        let row40 = "| 40 ms | cs-actor-replica | 0.030 s (0.028–0.090) | 0.052 s (0.050–0.20) | 2.93 s (2.50–3.10) \
+                     | 0.090 s (0.080–0.10) | 1.73× | 1.25 s (1.20–1.30) | 2.34× |";
+        assert!(md.contains(row10), "no {row10:?} in:\n{md}");
+        assert!(md.contains(row40), "no {row40:?} in:\n{md}");
+    }
+
+    #[test]
+    fn w4_pass_table_is_absent_without_passes() {
+        let mut r = Results { rtts: vec![10], ..Default::default() };
+        put(&mut r, "W4", u64::MAX, "local", &[0.1]);
+        let md = r.markdown();
+        assert!(!md.contains("### W4 by pass"), "{md}");
+        assert!(!r.targets().contains("W4 pass"), "{md}");
+    }
+
+    #[test]
+    fn at_most_uses_a_timed_out_reference_only_when_it_decides() {
+        let exact = |x| Some((x, Bound::Exact));
+        let lower = |x| Some((x, Bound::Lower));
+        assert_eq!(at_most(exact(1.5), exact(1.0), 1.5), Some(("1.50×".into(), "met")));
+        assert_eq!(at_most(exact(1.6), exact(1.0), 1.5), Some(("1.60×".into(), "missed")));
+        // The reference took more than 60 s: 30 / 60 is an upper bound, within the target.
+        assert_eq!(at_most(exact(30.0), lower(60.0), 1.5), Some(("< 0.50×".into(), "met")));
+        // An upper bound above the target says nothing.
+        assert_eq!(at_most(exact(120.0), lower(60.0), 1.5), None);
+        // The measured side timed out beyond the target: missed whatever it would have taken.
+        assert_eq!(at_most(lower(60.0), exact(1.0), 1.5), Some(("> 60.0×".into(), "missed")));
+        assert_eq!(at_most(None, exact(1.0), 1.5), None);
+        assert_eq!(at_most(exact(1.0), Some((0.0, Bound::Exact)), 1.5), None);
     }
 }

@@ -153,6 +153,21 @@ fn find_cs_actor(given: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// The programs each part needs; returns what is missing per part.
+/// With `CS_BENCH_SERVICE_LOG` set (a `RUST_LOG` for the services), their logs are what
+/// was asked for: copied into `logs/` as `<prefix>-compute.log` and `<prefix>-broker.log`
+/// before the work directory of the setup goes.
+fn keep_service_logs(dir: &Path, logs: &Path, prefix: &str) {
+    if std::env::var_os("CS_BENCH_SERVICE_LOG").is_none() {
+        return;
+    }
+    for (from, name) in [("compute/compute.log", "compute"), ("broker/broker.log", "broker")] {
+        let to = logs.join(format!("{prefix}-{name}.log"));
+        if let Err(e) = std::fs::copy(dir.join(from), &to) {
+            eprintln!("cs-bench: could not keep {}: {e}", dir.join(from).display());
+        }
+    }
+}
+
 fn check_tools(tests: &BTreeSet<String>, setups: &BTreeSet<String>) -> Vec<(String, Vec<&'static str>)> {
     let have = |p: &str| which(p).is_some();
     let mut out = Vec::new();
@@ -611,6 +626,7 @@ fn bench_all(
             let pair = Pair::start(&env, &home, &rd.join(kind.column()), 10.0, Some(union), lower)?;
             let r = cs_actor_part(&env, res, lim, &pair, kind, rtt, only);
             pair.stop();
+            keep_service_logs(&rd.join(kind.column()), &env.logs, &format!("{}-{rtt}ms", kind.column()));
             r?;
             remove_tree(&home)?;
         }

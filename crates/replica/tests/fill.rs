@@ -74,7 +74,7 @@ fn every_way_of_reading_gets_the_projects_bytes_and_stat_asks_nothing() {
         assert_eq!(cat(&m.join(name)).unwrap(), fs::read(p.join(name)).unwrap(), "{name}");
     }
     assert_eq!(src.calls(), calls, "a filled file must not be fetched again");
-    let s = bed.stats();
+    let s = bed.settled();
     assert_eq!(s.denied, 0, "{s:?}");
     assert_eq!((s.in_flight, s.waiting), (0, 0), "{s:?}");
     eprintln!("stats: {s:?}");
@@ -105,7 +105,7 @@ fn twenty_concurrent_readers_of_one_file_make_one_fetch() {
         assert!(o.stdout == want, "a concurrent reader got other bytes");
     }
     assert_eq!(src.calls(), 1, "asked: {:?}", src.asked.lock().unwrap());
-    assert_eq!(bed.stats().fills, 1);
+    assert_eq!(bed.settled().fills, 1);
 }
 
 /// A tree for read-ahead: the file opened is `proj/set/d01/f03`.
@@ -163,7 +163,7 @@ fn one_open_fills_the_small_files_near_it_nearest_first_in_one_more_fetch() {
     let ahead: Vec<String> =
         asked.iter().find(|a| a.len() > 1).expect("a read-ahead fetch").iter().map(|p| p.to_string()).collect();
     assert_eq!(ahead, order, "read ahead, in this order");
-    let s = bed.stats();
+    let s = bed.settled();
     assert_eq!((s.fills, s.read_ahead_fills), (1 + order.len() as u64, order.len() as u64), "{s:?}");
 
     // Three levels up, over the per-file cap: each fetched on its own open.
@@ -213,6 +213,36 @@ fn stop_at_any_moment_of_a_read_ahead_leaves_the_image_free() {
         assert!(t.elapsed() < Duration::from_secs(3), "run {i}: stop took {:?}", t.elapsed());
         bed.teardown().unwrap_or_else(|e| panic!("run {i} (read-ahead fetch {delay:?} longer): {e}"));
     }
+}
+
+#[test]
+fn an_open_that_joined_a_failed_read_ahead_gets_a_fetch_of_its_own() {
+    if !root_or_skip("an_open_that_joined_a_failed_read_ahead_gets_a_fetch_of_its_own") {
+        return;
+    }
+    // The read-ahead claims f08 while the open of f07 fetches; f08's open comes while that
+    // read-ahead fetch (500 ms) runs, so it waits on it; the fetch fails. The open must not
+    // be denied for a fetch it did not ask for (seen with a restart: the claim's path was
+    // gone with the old tree): it gets one of its own.
+    let (bed, src) = Bed::full(
+        make_project,
+        |p| CopySource { batch_delay: Duration::from_millis(500), ..CopySource::new(p, Behaviour::FailBatches) },
+        |c| c,
+    );
+    assert_eq!(cat(&bed.merged.join("many/f07")).unwrap(), b"sibling 7\n");
+    let t = Instant::now();
+    while src.calls() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(5), "no read-ahead fetch started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        cat(&bed.merged.join("many/f08")),
+        Ok(b"sibling 8\n".to_vec()),
+        "f08's open after the failed read-ahead"
+    );
+    assert!(t.elapsed() >= Duration::from_millis(400), "f08 did not wait for the read-ahead: {:?}", t.elapsed());
+    assert_eq!(calls_for(&src, "many/f08"), 2, "asked: {:?}", src.asked.lock().unwrap());
+    assert_eq!(bed.settled().denied, 0);
 }
 
 #[test]
@@ -326,6 +356,7 @@ fn a_filled_file_loses_want_and_keeps_its_content_across_a_remount() {
     assert_eq!(fs::metadata(&placeholder).unwrap().blocks(), 0, "a placeholder holds no block");
     let want = fs::read(bed.project.join("sub/deep/file.bin")).unwrap();
     assert!(cat(&bed.merged.join("sub/deep/file.bin")).unwrap() == want);
+    bed.settled();
     assert_eq!(
         rustix::fs::lgetxattr(&placeholder, "user.cs.want", &mut [0u8; 8192][..]),
         Err(rustix::io::Errno::NODATA),

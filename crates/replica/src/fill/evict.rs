@@ -219,7 +219,7 @@ fn evict(sh: &Shared, c: &Cached) -> Outcome {
     outcome
 }
 
-fn remove_ignore_mark(sh: &Shared, fd: &OwnedFd) -> Result<(), String> {
+pub(super) fn remove_ignore_mark(sh: &Shared, fd: &OwnedFd) -> Result<(), String> {
     let remove = libc::FAN_MARK_REMOVE | libc::FAN_MARK_IGNORE;
     match sys::fanotify_mark(sh.fan.as_fd(), remove, libc::FAN_OPEN_PERM, fd.as_raw_fd(), None) {
         Ok(()) => Ok(()),

@@ -9,10 +9,12 @@
 //!   in this process) are allowed at once by the reading thread, which never waits on a
 //!   fetch: fills run on worker threads, one fill in flight per inode, later opens of
 //!   that inode wait for it.
-//! - A fill writes the content, truncates to the fetched size, sets P's mtime,
-//!   `fdatasync`s, and only then removes `user.cs.want`: a crash leaves `want` set and
-//!   the next open fills again. Then an evictable ignore mark (no more events for the
-//!   inode while it is cached), then `FAN_ALLOW`.
+//! - A fill writes the content, truncates to the fetched size, sets P's mtime, puts an
+//!   evictable ignore mark on the inode (no more events for it while it is cached) and
+//!   lets the opens waiting on it through (`FAN_ALLOW`: the content is whole in the
+//!   page cache). Then it makes the content durable (`fdatasync`, or one `syncfs` for a
+//!   batch) and only then removes `user.cs.want`: a machine crash before leaves `want`
+//!   set and the next open fills again.
 //! - Whatever goes wrong (no answer within `fetch_timeout`, a Source error, a path P no
 //!   longer has or refused, a withdrawn file) denies the open with EIO
 //!   (`FAN_DENY_ERRNO`): the kernel accepts only a few errnos there, ENOENT not among
@@ -189,6 +191,9 @@ struct Inflight {
     /// The inode opened by handle, for a fill started by a predecessor's event (whose
     /// waiter has no descriptor of the inode).
     probe: Option<OwnedFd>,
+    /// The content is written, whole, and being made durable (`let_through`): opens go
+    /// ahead at once.
+    written: bool,
 }
 
 #[derive(Default)]
@@ -501,8 +506,10 @@ fn adopt(sh: &Shared, o: Orphan, p: Pending) {
     let first = !state.inflight.contains_key(&key);
     let entry = state.inflight.entry(key).or_default();
     entry.waiters.push(p);
+    // Kept even when a read-ahead has the inode in flight already: should that fill fail,
+    // this waiter (which has no descriptor) gets a fill of its own through the probe.
+    entry.probe.get_or_insert(f);
     if first {
-        entry.probe = Some(f);
         state.queue.push_back((key, Instant::now()));
         drop(state);
         sh.work.notify_one();
@@ -797,6 +804,11 @@ fn on_event(sh: &Shared, mask: u64, pid: i32, fd: OwnedFd, stopping: bool) -> Op
             let key = (st.st_dev, st.st_ino);
             let now = Instant::now();
             let mut state = sh.lock();
+            if state.inflight.get(&key).is_some_and(|i| i.written) {
+                drop(state);
+                allow_now(sh);
+                return Some(fd);
+            }
             let first = !state.inflight.contains_key(&key);
             state.inflight.entry(key).or_default().waiters.push(Pending::new(fd, now));
             if first {
@@ -863,7 +875,7 @@ fn fill_job(sh: &Arc<Shared>, key: Key, since: Instant) {
     let fd = {
         let state = sh.lock();
         let Some(i) = state.inflight.get(&key) else { return };
-        match i.probe.as_ref().or_else(|| i.waiters.first().and_then(|p| p.fd.as_ref())) {
+        match i.probe.as_ref().or_else(|| i.waiters.iter().find_map(|p| p.fd.as_ref())) {
             Some(fd) => fd.try_clone(),
             None => return,
         }
@@ -922,12 +934,38 @@ fn fill_batch(sh: &Shared, mut batch: Vec<Item>, deadline: Instant, kind: FillKi
     let (outcomes, answered) = fetch_and_fill(sh, &mut batch, deadline);
     let mut failed = Vec::new();
     for (item, outcome) in batch.into_iter().zip(outcomes) {
-        if outcome.is_err() {
+        if let Err(e) = &outcome {
             failed.push(item.rel.clone());
+            if kind != FillKind::Open && refill_for_waiters(sh, item.key) {
+                tracing::debug!(
+                    "{}: a background fill failed ({e}); the opens waiting on it get one of their own",
+                    item.rel
+                );
+                continue;
+            }
         }
         finish(sh, item.key, outcome.map_err(|e| format!("fill of {} denied: {e}", item.rel)), kind);
     }
     (failed, answered)
+}
+
+/// A background fill (read-ahead, hydration) of `key` failed: the opens that joined it
+/// are not denied for it but queued for a fill of their own, through their descriptor,
+/// within their own timeout. It claimed the file by path, which a new tree may have
+/// moved away meanwhile; the open's descriptor still reaches the inode. `false`: no
+/// open waits on it (or none with a descriptor), nothing queued.
+fn refill_for_waiters(sh: &Shared, key: Key) -> bool {
+    let mut state = sh.lock();
+    let Some(i) = state.inflight.get(&key) else { return false };
+    let reachable = i.probe.is_some() || i.waiters.iter().any(|p| p.fd.is_some());
+    let Some(since) = i.waiters.iter().map(|p| p.since).min() else { return false };
+    if !reachable {
+        return false;
+    }
+    state.queue.push_back((key, since));
+    drop(state);
+    sh.work.notify_one();
+    true
 }
 
 /// Why a file is filled: an open waits for it, or in the background (a sibling read
@@ -942,6 +980,28 @@ enum FillKind {
 /// What a fill came to: `Ok(Some(bytes))` filled, `Ok(None)` nothing to fill (filled
 /// meanwhile), `Err` denied.
 type Outcome = Result<Option<u64>, String>;
+
+/// Lets every open waiting on these written files through, and those that come before
+/// their fills end, leaving the fills in flight. Later opens make no event at all: the
+/// ignore mark goes on now, as the content is whole. (A service killed before `want` goes
+/// leaves the mark with the holder's group, and readers the whole content; a machine
+/// crash, which could lose the content, takes the group and its marks with it.)
+fn let_through<'a>(sh: &Shared, files: impl Iterator<Item = (Key, BorrowedFd<'a>)>) {
+    let mut state = sh.lock();
+    let mut waiters = Vec::new();
+    for (key, fd) in files {
+        sh.ignore(fd);
+        if let Some(i) = state.inflight.get_mut(&key) {
+            waiters.append(&mut i.waiters);
+            i.written = true;
+        }
+    }
+    drop(state);
+    for p in &waiters {
+        sh.answer(p.num, true);
+    }
+    sh.journal_answered(&waiters.iter().map(|p| p.num).collect::<Vec<_>>());
+}
 
 /// Answers every open waiting on `key` and ends its fill.
 fn finish(sh: &Shared, key: Key, outcome: Outcome, kind: FillKind) {
@@ -1040,6 +1100,7 @@ fn fetch_and_fill(sh: &Shared, batch: &mut [Item], deadline: Instant) -> (Vec<Ou
     let source = sh.source.clone();
     sh.lock().stats.source_calls += 1;
     let running = sh.fetches.enter();
+    let started = Instant::now();
     // The Source may never return: it runs on a thread of its own that we can leave behind.
     let spawned = thread::Builder::new().name("replica-fetch".into()).spawn(move || {
         let r = source.fetch(&paths, &staging.0);
@@ -1067,6 +1128,7 @@ fn fetch_and_fill(sh: &Shared, batch: &mut [Item], deadline: Instant) -> (Vec<Ou
             Err(mpsc::RecvTimeoutError::Disconnected) => return all("the source panicked".into()),
         }
     };
+    let fetched = Instant::now();
     let written: HashSet<&RelPath> = report.written.iter().collect();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(batch.len());
     let mut done = Vec::new();
@@ -1091,6 +1153,12 @@ fn fetch_and_fill(sh: &Shared, batch: &mut [Item], deadline: Instant) -> (Vec<Ou
             "P did not send it".to_string()
         }));
     }
+    let copied = Instant::now();
+    // The opens waiting on what was written go ahead now, and those arriving until the
+    // fill ends: the content is whole in the page cache, and making it durable costs a
+    // journal commit (a `syncfs` of 20 ms and more) they need not wait for. `want` goes
+    // only once it is durable (a crash before leaves the file to fill again).
+    let_through(sh, done.iter().map(|(i, fd, _)| (batch[*i].key, fd.as_fd())));
     // Durable before `want` goes: one fdatasync for one file, one syncfs for a batch
     // (a journal commit per file is what a cold read of many small files would pay).
     let synced = match done.as_slice() {
@@ -1098,19 +1166,39 @@ fn fetch_and_fill(sh: &Shared, batch: &mut [Item], deadline: Instant) -> (Vec<Ou
         [(_, fd, _)] => rustix::fs::fdatasync(fd),
         _ => rustix::fs::syncfs(&sh.mount_fd),
     };
+    // Where a fill's time goes (the link and P, the copy, the disk), for an operator
+    // asking why a first open was slow.
+    tracing::debug!(
+        files = batch.len(),
+        filled = done.len(),
+        bytes = done.iter().map(|(_, _, size)| size).sum::<u64>(),
+        fetch_ms = ms(fetched - started),
+        copy_ms = ms(copied - fetched),
+        sync_ms = ms(copied.elapsed()),
+        first = %batch.first().map(|i| i.rel.to_string()).unwrap_or_default(),
+        "replica fetch"
+    );
     for (i, fd, size) in done {
-        outcomes[i] = match synced {
+        let outcome = match synced {
             Err(e) => Err(format!("make durable: {e}")),
             Ok(()) => match rustix::fs::fremovexattr(&fd, XATTR) {
-                Ok(()) | Err(Errno::NODATA) => {
-                    sh.ignore(fd.as_fd());
-                    Ok(Some(size))
-                }
+                Ok(()) | Err(Errno::NODATA) => Ok(Some(size)),
                 Err(e) => Err(format!("remove user.cs.want: {e}")),
             },
         };
+        // Not filled after all: its next open must be an event again, to fill it anew.
+        if outcome.is_err() {
+            if let Err(e) = evict::remove_ignore_mark(sh, &fd) {
+                sh.note_error(format!("{}: {e}", batch[i].rel));
+            }
+        }
+        outcomes[i] = outcome;
     }
     (outcomes, true)
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 /// Writes a staged file into the placeholder's inode: content, then P's size if it

@@ -99,6 +99,8 @@ pub enum Behaviour {
     Fail,
     /// Never answers until released (or 30 s).
     Hang(Arc<(Mutex<bool>, Condvar)>),
+    /// A call of more than one path (a read-ahead batch) fails; one path is copied.
+    FailBatches,
 }
 
 /// A Source that copies from the project directory, counting its calls.
@@ -145,7 +147,8 @@ impl Source for CopySource {
                 let _g = cv.wait_timeout_while(g, Duration::from_secs(30), |r| !*r).unwrap();
                 return Err("released".into());
             }
-            Behaviour::Copy => {}
+            Behaviour::FailBatches if paths.len() > 1 => return Err("the test source fails batches".into()),
+            Behaviour::Copy | Behaviour::FailBatches => {}
         }
         let mut report = SourceReport::default();
         for p in paths {
@@ -258,6 +261,19 @@ impl Bed {
 
     pub fn stats(&self) -> cs_replica::FillStats {
         self.filler.as_ref().unwrap().stats()
+    }
+
+    /// The stats once no fill is in flight (within 10 s): a reader is let through as soon
+    /// as the content is written, and the fill ends (durable, `want` gone, counted) just after.
+    pub fn settled(&self) -> cs_replica::FillStats {
+        let t = std::time::Instant::now();
+        loop {
+            let s = self.stats();
+            if s.in_flight == 0 || t.elapsed() > std::time::Duration::from_secs(10) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     pub fn stop_filler(&mut self) {

@@ -27,6 +27,8 @@ pub struct Sizes {
     pub s2_bytes: u64,
     pub s3_files: usize,
     pub s3_held: usize,
+    /// S4: the replica's start with a project of this many files.
+    pub s4_files: usize,
 }
 
 impl Sizes {
@@ -42,6 +44,7 @@ impl Sizes {
             s2_bytes: 100 << 20,
             s3_files: 100_000,
             s3_held: 1000,
+            s4_files: 100_000,
         }
     }
 
@@ -57,6 +60,7 @@ impl Sizes {
             s2_bytes: 4 << 20,
             s3_files: 5000,
             s3_held: 100,
+            s4_files: 5000,
         }
     }
 
@@ -69,6 +73,7 @@ impl Sizes {
             ("S1".into(), format!("{}", self.s1_files)),
             ("S2".into(), format!("{} × {} MiB", self.s2_files, self.s2_bytes >> 20)),
             ("S3".into(), format!("{} files, {} held", self.s3_files, self.s3_held)),
+            ("S4".into(), format!("{} files", self.s4_files)),
         ]
     }
 }

@@ -29,7 +29,7 @@ use report::{Results, Rss};
 use sync::{Pair, Test, Tool, Way};
 use util::{copy_tree, peak_rss_kib, remove_tree, reset_peak_rss, rss_kib, which};
 
-const ALL_TESTS: [&str; 8] = ["W1", "W2", "W3", "W4", "W5", "S1", "S2", "S3"];
+const ALL_TESTS: [&str; 9] = ["W1", "W2", "W3", "W4", "W5", "S1", "S2", "S3", "S4"];
 const ALL_SETUPS: [&str; 11] = [
     "local",
     "union-local",
@@ -68,7 +68,8 @@ struct Cli {
     /// No further run of a cell starts once its runs took this many seconds together.
     #[arg(long, default_value_t = 60.0)]
     cell_budget: f64,
-    /// Only these tests (comma-separated): W1 … W5, S1, S2, S3.
+    /// Only these tests (comma-separated): W1 … W5, S1, S2, S3, S4 (the replica's start:
+    /// with the setup cs-actor-replica).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Only these setups: local, union-local (unionfs-fuse), overlay-local (kernel overlayfs),
@@ -92,6 +93,9 @@ struct Cli {
     /// Override S3's project size (files).
     #[arg(long)]
     s3_files: Option<usize>,
+    /// Override S4's project size (files).
+    #[arg(long)]
+    s4_files: Option<usize>,
     /// The cs-actor binary (default: next to this one, i.e. target/release/cs-actor).
     #[arg(long)]
     cs_actor: Option<PathBuf>,
@@ -152,7 +156,6 @@ fn find_cs_actor(given: Option<PathBuf>) -> Result<PathBuf> {
     )
 }
 
-/// The programs each part needs; returns what is missing per part.
 /// With `CS_BENCH_SERVICE_LOG` set (a `RUST_LOG` for the services), their logs are what
 /// was asked for: copied into `logs/` as `<prefix>-compute.log` and `<prefix>-broker.log`
 /// before the work directory of the setup goes.
@@ -168,6 +171,7 @@ fn keep_service_logs(dir: &Path, logs: &Path, prefix: &str) {
     }
 }
 
+/// The programs each part needs; returns what is missing per part.
 fn check_tools(tests: &BTreeSet<String>, setups: &BTreeSet<String>) -> Vec<(String, Vec<&'static str>)> {
     let have = |p: &str| which(p).is_some();
     let mut out = Vec::new();
@@ -233,6 +237,9 @@ fn run(cli: Cli) -> Result<usize> {
         sizes.s3_files = n;
     }
     sizes.s3_held = sizes.s3_held.min(sizes.s3_files);
+    if let Some(n) = cli.s4_files {
+        sizes.s4_files = n;
+    }
     let runs = cli.runs.max(1);
     let lim = Limits {
         runs,
@@ -500,6 +507,10 @@ fn bench_all(
     if only("S3") && setups.contains("cs-actor") {
         gen::many_small(&s3_home, sizes.s3_files - sizes.s3_held, 9)?;
     }
+    let s4_home = root.join("p-s4").join("home");
+    if only("S4") && setups.contains("cs-actor-replica") {
+        gen::many_small(&s4_home, sizes.s4_files, 11)?;
+    }
     eprintln!("{} cs-bench: fixtures ready in {:.1} s", util::clock(), t.elapsed().as_secs_f64());
 
     let env = Env {
@@ -656,6 +667,11 @@ fn bench_all(
             eprintln!("{} cs-bench: S3, RTT {rtt} ms", util::clock());
             let rounds = cli.s3_rounds.unwrap_or(runs.max(5));
             res.s3.push(sync::s3(&env, &s3_home, &rd.join("s3"), rtt, rounds));
+        }
+
+        if only("S4") && setups.contains("cs-actor-replica") {
+            eprintln!("{} cs-bench: S4, RTT {rtt} ms", util::clock());
+            res.s4.push(sync::s4(&env, &s4_home, &rd.join("s4"), rtt, runs));
         }
         remove_tree(&rd)?;
     }

@@ -170,6 +170,13 @@ pub struct ComputeSpec<'a> {
 impl Compute {
     /// Starts the service and returns once its first round has committed.
     pub fn start(spec: ComputeSpec<'_>) -> Result<Compute> {
+        let mut c = Compute::spawn(spec)?;
+        c.first_round(Duration::from_secs(120))?;
+        Ok(c)
+    }
+
+    /// Starts the service and returns at once (S4 times what follows).
+    pub fn spawn(spec: ComputeSpec<'_>) -> Result<Compute> {
         let d = spec.dir;
         let (merged, upper, lower, state) = (d.join("merged"), d.join("upper"), d.join("lower"), d.join("state"));
         for p in [&merged, &upper, &lower, &state] {
@@ -209,9 +216,15 @@ impl Compute {
             .stderr(Stdio::from(out))
             .spawn()
             .with_context(|| format!("cannot run {}", spec.bin.display()))?;
-        let mut c = Compute { child: Some(child), sock, merged, upper, lower, log };
+        Ok(Compute { child: Some(child), sock, merged, upper, lower, log })
+    }
+
+    /// Waits until the service's first round has committed; stops it if that does not
+    /// happen within `timeout` or the service exits.
+    pub fn first_round(&mut self, timeout: Duration) -> Result<()> {
+        let c = self;
         let mut last = Value::Null;
-        let ok = poll(Duration::from_secs(120), Duration::from_millis(100), || {
+        let ok = poll(timeout, Duration::from_millis(100), || {
             if let Some(ch) = c.child.as_mut() {
                 if let Ok(Some(_)) = ch.try_wait() {
                     return true;
@@ -232,7 +245,12 @@ impl Compute {
             c.shutdown();
             bail!("the compute service did not commit a first round (status {last}); log:\n{tail}");
         }
-        Ok(c)
+        Ok(())
+    }
+
+    /// Whether the service is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|ch| ch.try_wait()), Some(Ok(None)))
     }
 
     pub fn pid(&self) -> u32 {

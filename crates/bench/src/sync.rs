@@ -1,4 +1,5 @@
-//! S1 and S2 (cs-actor against rsync, tar | zstd | ssh and unison) and S3 (an idle round).
+//! S1 and S2 (cs-actor against rsync, tar | zstd | ssh and unison), S3 (an idle round) and
+//! S4 (the replica's start).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench::{measure, Env, Kind, Limits, Sample};
 use crate::gen;
-use crate::report::{Results, S3Result, S3Round, W4_PASS1};
+use crate::report::{Results, S3Result, S3Round, S4Result, S4Run, W4_PASS1};
 use crate::services::{Broker, Compute, ComputeLower, ComputeSpec};
 use crate::util::{bash, count_files, cpu_ns, poll, remove_tree, rss_kib, run_until, stopped, Ended};
 
@@ -503,5 +504,112 @@ pub fn s3(env: &Env, home: &Path, dir: &Path, rtt: u64, rounds: usize) -> S3Resu
         out.error = Some(format!("{e:#}"));
     }
     let _ = remove_tree(&home.join(&held_rel));
+    out
+}
+
+/// S4: how the replica starts with a project of `s4_files` files (issue 12's startup
+/// targets). Per run, in a new replica directory: the first start (no tree yet: the image
+/// is made, P's snapshot is written as a placeholder tree, then the union is mounted), then
+/// a restart on the same directory (the previous tree is there, a new snapshot is taken and
+/// the fetched content kept). Timed from the spawn of `cs-actor compute` to the merged view
+/// listing the project's root, and to the first round committed; RSS after 3 s idle.
+pub fn s4(env: &Env, home: &Path, dir: &Path, rtt: u64, runs: usize) -> S4Result {
+    let mut out = S4Result { rtt_ms: rtt, files: env.sizes.s4_files, ..Default::default() };
+    // The project's first directory (gen::many_small): what a listing of the root must show.
+    let probe = std::ffi::OsString::from("src0000");
+    let r = (|| -> Result<()> {
+        let id = "bench-gpu";
+        let broker = Broker::start(&env.bin, home, &dir.join("broker"), id)?;
+        let route = env.shaper.route(broker.listen)?;
+        for k in 0..runs {
+            if stopped() {
+                bail!("interrupted");
+            }
+            let cdir = dir.join(format!("compute-{k}"));
+            let mut run = S4Run::default();
+            for restart in [false, true] {
+                let spec = ComputeSpec {
+                    bin: &env.bin,
+                    dir: &cdir,
+                    server: format!("ws://{route}"),
+                    id,
+                    token_file: &dir.join("broker").join("token"),
+                    lower: ComputeLower::Replica,
+                    interval: 3600.0,
+                    union: None,
+                    extra: &env.compute_args,
+                };
+                let t0 = Instant::now();
+                let mut c = Compute::spawn(spec)?;
+                let mut listed = None;
+                let ok = poll(Duration::from_secs(300), Duration::from_millis(10), || {
+                    let found = std::fs::read_dir(&c.merged)
+                        .map(|rd| rd.flatten().any(|e| e.file_name() == probe))
+                        .unwrap_or(false);
+                    if found {
+                        listed = Some(t0.elapsed().as_secs_f64());
+                    }
+                    found || !c.alive()
+                });
+                let Some(listed) = listed.filter(|_| ok) else {
+                    let tail = crate::util::tail(&c.log, 3000);
+                    c.shutdown();
+                    bail!("the merged view did not list the project's root (restart: {restart}); log:\n{tail}");
+                };
+                c.first_round(Duration::from_secs(300))?;
+                let round = t0.elapsed().as_secs_f64();
+                let st = c.status()?;
+                let entries = st["replica"]["entries"].as_u64().unwrap_or(0);
+                eprintln!(
+                    "  S4 | RTT {rtt} ms | run {} {}: root listed at {listed:.2} s, first round at {round:.2} s, {entries} entries, origin {}",
+                    k + 1,
+                    if restart { "restart" } else { "first start" },
+                    st["replica"]["origin"]
+                );
+                if (entries as usize) < env.sizes.s4_files {
+                    c.shutdown();
+                    bail!("the replica's tree has {entries} entries, the project {} files", env.sizes.s4_files);
+                }
+                if restart {
+                    (run.restart_listed_s, run.restart_round_s) = (Some(listed), Some(round));
+                } else {
+                    (run.listed_s, run.round_s) = (Some(listed), Some(round));
+                    std::thread::sleep(Duration::from_secs(3));
+                    let cp = c.pid();
+                    run.rss_compute_kib = rss_kib(cp);
+                    run.rss_holder_kib = crate::util::children_of(cp)
+                        .into_iter()
+                        .filter(|p| {
+                            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                                .map(|n| n.trim().starts_with("cs-actor"))
+                                .unwrap_or(false)
+                        })
+                        .filter_map(rss_kib)
+                        .reduce(|a, b| a + b);
+                    run.rss_project_kib = rss_kib(broker.pid());
+                }
+                c.shutdown();
+                // The next start writes its log anew: keep this one if asked for.
+                if std::env::var_os("CS_BENCH_SERVICE_LOG").is_some() {
+                    let to = env.logs.join(format!(
+                        "s4-{rtt}ms-run{}-{}-compute.log",
+                        k + 1,
+                        if restart { "restart" } else { "first" }
+                    ));
+                    if let Err(e) = std::fs::copy(&c.log, &to) {
+                        eprintln!("cs-bench: could not keep {}: {e}", c.log.display());
+                    }
+                }
+            }
+            out.runs.push(run);
+            remove_tree(&cdir)?;
+        }
+        broker.stop();
+        Ok(())
+    })();
+    if let Err(e) = r {
+        eprintln!("  S4 | RTT {rtt} ms | ERROR {e:#}");
+        out.error = Some(format!("{e:#}"));
+    }
     out
 }

@@ -32,53 +32,75 @@ fn tree_build_rate() {
     ));
     let mnt = img.0.as_ref().unwrap().mountpoint().to_path_buf();
     for (n, name) in [(100_000usize, "r100k"), (1_000_000, "r1m")] {
-        // Directories of 100 files, as docs/replica.md's scale run.
-        let t = Instant::now();
-        let mut w = SnapshotWriter::begin(&mnt.join(name), Some((1000, 1000))).unwrap();
-        let mtime = Timestamp::new(1_700_000_000, 5);
-        let mut count = 0u64;
-        for d in 0..n / 100 {
-            let dir = rel(format!("d{:03}/e{d:05}", d / 1000));
-            if d % 1000 == 0 {
-                let top = SnapshotEntry {
-                    path: rel(format!("d{:03}", d / 1000)),
-                    kind: EntryKind::Dir,
-                    mode: 0o755,
-                    size: 0,
-                    mtime,
-                    target: None,
-                };
-                w.add(&top).unwrap();
-                count += 1;
-            }
-            w.add(&SnapshotEntry {
-                path: dir.clone(),
+        build_tree(&mnt.join(name), n, "");
+    }
+}
+
+/// The same 100 k tree, once with no fill service and once with one watching the image, as
+/// the compute service writes it: every create is a permission event the service answers.
+#[test]
+#[ignore = "a measurement: seconds, needs root"]
+fn tree_build_rate_under_the_fill_service() {
+    if !root_or_skip("tree_build_rate_under_the_fill_service") {
+        return;
+    }
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let img = Image(Some(
+        ReplicaFs::ensure(&tmp.path().join("scale.img"), 8 << 30, 1_200_000, &tmp.path().join("mnt")).unwrap(),
+    ));
+    let mnt = img.0.as_ref().unwrap().mountpoint().to_path_buf();
+    build_tree(&mnt.join("plain"), 100_000, "no fill service");
+    let project = tmp.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let cfg = cs_replica::FillConfig::new(&mnt, mnt.join("staging"));
+    let filler = cs_replica::Filler::start(cfg, std::sync::Arc::new(CopySource::new(&project, Behaviour::Copy)))
+        .expect("the fill service");
+    build_tree(&mnt.join("watched"), 100_000, "the fill service watching");
+    filler.stop();
+}
+
+/// Writes a tree of `n` files (directories of 100, as docs/replica.md's scale run) at `at`
+/// and prints the time it took.
+fn build_tree(at: &std::path::Path, n: usize, what: &str) {
+    // Directories of 100 files, as docs/replica.md's scale run.
+    let t = Instant::now();
+    let mut w = SnapshotWriter::begin(at, Some((1000, 1000))).unwrap();
+    let mtime = Timestamp::new(1_700_000_000, 5);
+    let mut count = 0u64;
+    for d in 0..n / 100 {
+        let dir = rel(format!("d{:03}/e{d:05}", d / 1000));
+        if d % 1000 == 0 {
+            let top = SnapshotEntry {
+                path: rel(format!("d{:03}", d / 1000)),
                 kind: EntryKind::Dir,
                 mode: 0o755,
                 size: 0,
                 mtime,
                 target: None,
-            })
-            .unwrap();
+            };
+            w.add(&top).unwrap();
             count += 1;
-            for f in 0..100 {
-                let path = dir.join(format!("file-{f:03}.txt")).unwrap();
-                w.add(&SnapshotEntry { path, kind: EntryKind::File, mode: 0o644, size: 4096 + f, mtime, target: None })
-                    .unwrap();
-                count += 1;
-            }
         }
-        let added = t.elapsed();
-        w.finish(&SnapshotReport { entries: count, cursor: Cursor::default(), ..Default::default() }).unwrap();
-        let all = t.elapsed();
-        eprintln!(
-            "tree build, {count} entries: add {:.2} s, finish (dir modes, syncfs, switch) {:.2} s, total {:.2} s = {:.0} entries/s",
+        w.add(&SnapshotEntry { path: dir.clone(), kind: EntryKind::Dir, mode: 0o755, size: 0, mtime, target: None })
+            .unwrap();
+        count += 1;
+        for f in 0..100 {
+            let path = dir.join(format!("file-{f:03}.txt")).unwrap();
+            w.add(&SnapshotEntry { path, kind: EntryKind::File, mode: 0o644, size: 4096 + f, mtime, target: None })
+                .unwrap();
+            count += 1;
+        }
+    }
+    let added = t.elapsed();
+    w.finish(&SnapshotReport { entries: count, cursor: Cursor::default(), ..Default::default() }).unwrap();
+    let all = t.elapsed();
+    eprintln!(
+            "tree build ({what}), {count} entries: add {:.2} s, finish (dir modes, syncfs, switch) {:.2} s, total {:.2} s = {:.0} entries/s",
             added.as_secs_f64(),
             (all - added).as_secs_f64(),
             all.as_secs_f64(),
             count as f64 / all.as_secs_f64()
         );
-    }
 }
 
 const PY: &str = "import sys,time\nfor p in sys.argv[1:]:\n    t=time.perf_counter()\n    with open(p,'rb') as f: f.read()\n    print(int((time.perf_counter()-t)*1e6))";

@@ -218,3 +218,36 @@ fn a_new_tree_keeps_the_previous_trees_filled_files_that_are_still_ps_version() 
     assert_eq!(fs::read(new.dir.join("d/same")).unwrap(), b"12345");
     assert_eq!(md("d/same").nlink(), 1);
 }
+
+/// Placeholders are finished by path (never opened: the fill service would see every open),
+/// which is safe only while nobody but root can write in the build: the owner gets the
+/// directories when the tree is complete, not before.
+#[test]
+fn only_root_can_write_in_a_build_until_it_is_complete_then_the_owner_owns_it() {
+    if !common::root_or_skip("only_root_can_write_in_a_build_until_it_is_complete_then_the_owner_owns_it") {
+        return;
+    }
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let owner = (4242, 4343);
+    let mut w = SnapshotWriter::begin(tmp.path(), Some(owner)).unwrap();
+    let entries = vec![e("d", EntryKind::Dir, 0o777, 0), e("d/f", EntryKind::File, 0o644, 10)];
+    for x in &entries {
+        w.add(x).unwrap();
+    }
+    let build = w.build_dir();
+    for (p, mode) in [(build.clone(), None), (build.join("d"), Some(0o700))] {
+        let m = fs::symlink_metadata(&p).unwrap();
+        assert_eq!(m.uid(), 0, "{} is root's during the build", p.display());
+        if let Some(mode) = mode {
+            assert_eq!(m.mode() & 0o7777, mode, "{}: nobody else may enter it during the build", p.display());
+        }
+    }
+    let f = fs::symlink_metadata(build.join("d/f")).unwrap();
+    assert_eq!((f.uid(), f.gid(), f.len(), f.mode() & 0o7777), (owner.0, owner.1, 10, 0o644));
+    let t = w.finish(&report(entries.len(), 1)).unwrap();
+    for p in [t.dir.clone(), t.dir.join("d"), t.dir.join("d/f")] {
+        let m = fs::symlink_metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), owner, "{} is the owner's once complete", p.display());
+    }
+    assert_eq!(fs::symlink_metadata(t.dir.join("d")).unwrap().mode() & 0o7777, 0o777);
+}

@@ -68,6 +68,7 @@ pub struct SnapshotWriter {
     /// version are linked into the new tree instead of placeholders (see `reuse`).
     previous: Option<OwnedFd>,
     kept: Kept,
+    finisher: Finisher,
 }
 
 /// What a new tree kept of the previous one's fetched content.
@@ -86,6 +87,103 @@ fn times(mtime: Timestamp) -> Timestamps {
     Timestamps {
         last_access: Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
         last_modification: Timespec { tv_sec: mtime.sec, tv_nsec: mtime.nsec.into() },
+    }
+}
+
+/// A placeholder made by name, to be set by path: `user.cs.want`, size, owner, mode, mtime.
+struct Placeholder {
+    path: PathBuf,
+    entry: SnapshotEntry,
+    owner: Option<(Uid, Gid)>,
+}
+
+impl Placeholder {
+    fn set(&self) -> Result<()> {
+        let e = &self.entry;
+        let ctx = |op: &'static str| {
+            move |r: Errno| ReplicaError::entry(&e.path, format!("{op}: {}", std::io::Error::from(r)))
+        };
+        let want = Want { path: e.path.clone(), size: e.size, mtime: e.mtime };
+        rustix::fs::lsetxattr(&self.path, XATTR, &want.encode(), XattrFlags::empty())
+            .map_err(ctx("set user.cs.want"))?;
+        // Sparse: the size without a block, until the fill.
+        truncate(&self.path, e.size).map_err(ctx("set size"))?;
+        let here = rustix::fs::CWD;
+        if let Some((u, g)) = self.owner {
+            rustix::fs::chownat(here, &self.path, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW).map_err(ctx("chown"))?;
+        }
+        rustix::fs::chmodat(here, &self.path, perm(e.mode), AtFlags::empty()).map_err(ctx("chmod"))?;
+        rustix::fs::utimensat(here, &self.path, &times(e.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(ctx("set mtime"))?;
+        Ok(())
+    }
+}
+
+/// Sets placeholders on threads of their own while `add` goes on making names (and the
+/// snapshot's stream is decoded): these calls are most of a placeholder's cost. Measured
+/// with the fill service watching, a 100,000-file tree: 2.0 s with none, 1.8 s with one,
+/// 1.5–1.7 s with two. A thread stops at its first error, which `send` or `wait` returns.
+#[derive(Debug)]
+struct Finisher {
+    tx: Option<std::sync::mpsc::SyncSender<Placeholder>>,
+    threads: Vec<std::thread::JoinHandle<Result<()>>>,
+}
+
+/// Placeholders queued for the finisher at most (a few MiB).
+const FINISHER_QUEUE: usize = 4096;
+const FINISHER_THREADS: usize = 2;
+
+impl Finisher {
+    fn start() -> Result<Finisher> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Placeholder>(FINISHER_QUEUE);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let mut f = Finisher { tx: Some(tx), threads: Vec::new() };
+        for _ in 0..FINISHER_THREADS {
+            let rx = rx.clone();
+            let work = move || loop {
+                // One at a time off the queue; the lock is held only to take one.
+                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                match next {
+                    Ok(p) => p.set()?,
+                    Err(_) => return Ok(()), // every sender gone: all sent is set
+                }
+            };
+            let t = std::thread::Builder::new()
+                .name("replica-tree".into())
+                .spawn(work)
+                .map_err(|e| ReplicaError::io("start the tree's finisher thread", PathBuf::new(), e))?;
+            f.threads.push(t);
+        }
+        Ok(f)
+    }
+
+    fn send(&mut self, p: Placeholder) -> Result<()> {
+        if self.tx.as_ref().is_some_and(|tx| tx.send(p).is_ok()) {
+            return Ok(());
+        }
+        // Every thread stopped at an error: that is the one to report.
+        self.wait()?;
+        Err(ReplicaError::Snapshot("the tree's finisher threads are gone".into()))
+    }
+
+    /// Every placeholder sent is set, or the first error.
+    fn wait(&mut self) -> Result<()> {
+        self.tx = None;
+        let mut first = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t.join().unwrap_or_else(|_| Err(ReplicaError::Snapshot("a tree finisher thread panicked".into())));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        // A build dropped unfinished: what was sent is set, and nothing runs on after it.
+        let _ = self.wait();
     }
 }
 
@@ -171,6 +269,7 @@ impl SnapshotWriter {
             count: 0,
             previous,
             kept: Kept::default(),
+            finisher: Finisher::start()?,
         })
     }
 
@@ -230,21 +329,12 @@ impl SnapshotWriter {
                     self.count += 1;
                     return Ok(());
                 }
-                // Never opened (the module's doc says why): made by name, then set by name.
+                // Never opened (the module's doc says why): made by name here, set by name on
+                // the finisher's thread.
                 rustix::fs::mknodat(dir, name, FileType::RegularFile, Mode::from_raw_mode(0o600), 0).map_err(exists)?;
-                let path = self.build.join(e.path.as_os_str());
-                let want = Want { path: e.path.clone(), size: e.size, mtime: e.mtime };
-                rustix::fs::lsetxattr(&path, XATTR, &want.encode(), XattrFlags::empty())
-                    .map_err(ctx("set user.cs.want"))?;
-                // Sparse: the size without a block, until the fill.
-                truncate(&path, e.size).map_err(ctx("set size"))?;
-                if let Some((u, g)) = self.owner {
-                    rustix::fs::chownat(dir, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(ctx("chown"))?;
-                }
-                rustix::fs::chmodat(dir, name, perm(e.mode), AtFlags::empty()).map_err(ctx("chmod"))?;
-                rustix::fs::utimensat(dir, name, &times(e.mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(ctx("set mtime"))?;
+                let job =
+                    Placeholder { path: self.build.join(e.path.as_os_str()), entry: e.clone(), owner: self.owner };
+                self.finisher.send(job)?;
             }
         }
         self.count += 1;
@@ -351,6 +441,7 @@ impl SnapshotWriter {
                 self.count, report.entries
             )));
         }
+        self.finisher.wait()?;
         self.stack.clear();
         let build = self.build_dir();
         for (p, mode, mtime) in self.dirs.iter().rev() {

@@ -242,12 +242,40 @@ fn only_root_can_write_in_a_build_until_it_is_complete_then_the_owner_owns_it() 
             assert_eq!(m.mode() & 0o7777, mode, "{}: nobody else may enter it during the build", p.display());
         }
     }
-    let f = fs::symlink_metadata(build.join("d/f")).unwrap();
-    assert_eq!((f.uid(), f.gid(), f.len(), f.mode() & 0o7777), (owner.0, owner.1, 10, 0o644));
     let t = w.finish(&report(entries.len(), 1)).unwrap();
+    let f = fs::symlink_metadata(t.dir.join("d/f")).unwrap();
+    assert_eq!((f.len(), f.blocks(), f.mode() & 0o7777), (10, 0, 0o644));
     for p in [t.dir.clone(), t.dir.join("d"), t.dir.join("d/f")] {
         let m = fs::symlink_metadata(&p).unwrap();
         assert_eq!((m.uid(), m.gid()), owner, "{} is the owner's once complete", p.display());
     }
     assert_eq!(fs::symlink_metadata(t.dir.join("d")).unwrap().mode() & 0o7777, 0o777);
+}
+
+/// A placeholder the finisher threads cannot set (a size no file can have) fails the build
+/// naming its path, at `finish` at the latest, and the tree is never switched to.
+#[test]
+fn a_placeholder_that_cannot_be_set_fails_the_build_naming_its_path() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let entries = vec![
+        e("d", EntryKind::Dir, 0o755, 0),
+        e("d/ok", EntryKind::File, 0o644, 1),
+        e("d/huge", EntryKind::File, 0o644, u64::MAX),
+        e("d/after", EntryKind::File, 0o644, 2),
+    ];
+    let mut w = SnapshotWriter::begin(tmp.path(), None).unwrap();
+    let mut failed = None;
+    for x in &entries {
+        if let Err(err) = w.add(x) {
+            failed = Some(err);
+            break;
+        }
+    }
+    let err = match failed {
+        Some(err) => err,
+        None => w.finish(&report(entries.len(), 1)).expect_err("a size no file can have"),
+    };
+    let text = err.to_string();
+    assert!(text.contains("d/huge") && text.contains("set size"), "{text}");
+    assert_eq!(Tree::current(tmp.path()).unwrap(), None, "never switched to");
 }

@@ -83,6 +83,8 @@ pub struct Replica {
     /// Taken out at [`Replica::stop`]; shared with the status.
     filler: Arc<Mutex<Option<FillerHandle>>>,
     source: Arc<LinkSource>,
+    /// The removal of the older trees, started after the snapshot (see `start`).
+    cleanup: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Replica {
@@ -145,9 +147,6 @@ impl Replica {
         if cs_engine::adopt_snapshot_cursor(state_dir, tree.cursor).context("starting from the snapshot's cursor")? {
             tracing::info!(cursor = ?tree.cursor, "no cursor yet: the first round starts from the snapshot's");
         }
-        if let Err(e) = Tree::remove_others(&root, &[&tree]) {
-            tracing::warn!(error = %cs_supervision::error_chain(&e), "removing the replica's older trees");
-        }
         let mut filler = filler;
         if let Some(only) = args.background.clone() {
             let what = if only.is_some() { "--prefetch" } else { "--hydrate" };
@@ -156,9 +155,26 @@ impl Replica {
                 return Err(e).context(what);
             }
         }
+        // The older trees go on a thread of their own: the union need not wait for the
+        // removal (0.6 s for 100,000 files); `stop` waits for it before unmounting.
+        let cleanup = {
+            let (root, tree) = (root.clone(), tree.clone());
+            std::thread::Builder::new()
+                .name("replica-cleanup".into())
+                .spawn(move || match Tree::remove_others(&root, &[&tree]) {
+                    Ok(gone) if !gone.is_empty() => {
+                        tracing::info!(trees = gone.len(), "the replica's older trees removed")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %cs_supervision::error_chain(&e), "removing the replica's older trees")
+                    }
+                })
+                .context("starting the removal of the replica's older trees")?
+        };
         let filler = Arc::new(Mutex::new(Some(filler)));
         std::fs::create_dir_all(args.lower()).with_context(|| format!("creating {}", args.lower().display()))?;
-        Ok(Some(Replica { args, fs, tree, origin, kept, filler, source }))
+        Ok(Some(Replica { args, fs, tree, origin, kept, filler, source, cleanup: Some(cleanup) }))
     }
 
     /// The union's lower layer: the current tree, bind-mounted (the mount supervisor mounts
@@ -200,7 +216,11 @@ impl Replica {
 
     /// After the union is unmounted: the holder (the service's own descriptor keeps the
     /// group until it has answered everything), the fill service, then the filesystem.
-    pub fn stop(self) {
+    pub fn stop(mut self) {
+        // The removal holds descriptors on the image: over before it is unmounted.
+        if let Some(c) = self.cleanup.take() {
+            let _ = c.join();
+        }
         stop_holder(&self.args);
         if let Some(f) = self.filler.lock().unwrap_or_else(|p| p.into_inner()).take() {
             f.stop();

@@ -138,6 +138,8 @@ struct Shared {
     /// P pushed `ProjectChanged`: one stored permit, so pushes that arrive while
     /// nobody waits make one wake-up, not a queue (a round catches them all).
     project_changed: Notify,
+    /// Each connection made: one stored permit, like `project_changed`.
+    link_up: Notify,
     project_pushes: AtomicU64,
     last_project_push_unix_ms: AtomicU64,
     bytes_sent: AtomicU64,
@@ -207,6 +209,15 @@ impl LinkHandle {
     pub fn project_changes(&self) -> impl futures_util::Stream<Item = ()> + Send + 'static {
         futures_util::stream::unfold(self.shared.clone(), |shared| async move {
             shared.project_changed.notified().await;
+            Some(((), shared))
+        })
+    }
+
+    /// Each connection made (the first and every reconnection), as a stream that never
+    /// ends; connections made while it is not polled make one item.
+    pub fn link_ups(&self) -> impl futures_util::Stream<Item = ()> + Send + 'static {
+        futures_util::stream::unfold(self.shared.clone(), |shared| async move {
+            shared.link_up.notified().await;
             Some(((), shared))
         })
     }
@@ -509,6 +520,8 @@ impl Connection {
         let (mut sender, mut receiver) = conn.split();
         let (wtx, mut wrx) = mpsc::channel::<WriterCmd>(64);
         *Shared::lock(&self.shared.writer) = Some(wtx);
+        // Requests can go now: a round waiting out a backoff need not wait longer.
+        self.shared.link_up.notify_one();
         let shared = self.shared.clone();
         let writer_shared = self.shared.clone();
         // Writer: frames and streams, in order.

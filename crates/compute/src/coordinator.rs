@@ -87,6 +87,7 @@ pub struct Coordinator {
     metrics: Option<Arc<cs_metrics::ComputeMetrics>>,
     /// The broker's pushes of project changes (following), taken at start.
     project_changes: Option<futures_util::stream::BoxStream<'static, ()>>,
+    link_ups: Option<futures_util::stream::BoxStream<'static, ()>>,
 }
 
 #[derive(Default)]
@@ -129,6 +130,7 @@ impl Coordinator {
             removals: None,
             metrics: None,
             project_changes: None,
+            link_ups: None,
         }
     }
 
@@ -149,6 +151,13 @@ impl Coordinator {
     /// are the round's, not a user's change).
     pub fn with_own_removals(mut self, removals: OwnRemovals) -> Self {
         self.removals = Some(removals);
+        self
+    }
+
+    /// Ends a backoff at each connection made (`LinkHandle::link_ups`): the round that
+    /// failed while the link was down is tried as soon as it is up.
+    pub fn with_link_ups(mut self, ups: impl Stream<Item = ()> + Send + 'static) -> Self {
+        self.link_ups = Some(Box::pin(ups));
         self
     }
 
@@ -316,6 +325,9 @@ impl Actor for Coordinator {
         if let Some(pushes) = self.project_changes.take() {
             ctx.add_stream(pushes.map(|()| ProjectChanged));
         }
+        if let Some(ups) = self.link_ups.take() {
+            ctx.add_stream(ups.map(|()| LinkUp));
+        }
         // Paused before the restart: stay paused, before any round starts.
         if let Some(p) = self.operator_pause.clone() {
             tracing::warn!(
@@ -396,6 +408,23 @@ impl StreamHandler<SetRail> for Coordinator {
     }
 
     /// The mount supervisor stopped (shutdown): keep the last rail.
+    fn finished(&mut self, _: &mut Self::Context) {}
+}
+
+/// The connection to the broker is up: a backoff ends.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkUp;
+
+impl StreamHandler<LinkUp> for Coordinator {
+    fn handle(&mut self, _: LinkUp, ctx: &mut Self::Context) {
+        if matches!(self.phase, Phase::Backoff { .. }) {
+            tracing::info!("connected: the round in backoff is tried now");
+        }
+        self.apply(Event::LinkUp, ctx);
+    }
+
+    /// The stream never ends; if it did, backoffs would only end by their timer.
     fn finished(&mut self, _: &mut Self::Context) {}
 }
 

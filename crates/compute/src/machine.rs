@@ -93,6 +93,10 @@ pub enum Event {
     },
     /// This holder lifts its pause (the other one's, if any, stays).
     Resume(PauseBy),
+    /// The connection to the broker is up (again). A round waiting out a backoff is tried
+    /// at once: it most likely failed for the link (at start, the first round is tried
+    /// before the connection is up); in any other phase it changes nothing.
+    LinkUp,
 }
 
 /// Who pauses syncing.
@@ -235,6 +239,7 @@ pub fn transition(phase: &Phase, event: Event, last_round: u64, backoff: &Backof
             (Running { round, step, attempt, again, pauses: pauses.with(by, None) }, vec![])
         }
         (Backoff { attempt, .. }, Event::BackoffElapsed)
+        | (Backoff { attempt, .. }, Event::LinkUp)
         | (Backoff { attempt, .. }, Event::Trigger(Trigger::OnDemand)) => start_attempt(last_round + 1, attempt),
         // A retry after a failure that fails again backs off longer.
         (Backoff { .. }, Event::Trigger(_)) => (phase.clone(), vec![]),
@@ -294,6 +299,25 @@ mod tests {
 
     fn running(round: u64, step: Step) -> Phase {
         Phase::Running { round, step, attempt: 0, again: false, pauses: Pauses::default() }
+    }
+
+    #[test]
+    fn the_link_coming_up_ends_a_backoff_and_nothing_else() {
+        let backoff = Phase::Backoff { attempt: 2, last_error: "not connected".into() };
+        let (p, a) = run(backoff, Event::LinkUp);
+        assert_eq!(
+            p,
+            Phase::Running { round: 5, step: Step::Resolve, attempt: 2, again: false, pauses: Pauses::default() }
+        );
+        assert_eq!(a, vec![Action::StartRound { round: 5 }]);
+        for phase in [
+            Phase::Idle,
+            running(5, Step::WritesToProject),
+            paused_by_rail("lower missing"),
+            Phase::Stopped { failure: Failure::permanent("HTTP status 401", "check --token-file") },
+        ] {
+            assert_eq!(run(phase.clone(), Event::LinkUp), (phase.clone(), vec![]), "{phase:?}");
+        }
     }
 
     #[test]

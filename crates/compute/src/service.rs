@@ -149,6 +149,7 @@ impl ComputeService {
         let connection_actor = Connection::new(conn_cfg);
         let link = Arc::new(connection_actor.link());
         let pushes = cfg.follow_project.then(|| link.project_changes());
+        let link_ups = link.link_ups();
         let fetch_link = link.clone();
         let connection = cs_supervision::spawn(connection_actor);
         let changes = ChangeCount::default();
@@ -158,7 +159,8 @@ impl ComputeService {
             .with_operator_pause(pause_file, paused)
             .with_change_count(changes.clone())
             .with_own_removals(removals.clone())
-            .with_metrics(metrics.clone());
+            .with_metrics(metrics.clone())
+            .with_link_ups(link_ups);
         if let Some(pushes) = pushes {
             coordinator = coordinator.with_project_changes(pushes);
         }

@@ -275,7 +275,7 @@ impl SnapshotWriter {
 
     /// Where this build writes (`build-N` under the replica root).
     pub fn build_dir(&self) -> PathBuf {
-        self.replica_root.join(format!("{BUILD}{}", self.id))
+        self.build.clone()
     }
 
     /// Adds one entry. Entries come in pre-order (a directory before what is below it);

@@ -692,7 +692,6 @@ fn cs_actor_part(
     let (cp, pp) = (pair.compute.pid(), pair.broker.pid());
     // Idle: after the first round, a few seconds of nothing.
     std::thread::sleep(Duration::from_secs(3));
-    let kids = util::children_of(cp);
     let mut rss = Rss {
         rtt_ms: rtt,
         column: kind.column().to_string(),
@@ -700,22 +699,7 @@ fn cs_actor_part(
         project_idle_kib: rss_kib(pp),
         ..Default::default()
     };
-    let sum_named = |name: &str| -> Option<u64> {
-        let mut all = Vec::new();
-        let mut stack = kids.clone();
-        while let Some(p) = stack.pop() {
-            stack.extend(util::children_of(p));
-            all.push(p);
-        }
-        let v: Vec<u64> = all
-            .iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm")).map(|c| c.trim().starts_with(name)).unwrap_or(false)
-            })
-            .filter_map(|p| rss_kib(*p))
-            .collect();
-        (!v.is_empty()).then(|| v.iter().sum())
-    };
+    let sum_named = |name: &str| util::descendants_rss_kib(cp, name);
     rss.unionfs_kib = sum_named("unionfs");
     rss.sshfs_kib = sum_named("sshfs");
     let reset = reset_peak_rss(cp) && reset_peak_rss(pp);

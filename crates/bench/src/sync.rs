@@ -577,15 +577,7 @@ pub fn s4(env: &Env, home: &Path, dir: &Path, rtt: u64, runs: usize) -> S4Result
                     std::thread::sleep(Duration::from_secs(3));
                     let cp = c.pid();
                     run.rss_compute_kib = rss_kib(cp);
-                    run.rss_holder_kib = crate::util::children_of(cp)
-                        .into_iter()
-                        .filter(|p| {
-                            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                                .map(|n| n.trim().starts_with("cs-actor"))
-                                .unwrap_or(false)
-                        })
-                        .filter_map(rss_kib)
-                        .reduce(|a, b| a + b);
+                    run.rss_holder_kib = crate::util::descendants_rss_kib(cp, "cs-actor");
                     run.rss_project_kib = rss_kib(broker.pid());
                 }
                 c.shutdown();

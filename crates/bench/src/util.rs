@@ -164,6 +164,24 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS")
 }
 
+/// Resident memory (KiB) of `pid`'s descendants whose command name starts with `name`,
+/// summed (`None`: no such process): the processes a service started (the union, sshfs,
+/// its fill holder).
+pub fn descendants_rss_kib(pid: u32, name: &str) -> Option<u64> {
+    let mut all = Vec::new();
+    let mut stack = children_of(pid);
+    while let Some(p) = stack.pop() {
+        stack.extend(children_of(p));
+        all.push(p);
+    }
+    all.iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).map(|c| c.trim().starts_with(name)).unwrap_or(false)
+        })
+        .filter_map(|p| rss_kib(*p))
+        .reduce(|a, b| a + b)
+}
+
 /// Peak resident memory since start or the last [`reset_peak_rss`] (KiB).
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM")

@@ -119,6 +119,18 @@ type Answer = oneshot::Sender<Result<ServerMsg, LinkError>>;
 
 /// What the round and the actor share: the writer, requests waiting for an
 /// answer, stream routes.
+/// One item per wake-up of the `Notify` that `which` picks: a stream that never ends;
+/// notifications made while it is not polled make one item (the `Notify`'s permit).
+fn each_notification(
+    shared: Arc<Shared>,
+    which: fn(&Shared) -> &Notify,
+) -> impl futures_util::Stream<Item = ()> + Send + 'static {
+    futures_util::stream::unfold(shared, move |shared| async move {
+        which(&shared).notified().await;
+        Some(((), shared))
+    })
+}
+
 #[derive(Default)]
 struct Shared {
     writer: Mutex<Option<mpsc::Sender<WriterCmd>>>,
@@ -207,19 +219,13 @@ impl LinkHandle {
     /// never: pushes that arrive while the stream is not polled make one item, not
     /// several (the round they start catches every change).
     pub fn project_changes(&self) -> impl futures_util::Stream<Item = ()> + Send + 'static {
-        futures_util::stream::unfold(self.shared.clone(), |shared| async move {
-            shared.project_changed.notified().await;
-            Some(((), shared))
-        })
+        each_notification(self.shared.clone(), |s| &s.project_changed)
     }
 
     /// Each connection made (the first and every reconnection), as a stream that never
     /// ends; connections made while it is not polled make one item.
     pub fn link_ups(&self) -> impl futures_util::Stream<Item = ()> + Send + 'static {
-        futures_util::stream::unfold(self.shared.clone(), |shared| async move {
-            shared.link_up.notified().await;
-            Some(((), shared))
-        })
+        each_notification(self.shared.clone(), |s| &s.link_up)
     }
 
     /// Fetches P's current content of `paths` (project paths; at most

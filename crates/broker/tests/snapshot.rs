@@ -3,7 +3,8 @@
 //! (symlinks with their targets, never followed; a non-UTF-8 name; nothing
 //! excluded, local-only or ignored; devices left out); the cursor, used by a
 //! following round's hello, carries exactly the changes made after the
-//! snapshot; a 100 000-file home (numbers printed); hostile requests; the
+//! snapshot, and `JournalAt` answers that cursor, also in the middle of a
+//! round; a 100 000-file home (numbers printed); hostile requests; the
 //! compute side's `LinkHandle::snapshot` (visitor, visitor error, an older
 //! broker).
 
@@ -164,6 +165,14 @@ fn hello(client: &str, cursor: cs_protocol::Cursor) -> ClientMsg {
     })
 }
 
+/// `ClientMsg::JournalAt`'s answer.
+async fn journal_at(c: &mut TestClient) -> cs_protocol::Cursor {
+    match c.request(ClientMsg::JournalAt).await.expect("journal at") {
+        ServerMsg::JournalAt { cursor } => cursor,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[actix_rt::test]
 async fn a_snapshot_shows_what_syncs_in_pre_order_and_its_cursor_starts_the_next_round() {
     let p = Project::new();
@@ -184,9 +193,10 @@ async fn a_snapshot_shows_what_syncs_in_pre_order_and_its_cursor_starts_the_next
     assert!(got.report.refused.is_empty() && got.report.refused_count == 0, "{:?}", got.report);
     assert!(got.report.cursor.seq > 0, "the refresh journalled the home: {:?}", got.report.cursor);
 
-    // Nothing changed: a second snapshot has the same cursor.
+    // Nothing changed: a second snapshot has the same cursor, and so has the journal.
     let again = snapshot(&mut c, FETCH_STREAM_BIT | 2).await.expect("served");
     assert_eq!((again.report.cursor, again.entries.len()), (got.report.cursor, got.entries.len()));
+    assert_eq!(journal_at(&mut c).await, got.report.cursor, "the journal's position after the snapshot");
 
     // Changes after the snapshot: the round whose hello has its cursor
     // carries exactly those (a delete in step 2, the writes in step 4), and
@@ -208,6 +218,11 @@ async fn a_snapshot_shows_what_syncs_in_pre_order_and_its_cursor_starts_the_next
         ServerMsg::DeletesForYou(v) => assert_eq!(v, vec![rel("a.txt")]),
         other => panic!("{other:?}"),
     }
+    // Asked in the middle of the round, which goes on: the hello's refresh journalled the
+    // three changes in the same journal.
+    let mid = journal_at(&mut c).await;
+    assert_eq!(mid.epoch, got.report.cursor.epoch, "{mid:?}");
+    assert!(mid.seq >= got.report.cursor.seq + 3, "three changes after {:?}: {mid:?}", got.report.cursor);
     let empty = cs_tarstream::PackWriter::new(Vec::new(), 3).unwrap().finish().unwrap().0;
     c.step3_raw([empty]).await.expect("step 3");
     let stream = 77;

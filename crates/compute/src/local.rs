@@ -208,6 +208,11 @@ impl LocalLink {
                 code: ErrorCode::BadRequest,
                 message: "the in-memory link does not serve snapshots".into(),
             },
+            ClientMsg::JournalAt => {
+                let side = self.side.clone();
+                let cursor = tokio::task::spawn_blocking(move || side.journal_cursor()).await.map_err(link_error)?;
+                ServerMsg::JournalAt { cursor }
+            }
             ClientMsg::WasCommitted { round_id } => {
                 let client = self.client.clone();
                 match self.engine(move |p, _| p.was_committed(&client, round_id)).await? {

@@ -1,19 +1,22 @@
 //! The replica of the project (issue 12), the compute service's part: the
 //! lower layer is a placeholder tree of P's snapshot (`cs-replica`), and a
 //! placeholder's content comes over the service's own connection on its
-//! first open. This module connects the two: it takes the snapshot at start
-//! ([`take_snapshot`]), and it is the fill service's [`Source`] ([`LinkSource`]),
+//! first open. This module connects the two: it has the tree at start
+//! ([`start_tree`]: the previous one resumed, or a snapshot), and it is the fill
+//! service's [`Source`] ([`LinkSource`]),
 //! turning each fill into a fetch (docs/protocol.md, *Fetch*).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cs_protocol::{RelPath, SnapshotReport};
+use cs_protocol::{Cursor, RelPath, SnapshotReport};
 use cs_replica::{Kept, SnapshotWriter, Source, SourceReport, Tree};
+use cs_wire::{ClientMsg, ErrorCode, ServerMsg};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::connection::{Connection, ConnectionConfig, Disconnect, LinkHandle};
+use crate::round::Link;
 
 /// Fetches in flight at once: the broker serves at most this many per connection
 /// ([`cs_wire::MAX_FETCHES_IN_FLIGHT`]); more would be refused as busy.
@@ -35,6 +38,8 @@ pub enum ReplicaError {
     NoReport,
     #[error("no connection to the project: {0}")]
     NotConnected(String),
+    #[error("asking where the project's journal is: {0}")]
+    JournalAt(String),
     /// The broker refused this client for a reason retrying cannot fix (its token, say).
     #[error("the broker refused this compute server: {0}")]
     Refused(String),
@@ -51,21 +56,90 @@ impl ReplicaError {
     }
 }
 
-/// Takes P's snapshot over a connection of its own (the service's starts
-/// later, with the union) and writes it as the replica's new current tree; also what
-/// it kept of the previous tree's fetched content.
-pub async fn take_snapshot(
+/// The tree a start goes on with.
+#[derive(Debug)]
+pub enum StartTree {
+    /// P's snapshot, taken now: the new current tree, and what it kept of the previous
+    /// tree's fetched content.
+    Snapshot { tree: Tree, report: SnapshotReport, kept: Kept, why: &'static str },
+    /// The previous tree, as it is: P's journal continues its cursor, so the rounds bring
+    /// every change since (the upper layer holds what they brought before).
+    Resumed(Tree),
+}
+
+/// Over a connection of its own (the service's starts later, with the union): resumes
+/// the replica's previous tree when P's journal continues it, else takes P's snapshot
+/// and writes it as the new current tree. `committed`: the client's committed cursor
+/// ([`cs_engine::committed_cursor`]); `fresh`: a snapshot whatever the previous tree.
+///
+/// The previous tree is resumed only if the client has committed a round and P's
+/// journal epoch is the one of both that cursor and the tree's: then every change P made
+/// since the tree's snapshot either came through a round (it is in the upper layer) or
+/// is after the client's cursor (the next round brings it, deletions included: P keeps
+/// the tombstones after a client's cursor). A new epoch (P lost its journal) leaves the
+/// client's cursor unknown, and a round would then bring nothing: only a snapshot shows
+/// P's current state.
+pub async fn start_tree(
     conn: ConnectionConfig,
     replica_root: &Path,
     owner: Option<(u32, u32)>,
-) -> Result<(Tree, SnapshotReport, Kept), ReplicaError> {
+    committed: Option<Cursor>,
+    fresh: bool,
+) -> Result<StartTree, ReplicaError> {
     let actor = Connection::new(conn);
     let link = actor.link();
     let addr = cs_supervision::spawn(actor);
-    if let Err(e) = connected(&addr).await {
-        let _ = addr.send(Disconnect).await;
-        return Err(e);
+    let out = match connected(&addr).await {
+        Ok(()) => resume_or_snapshot(&link, replica_root, owner, committed, fresh).await,
+        Err(e) => Err(e),
+    };
+    let _ = addr.send(Disconnect).await;
+    out
+}
+
+async fn resume_or_snapshot(
+    link: &LinkHandle,
+    replica_root: &Path,
+    owner: Option<(u32, u32)>,
+    committed: Option<Cursor>,
+    fresh: bool,
+) -> Result<StartTree, ReplicaError> {
+    let previous = Tree::current(replica_root).map_err(ReplicaError::Tree)?;
+    let why = match (previous, committed) {
+        _ if fresh => "a new snapshot was asked for",
+        (None, _) => "no previous tree",
+        (Some(_), None) => "no round committed yet",
+        (Some(tree), Some(committed)) => match journal_at(link).await? {
+            Some(at) if at.epoch == tree.cursor.epoch && at.epoch == committed.epoch => {
+                return Ok(StartTree::Resumed(tree))
+            }
+            Some(_) => "the project's journal is not the one the previous tree was taken from",
+            None => "the broker cannot say where its journal is (an older broker)",
+        },
+    };
+    let (tree, report, kept) = snapshot_into(link, replica_root, owner).await?;
+    Ok(StartTree::Snapshot { tree, report, kept, why })
+}
+
+/// P's journal position (`ClientMsg::JournalAt`); `None`: the broker does not know the
+/// request (an older broker).
+async fn journal_at(link: &LinkHandle) -> Result<Option<Cursor>, ReplicaError> {
+    match link.request(ClientMsg::JournalAt).await {
+        Ok(ServerMsg::JournalAt { cursor }) => Ok(Some(cursor)),
+        Ok(ServerMsg::Error { code: ErrorCode::BadRequest, .. }) => Ok(None),
+        Ok(ServerMsg::Error { code, message }) => Err(ReplicaError::JournalAt(format!("{code}: {message}"))),
+        Ok(other) => Err(ReplicaError::JournalAt(format!("unexpected answer {other:?}"))),
+        Err(e) => Err(ReplicaError::NotConnected(cs_supervision::error_chain(&e))),
     }
+}
+
+/// Takes P's snapshot over `link` and writes it as the replica's new current tree; also
+/// what it kept of the previous tree's fetched content.
+async fn snapshot_into(
+    link: &LinkHandle,
+    replica_root: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(Tree, SnapshotReport, Kept), ReplicaError> {
     let writer = SnapshotWriter::begin(replica_root, owner).map_err(ReplicaError::Tree)?;
     let writer = Arc::new(Mutex::new(Some(writer)));
     let w = writer.clone();
@@ -76,7 +150,6 @@ pub async fn take_snapshot(
             writer.add(&e).map_err(|e| cs_supervision::error_chain(&e))
         })
         .await;
-    let _ = addr.send(Disconnect).await;
     let report = answer.map_err(ReplicaError::Snapshot)?;
     let writer = writer.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or(ReplicaError::NoReport)?;
     let kept = writer.kept();

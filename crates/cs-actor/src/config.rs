@@ -165,6 +165,12 @@ mergeable! {
         /// `data/`, `/models/**/*.bin`), as --hydrate does for everything.
         #[arg(long, value_name = "PATTERN", num_args = 1..)]
         pub prefetch: Option<Vec<String>>,
+        /// With --replica-dir: take a new snapshot of the project at this
+        /// start. Without it, a restart resumes the previous tree when the
+        /// project's journal continues it (the rounds bring what changed
+        /// meanwhile), and takes a snapshot only when it does not.
+        #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+        pub fresh_snapshot: Option<bool>,
         /// With `--union overlay`: overlayfs's work directory, on the upper
         /// layer's filesystem and outside it (default: UPPER.overlay-work,
         /// beside the upper layer).

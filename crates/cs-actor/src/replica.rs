@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cs_compute::connection::ConnectionConfig;
-use cs_compute::replica::LinkSource;
+use cs_compute::replica::{LinkSource, StartTree};
 use cs_mount::LowerSpec;
 use cs_replica::fill::{CacheBound, Hydrate};
 use cs_replica::{FillConfig, Filler, FillerHandle, Kept, ReplicaFs, Tree};
@@ -38,6 +38,9 @@ pub struct ReplicaArgs {
     pub cache_max: Option<u64>,
     /// `--hydrate` (`Some(None)`: everything) or `--prefetch` (`Some(Some(patterns))`).
     pub background: Option<Option<Vec<String>>>,
+    /// `--fresh-snapshot`: a new snapshot at this start even where the previous tree
+    /// could be resumed.
+    pub fresh_snapshot: bool,
 }
 
 impl ReplicaArgs {
@@ -68,6 +71,9 @@ impl ReplicaArgs {
 enum Origin {
     /// P's snapshot taken at this start.
     Snapshot,
+    /// The tree of an earlier start, resumed: P's journal continues it, so the rounds
+    /// bring every change since (no snapshot needed).
+    Resumed,
     /// The tree of an earlier start: P could not be reached.
     Previous,
 }
@@ -129,7 +135,7 @@ impl Replica {
             }
         };
         let first = tokio::select! {
-            t = first_tree(&conn, &root, owner) => Some(t),
+            t = first_tree(&conn, &root, owner, state_dir, args.fresh_snapshot) => Some(t),
             _ = crate::services::stop_signal() => None,
         };
         let Some(first) = first else {
@@ -297,20 +303,37 @@ fn stop_holder(args: &ReplicaArgs) {
     }
 }
 
-/// P's snapshot, or (P out of reach) the tree of an earlier start; with neither, tries
-/// again until P answers.
-async fn first_tree(conn: &ConnectionConfig, root: &Path, owner: Option<(u32, u32)>) -> Result<(Tree, Origin, Kept)> {
+/// The previous tree resumed (P's journal continues it), else P's snapshot, or (P out of
+/// reach) the tree of an earlier start; with none of them, tries again until P answers.
+async fn first_tree(
+    conn: &ConnectionConfig,
+    root: &Path,
+    owner: Option<(u32, u32)>,
+    state_dir: &Path,
+    fresh: bool,
+) -> Result<(Tree, Origin, Kept)> {
+    let committed = cs_engine::committed_cursor(state_dir).context("the client's committed cursor")?;
     let mut wait = Duration::from_secs(1);
     loop {
         let started = std::time::Instant::now();
-        match cs_compute::replica::take_snapshot(conn.clone(), root, owner).await {
-            Ok((tree, report, kept)) => {
+        match cs_compute::replica::start_tree(conn.clone(), root, owner, committed, fresh).await {
+            Ok(StartTree::Resumed(tree)) => {
+                tracing::info!(
+                    tree = %tree.dir().display(),
+                    cursor = ?tree.cursor,
+                    secs = started.elapsed().as_secs_f64(),
+                    "the previous tree resumed: the project's journal continues it, the rounds bring what changed"
+                );
+                return Ok((tree, Origin::Resumed, Kept::default()));
+            }
+            Ok(StartTree::Snapshot { tree, report, kept, why }) => {
                 tracing::info!(
                     entries = report.entries,
                     refused = report.refused_count,
                     kept_files = kept.files,
                     kept_bytes = kept.bytes,
                     secs = started.elapsed().as_secs_f64(),
+                    why,
                     "the project's snapshot is the replica's tree"
                 );
                 return Ok((tree, Origin::Snapshot, kept));

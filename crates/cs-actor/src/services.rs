@@ -274,10 +274,11 @@ fn replica_args(a: &ComputeArgs) -> Result<Option<crate::replica::ReplicaArgs>> 
             || a.cache_max.is_some()
             || a.hydrate == Some(true)
             || a.prefetch.is_some()
+            || a.fresh_snapshot == Some(true)
         {
             bail!(
-                "--replica-size-gib, --replica-inodes, --fetch-timeout-secs, --cache-max, --hydrate and --prefetch go \
-                 with --replica-dir"
+                "--replica-size-gib, --replica-inodes, --fetch-timeout-secs, --cache-max, --hydrate, --prefetch and \
+                 --fresh-snapshot go with --replica-dir"
             );
         }
         return Ok(None);
@@ -303,6 +304,7 @@ fn replica_args(a: &ComputeArgs) -> Result<Option<crate::replica::ReplicaArgs>> 
             (false, Some(p)) if !p.is_empty() => Some(Some(p.clone())),
             _ => None,
         },
+        fresh_snapshot: a.fresh_snapshot.unwrap_or(false),
     }))
 }
 

@@ -10,8 +10,9 @@
 //!   the project with the project's bytes before it;
 //! - the project's writes, changes and deletes are in the merged view the moment
 //!   `cs-actor sync --wait` returns (staleness 0), for files read before and files not;
-//! - a restart takes a new snapshot and keeps the user's files; the project's changes made
-//!   while it was down are there after its first round;
+//! - a restart resumes the previous tree (a snapshot only once the project lost its
+//!   journal) and keeps the user's files; the project's changes made while it was down are
+//!   there after its first round;
 //! - with the broker down, filled files keep working, and an unfilled one fails with EIO
 //!   after `--fetch-timeout-secs`, then reads right once the broker is back.
 //!
@@ -149,7 +150,7 @@ fn the_user_reads_and_writes_the_project_through_the_replica_and_sees_its_change
 }
 
 #[test]
-fn a_restart_takes_a_new_snapshot_and_keeps_the_users_files() {
+fn a_restart_resumes_the_previous_tree_and_takes_a_snapshot_only_once_the_project_lost_its_journal() {
     let Some((mut bed, user)) = replica_bed("replica-restart", &[], |h| {
         put(h, "src/a.txt", "a\n");
         put(h, "src/sub/b.txt", "b version 1\n");
@@ -168,18 +169,61 @@ fn a_restart_takes_a_new_snapshot_and_keeps_the_users_files() {
     chown_tree(&h, &account(PROJECT_ACCOUNT));
     bed.restart_compute(0, &replica_opts(&user, &[]));
     let st = replica_status(&bed);
-    assert_eq!(st["origin"], "snapshot", "{st:#}");
-    assert_ne!(st["tree"].as_str().map(String::from), first_tree, "a restart takes a new tree");
+    assert_eq!(st["origin"], "resumed", "{st:#}");
+    assert_eq!(st["tree"].as_str().map(String::from), first_tree, "a restart resumes the same tree");
+    // The first round (which the restart waited for) brought what changed meanwhile.
     let seen = user_must(&bed, &user, "cd \"$HOME\" && cat later.txt src/sub/b.txt mine.txt");
     assert_eq!(seen, "made while C was down\nb version 2\nmine\n");
-    // README, read (filled) before the stop and unchanged on P: kept, not fetched again.
+    assert!(!exists(&m, "src/a.txt"), "src/a.txt, deleted while C was down, is back");
+    // README, read (filled) before the stop and unchanged on P: still here, not fetched again.
+    let calls = replica_status(&bed)["fill"]["source_calls"].as_u64();
+    assert_eq!(user_must(&bed, &user, "cd \"$HOME\" && cat README"), "a project\n");
+    let st = replica_status(&bed);
+    assert_eq!(st["fill"]["source_calls"].as_u64(), calls, "README fetched again: {st:#}");
+
+    // P loses its journal (a new epoch: the client's cursor means nothing to it, and a round
+    // would bring nothing of what changed): the next start must take a snapshot.
+    bed.computes[0].proc.as_mut().unwrap().stop(Duration::from_secs(45));
+    bed.kill_broker();
+    let journals = files_named(&bed.broker_state, "journal.msgpack");
+    assert!(!journals.is_empty(), "no journal.msgpack under {}", bed.broker_state.display());
+    for j in &journals {
+        fs::remove_file(j).unwrap();
+    }
+    put(&h, "src/sub/b.txt", "b version 3\n");
+    put(&h, "after-loss.txt", "made while P had no journal\n");
+    chown_tree(&h, &account(PROJECT_ACCOUNT));
+    bed.start_broker();
+    bed.restart_compute(0, &replica_opts(&user, &[]));
+    let st = replica_status(&bed);
+    assert_eq!(st["origin"], "snapshot", "{st:#}");
+    assert_ne!(st["tree"].as_str().map(String::from), first_tree, "a new journal needs a new tree");
+    let seen = user_must(&bed, &user, "cd \"$HOME\" && cat after-loss.txt src/sub/b.txt mine.txt later.txt");
+    assert_eq!(seen, "made while P had no journal\nb version 3\nmine\nmade while C was down\n");
+    // README, unchanged on P: the new tree kept its content.
     let calls = replica_status(&bed)["fill"]["source_calls"].as_u64();
     assert_eq!(user_must(&bed, &user, "cd \"$HOME\" && cat README"), "a project\n");
     let st = replica_status(&bed);
     assert_eq!(st["fill"]["source_calls"].as_u64(), calls, "README fetched again: {st:#}");
     assert!(st["kept"]["files"].as_u64() >= Some(1), "{st:#}");
-    assert!(!exists(&m, "src/a.txt"), "src/a.txt, deleted while C was down, is back");
     bed.finish();
+}
+
+/// Every file called `name` below `dir`.
+fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(path);
+            } else if e.file_name() == name {
+                out.push(path);
+            }
+        }
+    }
+    out
 }
 
 #[test]
@@ -310,14 +354,15 @@ fn a_kill_9_during_the_startup_snapshot_then_a_restart_builds_a_complete_view() 
         return;
     };
     // Stopped in order once, then started and killed while it takes its snapshot.
+    // A restart would resume the tree: this one is asked for a snapshot.
     bed.computes[0].proc.as_mut().unwrap().stop(Duration::from_secs(45));
-    bed.spawn_compute(0, &replica_opts(&user, &[]));
+    bed.spawn_compute(0, &replica_opts(&user, &["--fresh-snapshot"]));
     std::thread::sleep(Duration::from_millis(700));
     // No control socket yet while the replica starts: the snapshot is under way.
     let st = bed.computes[0].status();
     eprintln!("at the kill: {}", st.map(|s| format!("union {}", s["mounts"]["union"]["state"])).unwrap_or_else(|e| e));
     bed.computes[0].proc.as_mut().unwrap().kill9();
-    bed.restart_compute(0, &replica_opts(&user, &[]));
+    bed.restart_compute(0, &replica_opts(&user, &["--fresh-snapshot"]));
     let st = replica_status(&bed);
     assert_eq!(st["origin"], "snapshot", "{st:#}");
     let n =

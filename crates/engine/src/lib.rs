@@ -21,7 +21,9 @@ pub mod sig;
 mod state;
 
 pub use busy::{BusyFile, BusyPolicy, DEFAULT_SNAPSHOT_AFTER, DEFAULT_SNAPSHOT_MAX_BYTES};
-pub use compute::{adopt_snapshot_cursor, ApplyReport, ComputeConfig, ComputeRound, ComputeSide, UnionKind};
+pub use compute::{
+    adopt_snapshot_cursor, committed_cursor, ApplyReport, ComputeConfig, ComputeRound, ComputeSide, UnionKind,
+};
 pub use cs_safe_fs::Owner;
 pub use error::EngineError;
 pub use filter::{default_local_only, PathFilter, DEFAULT_EXCLUDED};

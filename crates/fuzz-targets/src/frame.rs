@@ -37,7 +37,8 @@ impl Paths for ClientMsg {
             | ClientMsg::SendWrites { .. }
             | ClientMsg::AskWrites { .. }
             | ClientMsg::Ping { .. }
-            | ClientMsg::Snapshot { .. } => Vec::new(),
+            | ClientMsg::Snapshot { .. }
+            | ClientMsg::JournalAt => Vec::new(),
         }
     }
 }
@@ -66,6 +67,7 @@ impl Paths for ServerMsg {
             | ServerMsg::WritesFollow { .. }
             | ServerMsg::Committed { .. }
             | ServerMsg::Pong { .. }
+            | ServerMsg::JournalAt { .. }
             | ServerMsg::ProjectChanged { .. }
             | ServerMsg::Error { .. } => Vec::new(),
         }

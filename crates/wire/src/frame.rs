@@ -579,7 +579,7 @@ mod tests {
         #[test]
         fn control_round_trip(id in any::<u64>(), round_id in any::<u64>(), sent_ms in any::<u64>(),
                               paths in proptest::collection::vec("[a-z]{1,8}(/[a-z][a-z0-9._-]{0,7}){0,3}", 0..20),
-                              which in 0usize..8) {
+                              which in 0usize..10) {
             let paths: Vec<_> = paths.into_iter().map(|p| cs_protocol::RelPath::new(p).unwrap()).collect();
             let body = match which {
                 0 => ClientMsg::WasCommitted { round_id },
@@ -604,6 +604,13 @@ mod tests {
                         refused: paths.iter().map(|p| (p.clone(), "a symlink".to_string())).collect(),
                     };
                     let f: Frame<ServerMsg> = Frame::control(id, ServerMsg::FetchFollows { stream: round_id as u32, report });
+                    prop_assert_eq!(Frame::decode(&f.encode().unwrap()).unwrap(), f);
+                    return Ok(());
+                }
+                7 => ClientMsg::JournalAt,
+                8 => {
+                    let cursor = cs_protocol::Cursor { epoch: round_id, seq: sent_ms };
+                    let f: Frame<ServerMsg> = Frame::control(id, ServerMsg::JournalAt { cursor });
                     prop_assert_eq!(Frame::decode(&f.encode().unwrap()).unwrap(), f);
                     return Ok(());
                 }

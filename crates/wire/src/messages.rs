@@ -79,6 +79,12 @@ pub enum ClientMsg {
     /// [`MAX_SNAPSHOTS_IN_FLIGHT`] per connection, besides the fetches.
     /// Needs `HelloReply::snapshot`.
     Snapshot { stream: u32 },
+    /// P's journal position now, at any moment: a replica resuming its
+    /// previous tree checks that P's journal still continues the tree's
+    /// cursor (same epoch) before it starts without a new snapshot. No
+    /// refresh, no lock of the client. Answer: [`ServerMsg::JournalAt`].
+    /// An older broker answers [`ErrorCode::BadRequest`] (unknown message).
+    JournalAt,
 }
 
 /// The stream ids of fetches have this bit set, those of rounds never: the
@@ -133,6 +139,9 @@ pub enum ServerMsg {
     /// `stream`: how many entries it carried, the journal cursor taken
     /// before the walk, what was left out.
     SnapshotFollows { stream: u32, report: SnapshotReport },
+    /// Answer to [`ClientMsg::JournalAt`]: P's journal position as of its
+    /// last refresh.
+    JournalAt { cursor: Cursor },
     /// Unsolicited, never an answer: P's home changed since the client's
     /// cursor (by P's own processes or another client's round, never by this
     /// client's rounds), while no round of this client ran. Sent only to a

@@ -84,7 +84,8 @@ impl Step {
         }
     }
 
-    /// The step a request belongs to; `None` for `Ping`, `Fetch` and `Snapshot`, which may come at any time.
+    /// The step a request belongs to; `None` for `Ping`, `Fetch`, `Snapshot` and `JournalAt`, which may
+    /// come at any time.
     pub fn of(msg: &ClientMsg) -> Option<Step> {
         Some(match msg {
             ClientMsg::WasCommitted { .. } => Step::Resolve,
@@ -94,7 +95,9 @@ impl Step {
             ClientMsg::SendWrites { .. } => Step::WritesToProject,
             ClientMsg::AskWrites { .. } => Step::WritesToCompute,
             ClientMsg::Commit(_) => Step::Commit,
-            ClientMsg::Ping { .. } | ClientMsg::Fetch { .. } | ClientMsg::Snapshot { .. } => return None,
+            ClientMsg::Ping { .. } | ClientMsg::Fetch { .. } | ClientMsg::Snapshot { .. } | ClientMsg::JournalAt => {
+                return None
+            }
         })
     }
 
@@ -241,12 +244,13 @@ mod tests {
                 }
             }
         }
-        // WasCommitted, Hello, Ping, Fetch and Snapshot may come anywhere.
+        // WasCommitted, Hello, Ping, Fetch, Snapshot and JournalAt may come anywhere.
         for at in std::iter::once(RoundAt::Closed).chain(Step::ALL.map(open)) {
             let fetch =
                 ClientMsg::Fetch { paths: vec![RelPath::new("a").expect("path")], stream: crate::FETCH_STREAM_BIT };
             let snapshot = ClientMsg::Snapshot { stream: crate::FETCH_STREAM_BIT };
-            for msg in [request(Step::Resolve), request(Step::Hello), ClientMsg::Ping { sent_ms: 1 }, fetch, snapshot] {
+            let anytime = [ClientMsg::Ping { sent_ms: 1 }, fetch, snapshot, ClientMsg::JournalAt];
+            for msg in [request(Step::Resolve), request(Step::Hello)].into_iter().chain(anytime) {
                 assert_eq!(at.admit(&msg), Ok(()), "{msg:?} at {at:?}");
             }
         }

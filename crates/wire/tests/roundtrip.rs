@@ -57,6 +57,7 @@ fn requests() -> Vec<ClientMsg> {
         ClientMsg::Fetch { paths: vec![p("src/main.rs"), p("data"), p("caf\u{e9}")], stream: FETCH_STREAM_BIT | 3 },
         // Likewise (crates/broker/tests/snapshot.rs).
         ClientMsg::Snapshot { stream: FETCH_STREAM_BIT | 4 },
+        ClientMsg::JournalAt,
     ];
     for k in 0..CODES.len() {
         v.push(ClientMsg::Ping { sent_ms: 1000 + k as u64 });
@@ -100,6 +101,7 @@ fn reply(msg: &ClientMsg) -> ServerMsg {
             ServerMsg::Error { code: CODES[(*sent_ms - 1000) as usize], message: format!("code {sent_ms}") }
         }
         ClientMsg::Ping { sent_ms } => ServerMsg::Pong { sent_ms: *sent_ms },
+        ClientMsg::JournalAt => ServerMsg::JournalAt { cursor: Cursor { epoch: 5, seq: 11 } },
         ClientMsg::Fetch { paths, stream } => ServerMsg::FetchFollows {
             stream: *stream,
             report: FetchReport {
@@ -244,7 +246,7 @@ async fn every_message_and_both_streams_round_trip() {
     assert_eq!(answers, expected);
     let kinds: std::collections::BTreeSet<_> =
         answers.iter().map(|a| format!("{a:?}").split(['(', ' ', '{']).next().unwrap().to_owned()).collect();
-    assert_eq!(kinds.len(), 12, "all twelve ServerMsg variants: {kinds:?}");
+    assert_eq!(kinds.len(), 13, "all thirteen ServerMsg variants but the unsolicited one: {kinds:?}");
 }
 
 /// `ProjectChanged` is P's own: it comes unasked, with the id no request

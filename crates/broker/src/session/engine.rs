@@ -84,6 +84,7 @@ impl Session {
             // `inbound` takes fetches before they could queue; here for completeness.
             ClientMsg::Fetch { paths, stream } => self.fetch(ctx, id, paths, stream),
             ClientMsg::Snapshot { stream } => self.snapshot_request(ctx, id, stream),
+            ClientMsg::JournalAt => self.journal_at(ctx, id),
             ClientMsg::WasCommitted { round_id } => {
                 let client = self.client.clone();
                 self.engine(

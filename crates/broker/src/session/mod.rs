@@ -308,9 +308,13 @@ impl Session {
             self.fetch(ctx, req.id, paths, stream);
             return;
         }
-        // So does a snapshot.
+        // So does a snapshot, and the question of where P's journal is.
         if let ClientMsg::Snapshot { stream } = req.msg {
             self.snapshot_request(ctx, req.id, stream);
+            return;
+        }
+        if let ClientMsg::JournalAt = req.msg {
+            self.journal_at(ctx, req.id);
             return;
         }
         if self.busy {

@@ -103,6 +103,20 @@ impl Session {
     }
 }
 
+impl Session {
+    /// `ClientMsg::JournalAt`: P's journal position, read on a thread of its own (a
+    /// refresh under way holds the journal's lock) and answered beside the round.
+    pub(super) fn journal_at(&mut self, ctx: &mut Context<Self>, id: u64) {
+        let project = self.shared.project.clone();
+        let calls = self.shared.engine_calls.clone();
+        let fut = async move { on_own_thread(&calls, "cs-broker-cursor", move || project.journal_cursor()).await };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(cursor) => act.reply(ctx, id, ServerMsg::JournalAt { cursor }),
+            Err(e) => act.error(ctx, id, ErrorCode::Internal, format!("internal error: {e}")),
+        }));
+    }
+}
+
 /// The walk into the stream: the report and the stream's compressed bytes.
 /// Any failure aborts the stream (its end frame says so).
 fn walk(

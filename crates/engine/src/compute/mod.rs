@@ -99,6 +99,13 @@ impl ComputeConfig {
     }
 }
 
+/// The cursor of the client's last committed round, if any (`None`: no round committed
+/// yet, or no state at all). A replica resumes its previous tree only when P's journal
+/// still continues this cursor.
+pub fn committed_cursor(state_dir: &Path) -> Result<Option<Cursor>, EngineError> {
+    Ok(Manifest::load(&state_dir.join(MANIFEST_FILE))?.cursor)
+}
+
 /// A replica's lower layer is P's snapshot as of `cursor` (issue 12): a
 /// client with no cursor of its own starts from it, so that its first round
 /// carries every change P made after the snapshot (without a cursor, a first
@@ -1450,9 +1457,10 @@ mod snapshot_cursor_tests {
     #[test]
     fn a_client_without_a_cursor_adopts_the_snapshots_and_one_with_a_cursor_keeps_its_own() {
         let state = tempfile::tempdir().unwrap();
+        assert_eq!(committed_cursor(state.path()).unwrap(), None, "no state: no cursor");
         let s = Cursor { epoch: 7, seq: 40 };
         assert!(adopt_snapshot_cursor(state.path(), s).unwrap());
-        assert_eq!(Manifest::load(&state.path().join(MANIFEST_FILE)).unwrap().cursor, Some(s));
+        assert_eq!(committed_cursor(state.path()).unwrap(), Some(s));
         // A later start with a newer snapshot: the cursor the rounds committed stays.
         assert!(!adopt_snapshot_cursor(state.path(), Cursor { epoch: 7, seq: 90 }).unwrap());
         assert_eq!(Manifest::load(&state.path().join(MANIFEST_FILE)).unwrap().cursor, Some(s));

@@ -808,7 +808,7 @@ impl Results {
     fn s4_table(&self) -> String {
         let mut o = String::new();
         o.push_str("\n### S4: the replica's start (`cs-actor-replica`), seconds from the spawn of `cs-actor compute`, median (min–max) over the runs\n\n");
-        o.push_str("The root is listed once the placeholder tree of P's snapshot is complete (the union is mounted after it): that is also when the metadata is complete. A restart finds the previous tree and takes a new snapshot.\n\n");
+        o.push_str("A first start lists the root once the placeholder tree of P's snapshot is complete (the union is mounted after it): that is also when the metadata is complete. A restart resumes the previous tree when P's journal continues it (the origin each run printed says which), and its first round brings what changed.\n\n");
         o.push_str("| RTT | project files | runs | first start: root listed | first round | restart: root listed | first round | RSS compute / holder / broker (MiB) |\n");
         o.push_str("|---|---|---|---|---|---|---|---|\n");
         for s in &self.s4 {

@@ -557,3 +557,82 @@ fn with_hydrate_every_file_is_fetched_in_the_background_and_reads_with_the_broke
     bed.start_broker();
     bed.finish();
 }
+
+/// Issue 12's large read, a documented long run (about 3 GiB on disk three times: the home
+/// and two replicas; minutes):
+/// `CI=true cargo test --release -p cs-actor --test replica -- --ignored --nocapture gib`
+/// (`CS_E2E_BIG_GIB` sets the size, default 3). A set of 64 KiB files of incompressible
+/// bytes, read three times by the user through two compute servers: gpu-1 fetching on first
+/// open, gpu-2 with `--hydrate`, read once hydration is done. Every pass reads the project's
+/// bytes; passes 2 and 3 make no fetch, and neither does any pass of the hydrated server.
+#[test]
+#[ignore]
+fn gib_of_small_files_read_three_times_on_first_open_and_hydrated() {
+    let gib: u64 = std::env::var("CS_E2E_BIG_GIB").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    const FILE: usize = 64 << 10;
+    let files = gib * (1 << 30) / FILE as u64;
+    let t0 = Instant::now();
+    let Some((mut bed, user)) = replica_bed("replica-gib", &["--replica-size-gib", "64"], |h| {
+        for i in 0..files {
+            put(h, &format!("data/d{:03}/f{i:06}.bin", i / 256), noise(i + 1, FILE));
+        }
+    }) else {
+        return;
+    };
+    eprintln!("{files} files of {FILE} bytes, home written and gpu-1 up in {:.1} s", t0.elapsed().as_secs_f64());
+    let h = bed.home.clone();
+    let sum = "find data -type f | sort | xargs cat | sha256sum";
+    let want = {
+        let out = Command::new("sh").arg("-c").arg(format!("cd {} && {sum}", h.display())).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let comp = account(COMPUTE_ACCOUNT);
+    bed.start_compute_opts("gpu-2", &replica_opts(&comp, &["--replica-size-gib", "64", "--hydrate"]));
+
+    // gpu-1: fetched on first open, then read from the replica.
+    let script = format!("cd \"$HOME\" && {sum}");
+    let mut calls = Vec::new();
+    for pass in 1..=3 {
+        let t = Instant::now();
+        let got = user_must(&bed, &user, &script);
+        let fill = replica_status(&bed)["fill"].clone();
+        eprintln!(
+            "gpu-1 pass {pass}: {:.2} s, {} fetches, {} fills",
+            t.elapsed().as_secs_f64(),
+            fill["source_calls"],
+            fill["fills"]
+        );
+        assert_eq!(got, want, "gpu-1, pass {pass}: the bytes read are not the project's");
+        calls.push(fill["source_calls"].as_u64());
+    }
+    assert!(calls[0] >= Some(1), "pass 1 fetched nothing: {calls:?}");
+    assert_eq!((calls[1], calls[2]), (calls[0], calls[0]), "passes 2 and 3 fetched again: {calls:?}");
+    assert_eq!(replica_status(&bed)["fill"]["denied"].as_u64(), Some(0));
+
+    // gpu-2: hydrated in the background, then read three times with no fetch at all.
+    let gpu2 = |bed: &Bed| bed.computes[1].status().unwrap_or_else(|e| bed.fail(&format!("gpu-2 status: {e}")));
+    let t = Instant::now();
+    let done = poll(Duration::from_secs(1800), Duration::from_secs(1), || {
+        let fill = gpu2(&bed)["replica"]["fill"].clone();
+        (fill["hydrate"] == "done").then_some(fill)
+    });
+    let Some(fill) = done else { bed.fail(&format!("gpu-2 not hydrated: {}", gpu2(&bed)["replica"])) };
+    eprintln!(
+        "gpu-2 hydrated in {:.1} s: {} files in {} fetches",
+        t.elapsed().as_secs_f64(),
+        fill["hydrated"],
+        fill["source_calls"]
+    );
+    assert!(fill["hydrated"].as_u64() >= Some(files), "{fill}");
+    let merged2 = bed.computes[1].merged.clone();
+    for pass in 1..=3 {
+        let t = Instant::now();
+        let out = as_user(&user, &merged2, &script);
+        assert!(out.ok(), "gpu-2 pass {pass}: {}", out.describe());
+        let after = gpu2(&bed)["replica"]["fill"].clone();
+        eprintln!("gpu-2 pass {pass}: {:.2} s, {} fetches", t.elapsed().as_secs_f64(), after["source_calls"]);
+        assert_eq!(out.stdout, want, "gpu-2, pass {pass}: the bytes read are not the project's");
+        assert_eq!(after["source_calls"], fill["source_calls"], "gpu-2 pass {pass} fetched: {after}");
+    }
+    bed.finish();
+}

@@ -1029,8 +1029,12 @@ impl Bed {
             .args(union_args(union))
             .args(opts.extra);
         if opts.replica || (union == Union::Overlay && replica_from_env()) {
-            // A small sparse image: the tests' projects are megabytes.
-            cmd.arg("--replica-dir").arg(c.dir.join("replica")).args(["--replica-size-gib", "2"]);
+            // A small sparse image: the tests' projects are megabytes (a test with a bigger
+            // one says its own size).
+            cmd.arg("--replica-dir").arg(c.dir.join("replica"));
+            if !opts.extra.contains(&"--replica-size-gib") {
+                cmd.args(["--replica-size-gib", "2"]);
+            }
             cmd.args(["--replica-inodes", "200000"]);
         } else {
             let lower_cmd = self.lower_mount_cmd_for(&c.lower, opts.user, opts.lower_cache.unwrap_or(CACHE_TIMEOUT));

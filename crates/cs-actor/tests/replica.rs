@@ -160,6 +160,12 @@ fn a_restart_resumes_the_previous_tree_and_takes_a_snapshot_only_once_the_projec
     let (h, m) = (bed.home.clone(), bed.merged());
     user_must(&bed, &user, "cd \"$HOME\" && cat src/a.txt README >/dev/null && echo mine > mine.txt");
     let first_tree = replica_status(&bed)["tree"].as_str().map(String::from);
+    // Whether overlayfs took `index=on` (kernels differ in the other options they show).
+    let indexed = |bed: &Bed| {
+        let options = bed.compute_status()["mounts"]["union"]["options"].as_str().unwrap_or_default().to_string();
+        options.split(',').any(|o| o == "index=on")
+    };
+    let first_indexed = indexed(&bed);
     bed.computes[0].proc.as_mut().unwrap().stop(Duration::from_secs(45));
     assert_eq!(read(&h, "mine.txt"), "mine\n", "the last round at stop sent mine.txt");
     // The project changes while the compute server is down.
@@ -171,6 +177,9 @@ fn a_restart_resumes_the_previous_tree_and_takes_a_snapshot_only_once_the_projec
     let st = replica_status(&bed);
     assert_eq!(st["origin"], "resumed", "{st:#}");
     assert_eq!(st["tree"].as_str().map(String::from), first_tree, "a restart resumes the same tree");
+    // The same lower: overlayfs takes the upper layer's index as it did (a new tree refuses
+    // `index=on`, and the union falls back to `index=off`).
+    assert_eq!(indexed(&bed), first_indexed, "index=on after resuming: {:#}", bed.compute_status()["mounts"]);
     // The first round (which the restart waited for) brought what changed meanwhile.
     let seen = user_must(&bed, &user, "cd \"$HOME\" && cat later.txt src/sub/b.txt mine.txt");
     assert_eq!(seen, "made while C was down\nb version 2\nmine\n");

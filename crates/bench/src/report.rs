@@ -490,25 +490,12 @@ impl Results {
         }
     }
 
-    pub fn markdown(&self) -> String {
-        let mut o = String::new();
-        let m = &self.meta;
-        o.push_str("## cs-bench results\n\n");
-        o.push_str(&format!("- Date: {}\n", m.date));
-        o.push_str(&format!("- Command: `{}`\n", m.command));
-        o.push_str(&format!("- Machine: {}\n", m.machine));
-        o.push_str(&format!("- Load average (1/5/15 min): {} at the start, {} at the end\n", m.load_start, m.load_end));
-        o.push_str(&format!(
-            "- Tools: {}\n",
-            m.tools.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join("; ")
-        ));
-        o.push_str(&format!(
-            "- Sizes: {}; {} runs per cell unless n says otherwise; wall time {:.0} s\n\n",
-            m.sizes.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
-            m.runs,
-            m.duration_s
-        ));
-
+    /// W1–W5 against local disk, the union over a local lower and raw sshfs; printed only
+    /// when one of them ran.
+    fn workloads_table(&self, o: &mut String) {
+        if !self.entries.iter().any(|e| WORKLOADS.iter().any(|(w, _)| *w == e.test)) {
+            return;
+        }
         o.push_str("### W1–W5: seconds, median (min–max)\n\n");
         o.push_str("Local disk and the union over a local lower do not depend on the RTT: measured once, repeated on each row.\n\n");
         o.push_str("| workload | RTT | local disk | union, local lower | raw sshfs | cs-actor | cs-actor / local | raw sshfs / cs-actor | union's share of the gap |\n");
@@ -543,12 +530,13 @@ impl Results {
                 ));
             }
         }
+    }
 
-        self.union_backends_table(&mut o);
-        self.cs_actor_backends_table(&mut o);
-        self.replica_table(&mut o);
-        self.w4_pass_table(&mut o);
-
+    /// S1 and S2 against rsync, tar and unison; printed only when one of them ran.
+    fn sync_table(&self, o: &mut String) {
+        if !self.entries.iter().any(|e| SYNC_TESTS.contains(&e.test.as_str())) {
+            return;
+        }
         o.push_str("\n### S1, S2: time to convergence, seconds, median (min–max)\n\n");
         o.push_str("| test | RTT | cs-actor | cs-actor, overlayfs | rsync -a | tar \\| zstd \\| ssh | unison | cs-actor / rsync | wire bytes cs-actor / rsync |\n");
         o.push_str("|---|---|---|---|---|---|---|---|---|\n");
@@ -578,6 +566,35 @@ impl Results {
                 ));
             }
         }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut o = String::new();
+        let m = &self.meta;
+        o.push_str("## cs-bench results\n\n");
+        o.push_str(&format!("- Date: {}\n", m.date));
+        o.push_str(&format!("- Command: `{}`\n", m.command));
+        o.push_str(&format!("- Machine: {}\n", m.machine));
+        o.push_str(&format!("- Load average (1/5/15 min): {} at the start, {} at the end\n", m.load_start, m.load_end));
+        o.push_str(&format!(
+            "- Tools: {}\n",
+            m.tools.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join("; ")
+        ));
+        o.push_str(&format!(
+            "- Sizes: {}; {} runs per cell unless n says otherwise; wall time {:.0} s\n\n",
+            m.sizes.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+            m.runs,
+            m.duration_s
+        ));
+
+        self.workloads_table(&mut o);
+
+        self.union_backends_table(&mut o);
+        self.cs_actor_backends_table(&mut o);
+        self.replica_table(&mut o);
+        self.w4_pass_table(&mut o);
+
+        self.sync_table(&mut o);
 
         if !self.s3.is_empty() {
             o.push_str("\n### S3: an idle round (no change), median (min–max) over the rounds\n\n");
@@ -1058,6 +1075,21 @@ mod tests {
         assert!(md.contains("| 10 ms | 100000 | error: no / tree |"), "{md}");
         assert!(r.errors().iter().any(|e| e.starts_with("S4 at 10 ms")), "{:?}", r.errors());
         assert!(!r.targets().contains("S4 at 10 ms"), "{}", r.targets());
+    }
+
+    #[test]
+    fn the_workload_and_sync_tables_are_printed_only_for_what_ran() {
+        // S4 alone: neither the W1–W5 table nor the S1/S2 one, not even a header.
+        let md = s4_results().markdown();
+        assert!(!md.contains("### W1–W5") && !md.contains("### S1, S2"), "{md}");
+        assert!(md.contains("### S4"), "{md}");
+        // A workload and a sync test: both, each with its row.
+        let mut r = Results { rtts: vec![10], ..Default::default() };
+        put(&mut r, "W2", u64::MAX, "local", &[0.5]);
+        put(&mut r, "S1 P→C", 10, "rsync", &[2.0]);
+        let md = r.markdown();
+        assert!(md.contains("### W1–W5") && md.contains("| W2 "), "{md}");
+        assert!(md.contains("### S1, S2") && md.contains("| 10 ms | — | — | 2.00 s"), "{md}");
     }
 
     #[test]

@@ -101,9 +101,7 @@ impl Session {
             }
         }));
     }
-}
 
-impl Session {
     /// `ClientMsg::JournalAt`: P's journal position, read on a thread of its own (a
     /// refresh under way holds the journal's lock) and answered beside the round.
     pub(super) fn journal_at(&mut self, ctx: &mut Context<Self>, id: u64) {

@@ -168,6 +168,10 @@ struct Shared {
     wake: Notify,
     /// An attempt ended (connected or failed): rounds waiting on `wake` look again.
     settled: Notify,
+    /// An attempt is under way (from the actor's creation, whose first act is one): a
+    /// round asking now waits for its outcome instead of failing "not connected" while
+    /// the connection is a few milliseconds away, as the first round at start-up did.
+    attempting: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -200,15 +204,20 @@ pub struct LinkHandle {
 
 impl LinkHandle {
     /// The writer of the live connection. None: if the connection stopped after a permanent
-    /// failure, a round is asking, so it is tried once more and its outcome awaited; otherwise
-    /// (backing off) the round fails at once with the last cause.
+    /// failure, a round is asking, so it is tried once more and its outcome awaited; if an
+    /// attempt is under way, its outcome is awaited; otherwise (backing off) the round fails
+    /// at once with the last cause.
     async fn writer(&self) -> Result<mpsc::Sender<WriterCmd>, LinkError> {
         if let Some(w) = Shared::lock(&self.shared.writer).clone() {
             return Ok(w);
         }
+        // Made before the checks below: a `Notified` counts `notify_waiters` calls from its
+        // creation on, so an attempt that settles in between still wakes it.
+        let settled = self.shared.settled.notified();
         if self.shared.stopped.load(Ordering::Relaxed) {
-            let settled = self.shared.settled.notified();
             self.shared.wake.notify_one();
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(5), settled).await;
+        } else if self.shared.attempting.load(Ordering::Acquire) {
             let _ = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(5), settled).await;
         }
         let writer = Shared::lock(&self.shared.writer).clone();
@@ -473,14 +482,9 @@ pub struct Connection {
 impl Connection {
     pub fn new(cfg: ConnectionConfig) -> Self {
         let state = ConnectionState { url: cfg.url.clone(), state: "connecting", ..Default::default() };
-        Connection {
-            cfg,
-            shared: Arc::new(Shared::default()),
-            state,
-            connected_at: None,
-            next_attempt: None,
-            generation: 0,
-        }
+        // `started` connects first thing: an attempt is under way from now on.
+        let shared = Shared { attempting: true.into(), ..Default::default() };
+        Connection { cfg, shared: Arc::new(shared), state, connected_at: None, next_attempt: None, generation: 0 }
     }
 
     pub fn link(&self) -> LinkHandle {
@@ -490,6 +494,7 @@ impl Connection {
     fn connect(&mut self, ctx: &mut Context<Self>) {
         self.state.state = "connecting";
         self.next_attempt = None;
+        self.shared.attempting.store(true, Ordering::Release);
         let cfg = self.cfg.clone();
         let fut = async move {
             tokio::time::timeout(
@@ -504,6 +509,7 @@ impl Connection {
                 Ok(conn) => act.connected(conn, ctx),
                 Err(e) => act.lost(Arc::new(e), ctx),
             }
+            act.shared.attempting.store(false, Ordering::Release);
             act.shared.settled.notify_waiters();
         }));
     }
@@ -727,5 +733,65 @@ impl Handler<Disconnect> for Connection {
         self.generation += 1;
         self.shared.fail_all(LinkError::ShuttingDown);
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cs_protocol::ClientId;
+    use cs_wire::TokenStore;
+
+    use super::*;
+
+    const TOKEN: &str = "token-of-gpu-1-0123456789abcdef";
+
+    /// A connection whose websocket upgrade the "broker" answers only after `delay`.
+    async fn slow_broker(delay: Duration) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("ws://{}/sync", listener.local_addr().expect("addr"));
+        let tokens = TokenStore::from_pairs([(ClientId::new("gpu-1").expect("id"), TOKEN)]).expect("tokens");
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            tokio::time::sleep(delay).await;
+            let accepted = cs_wire::accept(tcp, &tokens, WireLimits::default(), Duration::from_secs(10)).await;
+            let _conn = accepted.expect("upgrade");
+            // Held open while the test looks at it.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        (url, server)
+    }
+
+    /// The start-up race: the first round asks for the link while the first attempt is
+    /// still under way. It must wait for that attempt, not fail "not connected".
+    #[actix_rt::test]
+    async fn a_request_during_the_first_attempt_waits_for_its_outcome() {
+        let (url, server) = slow_broker(Duration::from_millis(600)).await;
+        let conn = Connection::new(ConnectionConfig::new(url, TOKEN.into()));
+        let link = conn.link();
+        let _addr = conn.start();
+        let asked = Instant::now();
+        let writer = link.writer().await;
+        assert!(writer.is_ok(), "the request failed during the first attempt: {:?}", writer.err());
+        assert!(asked.elapsed() >= Duration::from_millis(500), "connected in {:?}?", asked.elapsed());
+        server.abort();
+    }
+
+    /// A failed attempt still fails the request, with the attempt's cause, once it is known.
+    #[actix_rt::test]
+    async fn a_request_during_a_failing_attempt_gets_its_cause() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let conn = Connection::new(ConnectionConfig::new(format!("ws://127.0.0.1:{port}/sync"), TOKEN.into()));
+        let link = conn.link();
+        let _addr = conn.start();
+        match link.writer().await {
+            Err(LinkError::NotConnected { last: Some(why) }) => {
+                assert!(cs_supervision::error_chain(why.as_ref()).to_lowercase().contains("refused"), "{why}")
+            }
+            Err(e) => panic!("not the attempt's cause: {e}"),
+            Ok(_) => panic!("connected to a closed port?"),
+        }
     }
 }

@@ -21,7 +21,10 @@
 //! Debounce: news starts a window; the push goes once the journal has been
 //! quiet for [`QUIET`] or [`MAX_WAIT`] after the first news, whichever is
 //! first, so a burst of writes is one round, and a file that never stops
-//! changing still gets one about every second.
+//! changing still gets one about every second. Inside a window the session
+//! looks every [`LOOK_IN_WINDOW`] instead of every [`POLL`]: the quiet is
+//! then seen when it begins, not up to two idle looks later (which put the
+//! push 250-500 ms after a burst's last write; it is now 100-150 ms).
 
 use std::time::{Duration, Instant};
 
@@ -36,8 +39,11 @@ use crate::state::{FollowCounters, RoundStep};
 
 /// How often a following, idle session looks for news.
 pub(super) const POLL: Duration = Duration::from_millis(250);
-/// The journal quiet this long after news: push.
-pub(super) const QUIET: Duration = Duration::from_millis(200);
+/// The journal quiet this long after news: push. A writer's pauses inside a burst
+/// (`cp -r`, `tar x`, `git checkout`) are far shorter.
+pub(super) const QUIET: Duration = Duration::from_millis(100);
+/// How often a session looks while a debounce window is open.
+pub(super) const LOOK_IN_WINDOW: Duration = Duration::from_millis(50);
 /// At most this long after the first news: push, quiet or not.
 pub(super) const MAX_WAIT: Duration = Duration::from_secs(1);
 
@@ -48,6 +54,8 @@ pub(super) struct Follow {
     ticking: bool,
     /// A check runs on its thread.
     in_flight: bool,
+    /// A look [`LOOK_IN_WINDOW`] from now is scheduled (a window is open).
+    look_soon: bool,
     /// Hellos seen: a check's answer from before the latest hello is stale
     /// (that round carried the news, or will).
     pub rounds_begun: u64,
@@ -153,6 +161,13 @@ impl Session {
         }
         self.follow.debounce.saw(now, news.checked);
         if !self.follow.debounce.due(now) {
+            if !self.follow.look_soon {
+                self.follow.look_soon = true;
+                ctx.run_later(LOOK_IN_WINDOW, |act, ctx| {
+                    act.follow.look_soon = false;
+                    act.follow_tick(ctx);
+                });
+            }
             return;
         }
         self.follow.debounce.reset();
@@ -186,19 +201,19 @@ mod tests {
         let mut d = Debounce::default();
         assert!(!d.due(ms(5000)), "no news, no push");
         d.saw(ms(0), at(3));
-        assert!(!d.due(ms(100)));
+        assert!(!d.due(ms(50)));
         // The same position again is not a change: the quiet goes on.
-        d.saw(ms(150), at(3));
-        assert!(d.due(ms(200)), "200 ms quiet");
-        // Changes every 150 ms never leave 200 ms of quiet: the cap pushes.
+        d.saw(ms(50), at(3));
+        assert!(d.due(ms(100)), "100 ms quiet");
+        // Changes every 75 ms never leave 100 ms of quiet: the cap pushes.
         let mut d = Debounce::default();
-        for (i, t) in (0..=900).step_by(150).enumerate() {
+        for (i, t) in (0..=975).step_by(75).enumerate() {
             d.saw(ms(t), at(10 + i as u64));
-            if t < 900 {
-                assert!(!d.due(ms(t + 100)), "at {t} ms");
+            if t < 975 {
+                assert!(!d.due(ms(t + 50)), "at {t} ms");
             }
         }
-        assert!(d.due(ms(1000)), "1 s after the first news, 100 ms after the last");
+        assert!(d.due(ms(1000)), "1 s after the first news, 25 ms after the last");
         d.reset();
         assert!(!d.due(ms(5000)));
     }

@@ -88,6 +88,10 @@ pub struct Coordinator {
     /// The broker's pushes of project changes (following), taken at start.
     project_changes: Option<futures_util::stream::BoxStream<'static, ()>>,
     link_ups: Option<futures_util::stream::BoxStream<'static, ()>>,
+    /// The journal epoch of the replica's tree, when the lower is the project's replica
+    /// (see `with_lower_epoch`), and whether a round has warned that P's is another.
+    lower_epoch: Option<u64>,
+    warned_epoch: bool,
 }
 
 #[derive(Default)]
@@ -131,7 +135,17 @@ impl Coordinator {
             metrics: None,
             project_changes: None,
             link_ups: None,
+            lower_epoch: None,
+            warned_epoch: false,
         }
+    }
+
+    /// The lower is the project's replica, a snapshot of P's journal epoch `epoch`. A round
+    /// that commits in another epoch (P lost its journal while this service ran) cannot
+    /// bring P's changes to files no round brought: logged once, with the remedy.
+    pub fn with_lower_epoch(mut self, epoch: u64) -> Self {
+        self.lower_epoch = Some(epoch);
+        self
     }
 
     /// Keeps the operator's pause in `file` (`pause::load` read it at start-up: `current`).
@@ -275,6 +289,7 @@ impl Coordinator {
                         conflicts = summary.conflicts.len(),
                         "round committed"
                     );
+                    act.warn_if_lower_left_behind(&summary);
                     act.stats.last_committed = Some(summary);
                     act.apply(Event::Committed, ctx);
                 }
@@ -292,6 +307,24 @@ impl Coordinator {
                 }
             }
         }));
+    }
+}
+
+impl Coordinator {
+    fn warn_if_lower_left_behind(&mut self, summary: &RoundSummary) {
+        let (Some(tree), Some(cursor)) = (self.lower_epoch, summary.cursor) else {
+            return;
+        };
+        if cursor.epoch != tree && !self.warned_epoch {
+            self.warned_epoch = true;
+            tracing::warn!(
+                tree_epoch = tree,
+                project_epoch = cursor.epoch,
+                "the project's journal started over since the replica's snapshot (the broker lost its state): \
+                 the view misses the project's changes to files no round brought; restart the compute service \
+                 to take a new snapshot (`replica.journal_continues` is false in status until then)"
+            );
+        }
     }
 }
 

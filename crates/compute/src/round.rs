@@ -99,6 +99,8 @@ pub struct RoundSummary {
     pub conflicts: Vec<RelPath>,
     pub not_applied: Vec<RelPath>,
     pub refused: Vec<(RelPath, String)>,
+    /// P's journal position the round committed: the compute side's view of P is as of it.
+    pub cursor: Option<Cursor>,
 }
 
 fn unexpected(step: Step, got: ServerMsg) -> RoundError {
@@ -200,6 +202,7 @@ async fn steps(
             Step::Commit => {
                 let cursor = cursor.ok_or(RoundError::OutOfOrder("commit without the cursor of step 4"))?;
                 commit(packer, link, cursor).await?;
+                clock.summary.cursor = Some(cursor);
                 clock.close(0, 0);
             }
         }

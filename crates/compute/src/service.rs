@@ -111,6 +111,26 @@ pub struct MountHooks {
     /// The `replica` section of the status, when the lower is the project's
     /// replica (issue 12) rather than a mount.
     pub replica: Option<StatusFn>,
+    /// The journal epoch of the replica's tree (its snapshot's cursor).
+    pub replica_epoch: Option<u64>,
+}
+
+/// What the merged view shows of P: as of the last committed round, and whether P's journal
+/// still continues the replica's tree (false once P lost its journal while the service ran:
+/// files no round brought stay as the tree's snapshot had them until a restart).
+fn replica_as_of(
+    tree_epoch: Option<u64>,
+    last: Option<&crate::round::RoundSummary>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let continues = match (tree_epoch, last.and_then(|s| s.cursor)) {
+        (Some(tree), Some(cursor)) => Some(tree == cursor.epoch),
+        _ => None,
+    };
+    let mut m = serde_json::Map::new();
+    m.insert("as_of_round".into(), json!(last.map(|s| s.round)));
+    m.insert("as_of_round_unix_ms".into(), json!(last.map(|s| s.started_unix_ms + s.duration_ms)));
+    m.insert("journal_continues".into(), json!(continues));
+    m
 }
 
 impl ComputeService {
@@ -167,6 +187,9 @@ impl ComputeService {
         watchdog.watch("round", coordinator.heartbeat());
         if let Some(m) = &mounts {
             coordinator = coordinator.with_rail(m.rail.clone());
+            if let Some(epoch) = m.replica_epoch {
+                coordinator = coordinator.with_lower_epoch(epoch);
+            }
             watchdog.watch("mounts", m.heartbeat.clone());
         }
         let coordinator = cs_supervision::spawn(coordinator);
@@ -255,10 +278,15 @@ impl ComputeService {
             Some(m) => (m.status)().await,
             None => serde_json::Value::Null,
         };
-        let replica = match self.mounts.as_ref().and_then(|m| m.replica.as_ref()) {
+        let mut replica = match self.mounts.as_ref().and_then(|m| m.replica.as_ref()) {
             Some(f) => f().await,
             None => serde_json::Value::Null,
         };
+        if let Some(section) = replica.as_object_mut() {
+            let epoch = self.mounts.as_ref().and_then(|m| m.replica_epoch);
+            let last = round.as_ref().and_then(|r| r.last_committed.as_ref());
+            section.extend(replica_as_of(epoch, last));
+        }
         json!({
             "service": "compute",
             "client": self.client.as_str(),
@@ -281,5 +309,38 @@ impl ComputeService {
             _ => tracing::warn!("no last round within {grace:?}; the next start catches up"),
         }
         let _ = self.connection.send(crate::connection::Disconnect).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cs_protocol::Cursor;
+
+    use super::*;
+    use crate::round::RoundSummary;
+
+    #[test]
+    fn the_replica_is_as_of_the_last_round_and_stale_once_the_journal_started_over() {
+        let before = replica_as_of(Some(7), None);
+        assert_eq!(
+            serde_json::Value::Object(before),
+            json!({"as_of_round": null, "as_of_round_unix_ms": null, "journal_continues": null})
+        );
+        let mut round = RoundSummary {
+            round: 4,
+            started_unix_ms: 1000,
+            duration_ms: 250,
+            cursor: Some(Cursor { epoch: 7, seq: 90 }),
+            ..Default::default()
+        };
+        let same = replica_as_of(Some(7), Some(&round));
+        assert_eq!(
+            serde_json::Value::Object(same),
+            json!({"as_of_round": 4, "as_of_round_unix_ms": 1250, "journal_continues": true})
+        );
+        round.cursor = Some(Cursor { epoch: 8, seq: 2 });
+        assert_eq!(replica_as_of(Some(7), Some(&round))["journal_continues"], json!(false));
+        // A lower that is not a replica has no tree epoch: nothing is said.
+        assert_eq!(replica_as_of(None, Some(&round))["journal_continues"], json!(null));
     }
 }

@@ -199,6 +199,11 @@ impl Replica {
         self.source.connect(link);
     }
 
+    /// The journal epoch of P's that the tree is a snapshot of.
+    pub fn tree_epoch(&self) -> u64 {
+        self.tree.cursor.epoch
+    }
+
     /// The status's `replica` section.
     pub fn status_fn(&self) -> cs_compute::service::StatusFn {
         let filler = self.filler.clone();

@@ -241,6 +241,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
             rail,
             heartbeat: mount_heartbeat,
             replica: replica.as_ref().map(|r| r.status_fn()),
+            replica_epoch: replica.as_ref().map(|r| r.tree_epoch()),
         };
         let (svc, control) = ComputeService::start(cfg, Some(hooks))?;
         if let Some(r) = &replica {

@@ -221,6 +221,15 @@ fn render_compute(st: &Value, out: &mut String) {
             s(&f["denied"]),
             f["last_error"].as_str().map(|e| format!(" | last error: {e}")).unwrap_or_default(),
         ));
+        if let Some(round) = rp["as_of_round"].as_u64() {
+            out.push_str(&format!("  replica     the project as of round {round}\n"));
+        }
+        if rp["journal_continues"] == false {
+            out.push_str(
+                "  replica     STALE: the project's journal started over since this tree's snapshot (the broker \
+                 lost its state); files no round brought show their old version: restart the compute service\n",
+            );
+        }
     }
     let c = &st["connection"];
     // The round trip is known once connected (measured at once, then every few seconds).
@@ -493,6 +502,18 @@ mod tests {
         let text = render(&st);
         assert!(
             text.contains("replica     48 entries (snapshot), fills 41 (3.0 MiB, 38 read ahead) in 3 fetches, denied 1, 2 opens waiting (oldest 120 ms) | last error: cold/x.txt: no answer"),
+            "{text}"
+        );
+        assert!(!text.contains("as of round") && !text.contains("STALE"), "{text}");
+        let mut later = st.clone();
+        later["replica"]["as_of_round"] = json!(12);
+        later["replica"]["journal_continues"] = json!(true);
+        let text = render(&later);
+        assert!(text.contains("replica     the project as of round 12\n") && !text.contains("STALE"), "{text}");
+        later["replica"]["journal_continues"] = json!(false);
+        let text = render(&later);
+        assert!(
+            text.contains("STALE: the project's journal started over") && text.contains("restart the compute service"),
             "{text}"
         );
         let without = render(&json!({"service": "compute", "client": "gpu-1", "round": {"phase": "idle"}}));

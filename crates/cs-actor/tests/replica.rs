@@ -222,6 +222,66 @@ fn a_restart_resumes_the_previous_tree_and_takes_a_snapshot_only_once_the_projec
     bed.finish();
 }
 
+/// The broker loses its journal while the replica's service runs (its state directory
+/// replaced, say). The rounds go on, in P's new epoch, but cannot bring P's changes to files
+/// no round brought (docs/protocol.md, *Known limits*): status must say so, with the remedy,
+/// and a restart must take a snapshot that shows them.
+#[test]
+fn a_journal_lost_while_the_replica_runs_is_said_in_status_and_a_restart_shows_the_changes() {
+    let Some((mut bed, user)) = replica_bed("replica-journal-lost", &[], |h| {
+        put(h, "src/a.txt", "a version 1\n");
+    }) else {
+        return;
+    };
+    let sock = bed.c().sock.display().to_string();
+    bed.sync_wait();
+    let st = bed.compute_status();
+    assert_eq!(st["replica"]["journal_continues"], true, "{:#}", st["replica"]);
+    assert_eq!(st["replica"]["as_of_round"], st["round"]["last_committed"]["round"], "{st:#}");
+    let human = cli(&["status", "--control-socket", &sock], Duration::from_secs(20));
+    assert!(
+        human.stdout.contains("the project as of round") && !human.stdout.contains("STALE"),
+        "{}",
+        human.describe()
+    );
+
+    bed.kill_broker();
+    for j in files_named(&bed.broker_state, "journal.msgpack") {
+        fs::remove_file(j).unwrap();
+    }
+    put(&bed.home, "src/a.txt", "a version 2, made while P had no journal\n");
+    chown_tree(&bed.home, &account(PROJECT_ACCOUNT));
+    bed.start_broker();
+    let stale = poll(Duration::from_secs(90), Duration::from_millis(300), || {
+        let _ = bed.try_sync_wait_on(0, Duration::from_secs(20));
+        let st = bed.c().status().ok()?;
+        (st["replica"]["journal_continues"] == false).then_some(st)
+    });
+    let Some(st) = stale else {
+        bed.fail(&format!("status never said the journal started over: {:#}", bed.compute_status()["replica"]))
+    };
+    assert_eq!(st["replica"]["as_of_round"], st["round"]["last_committed"]["round"], "{st:#}");
+    let human = cli(&["status", "--control-socket", &sock], Duration::from_secs(20));
+    assert!(
+        human.stdout.contains("STALE: the project's journal started over")
+            && human.stdout.contains("restart the compute service"),
+        "{}",
+        human.describe()
+    );
+    let log = bed.c().proc.as_ref().map(|p| p.log_tail(200_000)).unwrap_or_default();
+    assert_eq!(log.matches("the project's journal started over").count(), 1, "warned once: {}", bed.logs());
+
+    // The remedy: a restart takes a snapshot of the new journal, which shows P's version.
+    bed.computes[0].proc.as_mut().unwrap().stop(Duration::from_secs(45));
+    bed.restart_compute(0, &replica_opts(&user, &[]));
+    let st = bed.compute_status();
+    assert_eq!(st["replica"]["origin"], "snapshot", "{:#}", st["replica"]);
+    assert_eq!(st["replica"]["journal_continues"], true, "{:#}", st["replica"]);
+    let seen = user_must(&bed, &user, "cd \"$HOME\" && cat src/a.txt");
+    assert_eq!(seen, "a version 2, made while P had no journal\n");
+    bed.finish();
+}
+
 /// Every file called `name` below `dir`.
 fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The README's main job: cs-actor for real on one machine.
 #
-#   a project home  <- sshd on 127.0.0.1 (own port, own keys) <- sshfs lower
-#   a broker on that home  <- websocket on 127.0.0.1 <- the compute service,
-#   whose merged view (kernel overlayfs, the default, over the sshfs lower) is a demo home.
+#   a project home  <- a broker on that home  <- websocket on 127.0.0.1 <- the compute
+#   service, whose merged view (kernel overlayfs) is a demo home over the project's
+#   replica (`--replica-dir`: the project's metadata on a loop image of its own, each
+#   file's content fetched over the websocket at its first open; docs/operations.md).
+#
+# DEMO_LOWER=sshfs shows the older lower instead: the project home read through sshfs
+# from an sshd on 127.0.0.1 (own port, own keys).
 #
 # It writes a file on each side, shows it arriving on the other, prints
 # `cs-actor status`, and stops everything it started (by pid) on exit.
-# Usage: bash deploy/demo.sh [DIR]   (default: a new temporary directory)
+# Usage: [DEMO_LOWER=replica|sshfs] bash deploy/demo.sh [DIR]   (default: a new temporary directory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +25,12 @@ root=$(cd "$root" && pwd)
 echo "demo in $root"
 home=$root/project-home
 c=$root/compute
-mkdir -p "$home" "$c"/{merged,upper,state,lower} "$root/sshd" /run/sshd
+lower_kind=${DEMO_LOWER:-replica}
+case $lower_kind in
+replica | sshfs) ;;
+*) echo "DEMO_LOWER must be replica or sshfs, not $lower_kind" >&2; exit 2 ;;
+esac
+mkdir -p "$home" "$c"/{merged,upper,state,lower}
 pids=()
 cleanup() {
     set +e
@@ -33,7 +42,7 @@ cleanup() {
         for _ in $(seq 1 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$p" 2>/dev/null
     done
-    for m in "$c/merged" "$c/lower"; do
+    for m in "$c/merged" "$c/lower" "$c/replica/fs"; do
         grep -q " $m " /proc/self/mountinfo && umount -l "$m"
     done
     # The service leaves the bare mount point immutable (docs/operations.md): lift that so
@@ -44,11 +53,13 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# sshd on loopback, its own port and keys, key login for this user only.
-ssh-keygen -q -t ed25519 -N '' -f "$root/sshd/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$root/sshd/client_key"
-ssh_port=$(free_port)
-cat > "$root/sshd/sshd_config" <<CFG
+if [ "$lower_kind" = sshfs ]; then
+    mkdir -p "$root/sshd" /run/sshd
+    # sshd on loopback, its own port and keys, key login for this user only.
+    ssh-keygen -q -t ed25519 -N '' -f "$root/sshd/host_key"
+    ssh-keygen -q -t ed25519 -N '' -f "$root/sshd/client_key"
+    ssh_port=$(free_port)
+    cat > "$root/sshd/sshd_config" <<CFG
 ListenAddress 127.0.0.1
 Port $ssh_port
 HostKey $root/sshd/host_key
@@ -61,8 +72,9 @@ StrictModes no
 PidFile $root/sshd/sshd.pid
 Subsystem sftp internal-sftp
 CFG
-/usr/sbin/sshd -D -e -f "$root/sshd/sshd_config" 2>"$root/sshd/log" &
-pids+=($!)
+    /usr/sbin/sshd -D -e -f "$root/sshd/sshd_config" 2>"$root/sshd/log" &
+    pids+=($!)
+fi
 
 # Tokens: the broker's table and the compute server's own file, both 0600.
 token=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
@@ -77,14 +89,19 @@ broker_port=$(free_port)
     --state "$root/broker-state" --control-socket "$root/project.sock" 2>"$root/broker.log" &
 pids+=($!)
 
-user=$(id -un)
-lower_cmd="sshfs -f $user@127.0.0.1:$home $c/lower -p $ssh_port -o IdentityFile=$root/sshd/client_key \
+if [ "$lower_kind" = sshfs ]; then
+    user=$(id -un)
+    lower_cmd="sshfs -f $user@127.0.0.1:$home $c/lower -p $ssh_port -o IdentityFile=$root/sshd/client_key \
 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR \
 -o reconnect,ServerAliveInterval=5,ServerAliveCountMax=3 \
 -o dir_cache=yes,dcache_timeout=9,entry_timeout=1,attr_timeout=1,negative_timeout=10,auto_cache"
+    lower_args=(--lower-mount-cmd "$lower_cmd" --lower-mountpoint "$c/lower")
+else
+    # A 1 GiB sparse image: the demo's project is a few files.
+    lower_args=(--replica-dir "$c/replica" --replica-size-gib 1)
+fi
 "$bin" compute --server "ws://127.0.0.1:$broker_port" --id gpu-1 --token-file "$c/token" \
-    --merged "$c/merged" --upper "$c/upper" --state "$c/state" \
-    --lower-mount-cmd "$lower_cmd" --lower-mountpoint "$c/lower" \
+    --merged "$c/merged" --upper "$c/upper" --state "$c/state" "${lower_args[@]}" \
     --control-socket "$c/control.sock" --interval 5 2>"$c/compute.log" &
 pids+=($!)
 

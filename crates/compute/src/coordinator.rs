@@ -249,6 +249,23 @@ impl Coordinator {
         }
     }
 
+    /// The round committed in another journal epoch than the replica's tree: said once.
+    fn warn_if_lower_left_behind(&mut self, summary: &RoundSummary) {
+        let Some(tree) = self.lower_epoch else {
+            return;
+        };
+        if summary.in_epoch(tree) == Some(false) && !self.warned_epoch {
+            self.warned_epoch = true;
+            tracing::warn!(
+                tree_epoch = tree,
+                project_epoch = summary.cursor.map(|c| c.epoch),
+                "the project's journal started over since the replica's snapshot (the broker lost its state): \
+                 the view misses the project's changes to files no round brought; restart the compute service \
+                 to take a new snapshot (`replica.journal_continues` is false in status until then)"
+            );
+        }
+    }
+
     fn start_round(&mut self, round: u64, ctx: &mut Context<Self>) {
         self.last_round = round;
         self.round_started = Some(Instant::now());
@@ -307,24 +324,6 @@ impl Coordinator {
                 }
             }
         }));
-    }
-}
-
-impl Coordinator {
-    fn warn_if_lower_left_behind(&mut self, summary: &RoundSummary) {
-        let (Some(tree), Some(cursor)) = (self.lower_epoch, summary.cursor) else {
-            return;
-        };
-        if cursor.epoch != tree && !self.warned_epoch {
-            self.warned_epoch = true;
-            tracing::warn!(
-                tree_epoch = tree,
-                project_epoch = cursor.epoch,
-                "the project's journal started over since the replica's snapshot (the broker lost its state): \
-                 the view misses the project's changes to files no round brought; restart the compute service \
-                 to take a new snapshot (`replica.journal_continues` is false in status until then)"
-            );
-        }
     }
 }
 

@@ -103,6 +103,13 @@ pub struct RoundSummary {
     pub cursor: Option<Cursor>,
 }
 
+impl RoundSummary {
+    /// Whether the round committed in P's journal epoch `epoch` (None: no commit cursor).
+    pub fn in_epoch(&self, epoch: u64) -> Option<bool> {
+        self.cursor.map(|c| c.epoch == epoch)
+    }
+}
+
 fn unexpected(step: Step, got: ServerMsg) -> RoundError {
     match got {
         ServerMsg::Error { code, message } => RoundError::Refused { step, code, message },

@@ -122,10 +122,7 @@ fn replica_as_of(
     tree_epoch: Option<u64>,
     last: Option<&crate::round::RoundSummary>,
 ) -> serde_json::Map<String, serde_json::Value> {
-    let continues = match (tree_epoch, last.and_then(|s| s.cursor)) {
-        (Some(tree), Some(cursor)) => Some(tree == cursor.epoch),
-        _ => None,
-    };
+    let continues = tree_epoch.zip(last).and_then(|(tree, s)| s.in_epoch(tree));
     let mut m = serde_json::Map::new();
     m.insert("as_of_round".into(), json!(last.map(|s| s.round)));
     m.insert("as_of_round_unix_ms".into(), json!(last.map(|s| s.started_unix_ms + s.duration_ms)));

@@ -3,7 +3,7 @@
 #
 #   a project home  <- a broker on that home  <- websocket on 127.0.0.1 <- the compute
 #   service, whose merged view (kernel overlayfs) is a demo home over the project's
-#   replica (`--replica-dir`: the project's metadata on a loop image of its own, each
+#   replica (the default lower: the project's metadata on a loop image of its own, each
 #   file's content fetched over the websocket at its first open; docs/operations.md).
 #
 # DEMO_LOWER=sshfs shows the older lower instead: the project home read through sshfs
@@ -42,7 +42,7 @@ cleanup() {
         for _ in $(seq 1 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$p" 2>/dev/null
     done
-    for m in "$c/merged" "$c/lower" "$c/replica/fs"; do
+    for m in "$c/merged" "$c/lower" "$c/state/replica/fs"; do
         grep -q " $m " /proc/self/mountinfo && umount -l "$m"
     done
     # The service leaves the bare mount point immutable (docs/operations.md): lift that so
@@ -97,8 +97,9 @@ if [ "$lower_kind" = sshfs ]; then
 -o dir_cache=yes,dcache_timeout=9,entry_timeout=1,attr_timeout=1,negative_timeout=10,auto_cache"
     lower_args=(--lower-mount-cmd "$lower_cmd" --lower-mountpoint "$c/lower")
 else
-    # A 1 GiB sparse image: the demo's project is a few files.
-    lower_args=(--replica-dir "$c/replica" --replica-size-gib 1)
+    # No lower given: the project's replica, in STATE/replica (the default). A 1 GiB
+    # sparse image: the demo's project is a few files.
+    lower_args=(--replica-size-gib 1)
 fi
 "$bin" compute --server "ws://127.0.0.1:$broker_port" --id gpu-1 --token-file "$c/token" \
     --merged "$c/merged" --upper "$c/upper" --state "$c/state" "${lower_args[@]}" \

@@ -127,11 +127,11 @@ mergeable! {
         #[arg(long, value_parser = ["unionfs-fuse", "overlay"])]
         pub union: Option<String>,
         /// Serve the project's files from a local replica kept in DIR
-        /// (issue 12; experimental) instead of a lower mount: a filesystem
-        /// image of its own there holds P's snapshot as placeholders, each
-        /// filled over the broker connection on its first open. Replaces
-        /// --lower / --lower-mount-cmd; needs the overlay union. See
-        /// docs/replica.md.
+        /// (issue 12) instead of a lower mount: a filesystem image of its
+        /// own there holds P's snapshot as placeholders, each filled over
+        /// the broker connection on its first open. The default lower when
+        /// neither --lower nor --lower-mount-cmd is given, in STATE/replica;
+        /// needs the overlay union. See docs/replica.md.
         #[arg(long, value_name = "DIR", conflicts_with_all = ["lower", "lower_mount_cmd"])]
         pub replica_dir: Option<PathBuf>,
         /// The replica image's size in GiB (sparse: it takes only what

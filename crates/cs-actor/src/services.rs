@@ -88,7 +88,12 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
     let (backend, backend_why) = union_backend(given_union, &pull, &upper, &state)?;
     tracing::info!(union = %backend, why = %backend_why, "union backend");
     if replica.is_some() && backend != UnionBackend::Overlay {
-        bail!("--replica-dir needs the overlay union (the union is {backend}: {backend_why})");
+        let given = if a.replica_dir.is_some() {
+            "--replica-dir"
+        } else {
+            "with no --lower nor --lower-mount-cmd the lower is the project's replica, which"
+        };
+        bail!("{given} needs the overlay union (the union is {backend}: {backend_why})");
     }
     // With a replica the lower is its current tree, known once the snapshot is in.
     let lower = match (a.lower, a.lower_mount_cmd, &replica) {
@@ -266,9 +271,12 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
     })
 }
 
-/// `--replica-dir` and its companions, if given.
+/// `--replica-dir` and its companions. With no lower given (`--lower`, `--lower-mount-cmd`)
+/// the lower is the project's replica in `STATE/replica` (issue 12: no sshfs needed).
 fn replica_args(a: &ComputeArgs) -> Result<Option<crate::replica::ReplicaArgs>> {
-    let Some(dir) = a.replica_dir.clone() else {
+    let no_lower = a.lower.is_none() && a.lower_mount_cmd.is_none();
+    let dir = a.replica_dir.clone().or_else(|| no_lower.then(|| a.state.as_ref().map(|s| s.join("replica"))).flatten());
+    let Some(dir) = dir else {
         if a.replica_size_gib.is_some()
             || a.replica_inodes.is_some()
             || a.fetch_timeout_secs.is_some()
@@ -521,6 +529,22 @@ pub fn run_project(a: ProjectArgs) -> Result<()> {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn with_no_lower_the_lower_is_the_projects_replica_in_the_state_directory() {
+        let state = ComputeArgs { state: Some("/var/lib/cs/state".into()), ..Default::default() };
+        let r = replica_args(&state).unwrap().expect("the default lower is a replica");
+        assert_eq!(r.dir, Path::new("/var/lib/cs/state/replica"));
+        // --replica-dir says where.
+        let given = ComputeArgs { replica_dir: Some("/srv/replica".into()), ..state.clone() };
+        assert_eq!(replica_args(&given).unwrap().expect("a replica").dir, Path::new("/srv/replica"));
+        // A lower given: no replica, and the replica's options are refused, naming them.
+        let sshfs = ComputeArgs { lower_mount_cmd: Some("sshfs …".into()), ..state.clone() };
+        assert!(replica_args(&sshfs).unwrap().is_none());
+        let adopted = ComputeArgs { lower: Some("/mnt/p".into()), cache_max: Some("1G".into()), ..state };
+        let e = replica_args(&adopted).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("--cache-max") && e.contains("go with --replica-dir"), "{e}");
+    }
 
     #[test]
     fn cache_max_takes_bytes_or_a_binary_unit_and_names_what_is_wrong() {

@@ -1029,9 +1029,9 @@ impl Bed {
             .args(union_args(union))
             .args(opts.extra);
         if opts.replica || (union == Union::Overlay && replica_from_env()) {
-            // A small sparse image: the tests' projects are megabytes (a test with a bigger
-            // one says its own size).
-            cmd.arg("--replica-dir").arg(c.dir.join("replica"));
+            // No lower given: the project's replica, in STATE/replica (the default). A small
+            // sparse image: the tests' projects are megabytes (a test with a bigger one says
+            // its own size).
             if !opts.extra.contains(&"--replica-size-gib") {
                 cmd.args(["--replica-size-gib", "2"]);
             }

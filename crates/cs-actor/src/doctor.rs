@@ -92,6 +92,9 @@ pub struct ComputeSetup {
     pub lower_mount_cmd: Option<String>,
     /// `unionfs-fuse` or `overlay`; absent: the default ([`cs_mount::default_backend`]).
     pub union: Option<String>,
+    /// Where the project's replica is, when the lower is the replica (the default with no
+    /// lower mount given).
+    pub replica_dir: Option<PathBuf>,
 }
 
 /// What the project side's checks look at.
@@ -171,6 +174,10 @@ pub async fn run(config: Option<&Path>, control_socket: Option<&Path>) -> Result
 fn side_of_config(path: &Path) -> Result<(Side, PathBuf)> {
     if let Ok(a) = crate::config::load::<ComputeArgs>(Some(path)) {
         let socket = a.control_socket.clone().unwrap_or_else(default_compute_socket);
+        // As `cs-actor compute` decides: no lower mount given, the replica (in STATE/replica).
+        let no_lower = a.lower.is_none() && a.lower_mount_cmd.is_none();
+        let replica_dir =
+            a.replica_dir.clone().or_else(|| no_lower.then(|| a.state.as_ref().map(|s| s.join("replica"))).flatten());
         let setup = ComputeSetup {
             server: a.server,
             token_file: a.token_file,
@@ -179,6 +186,7 @@ fn side_of_config(path: &Path) -> Result<(Side, PathBuf)> {
             state: a.state,
             lower_mount_cmd: a.lower_mount_cmd,
             union: a.union,
+            replica_dir,
         };
         return Ok((Side::Compute(setup), socket));
     }
@@ -220,6 +228,9 @@ async fn compute_checks(setup: &ComputeSetup, status: Option<&Value>, socket: &P
     checks.extend(packages(&[("unionfs-fuse", !overlay), ("fuse3", true), ("sshfs", uses_sshfs)]));
     if overlay {
         checks.push(overlay_kernel());
+    }
+    if let Some(dir) = &setup.replica_dir {
+        checks.push(replica_support(dir));
     }
     match &setup.upper {
         Some(upper) => {
@@ -343,6 +354,54 @@ fn fuse_device() -> Check {
         }
     };
     Check::pass("fuse", format!("/dev/fuse opens read-write; {version}; kernel {}", kernel_release()))
+}
+
+/// What the project's replica needs of this machine: a loop device, `mkfs.ext4`, and a
+/// fanotify group of the fill service's class.
+fn replica_support(dir: &Path) -> Check {
+    let root = rustix::process::geteuid().is_root();
+    replica_verdict(
+        dir,
+        Path::new("/dev/loop-control").exists(),
+        in_path("mkfs.ext4"),
+        cs_replica::probe_group_support(),
+        root,
+    )
+}
+
+pub fn replica_verdict(dir: &Path, loop_control: bool, mkfs: bool, fanotify: std::io::Result<()>, root: bool) -> Check {
+    const NAME: &str = "replica";
+    let dir = dir.display();
+    if !loop_control {
+        return Check::new(NAME, Level::Fail, format!("{dir}: no /dev/loop-control to mount the replica's image"))
+            .fix("modprobe loop (in a container: give it the loop devices)");
+    }
+    if !mkfs {
+        return Check::new(
+            NAME,
+            Level::Fail,
+            format!("{dir}: mkfs.ext4 is not on PATH (it makes the replica's image)"),
+        )
+        .fix("apt-get install e2fsprogs");
+    }
+    match fanotify {
+        Ok(()) => Check::pass(
+            NAME,
+            format!("{dir}: loop devices, mkfs.ext4 and fanotify permission events (fills at first open) are here"),
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && !root => {
+            Check::new(NAME, Level::Warn, format!("{dir}: fanotify not checked, it needs root ({e})"))
+                .fix("run `cs-actor doctor` as root, as the service runs")
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Check::new(
+            NAME,
+            Level::Fail,
+            format!("{dir}: this kernel refuses fanotify permission events ({e}), which fill files at first open"),
+        )
+        .fix("a kernel built with CONFIG_FANOTIFY_ACCESS_PERMISSIONS, or a lower mount (--lower-mount-cmd sshfs ...)"),
+        Err(e) => Check::new(NAME, Level::Fail, format!("{dir}: a fanotify group for the fills: {e}"))
+            .fix("run the service as root (container: --cap-add SYS_ADMIN), or give a lower mount instead"),
+    }
 }
 
 fn kernel_release() -> String {
@@ -722,6 +781,26 @@ pub fn expiry_verdict(what: &str, subject: &str, secs_left: i64, not_after: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_rule_names_what_is_missing_and_what_to_do() {
+        let d = Path::new("/var/lib/cs/state/replica");
+        let errno = |n| Err(std::io::Error::from_raw_os_error(n));
+        let ok = replica_verdict(d, true, true, Ok(()), true);
+        assert_eq!(ok.level, Level::Pass, "{ok}");
+        assert!(ok.detail.contains("/var/lib/cs/state/replica"), "{ok}");
+        let no_loop = replica_verdict(d, false, true, Ok(()), true);
+        assert_eq!(no_loop.level, Level::Fail);
+        assert!(no_loop.fix.as_deref().unwrap().contains("modprobe loop"), "{no_loop}");
+        let no_mkfs = replica_verdict(d, true, false, Ok(()), true);
+        assert!(no_mkfs.level == Level::Fail && no_mkfs.fix.as_deref().unwrap().contains("e2fsprogs"), "{no_mkfs}");
+        let kernel = replica_verdict(d, true, true, errno(libc::EINVAL), true);
+        assert_eq!(kernel.level, Level::Fail);
+        assert!(kernel.fix.as_deref().unwrap().contains("CONFIG_FANOTIFY_ACCESS_PERMISSIONS"), "{kernel}");
+        // Not root: the probe cannot tell, and says so instead of failing.
+        assert_eq!(replica_verdict(d, true, true, errno(libc::EPERM), false).level, Level::Warn);
+        assert_eq!(replica_verdict(d, true, true, errno(libc::EPERM), true).level, Level::Fail);
+    }
 
     #[test]
     fn inotify_rule_compares_directories_with_the_limit() {

@@ -97,6 +97,9 @@ fn the_user_reads_and_writes_the_project_through_the_replica_and_sees_its_change
     assert_eq!(st["origin"], "snapshot", "{st:#}");
     // The service was given no lower: the default is the replica, in STATE/replica.
     assert_eq!(st["dir"].as_str().map(Path::new), Some(bed.c().state.join("replica").as_path()), "{st:#}");
+    // `cs-actor doctor` checks what the replica needs of the machine, and finds it here.
+    let doctor = cli(&["doctor", "--control-socket", &bed.c().sock.display().to_string()], Duration::from_secs(120));
+    assert!(doctor.stdout.contains("[ok  ] replica") && doctor.stdout.contains("fanotify"), "{}", doctor.describe());
     assert!(st["entries"].as_u64().unwrap_or(0) >= 48, "the snapshot's entries: {st:#}");
 
     // Metadata needs no content: sizes and the symlink with no fill.

@@ -23,6 +23,8 @@ pub mod tree;
 pub mod want;
 
 pub use error::ReplicaError;
-pub use fill::{create_group, FillConfig, FillStats, Filler, FillerHandle, ReadAhead, Source, SourceReport};
+pub use fill::{
+    create_group, probe_group_support, FillConfig, FillStats, Filler, FillerHandle, ReadAhead, Source, SourceReport,
+};
 pub use image::ReplicaFs;
 pub use tree::{Kept, SnapshotWriter, Tree};

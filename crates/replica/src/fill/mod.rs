@@ -336,6 +336,13 @@ fn own_filesystem(mountpoint: &Path) -> Result<(PathBuf, u64)> {
     Ok((mp, dev))
 }
 
+/// Whether this kernel and process can make the fill service's kind of fanotify group
+/// (pre-content class: CAP_SYS_ADMIN, and a kernel with fanotify permission events), without
+/// marking anything: `cs-actor doctor`'s check.
+pub fn probe_group_support() -> std::io::Result<()> {
+    sys::fanotify_init(libc::FAN_CLASS_PRE_CONTENT | libc::FAN_CLOEXEC, libc::O_RDONLY as u32).map(drop)
+}
+
 /// The fanotify group of the fill service: pre-content class, a FILESYSTEM mark with
 /// `FAN_OPEN_PERM` on `mountpoint` (refused unless it is a filesystem of its own). Made by
 /// [`Filler::start`], or by the holder process ([`crate::holder`]) that keeps it alive

@@ -179,6 +179,15 @@ mergeable! {
     }
 }
 
+impl ComputeArgs {
+    /// Where the project's replica is when the lower is the replica: `--replica-dir`, or
+    /// with no lower mount given (`--lower`, `--lower-mount-cmd`) `STATE/replica`.
+    pub fn replica_dir_or_default(&self) -> Option<PathBuf> {
+        let no_lower = self.lower.is_none() && self.lower_mount_cmd.is_none();
+        self.replica_dir.clone().or_else(|| self.state.as_ref().filter(|_| no_lower).map(|s| s.join("replica")))
+    }
+}
+
 mergeable! {
     /// `cs-actor project`: the project-side broker.
     pub struct ProjectArgs {

@@ -174,10 +174,7 @@ pub async fn run(config: Option<&Path>, control_socket: Option<&Path>) -> Result
 fn side_of_config(path: &Path) -> Result<(Side, PathBuf)> {
     if let Ok(a) = crate::config::load::<ComputeArgs>(Some(path)) {
         let socket = a.control_socket.clone().unwrap_or_else(default_compute_socket);
-        // As `cs-actor compute` decides: no lower mount given, the replica (in STATE/replica).
-        let no_lower = a.lower.is_none() && a.lower_mount_cmd.is_none();
-        let replica_dir =
-            a.replica_dir.clone().or_else(|| no_lower.then(|| a.state.as_ref().map(|s| s.join("replica"))).flatten());
+        let replica_dir = a.replica_dir_or_default();
         let setup = ComputeSetup {
             server: a.server,
             token_file: a.token_file,

@@ -274,9 +274,7 @@ pub fn run_compute(a: ComputeArgs) -> Result<()> {
 /// `--replica-dir` and its companions. With no lower given (`--lower`, `--lower-mount-cmd`)
 /// the lower is the project's replica in `STATE/replica` (issue 12: no sshfs needed).
 fn replica_args(a: &ComputeArgs) -> Result<Option<crate::replica::ReplicaArgs>> {
-    let no_lower = a.lower.is_none() && a.lower_mount_cmd.is_none();
-    let dir = a.replica_dir.clone().or_else(|| no_lower.then(|| a.state.as_ref().map(|s| s.join("replica"))).flatten());
-    let Some(dir) = dir else {
+    let Some(dir) = a.replica_dir_or_default() else {
         if a.replica_size_gib.is_some()
             || a.replica_inodes.is_some()
             || a.fetch_timeout_secs.is_some()

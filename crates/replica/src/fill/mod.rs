@@ -340,8 +340,12 @@ fn own_filesystem(mountpoint: &Path) -> Result<(PathBuf, u64)> {
 /// (pre-content class: CAP_SYS_ADMIN, and a kernel with fanotify permission events), without
 /// marking anything: `cs-actor doctor`'s check.
 pub fn probe_group_support() -> std::io::Result<()> {
-    sys::fanotify_init(libc::FAN_CLASS_PRE_CONTENT | libc::FAN_CLOEXEC, libc::O_RDONLY as u32).map(drop)
+    sys::fanotify_init(GROUP_CLASS | libc::FAN_CLOEXEC, libc::O_RDONLY as u32).map(drop)
 }
+
+/// The fill group's class. PRE_CONTENT: only such groups may deny with an errno of their
+/// choice (EIO).
+const GROUP_CLASS: u32 = libc::FAN_CLASS_PRE_CONTENT;
 
 /// The fanotify group of the fill service: pre-content class, a FILESYSTEM mark with
 /// `FAN_OPEN_PERM` on `mountpoint` (refused unless it is a filesystem of its own). Made by
@@ -350,9 +354,8 @@ pub fn probe_group_support() -> std::io::Result<()> {
 pub fn create_group(mountpoint: &Path) -> Result<OwnedFd> {
     let (mp, _) = own_filesystem(mountpoint)?;
     let fan_err = |op, e| ReplicaError::Fanotify { op, path: mp.clone(), source: e };
-    // PRE_CONTENT: only such groups may deny with an errno of their choice (EIO).
     let fan = sys::fanotify_init(
-        libc::FAN_CLASS_PRE_CONTENT
+        GROUP_CLASS
             // An event's pid is the thread's: the service's own opens are told apart
             // from its other threads' (see `Shared::own`).
             | libc::FAN_REPORT_TID

@@ -178,9 +178,16 @@ enum Command {
     },
 }
 
+/// The log filter when `RUST_LOG` is not set. notify says at `info` each time it cannot
+/// drop the watch of a directory that is gone (the kernel already dropped it): one line per
+/// removed directory, nothing to act on.
+const DEFAULT_LOG_FILTER: &str = "info,notify=warn";
+
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Cli::parse()) {

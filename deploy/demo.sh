@@ -30,7 +30,8 @@ case $lower_kind in
 replica | sshfs) ;;
 *) echo "DEMO_LOWER must be replica or sshfs, not $lower_kind" >&2; exit 2 ;;
 esac
-mkdir -p "$home" "$c"/{merged,upper,state,lower}
+mkdir -p "$home" "$c"/{merged,upper,state}
+if [ "$lower_kind" = sshfs ]; then mkdir -p "$c/lower"; fi
 pids=()
 cleanup() {
     set +e
@@ -42,7 +43,9 @@ cleanup() {
         for _ in $(seq 1 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$p" 2>/dev/null
     done
-    for m in "$c/merged" "$c/lower" "$c/state/replica/fs"; do
+    # After a killed service: the union, then its lower (sshfs, or the replica's tree
+    # bound at STATE/replica/lower), then the replica's image. An orderly stop leaves none.
+    for m in "$c/merged" "$c/lower" "$c/state/replica/lower" "$c/state/replica/fs"; do
         grep -q " $m " /proc/self/mountinfo && umount -l "$m"
     done
     # The service leaves the bare mount point immutable (docs/operations.md): lift that so

@@ -58,6 +58,16 @@ enum Command {
         /// The replica's filesystem (exits once it is no longer mounted).
         #[arg(long)]
         mountpoint: PathBuf,
+        /// With no service holding the group for this long, answer in its place: opens of
+        /// files not fetched yet fail with EIO (needs --staging and --journal, the service's).
+        #[arg(long, requires_all = ["staging", "journal"])]
+        stand_in_after_secs: Option<f64>,
+        /// The fill service's staging directory (on the replica's filesystem).
+        #[arg(long)]
+        staging: Option<PathBuf>,
+        /// The fill service's event journal.
+        #[arg(long)]
+        journal: Option<PathBuf>,
     },
     /// Ask the running compute service for a round now.
     Sync {
@@ -248,8 +258,17 @@ fn run(cli: Cli) -> Result<()> {
             let args = args.merge(config::load(config.as_deref())?);
             services::run_project(args)
         }
-        Command::FillHolder { socket, mountpoint } => {
-            cs_replica::holder::serve(&socket, &mountpoint).context("the replica's fill holder")
+        Command::FillHolder { socket, mountpoint, stand_in_after_secs, staging, journal } => {
+            let stand_in = match (stand_in_after_secs, staging) {
+                (Some(secs), Some(staging)) => {
+                    let after = std::time::Duration::try_from_secs_f64(secs).context("--stand-in-after-secs")?;
+                    let mut fill = cs_replica::FillConfig::new(&mountpoint, staging);
+                    fill.journal = journal;
+                    Some(cs_replica::holder::StandIn { after, fill })
+                }
+                _ => None,
+            };
+            cs_replica::holder::serve(&socket, &mountpoint, stand_in).context("the replica's fill holder")
         }
         Command::Sync { wait, control_socket } => services::runtime()?.block_on(async {
             let control_socket = control_socket.unwrap_or_else(services::default_compute_socket);

@@ -91,6 +91,8 @@ pub struct Replica {
     source: Arc<LinkSource>,
     /// The removal of the older trees, started after the snapshot (see `start`).
     cleanup: Option<std::thread::JoinHandle<()>>,
+    /// Held while this service answers the group: the holder stands in once it is gone.
+    _holder_lease: cs_replica::holder::Lease,
 }
 
 impl Replica {
@@ -117,10 +119,12 @@ impl Replica {
         cfg.fetch_timeout = args.fetch_timeout;
         cfg.journal = Some(args.journal());
         cfg.cache = args.cache_max.map(|max_bytes| CacheBound { max_bytes, trees_root: root.clone() });
-        let filler = match holder_group(&args).and_then(|g| {
-            Filler::start_with_group(cfg, g, source.clone()).context("starting the replica's fill service")
-        }) {
-            Ok(f) => f,
+        let started = holder_group(&args, &cfg).and_then(|(g, lease)| {
+            let f = Filler::start_with_group(cfg, g, source.clone()).context("starting the replica's fill service")?;
+            Ok((f, lease))
+        });
+        let (filler, holder_lease) = match started {
+            Ok(x) => x,
             Err(e) => {
                 stop_holder(&args);
                 let _ = fs.unmount();
@@ -180,7 +184,17 @@ impl Replica {
         };
         let filler = Arc::new(Mutex::new(Some(filler)));
         std::fs::create_dir_all(args.lower()).with_context(|| format!("creating {}", args.lower().display()))?;
-        Ok(Some(Replica { args, fs, tree, origin, kept, filler, source, cleanup: Some(cleanup) }))
+        Ok(Some(Replica {
+            args,
+            fs,
+            tree,
+            origin,
+            kept,
+            filler,
+            source,
+            cleanup: Some(cleanup),
+            _holder_lease: holder_lease,
+        }))
     }
 
     /// The union's lower layer: the current tree, bind-mounted (the mount supervisor mounts
@@ -244,8 +258,12 @@ impl Replica {
 
 /// The fill group from the holder process: the running one (a predecessor's, with its
 /// pending events), else a new one, started in a session of its own (a signal to the
-/// service's process group does not reach it) and never tied to the service's life.
-fn holder_group(args: &ReplicaArgs) -> Result<std::os::fd::OwnedFd> {
+/// service's process group does not reach it) and never tied to the service's life. A
+/// holder started here answers in the service's place (EIO for what is not fetched) once
+/// no service has held the group for the fetch timeout: a reader waits no longer for a
+/// service that died than for a link that is down. `fill`: the service's fill settings,
+/// whose paths the stand-in shares.
+fn holder_group(args: &ReplicaArgs, fill: &FillConfig) -> Result<(std::os::fd::OwnedFd, cs_replica::holder::Lease)> {
     let socket = args.holder_socket();
     if let Ok(g) = cs_replica::holder::group(&socket) {
         tracing::info!(socket = %socket.display(), "the replica's fill holder is running: its group (and what is pending on it) is ours");
@@ -263,7 +281,13 @@ fn holder_group(args: &ReplicaArgs) -> Result<std::os::fd::OwnedFd> {
         .arg("--socket")
         .arg(&socket)
         .arg("--mountpoint")
-        .arg(args.fs_mountpoint())
+        .arg(&fill.mountpoint)
+        .arg("--staging")
+        .arg(&fill.staging)
+        .arg("--journal")
+        .arg(args.journal())
+        .arg("--stand-in-after-secs")
+        .arg(args.fetch_timeout.as_secs_f64().to_string())
         .current_dir("/")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().context("the holder's log")?)

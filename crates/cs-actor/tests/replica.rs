@@ -423,6 +423,41 @@ fn a_kill_9_of_the_service_leaves_readers_blocked_not_reading_zeros_and_the_rest
 }
 
 #[test]
+fn a_service_killed_and_not_restarted_leaves_unfilled_reads_failing_with_eio_not_blocked_for_good() {
+    // cold/x.txt is larger than a read-ahead takes, so it stays a placeholder.
+    let cold = "never read before the kill\n".repeat(50_000);
+    let Some((mut bed, user)) = replica_bed("replica-gone", &["--fetch-timeout-secs", "3"], |h| {
+        put(h, "warm/a.txt", "read before the kill\n");
+        put(h, "cold/x.txt", &cold);
+    }) else {
+        return;
+    };
+    user_must(&bed, &user, "cd \"$HOME\" && cat warm/a.txt > /dev/null");
+    bed.computes[0].proc.as_mut().unwrap().kill9();
+    let killed = Instant::now();
+    // No service and none coming back: after the fetch timeout the holder answers in its
+    // place. The read fails with EIO; it neither blocks for good nor reads zeros.
+    // (Killed after 30 s if still blocked: the fanotify wait yields only to SIGKILL.)
+    let out = as_user(&user, &bed.merged(), "cd \"$HOME\" && timeout -s KILL 30 cat cold/x.txt > /dev/null");
+    let took = killed.elapsed();
+    assert!(!out.ok(), "an unfilled file read with the service dead: {}", out.describe());
+    assert!(out.stderr.contains("Input/output error"), "{}", out.describe());
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "EIO {took:?} after the kill, the timeout is 3 s"
+    );
+    let warm = user_must(&bed, &user, "cd \"$HOME\" && cat warm/a.txt && ls cold");
+    assert_eq!(warm, "read before the kill\nx.txt\n", "filled files and metadata with the service dead");
+    // The restarted service takes the group back from the holder and fetches again.
+    bed.restart_compute(0, &replica_opts(&user, &["--fetch-timeout-secs", "3"]));
+    let back = user_must(&bed, &user, "cd \"$HOME\" && cat cold/x.txt");
+    assert!(back == cold, "cold/x.txt once the service is back: {} bytes", back.len());
+    eprintln!("EIO {took:?} after the kill (fetch timeout 3 s)");
+    bed.sync_wait();
+    bed.finish();
+}
+
+#[test]
 fn a_kill_9_during_the_startup_snapshot_then_a_restart_builds_a_complete_view() {
     let Some((mut bed, user)) = replica_bed("replica-kill9-snap", &[], |h| {
         for i in 0..20_000u32 {

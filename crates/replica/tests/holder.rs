@@ -36,7 +36,8 @@ impl Source for NeverSource {
 fn child_fill_service() {
     let Ok(args) = std::env::var(CHILD_ENV) else { return };
     let a: Vec<PathBuf> = args.split('\n').map(PathBuf::from).collect();
-    let group = holder::group(&a[0]).expect("the group from the holder");
+    // The lease lives as long as this process: its death is what the holder sees.
+    let (group, _lease) = holder::group(&a[0]).expect("the group from the holder");
     let mut cfg = FillConfig::new(&a[1], &a[2]);
     cfg.journal = Some(a[3].clone());
     let f = Filler::start_with_group(cfg, group, Arc::new(NeverSource)).expect("start the fill service");
@@ -95,6 +96,36 @@ fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A child process killed (SIGKILL) and reaped when dropped, so that a failed test leaves
+/// no fill service behind.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A fill service in a child process (this test binary again, `child_fill_service`) on the
+/// holder's group, holding its lease; its fetches never come. Returned once it is ready.
+fn start_child_service(bed: &Bed, socket: &Path, journal: &Path) -> Killed {
+    let ready = bed.dir.join("child-ready");
+    let _ = fs::remove_file(&ready);
+    let args = [socket, &bed.mnt, &bed.mnt.join("staging"), journal, &ready]
+        .map(|x| x.to_string_lossy().into_owned())
+        .join("\n");
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_fill_service", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, args)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Killed(child);
+    wait_for("the child's fill service", Duration::from_secs(20), || ready.exists());
+    child
+}
+
 #[test]
 fn a_reader_waiting_when_the_fill_service_is_killed_gets_the_right_bytes_from_the_next_one() {
     if !root_or_skip("a_reader_waiting_when_the_fill_service_is_killed_gets_the_right_bytes_from_the_next_one") {
@@ -106,21 +137,11 @@ fn a_reader_waiting_when_the_fill_service_is_killed_gets_the_right_bytes_from_th
     let socket = bed.dir.join("holder.sock");
     let journal = bed.dir.join("fill.journal");
     let (sock2, mnt2) = (socket.clone(), bed.mnt.clone());
-    let holder_thread = std::thread::spawn(move || holder::serve(&sock2, &mnt2));
+    let holder_thread = std::thread::spawn(move || holder::serve(&sock2, &mnt2, None));
     wait_for("the holder answers", Duration::from_secs(10), || holder::group(&socket).is_ok());
 
     // The first service, in a child process; its fetches never come.
-    let ready = bed.dir.join("child-ready");
-    let args = [&socket, &bed.mnt, &bed.mnt.join("staging"), &journal, &ready]
-        .map(|x| x.to_string_lossy().into_owned())
-        .join("\n");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_fill_service", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, args)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("the child's fill service", Duration::from_secs(20), || ready.exists());
+    let mut child = start_child_service(&bed, &socket, &journal);
 
     let t0 = Instant::now();
     let mut reader = spawn_reader(&m.join("sub/deep/file.bin"));
@@ -131,8 +152,8 @@ fn a_reader_waiting_when_the_fill_service_is_killed_gets_the_right_bytes_from_th
     assert!(reader.0.try_wait().unwrap().is_none(), "the reader did not wait for the fill");
     let taken = fs::read_to_string(&journal).unwrap();
 
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
     let killed = t0.elapsed();
     // Dead service, living group: the reader stays blocked (no zeros), and so does a new
     // reader of another unfilled file (its event waits in the queue).
@@ -145,7 +166,7 @@ fn a_reader_waiting_when_the_fill_service_is_killed_gets_the_right_bytes_from_th
     // The next service: same group, the journal.
     let mut cfg = bed.config();
     cfg.journal = Some(journal.clone());
-    let group = holder::group(&socket).unwrap();
+    let (group, _lease) = holder::group(&socket).unwrap();
     let src = Arc::new(CopySource::new(&p, Behaviour::Copy));
     bed.filler = Some(Filler::start_with_group(cfg, group, src.clone()).unwrap());
     let restarted = t0.elapsed();
@@ -171,6 +192,87 @@ fn a_reader_waiting_when_the_fill_service_is_killed_gets_the_right_bytes_from_th
     assert_eq!(s.denied, 0, "{s:?}");
     bed.stop_filler();
     assert_eq!(fs::read_to_string(&journal).unwrap(), "", "the journal once everything is answered");
+    assert!(holder::tell_exit(&socket, Duration::from_secs(5)).unwrap(), "the holder answered");
+    holder_thread.join().unwrap().unwrap();
+    assert!(!socket.exists(), "the holder removes its socket");
+}
+
+#[test]
+fn with_no_service_back_the_holder_stands_in_readers_get_eio_and_the_next_service_takes_over() {
+    if !root_or_skip("with_no_service_back_the_holder_stands_in_readers_get_eio_and_the_next_service_takes_over") {
+        return;
+    }
+    let mut bed = Bed::new(make_project);
+    bed.mount_overlay();
+    let (m, p) = (bed.merged.clone(), bed.project.clone());
+    let socket = bed.dir.join("holder.sock");
+    let journal = bed.dir.join("fill.journal");
+    const AFTER: Duration = Duration::from_millis(1500);
+    let mut fill = bed.config();
+    fill.journal = Some(journal.clone());
+    let stand_in = holder::StandIn { after: AFTER, fill };
+    let (sock2, mnt2) = (socket.clone(), bed.mnt.clone());
+    let holder_thread = std::thread::spawn(move || holder::serve(&sock2, &mnt2, Some(stand_in)));
+    wait_for("the holder answers", Duration::from_secs(10), || holder::group(&socket).is_ok());
+    // A service that fills one file (and only that one: no read-ahead) and stops: that file
+    // has its content from then on.
+    {
+        let mut cfg = bed.config();
+        cfg.journal = Some(journal.clone());
+        cfg.read_ahead.max_files = 0;
+        let (group, _lease) = holder::group(&socket).unwrap();
+        let f = Filler::start_with_group(cfg, group, Arc::new(CopySource::new(&p, Behaviour::Copy))).unwrap();
+        assert_eq!(cat(&m.join("hot/hot.txt")).unwrap(), fs::read(p.join("hot/hot.txt")).unwrap());
+        f.stop();
+    }
+
+    let mut child = start_child_service(&bed, &socket, &journal);
+    let reader = spawn_reader(&m.join("sub/deep/file.bin"));
+    let t = Instant::now();
+    while !fs::read_to_string(&journal).is_ok_and(|j| j.lines().any(|l| l.starts_with('+'))) {
+        assert!(t.elapsed() < Duration::from_secs(10), "no event journaled: {:?}", fs::read_to_string(&journal));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A service holding its lease is never stood in for, however long its fetch takes.
+    let mut reader = reader;
+    std::thread::sleep(AFTER * 2);
+    assert!(reader.0.try_wait().unwrap().is_none(), "the holder stood in while a service held the group");
+
+    child.0.kill().unwrap(); // SIGKILL: the lease ends with the process
+    child.0.wait().unwrap();
+    let killed = Instant::now();
+    // Before the bound: still waiting for a service to come back (no zeros, no EIO yet).
+    std::thread::sleep(AFTER / 3);
+    assert!(reader.0.try_wait().unwrap().is_none(), "the reader was let go before the bound");
+    // After it: the reader the dead service took is answered, with EIO.
+    let got = finish_reader(reader, Duration::from_secs(15));
+    let answered = killed.elapsed();
+    assert!(
+        got.as_ref().is_err_and(|e| e.contains("Input/output error")),
+        "the waiting reader once no service came back: {:?}",
+        got.map(|b| b.len())
+    );
+    assert!(answered >= AFTER, "answered {answered:?} after the kill, before the bound {AFTER:?}");
+    // While standing in: a file not fetched fails at once, a file fetched before opens.
+    let t = Instant::now();
+    let other = finish_reader(spawn_reader(&m.join("a.txt")), Duration::from_secs(10));
+    assert!(other.as_ref().is_err_and(|e| e.contains("Input/output error")), "{other:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "EIO took {:?}", t.elapsed());
+    assert_eq!(
+        finish_reader(spawn_reader(&m.join("hot/hot.txt")), Duration::from_secs(10)).unwrap(),
+        fs::read(p.join("hot/hot.txt")).unwrap()
+    );
+
+    // The next service takes over: the files read as the project has them.
+    let mut cfg = bed.config();
+    cfg.journal = Some(journal.clone());
+    let (group, _lease) = holder::group(&socket).unwrap();
+    bed.filler = Some(Filler::start_with_group(cfg, group, Arc::new(CopySource::new(&p, Behaviour::Copy))).unwrap());
+    for name in ["sub/deep/file.bin", "a.txt", "many/f07"] {
+        assert_eq!(cat(&m.join(name)).unwrap(), fs::read(p.join(name)).unwrap(), "{name}");
+    }
+    eprintln!("the reader had EIO {answered:?} after the kill (bound {AFTER:?})");
+    bed.stop_filler();
     assert!(holder::tell_exit(&socket, Duration::from_secs(5)).unwrap(), "the holder answered");
     holder_thread.join().unwrap().unwrap();
     assert!(!socket.exists(), "the holder removes its socket");

@@ -18,7 +18,7 @@ use crate::connection::{Connection, ConnectionConfig};
 use crate::coordinator::{Coordinator, PauseSyncing, ResumeSyncing, SyncNow};
 use crate::machine::Backoff;
 use crate::packer::Packer;
-use crate::watcher::{ChangeCount, OwnRemovals, UpperWatcher};
+use crate::watcher::{ChangeCount, OwnDirs, OwnRemovals, UpperWatcher};
 
 /// How often the watchdog looks for stuck actors (to log them; status reads
 /// it on demand).
@@ -151,7 +151,9 @@ impl ComputeService {
         engine_cfg.pull = cfg.pull;
         engine_cfg.union = cfg.union.clone();
         engine_cfg.follow = cfg.follow_project;
-        let side = ComputeSide::open(engine_cfg)?;
+        // Step 4's directories, told by the engine to the upper-layer watcher.
+        let own_dirs = OwnDirs::default();
+        let side = ComputeSide::open(engine_cfg)?.with_own_dirs(own_dirs.hook());
         // `cs-actor pause` before a restart still holds.
         let pause_file = crate::pause::path_in(&cfg.state_dir);
         let paused = crate::pause::load(&pause_file)?;
@@ -190,7 +192,8 @@ impl ComputeService {
             watchdog.watch("mounts", m.heartbeat.clone());
         }
         let coordinator = cs_supervision::spawn(coordinator);
-        let watcher = UpperWatcher::new(cfg.upper.clone(), cfg.debounce, coordinator.clone(), changes, removals);
+        let watcher = UpperWatcher::new(cfg.upper.clone(), cfg.debounce, coordinator.clone(), changes, removals)
+            .with_own_dirs(own_dirs);
         let watcher = cs_supervision::spawn(watcher);
         watchdog.spawn_monitor(WATCHDOG_EVERY);
         let service = ComputeService {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use cs_protocol::{DeleteReport, RelPath};
 use cs_supervision::Observable;
-use notify::event::{ModifyKind, RenameMode};
+use notify::event::{CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Serialize;
 
@@ -282,18 +282,77 @@ impl OwnRemovals {
     }
 }
 
+/// Directories a round is about to make, or give P's mode and mtime, in the upper layer
+/// (step 4: P's new directories), as the engine tells them (`ComputeSide::with_own_dirs`):
+/// creation and attribute events at exactly those paths are the round's. Without this,
+/// each round that brought P's new directories started another round a second later for
+/// nothing. Bounded, and every entry expires: a user's `chmod` there within the TTL waits
+/// for the next timer round (which scans everything), never longer.
+#[derive(Debug, Clone, Default)]
+pub struct OwnDirs(Arc<Mutex<HashMap<PathBuf, Instant>>>);
+
+impl OwnDirs {
+    const TTL: Duration = Duration::from_secs(5);
+    /// Beyond this many (after dropping the expired), directories count as changes (one
+    /// needless round at worst).
+    const MAX: usize = 20_000;
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<PathBuf, Instant>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The round is about to make or set the directory `p` (relative to the upper layer).
+    pub fn expect(&self, p: &RelPath) {
+        let now = Instant::now();
+        let mut m = self.lock();
+        if m.len() >= Self::MAX {
+            m.retain(|_, until| *until > now);
+        }
+        if m.len() < Self::MAX {
+            m.insert(p.as_path().to_path_buf(), now + Self::TTL);
+        }
+    }
+
+    /// The engine's hook (`ComputeSide::with_own_dirs`) recording into this set.
+    pub fn hook(&self) -> cs_engine::OwnDirs {
+        let own = self.clone();
+        Arc::new(move |p: &RelPath| own.expect(p))
+    }
+
+    /// Is `ev` (in the upper layer `upper`) the making or setting of recorded directories?
+    fn is_ours(&self, upper: &Path, ev: &notify::Event) -> bool {
+        let kind_is_ours = matches!(
+            ev.kind,
+            EventKind::Create(CreateKind::Folder) | EventKind::Modify(ModifyKind::Metadata(_) | ModifyKind::Data(_))
+        );
+        if !kind_is_ours || ev.paths.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let m = self.lock();
+        ev.paths.iter().all(|p| p.strip_prefix(upper).is_ok_and(|rel| m.get(rel).is_some_and(|until| *until > now)))
+    }
+}
+
 pub struct UpperWatcher {
     upper: PathBuf,
     debounce: Duration,
     coordinator: Addr<Coordinator>,
     changes: ChangeCount,
     removals: OwnRemovals,
+    dirs: OwnDirs,
     watcher: Option<notify::RecommendedWatcher>,
     first_pending: Option<Instant>,
     state: WatcherState,
 }
 
 impl UpperWatcher {
+    /// The directories the engine tells of (see [`OwnDirs::hook`]).
+    pub fn with_own_dirs(mut self, dirs: OwnDirs) -> Self {
+        self.dirs = dirs;
+        self
+    }
+
     /// `changes` and `removals` are shared with the coordinator (`Coordinator::with_change_count`,
     /// `Coordinator::with_own_removals`).
     pub fn new(
@@ -309,6 +368,7 @@ impl UpperWatcher {
             coordinator,
             changes,
             removals,
+            dirs: OwnDirs::default(),
             watcher: None,
             first_pending: None,
             state: WatcherState::default(),
@@ -328,6 +388,7 @@ impl Actor for UpperWatcher {
         let addr = ctx.address();
         let mut own = OwnWrites::default();
         let removals = self.removals.clone();
+        let dirs = self.dirs.clone();
         let upper = self.upper.clone();
         let mut batching = Batching::new();
         let handler = move |res: notify::Result<notify::Event>| {
@@ -340,7 +401,7 @@ impl Actor for UpperWatcher {
                 }
                 // A round's own writes (temporary files, renamed into place) and removals are
                 // not changes to carry: counting them would start a round for nothing.
-                if !own.is_ours(&ev) && !removals.is_ours(&upper, &ev) {
+                if !own.is_ours(&ev) && !removals.is_ours(&upper, &ev) && !dirs.is_ours(&upper, &ev) {
                     tracing::debug!(kind = ?ev.kind, paths = ?ev.paths, "upper-layer change");
                     // try_send: a full mailbox already means "changed".
                     let _ = addr.try_send(Changed(1));
@@ -482,6 +543,26 @@ mod tests {
         // Not the meta directory.
         assert!(!at(EventKind::Remove(RemoveKind::File), "a.txt_HIDDEN~"));
         assert!(!at(EventKind::Remove(RemoveKind::File), "d/.unionfs-fuse/a_HIDDEN~"));
+    }
+
+    #[test]
+    fn the_making_of_a_rounds_directories_is_its_own_but_what_a_user_does_in_them_is_not() {
+        let u = Path::new("/u");
+        let dirs = OwnDirs::default();
+        (dirs.hook())(&rp("s1/d000"));
+        let at = |kind, p: &str| dirs.is_ours(u, &ev(kind, &[&format!("/u/{p}")], None));
+        assert!(at(EventKind::Create(CreateKind::Folder), "s1/d000"));
+        assert!(at(EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any)), "s1/d000"));
+        assert!(at(EventKind::Modify(ModifyKind::Data(DataChange::Any)), "s1/d000"));
+        // Not another directory, not what a user makes inside, not a removal or a rename.
+        assert!(!at(EventKind::Create(CreateKind::Folder), "s1/d001"));
+        assert!(!at(EventKind::Create(CreateKind::Folder), "s1"));
+        assert!(!at(EventKind::Create(CreateKind::File), "s1/d000/mine.txt"));
+        assert!(!at(EventKind::Remove(RemoveKind::Folder), "s1/d000"));
+        assert!(!at(EventKind::Modify(ModifyKind::Name(RenameMode::From)), "s1/d000"));
+        // An expired entry hides nothing.
+        dirs.lock().values_mut().for_each(|until| *until = Instant::now());
+        assert!(!at(EventKind::Create(CreateKind::Folder), "s1/d000"));
     }
 
     #[test]

@@ -458,6 +458,36 @@ fn a_service_killed_and_not_restarted_leaves_unfilled_reads_failing_with_eio_not
 }
 
 #[test]
+fn the_projects_new_directories_brought_by_a_round_start_no_round_but_a_users_do() {
+    let Some((bed, user)) = replica_bed("replica-own-dirs", &[], |_| {}) else {
+        return;
+    };
+    let h = bed.home.clone();
+    let triggers = |bed: &Bed| bed.compute_status()["watcher"]["triggers_sent"].as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = triggers(&bed);
+    for i in 0..5 {
+        put(&h, &format!("new/d{i}/sub/f.txt"), "made on the project\n");
+    }
+    chown_tree(&h, &account(PROJECT_ACCOUNT));
+    bed.sync_wait();
+    assert_eq!(user_must(&bed, &user, "cat \"$HOME\"/new/d4/sub/f.txt"), "made on the project\n");
+    // A trigger comes a debounce (1 s) after the events that make it: step 4 made eleven
+    // directories in the upper layer, none of them a user's change.
+    std::thread::sleep(Duration::from_secs(3));
+    let st = bed.compute_status();
+    if triggers(&bed) != before {
+        bed.fail(&format!("the round's own directories made the watcher start a round: {}", st["watcher"]));
+    }
+    user_must(&bed, &user, "mkdir \"$HOME\"/mine");
+    let started = poll(Duration::from_secs(10), Duration::from_millis(100), || (triggers(&bed) > before).then_some(()));
+    if started.is_none() {
+        bed.fail(&format!("a user's new directory started no round: {}", bed.compute_status()["watcher"]));
+    }
+    bed.finish();
+}
+
+#[test]
 fn a_kill_9_during_the_startup_snapshot_then_a_restart_builds_a_complete_view() {
     let Some((mut bed, user)) = replica_bed("replica-kill9-snap", &[], |h| {
         for i in 0..20_000u32 {

@@ -22,7 +22,7 @@ mod state;
 
 pub use busy::{BusyFile, BusyPolicy, DEFAULT_SNAPSHOT_AFTER, DEFAULT_SNAPSHOT_MAX_BYTES};
 pub use compute::{
-    adopt_snapshot_cursor, committed_cursor, ApplyReport, ComputeConfig, ComputeRound, ComputeSide, UnionKind,
+    adopt_snapshot_cursor, committed_cursor, ApplyReport, ComputeConfig, ComputeRound, ComputeSide, OwnDirs, UnionKind,
 };
 pub use cs_safe_fs::Owner;
 pub use error::EngineError;

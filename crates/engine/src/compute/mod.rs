@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cs_protocol::{
@@ -124,6 +125,12 @@ pub fn adopt_snapshot_cursor(state_dir: &Path, cursor: Cursor) -> Result<bool, E
     Ok(true)
 }
 
+/// Told of each directory step 4 is about to make, or give P's mode and mtime, in the
+/// upper layer (its path): the compute service's upper-layer watcher takes the events at
+/// exactly those paths as the round's own, not a user's change that calls for another
+/// round. (Files need no telling: they arrive under temporary names.)
+pub type OwnDirs = Arc<dyn Fn(&RelPath) + Send + Sync>;
+
 /// The compute side: committed state plus the means to run rounds.
 pub struct ComputeSide {
     cfg: ComputeConfig,
@@ -156,6 +163,7 @@ pub struct ComputeSide {
     busy: BusyTable,
     /// The step in flight (3 or 4), for the status.
     progress: Progress,
+    own_dirs: Option<OwnDirs>,
 }
 
 /// The in-memory state of one round on C. Dropping it abandons the round:
@@ -341,6 +349,7 @@ impl ComputeSide {
             upper_id,
             busy: BusyTable::default(),
             progress: Progress::new(),
+            own_dirs: None,
         })
     }
 
@@ -979,6 +988,12 @@ impl ComputeSide {
         r.known.iter().filter(|(p, s)| r.next.get(*p) != Some(*s)).map(|(p, _)| p.clone()).collect()
     }
 
+    /// See [`OwnDirs`].
+    pub fn with_own_dirs(mut self, tell: OwnDirs) -> Self {
+        self.own_dirs = Some(tell);
+        self
+    }
+
     /// The step in flight's counters (steps 3 and 4), for a status reader on
     /// another thread; whoever runs the step ends it ([`Progress::end`]).
     pub fn progress(&self) -> Progress {
@@ -1120,6 +1135,9 @@ impl ComputeSide {
             return Ok(None);
         }
         if h.kind == EntryKind::Dir {
+            if let Some(tell) = &self.own_dirs {
+                tell(p);
+            }
             match current.map(|s| s.kind) {
                 Some(EntryKind::Dir) => {}
                 Some(_) => {

@@ -80,6 +80,11 @@ impl OwnWrites {
     const KEEP: usize = 256;
 
     fn is_ours(&mut self, ev: &notify::Event) -> bool {
+        // An event of no path (the kernel's queue overflowed: notify's `Rescan`) is nobody's
+        // in particular, so it is a change.
+        if ev.paths.is_empty() {
+            return false;
+        }
         let tmp = |p: &Path| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".csa-tmp-"));
         match ev.kind {
             EventKind::Modify(ModifyKind::Name(RenameMode::From)) if ev.paths.iter().all(|p| tmp(p)) => {
@@ -116,9 +121,10 @@ impl OwnWrites {
 /// reading thread for [`Batching::HOLD`] and the burst behind it queues up (the kernel
 /// coalesces nothing, but waking a reader that is not waiting costs nothing); while events
 /// keep coming, the thread holds again whenever [`Batching::GAP`] has passed since its last
-/// hold ended, i.e. once it has worked through the queue. What this delays is only when
-/// a change is *seen* (at most `HOLD`, beside the one-second debounce), never whether:
-/// 10 ms of even a fast burst stays far below the kernel's queue limit (16,384 events).
+/// hold ended (by then it has usually worked through the queue). What this delays is only
+/// when a change is *seen* (at most `HOLD`, beside the one-second debounce), never whether:
+/// 10 ms of even a fast burst (~2,000 events in S1) stays far below the kernel's queue limit
+/// (16,384 events), and an overflow is itself a change (`OwnWrites::is_ours`).
 #[derive(Debug)]
 struct Batching {
     last_hold_ended: Option<Instant>,
@@ -482,6 +488,9 @@ mod tests {
         assert!(!own.is_ours(&ev(rename(RenameMode::To), &["/u/d/b"], Some(10))));
         assert!(!own.is_ours(&ev(rename(RenameMode::To), &["/u/d/out.txt"], Some(9))), "a cookie matches once");
         assert!(!own.is_ours(&ev(EventKind::Create(CreateKind::File), &["/u/d/out.txt"], None)));
+        // The kernel's queue overflowed (notify: `Other`, no path, `Rescan`): a change.
+        let overflow = ev(EventKind::Other, &[], None).set_flag(notify::event::Flag::Rescan);
+        assert!(!own.is_ours(&overflow));
     }
 
     fn rp(s: &str) -> RelPath {

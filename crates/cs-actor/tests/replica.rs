@@ -304,27 +304,47 @@ fn files_named(dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The fetch timeout of the beds below that wait for it.
+const SHORT_FETCH_TIMEOUT: [&str; 2] = ["--fetch-timeout-secs", "3"];
+
+/// A bed (fetch timeout 3 s) with `warm/a.txt`, read once by the user so it is filled, and
+/// `cold/x.txt`, never read: larger than a read-ahead takes (1 MiB a file), so reading
+/// `warm/a.txt` cannot fill it on the side. Returns cold/x.txt's content too.
+fn warm_and_cold_bed(name: &str) -> Option<(Bed, Account, String)> {
+    let cold = "never read before\n".repeat(100_000); // 1.8 MB
+    let (bed, user) = replica_bed(name, &SHORT_FETCH_TIMEOUT, |h| {
+        put(h, "warm/a.txt", "read before\n");
+        put(h, "cold/x.txt", &cold);
+    })?;
+    user_must(&bed, &user, "cd \"$HOME\" && cat warm/a.txt > /dev/null");
+    Some((bed, user, cold))
+}
+
+/// With no content to be had (`why`): the filled file and the metadata still read, and the
+/// user's read of cold/x.txt fails with EIO 2 to 20 s after `since` (the timeout is 3 s;
+/// killed after 30 s if still blocked, since the fanotify wait yields only to SIGKILL).
+/// Returns how long after `since` it failed.
+fn cold_read_fails_with_eio(bed: &Bed, user: &Account, since: Instant, why: &str) -> Duration {
+    let warm = user_must(bed, user, "cd \"$HOME\" && cat warm/a.txt && ls cold");
+    assert_eq!(warm, "read before\nx.txt\n", "filled files and metadata with {why}");
+    let out = as_user(user, &bed.merged(), "cd \"$HOME\" && timeout -s KILL 30 cat cold/x.txt > /dev/null");
+    let took = since.elapsed();
+    assert!(!out.ok(), "an unfilled file read with {why}: {}", out.describe());
+    assert!(out.stderr.contains("Input/output error"), "{}", out.describe());
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "EIO {took:?} after {why}, the timeout is 3 s"
+    );
+    took
+}
+
 #[test]
 fn with_the_broker_down_filled_files_work_and_an_unfilled_one_fails_with_eio_after_the_timeout() {
-    // cold/x.txt is larger than a read-ahead takes (1 MiB a file), so reading warm/a.txt
-    // cannot fill it on the side: it stays a placeholder until the broker is gone.
-    let cold = "never read before the cut\n".repeat(50_000);
-    let Some((mut bed, user)) = replica_bed("replica-offline", &["--fetch-timeout-secs", "3"], |h| {
-        put(h, "warm/a.txt", "read before the cut\n");
-        put(h, "cold/x.txt", &cold);
-    }) else {
+    let Some((mut bed, user, cold)) = warm_and_cold_bed("replica-offline") else {
         return;
     };
-    user_must(&bed, &user, "cd \"$HOME\" && cat warm/a.txt > /dev/null");
     bed.kill_broker();
-    let warm = user_must(&bed, &user, "cd \"$HOME\" && cat warm/a.txt && ls cold");
-    assert_eq!(warm, "read before the cut\nx.txt\n", "filled files and metadata with the broker down");
-    let t = Instant::now();
-    let out = as_user(&user, &bed.merged(), "cd \"$HOME\" && cat cold/x.txt > /dev/null");
-    let took = t.elapsed();
-    assert!(!out.ok(), "an unfilled file read with the broker down: {}", out.describe());
-    assert!(out.stderr.contains("Input/output error"), "{}", out.describe());
-    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(20), "EIO after {took:?}, the timeout is 3 s");
+    cold_read_fails_with_eio(&bed, &user, Instant::now(), "the broker down");
     bed.start_broker();
     let back = poll(Duration::from_secs(60), Duration::from_millis(500), || {
         let out = as_user(&user, &bed.merged(), "cd \"$HOME\" && cat cold/x.txt");
@@ -424,32 +444,15 @@ fn a_kill_9_of_the_service_leaves_readers_blocked_not_reading_zeros_and_the_rest
 
 #[test]
 fn a_service_killed_and_not_restarted_leaves_unfilled_reads_failing_with_eio_not_blocked_for_good() {
-    // cold/x.txt is larger than a read-ahead takes, so it stays a placeholder.
-    let cold = "never read before the kill\n".repeat(50_000);
-    let Some((mut bed, user)) = replica_bed("replica-gone", &["--fetch-timeout-secs", "3"], |h| {
-        put(h, "warm/a.txt", "read before the kill\n");
-        put(h, "cold/x.txt", &cold);
-    }) else {
+    let Some((mut bed, user, cold)) = warm_and_cold_bed("replica-gone") else {
         return;
     };
-    user_must(&bed, &user, "cd \"$HOME\" && cat warm/a.txt > /dev/null");
     bed.computes[0].proc.as_mut().unwrap().kill9();
-    let killed = Instant::now();
     // No service and none coming back: after the fetch timeout the holder answers in its
     // place. The read fails with EIO; it neither blocks for good nor reads zeros.
-    // (Killed after 30 s if still blocked: the fanotify wait yields only to SIGKILL.)
-    let out = as_user(&user, &bed.merged(), "cd \"$HOME\" && timeout -s KILL 30 cat cold/x.txt > /dev/null");
-    let took = killed.elapsed();
-    assert!(!out.ok(), "an unfilled file read with the service dead: {}", out.describe());
-    assert!(out.stderr.contains("Input/output error"), "{}", out.describe());
-    assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
-        "EIO {took:?} after the kill, the timeout is 3 s"
-    );
-    let warm = user_must(&bed, &user, "cd \"$HOME\" && cat warm/a.txt && ls cold");
-    assert_eq!(warm, "read before the kill\nx.txt\n", "filled files and metadata with the service dead");
+    let took = cold_read_fails_with_eio(&bed, &user, Instant::now(), "the service killed");
     // The restarted service takes the group back from the holder and fetches again.
-    bed.restart_compute(0, &replica_opts(&user, &["--fetch-timeout-secs", "3"]));
+    bed.restart_compute(0, &replica_opts(&user, &SHORT_FETCH_TIMEOUT));
     let back = user_must(&bed, &user, "cd \"$HOME\" && cat cold/x.txt");
     assert!(back == cold, "cold/x.txt once the service is back: {} bytes", back.len());
     eprintln!("EIO {took:?} after the kill (fetch timeout 3 s)");

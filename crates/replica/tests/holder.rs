@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use cs_protocol::RelPath;
-use cs_replica::{holder, FillConfig, Filler, Source, SourceReport};
+use cs_replica::{holder, FillConfig, Filler, FillerHandle, Source, SourceReport};
 
 const CHILD_ENV: &str = "CS_REPLICA_TEST_FILL_CHILD";
 
@@ -126,19 +126,58 @@ fn start_child_service(bed: &Bed, socket: &Path, journal: &Path) -> Killed {
     child
 }
 
+/// The holder of these tests, serving a bed's group on a thread (see [`holder_bed`]).
+struct Holder {
+    socket: PathBuf,
+    journal: PathBuf,
+    thread: Option<std::thread::JoinHandle<cs_replica::error::Result<()>>>,
+}
+
+/// The project's tree under an overlay, and a holder (with `stand_in`, made from a
+/// service's fill settings) serving its group.
+fn holder_bed(stand_in: impl FnOnce(FillConfig) -> Option<holder::StandIn>) -> (Bed, Holder) {
+    let mut bed = Bed::new(make_project);
+    bed.mount_overlay();
+    let socket = bed.dir.join("holder.sock");
+    let mut h = Holder { journal: bed.dir.join("fill.journal"), socket: socket.clone(), thread: None };
+    let stand_in = stand_in(h.fill_config(&bed));
+    let mnt = bed.mnt.clone();
+    h.thread = Some(std::thread::spawn(move || holder::serve(&socket, &mnt, stand_in)));
+    wait_for("the holder answers", Duration::from_secs(10), || holder::group(&h.socket).is_ok());
+    (bed, h)
+}
+
+impl Holder {
+    /// A service's fill settings: the bed's, with the journal.
+    fn fill_config(&self, bed: &Bed) -> FillConfig {
+        let mut cfg = bed.config();
+        cfg.journal = Some(self.journal.clone());
+        cfg
+    }
+
+    /// A service in this process on the holder's group, copying from the project.
+    fn service(&self, bed: &Bed, cfg: FillConfig) -> (FillerHandle, holder::Lease) {
+        let (group, lease) = holder::group(&self.socket).unwrap();
+        let src = Arc::new(CopySource::new(&bed.project, Behaviour::Copy));
+        (Filler::start_with_group(cfg, group, src).unwrap(), lease)
+    }
+
+    /// Told to exit: the holder must answer, end, and remove its socket.
+    fn stop(&mut self) {
+        assert!(holder::tell_exit(&self.socket, Duration::from_secs(5)).unwrap(), "the holder answered");
+        self.thread.take().unwrap().join().unwrap().unwrap();
+        assert!(!self.socket.exists(), "the holder removes its socket");
+    }
+}
+
 #[test]
 fn a_reader_waiting_when_the_fill_service_is_killed_gets_the_right_bytes_from_the_next_one() {
     if !root_or_skip("a_reader_waiting_when_the_fill_service_is_killed_gets_the_right_bytes_from_the_next_one") {
         return;
     }
-    let mut bed = Bed::new(make_project);
-    bed.mount_overlay();
+    let (mut bed, mut holder) = holder_bed(|_| None);
     let (m, p) = (bed.merged.clone(), bed.project.clone());
-    let socket = bed.dir.join("holder.sock");
-    let journal = bed.dir.join("fill.journal");
-    let (sock2, mnt2) = (socket.clone(), bed.mnt.clone());
-    let holder_thread = std::thread::spawn(move || holder::serve(&sock2, &mnt2, None));
-    wait_for("the holder answers", Duration::from_secs(10), || holder::group(&socket).is_ok());
+    let (socket, journal) = (holder.socket.clone(), holder.journal.clone());
 
     // The first service, in a child process; its fetches never come.
     let mut child = start_child_service(&bed, &socket, &journal);
@@ -164,11 +203,8 @@ fn a_reader_waiting_when_the_fill_service_is_killed_gets_the_right_bytes_from_th
     assert!(later.0.try_wait().unwrap().is_none(), "an open with no service was let go (zeros)");
 
     // The next service: same group, the journal.
-    let mut cfg = bed.config();
-    cfg.journal = Some(journal.clone());
-    let (group, _lease) = holder::group(&socket).unwrap();
-    let src = Arc::new(CopySource::new(&p, Behaviour::Copy));
-    bed.filler = Some(Filler::start_with_group(cfg, group, src.clone()).unwrap());
+    let (filler, _lease) = holder.service(&bed, holder.fill_config(&bed));
+    bed.filler = Some(filler);
     let restarted = t0.elapsed();
     let got = finish_reader(reader, Duration::from_secs(20));
     if got.is_err() {
@@ -192,9 +228,7 @@ fn a_reader_waiting_when_the_fill_service_is_killed_gets_the_right_bytes_from_th
     assert_eq!(s.denied, 0, "{s:?}");
     bed.stop_filler();
     assert_eq!(fs::read_to_string(&journal).unwrap(), "", "the journal once everything is answered");
-    assert!(holder::tell_exit(&socket, Duration::from_secs(5)).unwrap(), "the holder answered");
-    holder_thread.join().unwrap().unwrap();
-    assert!(!socket.exists(), "the holder removes its socket");
+    holder.stop();
 }
 
 #[test]
@@ -202,26 +236,16 @@ fn with_no_service_back_the_holder_stands_in_readers_get_eio_and_the_next_servic
     if !root_or_skip("with_no_service_back_the_holder_stands_in_readers_get_eio_and_the_next_service_takes_over") {
         return;
     }
-    let mut bed = Bed::new(make_project);
-    bed.mount_overlay();
-    let (m, p) = (bed.merged.clone(), bed.project.clone());
-    let socket = bed.dir.join("holder.sock");
-    let journal = bed.dir.join("fill.journal");
     const AFTER: Duration = Duration::from_millis(1500);
-    let mut fill = bed.config();
-    fill.journal = Some(journal.clone());
-    let stand_in = holder::StandIn { after: AFTER, fill };
-    let (sock2, mnt2) = (socket.clone(), bed.mnt.clone());
-    let holder_thread = std::thread::spawn(move || holder::serve(&sock2, &mnt2, Some(stand_in)));
-    wait_for("the holder answers", Duration::from_secs(10), || holder::group(&socket).is_ok());
+    let (mut bed, mut holder) = holder_bed(|fill| Some(holder::StandIn { after: AFTER, fill }));
+    let (m, p) = (bed.merged.clone(), bed.project.clone());
+    let (socket, journal) = (holder.socket.clone(), holder.journal.clone());
     // A service that fills one file (and only that one: no read-ahead) and stops: that file
     // has its content from then on.
     {
-        let mut cfg = bed.config();
-        cfg.journal = Some(journal.clone());
+        let mut cfg = holder.fill_config(&bed);
         cfg.read_ahead.max_files = 0;
-        let (group, _lease) = holder::group(&socket).unwrap();
-        let f = Filler::start_with_group(cfg, group, Arc::new(CopySource::new(&p, Behaviour::Copy))).unwrap();
+        let (f, _lease) = holder.service(&bed, cfg);
         assert_eq!(cat(&m.join("hot/hot.txt")).unwrap(), fs::read(p.join("hot/hot.txt")).unwrap());
         f.stop();
     }
@@ -264,16 +288,12 @@ fn with_no_service_back_the_holder_stands_in_readers_get_eio_and_the_next_servic
     );
 
     // The next service takes over: the files read as the project has them.
-    let mut cfg = bed.config();
-    cfg.journal = Some(journal.clone());
-    let (group, _lease) = holder::group(&socket).unwrap();
-    bed.filler = Some(Filler::start_with_group(cfg, group, Arc::new(CopySource::new(&p, Behaviour::Copy))).unwrap());
+    let (filler, _lease) = holder.service(&bed, holder.fill_config(&bed));
+    bed.filler = Some(filler);
     for name in ["sub/deep/file.bin", "a.txt", "many/f07"] {
         assert_eq!(cat(&m.join(name)).unwrap(), fs::read(p.join(name)).unwrap(), "{name}");
     }
     eprintln!("the reader had EIO {answered:?} after the kill (bound {AFTER:?})");
     bed.stop_filler();
-    assert!(holder::tell_exit(&socket, Duration::from_secs(5)).unwrap(), "the holder answered");
-    holder_thread.join().unwrap().unwrap();
-    assert!(!socket.exists(), "the holder removes its socket");
+    holder.stop();
 }

@@ -347,8 +347,13 @@ pub struct UpperWatcher {
     changes: ChangeCount,
     removals: OwnRemovals,
     dirs: OwnDirs,
-    watcher: Option<notify::RecommendedWatcher>,
+    /// Shared with the thread that watches the tree again after an overflow (the walk can
+    /// take a while on a large upper layer: not on the actor's thread).
+    watcher: Option<Arc<Mutex<notify::RecommendedWatcher>>>,
     first_pending: Option<Instant>,
+    /// A watch of the tree again is scheduled (after an overflow).
+    rewatch_scheduled: bool,
+    last_rewatch: Option<Instant>,
     state: WatcherState,
 }
 
@@ -377,6 +382,8 @@ impl UpperWatcher {
             dirs: OwnDirs::default(),
             watcher: None,
             first_pending: None,
+            rewatch_scheduled: false,
+            last_rewatch: None,
             state: WatcherState::default(),
         }
     }
@@ -386,6 +393,53 @@ impl UpperWatcher {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Changed(usize);
+
+/// The kernel's event queue overflowed (notify's `Rescan`): events were lost, and among them
+/// maybe the creation of directories, which notify starts watching only as it sees them
+/// made. Changes in such a directory would wait for the timer round, until a restart; so
+/// the tree is watched again (notify walks it and adds what it lacks).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Rewatch;
+
+impl UpperWatcher {
+    /// At most one walk of the tree per this long, however often the queue overflows in a
+    /// long burst (the last overflow's walk comes after the burst).
+    const REWATCH_EVERY: Duration = Duration::from_secs(5);
+
+    fn rewatch(&mut self) {
+        self.rewatch_scheduled = false;
+        self.last_rewatch = Some(Instant::now());
+        let Some(w) = self.watcher.clone() else { return };
+        let upper = self.upper.clone();
+        let spawned = std::thread::Builder::new().name("upper-rewatch".into()).spawn(move || {
+            let t = Instant::now();
+            let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
+            match w.watch(&upper, RecursiveMode::Recursive) {
+                Ok(()) => tracing::info!(
+                    secs = t.elapsed().as_secs_f64(),
+                    "upper-layer events were lost (queue overflow): the tree is watched again"
+                ),
+                Err(e) => tracing::warn!(error = %e, "watching the upper layer again after a queue overflow"),
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "starting the upper layer's watch again");
+        }
+    }
+}
+
+impl Handler<Rewatch> for UpperWatcher {
+    type Result = ();
+    fn handle(&mut self, _: Rewatch, ctx: &mut Self::Context) {
+        if self.rewatch_scheduled {
+            return;
+        }
+        self.rewatch_scheduled = true;
+        let wait = self.last_rewatch.map_or(Duration::ZERO, |t| Self::REWATCH_EVERY.saturating_sub(t.elapsed()));
+        ctx.run_later(wait, |act, _| act.rewatch());
+    }
+}
 
 impl Actor for UpperWatcher {
     type Context = Context<Self>;
@@ -400,6 +454,10 @@ impl Actor for UpperWatcher {
         let handler = move |res: notify::Result<notify::Event>| {
             batching.before_event();
             if let Ok(ev) = res {
+                if ev.need_rescan() {
+                    // try_send: one already queued is enough.
+                    let _ = addr.try_send(Rewatch);
+                }
                 // Opens and reads are not changes; the round's own scan
                 // opens every directory, which would start the next round.
                 if matches!(ev.kind, notify::EventKind::Access(_)) {
@@ -419,7 +477,7 @@ impl Actor for UpperWatcher {
             Ok(w)
         }) {
             Ok(w) => {
-                self.watcher = Some(w);
+                self.watcher = Some(Arc::new(Mutex::new(w)));
                 self.state.watching = Some(self.upper.display().to_string());
             }
             Err(e) => {

@@ -282,16 +282,19 @@ fn holder_group(args: &ReplicaArgs, fill: &FillConfig) -> Result<(std::os::fd::O
         .arg(&socket)
         .arg("--mountpoint")
         .arg(&fill.mountpoint)
-        .arg("--staging")
-        .arg(&fill.staging)
-        .arg("--journal")
-        .arg(args.journal())
-        .arg("--stand-in-after-secs")
-        .arg(args.fetch_timeout.as_secs_f64().to_string())
         .current_dir("/")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().context("the holder's log")?)
         .stderr(log);
+    // The stand-in needs the journal to answer what a killed service took.
+    if let Some(journal) = &fill.journal {
+        cmd.arg("--stand-in-after-secs")
+            .arg(fill.fetch_timeout.as_secs_f64().to_string())
+            .arg("--staging")
+            .arg(&fill.staging)
+            .arg("--journal")
+            .arg(journal);
+    }
     // SAFETY: setsid(2) is async-signal-safe, and the only call between fork and exec.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {

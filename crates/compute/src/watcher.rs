@@ -643,8 +643,9 @@ mod tests {
         // The queue that built up meanwhile is taken without holding...
         assert_eq!(b.hold_before(ms(10)), None);
         assert_eq!(b.hold_before(ms(11)), None);
-        // ...and an event after the queue ran dry holds again, so a steady burst is read
-        // in batches, not event by event.
+        // ...and an event once GAP has passed since the hold ended holds again (by then
+        // the queue has usually been taken), so a steady burst is read in batches, not
+        // event by event.
         assert_eq!(b.hold_before(ms(12)), Some(Batching::HOLD));
         b.held(ms(22));
         assert_eq!(b.hold_before(ms(5_000)), Some(Batching::HOLD));

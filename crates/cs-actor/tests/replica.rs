@@ -21,7 +21,6 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -32,16 +31,7 @@ use support::*;
 /// A bed whose home belongs to the project's user, with `seed`'s files, and compute server
 /// `gpu-1` serving it from a replica to the compute user (`extra`: more flags).
 fn replica_bed(name: &str, extra: &[&str], seed: impl FnOnce(&Path)) -> Option<(Bed, Account)> {
-    if !cs_testbed::real_tools_available() {
-        return None;
-    }
-    let (proj, comp) = (account(PROJECT_ACCOUNT), account(COMPUTE_ACCOUNT));
-    let mut bed = Bed::new(name);
-    fs::set_permissions(&bed.root, fs::Permissions::from_mode(0o755)).unwrap();
-    put(&bed.home, "README", "a project\n");
-    seed(&bed.home);
-    chown_tree(&bed.home, &proj);
-    bed.start_broker();
+    let (mut bed, comp) = project_owned_bed(name, seed)?;
     bed.start_compute_opts("gpu-1", &replica_opts(&comp, extra));
     Some((bed, comp))
 }
@@ -577,16 +567,12 @@ fn a_refused_token_with_no_tree_yet_stops_the_service_saying_why() {
 /// the broker pushes for P's own changes, never for what this compute server's rounds wrote.
 #[test]
 fn with_follow_the_projects_changes_show_without_a_sync_and_the_clients_own_writes_push_nothing() {
-    if !cs_testbed::real_tools_available() {
+    let Some((mut bed, comp)) =
+        project_owned_bed("replica-follow", |h| put(h, "old.txt", "the project deletes this\n"))
+    else {
         return;
-    }
-    let (proj, comp) = (account(PROJECT_ACCOUNT), account(COMPUTE_ACCOUNT));
-    let mut bed = Bed::new("replica-follow");
-    fs::set_permissions(&bed.root, fs::Permissions::from_mode(0o755)).unwrap();
-    put(&bed.home, "README", "a project\n");
-    put(&bed.home, "old.txt", "the project deletes this\n");
-    chown_tree(&bed.home, &proj);
-    bed.start_broker();
+    };
+    let proj = account(PROJECT_ACCOUNT);
     bed.start_compute_opts("gpu-1", &ComputeOpts { follow: true, ..replica_opts(&comp, &[]) });
     let h = bed.home.clone();
     assert_eq!(user_must(&bed, &comp, "cat \"$HOME/old.txt\""), "the project deletes this\n");

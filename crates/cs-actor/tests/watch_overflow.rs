@@ -14,7 +14,6 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -64,15 +63,9 @@ fn directories(root: &Path) -> usize {
 
 #[test]
 fn after_the_event_queue_overflows_every_directory_of_the_upper_layer_is_watched_again() {
-    if !cs_testbed::real_tools_available() {
+    let Some((mut bed, comp)) = project_owned_bed("watch-overflow", |_| {}) else {
         return;
-    }
-    let (proj, comp) = (account(PROJECT_ACCOUNT), account(COMPUTE_ACCOUNT));
-    let mut bed = Bed::new("watch-overflow");
-    fs::set_permissions(&bed.root, fs::Permissions::from_mode(0o755)).unwrap();
-    put(&bed.home, "README", "a project\n");
-    chown_tree(&bed.home, &proj);
-    bed.start_broker();
+    };
     let limit = QueueLimit::set(64);
     let opts = ComputeOpts { user: Some(&comp), union: Some(Union::Overlay), replica: true, ..Default::default() };
     bed.start_compute_opts("gpu-1", &opts);

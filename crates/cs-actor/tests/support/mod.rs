@@ -664,6 +664,24 @@ pub fn user_must(bed: &Bed, who: &Account, script: &str) -> String {
     out.stdout
 }
 
+/// A bed for the replica's tests, up to the broker: the home belongs to the project's
+/// account (a README and `seed`'s files), the bed's root is open to the compute account
+/// (which reaches the merged view through it), and the broker runs. Returns the compute
+/// account; `None` where the external programs are missing.
+pub fn project_owned_bed(name: &str, seed: impl FnOnce(&Path)) -> Option<(Bed, Account)> {
+    if !cs_testbed::real_tools_available() {
+        return None;
+    }
+    let (proj, comp) = (account(PROJECT_ACCOUNT), account(COMPUTE_ACCOUNT));
+    let mut bed = Bed::new(name);
+    fs::set_permissions(&bed.root, fs::Permissions::from_mode(0o755)).unwrap();
+    put(&bed.home, "README", "a project\n");
+    seed(&bed.home);
+    chown_tree(&bed.home, &proj);
+    bed.start_broker();
+    Some((bed, comp))
+}
+
 /// `chown -R` (not following symlinks).
 pub fn chown_tree(root: &Path, who: &Account) {
     std::os::unix::fs::lchown(root, Some(who.uid), Some(who.gid)).unwrap();

@@ -16,7 +16,6 @@
 mod support;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -42,17 +41,7 @@ per_union! {
 /// `gpu-1` serving it to the compute user with production's lower caches; returns the bed and
 /// the compute user.
 fn user_bed(name: &str, seed: impl FnOnce(&Path)) -> Option<(Bed, Account)> {
-    if !cs_testbed::real_tools_available() {
-        return None;
-    }
-    let (proj, comp) = (account(PROJECT_ACCOUNT), account(COMPUTE_ACCOUNT));
-    let mut bed = Bed::new(name);
-    // The user must reach the merged view under the bed's private directory (as under /home).
-    fs::set_permissions(&bed.root, fs::Permissions::from_mode(0o755)).unwrap();
-    put(&bed.home, "README", "a project\n");
-    seed(&bed.home);
-    chown_tree(&bed.home, &proj);
-    bed.start_broker();
+    let (mut bed, comp) = project_owned_bed(name, seed)?;
     let opts = ComputeOpts { user: Some(&comp), lower_cache: Some(PRODUCTION_STALENESS), ..Default::default() };
     bed.start_compute_opts("gpu-1", &opts);
     Some((bed, comp))

@@ -664,9 +664,10 @@ pub fn user_must(bed: &Bed, who: &Account, script: &str) -> String {
     out.stdout
 }
 
-/// A bed for the replica's tests, up to the broker: the home belongs to the project's
-/// account (a README and `seed`'s files), the bed's root is open to the compute account
-/// (which reaches the merged view through it), and the broker runs. Returns the compute
+/// A bed for tests whose user is an unprivileged account, up to the broker: the home
+/// belongs to the project's account (a README and `seed`'s files), the bed's root is open
+/// to the compute account (which reaches the merged view through it, as under /home), and
+/// the broker runs. Returns the compute
 /// account; `None` where the external programs are missing.
 pub fn project_owned_bed(name: &str, seed: impl FnOnce(&Path)) -> Option<(Bed, Account)> {
     if !cs_testbed::real_tools_available() {
